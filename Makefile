@@ -1,0 +1,34 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-unit bench deploy-plan clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+## Run a whole release of the sample app through the local stack.
+demo: $(STAMP)
+	$(PY) -m local.demo $(DEMO_ARGS)
+
+## Run the whole test suite (unit, integration against the emulators, e2e).
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m bench.run_all
+
+deploy-plan: $(STAMP)
+	$(PY) -m deploy.plan --dry-run
+
+clean:
+	rm -rf $(VENV) .local-stack test-output

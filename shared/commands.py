@@ -1,0 +1,74 @@
+"""Commands the gate issues (imperative names); adapters carry them out after the state write.
+
+Each carries deterministic ids (the stage-run id), so carrying one out twice is safe:
+the executors look for an existing build, execution or revision tagged with it first.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class StartStage:
+    release_id: str
+    stage: str
+    stage_run_id: str
+    attempt: int
+    kind: str
+    # Pinned inputs: identical for every attempt of the release (tag, version, commit).
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+    name = "start_stage"
+
+
+@dataclass(frozen=True)
+class RequestApproval:
+    release_id: str
+    stage: str
+    attempt: int
+    approvers: tuple[str, ...]
+    expires_at: float
+    name = "request_approval"
+
+
+class NoticeKind(str, Enum):
+    STAGE_FAILED = "stage_failed"
+    APPROVAL_NEEDED = "approval_needed"
+    RELEASE_FINISHED = "release_finished"
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class Notify:
+    release_id: str
+    kind: NoticeKind
+    stage: str
+    message: str
+    name = "notify"
+
+
+Command = StartStage | RequestApproval | Notify
+_BY_NAME = {cls.name: cls for cls in (StartStage, RequestApproval, Notify)}
+
+
+def command_to_dict(command: Command) -> dict[str, Any]:
+    data = asdict(command)
+    data["command"] = command.name
+    if isinstance(command, Notify):
+        data["kind"] = command.kind.value
+    if isinstance(command, RequestApproval):
+        data["approvers"] = list(command.approvers)
+    if isinstance(command, StartStage):
+        data["inputs"] = dict(command.inputs)
+    return data
+
+
+def command_from_dict(data: Mapping[str, Any]) -> Command:
+    data = dict(data)
+    cls = _BY_NAME[data.pop("command")]
+    if cls is Notify:
+        data["kind"] = NoticeKind(data["kind"])
+    if cls is RequestApproval:
+        data["approvers"] = tuple(data["approvers"])
+    return cls(**data)

@@ -1,0 +1,52 @@
+"""One exception base for everything the orchestrator raises on purpose.
+
+Messages say what failed and, where known, for which release and stage, because
+they end up in HTTP answers, dead-letter records and CLI output.
+"""
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base of every deliberate error of the orchestrator."""
+
+    def __init__(self, message: str, *, release_id: str | None = None, stage: str | None = None):
+        where = ""
+        if release_id:
+            where += f"release {release_id}"
+        if stage:
+            where += (", " if where else "") + f"stage {stage}"
+        super().__init__(f"{where}: {message}" if where else message)
+        self.release_id = release_id
+        self.stage = stage
+
+
+class DefinitionError(PipelineError):
+    """The pipeline file is invalid; the message points at the stage and field."""
+
+
+class ConfigError(PipelineError):
+    """A required setting is missing or malformed."""
+
+
+class MalformedEvent(PipelineError):
+    """An event cannot be parsed. Acknowledged and recorded, never retried."""
+
+
+class WebhookRejected(PipelineError):
+    """A webhook request is refused; carries the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class StaleWrite(PipelineError):
+    """The release document changed since it was read; read again and re-decide."""
+
+
+class TransientError(PipelineError):
+    """A dependency is briefly unavailable; the event must be redelivered."""
+
+
+class ExecutorError(PipelineError):
+    """An executor could not start or observe a stage (permanent; fails the stage)."""

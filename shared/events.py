@@ -1,0 +1,210 @@
+"""Events the dispatcher consumes (past tense) and their wire format.
+
+Every event travels as a Pub/Sub message on ``pipeline-events`` whose data is a
+JSON object with a ``type`` field; Cloud Build's own notifications arrive raw on
+``cloud-builds`` and are translated here. The event id is the Pub/Sub message id,
+which a redelivery keeps, so the gate can drop duplicates by id.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any, Mapping
+
+from shared.errors import MalformedEvent
+
+
+class EventType(str, Enum):
+    RELEASE_STARTED = "release.started"
+    STAGE_FINISHED = "stage.finished"
+    APPROVAL_DECIDED = "approval.decided"
+    CHAOS_REQUESTED = "chaos.requested"
+    STAGE_REPLAY = "stage.replay"
+    TICK = "release.tick"
+
+
+class Outcome(str, Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ReleaseStarted:
+    id: str
+    release_id: str
+    type = EventType.RELEASE_STARTED
+
+
+@dataclass(frozen=True)
+class StageFinished:
+    """A stage run ended. ``stage_run_id`` names the attempt; older attempts are stale."""
+
+    id: str
+    release_id: str
+    stage: str
+    stage_run_id: str
+    outcome: Outcome
+    reason: str = ""
+    result: Mapping[str, Any] = field(default_factory=dict)
+    type = EventType.STAGE_FINISHED
+
+
+@dataclass(frozen=True)
+class ApprovalDecided:
+    """A verified approval decision; on_approval checked signature and single use."""
+
+    id: str
+    release_id: str
+    stage: str
+    attempt: int
+    nonce: str
+    approver: str
+    approve: bool
+    expires_at: float
+    reason: str = ""
+    user_agent: str = ""
+    type = EventType.APPROVAL_DECIDED
+
+
+@dataclass(frozen=True)
+class ChaosRequested:
+    id: str
+    release_id: str
+    requested_by: str
+    type = EventType.CHAOS_REQUESTED
+
+
+@dataclass(frozen=True)
+class StageReplay:
+    id: str
+    release_id: str
+    stage: str
+    replay_id: str
+    requested_by: str
+    reason: str = ""
+    type = EventType.STAGE_REPLAY
+
+
+@dataclass(frozen=True)
+class Tick:
+    """The sweeper's nudge: enforce deadlines of running stages and approvals."""
+
+    id: str
+    release_id: str
+    type = EventType.TICK
+
+
+Event = ReleaseStarted | StageFinished | ApprovalDecided | ChaosRequested | StageReplay | Tick
+
+_REQUIRED: dict[EventType, tuple[str, ...]] = {
+    EventType.RELEASE_STARTED: ("release_id",),
+    EventType.STAGE_FINISHED: ("release_id", "stage", "stage_run_id", "outcome"),
+    EventType.APPROVAL_DECIDED: (
+        "release_id", "stage", "attempt", "nonce", "approver", "approve", "expires_at",
+    ),
+    EventType.CHAOS_REQUESTED: ("release_id", "requested_by"),
+    EventType.STAGE_REPLAY: ("release_id", "stage", "replay_id", "requested_by"),
+    EventType.TICK: ("release_id",),
+}
+_CLASSES = {
+    EventType.RELEASE_STARTED: ReleaseStarted,
+    EventType.STAGE_FINISHED: StageFinished,
+    EventType.APPROVAL_DECIDED: ApprovalDecided,
+    EventType.CHAOS_REQUESTED: ChaosRequested,
+    EventType.STAGE_REPLAY: StageReplay,
+    EventType.TICK: Tick,
+}
+
+
+def event_from_dict(event_id: str, data: Mapping[str, Any]) -> Event:
+    """Build a typed event from its JSON payload, or raise MalformedEvent saying why."""
+    if not isinstance(data, Mapping):
+        raise MalformedEvent(f"event {event_id}: payload must be a JSON object")
+    try:
+        event_type = EventType(data.get("type"))
+    except ValueError:
+        raise MalformedEvent(f"event {event_id}: unknown type {data.get('type')!r}") from None
+    missing = [k for k in _REQUIRED[event_type] if data.get(k) in (None, "")]
+    if missing:
+        raise MalformedEvent(f"event {event_id} ({event_type.value}): missing {', '.join(missing)}")
+    cls = _CLASSES[event_type]
+    fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "id"}
+    try:
+        if event_type is EventType.STAGE_FINISHED:
+            fields["outcome"] = Outcome(fields["outcome"])
+            if not isinstance(fields.get("result", {}), Mapping):
+                raise ValueError("result must be an object")
+        if event_type is EventType.APPROVAL_DECIDED:
+            fields["attempt"] = int(fields["attempt"])
+            fields["expires_at"] = float(fields["expires_at"])
+            if not isinstance(fields["approve"], bool):
+                raise ValueError("approve must be true or false")
+        for key in ("release_id", "stage", "stage_run_id", "replay_id", "requested_by", "nonce", "approver"):
+            if key in fields and not isinstance(fields[key], str):
+                raise ValueError(f"{key} must be a string")
+    except (ValueError, TypeError) as exc:
+        raise MalformedEvent(f"event {event_id} ({event_type.value}): {exc}") from None
+    return cls(id=event_id, **fields)
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    data = asdict(event)
+    data.pop("id")
+    data["type"] = event.type.value
+    if isinstance(event, StageFinished):
+        data["outcome"] = event.outcome.value
+    return data
+
+
+def decode_json(raw: bytes, event_id: str) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedEvent(f"event {event_id}: data is not JSON ({exc})") from None
+
+
+# Cloud Build notification statuses (topic `cloud-builds`, attribute `status`).
+BUILD_SUCCESS = {"SUCCESS"}
+BUILD_FAILURES = {"FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCELLED", "EXPIRED"}
+RUN_TAG_PREFIX = "run-"  # the build tag that carries the stage-run id
+
+
+def event_from_build_notification(
+    event_id: str, attributes: Mapping[str, str], build: Mapping[str, Any]
+) -> StageFinished | None:
+    """Translate a Cloud Build notification; None for non-terminal or foreign builds.
+
+    The stage-run id rides on the build as a tag, so the notification alone says
+    which release, stage and attempt it completes.
+    """
+    status = attributes.get("status") or build.get("status", "")
+    run_tags = [t for t in build.get("tags", []) if isinstance(t, str) and t.startswith(RUN_TAG_PREFIX)]
+    if not run_tags or status not in BUILD_SUCCESS | BUILD_FAILURES:
+        return None
+    stage_run_id = run_tags[0][len(RUN_TAG_PREFIX):]
+    try:
+        release_id, stage, _attempt = parse_stage_run_id(stage_run_id)
+    except ValueError:
+        raise MalformedEvent(f"event {event_id}: build tag {run_tags[0]!r} is not a stage-run id") from None
+    build_id = attributes.get("buildId") or build.get("id", "")
+    result = {"build_id": build_id, "status": status}
+    if build.get("logUrl"):
+        result["log_url"] = build["logUrl"]
+    if status in BUILD_SUCCESS:
+        return StageFinished(event_id, release_id, stage, stage_run_id, Outcome.SUCCEEDED, "", result)
+    detail = build.get("statusDetail") or ""
+    reason = f"build {build_id} ended {status}" + (f": {detail}" if detail else "")
+    return StageFinished(event_id, release_id, stage, stage_run_id, Outcome.FAILED, reason, result)
+
+
+def stage_run_id(release_id: str, stage: str, attempt: int) -> str:
+    """Deterministic id of one attempt of one stage; safe as a build tag and env value."""
+    return f"{release_id}.{stage}.a{attempt}"
+
+
+def parse_stage_run_id(value: str) -> tuple[str, str, int]:
+    release_id, stage, attempt = value.rsplit(".", 2)
+    if not attempt.startswith("a") or not attempt[1:].isdigit() or not release_id or not stage:
+        raise ValueError(value)
+    return release_id, stage, int(attempt[1:])

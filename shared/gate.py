@@ -1,0 +1,395 @@
+"""The gate: one pure function from (pipeline, state, event, now) to (new state, commands).
+
+No clock, no I/O, no client in here; the dispatcher gathers the inputs, writes the
+new state once, and only then carries out the commands.
+
+Rules
+-----
+* Stages run strictly in pipeline order; the next one starts only when the one
+  before it succeeded.
+* A failed stage stops the release and names the stage. Only a replay resumes it.
+* The optional stage (the chaos smoke, 10a) runs only when asked for, and only
+  after the stage before it (staging smoke) passed. While it runs the approval
+  cannot be given.
+* No stage after the approval starts unless the approval stage succeeded through
+  a valid decision: issued for this attempt, not expired, not used before, by an
+  approver on the list who is not the person who pushed the commit.
+* Duplicated, stale (older attempt or already finished), out-of-order and unknown
+  events change nothing. Terminal releases never change.
+* A running stage past its deadline fails; a waiting approval past its expiry fails.
+  Deadlines are enforced before any event is applied, so a completion arriving
+  after the deadline is stale.
+
+Outcome precedence (first that applies wins)
+--------------------------------------------
+DUPLICATE (event id already applied, or replay id already seen)
+> TERMINAL (release succeeded or superseded)
+> UNKNOWN_STAGE > STALE > REFUSED > IGNORED > APPLIED.
+Overdue deadlines found on the way are applied whatever the event's outcome
+(``Decision.state`` is then set even though the outcome is not APPLIED).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from enum import Enum
+
+from shared.commands import Command, NoticeKind, Notify, RequestApproval, StartStage
+from shared.events import (
+    ApprovalDecided,
+    ChaosRequested,
+    Event,
+    Outcome,
+    ReleaseStarted,
+    StageFinished,
+    StageReplay,
+    Tick,
+    stage_run_id,
+)
+from shared.pipeline import Pipeline, Stage, StageKind
+from shared.state import (
+    APPLIED_EVENTS_KEPT,
+    Attempt,
+    ReleaseState,
+    ReleaseStatus,
+    StageState,
+    StageStatus,
+)
+
+DEFAULT_APPROVAL_EXPIRY_S = 24 * 3600
+
+
+class GateOutcome(str, Enum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    TERMINAL = "terminal"
+    UNKNOWN_STAGE = "unknown_stage"
+    STALE = "stale"
+    REFUSED = "refused"
+    IGNORED = "ignored"
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: GateOutcome
+    reason: str = ""
+    state: ReleaseState | None = None  # None: nothing to write
+    commands: tuple[Command, ...] = field(default_factory=tuple)
+
+
+class _Refusal(Exception):
+    def __init__(self, outcome: GateOutcome, reason: str):
+        super().__init__(reason)
+        self.outcome = outcome
+        self.reason = reason
+
+
+def decide(pipeline: Pipeline, state: ReleaseState, event: Event, now: float) -> Decision:
+    """Apply one event to one release. Pure: the input state is never modified."""
+    if event.id in state.applied_events:
+        return Decision(GateOutcome.DUPLICATE, f"event {event.id} was already applied")
+    if isinstance(event, StageReplay) and any(r["replay_id"] == event.replay_id for r in state.replays):
+        return Decision(GateOutcome.DUPLICATE, f"replay {event.replay_id} was already handled")
+    if state.status.terminal:
+        return Decision(GateOutcome.TERMINAL, f"release {state.release_id} is {state.status.value}")
+    if pipeline.digest != state.pipeline_digest:
+        return Decision(GateOutcome.REFUSED, "the pipeline definition differs from the one the release started with")
+
+    new = copy.deepcopy(state)
+    run = _Run(pipeline, new, now)
+    run.expire_overdue()
+    try:
+        outcome, reason = run.apply(event)
+    except _Refusal as refusal:
+        outcome, reason = refusal.outcome, refusal.reason
+        if isinstance(event, StageReplay):
+            run.record_replay(event, accepted=False, reason=reason)
+    if not run.changed:
+        return Decision(outcome, reason)
+    new.applied_events = (new.applied_events + [event.id])[-APPLIED_EVENTS_KEPT:]
+    new.updated_at = now
+    return Decision(outcome, reason, new, tuple(run.commands))
+
+
+class _Run:
+    """The mutable working copy of one decision; never escapes ``decide``."""
+
+    def __init__(self, pipeline: Pipeline, state: ReleaseState, now: float):
+        self.pipeline = pipeline
+        self.state = state
+        self.now = now
+        self.commands: list[Command] = []
+        self.changed = False
+
+    # -- dispatch -------------------------------------------------------------
+    def apply(self, event: Event) -> tuple[GateOutcome, str]:
+        handler = {
+            ReleaseStarted: self.on_started,
+            StageFinished: self.on_finished,
+            ApprovalDecided: self.on_approval,
+            ChaosRequested: self.on_chaos,
+            StageReplay: self.on_replay,
+            Tick: self.on_tick,
+        }[type(event)]
+        return handler(event)
+
+    def on_started(self, event: ReleaseStarted) -> tuple[GateOutcome, str]:
+        if any(s.attempt for s in self.state.stages.values()) or self.state.status is not ReleaseStatus.RUNNING:
+            return GateOutcome.IGNORED, "release already underway"
+        self.advance(0)
+        return GateOutcome.APPLIED, f"started {self.pipeline.stages[0].label}"
+
+    def on_finished(self, event: StageFinished) -> tuple[GateOutcome, str]:
+        stage, st = self.known_stage(event.stage)
+        if stage.kind is StageKind.APPROVAL:
+            raise _Refusal(GateOutcome.REFUSED, f"{stage.label} finishes only through a signed approval")
+        if st.stage_run_id != event.stage_run_id:
+            raise _Refusal(GateOutcome.STALE, f"{event.stage_run_id} is not the current run of {stage.label}")
+        if st.status is not StageStatus.RUNNING:
+            raise _Refusal(GateOutcome.STALE, f"{stage.label} is already {st.status.value}")
+        st.result = {**st.result, **dict(event.result)}
+        if event.outcome is Outcome.SUCCEEDED:
+            self.finish(stage, StageStatus.SUCCEEDED)
+            self.advance(self.pipeline.index(stage.id) + 1)
+            return GateOutcome.APPLIED, f"{stage.label} succeeded"
+        self.fail(stage, event.reason or "failed")
+        return GateOutcome.APPLIED, f"{stage.label} failed"
+
+    def on_approval(self, event: ApprovalDecided) -> tuple[GateOutcome, str]:
+        stage, st = self.known_stage(event.stage)
+        state = self.state
+        if stage.kind is not StageKind.APPROVAL:
+            raise _Refusal(GateOutcome.REFUSED, f"{stage.label} is not an approval stage")
+        if event.nonce in state.used_nonces:
+            raise _Refusal(GateOutcome.REFUSED, "this approval link was already used")
+        if st.status is not StageStatus.WAITING or event.attempt != st.attempt:
+            raise _Refusal(GateOutcome.STALE, f"{stage.label} is not waiting for this approval request")
+        if state.status is not ReleaseStatus.AWAITING_APPROVAL:
+            raise _Refusal(GateOutcome.REFUSED, f"release is {state.status.value}, not awaiting approval")
+        if self.now > event.expires_at or (st.deadline is not None and self.now > st.deadline):
+            raise _Refusal(GateOutcome.REFUSED, "the approval link has expired")
+        if event.approver not in stage.params["approvers"]:
+            raise _Refusal(GateOutcome.REFUSED, f"{event.approver} is not an approver of {stage.label}")
+        if event.approver == state.pushed_by:
+            raise _Refusal(GateOutcome.REFUSED, f"{event.approver} pushed this commit and cannot approve it")
+        state.used_nonces.append(event.nonce)
+        decision = {
+            "approver": event.approver,
+            "decision": "approved" if event.approve else "rejected",
+            "at": self.now,
+            "reason": event.reason,
+            "nonce": event.nonce,
+            "attempt": event.attempt,
+            "user_agent": event.user_agent,
+        }
+        st.result = {**st.result, **{k: v for k, v in decision.items() if k != "nonce"}}
+        if not event.approve:
+            self.fail(stage, f"rejected by {event.approver}" + (f": {event.reason}" if event.reason else ""))
+            return GateOutcome.APPLIED, f"{stage.label} rejected"
+        state.approval = decision
+        self.finish(stage, StageStatus.SUCCEEDED)
+        for optional in self.pipeline.stages[: self.pipeline.index(stage.id)]:
+            if optional.optional and state.stages[optional.id].status is StageStatus.PENDING:
+                state.stages[optional.id].status = StageStatus.SKIPPED
+        self.advance(self.pipeline.index(stage.id) + 1)
+        return GateOutcome.APPLIED, f"approved by {event.approver}"
+
+    def on_chaos(self, event: ChaosRequested) -> tuple[GateOutcome, str]:
+        optional = [s for s in self.pipeline.stages if s.optional]
+        if not optional:
+            raise _Refusal(GateOutcome.REFUSED, "this pipeline has no optional chaos stage")
+        stage = optional[0]
+        index = self.pipeline.index(stage.id)
+        before = self.pipeline.stages[index - 1]
+        st = self.state.stages[stage.id]
+        if self.state.stages[before.id].status is not StageStatus.SUCCEEDED:
+            raise _Refusal(GateOutcome.REFUSED, f"chaos runs only after {before.label} passed")
+        if st.status is not StageStatus.PENDING or self.state.chaos_requested_by:
+            raise _Refusal(GateOutcome.REFUSED, f"{stage.label} was already requested or decided ({st.status.value})")
+        if self.state.status is not ReleaseStatus.AWAITING_APPROVAL:
+            raise _Refusal(GateOutcome.REFUSED, f"release is {self.state.status.value}; chaos needs it awaiting approval")
+        self.state.chaos_requested_by = event.requested_by
+        self.start(stage)
+        self.state.status = ReleaseStatus.RUNNING
+        return GateOutcome.APPLIED, f"{stage.label} requested by {event.requested_by}"
+
+    def on_replay(self, event: StageReplay) -> tuple[GateOutcome, str]:
+        state = self.state
+        if not self.pipeline.has_stage(event.stage):
+            raise _Refusal(GateOutcome.REFUSED, f"unknown stage {event.stage!r}")
+        stage = self.pipeline.stage(event.stage)
+        st = state.stages[stage.id]
+        busy = [s for s in self.pipeline.stages if state.stages[s.id].status is StageStatus.RUNNING]
+        if busy:
+            raise _Refusal(GateOutcome.REFUSED, f"{busy[0].label} is running; replay when it ends")
+        if st.status in (StageStatus.PENDING, StageStatus.SKIPPED) and not (stage.optional and state.chaos_requested_by):
+            raise _Refusal(GateOutcome.REFUSED, f"{stage.label} has not run yet")
+        if stage.kind is StageKind.APPROVAL and st.status is StageStatus.SUCCEEDED:
+            raise _Refusal(GateOutcome.REFUSED, f"{stage.label} is already approved")
+        if self.pipeline.needs_approval(stage.id) and not self.approved():
+            raise _Refusal(GateOutcome.REFUSED, f"{stage.label} needs a valid approval first")
+        self.record_replay(event, accepted=True, reason=event.reason)
+        index = self.pipeline.index(stage.id)
+        for later in self.pipeline.stages[index + 1:]:
+            self.reset(later)
+        state.stopped_at_stage = ""
+        state.reason = ""
+        state.status = ReleaseStatus.RUNNING
+        if stage.kind is StageKind.APPROVAL:
+            state.approval = {}
+        elif self.pipeline.approval_index is not None and index < self.pipeline.approval_index:
+            state.approval = {}  # earlier results changed: the approval must be given again
+        self.advance(index, replay=True)
+        return GateOutcome.APPLIED, f"{stage.label} replayed by {event.requested_by}"
+
+    def on_tick(self, event: Tick) -> tuple[GateOutcome, str]:
+        return GateOutcome.IGNORED, "nothing overdue"
+
+    # -- transitions ----------------------------------------------------------
+    def known_stage(self, stage_id: str) -> tuple[Stage, StageState]:
+        if not self.pipeline.has_stage(stage_id):
+            raise _Refusal(GateOutcome.UNKNOWN_STAGE, f"unknown stage {stage_id!r}")
+        return self.pipeline.stage(stage_id), self.state.stages[stage_id]
+
+    def approved(self) -> bool:
+        gate = self.pipeline.approval_index
+        if gate is None:
+            return True
+        stage = self.pipeline.stages[gate]
+        approval = self.state.approval
+        return (
+            self.state.stages[stage.id].status is StageStatus.SUCCEEDED
+            and approval.get("decision") == "approved"
+            and approval.get("approver") in stage.params["approvers"]
+            and approval.get("approver") != self.state.pushed_by
+        )
+
+    def advance(self, index: int, replay: bool = False) -> None:
+        """Start the first stage from ``index`` that should run, or finish the release."""
+        state = self.state
+        for stage in self.pipeline.stages[index:]:
+            st = state.stages[stage.id]
+            forced, replay = replay, False  # only the replayed stage itself runs again
+            if st.status is StageStatus.SUCCEEDED and not forced:
+                continue
+            if stage.optional and not state.chaos_requested_by:
+                continue  # stays pending: it may still be requested until the approval
+            if stage.kind is StageKind.APPROVAL:
+                if st.status is StageStatus.WAITING and not forced:
+                    state.status = ReleaseStatus.AWAITING_APPROVAL
+                    return
+                self.request_approval(stage)
+                return
+            self.start(stage)
+            return
+        state.status = ReleaseStatus.SUCCEEDED
+        for stage in self.pipeline.stages:
+            if state.stages[stage.id].status is StageStatus.PENDING:
+                state.stages[stage.id].status = StageStatus.SKIPPED
+        self.notify(NoticeKind.RELEASE_FINISHED, "", f"{self.title()} is complete: {state.tag} takes all traffic.")
+
+    def begin_attempt(self, stage: Stage, status: StageStatus, timeout_s: int) -> StageState:
+        st = self.state.stages[stage.id]
+        if st.attempt:
+            st.history.append(
+                Attempt(st.attempt, st.stage_run_id, st.status.value, st.started_at, st.finished_at, st.reason, st.result)
+            )
+        st.attempt += 1
+        st.stage_run_id = stage_run_id(self.state.release_id, stage.id, st.attempt)
+        st.status = status
+        st.started_at = self.now
+        st.finished_at = None
+        st.deadline = self.now + timeout_s
+        st.reason = ""
+        st.result = {}
+        self.changed = True
+        return st
+
+    def start(self, stage: Stage) -> None:
+        if self.pipeline.needs_approval(stage.id) and not self.approved():
+            # Unreachable through advance(); kept as the last line of defence.
+            raise _Refusal(GateOutcome.REFUSED, f"{stage.label} needs a valid approval first")
+        st = self.begin_attempt(stage, StageStatus.RUNNING, stage.timeout_s)
+        self.state.status = ReleaseStatus.RUNNING
+        inputs = {
+            "release_id": self.state.release_id,
+            "tag": self.state.tag,
+            "version": self.state.version,
+            "commit": self.state.commit,
+            "repo": self.state.repo,
+        }
+        self.commands.append(StartStage(self.state.release_id, stage.id, st.stage_run_id, st.attempt, stage.kind.value, inputs))
+
+    def request_approval(self, stage: Stage) -> None:
+        expiry = int(stage.params.get("expiry_s", DEFAULT_APPROVAL_EXPIRY_S))
+        st = self.begin_attempt(stage, StageStatus.WAITING, expiry)
+        self.state.status = ReleaseStatus.AWAITING_APPROVAL
+        approvers = tuple(a for a in stage.params["approvers"] if a != self.state.pushed_by)
+        self.commands.append(RequestApproval(self.state.release_id, stage.id, st.attempt, approvers, st.deadline))
+        self.notify(NoticeKind.APPROVAL_NEEDED, stage.id, f"{self.title()} waits for approval; links went to {', '.join(approvers)}.")
+
+    def finish(self, stage: Stage, status: StageStatus) -> None:
+        st = self.state.stages[stage.id]
+        st.status = status
+        st.finished_at = self.now
+        self.changed = True
+
+    def fail(self, stage: Stage, reason: str) -> None:
+        st = self.state.stages[stage.id]
+        st.reason = reason
+        self.finish(stage, StageStatus.FAILED)
+        self.state.status = ReleaseStatus.STOPPED
+        self.state.stopped_at_stage = stage.id
+        self.state.reason = f"{stage.label} failed: {reason}"
+        self.notify(
+            NoticeKind.STAGE_FAILED,
+            stage.id,
+            f"{self.title()} stopped: {stage.label} failed: {reason}. "
+            f"Gate: {stage.gate or 'the release stops'}. Fix the cause, then replay the stage "
+            f"(stage.replay release={self.state.release_id} stage={stage.id}).",
+        )
+
+    def reset(self, stage: Stage) -> None:
+        st = self.state.stages[stage.id]
+        if st.status is StageStatus.PENDING:
+            return
+        if st.attempt:
+            st.history.append(
+                Attempt(st.attempt, st.stage_run_id, st.status.value, st.started_at, st.finished_at, st.reason, st.result)
+            )
+        # Keep the attempt counter so stage-run ids of the next attempt stay unique.
+        st.status = StageStatus.PENDING
+        st.stage_run_id, st.started_at, st.finished_at, st.deadline = "", None, None, None
+        st.reason, st.result = "", {}
+        self.changed = True
+
+    def expire_overdue(self) -> None:
+        for stage in self.pipeline.stages:
+            st = self.state.stages[stage.id]
+            if st.deadline is None or self.now <= st.deadline:
+                continue
+            if st.status is StageStatus.RUNNING:
+                self.fail(stage, f"timed out after {stage.timeout_s}s")
+            elif st.status is StageStatus.WAITING and self.state.status is ReleaseStatus.AWAITING_APPROVAL:
+                self.fail(stage, "approval expired")
+
+    def record_replay(self, event: StageReplay, accepted: bool, reason: str) -> None:
+        self.state.replays.append(
+            {
+                "replay_id": event.replay_id,
+                "stage": event.stage,
+                "requested_by": event.requested_by,
+                "accepted": accepted,
+                "reason": reason,
+                "at": self.now,
+            }
+        )
+        self.changed = True
+        if not accepted:
+            self.notify(NoticeKind.REFUSED, event.stage, f"replay {event.replay_id} of {self.title()} refused: {reason}")
+
+    def notify(self, kind: NoticeKind, stage: str, message: str) -> None:
+        self.commands.append(Notify(self.state.release_id, kind, stage, message))
+
+    def title(self) -> str:
+        return f"release {self.state.release_id} ({self.state.tag})"
