@@ -60,6 +60,7 @@ DEFAULT_APPROVAL_EXPIRY_S = 24 * 3600
 
 
 class GateOutcome(str, Enum):
+    UNKNOWN_RELEASE = "unknown_release"  # decided by the service: there is no state to pass in
     APPLIED = "applied"
     DUPLICATE = "duplicate"
     TERMINAL = "terminal"
@@ -222,12 +223,12 @@ class _Run:
         busy = [s for s in self.pipeline.stages if state.stages[s.id].status is StageStatus.RUNNING]
         if busy:
             raise _Refusal(GateOutcome.REFUSED, f"{busy[0].label} is running; replay when it ends")
+        if self.pipeline.needs_approval(stage.id) and not self.approved():
+            raise _Refusal(GateOutcome.REFUSED, f"{stage.label} needs a valid approval first")
         if st.status in (StageStatus.PENDING, StageStatus.SKIPPED) and not (stage.optional and state.chaos_requested_by):
             raise _Refusal(GateOutcome.REFUSED, f"{stage.label} has not run yet")
         if stage.kind is StageKind.APPROVAL and st.status is StageStatus.SUCCEEDED:
             raise _Refusal(GateOutcome.REFUSED, f"{stage.label} is already approved")
-        if self.pipeline.needs_approval(stage.id) and not self.approved():
-            raise _Refusal(GateOutcome.REFUSED, f"{stage.label} needs a valid approval first")
         self.record_replay(event, accepted=True, reason=event.reason)
         index = self.pipeline.index(stage.id)
         for later in self.pipeline.stages[index + 1:]:

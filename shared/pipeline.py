@@ -28,6 +28,7 @@ class StageKind(str, Enum):
     TRAFFIC = "traffic"  # a Cloud Run traffic change
     CHECK = "check"  # HTTP checks against a deployed URL
     APPROVAL = "approval"  # a human decision through a signed link
+    PREFLIGHT = "preflight"  # the pipeline's own IAM check before stage 1 (seed step 3)
 
 
 # Parameters each kind cannot do without; the executors read the rest.
@@ -38,6 +39,7 @@ REQUIRED_PARAMS: Mapping[StageKind, tuple[str, ...]] = {
     StageKind.TRAFFIC: ("services", "percent"),
     StageKind.CHECK: ("target", "paths"),
     StageKind.APPROVAL: ("approvers",),
+    StageKind.PREFLIGHT: ("service_account",),
 }
 ENVIRONMENTS = ("build", "staging", "prod")
 STAGE_ID = re.compile(r"^[a-z][a-z0-9-]{0,39}$")

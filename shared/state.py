@@ -92,8 +92,9 @@ class ReleaseState:
     used_nonces: list[str] = field(default_factory=list)
     replays: list[str] = field(default_factory=list)
     applied_events: list[str] = field(default_factory=list)
-    # Commands of the last transition, kept until they are carried out (see service.py).
-    outbox: dict[str, Any] = field(default_factory=dict)
+    # Commands of transitions not yet carried out: [{event_id, commands, lease_until}].
+    # See shared/service.py for why they live in the release document.
+    outbox: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -1,0 +1,1 @@
+"""The local stack: emulators, functions in functions-framework, and the GCP stand-in."""
