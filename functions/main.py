@@ -1,0 +1,62 @@
+"""Cloud Functions entry points. Thin on purpose: parse, call one service, map errors.
+
+Ack or retry is decided here: a malformed event is recorded as a dead letter and
+acknowledged (returning normally); a transient failure raises, so Pub/Sub
+redelivers it.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import sys
+from pathlib import Path
+
+import functions_framework
+
+# On GCP the deployed source holds functions/ and shared/ side by side at its root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from shared import bootstrap  # noqa: E402
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+log = logging.getLogger("functions")
+
+
+def _json(body: dict, status: int):
+    return json.dumps(body), status, {"Content-Type": "application/json"}
+
+
+@functions_framework.http
+def on_push(request):
+    """GitHub push webhook -> release created once -> `release.started`."""
+    status, body = bootstrap.push_service().handle(request.headers, request.get_data())
+    return _json(body, status)
+
+
+@functions_framework.cloud_event
+def dispatch(cloud_event):
+    """Pub/Sub push from `pipeline-events` and `cloud-builds`."""
+    event_id = str(cloud_event["id"])
+    message = cloud_event.data.get("message") if isinstance(cloud_event.data, dict) else None
+    if not isinstance(message, dict):
+        bootstrap.store().record_dead_letter(event_id, "CloudEvent has no Pub/Sub message", str(cloud_event.data)[:4096], "dispatch")
+        return
+    try:
+        data = base64.b64decode(message.get("data") or "", validate=True)
+    except (binascii.Error, TypeError):
+        bootstrap.store().record_dead_letter(event_id, "message data is not base64", str(message.get("data"))[:4096], "dispatch")
+        return
+    attributes = message.get("attributes") or {}
+    bootstrap.dispatcher().handle_message(event_id, attributes, data)
+
+
+@functions_framework.cloud_event
+def sweep(cloud_event):
+    """One-minute tick from Cloud Scheduler via `pipeline-tick`: poll running stages, enforce deadlines."""
+    from shared.sweeper import sweep as run_sweep
+
+    s = bootstrap
+    report = run_sweep(s.store(), s.executors(), s.publisher(), s.SystemClock(), s.settings())
+    log.info("sweep: %s", report)

@@ -1,0 +1,92 @@
+"""The one place that wires real adapters to the service code.
+
+Everything is built on first use and kept for the life of the function instance:
+cold start pays only for what the invoked function needs (the HTTP push trigger
+never imports the Cloud Build or Cloud Run clients, for instance).
+"""
+from __future__ import annotations
+
+import functools
+
+from shared.config import Settings
+from shared.ports import SystemClock
+
+
+@functools.cache
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@functools.cache
+def store():
+    from google.cloud import firestore
+
+    from shared.firestore_store import FirestoreStore
+
+    return FirestoreStore(firestore.Client(project=settings().project), settings())
+
+
+@functools.cache
+def publisher():
+    from shared.pubsub_publisher import PubSubPublisher
+
+    return PubSubPublisher(settings())
+
+
+@functools.cache
+def pipeline():
+    from shared.pipeline import load_pipeline
+
+    return load_pipeline(settings().pipeline_file)
+
+
+@functools.cache
+def executors():
+    from shared.executors import build_executors
+
+    return build_executors(settings())
+
+
+@functools.cache
+def notifier():
+    from shared.notify import build_notifier
+
+    return build_notifier(settings())
+
+
+@functools.cache
+def approvals():
+    from shared.approval.service import ApprovalService
+
+    return ApprovalService.from_settings(settings(), store=approval_store(), publisher=publisher(),
+                                         notifier=notifier(), clock=SystemClock())
+
+
+@functools.cache
+def approval_store():
+    from google.cloud import firestore
+
+    from shared.approval.store import FirestoreApprovalStore
+
+    return FirestoreApprovalStore(firestore.Client(project=settings().project), settings())
+
+
+@functools.cache
+def dispatcher():
+    from shared.service import Dispatcher
+
+    return Dispatcher(store(), publisher(), executors(), approvals(), notifier(), SystemClock(), settings())
+
+
+@functools.cache
+def push_service():
+    from shared.github import PushService
+
+    return PushService(store(), publisher(), pipeline(), SystemClock(), settings())
+
+
+def reset() -> None:
+    """Forget every wired object (tests change the environment between apps)."""
+    for name, value in list(globals().items()):
+        if hasattr(value, "cache_clear"):
+            value.cache_clear()

@@ -1,0 +1,48 @@
+"""A dispatcher over the real Firestore emulator with fake executors and notifiers."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from google.cloud import firestore
+
+from shared.config import Settings
+from shared.fakes import FakeApprovals, FakeClock, FakeExecutor, FakeNotifier, FakePublisher
+from shared.firestore_store import FirestoreStore
+from shared.pipeline import StageKind
+from shared.service import Dispatcher
+from shared.state import new_release
+from tests.unit.gate_helpers import PIPELINE, PUSHER
+
+
+@dataclass
+class Rig:
+    dispatcher: Dispatcher
+    store: FirestoreStore
+    executor: FakeExecutor
+    publisher: FakePublisher
+    clock: FakeClock
+
+    def new_release(self, commit="abcdef1234567890"):
+        state = new_release(PIPELINE, repo="acme/app", ref="refs/heads/main", commit=commit,
+                            version="1.2.3", pushed_by=PUSHER, now=self.clock.now())
+        self.store.save_pipeline(PIPELINE)
+        assert self.store.create(state)
+        return state.release_id
+
+    def send(self, event_id, data):
+        return self.dispatcher.handle_message(event_id, {}, json.dumps(data).encode())
+
+    def state(self, release_id):
+        return self.store.get(release_id)[0]
+
+
+def make_rig(project, prefix) -> Rig:
+    settings = Settings(project=project, collection_prefix=prefix)
+    store = FirestoreStore(firestore.Client(project=project), settings)
+    executor = FakeExecutor()
+    publisher = FakePublisher()
+    clock = FakeClock()
+    executors = {kind.value: executor for kind in StageKind}
+    dispatcher = Dispatcher(store, publisher, executors, FakeApprovals(), FakeNotifier(), clock, settings)
+    return Rig(dispatcher, store, executor, publisher, clock)

@@ -1,0 +1,97 @@
+"""The dispatcher against the Firestore emulator: one transition per event, whatever the delivery."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from shared.gate import GateOutcome
+from shared.state import ReleaseStatus, StageStatus
+from tests.integration.dispatch_helpers import make_rig
+
+pytestmark = pytest.mark.emulators
+
+
+@pytest.fixture
+def rig(emulators, unique_prefix):
+    return make_rig(emulators["project"], unique_prefix)
+
+
+def lint_finished(release_id, outcome="succeeded", reason=""):
+    return {"type": "stage.finished", "release_id": release_id, "stage": "lint",
+            "stage_run_id": f"{release_id}.lint.a1", "outcome": outcome, "reason": reason}
+
+
+def test_release_started_starts_lint_and_records_the_handle(rig):
+    rid = rig.new_release()
+    decision = rig.send("m1", {"type": "release.started", "release_id": rid})
+    assert decision.outcome is GateOutcome.APPLIED
+    state = rig.state(rid)
+    assert state.stages["lint"].status is StageStatus.RUNNING
+    assert state.stages["lint"].result["fake_run"] == f"{rid}.lint.a1"
+    assert state.outbox == [], "the carried-out batch is removed"
+    assert list(rig.executor.started) == [f"{rid}.lint.a1"]
+
+
+def test_same_event_delivered_again_sequentially_causes_one_transition(rig):
+    rid = rig.new_release()
+    rig.send("m1", {"type": "release.started", "release_id": rid})
+    outcomes = [rig.send("m2", lint_finished(rid)).outcome for _ in range(3)]
+    assert outcomes == [GateOutcome.APPLIED, GateOutcome.DUPLICATE, GateOutcome.DUPLICATE]
+    assert rig.executor.start_calls == 2  # lint, then unit once
+    assert rig.state(rid).stages["unit"].attempt == 1
+
+
+def test_ten_concurrent_copies_cause_exactly_one_transition(rig):
+    rid = rig.new_release()
+    rig.send("m1", {"type": "release.started", "release_id": rid})
+    with ThreadPoolExecutor(10) as pool:
+        outcomes = list(pool.map(lambda _: rig.send("m2", lint_finished(rid)).outcome, range(10)))
+    assert outcomes.count(GateOutcome.APPLIED) == 1
+    assert set(outcomes) <= {GateOutcome.APPLIED, GateOutcome.DUPLICATE}
+    assert rig.executor.start_calls == 2
+    state = rig.state(rid)
+    assert state.stages["unit"].status is StageStatus.RUNNING and state.stages["unit"].attempt == 1
+    assert state.applied_events.count("m2") == 1
+
+
+def test_ten_concurrent_distinct_copies_of_one_completion_start_the_next_stage_once(rig):
+    rid = rig.new_release()
+    rig.send("m1", {"type": "release.started", "release_id": rid})
+    with ThreadPoolExecutor(10) as pool:
+        outcomes = list(pool.map(lambda i: rig.send(f"copy{i}", lint_finished(rid)).outcome, range(10)))
+    assert outcomes.count(GateOutcome.APPLIED) == 1
+    assert rig.executor.start_calls == 2
+
+
+def test_failing_stage_stops_the_release_and_names_it(rig):
+    rid = rig.new_release()
+    rig.send("m1", {"type": "release.started", "release_id": rid})
+    rig.send("m2", lint_finished(rid, "failed", "ruff found 3 errors"))
+    state = rig.state(rid)
+    assert state.status is ReleaseStatus.STOPPED and state.stopped_at_stage == "lint"
+    assert state.reason == "stage 1 'lint' failed: ruff found 3 errors"
+    notices = [d for t, d, _ in rig.publisher.messages if d.get("type") == "release.notice"]
+    assert notices and "stage 1 'lint' failed" in notices[0]["message"]
+
+
+@pytest.mark.parametrize(
+    "payload, words",
+    [
+        (b"not json", "data is not JSON"),
+        (b'{"type": "stage.finished", "release_id": "x"}', "missing stage, stage_run_id, outcome"),
+        (b'{"type": "nonsense"}', "unknown type"),
+        (b'{"type": "stage.finished", "release_id": "x", "stage": "a", "stage_run_id": "b", "outcome": "maybe"}',
+         "'maybe' is not a valid Outcome"),
+    ],
+)
+def test_malformed_event_is_acknowledged_and_dead_lettered(rig, payload, words):
+    assert rig.dispatcher.handle_message("bad1", {}, payload) is None
+    doc = rig.store.dead_letters.document("bad1").get()
+    assert doc.exists and words in doc.get("reason")
+
+
+def test_event_for_unknown_release_changes_nothing(rig):
+    decision = rig.send("m9", lint_finished("no-such-release"))
+    assert decision.outcome is GateOutcome.UNKNOWN_RELEASE
+    assert rig.executor.start_calls == 0

@@ -1,0 +1,109 @@
+"""The `on_push` Cloud Function through functions-framework, against the emulators."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from functions_framework import create_app
+from google.cloud import pubsub_v1
+
+from shared import bootstrap
+from shared.github import signature_for
+
+pytestmark = pytest.mark.emulators
+SECRET = "test-webhook-secret"
+
+
+@pytest.fixture
+def app(emulators, unique_prefix, monkeypatch):
+    monkeypatch.setenv("RELEASE_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("RELEASE_COLLECTION_PREFIX", unique_prefix)
+    monkeypatch.setenv("RELEASE_EVENTS_TOPIC", f"{unique_prefix}events")
+    monkeypatch.setenv("RELEASE_PROJECT", emulators["project"])
+    publisher = pubsub_v1.PublisherClient()
+    subscriber = pubsub_v1.SubscriberClient()
+    topic = publisher.topic_path(emulators["project"], f"{unique_prefix}events")
+    publisher.create_topic(name=topic)
+    sub = subscriber.subscription_path(emulators["project"], f"{unique_prefix}sub")
+    subscriber.create_subscription(name=sub, topic=topic)
+    bootstrap.reset()
+    client = create_app("on_push", "functions/main.py").test_client()
+    client.pull = lambda: [
+        json.loads(m.message.data)
+        for m in subscriber.pull(subscription=sub, max_messages=10, timeout=2).received_messages
+    ]
+    yield client
+    bootstrap.reset()
+
+
+def push_body(commit="b" * 40, version="1.4.0", ref="refs/heads/main"):
+    return json.dumps({
+        "ref": ref, "after": commit, "repository": {"full_name": "acme/app"},
+        "pusher": {"name": "dev", "email": "dev@example.com"},
+        "head_commit": {"message": f"Change\n\nRelease-Version: {version}"},
+    }).encode()
+
+
+def post(client, body, event="push", delivery="d-1", signature=None):
+    headers = {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery, "Content-Type": "application/json"}
+    if signature is not False:
+        headers["X-Hub-Signature-256"] = signature or signature_for(SECRET, body)
+    return client.post("/", data=body, headers=headers)
+
+
+def stored_releases():
+    return bootstrap.store().list_releases()
+
+
+def test_signed_push_creates_a_release_and_publishes_started(app):
+    response = post(app, push_body())
+    assert response.status_code == 201
+    body = response.get_json()
+    assert body["tag"] == "v1.4.0-bbbbbbb" and body["status"] == "created"
+    assert [r.release_id for r in stored_releases()] == [body["release_id"]]
+    assert app.pull() == [{"type": "release.started", "release_id": body["release_id"]}]
+
+
+def test_second_push_for_the_same_commit_creates_nothing_new(app):
+    first = post(app, push_body(), delivery="d-1").get_json()
+    app.pull()
+    again = post(app, push_body(), delivery="d-2")
+    redelivery = post(app, push_body(), delivery="d-1")
+    assert again.status_code == 200 and again.get_json()["status"] == "exists"
+    assert redelivery.status_code == 200
+    assert [r.release_id for r in stored_releases()] == [first["release_id"]]
+
+
+@pytest.mark.parametrize("signature", [False, "sha256=" + "0" * 64, "garbage"])
+def test_unsigned_or_wrongly_signed_push_is_401_and_stores_nothing(app, signature):
+    response = post(app, push_body(), signature=signature)
+    assert response.status_code == 401
+    assert "X-Hub-Signature-256" in response.get_json()["error"]
+    assert stored_releases() == [] and app.pull() == []
+
+
+def test_malformed_json_is_400(app):
+    response = post(app, b"{not json")
+    assert response.status_code == 400 and "not JSON" in response.get_json()["error"]
+    assert stored_releases() == []
+
+
+def test_push_without_semver_is_422_naming_what_is_missing(app):
+    body = json.dumps({"ref": "refs/heads/main", "after": "c" * 40, "repository": {"full_name": "acme/app"},
+                       "head_commit": {"message": "no version here"}}).encode()
+    response = post(app, body)
+    assert response.status_code == 422
+    assert "Release-Version: X.Y.Z" in response.get_json()["error"]
+    assert stored_releases() == []
+
+
+def test_ping_is_200_and_other_events_are_acknowledged(app):
+    assert post(app, b'{"zen": "hi"}', event="ping").status_code == 200
+    response = post(app, b'{"action": "opened"}', event="pull_request")
+    assert response.status_code == 202 and response.get_json()["status"] == "ignored"
+    assert stored_releases() == []
+
+
+def test_push_to_another_branch_is_ignored(app):
+    response = post(app, push_body(ref="refs/heads/feature"))
+    assert response.status_code == 202 and stored_releases() == []
