@@ -52,6 +52,13 @@ def dispatch(cloud_event):
     bootstrap.dispatcher().handle_message(event_id, attributes, data)
 
 
+@functions_framework.http
+def on_approval(request):
+    """Signed approval links: GET/HEAD show a confirm page, POST decides."""
+    answer = bootstrap.approvals().handle(request.method, request.args, request.form, request.headers)
+    return answer.html, answer.status, answer.headers
+
+
 @functions_framework.cloud_event
 def sweep(cloud_event):
     """One-minute tick from Cloud Scheduler via `pipeline-tick`: poll running stages, enforce deadlines."""

@@ -51,7 +51,8 @@ def executors():
 def notifier():
     from shared.notify import build_notifier
 
-    return build_notifier(settings())
+    recipients = tuple(a.strip() for a in settings().notify_emails.split(",") if a.strip())
+    return build_notifier(settings(), recipients=recipients)
 
 
 @functools.cache
@@ -59,7 +60,7 @@ def approvals():
     from shared.approval.service import ApprovalService
 
     return ApprovalService.from_settings(settings(), store=approval_store(), publisher=publisher(),
-                                         notifier=notifier(), clock=SystemClock())
+                                         clock=SystemClock(), releases=store())
 
 
 @functools.cache

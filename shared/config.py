@@ -40,6 +40,7 @@ class Settings:
     smtp_host: str = ""
     smtp_port: int = 25
     mail_from: str = "release-bot@localhost"
+    notify_emails: str = ""  # comma-separated: who gets failure / approval / finished notices by mail
     slack_webhook_url: str = field(default="", repr=False)
     chat_webhook_url: str = field(default="", repr=False)
     outbox_lease_s: int = 60

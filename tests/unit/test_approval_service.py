@@ -1,0 +1,362 @@
+"""ApprovalService over the in-memory store: links, the confirm page, decisions and refusals.
+
+The helpers at the top (World, RecordingPublisher, RecordingSender, waiting_release) are
+reused by the integration tests, which swap in the Firestore store and real channels.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import urllib.parse
+from dataclasses import dataclass, field, replace
+
+import pytest
+
+from shared.approval.service import ApprovalService, release_readers
+from shared.approval.store import ApprovalRecord, InMemoryApprovalStore
+from shared.approval.tokens import Keyring, LinkClaims, sign
+from shared.commands import RequestApproval, StartStage
+from shared.config import Settings
+from shared.errors import ConfigError, TransientError
+from shared.events import ApprovalDecided, Outcome, ReleaseStarted, StageFinished, event_from_dict
+from shared.gate import GateOutcome, decide
+from shared.notify.errors import NotifyError
+from shared.state import ReleaseStatus, StageStatus, new_release
+from tests.unit.gate_helpers import APPROVER, PIPELINE, PUSHER
+
+T0 = 1_800_000_000.0
+KEYS = "k2:second-secret-0123456789abcdef,k1:first-secret-0123456789abcdef"
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0"
+
+
+class RecordingPublisher:
+    """The EventPublisher port, in memory."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, dict, dict]] = []
+        self.fail = False
+        self._lock = threading.Lock()
+
+    def publish(self, topic, data, attributes=None) -> str:
+        if self.fail:
+            raise TransientError("publisher is down")
+        with self._lock:
+            self.messages.append((topic, dict(data), dict(attributes or {})))
+            return f"msg-{len(self.messages)}"
+
+
+class RecordingSender:
+    name = "recording"
+
+    def __init__(self, fail_for: tuple[str, ...] = ()) -> None:
+        self.sent: list[tuple[str, str, str]] = []
+        self.fail_for = fail_for
+
+    def send_link(self, approver: str, subject: str, text: str) -> None:
+        if approver in self.fail_for:
+            raise NotifyError("mailbox unreachable")
+        self.sent.append((approver, subject, text))
+
+
+class Clock:
+    def __init__(self, now: float = T0) -> None:
+        self.t = now
+
+    def now(self) -> float:
+        return self.t
+
+
+def waiting_release(commit: str = "abcdef1234567890"):
+    """Drive the real gate until the release waits for approval; returns (state, RequestApproval)."""
+    state = new_release(PIPELINE, repo="acme/app", ref="refs/heads/main", commit=commit,
+                        version="1.2.3", pushed_by=PUSHER, now=T0)
+    decision = decide(PIPELINE, state, ReleaseStarted("e-start", state.release_id), T0)
+    n = 0
+    while True:
+        state = decision.state
+        requests = [c for c in decision.commands if isinstance(c, RequestApproval)]
+        if requests:
+            assert state.status is ReleaseStatus.AWAITING_APPROVAL
+            return state, requests[0]
+        (start,) = [c for c in decision.commands if isinstance(c, StartStage)]
+        n += 1
+        event = StageFinished(f"e{n}", state.release_id, start.stage, start.stage_run_id, Outcome.SUCCEEDED, "",
+                              {"status": "SUCCESS", "build_id": f"b{n}"})
+        decision = decide(PIPELINE, state, event, T0 + n)
+
+
+class PipelineReleases:
+    """Just enough of the ReleaseStore port for release_readers()."""
+
+    def __init__(self) -> None:
+        self.releases = {}
+
+    def get(self, release_id):
+        state = self.releases.get(release_id)
+        return (state, "v1") if state else None
+
+    def load_pipeline(self, digest):
+        assert digest == PIPELINE.digest
+        return PIPELINE
+
+
+@dataclass
+class World:
+    store: object = field(default_factory=InMemoryApprovalStore)
+    settings: Settings = field(default_factory=lambda: Settings(approval_keys=KEYS, approval_base_url="http://127.0.0.1:8083"))
+    sender: object = field(default_factory=RecordingSender)
+    publisher: RecordingPublisher = field(default_factory=RecordingPublisher)
+    clock: Clock = field(default_factory=Clock)
+    releases: PipelineReleases = field(default_factory=PipelineReleases)
+
+    def __post_init__(self):
+        self.keyring = Keyring.from_setting(self.settings.approval_keys)
+        self.service = ApprovalService.from_settings(
+            self.settings, store=self.store, publisher=self.publisher, clock=self.clock,
+            releases=self.releases, link_senders=[self.sender],
+        )
+        self.release, self.command = waiting_release()
+        self.releases.releases[self.release.release_id] = self.release
+
+    def send_links(self) -> dict[str, str]:
+        """Request approval; returns approver -> token taken from the delivered text."""
+        assert self.service.request(self.release, self.command) == {"links_sent": 1}
+        return {approver: token_in(text) for approver, _, text in self.sender.sent}
+
+    def token(self, **changes) -> str:
+        """A genuinely signed token for a stored request; ``changes`` alter both (e.g. approver)."""
+        record = ApprovalRecord(nonce=f"nonce-{len(changes)}-" + "x" * 20, release_id=self.release.release_id,
+                                stage="approval", attempt=self.command.attempt, approver=APPROVER,
+                                expires_at=self.command.expires_at, tag=self.release.tag, created_at=T0)
+        record = replace(record, **changes)
+        assert self.store.create(record)
+        return sign(LinkClaims(record.release_id, record.stage, record.attempt, record.approver, record.nonce,
+                               record.tag, record.expires_at), self.keyring)
+
+    def get(self, token, method="GET"):
+        return self.service.handle(method, {"token": token}, {}, {"User-Agent": "MailScanner/1.0"})
+
+    def post(self, token, decision="approve", reason="", via_query=False):
+        query = {"token": token} if via_query else {}
+        form = {"decision": decision, "reason": reason} | ({} if via_query else {"token": token})
+        return self.service.handle("POST", query, form, {"user-agent": BROWSER})
+
+    def nonce(self, token) -> str:
+        import base64
+        import json
+
+        body = token.split(".")[2]
+        return json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))["nonce"]
+
+
+def token_in(text: str) -> str:
+    (link,) = re.findall(r"http://127\.0\.0\.1:8083/\?token=(\S+)", text)
+    return urllib.parse.unquote(link)
+
+
+@pytest.fixture
+def world():
+    return World()
+
+
+# -- sending links ---------------------------------------------------------------
+def test_request_sends_one_personal_link_per_approver_and_reuses_it(world):
+    assert world.command.approvers == (APPROVER,)  # the gate left out the pusher
+    tokens = world.send_links()
+    (approver, subject, text) = world.sender.sent[0]
+    assert approver == APPROVER and world.release.release_id in subject
+    assert "changes nothing" in text and world.release.tag in text
+    record = world.store.get(world.nonce(tokens[APPROVER]))
+    assert (record.release_id, record.stage, record.attempt, record.approver, record.tag) == (
+        world.release.release_id, "approval", 1, APPROVER, world.release.tag)
+    assert record.expires_at == world.command.expires_at and not record.consumed
+    # A redelivered command sends the same link again instead of minting another.
+    world.service.request(world.release, world.command)
+    assert token_in(world.sender.sent[1][2]) == tokens[APPROVER]
+
+
+def test_request_without_any_delivered_link_is_transient():
+    world = World(sender=RecordingSender(fail_for=(APPROVER,)))
+    with pytest.raises(TransientError):
+        world.service.request(world.release, world.command)
+
+
+def test_request_needs_a_personal_channel(world):
+    service = ApprovalService.from_settings(world.settings, store=world.store, publisher=world.publisher,
+                                            clock=world.clock, link_senders=[])
+    with pytest.raises(ConfigError, match="RELEASE_SMTP_HOST"):
+        service.request(world.release, world.command)
+
+
+# -- GET / HEAD: the confirm page, nothing changes ---------------------------------------
+def test_get_shows_the_confirm_page_and_changes_nothing(world):
+    token = world.send_links()[APPROVER]
+    before = world.store.get(world.nonce(token))
+    snapshot = world.release.to_dict()
+    status, html, headers = world.get(token)
+    assert status == 200
+    for text in (world.release.release_id, world.release.tag, world.release.commit, "staging-smoke", "succeeded",
+                 "Chaos smoke: not run", 'value=approve', 'value=reject', 'name=reason'):
+        assert text in html
+    assert '<form method=post' in html and "<script" not in html.lower() and "onload" not in html.lower()
+    assert headers["Referrer-Policy"] == "no-referrer" and headers["Cache-Control"] == "no-store"
+    assert "script-src" not in headers["Content-Security-Policy"]  # default-src 'none' forbids scripts
+    status, html, _ = world.get(token, method="HEAD")
+    assert (status, html) == (200, "")
+    assert world.store.get(world.nonce(token)) == before
+    assert world.release.to_dict() == snapshot
+    assert world.publisher.messages == []
+
+
+def test_confirm_page_shows_the_chaos_verdict(world):
+    world.release.stages["chaos"].status = StageStatus.SUCCEEDED
+    world.release.stages["chaos"].result = {"status": "SUCCESS", "passed": True, "error_rate": 0.012,
+                                            "p95_ms": 512.7, "sources": [{"kind": "k6"}]}
+    _, html, _ = world.get(world.send_links()[APPROVER])
+    assert "Chaos smoke verdict" in html and "512.7" in html and "0.012" in html
+
+
+def test_page_escapes_values(world):
+    world.release.commit = "<script>alert(1)</script>"
+    _, html, _ = world.get(world.send_links()[APPROVER])
+    assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+# -- POST: the decision --------------------------------------------------------------------
+@pytest.mark.parametrize("choice, approve", [("approve", True), ("reject", False)])
+def test_post_consumes_the_nonce_and_publishes_the_decision(world, choice, approve):
+    token = world.send_links()[APPROVER]
+    world.clock.t = T0 + 600
+    status, html, _ = world.post(token, choice, reason="  looks good  ")
+    assert status == 200 and ("approved" if approve else "rejected") in html
+    ((topic, data, attributes),) = world.publisher.messages
+    nonce = world.nonce(token)
+    assert topic == "pipeline-events" and attributes["type"] == "approval.decided"
+    assert data == {"type": "approval.decided", "release_id": world.release.release_id, "stage": "approval",
+                    "attempt": 1, "nonce": nonce, "approver": APPROVER, "approve": approve,
+                    "expires_at": world.command.expires_at, "reason": "looks good", "user_agent": BROWSER}
+    record = world.store.get(nonce)
+    assert (record.consumed_at, record.decision, record.reason, record.user_agent, record.message_id) == (
+        T0 + 600, "approved" if approve else "rejected", "looks good", BROWSER, "msg-1")
+    # The published event is one the gate accepts.
+    event = event_from_dict("m1", data)
+    assert isinstance(event, ApprovalDecided)
+    decision = decide(PIPELINE, world.release, event, T0 + 600)
+    assert decision.outcome is GateOutcome.APPLIED
+    assert decision.state.stages["approval"].status is (StageStatus.SUCCEEDED if approve else StageStatus.FAILED)
+
+
+def test_token_may_also_come_from_the_query_on_post(world):
+    token = world.send_links()[APPROVER]
+    assert world.post(token, via_query=True).status == 200
+
+
+def test_ten_concurrent_posts_publish_exactly_once(world):
+    token = world.send_links()[APPROVER]
+    barrier = threading.Barrier(10)
+    statuses = []
+
+    def click():
+        barrier.wait()
+        statuses.append(world.post(token).status)
+
+    threads = [threading.Thread(target=click) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [200] + [409] * 9
+    assert len(world.publisher.messages) == 1
+
+
+def test_publish_failure_keeps_the_decision_for_redelivery(world):
+    token = world.send_links()[APPROVER]
+    world.publisher.fail = True
+    status, html, _ = world.post(token)
+    assert status == 503 and "saved" in html
+    assert world.store.get(world.nonce(token)).decision == "approved"
+    assert world.post(token).status == 409  # the link stays used
+    world.publisher.fail = False
+    assert world.service.redeliver(world.nonce(token)) == "msg-1"
+    assert world.service.redeliver(world.nonce(token)) is None
+    assert world.publisher.messages[0][1]["approve"] is True
+
+
+# -- refusals: status, message, nothing consumed, nothing published ----------------------------
+def _tamper(token: str) -> str:
+    version, kid, body, signature = token.split(".")
+    return ".".join([version, kid, body, ("A" if signature[0] != "A" else "B") + signature[1:]])
+
+
+REFUSALS = {
+    # name: (how to make the token / world, expected status, words in the page)
+    "malformed": (lambda w: "not-a-token", 400, "not in the expected format"),
+    "empty": (lambda w: "", 400, "no readable token"),
+    "tampered": (lambda w: _tamper(w.send_links()[APPROVER]), 403, "signature does not match"),
+    "unknown key": (lambda w: "v1.k9" + w.send_links()[APPROVER][5:], 403, "not configured"),
+    "expired": (lambda w: (w.send_links()[APPROVER], setattr(w.clock, "t", w.command.expires_at + 1))[0], 410, "expired"),
+    "no such request": (lambda w: sign(LinkClaims(w.release.release_id, "approval", 1, APPROVER, "z" * 24,
+                                                  w.release.tag, w.command.expires_at), w.keyring), 404, "does not exist"),
+    "release not found": (lambda w: w.token(release_id="acme-app-ffffffffffff"), 404, "release acme-app-ffffffffffff does not exist"),
+    "other attempt": (lambda w: w.token(attempt=2), 409, "no longer waits"),
+    "other tag": (lambda w: w.token(tag="v0.0.1-0000000"), 409, "no longer waits"),
+    "other stage": (lambda w: w.token(stage="prod-deploy"), 409, "no longer waits"),
+    "not an approver": (lambda w: w.token(approver="mallory@example.com"), 403, "mallory@example.com is not an approver"),
+    "pusher": (lambda w: w.token(approver=PUSHER), 403, "pushed this commit and cannot approve it"),
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSALS))
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_refusals(world, name, method):
+    make, status, words = REFUSALS[name]
+    token = make(world)
+    answer = world.get(token) if method == "GET" else world.post(token)
+    assert answer.status == status, answer.html
+    assert words in answer.html and "Nothing was changed" in answer.html
+    assert "<form" not in answer.html
+    assert world.publisher.messages == []
+    records = getattr(world.store, "_records", {})
+    assert not any(r.consumed for r in records.values())
+
+
+def test_stage_no_longer_waiting_is_409(world):
+    token = world.send_links()[APPROVER]
+    world.release.stages["approval"].status = StageStatus.FAILED
+    world.release.status = ReleaseStatus.STOPPED
+    answer = world.post(token)
+    assert answer.status == 409 and "is stopped and no longer waits" in answer.html
+    assert world.publisher.messages == [] and not world.store.get(world.nonce(token)).consumed
+
+
+def test_already_used_is_409_and_names_the_decision(world):
+    token = world.send_links()[APPROVER]
+    assert world.post(token, "reject", "not yet").status == 200
+    for answer in (world.get(token), world.post(token, "approve")):
+        assert answer.status == 409 and "already used: rejected" in answer.html
+    assert len(world.publisher.messages) == 1
+    assert world.store.get(world.nonce(token)).decision == "rejected"
+
+
+def test_unknown_decision_is_400_and_consumes_nothing(world):
+    token = world.send_links()[APPROVER]
+    answer = world.post(token, decision="maybe")
+    assert answer.status == 400 and "choose Approve or Reject" in answer.html
+    assert not world.store.get(world.nonce(token)).consumed and world.publisher.messages == []
+
+
+def test_stage_deadline_passed_is_410(world):
+    token = world.send_links()[APPROVER]
+    world.release.stages["approval"].deadline = T0 - 1
+    assert world.post(token).status == 410 and world.publisher.messages == []
+
+
+def test_other_methods_are_405(world):
+    answer = world.service.handle("PUT", {}, {}, {})
+    assert answer.status == 405 and answer.headers["Allow"] == "GET, HEAD, POST"
+
+
+def test_release_readers_pick_the_approval_stage(world):
+    get_release, get_stage, get_pipeline = release_readers(world.releases)
+    assert get_release(world.release.release_id) is world.release and get_release("nope") is None
+    assert get_stage(world.release).id == "approval" and get_pipeline(world.release) is PIPELINE
