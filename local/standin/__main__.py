@@ -1,0 +1,106 @@
+"""Run the stand-in as a process: ``python -m local.standin --config FILE``.
+
+FILE (JSON or YAML) holds the StandInConfig fields plus what to create at start:
+
+    project: local-project
+    region: europe-west3
+    workspace: .                      # relative paths are relative to the config file
+    local_images: [local]
+    pubsub_emulator_host: 127.0.0.1:8085
+    builds_topic: cloud-builds
+    log_dir: .local-stack/logs/standin
+    port: 0
+    jobs:     [{name: noesis2-migrate, image: local, command: [python, -m, sample_app.migrate], env: {DATA_DIR: ...}}]
+    services: [{name: noesis2-web, image: local, env: {VERSION: "0.0.0"}, labels: {version: "0.0.0"}}]
+    iam_bindings: {roles/run.developer: [serviceAccount:deployer@local-project.iam.gserviceaccount.com]}
+    outcomes: [{kind: build, match: rel-, outcome: SUCCESS, detail: ""}]
+
+Prints ``STANDIN_READY <endpoint>`` once serving; runs until SIGTERM or SIGINT.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from local.standin.server import StandIn, StandInConfig
+
+
+def load_config(path: Path) -> tuple[StandInConfig, dict[str, Any]]:
+    raw = yaml.safe_load(path.read_text()) or {}  # YAML is a superset of JSON
+    base = path.resolve().parent
+
+    def resolve(value: str) -> Path:
+        p = Path(value)
+        return p if p.is_absolute() else base / p
+
+    config = StandInConfig(
+        project=raw.get("project", "local-project"),
+        region=raw.get("region", "europe-west3"),
+        workspace=resolve(raw.get("workspace", ".")),
+        local_images=frozenset(raw.get("local_images", ["local"])),
+        pubsub_emulator_host=raw.get("pubsub_emulator_host") or None,
+        builds_topic=raw.get("builds_topic", "cloud-builds"),
+        log_dir=resolve(raw.get("log_dir", "standin-logs")),
+        port=int(raw.get("port", 0)),
+    )
+    return config, raw
+
+
+def seed(standin: StandIn, raw: dict[str, Any]) -> None:
+    """Create the configured jobs and services through the stand-in's own gRPC API."""
+    from google.cloud import run_v2
+
+    from shared.config import Settings
+    from shared.gcp_clients import run_jobs, run_services
+
+    cfg = standin.config
+    settings = Settings(project=cfg.project, region=cfg.region, cloud_run_endpoint=standin.endpoint)
+    parent = f"projects/{cfg.project}/locations/{cfg.region}"
+    for rule in raw.get("outcomes", []):
+        standin.set_outcome(rule["kind"], rule["match"], rule["outcome"], rule.get("detail", ""))
+    if raw.get("iam_bindings"):
+        standin.set_iam_policy(raw["iam_bindings"])
+    for spec in raw.get("jobs", []):
+        container = _container(run_v2, spec)
+        job = run_v2.Job(template=run_v2.ExecutionTemplate(template=run_v2.TaskTemplate(containers=[container])))
+        run_jobs(settings).create_job(parent=parent, job=job, job_id=spec["name"]).result(30)
+    for spec in raw.get("services", []):
+        template = run_v2.RevisionTemplate(containers=[_container(run_v2, spec)], labels=spec.get("labels", {}))
+        run_services(settings).create_service(
+            parent=parent, service=run_v2.Service(template=template), service_id=spec["name"]
+        ).result(60)
+
+
+def _container(run_v2: Any, spec: dict[str, Any]) -> Any:
+    return run_v2.Container(
+        image=spec.get("image", "local"), command=spec.get("command", []), args=spec.get("args", []),
+        env=[run_v2.EnvVar(name=k, value=str(v)) for k, v in spec.get("env", {}).items()],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m local.standin")
+    parser.add_argument("--config", required=True, type=Path, help="JSON or YAML stand-in config")
+    args = parser.parse_args(argv)
+    config, raw = load_config(args.config)
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    standin = StandIn(config).start()
+    try:
+        seed(standin, raw)
+        print(f"STANDIN_READY {standin.endpoint}", flush=True)
+        stopping.wait()
+    finally:
+        standin.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""google.devtools.cloudbuild.v1.CloudBuild: builds that really run, or follow a set outcome.
+
+A step whose image is local runs as a process in the workspace; any other image
+follows the outcome rule matching the build's tags, and without one the build
+fails saying so, so a stage can never pass by accident.
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+import threading
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable
+
+import grpc
+from google.longrunning.operations_pb2 import Operation
+from google.cloud.devtools.cloudbuild_v1.types import (
+    Build, BuildOperationMetadata, BuildStep, CancelBuildRequest, CreateBuildRequest, GetBuildRequest,
+    ListBuildsRequest, ListBuildsResponse, TimeSpan,
+)
+
+from local.standin.common import ApiError, OperationStore, OutcomeRules, StandInConfig, clone, image_is_local, now
+from local.standin.processes import Supervisor, child_env
+
+SERVICE = "google.devtools.cloudbuild.v1.CloudBuild"
+STEP_OUTPUT_LIMIT = 4096  # real Cloud Build keeps the first 4 KB of $BUILDER_OUTPUT/output
+DEFAULT_TIMEOUT = timedelta(minutes=10)
+Status = Build.Status
+TERMINAL = {Status.SUCCESS, Status.FAILURE, Status.INTERNAL_ERROR, Status.TIMEOUT, Status.CANCELLED, Status.EXPIRED}
+_FILTER_TERM = re.compile(r'^\s*(\w+)\s*=\s*"?([^"]*)"?\s*$')
+
+
+class CloudBuildService:
+    def __init__(self, config: StandInConfig, operations: OperationStore, outcomes: OutcomeRules,
+                 supervisor: Supervisor, publish: Callable[[Build], None]) -> None:
+        self._cfg = config
+        self._ops = operations
+        self._outcomes = outcomes
+        self._supervisor = supervisor
+        self._publish = publish
+        self._builds: dict[str, Build] = {}
+        self._op_names: dict[str, str] = {}
+        self._cancel: dict[str, threading.Event] = {}
+        self._lock = threading.RLock()
+
+    def register(self, registry) -> None:
+        registry.add(SERVICE, "CreateBuild", self.create_build, CreateBuildRequest, Operation)
+        registry.add(SERVICE, "GetBuild", self.get_build, GetBuildRequest, Build)
+        registry.add(SERVICE, "ListBuilds", self.list_builds, ListBuildsRequest, ListBuildsResponse)
+        registry.add(SERVICE, "CancelBuild", self.cancel_build, CancelBuildRequest, Build)
+
+    # -- recorded state, for tests -------------------------------------------------------
+    def all(self) -> list[Build]:
+        with self._lock:
+            return [clone(b) for b in self._builds.values()]
+
+    def snapshot(self, build_id: str) -> Build:
+        with self._lock:
+            if build_id not in self._builds:
+                raise ApiError(grpc.StatusCode.NOT_FOUND, f"build {build_id} not found")
+            return clone(self._builds[build_id])
+
+    # -- RPCs ----------------------------------------------------------------------------
+    def create_build(self, request: CreateBuildRequest) -> Operation:
+        project = request.project_id or self._cfg.project
+        location = "global"
+        if request.parent:
+            match = re.match(r"projects/([^/]+)/locations/([^/]+)$", request.parent)
+            if not match:
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid parent {request.parent!r}")
+            project, location = match.groups()
+        build = clone(request.build)
+        for i, step in enumerate(build.steps):
+            if not step.name:
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid build: step {i} has no name")
+        build.id = str(uuid.uuid4())
+        build.project_id = project
+        build.name = f"projects/{project}/locations/{location}/builds/{build.id}"
+        build.status = Status.QUEUED
+        build.create_time = now()
+        if not build.timeout:
+            build.timeout = DEFAULT_TIMEOUT
+        build.log_url = (self._cfg.log_dir / "builds" / f"{build.id}.log").resolve().as_uri()
+        build.logs_bucket = f"gs://{project}_cloudbuild/logs"
+        with self._lock:
+            self._builds[build.id] = build
+            self._cancel[build.id] = threading.Event()
+            op = self._ops.create(BuildOperationMetadata(build=build))
+            self._op_names[build.id] = op.name
+            self._publish(clone(build))
+        threading.Thread(target=self._run, args=(build.id,), name=f"build-{build.id[:8]}", daemon=True).start()
+        return op
+
+    def get_build(self, request: GetBuildRequest) -> Build:
+        return self.snapshot(request.id or request.name.rsplit("/", 1)[-1])
+
+    def list_builds(self, request: ListBuildsRequest) -> ListBuildsResponse:
+        conditions = _parse_filter(request.filter)
+        with self._lock:
+            builds = [b for b in self._builds.values() if _matches(b, conditions)]
+        project = request.project_id or (request.parent.split("/")[1] if request.parent else "")
+        if project:
+            builds = [b for b in builds if b.project_id == project]
+        builds.reverse()  # newest first, like the real API
+        start = int(request.page_token or 0)
+        size = request.page_size or 50
+        page = builds[start:start + size]
+        token = str(start + size) if start + size < len(builds) else ""
+        return ListBuildsResponse(builds=[clone(b) for b in page], next_page_token=token)
+
+    def cancel_build(self, request: CancelBuildRequest) -> Build:
+        build_id = request.id or request.name.rsplit("/", 1)[-1]
+        with self._lock:
+            build = self._builds.get(build_id)
+            if build is None:
+                raise ApiError(grpc.StatusCode.NOT_FOUND, f"build {build_id} not found")
+            if build.status not in TERMINAL:
+                self._cancel[build_id].set()
+                self._finish(build, Status.CANCELLED, "Build was cancelled")
+            return clone(build)
+
+    # -- execution -----------------------------------------------------------------------
+    def _run(self, build_id: str) -> None:
+        with self._lock:
+            build = self._builds[build_id]
+            if build.status in TERMINAL:
+                return
+            build.status = Status.WORKING
+            build.start_time = now()
+            self._publish(clone(build))
+            self._ops.update_metadata(self._op_names[build_id], BuildOperationMetadata(build=build))
+            steps = [clone(s) for s in build.steps]
+            timeout_s = build.timeout.total_seconds()
+            tags = list(build.tags)
+        cancel = self._cancel[build_id]
+        deadline = build.start_time.timestamp() + timeout_s
+        outputs: list[bytes] = []
+        for index, step in enumerate(steps):
+            if cancel.is_set():
+                return
+            started = now()
+            self._set_step(build_id, index, Status.WORKING, started, None)
+            if image_is_local(step.name, self._cfg.local_images):
+                status, detail, output = self._run_local_step(build_id, index, step, deadline - now().timestamp())
+            else:
+                status, detail, output = self._follow_rule(build_id, step, tags, cancel)
+            if cancel.is_set():
+                return
+            outputs.append(output)
+            self._set_step(build_id, index, status, started, now())
+            if status is not Status.SUCCESS:
+                self._end(build_id, status, detail, outputs)
+                return
+        self._end(build_id, Status.SUCCESS, "", outputs)
+
+    def _run_local_step(self, build_id: str, index: int, step: BuildStep,
+                        remaining_s: float) -> tuple[Status, str, bytes]:
+        argv = ([step.entrypoint] if step.entrypoint else []) + list(step.args)
+        if step.script:
+            argv = ["bash", "-c", step.script]
+        if not argv:
+            return Status.FAILURE, f'Build step failure: build step {index} "{step.name}" has no command', b""
+        with tempfile.TemporaryDirectory(prefix="builder-output-") as outdir:
+            env = dict(item.split("=", 1) for item in step.env if "=" in item)
+            env["BUILDER_OUTPUT"] = outdir
+            log_path = self._cfg.log_dir / "builds" / f"{build_id}.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with log_path.open("a") as log:
+                log.write(f"Step #{index} ({step.id or step.name}): {' '.join(argv)}\n")
+            result = self._supervisor.run(
+                argv, cwd=self._cfg.workspace / step.dir, env=child_env(env), log_path=log_path,
+                timeout_s=max(remaining_s, 0.1), cancel=self._cancel[build_id],
+            )
+            output_file = Path(outdir) / "output"
+            output = output_file.read_bytes()[:STEP_OUTPUT_LIMIT] if output_file.is_file() else b""
+        if result.timed_out:
+            return Status.TIMEOUT, f"Build timeout exceeded during step {index} \"{step.name}\"", output
+        if result.exit_code != 0:
+            detail = (f'Build step failure: build step {index} "{step.name}" failed: step exited with '
+                      f"non-zero status: {result.exit_code}")
+            if result.tail.strip():
+                detail += f"; output tail: {result.tail.strip()[-500:]}"
+            return Status.FAILURE, detail, output
+        return Status.SUCCESS, "", output
+
+    def _follow_rule(self, build_id: str, step: BuildStep, tags: list[str],
+                     cancel: threading.Event) -> tuple[Status, str, bytes]:
+        rule = self._outcomes.find("build", tags + [build_id])
+        if rule is None:
+            return Status.FAILURE, f"stand-in cannot run image {step.name}; no outcome set for this build", b""
+        if rule.outcome == "HANG":
+            cancel.wait()
+            return Status.CANCELLED, "Build was cancelled", b""
+        if rule.outcome == "FAILURE":
+            return Status.FAILURE, rule.detail or f"build step \"{step.name}\" failed (outcome set by test)", b""
+        return Status.SUCCESS, "", rule.detail.encode()[:STEP_OUTPUT_LIMIT] if rule.detail else b""
+
+    def _set_step(self, build_id: str, index: int, status: Status, start, end) -> None:
+        with self._lock:
+            step = self._builds[build_id].steps[index]
+            step.status = status
+            step.timing = TimeSpan(start_time=start, end_time=end) if end else TimeSpan(start_time=start)
+
+    def _end(self, build_id: str, status: Status, detail: str, outputs: list[bytes]) -> None:
+        with self._lock:
+            build = self._builds[build_id]
+            if build.status in TERMINAL:
+                return
+            build.results.build_step_outputs = outputs + [b""] * (len(build.steps) - len(outputs))
+            if status is Status.FAILURE:
+                build.failure_info = Build.FailureInfo(type_=Build.FailureInfo.FailureType.USER_BUILD_STEP,
+                                                       detail=detail)
+            self._finish(build, status, detail)
+
+    def _finish(self, build: Build, status: Status, detail: str) -> None:
+        build.status = status
+        build.status_detail = detail
+        build.finish_time = now()
+        if not build.start_time:
+            build.start_time = build.finish_time
+        self._publish(clone(build))
+        op = self._op_names[build.id]
+        if status is Status.SUCCESS:
+            self._ops.finish(op, metadata=BuildOperationMetadata(build=build), response=build)
+        else:
+            # The real LRO carries an error for every unsuccessful end; details live on the build.
+            message = "Build failed; check build logs for details" if status is Status.FAILURE else (
+                f"Build {status.name.lower()}")
+            self._ops.finish(op, metadata=BuildOperationMetadata(build=build),
+                             error=(grpc.StatusCode.UNKNOWN, message))
+
+    def shutdown(self) -> None:
+        """Release hanging builds so their threads end with the stand-in."""
+        with self._lock:
+            for event in self._cancel.values():
+                event.set()
+
+    def republish(self, build_id: str, status: str) -> None:
+        build = self.snapshot(build_id)
+        build.status = Status[status]
+        self._publish(build)
+
+
+def _parse_filter(text: str) -> list[tuple[str, str]]:
+    if not text.strip():
+        return []
+    conditions = []
+    for term in re.split(r"\s+AND\s+", text.strip(), flags=re.IGNORECASE):
+        match = _FILTER_TERM.match(term)
+        if not match or match.group(1) not in ("tags", "status", "id", "build_trigger_id", "trigger_id"):
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"stand-in cannot parse filter term {term!r}")
+        conditions.append((match.group(1), match.group(2)))
+    return conditions
+
+
+def _matches(build: Build, conditions: list[tuple[str, str]]) -> bool:
+    for key, value in conditions:
+        if key == "tags" and value not in build.tags:
+            return False
+        if key == "status" and build.status.name != value:
+            return False
+        if key == "id" and build.id != value:
+            return False
+        if key in ("build_trigger_id", "trigger_id") and build.build_trigger_id != value:
+            return False
+    return True
+

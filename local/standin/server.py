@@ -1,0 +1,139 @@
+"""StandIn: one loopback gRPC server playing Cloud Build, Cloud Run v2 and Resource Manager IAM.
+
+The real client libraries talk to it through shared/gcp_clients.py when an endpoint
+setting points here. Tests steer it in-process (set_outcome, fail_next,
+set_iam_policy) and read what it recorded (builds, executions, services).
+"""
+from __future__ import annotations
+
+from concurrent import futures
+from typing import Any
+
+import grpc
+from google.longrunning import operations_pb2
+from google.protobuf import empty_pb2
+
+from local.standin.builds import CloudBuildService
+from local.standin.common import ApiError, Faults, OperationStore, OutcomeRules, Registry, StandInConfig
+from local.standin.iam import ProjectsIamService
+from local.standin.jobs import JobsService
+from local.standin.notifications import BuildNotifier
+from local.standin.processes import Supervisor
+from local.standin.services import ServicesService
+
+__all__ = ["StandIn", "StandInConfig"]
+OPERATIONS = "google.longrunning.Operations"
+
+
+class StandIn:
+    def __init__(self, config: StandInConfig) -> None:
+        self.config = config
+        self._faults = Faults()
+        self._outcomes = OutcomeRules()
+        self._supervisor = Supervisor()
+        self._operations = OperationStore(f"projects/{config.project}/locations/{config.region}")
+        self._notifier = BuildNotifier(config.pubsub_emulator_host, config.project, config.builds_topic)
+        self._builds = CloudBuildService(config, self._operations, self._outcomes, self._supervisor,
+                                         self._notifier.publish)
+        self._jobs = JobsService(config, self._operations, self._outcomes, self._supervisor)
+        self._services = ServicesService(config, self._operations, self._outcomes, self._supervisor)
+        self._iam = ProjectsIamService()
+        self._server: grpc.Server | None = None
+        self._port = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> "StandIn":
+        self.config.log_dir.mkdir(parents=True, exist_ok=True)
+        self._notifier.start()
+        registry = Registry(self._faults)
+        for service in (self._builds, self._jobs, self._services, self._iam):
+            service.register(registry)
+        registry.add(OPERATIONS, "GetOperation", self._get_operation, operations_pb2.GetOperationRequest,
+                     operations_pb2.Operation)
+        registry.add(OPERATIONS, "ListOperations", self._list_operations, operations_pb2.ListOperationsRequest,
+                     operations_pb2.ListOperationsResponse)
+        registry.add(OPERATIONS, "DeleteOperation", lambda request: empty_pb2.Empty(),
+                     operations_pb2.DeleteOperationRequest, empty_pb2.Empty)
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="standin-rpc"))
+        self._server.add_generic_rpc_handlers(registry.generic_handlers())
+        self._port = self._server.add_insecure_port(f"127.0.0.1:{self.config.port}")
+        if not self._port:
+            raise OSError(f"stand-in cannot bind 127.0.0.1:{self.config.port}")
+        self._server.start()
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self._port}"
+
+    def stop(self) -> None:
+        """Stop serving and end every process (build steps, job tasks, revisions) it started."""
+        if self._server is not None:
+            self._server.stop(grace=1).wait(5)
+            self._server = None
+        self._builds.shutdown()
+        self._jobs.shutdown()
+        self._supervisor.stop_all()
+        self._services.stop()
+        self._notifier.stop()
+
+    def __enter__(self) -> "StandIn":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- steering ----------------------------------------------------------------------
+    def set_outcome(self, kind: str, match: str, outcome: str, detail: str = "") -> None:
+        """What a non-local build/job/service does when ``match`` is a substring of its
+        build tags or id / job name or STAGE_RUN_ID / service or revision name.
+        The most recently set matching rule wins."""
+        self._outcomes.set(kind, match, outcome, detail)
+
+    def fail_next(self, method: str, code: grpc.StatusCode, times: int = 1, message: str = "") -> None:
+        """The next ``times`` calls of ``method`` (e.g. "CreateBuild") answer ``code`` with ``message``."""
+        self._faults.fail_next(method, code, times, message)
+
+    def set_iam_policy(self, bindings: dict[str, list[str]]) -> None:
+        self._iam.set_bindings(bindings)
+
+    def publish_build_notification(self, build_id: str, status: str) -> None:
+        """Publish the build again with ``status`` (duplicate / out-of-order delivery tests)."""
+        self._builds.republish(build_id, status)
+
+    def flush_notifications(self, timeout_s: float = 10.0) -> None:
+        """Wait until every queued build notification reached the Pub/Sub emulator."""
+        self._notifier.flush(timeout_s)
+
+    # -- recorded state ----------------------------------------------------------------
+    @property
+    def builds(self) -> list:
+        """Every build created, oldest first (cloudbuild_v1.Build copies)."""
+        return self._builds.all()
+
+    def build(self, build_id: str):
+        return self._builds.snapshot(build_id)
+
+    @property
+    def executions(self) -> list:
+        """Every job execution, oldest first (run_v2.Execution copies)."""
+        return self._jobs.executions()
+
+    @property
+    def services(self) -> list:
+        """Every service in its current state (run_v2.Service copies)."""
+        return self._services.services()
+
+    @property
+    def revisions(self) -> list:
+        """Every revision, oldest first (run_v2.Revision copies)."""
+        return self._services.revisions()
+
+    # -- google.longrunning.Operations ------------------------------------------------
+    def _get_operation(self, request: operations_pb2.GetOperationRequest) -> operations_pb2.Operation:
+        return self._operations.get(request.name)
+
+    def _list_operations(self, request: operations_pb2.ListOperationsRequest) -> operations_pb2.ListOperationsResponse:
+        if not request.name:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "name is required")
+        return operations_pb2.ListOperationsResponse(operations=self._operations.list(request.name))
