@@ -227,10 +227,13 @@ class _Run:
             raise _Refusal(GateOutcome.REFUSED, f"{stage.label} needs a valid approval first")
         if st.status in (StageStatus.PENDING, StageStatus.SKIPPED) and not (stage.optional and state.chaos_requested_by):
             raise _Refusal(GateOutcome.REFUSED, f"{stage.label} has not run yet")
+        index = self.pipeline.index(stage.id)
+        for earlier in self.pipeline.stages[:index]:
+            if not earlier.optional and state.stages[earlier.id].status is not StageStatus.SUCCEEDED:
+                raise _Refusal(GateOutcome.REFUSED, f"{earlier.label} has not passed; replay it first")
         if stage.kind is StageKind.APPROVAL and st.status is StageStatus.SUCCEEDED:
             raise _Refusal(GateOutcome.REFUSED, f"{stage.label} is already approved")
         self.record_replay(event, accepted=True, reason=event.reason)
-        index = self.pipeline.index(stage.id)
         for later in self.pipeline.stages[index + 1:]:
             self.reset(later)
         state.stopped_at_stage = ""

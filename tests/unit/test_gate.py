@@ -281,3 +281,15 @@ def test_changed_pipeline_definition_is_refused():
 def test_state_round_trips_through_dict():
     state = run_to("approval")
     assert ReleaseState.from_dict(state.to_dict()) == state
+
+
+def test_replay_refused_while_an_earlier_stage_has_not_passed():
+    """Found by the property test: replaying lint, failing it, then replaying chaos ran chaos out of order."""
+    state = run_to("approval")
+    state = decide(PIPELINE, state, chaos(state), T0).state
+    state = decide(PIPELINE, state, finished(state, "chaos"), T0).state
+    state = decide(PIPELINE, state, replay(state, "lint"), T0).state
+    state = decide(PIPELINE, state, finished(state, "lint", Outcome.FAILED), T0).state
+    d = decide(PIPELINE, state, replay(state, "chaos"), T0)
+    assert d.outcome is GateOutcome.REFUSED and "stage 1 'lint' has not passed" in d.reason
+    assert starts(d) == []
