@@ -7,8 +7,12 @@ which a redelivery keeps, so the gate can drop duplicates by id.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from enum import Enum
 from typing import Any, Mapping
 
@@ -188,14 +192,63 @@ def event_from_build_notification(
     except ValueError:
         raise MalformedEvent(f"event {event_id}: build tag {run_tags[0]!r} is not a stage-run id") from None
     build_id = attributes.get("buildId") or build.get("id", "")
-    result = {"build_id": build_id, "status": status}
+    # What the last step wrote to $BUILDER_OUTPUT/output (test counts, chaos verdicts);
+    # our own keys win over it so a step cannot fake the status.
+    result = {**builder_output(build), "build_id": build_id, "status": status}
     if build.get("logUrl"):
         result["log_url"] = build["logUrl"]
+    duration = build_duration_s(build)
+    if duration is not None:
+        result["duration_s"] = duration
     if status in BUILD_SUCCESS:
         return StageFinished(event_id, release_id, stage, stage_run_id, Outcome.SUCCEEDED, "", result)
     detail = build.get("statusDetail") or ""
     reason = f"build {build_id} ended {status}" + (f": {detail}" if detail else "")
     return StageFinished(event_id, release_id, stage, stage_run_id, Outcome.FAILED, reason, result)
+
+
+def _timestamp(value: Any) -> float | None:
+    """Epoch seconds from an RFC 3339 time as Cloud Build writes it (nanoseconds, 'Z')."""
+    if not isinstance(value, str) or not value:
+        return None
+    match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$", value.strip())
+    if not match:
+        return None
+    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
+    seconds = datetime.fromisoformat(match.group(1) + zone).timestamp()
+    return seconds + float(match.group(2) or 0)
+
+
+def build_duration_s(build: Mapping[str, Any]) -> float | None:
+    start, finish = _timestamp(build.get("startTime")), _timestamp(build.get("finishTime"))
+    if start is None or finish is None or finish < start:
+        return None
+    return round(finish - start, 3)
+
+
+def builder_output(build: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON object the last step that wrote one left in ``results.buildStepOutputs``.
+
+    Cloud Build keeps each step's ``$BUILDER_OUTPUT/output`` as bytes, which the JSON
+    form of a Build carries base64-encoded. Anything that is not a JSON object is ignored.
+    """
+    results = build.get("results")
+    outputs = results.get("buildStepOutputs") if isinstance(results, Mapping) else None
+    if not isinstance(outputs, list):
+        return {}
+    for raw in reversed(outputs):
+        if not isinstance(raw, str) or not raw:
+            continue
+        try:
+            text = base64.b64decode(raw, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            text = raw
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            return {}
+        return dict(value) if isinstance(value, dict) else {}
+    return {}
 
 
 def stage_run_id(release_id: str, stage: str, attempt: int) -> str:
