@@ -1,0 +1,187 @@
+"""What the deploy plan is derived from: the orchestrator's Settings (RELEASE_* variables),
+the pipeline file, and the few facts only the deploy needs (GitHub repository, names).
+
+Explicit arguments first, then the environment (``DEPLOY_*``), then defaults; parsed once
+into a frozen object. Secret values in the environment are never read from here: the
+functions get secrets as Secret Manager references only.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from shared.config import REPO_ROOT, Settings
+from shared.errors import ConfigError, PipelineError
+from shared.pipeline import Pipeline, load_pipeline
+from shared.preflight import prod_secret_names
+
+PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+REGION = re.compile(r"^[a-z]+-[a-z]+\d+$")
+GITHUB_REPOSITORY = re.compile(r"^[A-Za-z0-9-]{1,39}/[A-Za-z0-9._-]{1,100}$")
+SECRET_ID = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+PROJECT_NUMBER = re.compile(r"^\d{6,20}$")
+# The entry points functions/main.py must define (the deploy names them).
+ENTRY_POINTS = ("on_push", "dispatch", "on_approval", "sweep", "dashboard")
+DEFAULT_PIPELINE_SA_ID = "release-pipeline"
+
+
+def pipeline_account_id(pipeline: Pipeline, project: str, env: Mapping[str, str]) -> str:
+    """The pipeline account the preflight stage will check, so the deploy creates exactly
+    that one: the stage's ``service_account`` first, then RELEASE_PIPELINE_SERVICE_ACCOUNT,
+    then ``release-pipeline``. Only an account of this project can be created here."""
+    stage = next((s for s in pipeline.stages if s.kind.value == "preflight"), None)
+    named = str(stage.params.get("service_account", "")) if stage else ""
+    named = named or env.get("RELEASE_PIPELINE_SERVICE_ACCOUNT", "")
+    if not named:
+        return DEFAULT_PIPELINE_SA_ID
+    email = named.strip().replace("${project}", project)
+    account_id, _, domain = email.partition("@")
+    if domain and domain != f"{project}.iam.gserviceaccount.com":
+        raise ConfigError(f"pipeline service account {email} is not an account of project {project}")
+    return account_id
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    settings: Settings
+    pipeline: Pipeline
+    github_repository: str  # "owner/name": the only repository WIF lets in
+    project_number: str = ""  # unknown offline: the dry-run shows ${PROJECT_NUMBER}
+    pipeline_sa_id: str = DEFAULT_PIPELINE_SA_ID  # see pipeline_account_id()
+    runtime_sa_id: str = "release-runtime"
+    invoker_sa_id: str = "release-invoker"
+    wif_pool: str = "github"
+    wif_provider: str = "github-oidc"
+    webhook_secret: str = "release-webhook-secret"
+    approval_keys_secret: str = "release-approval-keys"
+    tick_topic: str = "pipeline-tick"
+    dead_letter_topic: str = "pipeline-dead-letter"
+    scheduler_job: str = "pipeline-tick"
+    source_dir: str = str(REPO_ROOT / "build" / "function-source")
+
+    @property
+    def project(self) -> str:
+        return self.settings.project
+
+    @property
+    def region(self) -> str:
+        return self.settings.region
+
+    def sa_email(self, account_id: str) -> str:
+        return f"{account_id}@{self.project}.iam.gserviceaccount.com"
+
+    @property
+    def pipeline_sa(self) -> str:
+        return self.sa_email(self.pipeline_sa_id)
+
+    @property
+    def runtime_sa(self) -> str:
+        return self.sa_email(self.runtime_sa_id)
+
+    @property
+    def invoker_sa(self) -> str:
+        return self.sa_email(self.invoker_sa_id)
+
+    @property
+    def number(self) -> str:
+        return self.project_number or "${PROJECT_NUMBER}"
+
+    def function_url(self, name: str) -> str:
+        # Gen2 functions keep the deterministic cloudfunctions.net address, so URLs that
+        # functions put into links are known before anything is deployed.
+        return f"https://{self.region}-{self.project}.cloudfunctions.net/{name}"
+
+
+def load_config(
+    env: Mapping[str, str] | None = None,
+    *,
+    project: str | None = None,
+    region: str | None = None,
+    github_repository: str | None = None,
+    project_number: str | None = None,
+    pipeline_file: str | None = None,
+    source_dir: str | None = None,
+) -> DeployConfig:
+    env = os.environ if env is None else env
+    overrides = {k: v for k, v in (("project", project), ("region", region), ("pipeline_file", pipeline_file)) if v}
+    settings = Settings.from_env(env, **overrides)
+    extra = {}
+    if source_dir or env.get("DEPLOY_SOURCE_DIR"):
+        extra["source_dir"] = source_dir or env["DEPLOY_SOURCE_DIR"]
+    pipeline = load_pipeline(settings.pipeline_file)
+    return DeployConfig(
+        settings=settings,
+        pipeline=pipeline,
+        pipeline_sa_id=pipeline_account_id(pipeline, settings.project, env),
+        github_repository=github_repository or env.get("DEPLOY_GITHUB_REPOSITORY", ""),
+        project_number=project_number or env.get("DEPLOY_PROJECT_NUMBER", ""),
+        **extra,
+    )
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str  # "error" blocks --apply; "warning" does not
+    message: str
+
+
+def setup_check(config: DeployConfig, repo_root: Path = REPO_ROOT) -> list[Finding]:
+    """Validate the config before anything is deployed (like cloud-build-notifiers' --setup_check).
+
+    Messages name the variable or file to fix and never echo a secret value."""
+    findings: list[Finding] = []
+
+    def error(message: str) -> None:
+        findings.append(Finding("error", message))
+
+    def warning(message: str) -> None:
+        findings.append(Finding("warning", message))
+
+    s = config.settings
+    if not PROJECT_ID.match(s.project) or s.project == Settings().project:
+        error(f"RELEASE_PROJECT {s.project!r} is not a real GCP project id (6-30 chars, a-z 0-9 -)")
+    if not REGION.match(s.region):
+        error(f"RELEASE_REGION {s.region!r} does not look like a region (e.g. europe-west3)")
+    if not GITHUB_REPOSITORY.match(config.github_repository):
+        error("DEPLOY_GITHUB_REPOSITORY (or --github-repo) must be 'owner/name'; WIF admits only that repository")
+    if config.project_number and not PROJECT_NUMBER.match(config.project_number):
+        error(f"DEPLOY_PROJECT_NUMBER {config.project_number!r} is not a project number (digits only)")
+    for name in ("cloud_build_endpoint", "cloud_run_endpoint", "iam_endpoint"):
+        if getattr(s, name):
+            error(f"RELEASE_{name.upper()} is set: on GCP the functions must use the public Google APIs; unset it")
+    if not s.artifact_registry:
+        error("RELEASE_ARTIFACT_REGISTRY is empty (e.g. europe-west3-docker.pkg.dev/PROJECT/noesis2)")
+    elif not re.match(rf"^[a-z0-9-]+-docker\.pkg\.dev/{re.escape(s.project)}/[a-z0-9-]+$", s.artifact_registry):
+        error(f"RELEASE_ARTIFACT_REGISTRY {s.artifact_registry!r} must be REGION-docker.pkg.dev/{s.project}/REPOSITORY")
+    for value_name in ("release_branch", "events_topic", "updates_topic", "builds_topic", "mail_from", "smtp_host"):
+        if "," in str(getattr(s, value_name)):
+            error(f"RELEASE_{value_name.upper()} contains a comma, which gcloud --set-env-vars cannot carry")
+    for secret in prod_secret_names(config.pipeline):
+        if not SECRET_ID.match(secret):
+            error(f"pipeline {config.pipeline.name}: prod secret {secret!r} is not a valid Secret Manager id")
+    if not Path(s.pipeline_file).resolve().is_relative_to(repo_root.resolve()):
+        warning(f"RELEASE_PIPELINE_FILE {s.pipeline_file} lies outside the repository; it is copied into the source")
+    main = repo_root / "functions" / "main.py"
+    if not main.exists():
+        error(f"{main} is missing: the functions' entry points live there")
+    else:
+        text = main.read_text()
+        for entry in ENTRY_POINTS:
+            if not re.search(rf"^(def {entry}\(|{entry}\s*=)", text, re.M):
+                error(f"{main}: entry point {entry}() not found")
+    if not (repo_root / "requirements.txt").exists():
+        error(f"{repo_root / 'requirements.txt'} is missing")
+    if s.webhook_secret or s.approval_keys:
+        warning("RELEASE_WEBHOOK_SECRET / RELEASE_APPROVAL_KEYS are set in this shell; the deploy never reads "
+                "them - add the values with 'gcloud secrets versions add' (see deploy/README.md)")
+    if shutil.which("gcloud") is None:
+        warning("gcloud is not on PATH: --dry-run and --check work, --apply does not")
+    return findings
+
+
+class DeployError(PipelineError):
+    """A deploy step failed; the message names the step and the gcloud command."""

@@ -1,0 +1,380 @@
+"""The deploy as data: every resource and IAM binding, in the order they must exist.
+
+``build_plan(config)`` is pure: no gcloud, no credentials, no network. The same config
+always yields the same steps (tests assert it), and ``deploy/apply.py`` carries them out
+describe-before-create. Values only known in the project (its number, the Pub/Sub
+subscription Eventarc made for a function) appear as ``${...}`` placeholders that the
+apply step resolves; the dry-run prints them as they are.
+
+Role choices, and why each principal needs each role, are in the ``why`` of every binding
+(printed by the dry-run) and summarised in deploy/README.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Union
+
+from deploy.config import DeployConfig
+from shared.preflight import BASE_ROLES, SECRET_ACCESSOR_ROLE, prod_secret_names
+
+APIS = (
+    "artifactregistry.googleapis.com", "cloudbuild.googleapis.com", "cloudfunctions.googleapis.com",
+    "cloudresourcemanager.googleapis.com", "cloudscheduler.googleapis.com", "eventarc.googleapis.com",
+    "firestore.googleapis.com", "iam.googleapis.com", "iamcredentials.googleapis.com",
+    "pubsub.googleapis.com", "run.googleapis.com", "secretmanager.googleapis.com", "sts.googleapis.com",
+)
+PREFLIGHT_READER_ROLE_ID = "releasePreflightReader"
+PREFLIGHT_READER_PERMISSIONS = ("resourcemanager.projects.getIamPolicy", "secretmanager.secrets.getIamPolicy")
+# Pub/Sub redelivers a failing push with backoff; after this many attempts the message
+# goes to the dead-letter topic instead of being retried for the full 7-day retention.
+MAX_DELIVERY_ATTEMPTS = 10
+MIN_RETRY_DELAY = "10s"
+MAX_RETRY_DELAY = "600s"
+PYTHON_RUNTIME = "python311"
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Created only when ``describe`` fails (exit status != 0)."""
+
+    phase: str
+    kind: str
+    name: str
+    describe: tuple[str, ...]
+    create: tuple[str, ...]
+    why: str
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One role for one member on one resource; add-iam-policy-binding is idempotent."""
+
+    phase: str
+    scope: str  # project | secret | service-account | topic | subscription | function
+    target: str
+    role: str
+    member: str
+    command: tuple[str, ...]
+    why: str
+
+
+@dataclass(frozen=True)
+class Action:
+    """A command that converges by itself (enable an API, deploy or update) and runs every time."""
+
+    phase: str
+    kind: str
+    name: str
+    command: tuple[str, ...]
+    why: str
+
+
+Step = Union[Resource, Binding, Action]
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    name: str
+    entry_point: str
+    trigger_topic: str = ""  # empty: HTTP
+    public: bool = False  # allow unauthenticated callers (they prove themselves by signature)
+    retry: bool = False
+    secrets: tuple[tuple[str, str], ...] = ()  # (env var, secret id)
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    project: str
+    steps: tuple[Step, ...]
+
+    def __iter__(self) -> Iterator[Step]:
+        return iter(self.steps)
+
+    @property
+    def resources(self) -> tuple[Resource, ...]:
+        return tuple(s for s in self.steps if isinstance(s, Resource))
+
+    @property
+    def bindings(self) -> tuple[Binding, ...]:
+        return tuple(s for s in self.steps if isinstance(s, Binding))
+
+    @property
+    def actions(self) -> tuple[Action, ...]:
+        return tuple(s for s in self.steps if isinstance(s, Action))
+
+    def roles_of(self, member: str, scope: str | None = None) -> set[str]:
+        return {b.role for b in self.bindings if b.member == member and (scope is None or b.scope == scope)}
+
+    def commands(self) -> list[tuple[str, ...]]:
+        """Every gcloud command the apply may run, in order (describe, then create)."""
+        out: list[tuple[str, ...]] = []
+        for step in self.steps:
+            if isinstance(step, Resource):
+                out += [step.describe, step.create]
+            else:
+                out.append(step.command)
+        return out
+
+
+def sa_member(email: str) -> str:
+    return f"serviceAccount:{email}"
+
+
+def functions(config: DeployConfig) -> tuple[FunctionSpec, ...]:
+    s = config.settings
+    webhook = ("RELEASE_WEBHOOK_SECRET", config.webhook_secret)
+    keys = ("RELEASE_APPROVAL_KEYS", config.approval_keys_secret)
+    return (
+        FunctionSpec("on-push", "on_push", public=True, secrets=(webhook,),
+                     why="GitHub webhook; public, every request must carry a valid X-Hub-Signature-256"),
+        FunctionSpec("dispatch", "dispatch", trigger_topic=s.events_topic, retry=True, secrets=(keys,),
+                     why="pipeline events; retry on (transient errors redeliver), malformed events are acked"),
+        FunctionSpec("dispatch-builds", "dispatch", trigger_topic=s.builds_topic, retry=True, secrets=(keys,),
+                     why="Cloud Build status messages; same entry point, a gen2 function has one trigger"),
+        FunctionSpec("on-approval", "on_approval", public=True, secrets=(keys,),
+                     why="signed approval links; public, the link's signature and nonce are the credential"),
+        FunctionSpec("sweep", "sweep", trigger_topic=config.tick_topic, retry=False, secrets=(keys,),
+                     why="every minute; no retry, the next tick comes in a minute anyway"),
+        FunctionSpec("dashboard", "dashboard", public=False,
+                     why="read-only status page; IAM-protected, grant roles/run.invoker to the team"),
+    )
+
+
+def function_env(config: DeployConfig) -> dict[str, str]:
+    """Plain settings for the functions: never the secret ones, never the local endpoints."""
+    s = config.settings
+    env = {
+        "RELEASE_PROJECT": s.project,
+        "RELEASE_REGION": s.region,
+        "RELEASE_RELEASE_BRANCH": s.release_branch,
+        "RELEASE_EVENTS_TOPIC": s.events_topic,
+        "RELEASE_UPDATES_TOPIC": s.updates_topic,
+        "RELEASE_BUILDS_TOPIC": s.builds_topic,
+        "RELEASE_ARTIFACT_REGISTRY": s.artifact_registry,
+        "RELEASE_APPROVAL_BASE_URL": config.function_url("on-approval"),
+        "RELEASE_PUBLIC_BASE_URL": config.function_url("dashboard"),
+        "RELEASE_MAIL_FROM": s.mail_from,
+        # Builds and jobs run as this account (the runtime SA may act as it).
+        "RELEASE_PIPELINE_SERVICE_ACCOUNT": config.pipeline_sa,
+        # The function source root is /workspace; the file is copied to pipelines/.
+        "RELEASE_PIPELINE_FILE": f"/workspace/pipelines/{_basename(s.pipeline_file)}",
+    }
+    if s.collection_prefix:
+        env["RELEASE_COLLECTION_PREFIX"] = s.collection_prefix
+    if s.smtp_host:
+        env["RELEASE_SMTP_HOST"] = s.smtp_host
+        env["RELEASE_SMTP_PORT"] = str(s.smtp_port)
+    return env
+
+
+def _basename(path: str) -> str:
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def build_plan(config: DeployConfig) -> Plan:
+    p, r = config.project, config.region
+    proj = f"--project={p}"
+    steps: list[Step] = []
+    pipeline_member = sa_member(config.pipeline_sa)
+    runtime_member = sa_member(config.runtime_sa)
+    invoker_member = sa_member(config.invoker_sa)
+    pubsub_agent = f"serviceAccount:service-{config.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+
+    # -- apis: enabling is idempotent
+    steps.append(Action("apis", "services", "apis", ("services", "enable", *APIS, proj),
+                        "every API the functions, the builds and WIF use"))
+
+    # -- identity: three accounts, one custom role, WIF
+    for account_id, why in (
+        (config.pipeline_sa_id, "the pipeline: builds and jobs run as it; GitHub acts as it through WIF"),
+        (config.runtime_sa_id, "the functions' runtime identity"),
+        (config.invoker_sa_id, "Eventarc's identity when it pushes events into the functions"),
+    ):
+        email = config.sa_email(account_id)
+        steps.append(Resource("identity", "service-account", email,
+                              ("iam", "service-accounts", "describe", email, proj),
+                              ("iam", "service-accounts", "create", account_id, f"--display-name={account_id}", proj),
+                              why))
+    steps.append(Resource(
+        "identity", "custom-role", f"projects/{p}/roles/{PREFLIGHT_READER_ROLE_ID}",
+        ("iam", "roles", "describe", PREFLIGHT_READER_ROLE_ID, proj),
+        ("iam", "roles", "create", PREFLIGHT_READER_ROLE_ID, proj, "--title=Release preflight reader",
+         f"--permissions={','.join(PREFLIGHT_READER_PERMISSIONS)}", "--stage=GA"),
+        "read (only) the IAM policies the preflight stage checks; roles/iam.securityReviewer would read every policy"))
+    repo = config.github_repository
+    steps.append(Resource(
+        "identity", "wif-pool", config.wif_pool,
+        ("iam", "workload-identity-pools", "describe", config.wif_pool, "--location=global", proj),
+        ("iam", "workload-identity-pools", "create", config.wif_pool, "--location=global",
+         "--display-name=GitHub Actions", proj),
+        "federates GitHub's OIDC tokens; no service account key exists anywhere"))
+    steps.append(Resource(
+        "identity", "wif-provider", config.wif_provider,
+        ("iam", "workload-identity-pools", "providers", "describe", config.wif_provider,
+         f"--workload-identity-pool={config.wif_pool}", "--location=global", proj),
+        ("iam", "workload-identity-pools", "providers", "create-oidc", config.wif_provider,
+         f"--workload-identity-pool={config.wif_pool}", "--location=global",
+         "--issuer-uri=https://token.actions.githubusercontent.com",
+         "--attribute-mapping=google.subject=assertion.sub,attribute.repository=assertion.repository,"
+         "attribute.repository_owner=assertion.repository_owner,attribute.ref=assertion.ref",
+         f"--attribute-condition=assertion.repository == '{repo}'", proj),
+        f"only tokens of {repo} are exchanged; any other repository is refused at the token exchange"))
+    steps.append(Binding(
+        "identity", "service-account", config.pipeline_sa, "roles/iam.workloadIdentityUser",
+        f"principalSet://iam.googleapis.com/projects/{config.number}/locations/global/"
+        f"workloadIdentityPools/{config.wif_pool}/attribute.repository/{repo}",
+        ("iam", "service-accounts", "add-iam-policy-binding", config.pipeline_sa, "--role=roles/iam.workloadIdentityUser",
+         f"--member=principalSet://iam.googleapis.com/projects/{config.number}/locations/global/"
+         f"workloadIdentityPools/{config.wif_pool}/attribute.repository/{repo}", "--condition=None", proj),
+        f"workflows of {repo} (and nothing else) may act as the pipeline account"))
+
+    # -- secrets: created empty; the operator adds the values (never in the repo, never here)
+    prod_secrets = prod_secret_names(config.pipeline)
+    for secret, why in ((config.webhook_secret, "GitHub webhook secret (on_push)"),
+                        (config.approval_keys_secret, "approval link signing keys (dispatch, sweep, on_approval)"),
+                        *((name, "read by a prod stage of the pipeline") for name in prod_secrets)):
+        steps.append(Resource("secrets", "secret", secret, ("secrets", "describe", secret, proj),
+                              ("secrets", "create", secret, "--replication-policy=automatic", proj), why))
+
+    # -- messaging
+    s = config.settings
+    for topic, why in ((s.events_topic, "stage events into dispatch"), (s.updates_topic, "release updates out"),
+                       (s.builds_topic, "Cloud Build publishes build status here by itself"),
+                       (config.tick_topic, "the scheduler's tick for sweep"),
+                       (config.dead_letter_topic, "messages that failed every delivery attempt")):
+        steps.append(Resource("messaging", "topic", topic, ("pubsub", "topics", "describe", topic, proj),
+                              ("pubsub", "topics", "create", topic, proj), why))
+    hold = f"{config.dead_letter_topic}-hold"
+    steps.append(Resource("messaging", "subscription", hold, ("pubsub", "subscriptions", "describe", hold, proj),
+                          ("pubsub", "subscriptions", "create", hold, f"--topic={config.dead_letter_topic}",
+                           "--message-retention-duration=7d", "--expiration-period=never", proj),
+                          "keeps dead letters for inspection and replay (a topic alone drops them)"))
+
+    # -- data
+    steps.append(Resource("data", "firestore", "(default)",
+                          ("firestore", "databases", "describe", "--database=(default)", proj),
+                          ("firestore", "databases", "create", "--database=(default)", f"--location={r}",
+                           "--type=firestore-native", proj),
+                          "release state, dedup records, approvals (native mode)"))
+    registry = s.artifact_registry
+    if registry:
+        repo_host, _, repo_name = registry.partition(f"/{p}/")
+        location = repo_host.removesuffix("-docker.pkg.dev")
+        steps.append(Resource("data", "artifact-repository", registry,
+                              ("artifacts", "repositories", "describe", repo_name, f"--location={location}", proj),
+                              ("artifacts", "repositories", "create", repo_name, "--repository-format=docker",
+                               f"--location={location}", proj),
+                              "images of the released app, tagged vX.Y.Z-<sha>"))
+
+    # -- the pipeline account: exactly the seed's roles
+    for role in sorted(BASE_ROLES):
+        steps.append(_project_binding(p, role, pipeline_member, "seed: " + _SEED_WHY.get(role, "seed role")))
+    for secret in prod_secrets:
+        steps.append(_secret_binding(p, secret, SECRET_ACCESSOR_ROLE, pipeline_member,
+                                     "seed: secret accessor only in prod stages, and only on their secrets"))
+
+    # -- the runtime account: only what the functions call
+    for role, why in (
+        ("roles/datastore.user", "Firestore reads and conditional writes of release state"),
+        ("roles/cloudbuild.builds.editor", "create and read the stage builds"),
+        ("roles/run.developer", "run the stage jobs and update the services and traffic the stages drive"),
+        (f"projects/{p}/roles/{PREFLIGHT_READER_ROLE_ID}", "the preflight stage reads the pipeline account's roles"),
+    ):
+        steps.append(_project_binding(p, role, runtime_member, why))
+    for topic in (s.events_topic, s.updates_topic):
+        steps.append(Binding("bindings", "topic", topic, "roles/pubsub.publisher", runtime_member,
+                             ("pubsub", "topics", "add-iam-policy-binding", topic, f"--member={runtime_member}",
+                              "--role=roles/pubsub.publisher", proj),
+                             "publish stage events and release updates; only on these two topics"))
+    steps.append(Binding("bindings", "service-account", config.pipeline_sa, "roles/iam.serviceAccountUser",
+                         runtime_member,
+                         ("iam", "service-accounts", "add-iam-policy-binding", config.pipeline_sa,
+                          f"--member={runtime_member}", "--role=roles/iam.serviceAccountUser",
+                          "--condition=None", proj),
+                         "start builds and jobs that run as the pipeline account (actAs), on that account only"))
+    for secret in (config.webhook_secret, config.approval_keys_secret):
+        steps.append(_secret_binding(p, secret, SECRET_ACCESSOR_ROLE, runtime_member,
+                                     "the functions read their own two secrets, no others"))
+
+    # -- the invoker account and the Pub/Sub service agent
+    steps.append(Binding("bindings", "service-account", config.invoker_sa, "roles/iam.serviceAccountTokenCreator",
+                         pubsub_agent,
+                         ("iam", "service-accounts", "add-iam-policy-binding", config.invoker_sa,
+                          f"--member={pubsub_agent}", "--role=roles/iam.serviceAccountTokenCreator",
+                          "--condition=None", proj),
+                         "Pub/Sub mints the OIDC token of its push requests as the invoker account"))
+    steps.append(Binding("bindings", "topic", config.dead_letter_topic, "roles/pubsub.publisher", pubsub_agent,
+                         ("pubsub", "topics", "add-iam-policy-binding", config.dead_letter_topic,
+                          f"--member={pubsub_agent}", "--role=roles/pubsub.publisher", proj),
+                         "Pub/Sub forwards undeliverable messages to the dead-letter topic"))
+
+    # -- functions (deploy is create-or-update: it converges, so it runs every time)
+    env = ",".join(f"{k}={v}" for k, v in function_env(config).items())
+    for fn in functions(config):
+        command = ["functions", "deploy", fn.name, "--gen2", f"--runtime={PYTHON_RUNTIME}", f"--region={r}",
+                   f"--source={config.source_dir}", f"--entry-point={fn.entry_point}",
+                   f"--service-account={config.runtime_sa}", f"--set-env-vars={env}"]
+        if fn.secrets:
+            command.append("--set-secrets=" + ",".join(f"{var}={secret}:latest" for var, secret in fn.secrets))
+        if fn.trigger_topic:
+            command += [f"--trigger-topic={fn.trigger_topic}", f"--trigger-service-account={config.invoker_sa}",
+                        "--ingress-settings=internal-only", "--no-allow-unauthenticated"]
+            if fn.retry:  # absent means no retry (gcloud has no --no-retry)
+                command.append("--retry")
+        else:
+            command += ["--trigger-http", "--ingress-settings=all",
+                        "--allow-unauthenticated" if fn.public else "--no-allow-unauthenticated"]
+        steps.append(Action("functions", "function", fn.name, (*command, proj), fn.why))
+    for fn in functions(config):
+        if not fn.trigger_topic:
+            continue
+        subscription = f"${{SUBSCRIPTION:{fn.name}}}"
+        steps.append(Binding("delivery", "function", fn.name, "roles/run.invoker", invoker_member,
+                             ("functions", "add-invoker-policy-binding", fn.name, f"--region={r}",
+                              f"--member={invoker_member}", proj),
+                             "Eventarc's pushes may invoke this function, nobody else"))
+        if not fn.retry:
+            continue  # a lost tick is replaced by the next one; nothing to dead-letter
+        steps.append(Action("delivery", "subscription-policy", subscription,
+                            ("pubsub", "subscriptions", "update", subscription,
+                             f"--dead-letter-topic={config.dead_letter_topic}",
+                             f"--max-delivery-attempts={MAX_DELIVERY_ATTEMPTS}",
+                             f"--min-retry-delay={MIN_RETRY_DELAY}", f"--max-retry-delay={MAX_RETRY_DELAY}", proj),
+                            f"dead-letter policy and backoff on the push subscription of {fn.name}'s trigger"))
+        steps.append(Binding("delivery", "subscription", subscription, "roles/pubsub.subscriber", pubsub_agent,
+                             ("pubsub", "subscriptions", "add-iam-policy-binding", subscription,
+                              f"--member={pubsub_agent}", "--role=roles/pubsub.subscriber", proj),
+                             "Pub/Sub acknowledges a message it moved to the dead-letter topic"))
+
+    # -- the tick
+    steps.append(Resource("delivery", "scheduler-job", config.scheduler_job,
+                          ("scheduler", "jobs", "describe", config.scheduler_job, f"--location={r}", proj),
+                          ("scheduler", "jobs", "create", "pubsub", config.scheduler_job, f"--location={r}",
+                           "--schedule=* * * * *", f"--topic={config.tick_topic}", "--message-body=tick",
+                           "--time-zone=Etc/UTC", proj),
+                          "sweep runs every minute: polls jobs and operations, enforces stage timeouts"))
+    return Plan(project=p, steps=tuple(steps))
+
+
+_SEED_WHY = {
+    "roles/artifactregistry.writer": "build & push",
+    "roles/run.admin": "deployments",
+    "roles/run.developer": "deployments",
+    "roles/cloudsql.client": "migrate jobs",
+    "roles/cloudsql.editor": "vector schema migrations",
+    "roles/redis.admin": "Memorystore connections",
+    "roles/compute.networkUser": "Serverless VPC Access",
+}
+
+
+def _project_binding(project: str, role: str, member: str, why: str) -> Binding:
+    return Binding("bindings", "project", project, role, member,
+                   ("projects", "add-iam-policy-binding", project, f"--member={member}", f"--role={role}",
+                    "--condition=None"), why)
+
+
+def _secret_binding(project: str, secret: str, role: str, member: str, why: str) -> Binding:
+    return Binding("bindings", "secret", secret, role, member,
+                   ("secrets", "add-iam-policy-binding", secret, f"--member={member}", f"--role={role}",
+                    "--condition=None", f"--project={project}"), why)

@@ -1,0 +1,272 @@
+"""The deploy plan, offline: least privilege, WIF restricted to one repository,
+idempotent commands, no secret values, and the apply's describe-before-create."""
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import pytest
+import yaml
+
+from deploy.apply import Result, apply_plan
+from deploy.config import DeployError, load_config, pipeline_account_id, setup_check
+from deploy.model import build_plan, sa_member
+from deploy.plan import main
+from deploy.source import assemble_source
+from shared.config import REPO_ROOT
+
+SEED_ROLES = {
+    "roles/artifactregistry.writer",
+    "roles/run.admin",
+    "roles/run.developer",
+    "roles/cloudsql.client",
+    "roles/cloudsql.editor",
+    "roles/secretmanager.secretAccessor",
+    "roles/redis.admin",
+    "roles/compute.networkUser",
+}
+WEBHOOK_VALUE = "whsec-do-not-print-3f9a1c"
+KEYS_VALUE = "k1:approval-key-do-not-print-77e2"
+ENV = {
+    "RELEASE_PROJECT": "acme-release",
+    "RELEASE_REGION": "europe-west3",
+    "RELEASE_ARTIFACT_REGISTRY": "europe-west3-docker.pkg.dev/acme-release/noesis2",
+    "DEPLOY_GITHUB_REPOSITORY": "acme/noesis2",
+    # Present in the operator's shell by mistake: must never reach the output.
+    "RELEASE_WEBHOOK_SECRET": WEBHOOK_VALUE,
+    "RELEASE_APPROVAL_KEYS": KEYS_VALUE,
+    "RELEASE_SLACK_WEBHOOK_URL": "https://hooks.example.invalid/secret-path-5d1",
+}
+PIPELINE_SA = "noesis2-pipeline@acme-release.iam.gserviceaccount.com"  # named by the preflight stage
+
+
+def dry_run_json(monkeypatch, env=ENV, *extra: str) -> dict:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    out = io.StringIO()
+    assert main(["--dry-run", "--json", *extra], out=out) == 0
+    return json.loads(out.getvalue())
+
+
+def pipeline_sa_roles(plan_json: dict, scope: str) -> set[str]:
+    return {s["role"] for s in plan_json["steps"]
+            if s["type"] == "binding" and s["member"] == sa_member(PIPELINE_SA) and s["scope"] == scope}
+
+
+def test_pipeline_account_gets_exactly_the_seeds_roles(monkeypatch):
+    plan = dry_run_json(monkeypatch)
+    project_roles = pipeline_sa_roles(plan, "project")
+    secret_roles = pipeline_sa_roles(plan, "secret")
+    assert project_roles | secret_roles == SEED_ROLES
+    # The accessor is never project-wide.
+    assert "roles/secretmanager.secretAccessor" not in project_roles
+    sa_roles = {s["role"] for s in plan["steps"] if s["type"] == "binding" and s["target"] == PIPELINE_SA}
+    assert sa_roles == {"roles/iam.workloadIdentityUser", "roles/iam.serviceAccountUser"}
+
+
+def test_secret_accessor_is_bound_only_on_the_prod_stages_secrets(monkeypatch):
+    plan = dry_run_json(monkeypatch)
+    secret_targets = {s["target"] for s in plan["steps"] if s["type"] == "binding"
+                      and s["member"] == sa_member(PIPELINE_SA) and s["role"] == "roles/secretmanager.secretAccessor"}
+    assert secret_targets == {"noesis2-prod-database-url"}
+
+
+def test_no_secret_accessor_when_no_prod_stage_needs_secrets(monkeypatch, tmp_path):
+    document = yaml.safe_load((REPO_ROOT / "pipelines" / "noesis2.yaml").read_text())
+    for stage in document["stages"]:
+        stage.get("params", {}).pop("secrets", None)
+    modified = tmp_path / "no-secrets.yaml"
+    modified.write_text(yaml.safe_dump(document))
+    plan = dry_run_json(monkeypatch, ENV, "--pipeline-file", str(modified))
+    assert pipeline_sa_roles(plan, "project") | pipeline_sa_roles(plan, "secret") == \
+        SEED_ROLES - {"roles/secretmanager.secretAccessor"}
+    assert pipeline_sa_roles(plan, "secret") == set()
+
+
+def test_a_second_prod_secret_gets_its_own_resource_level_binding(monkeypatch, tmp_path):
+    document = yaml.safe_load((REPO_ROOT / "pipelines" / "noesis2.yaml").read_text())
+    prod_deploy = next(s for s in document["stages"] if s["id"] == "prod-deploy")
+    prod_deploy["params"]["secrets"] = {"REDIS_URL": "noesis2-prod-redis-url:latest"}
+    modified = tmp_path / "two-secrets.yaml"
+    modified.write_text(yaml.safe_dump(document))
+    plan = dry_run_json(monkeypatch, ENV, "--pipeline-file", str(modified))
+    targets = {s["target"] for s in plan["steps"] if s["type"] == "binding"
+               and s["member"] == sa_member(PIPELINE_SA) and s["scope"] == "secret"}
+    assert targets == {"noesis2-prod-database-url", "noesis2-prod-redis-url"}
+
+
+def test_wif_provider_admits_only_the_configured_repository(monkeypatch):
+    plan = dry_run_json(monkeypatch)
+    provider = next(s for s in plan["steps"] if s["type"] == "resource" and s["kind"] == "wif-provider")
+    condition = next(a for a in provider["create"] if a.startswith("--attribute-condition="))
+    assert condition == "--attribute-condition=assertion.repository == 'acme/noesis2'"
+    wif_user = next(s for s in plan["steps"] if s["type"] == "binding" and s["role"] == "roles/iam.workloadIdentityUser")
+    assert wif_user["target"] == PIPELINE_SA
+    assert wif_user["member"].startswith("principalSet://iam.googleapis.com/projects/")
+    assert wif_user["member"].endswith("/workloadIdentityPools/github/attribute.repository/acme/noesis2")
+
+
+def test_plan_is_deterministic_so_running_it_twice_yields_the_same_commands():
+    config = load_config(ENV)
+    first, second = build_plan(config), build_plan(load_config(dict(ENV)))
+    assert first.commands() == second.commands()
+    assert first == second
+
+
+def test_every_create_is_preceded_by_a_describe_and_bindings_use_add(monkeypatch):
+    plan = build_plan(load_config(ENV))
+    for resource in plan.resources:
+        assert "describe" in resource.describe
+        assert {"create", "create-oidc"} & set(resource.create)
+    for binding in plan.bindings:
+        assert any(word in binding.command for word in ("add-iam-policy-binding", "add-invoker-policy-binding"))
+    created = [" ".join(c) for c in plan.commands() if "create" in c or "create-oidc" in c]
+    assert len(created) == len(plan.resources)
+
+
+def test_dry_run_output_contains_no_secret_values(monkeypatch):
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    for args in (["--dry-run"], ["--dry-run", "--json"], ["--check"]):
+        out = io.StringIO()
+        main(args, out=out)
+        text = out.getvalue()
+        assert text, args
+        for value in (WEBHOOK_VALUE, KEYS_VALUE, "secret-path-5d1", "approval-key-do-not-print"):
+            assert value not in text, (args, value)
+    # The functions get secrets as references only.
+    plan = dry_run_json(monkeypatch)
+    deploys = [s for s in plan["steps"] if s["type"] == "action" and s["kind"] == "function"]
+    on_push = next(d for d in deploys if d["name"] == "on-push")
+    assert "--set-secrets=RELEASE_WEBHOOK_SECRET=release-webhook-secret:latest" in on_push["command"]
+
+
+def test_functions_triggers_and_retry(monkeypatch):
+    plan = dry_run_json(monkeypatch)
+    deploys = {s["name"]: s["command"] for s in plan["steps"] if s["type"] == "action" and s["kind"] == "function"}
+    assert set(deploys) == {"on-push", "dispatch", "dispatch-builds", "on-approval", "sweep", "dashboard"}
+    assert "--trigger-topic=pipeline-events" in deploys["dispatch"] and "--retry" in deploys["dispatch"]
+    assert "--trigger-topic=cloud-builds" in deploys["dispatch-builds"] and "--retry" in deploys["dispatch-builds"]
+    assert "--entry-point=dispatch" in deploys["dispatch-builds"]
+    assert "--trigger-topic=pipeline-tick" in deploys["sweep"] and "--retry" not in deploys["sweep"]
+    assert "--allow-unauthenticated" in deploys["on-push"] and "--no-allow-unauthenticated" in deploys["dashboard"]
+    for command in deploys.values():
+        assert "--service-account=release-runtime@acme-release.iam.gserviceaccount.com" in command
+        env = next(a for a in command if a.startswith("--set-env-vars="))
+        assert "ENDPOINT" not in env  # the stand-in endpoints never reach GCP
+    scheduler = next(s for s in plan["steps"] if s["type"] == "resource" and s["kind"] == "scheduler-job")
+    assert "--schedule=* * * * *" in scheduler["create"] and "--topic=pipeline-tick" in scheduler["create"]
+    dead_letter = [s for s in plan["steps"] if s["type"] == "action" and s["kind"] == "subscription-policy"]
+    assert {s["name"] for s in dead_letter} == {"${SUBSCRIPTION:dispatch}", "${SUBSCRIPTION:dispatch-builds}"}
+    assert all("--dead-letter-topic=pipeline-dead-letter" in s["command"] for s in dead_letter)
+
+
+def test_runtime_account_roles_are_the_documented_ones(monkeypatch):
+    plan = build_plan(load_config(ENV))
+    runtime = sa_member("release-runtime@acme-release.iam.gserviceaccount.com")
+    assert plan.roles_of(runtime, "project") == {
+        "roles/datastore.user", "roles/cloudbuild.builds.editor", "roles/run.developer",
+        "projects/acme-release/roles/releasePreflightReader"}
+    assert plan.roles_of(runtime, "topic") == {"roles/pubsub.publisher"}
+    assert plan.roles_of(runtime, "service-account") == {"roles/iam.serviceAccountUser"}
+    secret_targets = {b.target for b in plan.bindings if b.member == runtime and b.scope == "secret"}
+    assert secret_targets == {"release-webhook-secret", "release-approval-keys"}
+
+
+class FakeCloud:
+    """A tiny fake of gcloud: describe succeeds for what exists, create adds it."""
+
+    def __init__(self, secrets_have_values: bool = True):
+        self.existing: set[tuple[str, ...]] = set()
+        self.calls: list[tuple[str, ...]] = []
+        self.secrets_have_values = secrets_have_values
+
+    @staticmethod
+    def _key(args: tuple[str, ...]) -> tuple[str, ...]:
+        verb = next(i for i, a in enumerate(args) if a in ("describe", "create", "create-oidc"))
+        name = next((a for a in args[verb + 1:] if not a.startswith("--") and a != "pubsub"), "")
+        return (*args[:verb], name.split("@")[0])  # service accounts: described by email, created by id
+
+    def __call__(self, args: tuple[str, ...]) -> Result:
+        self.calls.append(args)
+        if args[:3] == ("projects", "describe", "acme-release"):
+            return Result(0, "123456789012\n", "")
+        if args[:2] == ("functions", "describe"):
+            return Result(0, f"projects/acme-release/locations/europe-west3/triggers/{args[2]}-trg\n", "")
+        if args[:3] == ("eventarc", "triggers", "describe"):
+            return Result(0, f"projects/acme-release/subscriptions/eventarc-sub-{args[3]}\n", "")
+        if args[:3] == ("secrets", "versions", "list"):
+            return Result(0, "1\n" if self.secrets_have_values else "", "")
+        if "describe" in args:
+            return Result(0 if self._key(args) in self.existing else 1, "", "NOT_FOUND")
+        if "create" in args or "create-oidc" in args:
+            self.existing.add(self._key(args))
+        return Result(0, "", "")
+
+
+def test_apply_creates_once_and_a_second_apply_creates_nothing():
+    config = load_config(ENV)
+    plan = build_plan(config)
+    cloud = FakeCloud()
+    assembled = []
+    first = apply_plan(plan, config, cloud, log=lambda line: None, before_functions=lambda: assembled.append(1))
+    assert sum(line.startswith("created") for line in first) == len(plan.resources)
+    assert assembled == [1]
+    second = apply_plan(plan, config, cloud, log=lambda line: None)
+    assert not any(line.startswith("created") for line in second)
+    assert sum(line.startswith("exists") for line in second) == len(plan.resources)
+    # Placeholders were filled from the project, never sent as-is.
+    assert not any("${" in a for call in cloud.calls for a in call)
+    assert any("serviceAccount:service-123456789012@gcp-sa-pubsub.iam.gserviceaccount.com" in a
+               for call in cloud.calls for a in call)
+    assert any(call[:4] == ("pubsub", "subscriptions", "update", "eventarc-sub-dispatch-trg") for call in cloud.calls)
+
+
+def test_apply_stops_before_the_functions_when_the_secrets_are_empty():
+    config = load_config(ENV)
+    cloud = FakeCloud(secrets_have_values=False)
+    with pytest.raises(DeployError, match="release-webhook-secret, release-approval-keys have no value"):
+        apply_plan(build_plan(config), config, cloud, log=lambda line: None)
+    assert not any(call[:2] == ("functions", "deploy") for call in cloud.calls)
+    assert any(call[:2] == ("secrets", "create") for call in cloud.calls)
+
+
+def test_setup_check_names_what_to_fix():
+    bad = dict(ENV, RELEASE_PROJECT="local-project", DEPLOY_GITHUB_REPOSITORY="not a repo",
+               RELEASE_IAM_ENDPOINT="127.0.0.1:9999", RELEASE_ARTIFACT_REGISTRY="")
+    messages = [f.message for f in setup_check(load_config(bad)) if f.level == "error"]
+    assert any(m.startswith("RELEASE_PROJECT") for m in messages)
+    assert any(m.startswith("DEPLOY_GITHUB_REPOSITORY") for m in messages)
+    assert any(m.startswith("RELEASE_IAM_ENDPOINT") for m in messages)
+    assert any(m.startswith("RELEASE_ARTIFACT_REGISTRY") for m in messages)
+    good = [f for f in setup_check(load_config(ENV)) if f.level == "error" and "functions/main.py" not in f.message]
+    assert good == []
+
+
+def test_assembled_source_holds_the_packages_and_a_root_main(tmp_path):
+    config = load_config(dict(ENV, DEPLOY_SOURCE_DIR=str(tmp_path / "src")))
+    dest = assemble_source(config)
+    for name in ("functions", "shared", "pipelines", "requirements.txt", "main.py"):
+        assert (dest / name).exists(), name
+    assert (dest / "pipelines" / "noesis2.yaml").exists()
+    assert not list(dest.rglob("__pycache__"))
+    assert re.search(r"^from functions\.main import .*on_push", (dest / "main.py").read_text(), re.M)
+    with pytest.raises(ValueError):
+        assemble_source(load_config(dict(ENV, DEPLOY_SOURCE_DIR=str(REPO_ROOT / "shared" / "x"))))
+
+
+def test_pipeline_account_is_the_one_the_preflight_stage_checks(tmp_path):
+    config = load_config(ENV)
+    stage = config.pipeline.stage("preflight")
+    assert stage.params["service_account"].replace("${project}", "acme-release") == config.pipeline_sa
+    document = yaml.safe_load((REPO_ROOT / "pipelines" / "noesis2.yaml").read_text())
+    document["stages"] = [s for s in document["stages"] if s["kind"] != "preflight"]
+    from shared.pipeline import parse_pipeline
+
+    bare = parse_pipeline(document)
+    assert pipeline_account_id(bare, "acme-release", {}) == "release-pipeline"
+    assert pipeline_account_id(bare, "acme-release", {"RELEASE_PIPELINE_SERVICE_ACCOUNT": "x-pipe"}) == "x-pipe"
+    with pytest.raises(Exception, match="not an account of project acme-release"):
+        pipeline_account_id(bare, "acme-release",
+                            {"RELEASE_PIPELINE_SERVICE_ACCOUNT": "x@other-project.iam.gserviceaccount.com"})
