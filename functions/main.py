@@ -67,3 +67,12 @@ def sweep(cloud_event):
     s = bootstrap
     report = run_sweep(s.store(), s.executors(), s.publisher(), s.SystemClock(), s.settings())
     log.info("sweep: %s", report)
+
+
+@functions_framework.http
+def dashboard(request):
+    """Release list and one release as its pipeline of stages; refreshes while it runs."""
+    from shared.dashboard import handle
+
+    status, body, headers = handle(request.method, request.path, request.args, bootstrap.store())
+    return body, status, headers

@@ -34,6 +34,21 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None, 
     raise ConfigError(f"{url} did not answer within {timeout_s:.0f}s")
 
 
+def wait_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Wait until something accepts TCP connections (functions answer only their own routes)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-2000:] if log and log.exists() else ""
+            raise ConfigError(f"process for {host}:{port} exited with {proc.returncode}: {tail}")
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise ConfigError(f"{host}:{port} did not accept connections within {timeout_s:.0f}s")
+
+
 @dataclass
 class Emulator:
     name: str

@@ -1,0 +1,177 @@
+"""`make demo`: one whole release of the sample app through the local stack.
+
+Starts the stack, sends a signed GitHub push webhook, prints each stage as it
+moves, follows the approval link that arrives by mail (or waits for your click
+with --approve-by-hand), measures the traffic split on the real service URL, and
+prints the release notes. Every process it started is stopped on exit or Ctrl-C.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from local.stack import PROJECT, REGION, LocalStack
+from local.traffic import TrafficSampler, sample_share
+from shared.config import REPO_ROOT, Settings
+from shared.github import signature_for
+from shared.state import ReleaseState, ReleaseStatus, StageStatus
+
+DEMO_REPO = "example/sample-app"
+PUSHER = "dev@example.com"
+SAMPLE_VERSION = "1.0.0"
+LINK = re.compile(r"(http://127\.0\.0\.1:\d+/\?token=[A-Za-z0-9_\-.=%]+)")
+
+
+def commit_sha() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+        return sha.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "0123456789abcdef0123456789abcdef01234567"
+
+
+def send_push(stack: LocalStack, commit: str) -> dict:
+    body = json.dumps({
+        "ref": "refs/heads/main", "after": commit, "repository": {"full_name": DEMO_REPO},
+        "pusher": {"name": "dev", "email": PUSHER}, "sender": {"login": "dev"},
+        "head_commit": {"id": commit, "message": f"Release the sample app\n\nRelease-Version: {SAMPLE_VERSION}"},
+    }).encode()
+    request = urllib.request.Request(stack.urls["on_push"] + "/", data=body, method="POST", headers={
+        "Content-Type": "application/json", "X-GitHub-Event": "push", "X-GitHub-Delivery": f"demo-{time.time_ns()}",
+        "X-Hub-Signature-256": signature_for(stack.webhook_secret, body),
+    })
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer = json.loads(response.read())
+    print(f"push webhook answered {response.status}: {answer}")
+    return answer
+
+
+class Printer:
+    """Prints a line whenever a stage changes status."""
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+        self.seen: dict[str, tuple] = {}
+
+    def show(self, state: ReleaseState) -> None:
+        for stage in self.pipeline.stages:
+            st = state.stages[stage.id]
+            key = (st.status, st.attempt)
+            if self.seen.get(stage.id) == key or (st.status is StageStatus.PENDING and stage.id not in self.seen):
+                continue
+            self.seen[stage.id] = key
+            took = f" in {st.duration_s:.1f}s" if st.duration_s is not None else ""
+            detail = f": {st.reason}" if st.reason else ""
+            print(f"  [{stage.number:>3}] {stage.name:<28} {st.status.value}{took}{detail}", flush=True)
+
+
+def service_url(stack: LocalStack, name: str) -> str:
+    from shared.gcp_clients import run_services
+
+    settings = Settings(project=PROJECT, region=REGION, cloud_run_endpoint=stack.standin_endpoint)
+    return run_services(settings).get_service(name=f"projects/{PROJECT}/locations/{REGION}/services/{name}").uri
+
+
+def approve_by_link(link: str) -> None:
+    with urllib.request.urlopen(link, timeout=10) as page:
+        html = page.read().decode()
+    title = re.search(r"<title>(.*?)</title>", html, re.S)
+    print(f"  GET  confirm page: {page.status} {title.group(1).strip() if title else ''} (changes nothing)")
+    token = urllib.parse.parse_qs(urllib.parse.urlparse(link).query)["token"][0]
+    form = urllib.parse.urlencode({"token": token, "decision": "approve", "reason": "demo approval"}).encode()
+    request = urllib.request.Request(link.split("?")[0], data=form, method="POST",
+                                     headers={"User-Agent": "make-demo approver"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        print(f"  POST approve: {answer.status}")
+
+
+def run(args) -> int:
+    from local.mailbox import Mailbox
+    from shared.firestore_store import FirestoreStore
+    from shared.pipeline import load_pipeline
+
+    pipeline = load_pipeline(REPO_ROOT / "pipelines" / "sample.yaml")
+    started = time.monotonic()
+    with Mailbox() as mailbox, LocalStack(smtp_port=mailbox.port) as stack:
+        print(f"local stack up in {time.monotonic() - started:.1f}s")
+        print(f"  dashboard: {stack.urls['dashboard']}/")
+        from google.cloud import firestore
+
+        store = FirestoreStore(firestore.Client(project=PROJECT), Settings(project=PROJECT))
+        release_id = send_push(stack, commit_sha())["release_id"]
+        printer = Printer(pipeline)
+        approved = chaos_requested = False
+        sampler = TrafficSampler(service_url(stack, "sample-web"))
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            state = store.get(release_id)[0]
+            printer.show(state)
+            if state.status is ReleaseStatus.STOPPED:
+                print(f"release stopped: {state.reason}")
+                return 1
+            if args.chaos and not chaos_requested and state.status is ReleaseStatus.AWAITING_APPROVAL:
+                from shared.pubsub_publisher import PubSubPublisher
+
+                PubSubPublisher(Settings(project=PROJECT)).publish(
+                    "pipeline-events", {"type": "chaos.requested", "release_id": release_id, "requested_by": "qa@example.com"})
+                chaos_requested = True
+                print("  chaos smoke requested (run_chaos=true)")
+            elif state.status is ReleaseStatus.AWAITING_APPROVAL and not approved:
+                link = LINK.search(mailbox.wait_for("approver@example.com", timeout_s=30)).group(1)
+                print(f"  approval link sent to approver@example.com: {link}")
+                if args.approve_by_hand:
+                    print("  open the link in a browser and approve; waiting …")
+                else:
+                    approve_by_link(link)
+                approved = True
+            if state.stages["prod-deploy"].status is StageStatus.RUNNING and not sampler.samples:
+                sampler.__enter__()  # sample from before the split until after the last stage
+            if state.status is ReleaseStatus.SUCCEEDED:
+                sampler.__exit__()
+                deploy, last = state.stages["prod-deploy"], state.stages["traffic-100"]
+                share, n = sampler.share(state.version, deploy.finished_at, last.started_at)
+                print(f"  traffic split: {share:.0%} of {n} requests to {sampler.url} between the prod deploy "
+                      f"and traffic 100 % were answered by the new revision (target 10 %)")
+                share = sample_share(sampler.url, state.version)
+                print(f"  after traffic 100 %: {share:.0%} of 200 requests answered by {state.tag}")
+                print(f"release {release_id} succeeded in {time.monotonic() - started:.1f}s")
+                print_notes(release_id)
+                return 0
+            time.sleep(0.2)
+        print(f"release did not finish within {args.timeout}s; logs are in {stack.workdir / 'logs'}")
+        return 1
+
+
+def print_notes(release_id: str) -> None:
+    try:
+        from shared.notes import render_for
+    except ImportError:
+        return
+    print()
+    print(render_for(release_id))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make demo", description=__doc__)
+    parser.add_argument("--approve-by-hand", action="store_true", help="wait for you to click the approval link")
+    parser.add_argument("--chaos", action="store_true", help="request the optional chaos smoke (10a)")
+    parser.add_argument("--timeout", type=int, default=300, help="seconds to wait for the release")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks, stop every process
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping the local stack")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""The sample app's CI steps, run by the stand-in as local build steps and job containers.
+
+Each subcommand is a real step that can pass or fail, and reports what the release
+notes need (test counts, digest, run time) as JSON in ``$BUILDER_OUTPUT/output``,
+the way a Cloud Build step returns output.
+
+  python -m local.sample_ci junit-summary FILE
+  python -m local.sample_ci build --tag TAG
+  python -m local.sample_ci push --tag TAG
+  python -m local.sample_ci e2e --tag TAG
+  python -m local.sample_ci schema --data-dir DIR
+  python -m local.sample_ci ingest              (job; env DATA_DIR)
+  python -m local.sample_ci chaos --tag TAG --reports DIR
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+STACK = Path(".local-stack")
+IMAGES = STACK / "images" / "sample-app"
+REGISTRY = STACK / "registry"
+RAG_SCHEMA = Path("sample_app/rag_schema.sql")
+
+
+def output(data: dict) -> None:
+    """Return step output like Cloud Build: a small file under $BUILDER_OUTPUT."""
+    print(json.dumps(data))
+    folder = os.environ.get("BUILDER_OUTPUT")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "output").write_text(json.dumps(data)[:4000])
+
+
+def junit_counts(path: Path) -> dict:
+    root = ET.parse(path).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for suite in suites:
+        for key in totals:
+            totals[key] += int(suite.get(key, 0))
+    return totals
+
+
+def cmd_junit_summary(args) -> int:
+    output({"junit": str(args.file), **junit_counts(Path(args.file))})
+    return 0
+
+
+def cmd_build(args) -> int:
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    image = IMAGES / f"{args.tag}.tar.gz"
+    with tarfile.open(image, "w:gz") as tar:
+        tar.add("sample_app", filter=lambda i: None if "__pycache__" in i.name or "/tests" in i.name else i)
+    digest = "sha256:" + hashlib.sha256(image.read_bytes()).hexdigest()
+    output({"image": f"local/sample-app:{args.tag}", "digest": digest})
+    return 0
+
+
+def cmd_push(args) -> int:
+    if not (REGISTRY / "credentials").exists():
+        print("push: denied: no credentials for the registry (authenticate first)", file=sys.stderr)
+        return 1
+    source = IMAGES / f"{args.tag}.tar.gz"
+    if not source.exists():
+        print(f"push: no image {source}; the build stage did not produce it", file=sys.stderr)
+        return 1
+    (REGISTRY / "sample-app").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source, REGISTRY / "sample-app" / source.name)
+    output({"pushed": f"local/sample-app:{args.tag}"})
+    return 0
+
+
+def _serve_image(tag: str, env: dict | None = None):
+    """Start the pushed image's app on a free port; returns (process, base url, folder)."""
+    folder = Path(tempfile.mkdtemp(prefix="sample-app-"))
+    with tarfile.open(REGISTRY / "sample-app" / f"{tag}.tar.gz") as tar:
+        tar.extractall(folder, filter="data")
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "sample_app.server"], cwd=folder,
+                            env={**os.environ, "PORT": str(port), "VERSION": tag, **(env or {})})
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(base + "/health/liveliness", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.05)
+    return proc, base, folder
+
+
+def _get(url: str) -> tuple[int, float]:
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except OSError:
+        status = 0
+    return status, (time.perf_counter() - started) * 1000
+
+
+def cmd_e2e(args) -> int:
+    proc, base, folder = _serve_image(args.tag)
+    cases = []
+    try:
+        for path in ("/", "/health/liveliness"):
+            status, ms = _get(base + path)
+            cases.append((path, status, ms))
+    finally:
+        proc.terminate()
+        proc.wait(5)
+        shutil.rmtree(folder, ignore_errors=True)
+    failures = [c for c in cases if c[1] != 200]
+    suite = ET.Element("testsuite", name="e2e", tests=str(len(cases)), failures=str(len(failures)), errors="0", skipped="0")
+    for path, status, ms in cases:
+        case = ET.SubElement(suite, "testcase", name=f"GET {path}", time=f"{ms / 1000:.3f}")
+        if status != 200:
+            ET.SubElement(case, "failure", message=f"status {status}")
+    report = STACK / "reports" / f"e2e-{args.tag}.xml"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    ET.ElementTree(suite).write(report)
+    output({"junit": str(report), **junit_counts(report)})
+    return 1 if failures else 0
+
+
+def cmd_schema(args) -> int:
+    """Dry-run the vector schema on a copy, then apply it; record the run time, judge nothing."""
+    data = Path(args.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    sql = RAG_SCHEMA.read_text()
+    live = sqlite3.connect(data / "rag.sqlite3")
+    started = time.perf_counter()
+    dry = sqlite3.connect(":memory:")
+    live.backup(dry)
+    try:
+        dry.executescript(sql)
+    except sqlite3.Error as exc:
+        print(f"schema: dry-run of {RAG_SCHEMA} failed: {exc}", file=sys.stderr)
+        return 1
+    dry_ms = (time.perf_counter() - started) * 1000
+    started = time.perf_counter()
+    try:
+        live.executescript(sql)
+    except sqlite3.Error as exc:
+        print(f"schema: apply of {RAG_SCHEMA} failed: {exc}", file=sys.stderr)
+        return 1
+    apply_ms = (time.perf_counter() - started) * 1000
+    output({"dry_run_ms": round(dry_ms, 2), "apply_ms": round(apply_ms, 2)})
+    return 0
+
+
+def _embed(text: str, dims: int = 8) -> list[float]:
+    digest = hashlib.sha256(text.encode()).digest()
+    return [b / 255 for b in digest[:dims]]
+
+
+def cmd_ingest(args) -> int:
+    """A mini batch through the ingestion path; verifies embeddings; never backfills."""
+    data = Path(os.environ["DATA_DIR"])
+    db = sqlite3.connect(data / "rag.sqlite3")
+    batch = [f"smoke document {i} {time.time_ns()}" for i in range(3)]
+    ids = []
+    for text in batch:
+        cur = db.execute("INSERT INTO rag_documents (body) VALUES (?)", (text,))
+        db.execute("INSERT INTO rag_embeddings (document_id, vector) VALUES (?, ?)",
+                   (cur.lastrowid, json.dumps(_embed(text))))
+        ids.append(cur.lastrowid)
+    db.commit()
+    marks = ",".join("?" * len(ids))
+    rows = db.execute(f"SELECT vector FROM rag_embeddings WHERE document_id IN ({marks})", ids).fetchall()
+    if len(rows) != len(batch) or any(len(json.loads(v)) != 8 for (v,) in rows):
+        print(f"ingest: expected {len(batch)} embeddings of 8 dimensions, found {len(rows)}", file=sys.stderr)
+        return 1
+    print(f"ingest: {len(batch)} documents embedded and verified (queue ingestion, no backfill)")
+    return 0
+
+
+def cmd_chaos(args) -> int:
+    """A short load on the pushed image; writes JUnit, JSON, k6 and Locust artifacts."""
+    reports = Path(args.reports)
+    reports.mkdir(parents=True, exist_ok=True)
+    proc, base, folder = _serve_image(args.tag)
+    results = []
+    try:
+        for i in range(args.requests):
+            results.append(_get(base + ("/" if i % 2 else "/health/liveliness")))
+    finally:
+        proc.terminate()
+        proc.wait(5)
+        shutil.rmtree(folder, ignore_errors=True)
+    errors = sum(1 for status, _ in results if status >= 500 or status == 0)
+    latencies = sorted(ms for _, ms in results)
+    p95 = latencies[int(0.95 * (len(latencies) - 1))]
+    suite = ET.Element("testsuite", name="chaos", tests="1", failures="0", errors="0", skipped="0")
+    ET.SubElement(suite, "testcase", name="load")
+    ET.ElementTree(suite).write(reports / "chaos-junit.xml")
+    (reports / "chaos.json").write_text(json.dumps({"requests": len(results), "errors": errors, "p95_ms": p95}))
+    (reports / "k6-summary.json").write_text(json.dumps({"metrics": {
+        "http_req_failed": {"rate": errors / len(results)}, "http_req_duration": {"p(95)": p95}}}))
+    (reports / "locust_stats.csv").write_text(
+        "Type,Name,Request Count,Failure Count,95%\n"
+        f",Aggregated,{len(results)},{errors},{round(p95)}\n")
+    print(f"chaos: {len(results)} requests, {errors} errors, p95 {p95:.1f} ms")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m local.sample_ci")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("junit-summary").add_argument("file")
+    for name in ("build", "push", "e2e"):
+        sub.add_parser(name).add_argument("--tag", required=True)
+    sub.add_parser("schema").add_argument("--data-dir", required=True)
+    sub.add_parser("ingest")
+    chaos = sub.add_parser("chaos")
+    chaos.add_argument("--tag", required=True)
+    chaos.add_argument("--reports", required=True)
+    chaos.add_argument("--requests", type=int, default=200)
+    args = parser.parse_args(argv)
+    handler = {"junit-summary": cmd_junit_summary, "build": cmd_build, "push": cmd_push, "e2e": cmd_e2e,
+               "schema": cmd_schema, "ingest": cmd_ingest, "chaos": cmd_chaos}[args.command]
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""The whole product on one machine: emulators, stand-in, functions, real push subscriptions.
+
+Every function runs in its own functions-framework process, exactly the entry
+points that are deployed; Pub/Sub push subscriptions deliver to them as on GCP.
+The stand-in answers the Cloud Build, Cloud Run and IAM APIs on loopback, and a
+ticker replaces Cloud Scheduler's one-minute tick (faster, so the demo is short).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.api_core.exceptions import AlreadyExists, NotFound
+
+from local.emulators import Emulator, free_port, start_emulator, wait_port
+from shared.config import REPO_ROOT
+from shared.errors import ConfigError
+
+PROJECT = "local-project"
+REGION = "europe-west3"
+PIPELINE_SA = f"pipeline@{PROJECT}.iam.gserviceaccount.com"
+BASE_VERSION = "0.9.0"
+
+# name: (target, signature type, topics pushed to it)
+FUNCTIONS = {
+    "on_push": ("on_push", "http", ()),
+    "dispatch": ("dispatch", "cloudevent", ("pipeline-events", "cloud-builds")),
+    "sweep": ("sweep", "cloudevent", ("pipeline-tick",)),
+    "on_approval": ("on_approval", "http", ()),
+    "dashboard": ("dashboard", "http", ()),
+}
+TOPICS = ("pipeline-events", "cloud-builds", "release-updates", "pipeline-tick")
+
+
+@dataclass
+class LocalStack:
+    workdir: Path = REPO_ROOT / ".local-stack"
+    pipeline_file: Path = REPO_ROOT / "pipelines" / "sample.yaml"
+    tick_every_s: float = 2.0
+    webhook_secret: str = "local-demo-webhook-secret"
+    approval_keys: str = "k1:local-demo-link-signing-key"
+    smtp_port: int = 0
+    # {"firestore": host, "pubsub": host} of emulators someone else runs (the test session).
+    reuse_emulators: dict[str, str] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    emulators: list[Emulator] = field(default_factory=list)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    urls: dict[str, str] = field(default_factory=dict)
+    standin_endpoint: str = ""
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self, log=print) -> "LocalStack":
+        try:
+            self._start(log)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, log) -> None:
+        if self.workdir.exists():
+            shutil.rmtree(self.workdir)
+        (self.workdir / "logs").mkdir(parents=True)
+        (self.workdir / "registry").mkdir()
+        # The local registry's credentials: the push stage fails clearly without them.
+        (self.workdir / "registry" / "credentials").write_text("local-demo\n")
+        if not self.reuse_emulators:
+            log("starting the Firestore and Pub/Sub emulators …")
+            threads = [threading.Thread(target=self._start_emulator, args=(kind,)) for kind in ("firestore", "pubsub")]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if len(self.emulators) != 2:
+                raise ConfigError("an emulator did not start; see the logs in " + str(self.workdir / "logs"))
+        # The Google clients of this process (demo, tests) find the emulators through these.
+        os.environ.update(self.base_env())
+        self._create_topics()
+        log("starting the Cloud Build / Cloud Run stand-in …")
+        self._start_standin()
+        log("starting the functions …")
+        # Every URL first: functions link to each other (approval links, dashboard).
+        self.urls = {name: f"http://127.0.0.1:{free_port()}" for name in FUNCTIONS}
+        for name in FUNCTIONS:
+            self._start_function(name)
+        for name, proc in self.processes.items():
+            if name in FUNCTIONS:
+                port = int(self.urls[name].rsplit(":", 1)[1])
+                wait_port("127.0.0.1", port, 60, proc, self.workdir / "logs" / f"{name}.log")
+        self._create_push_subscriptions()
+        threading.Thread(target=self._tick, daemon=True, name="ticker").start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for name, proc in reversed(list(self.processes.items())):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.processes.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        self.processes.clear()
+        for emulator in self.emulators:
+            emulator.stop()
+        self.emulators.clear()
+
+    def __enter__(self) -> "LocalStack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- configuration ----------------------------------------------------------
+    def base_env(self) -> dict[str, str]:
+        hosts = dict(self.reuse_emulators or {e.name: e.host for e in self.emulators})
+        return {
+            "FIRESTORE_EMULATOR_HOST": hosts.get("firestore", ""),
+            "PUBSUB_EMULATOR_HOST": hosts.get("pubsub", ""),
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+            "RELEASE_PROJECT": PROJECT,
+            "RELEASE_REGION": REGION,
+        }
+
+    def function_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.base_env())
+        env.update({
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+            "PYTHONPATH": str(REPO_ROOT),
+            "RELEASE_PIPELINE_FILE": str(self.pipeline_file),
+            "RELEASE_CLOUD_BUILD_ENDPOINT": self.standin_endpoint,
+            "RELEASE_CLOUD_RUN_ENDPOINT": self.standin_endpoint,
+            "RELEASE_IAM_ENDPOINT": self.standin_endpoint,
+            "RELEASE_ARTIFACT_REGISTRY": "local",
+            "RELEASE_WEBHOOK_SECRET": self.webhook_secret,
+            "RELEASE_APPROVAL_KEYS": self.approval_keys,
+            "RELEASE_APPROVAL_BASE_URL": self.urls.get("on_approval", ""),
+            "RELEASE_PUBLIC_BASE_URL": self.urls.get("dashboard", ""),
+            "RELEASE_PIPELINE_SERVICE_ACCOUNT": PIPELINE_SA,
+            "RELEASE_SMTP_HOST": "127.0.0.1" if self.smtp_port else "",
+            "RELEASE_SMTP_PORT": str(self.smtp_port or 25),
+            "RELEASE_NOTIFY_EMAILS": "release-team@example.com",
+        })
+        env.update(self.extra_env)
+        return env
+
+    def _start_emulator(self, kind: str) -> None:
+        try:
+            self.emulators.append(start_emulator(kind, PROJECT, self.workdir / "logs"))
+        except ConfigError as exc:
+            print(f"{kind} emulator: {exc}", file=sys.stderr)
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+        log = (self.workdir / "logs" / f"{name}.log").open("w")
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
+                                start_new_session=True, stdin=subprocess.DEVNULL)
+        self.processes[name] = proc
+        return proc
+
+    def _start_standin(self) -> None:
+        from shared.pipeline import load_pipeline
+        from shared.preflight import required_roles
+
+        roles = required_roles(load_pipeline(self.pipeline_file))
+        config = {
+            "project": PROJECT, "region": REGION, "workspace": str(REPO_ROOT),
+            "local_images": ["local", "local/sample-app"],
+            "pubsub_emulator_host": self.base_env()["PUBSUB_EMULATOR_HOST"],
+            "builds_topic": "cloud-builds", "log_dir": str(self.workdir / "logs" / "standin"),
+            "iam_bindings": {role: [f"serviceAccount:{PIPELINE_SA}"] for role in sorted(roles)},
+            "jobs": self._sample_jobs(),
+            "services": [
+                {"name": name, "image": f"local/sample-app:v{BASE_VERSION}-base",
+                 "env": {"VERSION": BASE_VERSION}, "labels": {"version": BASE_VERSION.replace(".", "-"), "commit": "base"}}
+                for name in ("sample-web-staging", "sample-web")
+            ],
+        }
+        path = self.workdir / "standin.json"
+        path.write_text(json.dumps(config, indent=2))
+        env = self.function_env()
+        proc = self._spawn("standin", [sys.executable, "-u", "-m", "local.standin", "--config", str(path)], env)
+        log_path = self.workdir / "logs" / "standin.log"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            text = log_path.read_text() if log_path.exists() else ""
+            for line in text.splitlines():
+                if line.startswith("STANDIN_READY "):
+                    self.standin_endpoint = line.split()[1]
+                    return
+            if proc.poll() is not None:
+                raise ConfigError(f"the stand-in exited: {text[-2000:]}")
+            time.sleep(0.1)
+        raise ConfigError("the stand-in did not get ready within 60 s")
+
+    def _sample_jobs(self) -> list[dict]:
+        data = self.workdir / "data"
+        return [
+            {"name": "sample-migrate-staging", "image": "local", "command": [sys.executable, "-m", "sample_app.migrate"],
+             "env": {"DATA_DIR": str(data / "staging")}},
+            {"name": "sample-ingestion-smoke", "image": "local", "command": [sys.executable, "-m", "local.sample_ci", "ingest"],
+             "env": {"DATA_DIR": str(data / "staging")}},
+            {"name": "sample-migrate-prod", "image": "local", "command": [sys.executable, "-m", "sample_app.migrate"],
+             "env": {"DATA_DIR": str(data / "prod")}},
+        ]
+
+    def _start_function(self, name: str) -> None:
+        target, signature, _ = FUNCTIONS[name]
+        port = self.urls[name].rsplit(":", 1)[1]
+        env = self.function_env()
+        args = [str(Path(sys.executable).parent / "functions-framework"), "--target", target,
+                "--source", str(REPO_ROOT / "functions" / "main.py"), "--signature-type", signature,
+                "--host", "127.0.0.1", "--port", port]
+        self._spawn(name, args, env)
+
+    def _create_topics(self) -> None:
+        from google.cloud import pubsub_v1
+
+        publisher = pubsub_v1.PublisherClient()
+        for topic in TOPICS:
+            try:
+                publisher.create_topic(name=publisher.topic_path(PROJECT, topic))
+            except AlreadyExists:
+                pass  # a reused emulator: the topic stays, its subscriptions are made anew
+
+    def _create_push_subscriptions(self) -> None:
+        from google.cloud import pubsub_v1
+
+        subscriber = pubsub_v1.SubscriberClient()
+        for name, (_, _, topics) in FUNCTIONS.items():
+            for topic in topics:
+                path = subscriber.subscription_path(PROJECT, f"{topic}-to-{name}")
+                try:
+                    subscriber.delete_subscription(subscription=path)
+                except NotFound:
+                    pass
+                subscriber.create_subscription(request={
+                    "name": path,
+                    "topic": subscriber.topic_path(PROJECT, topic),
+                    "push_config": {"push_endpoint": self.urls[name] + "/"},
+                    "ack_deadline_seconds": 60,
+                })
+
+    def _tick(self) -> None:
+        from google.cloud import pubsub_v1
+
+        publisher = pubsub_v1.PublisherClient()
+        topic = publisher.topic_path(PROJECT, "pipeline-tick")
+        while not self._stop.wait(self.tick_every_s):
+            try:
+                publisher.publish(topic, b"{}").result(10)
+            except Exception as exc:  # the stack may be shutting down
+                if not self._stop.is_set():
+                    print(f"ticker: {exc}", file=sys.stderr)
