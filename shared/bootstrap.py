@@ -76,7 +76,10 @@ def approval_store():
 def dispatcher():
     from shared.service import Dispatcher
 
-    return Dispatcher(store(), publisher(), executors(), approvals(), notifier(), SystemClock(), settings())
+    from shared.locks import EnvironmentLocks, FirestoreLockDocuments
+
+    locks = EnvironmentLocks(FirestoreLockDocuments(store().client, settings()), publisher(), settings())
+    return Dispatcher(store(), publisher(), executors(), approvals(), notifier(), SystemClock(), settings(), locks)
 
 
 @functools.cache

@@ -32,6 +32,25 @@ class RequestApproval:
     name = "request_approval"
 
 
+@dataclass(frozen=True)
+class AcquireLock:
+    """Take the environment's lock or join its queue; idempotent (re-sent on every tick)."""
+
+    release_id: str
+    environment: str
+    created_at: float
+    name = "acquire_lock"
+
+
+@dataclass(frozen=True)
+class ReleaseLock:
+    """Give the environment back; the newest queued release gets it, older queued ones are superseded."""
+
+    release_id: str
+    environment: str
+    name = "release_lock"
+
+
 class NoticeKind(str, Enum):
     STAGE_FAILED = "stage_failed"
     APPROVAL_NEEDED = "approval_needed"
@@ -48,8 +67,8 @@ class Notify:
     name = "notify"
 
 
-Command = StartStage | RequestApproval | Notify
-_BY_NAME = {cls.name: cls for cls in (StartStage, RequestApproval, Notify)}
+Command = StartStage | RequestApproval | Notify | AcquireLock | ReleaseLock
+_BY_NAME = {cls.name: cls for cls in (StartStage, RequestApproval, Notify, AcquireLock, ReleaseLock)}
 
 
 def command_to_dict(command: Command) -> dict[str, Any]:

@@ -26,6 +26,8 @@ class EventType(str, Enum):
     CHAOS_REQUESTED = "chaos.requested"
     STAGE_REPLAY = "stage.replay"
     TICK = "release.tick"
+    LOCK_GRANTED = "lock.granted"
+    SUPERSEDED = "release.superseded"
 
 
 class Outcome(str, Enum):
@@ -99,7 +101,28 @@ class Tick:
     type = EventType.TICK
 
 
-Event = ReleaseStarted | StageFinished | ApprovalDecided | ChaosRequested | StageReplay | Tick
+@dataclass(frozen=True)
+class LockGranted:
+    """The release now holds the environment's lock (shared/locks.py publishes it)."""
+
+    id: str
+    release_id: str
+    environment: str
+    type = EventType.LOCK_GRANTED
+
+
+@dataclass(frozen=True)
+class Superseded:
+    """A newer release took the environment while this one was queued for it."""
+
+    id: str
+    release_id: str
+    environment: str
+    superseded_by: str
+    type = EventType.SUPERSEDED
+
+
+Event = ReleaseStarted | StageFinished | ApprovalDecided | ChaosRequested | StageReplay | Tick | LockGranted | Superseded
 
 _REQUIRED: dict[EventType, tuple[str, ...]] = {
     EventType.RELEASE_STARTED: ("release_id",),
@@ -110,6 +133,8 @@ _REQUIRED: dict[EventType, tuple[str, ...]] = {
     EventType.CHAOS_REQUESTED: ("release_id", "requested_by"),
     EventType.STAGE_REPLAY: ("release_id", "stage", "replay_id", "requested_by"),
     EventType.TICK: ("release_id",),
+    EventType.LOCK_GRANTED: ("release_id", "environment"),
+    EventType.SUPERSEDED: ("release_id", "environment", "superseded_by"),
 }
 _CLASSES = {
     EventType.RELEASE_STARTED: ReleaseStarted,
@@ -118,6 +143,8 @@ _CLASSES = {
     EventType.CHAOS_REQUESTED: ChaosRequested,
     EventType.STAGE_REPLAY: StageReplay,
     EventType.TICK: Tick,
+    EventType.LOCK_GRANTED: LockGranted,
+    EventType.SUPERSEDED: Superseded,
 }
 
 
@@ -144,7 +171,8 @@ def event_from_dict(event_id: str, data: Mapping[str, Any]) -> Event:
             fields["expires_at"] = float(fields["expires_at"])
             if not isinstance(fields["approve"], bool):
                 raise ValueError("approve must be true or false")
-        for key in ("release_id", "stage", "stage_run_id", "replay_id", "requested_by", "nonce", "approver"):
+        for key in ("release_id", "stage", "stage_run_id", "replay_id", "requested_by", "nonce", "approver",
+                    "environment", "superseded_by"):
             if key in fields and not isinstance(fields[key], str):
                 raise ValueError(f"{key} must be a string")
     except (ValueError, TypeError) as exc:

@@ -16,6 +16,12 @@ Rules
   approver on the list who is not the person who pushed the commit.
 * Duplicated, stale (older attempt or already finished), out-of-order and unknown
   events change nothing. Terminal releases never change.
+* One release at a time per environment (staging, prod): a stage of such an
+  environment starts only while the release holds that environment's lock;
+  otherwise the release is QUEUED. The lock is given back when the release waits
+  for approval, stops or ends. When a lock frees, the newest queued release gets
+  it and older queued ones are SUPERSEDED (shared/locks.py), because deploying an
+  older commit after a newer one helps nobody.
 * A running stage past its deadline fails; a waiting approval past its expiry fails.
   Deadlines are enforced before any event is applied, so a completion arriving
   after the deadline is stale.
@@ -34,15 +40,17 @@ import copy
 from dataclasses import dataclass, field
 from enum import Enum
 
-from shared.commands import Command, NoticeKind, Notify, RequestApproval, StartStage
+from shared.commands import AcquireLock, Command, NoticeKind, Notify, ReleaseLock, RequestApproval, StartStage
 from shared.events import (
     ApprovalDecided,
     ChaosRequested,
     Event,
+    LockGranted,
     Outcome,
     ReleaseStarted,
     StageFinished,
     StageReplay,
+    Superseded,
     Tick,
     stage_run_id,
 )
@@ -57,6 +65,7 @@ from shared.state import (
 )
 
 DEFAULT_APPROVAL_EXPIRY_S = 24 * 3600
+LOCKED_ENVIRONMENTS = ("staging", "prod")
 
 
 class GateOutcome(str, Enum):
@@ -75,6 +84,8 @@ class Decision:
     outcome: GateOutcome
     reason: str = ""
     state: ReleaseState | None = None  # None: nothing to write
+    # Without a state only idempotent commands come back (re-asking for a lock on a
+    # tick, giving back a lock the release no longer needs).
     commands: tuple[Command, ...] = field(default_factory=tuple)
 
 
@@ -106,7 +117,7 @@ def decide(pipeline: Pipeline, state: ReleaseState, event: Event, now: float) ->
         if isinstance(event, StageReplay):
             run.record_replay(event, accepted=False, reason=reason)
     if not run.changed:
-        return Decision(outcome, reason)
+        return Decision(outcome, reason, None, tuple(run.commands))
     new.applied_events = (new.applied_events + [event.id])[-APPLIED_EVENTS_KEPT:]
     new.updated_at = now
     return Decision(outcome, reason, new, tuple(run.commands))
@@ -131,6 +142,8 @@ class _Run:
             ChaosRequested: self.on_chaos,
             StageReplay: self.on_replay,
             Tick: self.on_tick,
+            LockGranted: self.on_lock_granted,
+            Superseded: self.on_superseded,
         }[type(event)]
         return handler(event)
 
@@ -211,7 +224,6 @@ class _Run:
             raise _Refusal(GateOutcome.REFUSED, f"release is {self.state.status.value}; chaos needs it awaiting approval")
         self.state.chaos_requested_by = event.requested_by
         self.start(stage)
-        self.state.status = ReleaseStatus.RUNNING
         return GateOutcome.APPLIED, f"{stage.label} requested by {event.requested_by}"
 
     def on_replay(self, event: StageReplay) -> tuple[GateOutcome, str]:
@@ -220,6 +232,8 @@ class _Run:
             raise _Refusal(GateOutcome.REFUSED, f"unknown stage {event.stage!r}")
         stage = self.pipeline.stage(event.stage)
         st = state.stages[stage.id]
+        if state.status is ReleaseStatus.QUEUED:
+            raise _Refusal(GateOutcome.REFUSED, f"release is queued for {state.waiting_for}; replay when it runs")
         busy = [s for s in self.pipeline.stages if state.stages[s.id].status is StageStatus.RUNNING]
         if busy:
             raise _Refusal(GateOutcome.REFUSED, f"{busy[0].label} is running; replay when it ends")
@@ -247,7 +261,41 @@ class _Run:
         return GateOutcome.APPLIED, f"{stage.label} replayed by {event.requested_by}"
 
     def on_tick(self, event: Tick) -> tuple[GateOutcome, str]:
+        if self.state.status is ReleaseStatus.QUEUED:
+            # A grant may have been lost with a crashed handler: ask again (idempotent).
+            env = self.state.waiting_for
+            self.commands.append(AcquireLock(self.state.release_id, env, self.state.created_at))
+            return GateOutcome.IGNORED, f"still queued for {env}"
         return GateOutcome.IGNORED, "nothing overdue"
+
+    def on_lock_granted(self, event: LockGranted) -> tuple[GateOutcome, str]:
+        state, env = self.state, event.environment
+        if state.status is not ReleaseStatus.QUEUED or state.waiting_for != env:
+            if env not in state.locks_held:
+                self.commands.append(ReleaseLock(state.release_id, env))  # not needed (any more)
+            return GateOutcome.IGNORED, f"not queued for {env}"
+        state.locks_held.append(env)
+        state.waiting_for = ""
+        queued = [s for s in self.pipeline.stages if state.stages[s.id].status is StageStatus.QUEUED]
+        self.changed = True
+        self.start(queued[0])
+        return GateOutcome.APPLIED, f"holds {env}; started {queued[0].label}"
+
+    def on_superseded(self, event: Superseded) -> tuple[GateOutcome, str]:
+        state = self.state
+        if state.status is not ReleaseStatus.QUEUED:
+            return GateOutcome.IGNORED, f"release is {state.status.value}, not queued"
+        for stage in self.pipeline.stages:
+            if state.stages[stage.id].status is StageStatus.QUEUED:
+                state.stages[stage.id].status = StageStatus.PENDING
+        state.status = ReleaseStatus.SUPERSEDED
+        state.superseded_by = event.superseded_by
+        state.reason = f"superseded by release {event.superseded_by} while queued for {event.environment}"
+        state.waiting_for = ""
+        self.release_locks()
+        self.changed = True
+        self.notify(NoticeKind.STAGE_FAILED, "", f"{self.title()} was {state.reason}; nothing to do.")
+        return GateOutcome.APPLIED, state.reason
 
     # -- transitions ----------------------------------------------------------
     def known_stage(self, stage_id: str) -> tuple[Stage, StageState]:
@@ -281,23 +329,31 @@ class _Run:
             if stage.kind is StageKind.APPROVAL:
                 if st.status is StageStatus.WAITING and not forced:
                     state.status = ReleaseStatus.AWAITING_APPROVAL
+                    self.release_locks()
                     return
                 self.request_approval(stage)
                 return
             self.start(stage)
             return
         state.status = ReleaseStatus.SUCCEEDED
+        self.release_locks()
         for stage in self.pipeline.stages:
             if state.stages[stage.id].status is StageStatus.PENDING:
                 state.stages[stage.id].status = StageStatus.SKIPPED
         self.notify(NoticeKind.RELEASE_FINISHED, "", f"{self.title()} is complete: {state.tag} takes all traffic.")
 
-    def begin_attempt(self, stage: Stage, status: StageStatus, timeout_s: int) -> StageState:
-        st = self.state.stages[stage.id]
-        if st.attempt:
+    def archive(self, st: StageState) -> None:
+        """Keep the finished attempt in the history and clear the stage for the next one."""
+        if st.attempt and st.status not in (StageStatus.PENDING, StageStatus.QUEUED):
             st.history.append(
                 Attempt(st.attempt, st.stage_run_id, st.status.value, st.started_at, st.finished_at, st.reason, st.result)
             )
+        st.stage_run_id, st.started_at, st.finished_at, st.deadline = "", None, None, None
+        st.reason, st.result = "", {}
+
+    def begin_attempt(self, stage: Stage, status: StageStatus, timeout_s: int) -> StageState:
+        st = self.state.stages[stage.id]
+        self.archive(st)
         st.attempt += 1
         st.stage_run_id = stage_run_id(self.state.release_id, stage.id, st.attempt)
         st.status = status
@@ -313,6 +369,15 @@ class _Run:
         if self.pipeline.needs_approval(stage.id) and not self.approved():
             # Unreachable through advance(); kept as the last line of defence.
             raise _Refusal(GateOutcome.REFUSED, f"{stage.label} needs a valid approval first")
+        env = stage.environment
+        if env in LOCKED_ENVIRONMENTS and env not in self.state.locks_held:
+            self.archive(self.state.stages[stage.id])
+            self.state.stages[stage.id].status = StageStatus.QUEUED
+            self.state.status = ReleaseStatus.QUEUED
+            self.state.waiting_for = env
+            self.changed = True
+            self.commands.append(AcquireLock(self.state.release_id, env, self.state.created_at))
+            return
         st = self.begin_attempt(stage, StageStatus.RUNNING, stage.timeout_s)
         self.state.status = ReleaseStatus.RUNNING
         inputs = {
@@ -328,6 +393,7 @@ class _Run:
         expiry = int(stage.params.get("expiry_s", DEFAULT_APPROVAL_EXPIRY_S))
         st = self.begin_attempt(stage, StageStatus.WAITING, expiry)
         self.state.status = ReleaseStatus.AWAITING_APPROVAL
+        self.release_locks()  # nobody waits behind a release that waits for a human
         approvers = tuple(a for a in stage.params["approvers"] if a != self.state.pushed_by)
         self.commands.append(RequestApproval(self.state.release_id, stage.id, st.attempt, approvers, st.deadline))
         self.notify(NoticeKind.APPROVAL_NEEDED, stage.id, f"{self.title()} waits for approval; links went to {', '.join(approvers)}.")
@@ -343,6 +409,7 @@ class _Run:
         st.reason = reason
         self.finish(stage, StageStatus.FAILED)
         self.state.status = ReleaseStatus.STOPPED
+        self.release_locks()
         self.state.stopped_at_stage = stage.id
         self.state.reason = f"{stage.label} failed: {reason}"
         self.notify(
@@ -357,14 +424,8 @@ class _Run:
         st = self.state.stages[stage.id]
         if st.status is StageStatus.PENDING:
             return
-        if st.attempt:
-            st.history.append(
-                Attempt(st.attempt, st.stage_run_id, st.status.value, st.started_at, st.finished_at, st.reason, st.result)
-            )
-        # Keep the attempt counter so stage-run ids of the next attempt stay unique.
+        self.archive(st)  # the attempt counter stays, so the next stage-run id is new
         st.status = StageStatus.PENDING
-        st.stage_run_id, st.started_at, st.finished_at, st.deadline = "", None, None, None
-        st.reason, st.result = "", {}
         self.changed = True
 
     def expire_overdue(self) -> None:
@@ -376,6 +437,11 @@ class _Run:
                 self.fail(stage, f"timed out after {stage.timeout_s}s")
             elif st.status is StageStatus.WAITING and self.state.status is ReleaseStatus.AWAITING_APPROVAL:
                 self.fail(stage, "approval expired")
+
+    def release_locks(self) -> None:
+        for env in self.state.locks_held:
+            self.commands.append(ReleaseLock(self.state.release_id, env))
+        self.state.locks_held = []
 
     def record_replay(self, event: StageReplay, accepted: bool, reason: str) -> None:
         self.state.replays.append(

@@ -19,7 +19,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from shared.commands import Command, Notify, RequestApproval, StartStage, command_from_dict, command_to_dict
+from shared.commands import (
+    AcquireLock,
+    Command,
+    Notify,
+    ReleaseLock,
+    RequestApproval,
+    StartStage,
+    command_from_dict,
+    command_to_dict,
+)
 from shared.config import Settings
 from shared.errors import ExecutorError, MalformedEvent, StaleWrite, TransientError
 from shared.events import (
@@ -31,6 +40,7 @@ from shared.events import (
     event_from_dict,
 )
 from shared.gate import Decision, GateOutcome, decide
+from shared.locks import EnvironmentLocks
 from shared.pipeline import Pipeline
 from shared.ports import ApprovalRequester, Clock, EventPublisher, Notifier, ReleaseStore, StageExecutor
 from shared.state import ReleaseState
@@ -50,6 +60,7 @@ class Dispatcher:
     notifier: Notifier
     clock: Clock
     settings: Settings
+    locks: EnvironmentLocks
     sleep: Callable[[float], None] = time.sleep
     _pipelines: dict[str, Pipeline] = field(default_factory=dict, repr=False)
 
@@ -79,6 +90,8 @@ class Dispatcher:
             now = self.clock.now()
             decision = decide(pipeline, state, event, now)
             if decision.state is None:
+                if decision.commands:  # idempotent ones (lock requests): nothing to record first
+                    self._execute(pipeline, state, decision.commands)
                 self._recover(pipeline, state, token, event.id)
                 return decision
             new = decision.state
@@ -109,6 +122,10 @@ class Dispatcher:
     def _carry_out(
         self, pipeline: Pipeline, state: ReleaseState, token: Any, batch_id: str, commands: tuple[Command, ...]
     ) -> None:
+        handles = self._execute(pipeline, state, commands)
+        self._complete(state, token, batch_id, handles)
+
+    def _execute(self, pipeline: Pipeline, state: ReleaseState, commands: tuple[Command, ...]) -> dict[str, dict[str, Any]]:
         handles: dict[str, dict[str, Any]] = {}
         for command in commands:
             if isinstance(command, StartStage):
@@ -122,7 +139,11 @@ class Dispatcher:
                      "stage": command.stage, "message": command.message},
                 )
                 self.notifier.notify(state, command)
-        self._complete(state, token, batch_id, handles)
+            elif isinstance(command, AcquireLock):
+                self.locks.acquire(command.environment, command.release_id, command.created_at)
+            elif isinstance(command, ReleaseLock):
+                self.locks.release(command.environment, command.release_id)
+        return handles
 
     def _start(self, pipeline: Pipeline, command: StartStage) -> dict[str, Any]:
         stage = pipeline.stage(command.stage)

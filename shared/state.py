@@ -19,6 +19,7 @@ APPLIED_EVENTS_KEPT = 400
 
 class ReleaseStatus(str, Enum):
     RUNNING = "running"
+    QUEUED = "queued"  # waiting for the lock of an environment another release holds
     AWAITING_APPROVAL = "awaiting_approval"
     STOPPED = "stopped"  # a stage failed; only a replay of a stage can resume it
     SUCCEEDED = "succeeded"  # terminal
@@ -31,6 +32,7 @@ class ReleaseStatus(str, Enum):
 
 class StageStatus(str, Enum):
     PENDING = "pending"
+    QUEUED = "queued"  # next to run, once the release holds its environment's lock
     RUNNING = "running"
     WAITING = "waiting"  # an approval waiting for a human
     SUCCEEDED = "succeeded"
@@ -88,6 +90,9 @@ class ReleaseState:
     updated_at: float = 0.0
     stages: dict[str, StageState] = field(default_factory=dict)
     chaos_requested_by: str = ""
+    locks_held: list[str] = field(default_factory=list)  # environments this release holds
+    waiting_for: str = ""  # the environment whose lock the release is queued for
+    superseded_by: str = ""
     approval: dict[str, Any] = field(default_factory=dict)  # the accepted decision
     used_nonces: list[str] = field(default_factory=list)
     replays: list[str] = field(default_factory=list)

@@ -24,7 +24,7 @@ from shared.state import ReleaseState, ReleaseStatus, StageStatus
 
 log = logging.getLogger(__name__)
 
-ACTIVE = (ReleaseStatus.RUNNING, ReleaseStatus.AWAITING_APPROVAL)
+ACTIVE = (ReleaseStatus.RUNNING, ReleaseStatus.QUEUED, ReleaseStatus.AWAITING_APPROVAL)
 DEFAULT_LIMIT = 500
 
 
@@ -96,7 +96,7 @@ def _sweep_release(
         }
         publisher.publish(settings.events_topic, data)
         report.finished.append(data)
-    if overdue:
+    if overdue or release.status is ReleaseStatus.QUEUED:  # queued: ask for the lock again
         publisher.publish(settings.events_topic, {"type": EventType.TICK.value, "release_id": release.release_id})
         report.ticks.append(release.release_id)
 

@@ -9,6 +9,7 @@ from google.cloud import firestore
 from shared.config import Settings
 from shared.fakes import FakeApprovals, FakeClock, FakeExecutor, FakeNotifier, FakePublisher
 from shared.firestore_store import FirestoreStore
+from shared.locks import EnvironmentLocks, FirestoreLockDocuments
 from shared.pipeline import StageKind
 from shared.service import Dispatcher
 from shared.state import new_release
@@ -22,6 +23,7 @@ class Rig:
     executor: FakeExecutor
     publisher: FakePublisher
     clock: FakeClock
+    delivered: int = 0
 
     def new_release(self, commit="abcdef1234567890"):
         state = new_release(PIPELINE, repo="acme/app", ref="refs/heads/main", commit=commit,
@@ -31,7 +33,17 @@ class Rig:
         return state.release_id
 
     def send(self, event_id, data):
-        return self.dispatcher.handle_message(event_id, {}, json.dumps(data).encode())
+        decision = self.dispatcher.handle_message(event_id, {}, json.dumps(data).encode())
+        self.deliver_lock_events()
+        return decision
+
+    def deliver_lock_events(self):
+        """Feed lock grants and supersessions back, as the push subscription would."""
+        while self.delivered < len(self.publisher.messages):
+            _, data, _ = self.publisher.messages[self.delivered]
+            self.delivered += 1
+            if data.get("type") in ("lock.granted", "release.superseded"):
+                self.dispatcher.handle_message(f"lock-{self.delivered}", {}, json.dumps(data).encode())
 
     def state(self, release_id):
         return self.store.get(release_id)[0]
@@ -44,5 +56,6 @@ def make_rig(project, prefix) -> Rig:
     publisher = FakePublisher()
     clock = FakeClock()
     executors = {kind.value: executor for kind in StageKind}
-    dispatcher = Dispatcher(store, publisher, executors, FakeApprovals(), FakeNotifier(), clock, settings)
+    locks = EnvironmentLocks(FirestoreLockDocuments(store.client, settings), publisher, settings)
+    dispatcher = Dispatcher(store, publisher, executors, FakeApprovals(), FakeNotifier(), clock, settings, locks)
     return Rig(dispatcher, store, executor, publisher, clock)

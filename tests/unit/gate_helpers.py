@@ -6,6 +6,7 @@ import itertools
 from shared.events import (
     ApprovalDecided,
     ChaosRequested,
+    LockGranted,
     Outcome,
     ReleaseStarted,
     StageFinished,
@@ -81,6 +82,17 @@ def replay(state, stage, replay_id=None, who="ops@example.com"):
     return StageReplay(eid(), state.release_id, stage, replay_id or f"r{next(_ids)}", who)
 
 
+def granted(state, environment=None):
+    return LockGranted(eid(), state.release_id, environment or state.waiting_for)
+
+
+def settle(state, now=T0):
+    """Grant the lock a queued release waits for, as shared/locks.py does when it is free."""
+    while state.status.value == "queued":
+        state = decide(PIPELINE, state, granted(state), now).state
+    return state
+
+
 def tick(state):
     return Tick(eid(), state.release_id)
 
@@ -90,6 +102,7 @@ def run_to(stage_id, now=T0):
     state = fresh_state()
     state = decide(PIPELINE, state, started(state.release_id), now).state
     while True:
+        state = settle(state, now)
         current = [s for s in STAGES if state.stages[s].status.value in ("running", "waiting")]
         if current and current[0] == stage_id:
             return state

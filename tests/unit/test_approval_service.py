@@ -18,7 +18,7 @@ from shared.approval.tokens import Keyring, LinkClaims, sign
 from shared.commands import RequestApproval, StartStage
 from shared.config import Settings
 from shared.errors import ConfigError, TransientError
-from shared.events import ApprovalDecided, Outcome, ReleaseStarted, StageFinished, event_from_dict
+from shared.events import LockGranted, ApprovalDecided, Outcome, ReleaseStarted, StageFinished, event_from_dict
 from shared.gate import GateOutcome, decide
 from shared.notify.errors import NotifyError
 from shared.state import ReleaseStatus, StageStatus, new_release
@@ -78,8 +78,11 @@ def waiting_release(commit: str = "abcdef1234567890"):
         if requests:
             assert state.status is ReleaseStatus.AWAITING_APPROVAL
             return state, requests[0]
-        (start,) = [c for c in decision.commands if isinstance(c, StartStage)]
         n += 1
+        if state.status is ReleaseStatus.QUEUED:  # the environment lock is free: grant it
+            decision = decide(PIPELINE, state, LockGranted(f"g{n}", state.release_id, state.waiting_for), T0 + n)
+            continue
+        (start,) = [c for c in decision.commands if isinstance(c, StartStage)]
         event = StageFinished(f"e{n}", state.release_id, start.stage, start.stage_run_id, Outcome.SUCCEEDED, "",
                               {"status": "SUCCESS", "build_id": f"b{n}"})
         decision = decide(PIPELINE, state, event, T0 + n)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.commands import NoticeKind, Notify, RequestApproval, StartStage
-from shared.events import Outcome
+from shared.commands import AcquireLock, NoticeKind, Notify, ReleaseLock, RequestApproval, StartStage
+from shared.events import Outcome, Superseded
 from shared.gate import GateOutcome, decide
 from shared.state import ReleaseState, ReleaseStatus, StageStatus
 from tests.unit.gate_helpers import (
@@ -17,15 +17,26 @@ from tests.unit.gate_helpers import (
     chaos,
     finished,
     fresh_state,
+    granted,
     replay,
     run_to,
+    settle,
     started,
     tick,
 )
 
 
 def starts(decision):
-    return [c.stage for c in decision.commands if isinstance(c, StartStage)]
+    """Stages the decision starts, once the environment lock it asks for is granted."""
+    started_now = [c.stage for c in decision.commands if isinstance(c, StartStage)]
+    if not started_now and decision.state is not None and decision.state.status is ReleaseStatus.QUEUED:
+        return starts(decide(PIPELINE, decision.state, granted(decision.state), T0))
+    return started_now
+
+
+def go(state, event, now=T0):
+    """Apply an event and grant any free lock the release then asks for."""
+    return settle(decide(PIPELINE, state, event, now).state, now)
 
 
 def test_release_started_starts_the_first_stage_only():
@@ -56,7 +67,12 @@ def test_each_success_starts_exactly_the_next_stage(index):
         following = "approval"
     if following == "approval":
         assert d.state.status is ReleaseStatus.AWAITING_APPROVAL
-        assert [type(c) for c in d.commands if not isinstance(c, Notify)] == [RequestApproval]
+        assert [type(c) for c in d.commands if not isinstance(c, Notify)] == [ReleaseLock, RequestApproval]
+    elif PIPELINE.stage(following).environment not in d.state.locks_held + ["build"]:
+        env = PIPELINE.stage(following).environment
+        assert d.commands == (AcquireLock(state.release_id, env, state.created_at),)
+        assert d.state.status is ReleaseStatus.QUEUED and d.state.stages[following].status is StageStatus.QUEUED
+        assert starts(d) == [following]
     else:
         assert starts(d) == [following]
     assert d.state.stages[stage].status is StageStatus.SUCCEEDED
@@ -107,7 +123,7 @@ def test_second_completion_of_same_run_with_new_event_id_is_stale():
 
 def test_terminal_release_never_moves():
     state = run_to("traffic-100")
-    done = decide(PIPELINE, state, finished(state, "traffic-100"), T0).state
+    done = go(state, finished(state, "traffic-100"), T0)
     assert done.status is ReleaseStatus.SUCCEEDED
     for event in (started(done.release_id), replay(done, "lint"), tick(done), finished(state, "traffic-100")):
         d = decide(PIPELINE, done, event, T0 + 10**6)
@@ -143,24 +159,27 @@ class TestChaos:
     def test_runs_when_requested_and_blocks_approval_until_done(self):
         state = run_to("approval")
         d = decide(PIPELINE, state, chaos(state), T0)
-        assert starts(d) == ["chaos"] and d.state.status is ReleaseStatus.RUNNING
-        blocked = decide(PIPELINE, d.state, approval(d.state), T0)
+        assert d.state.status is ReleaseStatus.QUEUED, "chaos needs the staging lock back"
+        assert starts(d) == ["chaos"]
+        running = settle(d.state)
+        assert running.status is ReleaseStatus.RUNNING
+        blocked = decide(PIPELINE, running, approval(running), T0)
         assert blocked.outcome is GateOutcome.REFUSED
-        done = decide(PIPELINE, d.state, finished(d.state, "chaos"), T0).state
+        done = go(running, finished(running, "chaos"), T0)
         assert done.status is ReleaseStatus.AWAITING_APPROVAL
         ok = decide(PIPELINE, done, approval(done), T0)
         assert starts(ok) == ["prod-migrate"]
 
     def test_failed_chaos_stops_the_release(self):
         state = run_to("approval")
-        running = decide(PIPELINE, state, chaos(state), T0).state
+        running = go(state, chaos(state), T0)
         d = decide(PIPELINE, running, finished(running, "chaos", Outcome.FAILED, "error rate 7.0 % >= 5 %"), T0)
         assert d.state.status is ReleaseStatus.STOPPED and d.state.stopped_at_stage == "chaos"
         assert decide(PIPELINE, d.state, approval(d.state), T0).outcome is GateOutcome.REFUSED
 
     def test_second_request_refused(self):
         state = run_to("approval")
-        running = decide(PIPELINE, state, chaos(state), T0).state
+        running = go(state, chaos(state), T0)
         assert decide(PIPELINE, running, chaos(running), T0).outcome is GateOutcome.REFUSED
 
 
@@ -200,7 +219,7 @@ class TestApproval:
         assert rejected.state.status is ReleaseStatus.STOPPED
         assert "rejected by boss@example.com" in rejected.state.reason
         again = replay(rejected.state, "approval")
-        waiting = decide(PIPELINE, rejected.state, again, T0).state
+        waiting = go(rejected.state, again, T0)
         reuse = first.__class__(**{**first.__dict__, "id": "z2", "attempt": waiting.stages["approval"].attempt})
         assert decide(PIPELINE, waiting, reuse, T0).outcome is GateOutcome.REFUSED
 
@@ -214,21 +233,22 @@ class TestApproval:
 class TestReplay:
     def test_replay_of_failed_stage_resumes_the_release(self):
         state = run_to("staging-deploy")
-        stopped = decide(PIPELINE, state, finished(state, "staging-deploy", Outcome.FAILED, "boom"), T0).state
+        stopped = go(state, finished(state, "staging-deploy", Outcome.FAILED, "boom"), T0)
         d = decide(PIPELINE, stopped, replay(stopped, "staging-deploy"), T0 + 5)
         assert d.outcome is GateOutcome.APPLIED and starts(d) == ["staging-deploy"]
-        st = d.state.stages["staging-deploy"]
+        running = settle(d.state)  # the stop gave the staging lock back
+        st = running.stages["staging-deploy"]
         assert st.attempt == 2 and st.stage_run_id.endswith(".a2")
         assert [a.status for a in st.history] == ["failed"]
-        assert d.state.status is ReleaseStatus.RUNNING
-        resumed = decide(PIPELINE, d.state, finished(d.state, "staging-deploy"), T0 + 6)
+        assert running.status is ReleaseStatus.RUNNING
+        resumed = decide(PIPELINE, running, finished(running, "staging-deploy"), T0 + 6)
         assert starts(resumed) == ["staging-smoke"]
 
     def test_old_attempt_completion_is_stale_after_replay(self):
         state = run_to("unit")
-        stopped = decide(PIPELINE, state, finished(state, "unit", Outcome.FAILED), T0).state
+        stopped = go(state, finished(state, "unit", Outcome.FAILED), T0)
         old = finished(stopped, "unit")  # carries attempt 1's run id
-        again = decide(PIPELINE, stopped, replay(stopped, "unit"), T0).state
+        again = go(stopped, replay(stopped, "unit"), T0)
         assert decide(PIPELINE, again, old, T0).outcome is GateOutcome.STALE
 
     @pytest.mark.parametrize(
@@ -237,7 +257,7 @@ class TestReplay:
     )
     def test_refusals_are_recorded_and_published(self, stage, words):
         state = run_to("staging-deploy")
-        stopped = decide(PIPELINE, state, finished(state, "staging-deploy", Outcome.FAILED), T0).state
+        stopped = go(state, finished(state, "staging-deploy", Outcome.FAILED), T0)
         d = decide(PIPELINE, stopped, replay(stopped, stage, replay_id="R1"), T0)
         assert d.outcome is GateOutcome.REFUSED and words in d.reason
         assert d.state.replays[-1]["accepted"] is False and d.state.status is ReleaseStatus.STOPPED
@@ -246,8 +266,8 @@ class TestReplay:
 
     def test_same_replay_id_is_a_no_op(self):
         state = run_to("unit")
-        stopped = decide(PIPELINE, state, finished(state, "unit", Outcome.FAILED), T0).state
-        first = decide(PIPELINE, stopped, replay(stopped, "unit", replay_id="same"), T0).state
+        stopped = go(state, finished(state, "unit", Outcome.FAILED), T0)
+        first = go(stopped, replay(stopped, "unit", replay_id="same"), T0)
         d = decide(PIPELINE, first, replay(first, "unit", replay_id="same"), T0)
         assert d.outcome is GateOutcome.DUPLICATE and d.state is None
 
@@ -258,16 +278,16 @@ class TestReplay:
 
     def test_replay_before_the_approval_requires_a_new_approval(self):
         state = run_to("prod-deploy")
-        stopped = decide(PIPELINE, state, finished(state, "prod-deploy", Outcome.FAILED), T0).state
-        d = decide(PIPELINE, stopped, replay(stopped, "staging-smoke"), T0).state
+        stopped = go(state, finished(state, "prod-deploy", Outcome.FAILED), T0)
+        d = go(stopped, replay(stopped, "staging-smoke"), T0)
         assert d.stages["approval"].status is StageStatus.PENDING and d.approval == {}
-        after_smoke = decide(PIPELINE, d, finished(d, "staging-smoke"), T0).state
+        after_smoke = go(d, finished(d, "staging-smoke"), T0)
         assert after_smoke.status is ReleaseStatus.AWAITING_APPROVAL
         assert after_smoke.stages["approval"].attempt == 2
 
     def test_post_approval_replay_allowed_with_approval(self):
         state = run_to("prod-deploy")
-        stopped = decide(PIPELINE, state, finished(state, "prod-deploy", Outcome.FAILED), T0).state
+        stopped = go(state, finished(state, "prod-deploy", Outcome.FAILED), T0)
         d = decide(PIPELINE, stopped, replay(stopped, "prod-deploy"), T0)
         assert starts(d) == ["prod-deploy"]
 
@@ -286,10 +306,50 @@ def test_state_round_trips_through_dict():
 def test_replay_refused_while_an_earlier_stage_has_not_passed():
     """Found by the property test: replaying lint, failing it, then replaying chaos ran chaos out of order."""
     state = run_to("approval")
-    state = decide(PIPELINE, state, chaos(state), T0).state
-    state = decide(PIPELINE, state, finished(state, "chaos"), T0).state
-    state = decide(PIPELINE, state, replay(state, "lint"), T0).state
-    state = decide(PIPELINE, state, finished(state, "lint", Outcome.FAILED), T0).state
+    state = go(state, chaos(state), T0)
+    state = go(state, finished(state, "chaos"), T0)
+    state = go(state, replay(state, "lint"), T0)
+    state = go(state, finished(state, "lint", Outcome.FAILED), T0)
     d = decide(PIPELINE, state, replay(state, "chaos"), T0)
     assert d.outcome is GateOutcome.REFUSED and "stage 1 'lint' has not passed" in d.reason
     assert starts(d) == []
+
+
+class TestEnvironmentLocks:
+    def test_entering_staging_queues_until_the_lock_is_granted(self):
+        state = run_to("staging-migrate")
+        assert state.locks_held == ["staging"]
+        stopped = decide(PIPELINE, state, finished(state, "staging-migrate", Outcome.FAILED), T0)
+        assert ReleaseLock(state.release_id, "staging") in stopped.commands
+        assert stopped.state.locks_held == []
+
+    def test_grant_for_a_release_not_waiting_is_given_back(self):
+        state = run_to("lint")
+        d = decide(PIPELINE, state, granted(state, "staging"), T0)
+        assert d.state is None and d.commands == (ReleaseLock(state.release_id, "staging"),)
+
+    def test_tick_while_queued_asks_for_the_lock_again(self):
+        state = run_to("unit")
+        queued = decide(PIPELINE, state, finished(state, "unit"), T0).state
+        assert queued.status is ReleaseStatus.QUEUED
+        d = decide(PIPELINE, queued, tick(queued), T0 + 60)
+        assert d.state is None and d.commands == (AcquireLock(state.release_id, "staging", state.created_at),)
+
+    def test_superseded_while_queued_is_terminal(self):
+        state = run_to("unit")
+        queued = decide(PIPELINE, state, finished(state, "unit"), T0).state
+        event = Superseded("s1", state.release_id, "staging", "newer-release")
+        d = decide(PIPELINE, queued, event, T0)
+        assert d.state.status is ReleaseStatus.SUPERSEDED and "superseded by release newer-release" in d.state.reason
+        assert decide(PIPELINE, d.state, granted(d.state, "staging"), T0).outcome is GateOutcome.TERMINAL
+
+    def test_superseded_is_ignored_once_running(self):
+        state = run_to("staging-migrate")
+        d = decide(PIPELINE, state, Superseded("s2", state.release_id, "staging", "newer"), T0)
+        assert d.outcome is GateOutcome.IGNORED and d.state is None
+
+    def test_replay_refused_while_queued(self):
+        state = run_to("unit")
+        queued = decide(PIPELINE, state, finished(state, "unit"), T0).state
+        d = decide(PIPELINE, queued, replay(queued, "lint"), T0)
+        assert d.outcome is GateOutcome.REFUSED and "queued for staging" in d.reason

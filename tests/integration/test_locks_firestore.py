@@ -1,0 +1,96 @@
+"""Environment locks on the Firestore emulator: one release at a time per environment.
+
+Policy under test: the newest queued release gets a freed environment; older queued
+releases are superseded (shared/locks.py)."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from google.cloud import firestore
+
+from shared.config import Settings
+from shared.fakes import FakePublisher
+from shared.locks import EnvironmentLocks, FirestoreLockDocuments
+from shared.state import ReleaseStatus, StageStatus
+from tests.integration.dispatch_helpers import make_rig
+
+pytestmark = pytest.mark.emulators
+
+
+@pytest.fixture
+def locks(emulators, unique_prefix):
+    settings = Settings(project=emulators["project"], collection_prefix=unique_prefix)
+    publisher = FakePublisher()
+    docs = FirestoreLockDocuments(firestore.Client(project=emulators["project"]), settings)
+    return EnvironmentLocks(docs, publisher, settings), publisher
+
+
+def test_ten_concurrent_acquires_grant_exactly_one(locks):
+    manager, publisher = locks
+    with ThreadPoolExecutor(10) as pool:
+        outcomes = list(pool.map(lambda i: manager.acquire("staging", f"r{i}", 1000.0 + i), range(10)))
+    assert outcomes.count("granted") == 1 and outcomes.count("queued") == 9
+    holder = f"r{outcomes.index('granted')}"
+    assert publisher.of_type("lock.granted") == [{"type": "lock.granted", "release_id": holder, "environment": "staging"}]
+    # The holder gives staging back: the newest queued release gets it, the older ones are superseded.
+    newest = max((f"r{i}" for i in range(10) if f"r{i}" != holder), key=lambda r: int(r[1:]))
+    assert manager.release("staging", holder) == newest
+    assert publisher.of_type("lock.granted")[-1]["release_id"] == newest
+    superseded = {m["release_id"] for m in publisher.of_type("release.superseded")}
+    assert superseded == {f"r{i}" for i in range(10)} - {holder, newest}
+    assert all(m["superseded_by"] == newest for m in publisher.of_type("release.superseded"))
+    # Asking again is answered again (a lost event is re-sent), and changes nothing.
+    assert manager.acquire("staging", newest, 0) == "granted"
+    assert manager.acquire("staging", sorted(superseded)[0], 0) == "superseded"
+    assert manager.release("staging", "never-held") is None
+
+
+def test_prod_and_staging_are_independent(locks):
+    manager, _ = locks
+    assert manager.acquire("staging", "a", 1.0) == "granted"
+    assert manager.acquire("prod", "b", 2.0) == "granted"
+    assert manager.acquire("staging", "b", 2.0) == "queued"
+
+
+def test_ten_releases_race_for_staging_through_the_dispatcher(emulators, unique_prefix):
+    """Fault: 10 releases for different commits reach staging at the same moment.
+    Expected: one runs staging; the rest queue; when it leaves staging (awaits approval),
+    the newest queued one runs and the older ones are superseded. Nothing is lost: every
+    release ends in a state that says why."""
+    rig = make_rig(emulators["project"], unique_prefix)
+    ids = []
+    for i in range(10):
+        rig.clock.advance(1)  # distinct creation times: the last one is the newest
+        ids.append(rig.new_release(commit=f"{i:02d}" + "c" * 14))
+        rig.send(f"start-{i}", {"type": "release.started", "release_id": ids[-1]})
+        rig.dispatcher.handle_message(f"lint-{i}", {}, _finished(ids[-1], "lint"))
+    # All ten finish their unit tests at once and ask for staging from ten threads.
+    with ThreadPoolExecutor(10) as pool:
+        list(pool.map(lambda i: rig.dispatcher.handle_message(f"unit-{i}", {}, _finished(ids[i], "unit")), range(10)))
+    rig.deliver_lock_events()
+    states = {rid: rig.state(rid) for rid in ids}
+    holders = [rid for rid, s in states.items() if "staging" in s.locks_held]
+    assert len(holders) == 1
+    assert states[holders[0]].stages["staging-migrate"].status is StageStatus.RUNNING
+    assert all(s.status is ReleaseStatus.QUEUED for rid, s in states.items() if rid != holders[0])
+    # The holder passes staging and waits for approval: it gives staging back.
+    holder = holders[0]
+    for stage in ("staging-migrate", "staging-deploy", "staging-smoke"):
+        rig.send(f"{stage}-{holder}", {"type": "stage.finished", "release_id": holder, "stage": stage,
+                                       "stage_run_id": rig.state(holder).stages[stage].stage_run_id,
+                                       "outcome": "succeeded"})
+    assert rig.state(holder).status is ReleaseStatus.AWAITING_APPROVAL
+    newest = max((rid for rid in ids if rid != holder), key=lambda rid: rig.state(rid).created_at)
+    final = {rid: rig.state(rid) for rid in ids}
+    assert final[newest].status is ReleaseStatus.RUNNING and final[newest].locks_held == ["staging"]
+    others = [rid for rid in ids if rid not in (holder, newest)]
+    assert all(final[rid].status is ReleaseStatus.SUPERSEDED for rid in others)
+    assert all(f"superseded by release {newest}" in final[rid].reason for rid in others)
+
+
+def _finished(rid, stage):
+    import json
+
+    return json.dumps({"type": "stage.finished", "release_id": rid, "stage": stage,
+                       "stage_run_id": f"{rid}.{stage}.a1", "outcome": "succeeded"}).encode()
