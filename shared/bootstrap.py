@@ -79,7 +79,10 @@ def dispatcher():
     from shared.locks import EnvironmentLocks, FirestoreLockDocuments
 
     locks = EnvironmentLocks(FirestoreLockDocuments(store().client, settings()), publisher(), settings())
-    return Dispatcher(store(), publisher(), executors(), approvals(), notifier(), SystemClock(), settings(), locks)
+    from shared.executors.run_services import rollback
+
+    return Dispatcher(store(), publisher(), executors(), approvals(), notifier(), SystemClock(), settings(), locks,
+                      roll_back=lambda service: rollback(settings(), service))
 
 
 @functools.cache

@@ -51,6 +51,17 @@ class ReleaseLock:
     name = "release_lock"
 
 
+@dataclass(frozen=True)
+class RollBack:
+    """Move the services of a deploy stage back to the revision that served before it."""
+
+    release_id: str
+    stage: str  # the deploy stage being undone
+    stage_run_id: str
+    services: tuple[str, ...]
+    name = "roll_back"
+
+
 class NoticeKind(str, Enum):
     STAGE_FAILED = "stage_failed"
     APPROVAL_NEEDED = "approval_needed"
@@ -67,8 +78,8 @@ class Notify:
     name = "notify"
 
 
-Command = StartStage | RequestApproval | Notify | AcquireLock | ReleaseLock
-_BY_NAME = {cls.name: cls for cls in (StartStage, RequestApproval, Notify, AcquireLock, ReleaseLock)}
+Command = StartStage | RequestApproval | Notify | AcquireLock | ReleaseLock | RollBack
+_BY_NAME = {cls.name: cls for cls in (StartStage, RequestApproval, Notify, AcquireLock, ReleaseLock, RollBack)}
 
 
 def command_to_dict(command: Command) -> dict[str, Any]:
@@ -80,6 +91,8 @@ def command_to_dict(command: Command) -> dict[str, Any]:
         data["approvers"] = list(command.approvers)
     if isinstance(command, StartStage):
         data["inputs"] = dict(command.inputs)
+    if isinstance(command, RollBack):
+        data["services"] = list(command.services)
     return data
 
 
@@ -90,4 +103,6 @@ def command_from_dict(data: Mapping[str, Any]) -> Command:
         data["kind"] = NoticeKind(data["kind"])
     if cls is RequestApproval:
         data["approvers"] = tuple(data["approvers"])
+    if cls is RollBack:
+        data["services"] = tuple(data["services"])
     return cls(**data)

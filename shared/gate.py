@@ -22,6 +22,9 @@ Rules
   for approval, stops or ends. When a lock frees, the newest queued release gets
   it and older queued ones are SUPERSEDED (shared/locks.py), because deploying an
   older commit after a newer one helps nobody.
+* A failed check rolls back the deploy it checked (the nearest earlier deploy stage
+  of the same environment that succeeded): a smoke that fails on the canary leaves
+  all traffic on the revision that served before.
 * A running stage past its deadline fails; a waiting approval past its expiry fails.
   Deadlines are enforced before any event is applied, so a completion arriving
   after the deadline is stale.
@@ -40,7 +43,16 @@ import copy
 from dataclasses import dataclass, field
 from enum import Enum
 
-from shared.commands import AcquireLock, Command, NoticeKind, Notify, ReleaseLock, RequestApproval, StartStage
+from shared.commands import (
+    AcquireLock,
+    Command,
+    NoticeKind,
+    Notify,
+    ReleaseLock,
+    RequestApproval,
+    RollBack,
+    StartStage,
+)
 from shared.events import (
     ApprovalDecided,
     ChaosRequested,
@@ -408,6 +420,8 @@ class _Run:
         st = self.state.stages[stage.id]
         st.reason = reason
         self.finish(stage, StageStatus.FAILED)
+        if stage.kind is StageKind.CHECK:
+            self.roll_back_checked_deploy(stage)
         self.state.status = ReleaseStatus.STOPPED
         self.release_locks()
         self.state.stopped_at_stage = stage.id
@@ -437,6 +451,15 @@ class _Run:
                 self.fail(stage, f"timed out after {stage.timeout_s}s")
             elif st.status is StageStatus.WAITING and self.state.status is ReleaseStatus.AWAITING_APPROVAL:
                 self.fail(stage, "approval expired")
+
+    def roll_back_checked_deploy(self, check: Stage) -> None:
+        for earlier in reversed(self.pipeline.stages[: self.pipeline.index(check.id)]):
+            if earlier.kind is StageKind.DEPLOY and earlier.environment == check.environment:
+                deployed = self.state.stages[earlier.id]
+                if deployed.status is StageStatus.SUCCEEDED:
+                    services = tuple(str(s) for s in earlier.params["services"])
+                    self.commands.append(RollBack(self.state.release_id, earlier.id, deployed.stage_run_id, services))
+                return
 
     def release_locks(self) -> None:
         for env in self.state.locks_held:

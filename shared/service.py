@@ -25,6 +25,7 @@ from shared.commands import (
     Notify,
     ReleaseLock,
     RequestApproval,
+    RollBack,
     StartStage,
     command_from_dict,
     command_to_dict,
@@ -61,6 +62,8 @@ class Dispatcher:
     clock: Clock
     settings: Settings
     locks: EnvironmentLocks
+    # service name -> what was done; moves all traffic back to the revision before ours
+    roll_back: Callable[[str], Mapping[str, Any]]
     sleep: Callable[[float], None] = time.sleep
     _pipelines: dict[str, Pipeline] = field(default_factory=dict, repr=False)
 
@@ -143,7 +146,20 @@ class Dispatcher:
                 self.locks.acquire(command.environment, command.release_id, command.created_at)
             elif isinstance(command, ReleaseLock):
                 self.locks.release(command.environment, command.release_id)
+            elif isinstance(command, RollBack):
+                handles[command.stage] = {"stage_run_id": command.stage_run_id, **self._roll_back(command)}
         return handles
+
+    def _roll_back(self, command: RollBack) -> dict[str, Any]:
+        try:
+            return {"rolled_back": [dict(self.roll_back(service)) for service in command.services]}
+        except ExecutorError as exc:
+            # Recorded on the stage and announced; retrying would not make it possible.
+            log.error("%s", exc)
+            self.publisher.publish(self.settings.updates_topic, {
+                "type": "release.notice", "release_id": command.release_id, "kind": "stage_failed",
+                "stage": command.stage, "message": f"rollback of {command.stage} failed: {exc}; roll back by hand"})
+            return {"rollback_error": str(exc)}
 
     def _start(self, pipeline: Pipeline, command: StartStage) -> dict[str, Any]:
         stage = pipeline.stage(command.stage)

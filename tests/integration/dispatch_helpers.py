@@ -57,5 +57,7 @@ def make_rig(project, prefix) -> Rig:
     clock = FakeClock()
     executors = {kind.value: executor for kind in StageKind}
     locks = EnvironmentLocks(FirestoreLockDocuments(store.client, settings), publisher, settings)
-    dispatcher = Dispatcher(store, publisher, executors, FakeApprovals(), FakeNotifier(), clock, settings, locks)
+    rolled_back: list[str] = []
+    dispatcher = Dispatcher(store, publisher, executors, FakeApprovals(), FakeNotifier(), clock, settings, locks,
+                            roll_back=lambda service: rolled_back.append(service) or {"service": service})
     return Rig(dispatcher, store, executor, publisher, clock)

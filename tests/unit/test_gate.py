@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.commands import AcquireLock, NoticeKind, Notify, ReleaseLock, RequestApproval, StartStage
+from shared.commands import AcquireLock, NoticeKind, Notify, ReleaseLock, RequestApproval, RollBack, StartStage
 from shared.events import Outcome, Superseded
 from shared.gate import GateOutcome, decide
 from shared.state import ReleaseState, ReleaseStatus, StageStatus
@@ -353,3 +353,18 @@ class TestEnvironmentLocks:
         queued = decide(PIPELINE, state, finished(state, "unit"), T0).state
         d = decide(PIPELINE, queued, replay(queued, "lint"), T0)
         assert d.outcome is GateOutcome.REFUSED and "queued for staging" in d.reason
+
+
+def test_failed_smoke_rolls_back_the_deploy_it_checked():
+    state = run_to("staging-smoke")
+    d = decide(PIPELINE, state, finished(state, "staging-smoke", Outcome.FAILED, "/health/liveliness: 500"), T0)
+    (rollback,) = [c for c in d.commands if isinstance(c, RollBack)]
+    assert rollback.stage == "staging-deploy" and rollback.services == ("web",)
+    assert rollback.stage_run_id == state.stages["staging-deploy"].stage_run_id
+    assert d.state.status is ReleaseStatus.STOPPED
+
+
+def test_failed_build_rolls_nothing_back():
+    state = run_to("unit")
+    d = decide(PIPELINE, state, finished(state, "unit", Outcome.FAILED), T0)
+    assert not [c for c in d.commands if isinstance(c, RollBack)]
