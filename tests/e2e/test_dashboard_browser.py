@@ -1,0 +1,152 @@
+"""The dashboard in a real browser (Debian's /usr/bin/chromium driven by Playwright).
+
+Releases are produced in the Firestore emulator by the dispatcher rig; the dashboard
+is served by its WSGI app over the same store on a loopback port. The page must show
+each stage with the status Firestore holds, and must follow a running release by
+itself (its refresh script), without a reload.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import pytest
+
+from shared.dashboard import wsgi_app
+from shared.state import ReleaseStatus
+from tests.integration.dispatch_helpers import make_rig
+from tests.integration.test_cli import current, release_at, step
+
+CHROMIUM = "/usr/bin/chromium"
+OUTPUT = Path(__file__).resolve().parents[2] / "test-output"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = [
+    pytest.mark.emulators,
+    pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK),
+                       reason=f"{CHROMIUM} is missing (apt-get install -y chromium)"),
+]
+
+
+class QuietThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args):  # the browser's requests would flood the test output
+        pass
+
+
+@pytest.fixture
+def rig(emulators, unique_prefix):
+    return make_rig(emulators["project"], unique_prefix)
+
+
+@pytest.fixture
+def dashboard_url(rig):
+    server = make_server("127.0.0.1", 0, wsgi_app(rig.store), server_class=QuietThreadingServer,
+                         handler_class=QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def page():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            page.errors = errors
+            yield page
+        finally:
+            browser.close()
+
+
+def page_statuses(page) -> dict[str, str]:
+    """data-status of every stage box (div[data-stage]) in the page."""
+    return page.eval_on_selector_all(
+        "div[data-stage]", "els => Object.fromEntries(els.map(e => [e.dataset.stage, e.dataset.status]))")
+
+
+def stored_statuses(rig, release_id) -> dict[str, str]:
+    return {sid: st.status.value for sid, st in rig.state(release_id).stages.items()}
+
+
+def finished_release(rig):
+    rid = release_at(rig, "lint", commit=uuid.uuid4().hex[:16])
+    while current(rig, rid):
+        stage = current(rig, rid)
+        result = {"tests": 31, "failures": 0, "errors": 0, "skipped": 2,
+                  "log_url": f"https://console.cloud.google.com/cloud-build/builds/{stage}"} if stage in ("lint", "unit") else None
+        rig.clock.advance(37)
+        step(rig, rid, result=result)
+    return rid
+
+
+def test_release_page_shows_each_stage_with_its_firestore_status(rig, dashboard_url, page):
+    done = finished_release(rig)
+    rig.clock.advance(3600)
+    stopped = release_at(rig, "staging-deploy", commit=uuid.uuid4().hex[:16])
+    step(rig, stopped, outcome="failed", reason="revision web-x failed: <port 8080> not answering")
+
+    page.goto(dashboard_url + "/")
+    rows = page.eval_on_selector_all("[data-release-row]", "els => els.map(e => e.dataset.releaseRow)")
+    assert rows == [stopped, done]
+    page.click(f"a[href='release/{done}']")
+    page.wait_for_selector("div[data-stage]")
+    assert page_statuses(page) == stored_statuses(rig, done)
+    assert page.inner_text("[data-approval]").startswith("approved by boss@example.com at ")
+    assert "10 % at" in page.inner_text("[data-traffic]") and "100 % at" in page.inner_text("[data-traffic]")
+    unit = page.locator("div[data-stage=unit]")
+    assert "31 tests, 0 failures" in unit.inner_text()
+    assert unit.locator("a[data-field=log]").get_attribute("href").endswith("/builds/unit")
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "dashboard.png"), full_page=True)
+
+    page.goto(f"{dashboard_url}/release/{stopped}")
+    assert page_statuses(page) == stored_statuses(rig, stopped)
+    assert page.locator("div[data-stage=staging-deploy]").get_attribute("data-status") == "failed"
+    assert "<port 8080> not answering" in page.inner_text("[data-field=release-reason]")  # shown as text
+    page.screenshot(path=str(OUTPUT / "dashboard-stopped.png"), full_page=True)
+    assert page.errors == []
+
+
+def test_page_follows_a_running_release_without_reload(rig, dashboard_url, page):
+    rid = release_at(rig, "unit", commit=uuid.uuid4().hex[:16])
+    page.goto(f"{dashboard_url}/release/{rid}")
+    assert page.locator("div[data-stage=unit]").get_attribute("data-status") == "running"
+    page.evaluate("window.__sameDocument = true")  # lost if the page reloads
+    rig.clock.advance(12)
+    step(rig, rid)  # unit succeeds, staging-migrate starts
+    page.wait_for_function("() => document.querySelector('div[data-stage=unit]').dataset.status === 'succeeded'",
+                           timeout=10_000)
+    page.wait_for_function(
+        "() => document.querySelector('div[data-stage=\"staging-migrate\"]').dataset.status === 'running'", timeout=10_000)
+    assert page_statuses(page) == stored_statuses(rig, rid)
+    assert "attempt 1 · 12.0s" in page.inner_text("div[data-stage=unit]")
+    assert page.inner_text("[data-approval]") == "none yet"
+    while current(rig, rid):
+        step(rig, rid)
+    assert rig.state(rid).status is ReleaseStatus.SUCCEEDED
+    page.wait_for_function("() => document.querySelector('[data-release]').dataset.releaseStatus === 'succeeded'",
+                           timeout=10_000)
+    assert page_statuses(page) == stored_statuses(rig, rid)
+    assert page.inner_text("[data-field=release-status]") == "succeeded"
+    assert page.inner_text("[data-approval]").startswith("approved by boss@example.com")
+    assert "100 % at" in page.inner_text("[data-traffic]")
+    assert "## Traffic" in page.inner_text("[data-field=notes]")
+    assert page.evaluate("window.__sameDocument") is True, "followed by the refresh script, not by reloading"
+    assert page.errors == []
