@@ -4,13 +4,16 @@ Each subcommand is a real step that can pass or fail, and reports what the relea
 notes need (test counts, digest, run time) as JSON in ``$BUILDER_OUTPUT/output``,
 the way a Cloud Build step returns output.
 
-  python -m local.sample_ci junit-summary FILE
+  python -m local.sample_ci unit --tag TAG
   python -m local.sample_ci build --tag TAG
   python -m local.sample_ci push --tag TAG
   python -m local.sample_ci e2e --tag TAG
-  python -m local.sample_ci schema --data-dir DIR
+  python -m local.sample_ci schema
   python -m local.sample_ci ingest              (job; env DATA_DIR)
-  python -m local.sample_ci chaos --tag TAG --reports DIR
+  python -m local.sample_ci chaos --tag TAG
+  python -m local.sample_ci chaos-verdict --tag TAG
+
+Files live under $SAMPLE_STACK_DIR (the local stack's work folder, default .local-stack).
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-STACK = Path(".local-stack")
+STACK = Path(os.environ.get("SAMPLE_STACK_DIR", ".local-stack"))
 IMAGES = STACK / "images" / "sample-app"
 REGISTRY = STACK / "registry"
 RAG_SCHEMA = Path("sample_app/rag_schema.sql")
@@ -54,9 +57,14 @@ def junit_counts(path: Path) -> dict:
     return totals
 
 
-def cmd_junit_summary(args) -> int:
-    output({"junit": str(args.file), **junit_counts(Path(args.file))})
-    return 0
+def cmd_unit(args) -> int:
+    """The sample app's unit tests, with their JUnit counts as step output."""
+    report = STACK / "reports" / f"unit-{args.tag}.xml"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    code = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "sample_app/tests",
+                            f"--junitxml={report}"])
+    output({"junit": str(report), **junit_counts(report)})
+    return code
 
 
 def cmd_build(args) -> int:
@@ -143,7 +151,7 @@ def cmd_e2e(args) -> int:
 
 def cmd_schema(args) -> int:
     """Dry-run the vector schema on a copy, then apply it; record the run time, judge nothing."""
-    data = Path(args.data_dir)
+    data = STACK / "data" / "staging"
     data.mkdir(parents=True, exist_ok=True)
     sql = RAG_SCHEMA.read_text()
     live = sqlite3.connect(data / "rag.sqlite3")
@@ -195,7 +203,7 @@ def cmd_ingest(args) -> int:
 
 def cmd_chaos(args) -> int:
     """A short load on the pushed image; writes JUnit, JSON, k6 and Locust artifacts."""
-    reports = Path(args.reports)
+    reports = STACK / "reports" / f"chaos-{args.tag}"
     reports.mkdir(parents=True, exist_ok=True)
     proc, base, folder = _serve_image(args.tag)
     results = []
@@ -222,20 +230,33 @@ def cmd_chaos(args) -> int:
     return 0
 
 
+def cmd_chaos_verdict(args) -> int:
+    """The chaos gate itself: shared.chaos judges the four artifacts (error rate, P95)."""
+    from shared.chaos import main as chaos_main
+
+    reports = STACK / "reports" / f"chaos-{args.tag}"
+    return chaos_main([
+        "--junit", str(reports / "chaos-junit.xml"), "--json", str(reports / "chaos.json"),
+        "--k6", str(reports / "k6-summary.json"), "--locust", str(reports / "locust_stats.csv"),
+        "--max-error-rate", "0.05", "--max-p95-ms", str(args.max_p95_ms),
+    ])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m local.sample_ci")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("junit-summary").add_argument("file")
-    for name in ("build", "push", "e2e"):
+    for name in ("unit", "build", "push", "e2e"):
         sub.add_parser(name).add_argument("--tag", required=True)
-    sub.add_parser("schema").add_argument("--data-dir", required=True)
+    sub.add_parser("schema")
     sub.add_parser("ingest")
     chaos = sub.add_parser("chaos")
     chaos.add_argument("--tag", required=True)
-    chaos.add_argument("--reports", required=True)
     chaos.add_argument("--requests", type=int, default=200)
+    verdict = sub.add_parser("chaos-verdict")
+    verdict.add_argument("--tag", required=True)
+    verdict.add_argument("--max-p95-ms", type=float, default=800)
     args = parser.parse_args(argv)
-    handler = {"junit-summary": cmd_junit_summary, "build": cmd_build, "push": cmd_push, "e2e": cmd_e2e,
+    handler = {"unit": cmd_unit, "chaos-verdict": cmd_chaos_verdict, "build": cmd_build, "push": cmd_push, "e2e": cmd_e2e,
                "schema": cmd_schema, "ingest": cmd_ingest, "chaos": cmd_chaos}[args.command]
     return handler(args)
 

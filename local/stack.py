@@ -137,6 +137,7 @@ class LocalStack:
         env.update({
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
             "PYTHONPATH": str(REPO_ROOT),
+            "SAMPLE_STACK_DIR": str(self.workdir),  # where the sample app's steps keep files
             "RELEASE_PIPELINE_FILE": str(self.pipeline_file),
             "RELEASE_CLOUD_BUILD_ENDPOINT": self.standin_endpoint,
             "RELEASE_CLOUD_RUN_ENDPOINT": self.standin_endpoint,

@@ -1,0 +1,97 @@
+"""A whole release of the sample app through the local stack, the way `make demo` runs it:
+each function in its own functions-framework process, real push subscriptions, the
+stand-in running the stages, the approval link arriving by real SMTP."""
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from local.demo import LINK, PUSHER, commit_sha, send_push, service_url
+from local.mailbox import Mailbox
+from local.stack import PROJECT, LocalStack
+from local.traffic import TrafficSampler, sample_share
+from shared.config import Settings
+from shared.firestore_store import FirestoreStore
+from shared.state import ReleaseStatus, StageStatus
+
+pytestmark = pytest.mark.emulators
+
+
+@pytest.fixture(scope="module")
+def stack(emulators, tmp_path_factory):
+    with Mailbox() as mailbox, LocalStack(workdir=tmp_path_factory.mktemp("stack"), smtp_port=mailbox.port,
+                                          reuse_emulators={"firestore": emulators["firestore"],
+                                                           "pubsub": emulators["pubsub"]}) as running:
+        running.mailbox = mailbox
+        yield running
+
+
+def wait_for(store, release_id, condition, timeout_s=120):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = store.get(release_id)[0]
+        if condition(state):
+            return state
+        assert state.status is not ReleaseStatus.STOPPED, state.reason
+        time.sleep(0.2)
+    raise AssertionError(f"timed out; release is {store.get(release_id)[0].status}")
+
+
+def test_release_runs_to_the_approval_link_then_to_full_traffic(stack):
+    from google.cloud import firestore
+
+    store = FirestoreStore(firestore.Client(project=PROJECT), Settings(project=PROJECT))
+    answer = send_push(stack, commit_sha())
+    assert answer["status"] == "created" and re.fullmatch(r"v\d+\.\d+\.\d+-[0-9a-f]{7}", answer["tag"])
+    rid = answer["release_id"]
+
+    waiting = wait_for(store, rid, lambda s: s.status is ReleaseStatus.AWAITING_APPROVAL)
+    before_approval = {s for s, st in waiting.stages.items() if st.status is StageStatus.SUCCEEDED}
+    assert before_approval == {"preflight", "lint", "unit", "build", "push", "e2e", "vector-schema",
+                               "staging-migrate", "staging-deploy", "ingestion-smoke", "staging-smoke"}
+    assert waiting.stages["unit"].result["tests"] >= 1, "unit test counts come from the JUnit report"
+
+    link = LINK.search(stack.mailbox.wait_for("approver@example.com")).group(1)
+    with urllib.request.urlopen(link, timeout=10) as page:
+        assert page.status == 200 and "approve" in page.read().decode().lower()
+    assert store.get(rid)[0].status is ReleaseStatus.AWAITING_APPROVAL, "GET changes nothing"
+
+    token = urllib.parse.parse_qs(urllib.parse.urlparse(link).query)["token"][0]
+    sampler = TrafficSampler(service_url(stack, "sample-web"))
+    with sampler:
+        post = urllib.request.Request(link.split("?")[0], method="POST", data=urllib.parse.urlencode(
+            {"token": token, "decision": "approve", "reason": "e2e"}).encode())
+        with urllib.request.urlopen(post, timeout=10) as answer_page:
+            assert answer_page.status == 200
+        done = wait_for(store, rid, lambda s: s.status is ReleaseStatus.SUCCEEDED and not s.outbox)
+    assert done.approval["approver"] == "approver@example.com" and done.pushed_by == PUSHER
+
+    share, samples = sampler.share(done.version, done.stages["prod-deploy"].finished_at,
+                                   done.stages["traffic-100"].started_at)
+    assert samples >= 20
+    assert 0.0 < share < 0.35, f"about 10 % expected during the split, saw {share:.0%} of {samples}"
+    assert sample_share(sampler.url, done.version, requests=50) == 1.0
+
+    # The link worked once: a second POST is refused and changes nothing.
+    with pytest.raises(urllib.error.HTTPError) as again:
+        urllib.request.urlopen(urllib.request.Request(link.split("?")[0], method="POST", data=urllib.parse.urlencode(
+            {"token": token, "decision": "approve"}).encode()), timeout=10)
+    assert again.value.code == 409
+    assert store.get(rid)[0].to_dict() == done.to_dict()
+
+
+def test_the_same_push_again_starts_nothing_new(stack):
+    from google.cloud import firestore
+
+    store = FirestoreStore(firestore.Client(project=PROJECT), Settings(project=PROJECT))
+    releases_before = [r.release_id for r in store.list_releases()]
+    answer = send_push(stack, commit_sha())
+    assert answer["status"] == "exists"
+    assert [r.release_id for r in store.list_releases()] == releases_before
+    assert json.loads(json.dumps(answer))["release_id"] in releases_before
