@@ -103,6 +103,9 @@ def run(args) -> int:
     with Mailbox() as mailbox, LocalStack(smtp_port=mailbox.port) as stack:
         print(f"local stack up in {time.monotonic() - started:.1f}s")
         print(f"  dashboard: {stack.urls['dashboard']}/")
+        env = stack.base_env()
+        print(f"  relctl:    FIRESTORE_EMULATOR_HOST={env['FIRESTORE_EMULATOR_HOST']} "
+              f"PUBSUB_EMULATOR_HOST={env['PUBSUB_EMULATOR_HOST']} RELEASE_PROJECT={PROJECT} .venv/bin/relctl list")
         from google.cloud import firestore
 
         store = FirestoreStore(firestore.Client(project=PROJECT), Settings(project=PROJECT))
