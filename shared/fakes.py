@@ -35,6 +35,7 @@ class FakeStore:
         self._lock = threading.Lock()
         self._docs: dict[str, tuple[dict, int]] = {}
         self._pipelines: dict[str, str] = {}
+        self._parsed: dict[str, Pipeline] = {}
         self.dead_letters: dict[str, dict] = {}
         self.deliveries: dict[str, dict] = {}
         self.reads = 0
@@ -76,7 +77,9 @@ class FakeStore:
     def load_pipeline(self, digest: str) -> Pipeline:
         if digest not in self._pipelines:
             raise DefinitionError(f"pipeline {digest[:12]} is not stored")
-        return parse_pipeline(json.loads(self._pipelines[digest]))
+        if digest not in self._parsed:  # cached like the Firestore store does
+            self._parsed[digest] = parse_pipeline(json.loads(self._pipelines[digest]))
+        return self._parsed[digest]
 
     def record_dead_letter(self, event_id: str, reason: str, payload: str, source: str) -> None:
         self.dead_letters.setdefault(event_id, {"reason": reason, "payload": payload, "source": source})

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from shared.commands import (
@@ -65,7 +65,6 @@ class Dispatcher:
     # service name -> what was done; moves all traffic back to the revision before ours
     roll_back: Callable[[str], Mapping[str, Any]]
     sleep: Callable[[float], None] = time.sleep
-    _pipelines: dict[str, Pipeline] = field(default_factory=dict, repr=False)
 
     # -- entry ----------------------------------------------------------------
     def handle_message(self, event_id: str, attributes: Mapping[str, str], data: bytes) -> Decision | None:
@@ -89,7 +88,7 @@ class Dispatcher:
             if got is None:
                 return self._unknown_release(event)
             state, token = got
-            pipeline = self.pipeline(state.pipeline_digest)
+            pipeline = self.store.load_pipeline(state.pipeline_digest)  # the store caches it
             now = self.clock.now()
             decision = decide(pipeline, state, event, now)
             if decision.state is None:
@@ -115,11 +114,6 @@ class Dispatcher:
                 self._carry_out(pipeline, new, token, event.id, decision.commands)
             return decision
         raise TransientError("too many concurrent updates; retry", release_id=event.release_id)
-
-    def pipeline(self, digest: str) -> Pipeline:
-        if digest not in self._pipelines:
-            self._pipelines[digest] = self.store.load_pipeline(digest)
-        return self._pipelines[digest]
 
     # -- side effects ---------------------------------------------------------
     def _carry_out(
