@@ -115,7 +115,14 @@ def decide(pipeline: Pipeline, state: ReleaseState, event: Event, now: float) ->
     if isinstance(event, StageReplay) and any(r["replay_id"] == event.replay_id for r in state.replays):
         return Decision(GateOutcome.DUPLICATE, f"replay {event.replay_id} was already handled")
     if state.status.terminal:
-        return Decision(GateOutcome.TERMINAL, f"release {state.release_id} is {state.status.value}")
+        reason = f"release {state.release_id} is {state.status.value}"
+        if isinstance(event, StageReplay):
+            # The operator must learn why nothing happens; the finished release stays as it is.
+            notice = Notify(state.release_id, NoticeKind.REFUSED, event.stage,
+                            f"replay {event.replay_id} of release {state.release_id} refused: {reason}"
+                            + (f" by {state.superseded_by}" if state.superseded_by else ""))
+            return Decision(GateOutcome.TERMINAL, reason, None, (notice,))
+        return Decision(GateOutcome.TERMINAL, reason)
     if pipeline.digest != state.pipeline_digest:
         return Decision(GateOutcome.REFUSED, "the pipeline definition differs from the one the release started with")
 

@@ -16,8 +16,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-import yaml
-
 from shared.errors import DefinitionError
 
 
@@ -210,6 +208,8 @@ def parse_pipeline(document: Any) -> Pipeline:
 
 
 def load_pipeline(path: str | Path) -> Pipeline:
+    import yaml  # here, not at the top: only reading a file needs it (cold start of dispatch)
+
     path = Path(path)
     try:
         text = path.read_text()

@@ -128,6 +128,8 @@ def test_terminal_release_never_moves():
     for event in (started(done.release_id), replay(done, "lint"), tick(done), finished(state, "traffic-100")):
         d = decide(PIPELINE, done, event, T0 + 10**6)
         assert d.outcome is GateOutcome.TERMINAL and d.state is None
+    refused = decide(PIPELINE, done, replay(done, "prod-deploy"), T0)
+    assert [(c.kind, "refused: release" in c.message) for c in refused.commands] == [(NoticeKind.REFUSED, True)]
 
 
 def test_release_finishing_notifies_and_skips_unrequested_chaos():

@@ -1,0 +1,127 @@
+"""Benchmark 6: cold start - import time of the function module and each entry point's first call path.
+
+Every figure comes from a fresh interpreter (median of RUNS):
+
+* ``python -X importtime -c "import functions.main"``: the cumulative time the
+  interpreter reports for ``functions.main`` (and, inside it, for functions_framework,
+  which the Cloud Functions runtime has loaded anyway before it imports main.py);
+* per entry point: wall time of ``import functions.main`` plus what its first
+  invocation wires before doing any I/O (shared.bootstrap: settings, clients,
+  services, and the modules their code paths import). Client construction makes no
+  network call; the emulator host variables only keep the clients off real Google.
+
+Also listed: which heavy client libraries each path imports, to check that clients
+only some events need (Pub/Sub publisher, Cloud Build, Cloud Run) stay unimported.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+
+from bench.common import APPROVAL_KEYS, Report, print_report
+from shared.config import REPO_ROOT
+
+RUNS = 5
+HEAVY = {
+    "google.cloud.firestore": "firestore",
+    "google.cloud.pubsub_v1": "pubsub",
+    "google.cloud.devtools.cloudbuild_v1": "cloudbuild",
+    "google.cloud.run_v2": "run",
+    "google.cloud.resourcemanager_v3": "resourcemanager",
+    "flask": "flask",
+}
+
+# What the first invocation of each entry point builds (see functions/main.py), without I/O.
+# "+ client": the client a typical first event needs, created as its code path creates it.
+FIRST_CALL = {
+    "on_push (push -> release.started published)":
+        "bootstrap.push_service(); bootstrap.publisher().client",
+    "dispatch (an event that needs no client)":
+        "bootstrap.dispatcher(); import shared.gate, shared.events, shared.commands",
+    "dispatch (release.started -> CreateBuild)":
+        "bootstrap.dispatcher(); from shared import gcp_clients; gcp_clients.cloud_build(bootstrap.settings())",
+    "on_approval (confirm page, GET)": "bootstrap.approvals()",
+    "sweep (tick, polls builds and jobs)":
+        "from shared.sweeper import sweep; bootstrap.store(); bootstrap.executors(); bootstrap.publisher(); "
+        "from shared import gcp_clients; gcp_clients.cloud_build(bootstrap.settings()); "
+        "gcp_clients.run_executions(bootstrap.settings())",
+    "dashboard (GET)": "from shared.dashboard import handle; bootstrap.store()",
+}
+
+CHILD = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import functions.main
+t1 = time.perf_counter()
+from shared import bootstrap
+{first_call}
+t2 = time.perf_counter()
+print(json.dumps({{"import_ms": (t1 - t0) * 1000, "first_call_ms": (t2 - t1) * 1000,
+                  "heavy": sorted(n for n in {heavy!r} if n in sys.modules)}}))
+"""
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "PYTHONPATH": str(REPO_ROOT), "PYTHONDONTWRITEBYTECODE": "0",
+        # No server needed: nothing connects before a request; these keep clients off Google.
+        "FIRESTORE_EMULATOR_HOST": "127.0.0.1:9", "PUBSUB_EMULATOR_HOST": "127.0.0.1:9",
+        "GOOGLE_CLOUD_PROJECT": "cold-start", "RELEASE_PROJECT": "cold-start",
+        "RELEASE_APPROVAL_KEYS": APPROVAL_KEYS, "RELEASE_WEBHOOK_SECRET": "cold-start-secret",
+        "RELEASE_PIPELINE_FILE": str(REPO_ROOT / "pipelines" / "noesis2.yaml"),
+        "RELEASE_CLOUD_BUILD_ENDPOINT": "127.0.0.1:9", "RELEASE_CLOUD_RUN_ENDPOINT": "127.0.0.1:9",
+        "RELEASE_IAM_ENDPOINT": "127.0.0.1:9",
+    })
+    return env
+
+
+def importtime(module: str = "functions.main") -> dict[str, float]:
+    """Cumulative import times (ms) from -X importtime for the module and its biggest parts."""
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"], cwd=REPO_ROOT,
+                         env=child_env(), capture_output=True, text=True, check=True).stderr
+    times = {}
+    for line in out.splitlines():
+        m = re.match(r"import time:\s+\d+\s+\|\s+(\d+)\s+\|\s+(\s*)(\S+)", line)
+        if m:
+            times[m.group(3)] = max(times.get(m.group(3), 0), int(m.group(1)) / 1000)
+    return times
+
+
+def first_call(entry: str) -> dict:
+    code = CHILD.format(first_call=FIRST_CALL[entry].replace("; ", "\n"), heavy=tuple(HEAVY))
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=child_env(), capture_output=True,
+                         text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run(hosts: dict[str, str] | None = None) -> Report:
+    report = Report()
+    subprocess.run([sys.executable, "-c", "import functions.main"], cwd=REPO_ROOT, env=child_env(), check=True)  # .pyc
+    samples = [importtime() for _ in range(RUNS)]
+    main_ms = statistics.median(s["functions.main"] for s in samples)
+    ff_ms = statistics.median(s.get("functions_framework", 0) for s in samples)
+    report.add("6 cold start", "import functions.main (-X importtime)", f"{main_ms:.0f} ms", "<= 400 ms", main_ms <= 400,
+               f"median of {RUNS}; functions_framework (flask) is {ff_ms:.0f} ms of it, loaded by the runtime anyway")
+    for entry in FIRST_CALL:
+        runs = [first_call(entry) for _ in range(RUNS)]
+        imp = statistics.median(r["import_ms"] for r in runs)
+        wire = statistics.median(r["first_call_ms"] for r in runs)
+        heavy = ", ".join(HEAVY[h] for h in runs[0]["heavy"])
+        total = imp + wire
+        report.add("6 cold start", f"{entry}: import + first-call wiring", f"{imp:.0f} + {wire:.0f} = {total:.0f} ms",
+                   "<= 400 ms", total <= 400,
+                   f"{total - ff_ms:.0f} ms without functions_framework; loads: {heavy}")
+    return report
+
+
+def main() -> None:
+    print_report("Benchmark 6: cold start", run().rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""`make bench`: every benchmark, one after another, on one pair of emulators.
+
+Prints each benchmark's table as it finishes and a summary at the end. Figures
+depend on the machine and on what else runs on it: the load average before the
+run is printed with them. Nothing here asserts timing.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import sys
+import time
+import traceback
+
+from bench.common import Row, emulators, print_report, table
+
+BENCHMARKS = [
+    ("bench.dispatcher_overhead", "1: dispatcher overhead per event"),
+    ("bench.release_push", "2: a whole release of instant stages through real push subscriptions"),
+    ("bench.concurrent_releases", "3: 50 releases at once"),
+    ("bench.duplicate_storm", "4: duplicate storm"),
+    ("bench.cost", "5: Firestore reads and writes per transition"),
+    ("bench.cold_start", "6: cold start"),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    wanted = set(argv if argv is not None else sys.argv[1:])  # optional: names like "cost" "cold_start"
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    print(f"bench on {platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+    started = time.monotonic()
+    rows: list[Row] = []
+    failed = 0
+    with emulators() as hosts:
+        for module_name, title in BENCHMARKS:
+            if wanted and module_name.split(".", 1)[1] not in wanted:
+                continue
+            t0 = time.monotonic()
+            try:
+                module = importlib.import_module(module_name)
+                got = module.run(hosts).rows
+            except Exception:  # noqa: BLE001 - one broken benchmark must not hide the others
+                failed += 1
+                traceback.print_exc()
+                got = [Row(module_name, "benchmark failed", "see traceback above", met=False)]
+            print_report(f"Benchmark {title} ({time.monotonic() - t0:.0f} s)", got)
+            rows.extend(got)
+    print(f"\n== Summary ({time.monotonic() - started:.0f} s) ==")
+    print(table([Row(r.bench, r.what, r.value, r.target, r.met) for r in rows if r.met is not None]))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
