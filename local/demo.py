@@ -16,7 +16,6 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 from local.stack import PROJECT, REGION, LocalStack
 from local.traffic import TrafficSampler, sample_share
