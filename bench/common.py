@@ -101,6 +101,17 @@ class CountingStore:
                 self.stale += 1
             raise
 
+    def update_fields(self, release_id, fields, token):
+        from shared.errors import StaleWrite
+
+        self._count(writes=1)
+        try:
+            return self.inner.update_fields(release_id, fields, token)
+        except StaleWrite:
+            with self._lock:
+                self.stale += 1
+            raise
+
     def load_pipeline(self, digest):
         cached = digest in getattr(self.inner, "_pipeline_cache", {})
         if not cached:

@@ -66,6 +66,21 @@ class FakeStore:
             self._docs[state.release_id] = (state.to_dict(), version + 1)
             return version + 1
 
+    def update_fields(self, release_id: str, fields: Mapping[tuple[str, ...], Any], token: Any) -> Any:
+        with self._lock:
+            data, version = self._docs[release_id]
+            if version != token:
+                raise StaleWrite("release changed since it was read", release_id=release_id)
+            data = copy.deepcopy(data)
+            for path, value in fields.items():
+                target = data
+                for key in path[:-1]:
+                    target = target[key]
+                target[path[-1]] = copy.deepcopy(value)
+            self.writes += 1
+            self._docs[release_id] = (data, version + 1)
+            return version + 1
+
     def list_releases(self, limit: int = 50) -> list[ReleaseState]:
         with self._lock:
             states = [ReleaseState.from_dict(copy.deepcopy(d)) for d, _ in self._docs.values()]

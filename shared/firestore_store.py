@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
+from google.cloud.firestore_v1.field_path import FieldPath
 
 from shared.config import Settings
 from shared.errors import DefinitionError, StaleWrite
@@ -48,6 +49,16 @@ class FirestoreStore:
             result = self.releases.document(state.release_id).update(state.to_dict(), option=option)
         except gexc.FailedPrecondition:
             raise StaleWrite("release changed since it was read", release_id=state.release_id) from None
+        return result.update_time
+
+    def update_fields(self, release_id: str, fields: Mapping[tuple[str, ...], Any], token: Any) -> Any:
+        option = self.client.write_option(last_update_time=token)
+        # FieldPath quotes segments such as stage ids with '-' in them.
+        paths = {FieldPath(*path).to_api_repr(): value for path, value in fields.items()}
+        try:
+            result = self.releases.document(release_id).update(paths, option=option)
+        except gexc.FailedPrecondition:
+            raise StaleWrite("release changed since it was read", release_id=release_id) from None
         return result.update_time
 
     def list_releases(self, limit: int = 50) -> list[ReleaseState]:

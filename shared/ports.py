@@ -35,6 +35,9 @@ class ReleaseStore(Protocol):
     def update(self, state: ReleaseState, token: Any) -> Any:
         """Write the whole state if unchanged since ``token``; raise StaleWrite otherwise."""
 
+    def update_fields(self, release_id: str, fields: Mapping[tuple[str, ...], Any], token: Any) -> Any:
+        """Write only the given field paths (("stages", id, "result") …), on the same condition."""
+
     def list_releases(self, limit: int = 50) -> list[ReleaseState]:
         """Newest first."""
 

@@ -189,13 +189,15 @@ class Dispatcher:
                 if got is None:
                     return
                 state, token = got
-            state.outbox = [b for b in state.outbox if b["event_id"] != batch_id]
+            # Only what changed is sent: encoding the whole document is most of the CPU.
+            fields: dict[tuple[str, ...], Any] = {
+                ("outbox",): [b for b in state.outbox if b["event_id"] != batch_id]}
             for stage_id, handle in handles.items():
                 st = state.stages.get(stage_id)
                 if st is not None and st.stage_run_id == handle["stage_run_id"]:
-                    st.result = {**handle, **st.result}
+                    fields[("stages", stage_id, "result")] = {**handle, **st.result}
             try:
-                self.store.update(state, token)
+                self.store.update_fields(release_id, fields, token)
                 return
             except StaleWrite:
                 continue
