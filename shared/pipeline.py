@@ -216,7 +216,8 @@ def load_pipeline(path: str | Path) -> Pipeline:
     except OSError as exc:
         raise DefinitionError(f"pipeline file {path}: {exc.strerror}") from None
     try:
-        document = yaml.safe_load(text)
+        # The C loader when libyaml is there: same safe subset, a fifth of the parse time.
+        document = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         raise DefinitionError(f"pipeline file {path}: not valid YAML ({exc})") from None
     try:

@@ -42,7 +42,9 @@ class BuildNotifier:
         from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 
         transport = PublisherGrpcTransport(channel=grpc.insecure_channel(self._host))
-        self._publisher = pubsub_v1.PublisherClient(transport=transport)
+        # One message per batch, as the real service sends them: no 10 ms batching delay.
+        self._publisher = pubsub_v1.PublisherClient(
+            transport=transport, batch_settings=pubsub_v1.types.BatchSettings(max_messages=1))
         try:
             self._publisher.create_topic(name=self._topic)
         except AlreadyExists:
