@@ -262,7 +262,11 @@ class _Run:
             raise _Refusal(GateOutcome.REFUSED, f"{stage.label} has not run yet")
         index = self.pipeline.index(stage.id)
         for earlier in self.pipeline.stages[:index]:
-            if not earlier.optional and state.stages[earlier.id].status is not StageStatus.SUCCEEDED:
+            status = state.stages[earlier.id].status
+            # An optional stage blocks only once it ran (the chaos smoke was asked for and failed).
+            passed = status is StageStatus.SUCCEEDED or (earlier.optional and status in (
+                StageStatus.PENDING, StageStatus.SKIPPED))
+            if not passed:
                 raise _Refusal(GateOutcome.REFUSED, f"{earlier.label} has not passed; replay it first")
         if stage.kind is StageKind.APPROVAL and st.status is StageStatus.SUCCEEDED:
             raise _Refusal(GateOutcome.REFUSED, f"{stage.label} is already approved")

@@ -370,3 +370,15 @@ def test_failed_build_rolls_nothing_back():
     state = run_to("unit")
     d = decide(PIPELINE, state, finished(state, "unit", Outcome.FAILED), T0)
     assert not [c for c in d.commands if isinstance(c, RollBack)]
+
+
+def test_failed_chaos_blocks_a_replayed_approval():
+    """Found by the property test: chaos failed, the approval was replayed and granted, prod started."""
+    state = run_to("approval")
+    state = go(state, chaos(state))
+    state = go(state, finished(state, "chaos", Outcome.FAILED, "error rate 9 %"))
+    d = decide(PIPELINE, state, replay(state, "approval"), T0)
+    assert d.outcome is GateOutcome.REFUSED and "stage 5a 'chaos' has not passed" in d.reason
+    again = go(state, replay(state, "chaos"))
+    passed = go(again, finished(again, "chaos"))
+    assert passed.status is ReleaseStatus.AWAITING_APPROVAL
