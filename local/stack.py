@@ -142,6 +142,7 @@ class LocalStack:
             "RELEASE_CLOUD_BUILD_ENDPOINT": self.standin_endpoint,
             "RELEASE_CLOUD_RUN_ENDPOINT": self.standin_endpoint,
             "RELEASE_IAM_ENDPOINT": self.standin_endpoint,
+            "RELEASE_ARTIFACT_REGISTRY_ENDPOINT": self.standin_endpoint,
             "RELEASE_ARTIFACT_REGISTRY": "local",
             "RELEASE_WEBHOOK_SECRET": self.webhook_secret,
             "RELEASE_APPROVAL_KEYS": self.approval_keys,

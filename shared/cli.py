@@ -292,8 +292,20 @@ def cmd_chaos(args, ctx: Context) -> int:
 
 # -- commands against Cloud Run / IAM / files --------------------------------------
 def cmd_rollback(args, ctx: Context) -> int:
+    from shared.executors.registry_rollback import rollback_from_registry, rollback_to_tag
     from shared.executors.run_services import rollback
 
+    if args.image and not (args.to_tag or args.from_registry):
+        print("relctl: --image goes with --to-tag or --from-registry", file=sys.stderr)
+        return EXIT_USAGE
+    if args.to_tag or args.from_registry:
+        moved = (rollback_to_tag(ctx.settings, args.service, args.to_tag, image=args.image) if args.to_tag
+                 else rollback_from_registry(ctx.settings, args.service, image=args.image))
+        how = f"new revision from {moved['image']}" if moved["created"] else f"existing revision running {moved['image']}"
+        ctx.print(f"rolled back {moved['service']}: 100 % to {moved['revision']} ({how}; tag {moved['tag']}, "
+                  f"version {moved['version']}, commit {moved['commit']}), was {moved.get('from') or '?'}; "
+                  f"operation {moved.get('operation') or '-'}")
+        return EXIT_OK
     moved = rollback(ctx.settings, args.service, args.to_revision)
     ctx.print(f"rolled back {moved['service']}: 100 % to {moved['revision']} "
               f"(version {moved.get('version') or '?'}, commit {moved.get('commit') or '?'}), "
@@ -401,7 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="wait this long for the dispatcher's answer (0: do not wait)")
     p = command("rollback", cmd_rollback, "move all of a service's traffic to an earlier revision")
     p.add_argument("service")
-    p.add_argument("--to-revision", help="the revision (default: the last ready one deployed from a tag)")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--to-revision", help="the revision (default: the last ready one deployed from a tag)")
+    target.add_argument("--to-tag", metavar="TAG", help="the release tag vX.Y.Z-<sha> to serve; its image is "
+                        "deployed from the registry unless a revision still runs it")
+    target.add_argument("--from-registry", action="store_true",
+                        help="serve the newest release tag in Artifact Registry older than the one served now")
+    p.add_argument("--image", help="image name under RELEASE_ARTIFACT_REGISTRY (default: the one the service runs)")
     p = command("validate", cmd_validate, "check a pipeline file; exit 2 naming the stage and field when invalid")
     p.add_argument("file")
     p = command("notes", cmd_notes, "print the release notes (Markdown)")

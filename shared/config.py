@@ -32,8 +32,9 @@ class Settings:
     cloud_build_endpoint: str = ""
     cloud_run_endpoint: str = ""
     iam_endpoint: str = ""
-    artifact_registry: str = ""
-    pipeline_service_account: str = ""  # the account the preflight checks (deploy/ creates it)  # e.g. europe-west3-docker.pkg.dev/PROJECT/noesis2
+    artifact_registry_endpoint: str = ""
+    artifact_registry: str = ""  # e.g. europe-west3-docker.pkg.dev/PROJECT/noesis2
+    pipeline_service_account: str = ""  # the account the preflight checks (deploy/ creates it)
     approval_base_url: str = "http://127.0.0.1:8083"
     public_base_url: str = ""  # dashboard, shown in notifications
     webhook_secret: str = field(default="", repr=False)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from shared.config import Settings
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from google.cloud import resourcemanager_v3, run_v2
+    from google.cloud import artifactregistry_v1, resourcemanager_v3, run_v2
     from google.cloud.devtools import cloudbuild_v1
 
 
@@ -67,3 +67,11 @@ def projects(settings: Settings) -> "resourcemanager_v3.ProjectsClient":
     from google.cloud.resourcemanager_v3.services.projects.transports import ProjectsGrpcTransport
 
     return _build(resourcemanager_v3.ProjectsClient, ProjectsGrpcTransport, settings.iam_endpoint)
+
+
+def artifact_registry(settings: Settings) -> "artifactregistry_v1.ArtifactRegistryClient":
+    from google.cloud import artifactregistry_v1
+    from google.cloud.artifactregistry_v1.services.artifact_registry.transports import ArtifactRegistryGrpcTransport
+
+    return _build(artifactregistry_v1.ArtifactRegistryClient, ArtifactRegistryGrpcTransport,
+                  settings.artifact_registry_endpoint)

@@ -1,8 +1,9 @@
-"""StandIn: one loopback gRPC server playing Cloud Build, Cloud Run v2 and Resource Manager IAM.
+"""StandIn: one loopback gRPC server playing Cloud Build, Cloud Run v2, Resource Manager IAM
+and the docker part of Artifact Registry.
 
 The real client libraries talk to it through shared/gcp_clients.py when an endpoint
 setting points here. Tests steer it in-process (set_outcome, fail_next,
-set_iam_policy) and read what it recorded (builds, executions, services).
+set_iam_policy, push_image) and read what it recorded (builds, executions, services).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import grpc
 from google.longrunning import operations_pb2
 from google.protobuf import empty_pb2
 
+from local.standin.artifact_registry import ArtifactRegistryService
 from local.standin.builds import CloudBuildService
 from local.standin.common import ApiError, Faults, OperationStore, OutcomeRules, Registry, StandInConfig
 from local.standin.iam import ProjectsIamService
@@ -33,8 +35,9 @@ class StandIn:
         self._supervisor = Supervisor()
         self._operations = OperationStore(f"projects/{config.project}/locations/{config.region}")
         self._notifier = BuildNotifier(config.pubsub_emulator_host, config.project, config.builds_topic)
+        self._artifacts = ArtifactRegistryService()
         self._builds = CloudBuildService(config, self._operations, self._outcomes, self._supervisor,
-                                         self._notifier.publish)
+                                         self._on_build_update)
         self._jobs = JobsService(config, self._operations, self._outcomes, self._supervisor)
         self._services = ServicesService(config, self._operations, self._outcomes, self._supervisor)
         self._iam = ProjectsIamService()
@@ -46,7 +49,7 @@ class StandIn:
         self.config.log_dir.mkdir(parents=True, exist_ok=True)
         self._notifier.start()
         registry = Registry(self._faults)
-        for service in (self._builds, self._jobs, self._services, self._iam):
+        for service in (self._builds, self._jobs, self._services, self._iam, self._artifacts):
             service.register(registry)
         registry.add(OPERATIONS, "GetOperation", self._get_operation, operations_pb2.GetOperationRequest,
                      operations_pb2.Operation)
@@ -97,6 +100,11 @@ class StandIn:
     def set_iam_policy(self, bindings: dict[str, list[str]]) -> None:
         self._iam.set_bindings(bindings)
 
+    def push_image(self, image: str, digest: str = "") -> str:
+        """Record ``LOCATION-docker.pkg.dev/PROJECT/REPO/IMAGE:TAG`` as pushed; returns its
+        ``...@sha256:`` uri. The tag moves to this digest, as ``docker push`` moves it."""
+        return self._artifacts.push(image, digest).uri
+
     def publish_build_notification(self, build_id: str, status: str) -> None:
         """Publish the build again with ``status`` (duplicate / out-of-order delivery tests)."""
         self._builds.republish(build_id, status)
@@ -115,6 +123,11 @@ class StandIn:
         return self._builds.snapshot(build_id)
 
     @property
+    def docker_images(self) -> list:
+        """Every pushed image, oldest first (artifactregistry_v1.DockerImage copies)."""
+        return self._artifacts.images()
+
+    @property
     def executions(self) -> list:
         """Every job execution, oldest first (run_v2.Execution copies)."""
         return self._jobs.executions()
@@ -128,6 +141,10 @@ class StandIn:
     def revisions(self) -> list:
         """Every revision, oldest first (run_v2.Revision copies)."""
         return self._services.revisions()
+
+    def _on_build_update(self, build) -> None:
+        self._artifacts.observe_build(build)  # before the notification: a listener may look for the image
+        self._notifier.publish(build)
 
     # -- google.longrunning.Operations ------------------------------------------------
     def _get_operation(self, request: operations_pb2.GetOperationRequest) -> operations_pb2.Operation:

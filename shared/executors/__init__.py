@@ -15,6 +15,7 @@ from shared.executors.calls import ApiCaller, RetryPolicy
 from shared.executors.cloud_build import CloudBuildExecutor
 from shared.executors.http_check import Backoff, HttpCheckExecutor
 from shared.executors.preflight import PreflightExecutor
+from shared.executors.registry_rollback import rollback_from_registry, rollback_to_tag
 from shared.executors.run_jobs import RunJobExecutor
 from shared.executors.run_services import DeployExecutor, TrafficExecutor, rollback
 from shared.pipeline import StageKind
@@ -32,6 +33,8 @@ def _factories() -> dict[str, Callable[[Settings], Any]]:
         "executions": gcp_clients.run_executions,
         "services": gcp_clients.run_services,
         "revisions": gcp_clients.run_revisions,
+        # Only for rollbacks from the registry; not in CLIENT_NAMES, no stage needs it.
+        "artifact_registry": gcp_clients.artifact_registry,
     }
 
 
@@ -82,4 +85,5 @@ def build_executors(
 __all__ = [
     "ApiCaller", "Backoff", "CloudBuildExecutor", "DeployExecutor", "HttpCheckExecutor", "PreflightExecutor",
     "RetryPolicy", "RunJobExecutor", "TrafficExecutor", "build_executors", "default_clients", "rollback",
+    "rollback_from_registry", "rollback_to_tag",
 ]

@@ -284,6 +284,11 @@ def rollback(settings: Settings, service: str, to_revision: str | None = None, *
     time: skip the newest (the release being rolled back), then take the first that
     is Ready and carries a ``version`` label (so it was deployed from a tag; a
     deploy without a tag is refused, so every revision we made has one).
+
+    This is the fast path: it only moves traffic. When the revision to go back to is
+    gone, ``registry_rollback.rollback_to_tag`` (an explicit tag) or
+    ``rollback_from_registry`` (the newest older release tag in Artifact Registry)
+    first look for a revision running that image, and only then deploy it anew.
     """
     from shared.executors import default_clients
 
