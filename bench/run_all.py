@@ -22,6 +22,7 @@ BENCHMARKS = [
     ("bench.duplicate_storm", "4: duplicate storm"),
     ("bench.cost", "5: Firestore reads and writes per transition"),
     ("bench.cold_start", "6: cold start"),
+    ("bench.push_latency", "7: push trigger answer time"),
 ]
 
 

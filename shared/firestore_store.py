@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from shared.config import Settings
@@ -64,6 +65,12 @@ class FirestoreStore:
     def list_releases(self, limit: int = 50) -> list[ReleaseState]:
         query = self.releases.order_by("created_at", direction=firestore.Query.DESCENDING).limit(limit)
         return [ReleaseState.from_dict(doc.to_dict()) for doc in query.stream()]
+
+    def released_versions(self, repo: str) -> list[str]:
+        # Two equality filters need no composite index; only the version field is sent.
+        query = (self.releases.where(filter=FieldFilter("repo", "==", repo))
+                 .where(filter=FieldFilter("status", "==", "succeeded")).select(["version"]))
+        return [doc.get("version") for doc in query.stream()]
 
     def save_pipeline(self, pipeline: Pipeline) -> None:
         if pipeline.digest in self._pipeline_cache:

@@ -20,7 +20,7 @@ from shared.config import Settings
 from shared.errors import WebhookRejected
 from shared.pipeline import Pipeline
 from shared.ports import Clock, EventPublisher, ReleaseStore
-from shared.state import ReleaseStatus, new_release, release_id_for
+from shared.state import new_release, release_id_for
 
 log = logging.getLogger(__name__)
 
@@ -154,16 +154,13 @@ class PushService:
         return (201 if created else 200), body
 
     def _refuse_old_version(self, push: Push) -> None:
-        released = [
-            r for r in self.store.list_releases(limit=200)
-            if r.repo == push.repo and r.status is ReleaseStatus.SUCCEEDED
-        ]
+        released = self.store.released_versions(push.repo)
         if not released:
             return
-        last = max(released, key=lambda r: semver.Version.parse(r.version))
-        if semver.Version.parse(push.version) <= semver.Version.parse(last.version):
+        last = max(released, key=semver.Version.parse)
+        if semver.Version.parse(push.version) <= semver.Version.parse(last):
             raise WebhookRejected(
                 409,
                 f"version {push.version} of {push.commit[:7]} is not higher than the last released "
-                f"version {last.version} ({last.tag}); bump the version before the merge",
+                f"version {last}; bump the version before the merge",
             )

@@ -41,6 +41,9 @@ class ReleaseStore(Protocol):
     def list_releases(self, limit: int = 50) -> list[ReleaseState]:
         """Newest first."""
 
+    def released_versions(self, repo: str) -> list[str]:
+        """Versions of the repository's releases that succeeded."""
+
     def save_pipeline(self, pipeline: Pipeline) -> None:
         """Pin a definition by digest so running releases keep the one they started with."""
 

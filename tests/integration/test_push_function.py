@@ -9,6 +9,7 @@ from google.cloud import pubsub_v1
 
 from shared import bootstrap
 from shared.github import signature_for
+from shared.state import ReleaseStatus
 
 pytestmark = pytest.mark.emulators
 SECRET = "test-webhook-secret"
@@ -107,3 +108,18 @@ def test_ping_is_200_and_other_events_are_acknowledged(app):
 def test_push_to_another_branch_is_ignored(app):
     response = post(app, push_body(ref="refs/heads/feature"))
     assert response.status_code == 202 and stored_releases() == []
+
+
+def test_version_not_higher_than_the_last_released_is_409_naming_both(app):
+    first = post(app, push_body(commit="d" * 40, version="1.4.0")).get_json()
+    store = bootstrap.store()
+    state, token = store.get(first["release_id"])
+    state.status = ReleaseStatus.SUCCEEDED
+    store.update(state, token)
+    for version in ("1.4.0", "1.3.9"):
+        response = post(app, push_body(commit="e" * 40, version=version), delivery=f"d-{version}")
+        assert response.status_code == 409
+        error = response.get_json()["error"]
+        assert f"version {version} of eeeeeee is not higher than the last released version 1.4.0" in error
+    assert [r.release_id for r in stored_releases()] == [first["release_id"]]
+    assert post(app, push_body(commit="e" * 40, version="1.5.0"), delivery="d-ok").status_code == 201
