@@ -16,6 +16,7 @@ from typing import Callable, Protocol
 
 from deploy.config import DeployConfig, DeployError
 from deploy.model import Action, Binding, Plan, Resource, Step
+from shared.config import REPO_ROOT
 
 PLACEHOLDER = re.compile(r"\$\{([A-Z_]+)(?::([A-Za-z0-9_-]+))?\}")
 
@@ -34,7 +35,8 @@ class Gcloud(Protocol):
 
 def real_gcloud(args: tuple[str, ...]) -> Result:
     env = dict(os.environ, CLOUDSDK_CORE_DISABLE_PROMPTS="1")
-    done = subprocess.run(["gcloud", *args], capture_output=True, text=True, env=env, check=False)
+    # From the repository root: `builds submit .` uploads it as the source of the tools image.
+    done = subprocess.run(["gcloud", *args], capture_output=True, text=True, env=env, check=False, cwd=REPO_ROOT)
     return Result(done.returncode, done.stdout, done.stderr)
 
 

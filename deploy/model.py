@@ -266,6 +266,10 @@ def build_plan(config: DeployConfig) -> Plan:
                               ("artifacts", "repositories", "create", repo_name, "--repository-format=docker",
                                f"--location={location}", proj),
                               "images of the released app, tagged vX.Y.Z-<sha>"))
+        steps.append(Action("data", "image", f"{registry}/release-tools",
+                            ("builds", "submit", ".", "--config=deploy/release-tools/cloudbuild.yaml",
+                             f"--substitutions=_IMAGE={registry}/release-tools", proj),
+                            "the chaos stage's verdict step runs shared/chaos.py from this image (source: the repo root)"))
 
     # -- the pipeline account: exactly the seed's roles
     for role in sorted(BASE_ROLES):
