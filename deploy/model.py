@@ -81,6 +81,7 @@ class FunctionSpec:
     retry: bool = False
     secrets: tuple[tuple[str, str], ...] = ()  # (env var, secret id)
     why: str = ""
+    timeout_s: int = 60
 
 
 @dataclass(frozen=True)
@@ -128,10 +129,13 @@ def functions(config: DeployConfig) -> tuple[FunctionSpec, ...]:
     return (
         FunctionSpec("on-push", "on_push", public=True, secrets=(webhook,),
                      why="GitHub webhook; public, every request must carry a valid X-Hub-Signature-256"),
+        # 540 s, the most an event function may run: HTTP checks (window + bake) run inside it.
         FunctionSpec("dispatch", "dispatch", trigger_topic=s.events_topic, retry=True, secrets=(keys,),
-                     why="pipeline events; retry on (transient errors redeliver), malformed events are acked"),
+                     why="pipeline events; retry on (transient errors redeliver), malformed events are acked",
+                     timeout_s=540),
         FunctionSpec("dispatch-builds", "dispatch", trigger_topic=s.builds_topic, retry=True, secrets=(keys,),
-                     why="Cloud Build status messages; same entry point, a gen2 function has one trigger"),
+                     why="Cloud Build status messages; same entry point, a gen2 function has one trigger",
+                     timeout_s=540),
         FunctionSpec("on-approval", "on_approval", public=True, secrets=(keys,),
                      why="signed approval links; public, the link's signature and nonce are the credential"),
         FunctionSpec("sweep", "sweep", trigger_topic=config.tick_topic, retry=False, secrets=(keys,),
@@ -318,7 +322,7 @@ def build_plan(config: DeployConfig) -> Plan:
     for fn in functions(config):
         command = ["functions", "deploy", fn.name, "--gen2", f"--runtime={PYTHON_RUNTIME}", f"--region={r}",
                    f"--source={config.source_dir}", f"--entry-point={fn.entry_point}",
-                   f"--service-account={config.runtime_sa}", f"--set-env-vars={env}"]
+                   f"--service-account={config.runtime_sa}", f"--set-env-vars={env}", f"--timeout={fn.timeout_s}s"]
         if fn.secrets:
             command.append("--set-secrets=" + ",".join(f"{var}={secret}:latest" for var, secret in fn.secrets))
         if fn.trigger_topic:

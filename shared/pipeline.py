@@ -42,6 +42,8 @@ REQUIRED_PARAMS: Mapping[StageKind, tuple[str, ...]] = {
 ENVIRONMENTS = ("build", "staging", "prod")
 STAGE_ID = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 DURATION = re.compile(r"^(\d+)\s*([smh]?)$")
+MAX_INLINE_CHECK_S = 480
+DEFAULT_CHECK_WINDOW_S = 60
 
 
 def _freeze(value: Any) -> Any:
@@ -59,6 +61,12 @@ def thaw(value: Any) -> Any:
     if isinstance(value, tuple):
         return [thaw(v) for v in value]
     return value
+
+
+def check_duration_s(params: Mapping[str, Any], where: str) -> int:
+    """The longest a check stage runs: its retry window plus its bake time."""
+    window = parse_duration(params.get("window", DEFAULT_CHECK_WINDOW_S), where)
+    return window + (parse_duration(params["bake"], where) if params.get("bake") else 0)
 
 
 def parse_duration(value: Any, where: str) -> int:
@@ -150,6 +158,11 @@ def _stage(raw: Any, position: int) -> Stage:
     for key in ("traffic_percent", "percent"):
         if key in params and not (isinstance(params[key], int) and 0 < params[key] <= 100):
             raise DefinitionError(f"{where}: params.{key} must be an integer from 1 to 100, got {params[key]!r}")
+    if kind is StageKind.CHECK:
+        # Checks run inside the dispatcher, whose invocation may last 540 s at most.
+        inline = check_duration_s(params, where)
+        if inline > MAX_INLINE_CHECK_S:
+            raise DefinitionError(f"{where}: params.window + params.bake is {inline}s; at most {MAX_INLINE_CHECK_S}s")
     if "timeout" not in raw:
         raise DefinitionError(f"{where}: timeout is required")
     optional = raw.get("optional", False)

@@ -42,7 +42,7 @@ from shared.events import (
 )
 from shared.gate import Decision, GateOutcome, decide
 from shared.locks import EnvironmentLocks
-from shared.pipeline import Pipeline
+from shared.pipeline import Pipeline, StageKind, check_duration_s
 from shared.ports import ApprovalRequester, Clock, EventPublisher, Notifier, ReleaseStore, StageExecutor
 from shared.state import ReleaseState
 
@@ -102,7 +102,7 @@ class Dispatcher:
                     {
                         "event_id": event.id,
                         "commands": [command_to_dict(c) for c in decision.commands],
-                        "lease_until": now + self.settings.outbox_lease_s,
+                        "lease_until": now + self._lease_s(pipeline, decision.commands),
                     }
                 )
             try:
@@ -143,6 +143,16 @@ class Dispatcher:
             elif isinstance(command, RollBack):
                 handles[command.stage] = {"stage_run_id": command.stage_run_id, **self._roll_back(command)}
         return handles
+
+    def _lease_s(self, pipeline: Pipeline, commands: tuple[Command, ...]) -> float:
+        """How long a batch's handler may take before another one takes it over: HTTP checks
+        run inside the handler, so their window and bake time are added."""
+        lease = float(self.settings.outbox_lease_s)
+        for command in commands:
+            if isinstance(command, StartStage) and command.kind == StageKind.CHECK.value:
+                stage = pipeline.stage(command.stage)
+                lease = max(lease, check_duration_s(stage.params, stage.label) + self.settings.outbox_lease_s)
+        return lease
 
     def _roll_back(self, command: RollBack) -> dict[str, Any]:
         try:
@@ -208,13 +218,13 @@ class Dispatcher:
         now = self.clock.now()
         for batch in list(state.outbox):
             if batch["lease_until"] <= now:
-                batch["lease_until"] = now + self.settings.outbox_lease_s
+                commands = tuple(command_from_dict(c) for c in batch["commands"])
+                batch["lease_until"] = now + self._lease_s(pipeline, commands)
                 try:
                     token = self.store.update(state, token)
                 except StaleWrite:
                     return  # another handler claimed it or the release moved on
                 log.warning("release %s: carrying out commands of %s again", state.release_id, batch["event_id"])
-                commands = tuple(command_from_dict(c) for c in batch["commands"])
                 self._carry_out(pipeline, state, token, batch["event_id"], commands)
                 return
             if batch["event_id"] == event_id:

@@ -4,6 +4,9 @@ The base URL comes from Cloud Run itself: the service URL for ``staging``/``prod
 the URL of the traffic tag (``canary``) for ``canary``, so the prod smoke talks to
 the new revision only. Each path is retried inside the stage's window because a
 fresh revision may need a moment; the stage passes only if every path answered 2xx.
+With ``params.bake`` (a duration) the paths are then checked again every second
+until the bake time is over, and one failure fails the stage: the canary has to
+stay healthy while it takes its share of traffic, not just answer once.
 """
 from __future__ import annotations
 
@@ -20,11 +23,10 @@ from shared.events import Outcome
 from shared.executors.calls import ApiCaller
 from shared.executors.run_services import DEFAULT_CANARY_TAG, service_path
 from shared.executors.substitute import substitute, variables_for
-from shared.pipeline import Pipeline, Stage, parse_duration
+from shared.pipeline import DEFAULT_CHECK_WINDOW_S, Pipeline, Stage, parse_duration
 from shared.ports import StageFinish, StartResult
 from shared.state import StageState
 
-DEFAULT_WINDOW_S = 60
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,29 @@ def check_paths(
     return checks
 
 
+def bake(
+    base_url: str, paths: list[str], bake_s: float, *, session: Any = None, interval_s: float = 1.0,
+    monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+    request_timeout_s: float = 10.0,
+) -> dict[str, Any]:
+    """Check every path once per interval until ``bake_s`` is over; stop at the first failure."""
+    http = session or requests.Session()
+    end = monotonic() + bake_s
+    rounds = 0
+    while monotonic() < end:
+        rounds += 1
+        for path in paths:
+            url = base_url.rstrip("/") + "/" + str(path).lstrip("/")
+            try:
+                status = http.get(url, timeout=request_timeout_s).status_code
+            except requests.RequestException as exc:
+                return {"bake_s": bake_s, "rounds": rounds, "failed": f"GET {path} failed ({type(exc).__name__})"}
+            if not 200 <= status < 300:
+                return {"bake_s": bake_s, "rounds": rounds, "failed": f"GET {path} answered {status}"}
+        sleep(max(0.0, min(interval_s, end - monotonic())))
+    return {"bake_s": bake_s, "rounds": rounds, "failed": ""}
+
+
 def verdict(checks: list[dict[str, Any]]) -> tuple[Outcome, str]:
     bad = [c for c in checks if not (isinstance(c["status"], int) and 200 <= c["status"] < 300)]
     if not bad:
@@ -103,11 +128,18 @@ class HttpCheckExecutor:
             f"finding the URL to check for {params.get('target')}", lambda: self.base_url(params),
             release_id=command.release_id, stage=stage.id,
         )
-        window = parse_duration(params.get("window", DEFAULT_WINDOW_S), stage.label)
+        window = parse_duration(params.get("window", DEFAULT_CHECK_WINDOW_S), stage.label)
         checks = check_paths(base_url, list(params["paths"]), window, session=self.session, backoff=self.backoff,
                              monotonic=self.monotonic, sleep=self.sleep)
         outcome, reason = verdict(checks)
         result = {"url": base_url, "target": params["target"], "checks": checks}
+        if outcome is Outcome.SUCCEEDED and params.get("bake"):
+            baked = bake(base_url, list(params["paths"]), parse_duration(params["bake"], stage.label),
+                         session=self.session, monotonic=self.monotonic, sleep=self.sleep,
+                         request_timeout_s=self.backoff.request_timeout_s)
+            result["bake"] = baked
+            if baked["failed"]:
+                outcome, reason = Outcome.FAILED, f"{baked['failed']} during the {baked['bake_s']:.0f}s bake"
         return StartResult(handle={"url": base_url}, finished=StageFinish(outcome, reason, result))
 
     def poll(self, pipeline: Pipeline, stage: Stage, state: StageState) -> StageFinish | None:

@@ -74,8 +74,9 @@ def test_release_runs_to_the_approval_link_then_to_full_traffic(stack):
 
     share, samples = sampler.share(done.version, done.stages["prod-deploy"].finished_at,
                                    done.stages["traffic-100"].started_at)
-    assert samples >= 20
-    assert 0.0 < share < 0.35, f"about 10 % expected during the split, saw {share:.0%} of {samples}"
+    # The prod smoke bakes 3 s on the canary, so the split lasts long enough for hundreds of samples.
+    assert samples >= 300
+    assert 0.04 < share < 0.2, f"about 10 % expected during the split, saw {share:.1%} of {samples}"
     assert sample_share(sampler.url, done.version, requests=50) == 1.0
 
     # The link worked once: a second POST is refused and changes nothing.

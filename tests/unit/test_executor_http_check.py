@@ -11,7 +11,7 @@ from shared.commands import StartStage
 from shared.config import Settings
 from shared.errors import ExecutorError
 from shared.events import Outcome
-from shared.executors.http_check import Backoff, HttpCheckExecutor, check_paths, verdict
+from shared.executors.http_check import Backoff, HttpCheckExecutor, bake, check_paths, verdict
 from shared.pipeline import parse_pipeline
 
 
@@ -45,6 +45,8 @@ def server():
                 if hits[self.path] == 1:
                     time.sleep(0.6)
                 status = 200
+            elif self.path.startswith("/sours"):  # healthy for three requests, then 500
+                status = 200 if hits[self.path] <= 3 else 500
             elif self.path == "/slow":
                 time.sleep(0.2)
                 status = 200
@@ -138,3 +140,17 @@ def test_executor_needs_a_service_or_url():
     executor = HttpCheckExecutor(Settings(), services=None)
     with pytest.raises(ExecutorError, match="needs params.service"):
         executor.start(pipeline, stage, StartStage("r", "smoke", "r.smoke.a1", 1, "check", {}))
+
+
+def test_bake_keeps_checking_until_the_time_is_over(server):
+    clock = FakeTime()
+    base, _ = server
+    baked = bake(base, ["/ok"], 5, interval_s=1, monotonic=clock.monotonic, sleep=clock.sleep)
+    assert baked == {"bake_s": 5, "rounds": 5, "failed": ""}
+
+
+def test_bake_fails_when_the_revision_turns_bad(server):
+    clock = FakeTime()
+    base, _ = server
+    baked = bake(base, ["/sours-1"], 30, interval_s=1, monotonic=clock.monotonic, sleep=clock.sleep)
+    assert baked["failed"] == "GET /sours-1 answered 500" and baked["rounds"] == 4
