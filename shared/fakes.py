@@ -142,12 +142,21 @@ class FakeExecutor:
 
 
 class FakeApprovals:
+    """Confirms only decisions the test recorded with ``confirm``, like the real link records."""
+
     def __init__(self) -> None:
         self.requests: list[RequestApproval] = []
+        self.confirmed: set[str] = set()
 
     def request(self, release: ReleaseState, command: RequestApproval) -> Mapping[str, Any]:
         self.requests.append(command)
         return {"links_sent": len(command.approvers)}
+
+    def confirm(self, nonce: str) -> None:
+        self.confirmed.add(nonce)
+
+    def unconfirmed(self, event) -> str:
+        return "" if event.nonce in self.confirmed else f"no approval request {event.nonce} was issued"
 
 
 class FakeNotifier:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol
 
 from shared.commands import Notify, RequestApproval, StartStage
-from shared.events import Outcome
+from shared.events import ApprovalDecided, Outcome
 from shared.pipeline import Pipeline, Stage
 from shared.state import ReleaseState, StageState
 
@@ -95,6 +95,11 @@ class StageExecutor(Protocol):
 class ApprovalRequester(Protocol):
     def request(self, release: ReleaseState, command: RequestApproval) -> Mapping[str, Any]:
         """Create the approval requests and send each approver a personal link."""
+
+    def unconfirmed(self, event: ApprovalDecided) -> str:
+        """Why the event is not backed by a decision recorded through a signed link ("" when it is).
+
+        Anyone who may publish events could otherwise publish an approval."""
 
 
 class Notifier(Protocol):

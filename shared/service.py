@@ -33,6 +33,7 @@ from shared.commands import (
 from shared.config import Settings
 from shared.errors import ExecutorError, MalformedEvent, StaleWrite, TransientError
 from shared.events import (
+    ApprovalDecided,
     Event,
     Outcome,
     StageReplay,
@@ -83,6 +84,16 @@ class Dispatcher:
         return self.handle(event)
 
     def handle(self, event: Event) -> Decision:
+        if isinstance(event, ApprovalDecided):
+            refused = self.approvals.unconfirmed(event)
+            if refused:
+                # Not a decision made through a signed link: recorded and announced, never applied.
+                log.warning("approval event %s refused: %s", event.id, refused)
+                self.store.record_dead_letter(event.id, f"approval refused: {refused}", "", "approval.decided")
+                self.publisher.publish(self.settings.updates_topic, {
+                    "type": "release.notice", "release_id": event.release_id, "kind": "refused",
+                    "stage": event.stage, "message": f"approval event refused: {refused}"})
+                return Decision(GateOutcome.REFUSED, refused)
         for _ in range(MAX_CONFLICT_RETRIES):
             got = self.store.get(event.release_id)
             if got is None:

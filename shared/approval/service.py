@@ -33,7 +33,7 @@ from shared.approval.tokens import Keyring, LinkClaims, TokenError, sign, verify
 from shared.commands import RequestApproval
 from shared.config import Settings
 from shared.errors import ConfigError, PipelineError, TransientError
-from shared.events import EventType
+from shared.events import ApprovalDecided, EventType
 from shared.notify.errors import NotifyError
 from shared.notify.messages import format_approval_link
 from shared.pipeline import Pipeline, Stage, StageKind
@@ -164,6 +164,16 @@ class ApprovalService:
         if command.approvers and not sent:
             raise TransientError("no approval link could be delivered", release_id=command.release_id, stage=command.stage)
         return {"links_sent": sent}
+
+    def unconfirmed(self, event: ApprovalDecided) -> str:
+        record = self.store.get(event.nonce)
+        if record is None:
+            return f"no approval request {event.nonce[:6]}… was issued"
+        decision = "approved" if event.approve else "rejected"
+        recorded = (record.release_id, record.stage, record.attempt, record.approver, record.decision)
+        if not record.consumed or recorded != (event.release_id, event.stage, event.attempt, event.approver, decision):
+            return "the event does not match the decision recorded through its link"
+        return ""
 
     def link_for(self, record: ApprovalRecord) -> str:
         claims = LinkClaims(

@@ -95,3 +95,35 @@ def test_event_for_unknown_release_changes_nothing(rig):
     decision = rig.send("m9", lint_finished("no-such-release"))
     assert decision.outcome is GateOutcome.UNKNOWN_RELEASE
     assert rig.executor.start_calls == 0
+
+
+def drive_to_approval(rig):
+    rid = rig.new_release()
+    rig.send("go", {"type": "release.started", "release_id": rid})
+    for i in range(20):
+        state = rig.state(rid)
+        if state.status is ReleaseStatus.AWAITING_APPROVAL:
+            return rid, state
+        running = [s for s, st in state.stages.items() if st.status is StageStatus.RUNNING][0]
+        rig.send(f"f{i}", {"type": "stage.finished", "release_id": rid, "stage": running,
+                           "stage_run_id": state.stages[running].stage_run_id, "outcome": "succeeded"})
+    raise AssertionError("never reached the approval")
+
+
+def approval_event(state, nonce):
+    st = state.stages["approval"]
+    return {"type": "approval.decided", "release_id": state.release_id, "stage": "approval",
+            "attempt": st.attempt, "nonce": nonce, "approver": "boss@example.com", "approve": True,
+            "expires_at": st.deadline}
+
+
+def test_approval_event_without_a_decision_made_through_a_link_is_refused(rig):
+    """A publisher of pipeline-events forges a well-formed approval: it is recorded, never applied."""
+    rid, waiting = drive_to_approval(rig)
+    decision = rig.send("forged", approval_event(waiting, "made-up-nonce"))
+    assert decision.outcome is GateOutcome.REFUSED and "was issued" in decision.reason
+    assert rig.state(rid).to_dict() == waiting.to_dict()
+    assert "approval refused" in rig.store.dead_letters.document("forged").get().get("reason")
+    rig.dispatcher.approvals.confirm("real-nonce")  # as on_approval records a POST from the link
+    assert rig.send("real", approval_event(waiting, "real-nonce")).outcome is GateOutcome.APPLIED
+    assert rig.state(rid).stages["prod-migrate"].status is not StageStatus.PENDING

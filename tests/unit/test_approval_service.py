@@ -247,6 +247,19 @@ def test_post_consumes_the_nonce_and_publishes_the_decision(world, choice, appro
     decision = decide(PIPELINE, world.release, event, T0 + 600)
     assert decision.outcome is GateOutcome.APPLIED
     assert decision.state.stages["approval"].status is (StageStatus.SUCCEEDED if approve else StageStatus.FAILED)
+    # The dispatcher confirms it against the recorded decision; a changed copy is not confirmed.
+    assert world.service.unconfirmed(event) == ""
+    flipped = replace(event, approve=not approve)
+    assert world.service.unconfirmed(flipped) == "the event does not match the decision recorded through its link"
+    assert "was issued" in world.service.unconfirmed(replace(event, nonce="invented"))
+
+
+def test_an_issued_but_unused_link_confirms_nothing(world):
+    token = world.send_links()[APPROVER]
+    record = world.store.get(world.nonce(token))
+    event = ApprovalDecided("m2", record.release_id, record.stage, record.attempt, record.nonce, record.approver,
+                            True, record.expires_at)
+    assert world.service.unconfirmed(event) == "the event does not match the decision recorded through its link"
 
 
 def test_token_may_also_come_from_the_query_on_post(world):
