@@ -4,6 +4,7 @@ stand-in running the stages, the approval link arriving by real SMTP."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import urllib.error
@@ -16,6 +17,7 @@ from local.demo import LINK, PUSHER, commit_sha, send_push, service_url
 from local.mailbox import Mailbox
 from local.stack import PROJECT, LocalStack
 from local.traffic import TrafficSampler, sample_share
+from tests.e2e.test_dashboard_browser import CHROMIUM, OUTPUT, page, page_statuses  # noqa: F401 (page: fixture)
 from shared.config import Settings
 from shared.firestore_store import FirestoreStore
 from shared.state import ReleaseStatus, StageStatus
@@ -96,3 +98,19 @@ def test_the_same_push_again_starts_nothing_new(stack):
     assert answer["status"] == "exists"
     assert [r.release_id for r in store.list_releases()] == releases_before
     assert json.loads(json.dumps(answer))["release_id"] in releases_before
+
+
+@pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)")
+def test_dashboard_function_of_the_stack_shows_the_release_as_firestore_holds_it(stack, page):
+    """The `dashboard` function of the local stack, in headless Chromium, after the release above."""
+    from google.cloud import firestore
+
+    store = FirestoreStore(firestore.Client(project=PROJECT), Settings(project=PROJECT))
+    release = store.list_releases(limit=1)[0]
+    page.goto(f"{stack.urls['dashboard']}/release/{release.release_id}")
+    page.wait_for_selector("[data-stage]")
+    shown = page_statuses(page)
+    assert shown == {stage: st.status.value for stage, st in release.stages.items()}
+    assert shown["traffic-100"] == "succeeded" and shown["chaos"] == "skipped"
+    page.screenshot(path=str(OUTPUT / "dashboard-local-stack.png"), full_page=True)
+    assert page.errors == []
