@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from pathlib import Path
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -19,12 +18,8 @@ import pytest
 from shared.dashboard import wsgi_app
 from shared.state import ReleaseStatus
 from tests.integration.dispatch_helpers import make_rig
+from tests.e2e.browser import CHROMIUM, OUTPUT, page_statuses
 from tests.integration.test_cli import current, release_at, step
-
-CHROMIUM = "/usr/bin/chromium"
-OUTPUT = Path(__file__).resolve().parents[2] / "test-output"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 pytestmark = [
     pytest.mark.emulators,
@@ -56,29 +51,6 @@ def dashboard_url(rig):
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     server.server_close()
-
-
-@pytest.fixture
-def page():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1000})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-            page.errors = errors
-            yield page
-        finally:
-            browser.close()
-
-
-def page_statuses(page) -> dict[str, str]:
-    """data-status of every stage box (div[data-stage]) in the page."""
-    return page.eval_on_selector_all(
-        "div[data-stage]", "els => Object.fromEntries(els.map(e => [e.dataset.stage, e.dataset.status]))")
 
 
 def stored_statuses(rig, release_id) -> dict[str, str]:

@@ -17,7 +17,7 @@ from local.demo import LINK, PUSHER, commit_sha, send_push, service_url
 from local.mailbox import Mailbox
 from local.stack import PROJECT, LocalStack
 from local.traffic import TrafficSampler, sample_share
-from tests.e2e.test_dashboard_browser import CHROMIUM, OUTPUT, page, page_statuses  # noqa: F401 (page: fixture)
+from tests.e2e.browser import CHROMIUM, OUTPUT, page_statuses
 from shared.config import Settings
 from shared.firestore_store import FirestoreStore
 from shared.state import ReleaseStatus, StageStatus
@@ -60,8 +60,8 @@ def test_release_runs_to_the_approval_link_then_to_full_traffic(stack):
     assert waiting.stages["unit"].result["tests"] >= 1, "unit test counts come from the JUnit report"
 
     link = LINK.search(stack.mailbox.wait_for("approver@example.com")).group(1)
-    with urllib.request.urlopen(link, timeout=10) as page:
-        assert page.status == 200 and "approve" in page.read().decode().lower()
+    with urllib.request.urlopen(link, timeout=10) as confirm:
+        assert confirm.status == 200 and "approve" in confirm.read().decode().lower()
     assert store.get(rid)[0].status is ReleaseStatus.AWAITING_APPROVAL, "GET changes nothing"
 
     token = urllib.parse.parse_qs(urllib.parse.urlparse(link).query)["token"][0]
