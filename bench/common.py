@@ -101,6 +101,11 @@ class CountingStore:
                 self.stale += 1
             raise
 
+    def list_active(self, limit=500):
+        found = self.inner.list_active(limit)
+        self._count(reads=max(1, len(found)))  # a query bills at least one read
+        return found
+
     def update_fields(self, release_id, fields, token):
         from shared.errors import StaleWrite
 

@@ -86,6 +86,10 @@ class FakeStore:
             states = [ReleaseState.from_dict(copy.deepcopy(d)) for d, _ in self._docs.values()]
         return sorted(states, key=lambda s: s.created_at, reverse=True)[:limit]
 
+    def list_active(self, limit: int = 500) -> list[ReleaseState]:
+        active = ("running", "queued", "awaiting_approval")
+        return [s for s in self.list_releases(limit=10**6) if s.status.value in active][:limit]
+
     def released_versions(self, repo: str) -> list[str]:
         return [s.version for s in self.list_releases(limit=10**6) if s.repo == repo and s.status.value == "succeeded"]
 

@@ -18,7 +18,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 from shared.config import Settings
 from shared.errors import DefinitionError, StaleWrite
 from shared.pipeline import Pipeline, parse_pipeline, thaw
-from shared.state import ReleaseState
+from shared.state import ReleaseState, ReleaseStatus
 
 
 class FirestoreStore:
@@ -64,6 +64,12 @@ class FirestoreStore:
 
     def list_releases(self, limit: int = 50) -> list[ReleaseState]:
         query = self.releases.order_by("created_at", direction=firestore.Query.DESCENDING).limit(limit)
+        return [ReleaseState.from_dict(doc.to_dict()) for doc in query.stream()]
+
+    def list_active(self, limit: int = 500) -> list[ReleaseState]:
+        # One "in" filter on a single field: served by Firestore's automatic index.
+        active = [s.value for s in ReleaseStatus if not s.terminal and s is not ReleaseStatus.STOPPED]
+        query = self.releases.where(filter=FieldFilter("status", "in", active)).limit(limit)
         return [ReleaseState.from_dict(doc.to_dict()) for doc in query.stream()]
 
     def released_versions(self, repo: str) -> list[str]:

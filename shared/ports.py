@@ -41,6 +41,9 @@ class ReleaseStore(Protocol):
     def list_releases(self, limit: int = 50) -> list[ReleaseState]:
         """Newest first."""
 
+    def list_active(self, limit: int = 500) -> list[ReleaseState]:
+        """Releases that are running, queued or awaiting approval (what the sweeper looks at)."""
+
     def released_versions(self, repo: str) -> list[str]:
         """Versions of the repository's releases that succeeded."""
 

@@ -24,7 +24,6 @@ from shared.state import ReleaseState, ReleaseStatus, StageStatus
 
 log = logging.getLogger(__name__)
 
-ACTIVE = (ReleaseStatus.RUNNING, ReleaseStatus.QUEUED, ReleaseStatus.AWAITING_APPROVAL)
 DEFAULT_LIMIT = 500
 
 
@@ -49,9 +48,7 @@ def sweep(
     """One pass over the active releases; one failing release never stops the others."""
     report = SweepReport()
     now = clock.now()
-    for release in store.list_releases(limit=limit):
-        if release.status not in ACTIVE:
-            continue
+    for release in store.list_active(limit=limit):
         report.releases += 1
         try:
             _sweep_release(release, store, executors, publisher, settings, now, report)
