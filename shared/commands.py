@@ -29,6 +29,7 @@ class RequestApproval:
     attempt: int
     approvers: tuple[str, ...]
     expires_at: float
+    digest: str = ""  # the image being approved, as the build reported it
     name = "request_approval"
 
 

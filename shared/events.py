@@ -223,6 +223,11 @@ def event_from_build_notification(
     # What the last step wrote to $BUILDER_OUTPUT/output (test counts, chaos verdicts);
     # our own keys win over it so a step cannot fake the status.
     result = {**builder_output(build), "build_id": build_id, "status": status}
+    images = [{"name": i.get("name", ""), "digest": i.get("digest", "")}
+              for i in (build.get("results") or {}).get("images", []) if isinstance(i, Mapping)]
+    if images:  # what a build pushed, as Cloud Build reports it: the approval binds the digest
+        result["images"] = images
+        result["digest"] = images[0]["digest"]
     if build.get("logUrl"):
         result["log_url"] = build["logUrl"]
     duration = build_duration_s(build)

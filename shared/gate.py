@@ -418,8 +418,17 @@ class _Run:
         self.state.status = ReleaseStatus.AWAITING_APPROVAL
         self.release_locks()  # nobody waits behind a release that waits for a human
         approvers = tuple(a for a in stage.params["approvers"] if a != self.state.pushed_by)
-        self.commands.append(RequestApproval(self.state.release_id, stage.id, st.attempt, approvers, st.deadline))
+        self.commands.append(RequestApproval(self.state.release_id, stage.id, st.attempt, approvers, st.deadline,
+                                             self.image_digest(stage)))
         self.notify(NoticeKind.APPROVAL_NEEDED, stage.id, f"{self.title()} waits for approval; links went to {', '.join(approvers)}.")
+
+    def image_digest(self, before: Stage) -> str:
+        """The digest the latest stage before ``before`` reported for the image (build, push)."""
+        for earlier in reversed(self.pipeline.stages[: self.pipeline.index(before.id)]):
+            digest = self.state.stages[earlier.id].result.get("digest")
+            if digest:
+                return str(digest)
+        return ""
 
     def finish(self, stage: Stage, status: StageStatus) -> None:
         st = self.state.stages[stage.id]

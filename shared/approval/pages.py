@@ -67,6 +67,7 @@ def confirm_page(
     stage_rows: Iterable[tuple[str, str, str]],
     chaos: dict[str, Any] | None,
     token: str,
+    digest: str = "",
 ) -> str:
     rows = "".join(
         f"<tr><td>{escape(label)}</td><td class={escape(status)}>{escape(status)}</td><td>{escape(summary)}</td></tr>"
@@ -81,6 +82,7 @@ def confirm_page(
         f"<tr><th>Release</th><td>{escape(release.release_id)}</td></tr>"
         f"<tr><th>Version</th><td>{escape(release.version)} (tag {escape(release.tag)})</td></tr>"
         f"<tr><th>Commit</th><td>{escape(release.commit)}</td></tr>"
+        f"<tr><th>Image digest</th><td>{escape(digest or 'not reported by the build')}</td></tr>"
         f"<tr><th>Repository</th><td>{escape(release.repo)} {escape(release.ref)}</td></tr>"
         f"<tr><th>Pushed by</th><td>{escape(release.pushed_by)}</td></tr>"
         f"<tr><th>Stage</th><td>{escape(stage_label)}</td></tr>"

@@ -156,6 +156,7 @@ class ApprovalService:
                     expires_at=float(command.expires_at),
                     tag=release.tag,
                     created_at=self.clock.now(),
+                    digest=command.digest,
                 )
                 self.store.create(record)
             subject, text = format_approval_link(release, command.stage, approver, self.link_for(record), record.expires_at)
@@ -177,7 +178,8 @@ class ApprovalService:
 
     def link_for(self, record: ApprovalRecord) -> str:
         claims = LinkClaims(
-            record.release_id, record.stage, record.attempt, record.approver, record.nonce, record.tag, record.expires_at
+            record.release_id, record.stage, record.attempt, record.approver, record.nonce, record.tag, record.expires_at,
+            record.digest,
         )
         return f"{self.settings.approval_base_url.rstrip('/')}/?token={quote(sign(claims, self.keyring), safe='')}"
 
@@ -220,8 +222,10 @@ class ApprovalService:
         record = self.store.get(claims.nonce)
         if record is None:
             raise ApprovalRefused(404, "Unknown request", "this approval request does not exist")
-        expected = (record.release_id, record.stage, record.attempt, record.approver, record.tag, record.expires_at)
-        if expected != (claims.release_id, claims.stage, claims.attempt, claims.approver, claims.tag, claims.expires_at):
+        expected = (record.release_id, record.stage, record.attempt, record.approver, record.tag, record.expires_at,
+                    record.digest)
+        if expected != (claims.release_id, claims.stage, claims.attempt, claims.approver, claims.tag, claims.expires_at,
+                        claims.digest):
             raise ApprovalRefused(403, "Link not valid", "the link does not match the approval request it names")
         if record.consumed:
             raise ApprovalRefused(
@@ -312,6 +316,7 @@ class ApprovalService:
             stage_label=f"{stage.number} {stage.name} ({stage.id})",
             approver=checked.claims.approver,
             expires_at=checked.claims.expires_at,
+            digest=checked.claims.digest,
             stage_rows=self._stage_rows(release, stage),
             chaos=self._chaos(release),
             token=token,

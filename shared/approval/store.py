@@ -38,6 +38,7 @@ class ApprovalRecord:
     reason: str = ""
     user_agent: str = ""
     message_id: str = ""  # the published event, once delivered
+    digest: str = ""  # the image digest the link approves
 
     @property
     def consumed(self) -> bool:

@@ -68,6 +68,7 @@ class LinkClaims:
     nonce: str
     tag: str
     expires_at: float
+    digest: str = ""  # the image digest the approver sees on the confirm page
 
 
 class Keyring:
@@ -172,6 +173,8 @@ def _check_claims(data: Any) -> dict[str, Any]:
     for key in ("release_id", "stage", "approver", "tag"):
         if not isinstance(data[key], str) or not data[key]:
             raise ValueError(f"{key} must be a non-empty string")
+    if not isinstance(data["digest"], str):
+        raise ValueError("digest must be a string")
     if not isinstance(data["nonce"], str) or not NONCE.match(data["nonce"]):
         raise ValueError("nonce has the wrong shape")
     if not isinstance(data["attempt"], int) or isinstance(data["attempt"], bool) or data["attempt"] < 1:

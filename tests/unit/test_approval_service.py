@@ -376,3 +376,11 @@ def test_release_readers_pick_the_approval_stage(world):
     get_release, get_stage, get_pipeline = release_readers(world.releases)
     assert get_release(world.release.release_id) is world.release and get_release("nope") is None
     assert get_stage(world.release).id == "approval" and get_pipeline(world.release) is PIPELINE
+
+
+def test_link_binds_the_digest_and_the_page_shows_it(world):
+    world.command = replace(world.command, digest="sha256:" + "c" * 64)
+    token = world.send_links()[APPROVER]
+    assert world.store.get(world.nonce(token)).digest == "sha256:" + "c" * 64
+    status, html, _ = world.get(token)
+    assert status == 200 and "sha256:" + "c" * 64 in html

@@ -33,6 +33,7 @@ CLAIMS = LinkClaims(
     nonce="Nonce_abcdefghijklmnopqrstu",
     tag="v1.2.3-0123456",
     expires_at=NOW + 3600,
+    digest="sha256:" + "a" * 64,
 )
 
 
@@ -82,6 +83,7 @@ def _resign_body(token: str, mutate) -> str:
         ("nonce", "Nonce_zzzzzzzzzzzzzzzzzzzzz"),
         ("tag", "v9.9.9-fffffff"),
         ("expires_at", NOW + 10 * 86400),
+        ("digest", "sha256:" + "f" * 64),
     ],
 )
 def test_tampering_with_any_claim_is_refused(field, value):

@@ -382,3 +382,11 @@ def test_failed_chaos_blocks_a_replayed_approval():
     again = go(state, replay(state, "chaos"))
     passed = go(again, finished(again, "chaos"))
     assert passed.status is ReleaseStatus.AWAITING_APPROVAL
+
+
+def test_approval_request_binds_the_digest_the_build_reported():
+    state = run_to("staging-smoke")
+    state.stages["unit"].result["digest"] = "sha256:" + "b" * 64  # as a build's images or step output report it
+    d = decide(PIPELINE, state, finished(state, "staging-smoke"), T0)
+    (request,) = [c for c in d.commands if isinstance(c, RequestApproval)]
+    assert request.digest == "sha256:" + "b" * 64
