@@ -50,7 +50,6 @@ class LocalStack:
     smtp_port: int = 0
     # {"firestore": host, "pubsub": host} of emulators someone else runs (the test session).
     reuse_emulators: dict[str, str] | None = None
-    extra_env: dict[str, str] = field(default_factory=dict)
     emulators: list[Emulator] = field(default_factory=list)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     urls: dict[str, str] = field(default_factory=dict)
@@ -101,7 +100,7 @@ class LocalStack:
 
     def stop(self) -> None:
         self._stop.set()
-        for name, proc in reversed(list(self.processes.items())):
+        for proc in reversed(list(self.processes.values())):  # functions before the stand-in
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
         for proc in self.processes.values():
@@ -153,7 +152,6 @@ class LocalStack:
             "RELEASE_SMTP_PORT": str(self.smtp_port or 25),
             "RELEASE_NOTIFY_EMAILS": "release-team@example.com",
         })
-        env.update(self.extra_env)
         return env
 
     def _start_emulator(self, kind: str) -> None:
