@@ -20,33 +20,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+def _wait(ready, what: str, timeout_s: float, proc: subprocess.Popen | None, log: Path | None, pause: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             tail = log.read_text()[-2000:] if log and log.exists() else ""
-            raise ConfigError(f"process for {url} exited with {proc.returncode}: {tail}")
+            raise ConfigError(f"process for {what} exited with {proc.returncode}: {tail}")
         try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
+            ready()
+            return
         except OSError:
-            time.sleep(0.2)
-    raise ConfigError(f"{url} did not answer within {timeout_s:.0f}s")
+            time.sleep(pause)
+    raise ConfigError(f"{what} did not answer within {timeout_s:.0f}s")
+
+
+def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Wait until ``url`` answers (the emulators answer "Ok" on /)."""
+    _wait(lambda: urllib.request.urlopen(url, timeout=1).close(), url, timeout_s, proc, log, 0.2)
 
 
 def wait_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
     """Wait until something accepts TCP connections (functions answer only their own routes)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text()[-2000:] if log and log.exists() else ""
-            raise ConfigError(f"process for {host}:{port} exited with {proc.returncode}: {tail}")
-        try:
-            with socket.create_connection((host, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise ConfigError(f"{host}:{port} did not accept connections within {timeout_s:.0f}s")
+    _wait(lambda: socket.create_connection((host, port), timeout=1).close(), f"{host}:{port}", timeout_s, proc, log, 0.1)
 
 
 @dataclass
@@ -73,8 +68,11 @@ def _gcloud() -> str:
     return path
 
 
-def start_emulator(kind: str, project: str, log_dir: Path, port: int | None = None) -> Emulator:
-    """``kind`` is 'firestore' or 'pubsub'. Returns once the emulator answers HTTP."""
+def start_emulator(
+    kind: str, project: str, log_dir: Path, port: int | None = None, extra_args: tuple[str, ...] = ()
+) -> Emulator:
+    """``kind`` is 'firestore' or 'pubsub'. Returns once the emulator answers HTTP.
+    ``extra_args`` go to gcloud as they are (e.g. ``--import-data=...``)."""
     port = port or free_port()
     host = f"127.0.0.1:{port}"
     if kind == "firestore":
@@ -83,10 +81,11 @@ def start_emulator(kind: str, project: str, log_dir: Path, port: int | None = No
         args = [_gcloud(), "beta", "emulators", "pubsub", "start", f"--host-port={host}", f"--project={project}"]
     else:
         raise ValueError(kind)
+    args += list(extra_args)
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{kind}-emulator.log"
     proc = subprocess.Popen(
-        args, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, stdin=subprocess.DEVNULL
+        args, stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True, stdin=subprocess.DEVNULL
     )
     emulator = Emulator(kind, host, proc)
     try:

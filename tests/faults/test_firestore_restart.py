@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import threading
 import time
 import urllib.request
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from local.emulators import Emulator, _gcloud, free_port, wait_http
+from local.emulators import Emulator, free_port, start_emulator
 from shared.gate import GateOutcome
 from shared.state import ReleaseStatus, StageStatus
 from tests.conftest import OUTPUT
@@ -20,21 +19,11 @@ from tests.faults import rig
 pytestmark = pytest.mark.emulators
 
 
-def start_firestore(host: str, export_dir: Path, log: Path) -> Emulator:
-    """Start the emulator on ``host``, importing the latest export in ``export_dir`` if any."""
-    args = [_gcloud(), "emulators", "firestore", "start", f"--host-port={host}"]
+def start_firestore(port: int, export_dir: Path, log_dir: Path) -> Emulator:
+    """Start the emulator on ``port``, importing the latest export in ``export_dir`` if any."""
     metadata = sorted(export_dir.glob("*/*.overall_export_metadata"))
-    if metadata:
-        args.append(f"--import-data={metadata[-1]}")
-    proc = subprocess.Popen(args, stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
-                            stdin=subprocess.DEVNULL)
-    emulator = Emulator("firestore", host, proc)
-    try:
-        wait_http(f"http://{host}/", 90, proc, log)
-    except BaseException:
-        emulator.stop()
-        raise
-    return emulator
+    extra = (f"--import-data={metadata[-1]}",) if metadata else ()
+    return start_emulator("firestore", "unused", log_dir, port=port, extra_args=extra)
 
 
 def export(host: str, project: str, export_dir: Path) -> None:
@@ -52,11 +41,11 @@ def export(host: str, project: str, export_dir: Path) -> None:
 @pytest.fixture
 def own_firestore(emulators, tmp_path, monkeypatch):
     """A Firestore emulator of this test's own (the session's one must not be restarted)."""
-    host = f"127.0.0.1:{free_port()}"
-    log = OUTPUT / "logs" / "firestore-restart.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    host = f"127.0.0.1:{port}"
+    log_dir = OUTPUT / "logs" / "firestore-restart"
     export_dir = tmp_path / "export"
-    box = {"emulator": start_firestore(host, export_dir, log)}
+    box = {"emulator": start_firestore(port, export_dir, log_dir)}
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", host)  # the clients below talk to this one
 
     def restart_later(down_s: float) -> threading.Thread:
@@ -65,7 +54,7 @@ def own_firestore(emulators, tmp_path, monkeypatch):
 
         def up() -> None:
             time.sleep(down_s)
-            box["emulator"] = start_firestore(host, export_dir, log)
+            box["emulator"] = start_firestore(port, export_dir, log_dir)
 
         thread = threading.Thread(target=up)
         thread.start()
