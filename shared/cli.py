@@ -214,6 +214,18 @@ def requester(args) -> str:
         return "unknown"
 
 
+def await_release(ctx: Context, release_id: str, seconds: float, answered):
+    """Re-read the release every 0.5 s until ``answered(state)`` returns something, or None at the end."""
+    deadline = ctx.monotonic() + seconds
+    while ctx.monotonic() < deadline:
+        ctx.sleep(0.5)
+        now, _ = load_release(ctx.store, release_id)
+        result = answered(now)
+        if result is not None:
+            return now, result
+    return None
+
+
 def publish_replay(ctx: Context, state: ReleaseState, stage: str, reason: str, args) -> int:
     replay_id = args.replay_id or f"relctl-{uuid.uuid4().hex[:12]}"
     payload = {"type": "stage.replay", "release_id": state.release_id, "stage": stage, "replay_id": replay_id,
@@ -223,21 +235,19 @@ def publish_replay(ctx: Context, state: ReleaseState, stage: str, reason: str, a
               f"(by {payload['requested_by']}, message {message_id})")
     if not args.wait:
         return EXIT_OK
-    deadline = ctx.monotonic() + args.wait
-    while ctx.monotonic() < deadline:
-        ctx.sleep(0.5)
-        now, _ = load_release(ctx.store, state.release_id)
-        record = next((r for r in now.replays if r.get("replay_id") == replay_id), None)
-        if record is None:
-            continue
-        if not record.get("accepted"):
-            print(f"relctl: replay {replay_id} refused: {record.get('reason', '')}", file=sys.stderr)
-            return EXIT_FAILED
-        st = now.stages[stage]
-        ctx.print(f"accepted: stage {stage} is {st.status.value} (attempt {st.attempt}); release {now.status.value}")
-        return EXIT_OK
-    print(f"relctl: replay {replay_id} not handled within {args.wait:g}s (is the dispatcher running?)", file=sys.stderr)
-    return EXIT_TIMEOUT
+    got = await_release(ctx, state.release_id, args.wait,
+                        lambda now: next((r for r in now.replays if r.get("replay_id") == replay_id), None))
+    if got is None:
+        print(f"relctl: replay {replay_id} not handled within {args.wait:g}s (is the dispatcher running?)",
+              file=sys.stderr)
+        return EXIT_TIMEOUT
+    now, record = got
+    if not record.get("accepted"):
+        print(f"relctl: replay {replay_id} refused: {record.get('reason', '')}", file=sys.stderr)
+        return EXIT_FAILED
+    st = now.stages[stage]
+    ctx.print(f"accepted: stage {stage} is {st.status.value} (attempt {st.attempt}); release {now.status.value}")
+    return EXIT_OK
 
 
 def cmd_replay(args, ctx: Context) -> int:
@@ -277,17 +287,15 @@ def cmd_chaos(args, ctx: Context) -> int:
     ctx.print(f"published chaos.requested: release {state.release_id} (by {who}, message {message_id})")
     if not args.wait:
         return EXIT_OK
-    deadline = ctx.monotonic() + args.wait
-    while ctx.monotonic() < deadline:
-        ctx.sleep(0.5)
-        now, _ = load_release(ctx.store, state.release_id)
-        if now.chaos_requested_by:
-            st = now.stages[optional[0].id]
-            ctx.print(f"accepted: stage {optional[0].id} is {st.status.value} (requested by {now.chaos_requested_by})")
-            return EXIT_OK
-    print(f"relctl: chaos request not taken within {args.wait:g}s (refused, or the dispatcher is not running)",
-          file=sys.stderr)
-    return EXIT_TIMEOUT
+    got = await_release(ctx, state.release_id, args.wait, lambda now: now.chaos_requested_by or None)
+    if got is None:
+        print(f"relctl: chaos request not taken within {args.wait:g}s (refused, or the dispatcher is not running)",
+              file=sys.stderr)
+        return EXIT_TIMEOUT
+    now, who = got
+    st = now.stages[optional[0].id]
+    ctx.print(f"accepted: stage {optional[0].id} is {st.status.value} (requested by {who})")
+    return EXIT_OK
 
 
 # -- commands against Cloud Run / IAM / files --------------------------------------
