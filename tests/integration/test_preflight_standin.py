@@ -18,20 +18,11 @@ from shared.executors.calls import ApiCaller, RetryPolicy
 from shared.executors.preflight import PreflightExecutor
 from shared.pipeline import Stage, StageKind, load_pipeline
 from shared.preflight import check_permissions
+from tests.seed import SEED_ROLES
 
 PROJECT = "acme-release"
 SA = f"release-pipeline@{PROJECT}.iam.gserviceaccount.com"
 MEMBER = f"serviceAccount:{SA}"
-SEED_ROLES = (
-    "roles/artifactregistry.writer",
-    "roles/run.admin",
-    "roles/run.developer",
-    "roles/cloudsql.client",
-    "roles/cloudsql.editor",
-    "roles/secretmanager.secretAccessor",
-    "roles/redis.admin",
-    "roles/compute.networkUser",
-)
 OUTPUT = Path(__file__).resolve().parents[2] / "test-output"
 
 

@@ -15,17 +15,8 @@ from deploy.model import build_plan, sa_member
 from deploy.plan import main
 from deploy.source import assemble_source
 from shared.config import REPO_ROOT
+from tests.seed import SEED_ROLES
 
-SEED_ROLES = {
-    "roles/artifactregistry.writer",
-    "roles/run.admin",
-    "roles/run.developer",
-    "roles/cloudsql.client",
-    "roles/cloudsql.editor",
-    "roles/secretmanager.secretAccessor",
-    "roles/redis.admin",
-    "roles/compute.networkUser",
-}
 WEBHOOK_VALUE = "whsec-do-not-print-3f9a1c"
 KEYS_VALUE = "k1:approval-key-do-not-print-77e2"
 ENV = {

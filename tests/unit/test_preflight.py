@@ -20,19 +20,10 @@ from shared.preflight import (
     required_roles,
     secret_id,
 )
+from tests.seed import SEED_ROLES
 
 SA = "release-pipeline@acme-release.iam.gserviceaccount.com"
 MEMBER = f"serviceAccount:{SA}"
-SEED_ROLES = {
-    "roles/artifactregistry.writer",
-    "roles/run.admin",
-    "roles/run.developer",
-    "roles/cloudsql.client",
-    "roles/cloudsql.editor",
-    "roles/secretmanager.secretAccessor",
-    "roles/redis.admin",
-    "roles/compute.networkUser",
-}
 
 
 @pytest.fixture(scope="module")

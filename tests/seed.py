@@ -1,0 +1,17 @@
+"""Facts copied from the seed document (../shared/seed/translation.en.md), for tests to hold the code to.
+
+Written out here rather than imported from shared/preflight.py: a test that compared the code's role
+list with itself could not fail.
+"""
+
+# "Workload Identity Federation": the only roles of the pipeline service account.
+SEED_ROLES = frozenset({
+    "roles/artifactregistry.writer",
+    "roles/run.admin",
+    "roles/run.developer",
+    "roles/cloudsql.client",
+    "roles/cloudsql.editor",
+    "roles/secretmanager.secretAccessor",  # only in prod stages
+    "roles/redis.admin",
+    "roles/compute.networkUser",
+})
