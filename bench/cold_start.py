@@ -23,7 +23,7 @@ import subprocess
 import sys
 
 from bench.common import APPROVAL_KEYS, Report, print_report
-from shared.config import REPO_ROOT
+from shared.app.config import REPO_ROOT
 
 RUNS = 5
 HEAVY = {
@@ -41,15 +41,15 @@ FIRST_CALL = {
     "on_push (push -> release.started published)":
         "bootstrap.push_service(); bootstrap.publisher().client",
     "dispatch (an event that needs no client)":
-        "bootstrap.dispatcher(); import shared.gate, shared.events, shared.commands",
+        "bootstrap.dispatcher(); import shared.domain.gate, shared.domain.events, shared.domain.commands",
     "dispatch (release.started -> CreateBuild)":
-        "bootstrap.dispatcher(); from shared import gcp_clients; gcp_clients.cloud_build(bootstrap.settings())",
+        "bootstrap.dispatcher(); from shared.adapters import gcp_clients; gcp_clients.cloud_build(bootstrap.settings())",
     "on_approval (confirm page, GET)": "bootstrap.approvals()",
     "sweep (tick, polls builds and jobs)":
-        "from shared.sweeper import sweep; bootstrap.store(); bootstrap.executors(); bootstrap.publisher(); "
-        "from shared import gcp_clients; gcp_clients.cloud_build(bootstrap.settings()); "
+        "from shared.app.sweeper import sweep; bootstrap.store(); bootstrap.executors(); bootstrap.publisher(); "
+        "from shared.adapters import gcp_clients; gcp_clients.cloud_build(bootstrap.settings()); "
         "gcp_clients.run_executions(bootstrap.settings())",
-    "dashboard (GET)": "from shared.dashboard import handle; bootstrap.store()",
+    "dashboard (GET)": "from shared.ui.dashboard import handle; bootstrap.store()",
 }
 
 CHILD = r"""

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from shared.config import REPO_ROOT
-from shared.pipeline import parse_pipeline
+from shared.app.config import REPO_ROOT
+from shared.domain.pipeline import parse_pipeline
 
 PROJECT = "bench-project"
 LOG_DIR = REPO_ROOT / "test-output" / "bench"
@@ -91,7 +91,7 @@ class CountingStore:
         return self.inner.create(state)
 
     def update(self, state, token):
-        from shared.errors import StaleWrite
+        from shared.domain.errors import StaleWrite
 
         self._count(writes=1)  # a refused conditional write is still a billed write attempt
         try:
@@ -107,7 +107,7 @@ class CountingStore:
         return found
 
     def update_fields(self, release_id, fields, token):
-        from shared.errors import StaleWrite
+        from shared.domain.errors import StaleWrite
 
         self._count(writes=1)
         try:
@@ -250,10 +250,10 @@ def make_dispatcher(store, publisher, executors, settings, clock=None, approvals
     """The real Dispatcher with fake approvals/notifier, environment locks over Firestore (no
     bench stage names an environment, so none is taken: the figures are the dispatcher's own)
     and a roll-back no bench pipeline asks for (none has a failing check)."""
-    from shared.fakes import FakeApprovals, FakeNotifier
-    from shared.locks import EnvironmentLocks, FirestoreLockDocuments
-    from shared.ports import SystemClock
-    from shared.service import Dispatcher
+    from shared.testing.fakes import FakeApprovals, FakeNotifier
+    from shared.app.locks import EnvironmentLocks, FirestoreLockDocuments
+    from shared.app.ports import SystemClock
+    from shared.app.dispatcher import Dispatcher
 
     inner = getattr(store, "inner", store)
     locks = EnvironmentLocks(FirestoreLockDocuments(inner.client, settings), publisher, settings)

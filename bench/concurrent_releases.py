@@ -38,9 +38,9 @@ from bench.common import (
     print_report,
     quiet,
 )
-from shared.config import Settings
-from shared.events import Outcome
-from shared.ports import StageFinish, StartResult
+from shared.app.config import Settings
+from shared.domain.events import Outcome
+from shared.app.ports import StageFinish, StartResult
 
 RELEASES = 50
 WORKERS = 16
@@ -108,9 +108,9 @@ def run(hosts: dict[str, str] | None = None, releases: int = RELEASES, workers: 
 def _run(hosts: dict[str, str], releases: int, workers: int) -> Report:
     from google.cloud import firestore
 
-    from shared.firestore_store import FirestoreStore
-    from shared.gate import GateOutcome
-    from shared.state import ReleaseStatus, new_release
+    from shared.adapters.firestore_store import FirestoreStore
+    from shared.domain.gate import GateOutcome
+    from shared.domain.state import ReleaseStatus, new_release
 
     quiet()
     report = Report()

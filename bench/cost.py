@@ -32,16 +32,16 @@ from bench.common import (
     quiet,
 )
 from bench.concurrent_releases import InstantExecutor
-from shared.config import Settings
+from shared.app.config import Settings
 
 
 def run(hosts: dict[str, str] | None = None) -> Report:
     from google.cloud import firestore
 
-    from shared.fakes import FakePublisher
-    from shared.firestore_store import FirestoreStore
-    from shared.ports import StartResult
-    from shared.state import new_release
+    from shared.testing.fakes import FakePublisher
+    from shared.adapters.firestore_store import FirestoreStore
+    from shared.app.ports import StartResult
+    from shared.domain.state import new_release
 
     quiet()
     report = Report()

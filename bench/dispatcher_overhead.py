@@ -37,8 +37,8 @@ from bench.common import (
     quiet,
     summary_ms,
 )
-from shared.config import Settings
-from shared.ports import StartResult
+from shared.app.config import Settings
+from shared.app.ports import StartResult
 
 RELEASES = 15  # x 16 events each
 WARMUP = 4  # releases first run and not counted: the emulator's JVM and the gRPC channels warm up
@@ -70,7 +70,7 @@ def _events(release_id: str, pipeline) -> list[tuple[str, dict]]:
 
 
 def _new_release(store, pipeline, n: int, clock_now: float) -> str:
-    from shared.state import new_release
+    from shared.domain.state import new_release
 
     state = new_release(pipeline, repo="bench/app", ref="refs/heads/main", commit=f"{n:012x}{'0' * 28}",
                         version="1.0.0", pushed_by="dev@example.com", now=clock_now)
@@ -82,8 +82,8 @@ def _new_release(store, pipeline, n: int, clock_now: float) -> str:
 def in_process(hosts: dict[str, str]) -> dict[str, Any]:
     from google.cloud import firestore
 
-    from shared.fakes import FakePublisher
-    from shared.firestore_store import FirestoreStore
+    from shared.testing.fakes import FakePublisher
+    from shared.adapters.firestore_store import FirestoreStore
 
     settings = Settings(project=PROJECT, collection_prefix=prefix("overhead"))
     store = FirestoreStore(firestore.Client(project=PROJECT), settings)

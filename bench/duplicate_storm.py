@@ -32,7 +32,7 @@ from bench.common import (
     quiet,
     summary_ms,
 )
-from shared.config import Settings
+from shared.app.config import Settings
 
 COPIES = 20
 
@@ -52,11 +52,11 @@ class Delayed:
 def storm(h, standin, delay_s: float) -> dict:
     from google.cloud import firestore
 
-    from shared.executors import RetryPolicy, build_executors
-    from shared.fakes import FakePublisher
-    from shared.firestore_store import FirestoreStore
-    from shared.gate import GateOutcome
-    from shared.state import StageStatus, new_release
+    from shared.adapters.executors import RetryPolicy, build_executors
+    from shared.testing.fakes import FakePublisher
+    from shared.adapters.firestore_store import FirestoreStore
+    from shared.domain.gate import GateOutcome
+    from shared.domain.state import StageStatus, new_release
 
     settings = Settings(project=PROJECT, collection_prefix=prefix("storm"), cloud_build_endpoint=standin.endpoint,
                         artifact_registry="local")

@@ -20,7 +20,7 @@ def run(hosts: dict | None = None) -> Report:
     from functions_framework import create_app
 
     from shared import bootstrap
-    from shared.github import signature_for
+    from shared.app.push import signature_for
 
     quiet()
     report = Report()

@@ -40,7 +40,7 @@ from bench.common import (
     prefix,
     print_report,
 )
-from shared.config import REPO_ROOT, Settings
+from shared.app.config import REPO_ROOT, Settings
 
 RELEASES = 4  # run one after another; the first is warm-up
 STAGES = 15
@@ -127,8 +127,8 @@ def run(hosts: dict[str, str] | None = None) -> Report:
     from google.cloud import firestore, pubsub_v1
 
     from local.standin.server import StandIn, StandInConfig
-    from shared.firestore_store import FirestoreStore
-    from shared.state import ReleaseStatus, new_release
+    from shared.adapters.firestore_store import FirestoreStore
+    from shared.domain.state import ReleaseStatus, new_release
 
     report = Report()
     logs = log_dir("release_push")

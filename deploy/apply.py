@@ -16,7 +16,7 @@ from typing import Callable, Protocol
 
 from deploy.config import DeployConfig, DeployError
 from deploy.model import Action, Binding, Plan, Resource, Step
-from shared.config import REPO_ROOT
+from shared.app.config import REPO_ROOT
 
 PLACEHOLDER = re.compile(r"\$\{([A-Z_]+)(?::([A-Za-z0-9_-]+))?\}")
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from shared.config import REPO_ROOT, Settings
-from shared.errors import ConfigError, PipelineError
-from shared.pipeline import Pipeline, load_pipeline
-from shared.preflight import prod_secret_names
+from shared.app.config import REPO_ROOT, Settings
+from shared.domain.errors import ConfigError, PipelineError
+from shared.domain.pipeline import Pipeline, load_pipeline
+from shared.domain.preflight import prod_secret_names
 
 PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 REGION = re.compile(r"^[a-z]+-[a-z]+\d+$")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Iterator, Union
 
 from deploy.config import DeployConfig
-from shared.preflight import BASE_ROLES, SECRET_ACCESSOR_ROLE, prod_secret_names
+from shared.domain.preflight import BASE_ROLES, SECRET_ACCESSOR_ROLE, prod_secret_names
 
 APIS = (
     "artifactregistry.googleapis.com", "cloudbuild.googleapis.com", "cloudfunctions.googleapis.com",
@@ -273,7 +273,7 @@ def build_plan(config: DeployConfig) -> Plan:
         steps.append(Action("data", "image", f"{registry}/release-tools",
                             ("builds", "submit", ".", "--config=deploy/release-tools/cloudbuild.yaml",
                              f"--substitutions=_IMAGE={registry}/release-tools", proj),
-                            "the chaos stage's verdict step runs shared/chaos.py from this image (source: the repo root)"))
+                            "the chaos stage's verdict step runs shared/domain/chaos.py from this image (source: the repo root)"))
 
     # -- the pipeline account: exactly the seed's roles
     for role in sorted(BASE_ROLES):

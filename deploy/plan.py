@@ -5,7 +5,7 @@
     python -m deploy.plan --dry-run --json
     python -m deploy.plan --apply      # run it with gcloud, describe before create
 
-Inputs: RELEASE_* settings (shared/config.py), the pipeline file, DEPLOY_GITHUB_REPOSITORY
+Inputs: RELEASE_* settings (shared/app/config.py), the pipeline file, DEPLOY_GITHUB_REPOSITORY
 (or --github-repo) and optionally DEPLOY_PROJECT_NUMBER. See deploy/README.md.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Sequence, TextIO
 from deploy.apply import apply_plan, render
 from deploy.config import DeployConfig, load_config, setup_check
 from deploy.model import Action, Binding, Plan, Resource, build_plan
-from shared.errors import PipelineError
+from shared.domain.errors import PipelineError
 
 PHASE_TITLES = {
     "apis": "APIs",

@@ -62,7 +62,7 @@ def on_approval(request):
 @functions_framework.cloud_event
 def sweep(cloud_event):
     """One-minute tick from Cloud Scheduler via `pipeline-tick`: poll running stages, enforce deadlines."""
-    from shared.sweeper import sweep as run_sweep
+    from shared.app.sweeper import sweep as run_sweep
 
     s = bootstrap
     report = run_sweep(s.store(), s.executors(), s.publisher(), s.SystemClock(), s.settings())
@@ -72,7 +72,7 @@ def sweep(cloud_event):
 @functions_framework.http
 def dashboard(request):
     """Release list and one release as its pipeline of stages; refreshes while it runs."""
-    from shared.dashboard import handle
+    from shared.ui.dashboard import handle
 
     status, body, headers = handle(request.method, request.path, request.args, bootstrap.store())
     return body, status, headers

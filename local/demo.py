@@ -19,9 +19,9 @@ import urllib.request
 
 from local.stack import PROJECT, REGION, LocalStack
 from local.traffic import TrafficSampler, sample_share
-from shared.config import REPO_ROOT, Settings
-from shared.github import signature_for
-from shared.state import ReleaseState, ReleaseStatus, StageStatus
+from shared.app.config import REPO_ROOT, Settings
+from shared.app.push import signature_for
+from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
 
 DEMO_REPO = "example/sample-app"
 PUSHER = "dev@example.com"
@@ -73,7 +73,7 @@ class Printer:
 
 
 def service_url(stack: LocalStack, name: str) -> str:
-    from shared.gcp_clients import run_services
+    from shared.adapters.gcp_clients import run_services
 
     settings = Settings(project=PROJECT, region=REGION, cloud_run_endpoint=stack.standin_endpoint)
     return run_services(settings).get_service(name=f"projects/{PROJECT}/locations/{REGION}/services/{name}").uri
@@ -94,8 +94,8 @@ def approve_by_link(link: str) -> None:
 
 def run(args) -> int:
     from local.mailbox import Mailbox
-    from shared.firestore_store import FirestoreStore
-    from shared.pipeline import load_pipeline
+    from shared.adapters.firestore_store import FirestoreStore
+    from shared.domain.pipeline import load_pipeline
 
     pipeline = load_pipeline(REPO_ROOT / "pipelines" / "sample.yaml")
     started = time.monotonic()
@@ -120,7 +120,7 @@ def run(args) -> int:
                 print(f"release stopped: {state.reason}")
                 return 1
             if args.chaos and not chaos_requested and state.status is ReleaseStatus.AWAITING_APPROVAL:
-                from shared.pubsub_publisher import PubSubPublisher
+                from shared.adapters.pubsub_publisher import PubSubPublisher
 
                 PubSubPublisher(Settings(project=PROJECT)).publish(
                     "pipeline-events", {"type": "chaos.requested", "release_id": release_id, "requested_by": "qa@example.com"})
@@ -154,7 +154,7 @@ def run(args) -> int:
 
 def print_notes(release_id: str) -> None:
     try:
-        from shared.notes import render_for
+        from shared.ui.notes import render_for
     except ImportError:
         return
     print()

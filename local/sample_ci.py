@@ -231,8 +231,8 @@ def cmd_chaos(args) -> int:
 
 
 def cmd_chaos_verdict(args) -> int:
-    """The chaos gate itself: shared.chaos judges the four artifacts (error rate, P95)."""
-    from shared.chaos import main as chaos_main
+    """The chaos gate itself: shared.domain.chaos judges the four artifacts (error rate, P95)."""
+    from shared.domain.chaos import main as chaos_main
 
     reports = STACK / "reports" / f"chaos-{args.tag}"
     return chaos_main([

@@ -21,8 +21,8 @@ from pathlib import Path
 from google.api_core.exceptions import AlreadyExists, NotFound
 
 from local.emulators import Emulator, free_port, start_emulator, wait_port
-from shared.config import REPO_ROOT
-from shared.errors import ConfigError
+from shared.app.config import REPO_ROOT
+from shared.domain.errors import ConfigError
 
 PROJECT = "local-project"
 REGION = "europe-west3"
@@ -168,8 +168,8 @@ class LocalStack:
         return proc
 
     def _start_standin(self) -> None:
-        from shared.pipeline import load_pipeline
-        from shared.preflight import required_roles
+        from shared.domain.pipeline import load_pipeline
+        from shared.domain.preflight import required_roles
 
         roles = required_roles(load_pipeline(self.pipeline_file))
         config = {

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import functools
 
-from shared.config import Settings
-from shared.ports import SystemClock
+from shared.app.config import Settings
+from shared.app.ports import SystemClock
 
 
 @functools.cache
@@ -21,35 +21,35 @@ def settings() -> Settings:
 def store():
     from google.cloud import firestore
 
-    from shared.firestore_store import FirestoreStore
+    from shared.adapters.firestore_store import FirestoreStore
 
     return FirestoreStore(firestore.Client(project=settings().project), settings())
 
 
 @functools.cache
 def publisher():
-    from shared.pubsub_publisher import PubSubPublisher
+    from shared.adapters.pubsub_publisher import PubSubPublisher
 
     return PubSubPublisher(settings())
 
 
 @functools.cache
 def pipeline():
-    from shared.pipeline import load_pipeline
+    from shared.domain.pipeline import load_pipeline
 
     return load_pipeline(settings().pipeline_file)
 
 
 @functools.cache
 def executors():
-    from shared.executors import build_executors
+    from shared.adapters.executors import build_executors
 
     return build_executors(settings())
 
 
 @functools.cache
 def notifier():
-    from shared.notify import build_notifier
+    from shared.adapters.notify import build_notifier
 
     recipients = tuple(a.strip() for a in settings().notify_emails.split(",") if a.strip())
     return build_notifier(settings(), recipients=recipients)
@@ -57,7 +57,7 @@ def notifier():
 
 @functools.cache
 def approvals():
-    from shared.approval.service import ApprovalService
+    from shared.app.approvals import ApprovalService
 
     return ApprovalService.from_settings(settings(), store=approval_store(), publisher=publisher(),
                                          clock=SystemClock(), releases=store())
@@ -67,19 +67,19 @@ def approvals():
 def approval_store():
     from google.cloud import firestore
 
-    from shared.approval.store import FirestoreApprovalStore
+    from shared.app.approval_store import FirestoreApprovalStore
 
     return FirestoreApprovalStore(firestore.Client(project=settings().project), settings())
 
 
 @functools.cache
 def dispatcher():
-    from shared.service import Dispatcher
+    from shared.app.dispatcher import Dispatcher
 
-    from shared.locks import EnvironmentLocks, FirestoreLockDocuments
+    from shared.app.locks import EnvironmentLocks, FirestoreLockDocuments
 
     locks = EnvironmentLocks(FirestoreLockDocuments(store().client, settings()), publisher(), settings())
-    from shared.executors.run_services import rollback
+    from shared.adapters.executors.run_services import rollback
 
     return Dispatcher(store(), publisher(), executors(), approvals(), notifier(), SystemClock(), settings(), locks,
                       roll_back=lambda service: rollback(settings(), service))
@@ -87,7 +87,7 @@ def dispatcher():
 
 @functools.cache
 def push_service():
-    from shared.github import PushService
+    from shared.app.push import PushService
 
     return PushService(store(), publisher(), pipeline(), SystemClock(), settings())
 

@@ -1,6 +1,6 @@
 """Facts copied from the seed document (../shared/seed/translation.en.md), for tests to hold the code to.
 
-Written out here rather than imported from shared/preflight.py: a test that compared the code's role
+Written out here rather than imported from shared/domain/preflight.py: a test that compared the code's role
 list with itself could not fail.
 """
 

@@ -56,8 +56,8 @@ def seed(standin: StandIn, raw: dict[str, Any]) -> None:
     """Create the configured jobs and services through the stand-in's own gRPC API."""
     from google.cloud import run_v2
 
-    from shared.config import Settings
-    from shared.gcp_clients import run_jobs, run_services
+    from shared.app.config import Settings
+    from shared.adapters.gcp_clients import run_jobs, run_services
 
     cfg = standin.config
     settings = Settings(project=cfg.project, region=cfg.region, cloud_run_endpoint=standin.endpoint)

@@ -1,7 +1,7 @@
 """StandIn: one loopback gRPC server playing Cloud Build, Cloud Run v2, Resource Manager IAM
 and the docker part of Artifact Registry.
 
-The real client libraries talk to it through shared/gcp_clients.py when an endpoint
+The real client libraries talk to it through shared/adapters/gcp_clients.py when an endpoint
 setting points here. Tests steer it in-process (set_outcome, fail_next,
 set_iam_policy, push_image) and read what it recorded (builds, executions, services).
 """

@@ -15,8 +15,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 
-from shared.dashboard import wsgi_app
-from shared.state import ReleaseStatus
+from shared.ui.dashboard import wsgi_app
+from shared.domain.state import ReleaseStatus
 from tests.integration.dispatch_helpers import make_rig
 from tests.e2e.browser import CHROMIUM, OUTPUT, page_statuses
 from tests.integration.test_cli import current, release_at, step

@@ -18,9 +18,9 @@ from local.mailbox import Mailbox
 from local.stack import PROJECT, LocalStack
 from local.traffic import TrafficSampler, sample_share
 from tests.e2e.browser import CHROMIUM, OUTPUT, page_statuses
-from shared.config import Settings
-from shared.firestore_store import FirestoreStore
-from shared.state import ReleaseStatus, StageStatus
+from shared.app.config import Settings
+from shared.adapters.firestore_store import FirestoreStore
+from shared.domain.state import ReleaseStatus, StageStatus
 
 pytestmark = pytest.mark.emulators
 

@@ -13,11 +13,11 @@ import time
 import uuid
 from typing import Any
 
-from shared.config import Settings
-from shared.fakes import FakeApprovals, FakeNotifier, FakePublisher
-from shared.pipeline import parse_pipeline
-from shared.ports import StartResult
-from shared.state import new_release
+from shared.app.config import Settings
+from shared.testing.fakes import FakeApprovals, FakeNotifier, FakePublisher
+from shared.domain.pipeline import parse_pipeline
+from shared.app.ports import StartResult
+from shared.domain.state import new_release
 
 PIPELINE = parse_pipeline({
     "name": "faults",
@@ -37,7 +37,7 @@ def settings_for(project: str, prefix: str, endpoint: str = "") -> Settings:
 def firestore_store(project: str, settings: Settings):
     from google.cloud import firestore
 
-    from shared.firestore_store import FirestoreStore
+    from shared.adapters.firestore_store import FirestoreStore
 
     return FirestoreStore(firestore.Client(project=project), settings)
 
@@ -45,9 +45,9 @@ def firestore_store(project: str, settings: Settings):
 def dispatcher(store, executors, settings, clock=None, publisher=None):
     """The real Dispatcher, with environment locks over Firestore (no stage here names an
     environment, so none is taken) and a roll-back no check here ever asks for."""
-    from shared.locks import EnvironmentLocks, FirestoreLockDocuments
-    from shared.ports import SystemClock
-    from shared.service import Dispatcher
+    from shared.app.locks import EnvironmentLocks, FirestoreLockDocuments
+    from shared.app.ports import SystemClock
+    from shared.app.dispatcher import Dispatcher
 
     publisher = publisher if publisher is not None else FakePublisher()
     locks = EnvironmentLocks(FirestoreLockDocuments(store.client, settings), publisher, settings)
@@ -60,7 +60,7 @@ def _no_roll_back(service: str):
 
 
 def build_executor(settings: Settings):
-    from shared.executors import RetryPolicy, build_executors
+    from shared.adapters.executors import RetryPolicy, build_executors
 
     return build_executors(settings, retry=RetryPolicy(initial_s=0.02, maximum_s=0.1, timeout_s=1))["build"]
 

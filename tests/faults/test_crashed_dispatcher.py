@@ -16,11 +16,11 @@ import time
 
 import pytest
 
-from shared.config import REPO_ROOT
-from shared.errors import TransientError
-from shared.fakes import FakeClock
-from shared.gate import GateOutcome
-from shared.state import StageStatus
+from shared.app.config import REPO_ROOT
+from shared.domain.errors import TransientError
+from shared.testing.fakes import FakeClock
+from shared.domain.gate import GateOutcome
+from shared.domain.state import StageStatus
 from tests.faults import rig
 
 pytestmark = pytest.mark.emulators

@@ -14,13 +14,13 @@ import json
 
 import pytest
 
-from shared.config import Settings
-from shared.events import Outcome
-from shared.fakes import FakeClock, FakePublisher
-from shared.gate import GateOutcome
-from shared.ports import StageFinish
-from shared.state import StageStatus
-from shared.sweeper import sweep
+from shared.app.config import Settings
+from shared.domain.events import Outcome
+from shared.testing.fakes import FakeClock, FakePublisher
+from shared.domain.gate import GateOutcome
+from shared.app.ports import StageFinish
+from shared.domain.state import StageStatus
+from shared.app.sweeper import sweep
 from tests.faults import rig
 
 pytestmark = pytest.mark.emulators

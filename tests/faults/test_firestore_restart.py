@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from local.emulators import Emulator, free_port, start_emulator
-from shared.gate import GateOutcome
-from shared.state import ReleaseStatus, StageStatus
+from shared.domain.gate import GateOutcome
+from shared.domain.state import ReleaseStatus, StageStatus
 from tests.conftest import OUTPUT
 from tests.faults import rig
 

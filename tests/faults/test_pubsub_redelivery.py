@@ -7,8 +7,8 @@ import time
 import pytest
 from google.cloud import pubsub_v1
 
-from shared.gate import GateOutcome
-from shared.state import StageStatus
+from shared.domain.gate import GateOutcome
+from shared.domain.state import StageStatus
 from tests.faults import rig
 
 pytestmark = pytest.mark.emulators

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 from google.cloud import firestore
 
-from shared.config import Settings
-from shared.fakes import FakeApprovals, FakeClock, FakeExecutor, FakeNotifier, FakePublisher
-from shared.firestore_store import FirestoreStore
-from shared.locks import EnvironmentLocks, FirestoreLockDocuments
-from shared.pipeline import StageKind
-from shared.service import Dispatcher
-from shared.state import new_release
+from shared.app.config import Settings
+from shared.testing.fakes import FakeApprovals, FakeClock, FakeExecutor, FakeNotifier, FakePublisher
+from shared.adapters.firestore_store import FirestoreStore
+from shared.app.locks import EnvironmentLocks, FirestoreLockDocuments
+from shared.domain.pipeline import StageKind
+from shared.app.dispatcher import Dispatcher
+from shared.domain.state import new_release
 from tests.unit.gate_helpers import PIPELINE, PUSHER
 
 

@@ -6,10 +6,10 @@ import urllib.parse
 
 import pytest
 
-from shared.approval.service import ApprovalService
-from shared.approval.store import ApprovalNotFound, ApprovalRecord, FirestoreApprovalStore
-from shared.config import Settings
-from shared.notify import EmailNotifier
+from shared.app.approvals import ApprovalService
+from shared.app.approval_store import ApprovalNotFound, ApprovalRecord, FirestoreApprovalStore
+from shared.app.config import Settings
+from shared.adapters.notify import EmailNotifier
 from tests.integration.test_notify_channels import smtp  # noqa: F401 - fixture
 from tests.unit.test_approval_service import APPROVER, KEYS, REFUSALS, T0, World, token_in
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import REPO_ROOT
-from shared.state import ReleaseStatus, StageStatus
+from shared.app.config import REPO_ROOT
+from shared.domain.state import ReleaseStatus, StageStatus
 from tests.integration.dispatch_helpers import make_rig
 from tests.unit.gate_helpers import APPROVER, STAGES
 
@@ -324,9 +324,9 @@ def standin(tmp_path_factory):
 
 def deploy(settings, version, commit):
     """A tagged revision of cli-web through the real deploy executor; returns its name."""
-    from shared.commands import StartStage
-    from shared.executors import RetryPolicy, build_executors
-    from shared.pipeline import parse_pipeline
+    from shared.domain.commands import StartStage
+    from shared.adapters.executors import RetryPolicy, build_executors
+    from shared.domain.pipeline import parse_pipeline
 
     pipeline = parse_pipeline({"name": "cli", "stages": [
         {"id": "prod-deploy", "kind": "deploy", "environment": "prod", "timeout": "5m",
@@ -336,7 +336,7 @@ def deploy(settings, version, commit):
     command = StartStage(f"rel-{commit}", "prod-deploy", run_id, 1, "deploy",
                          {"tag": f"v{version}-{commit}", "version": version, "commit": commit})
     started = executor.start(pipeline, pipeline.stage("prod-deploy"), command)
-    from shared.state import StageState
+    from shared.domain.state import StageState
 
     state = StageState(status=StageStatus.RUNNING, attempt=1, stage_run_id=run_id, result=dict(started.handle))
     for _ in range(100):
@@ -347,7 +347,7 @@ def deploy(settings, version, commit):
 
 
 def test_rollback_moves_traffic_back_to_the_last_tagged_revision(cli, standin):
-    from shared.config import Settings
+    from shared.app.config import Settings
 
     settings = Settings(project="local-project", region="europe-west3", cloud_run_endpoint=standin.endpoint)
     first, second = deploy(settings, "1.0.0", "aaaaaaa"), deploy(settings, "1.1.0", "bbbbbbb")
@@ -363,8 +363,8 @@ def test_rollback_moves_traffic_back_to_the_last_tagged_revision(cli, standin):
 
 
 def test_preflight_reads_the_actual_policy(cli, standin):
-    from shared.pipeline import load_pipeline
-    from shared.preflight import required_roles
+    from shared.domain.pipeline import load_pipeline
+    from shared.domain.preflight import required_roles
 
     account = "pipeline@local-project.iam.gserviceaccount.com"
     roles = sorted(required_roles(load_pipeline(REPO_ROOT / "pipelines" / "sample.yaml")))
@@ -382,7 +382,7 @@ def test_preflight_reads_the_actual_policy(cli, standin):
 def test_render_for_wires_the_store_from_the_environment(cli, monkeypatch):
     """What `make demo` prints at the end: notes via shared.bootstrap, configured like the functions."""
     from shared import bootstrap
-    from shared.notes import ReleaseNotFound, render_for
+    from shared.ui.notes import ReleaseNotFound, render_for
 
     rid = finished_release(cli.rig)
     for key in ("FIRESTORE_EMULATOR_HOST", "RELEASE_PROJECT", "RELEASE_COLLECTION_PREFIX"):

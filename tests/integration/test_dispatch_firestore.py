@@ -5,8 +5,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from shared.gate import GateOutcome
-from shared.state import ReleaseStatus, StageStatus
+from shared.domain.gate import GateOutcome
+from shared.domain.state import ReleaseStatus, StageStatus
 from tests.integration.dispatch_helpers import make_rig
 
 pytestmark = pytest.mark.emulators

@@ -9,14 +9,14 @@ import grpc
 import pytest
 
 from local.standin.server import StandIn, StandInConfig
-from shared import gcp_clients
-from shared.commands import StartStage
-from shared.config import Settings
-from shared.errors import ExecutorError, TransientError
-from shared.events import Outcome
-from shared.executors import RetryPolicy, build_executors
-from shared.pipeline import load_pipeline
-from shared.state import StageState, StageStatus
+from shared.adapters import gcp_clients
+from shared.domain.commands import StartStage
+from shared.app.config import Settings
+from shared.domain.errors import ExecutorError, TransientError
+from shared.domain.events import Outcome
+from shared.adapters.executors import RetryPolicy, build_executors
+from shared.domain.pipeline import load_pipeline
+from shared.domain.state import StageState, StageStatus
 
 PROJECT = "local-project"
 FAST = RetryPolicy(initial_s=0.01, maximum_s=0.05, timeout_s=0.5, call_timeout_s=5)
@@ -108,7 +108,7 @@ def test_a_repeated_start_reuses_the_build_instead_of_creating_another(standin, 
 def test_a_build_created_before_a_crash_is_found_by_its_tag(standin, settings, executor, pipeline):
     from google.cloud.devtools import cloudbuild_v1
 
-    from shared.executors.cloud_build import build_from_params
+    from shared.adapters.executors.cloud_build import build_from_params
 
     cmd = command("lint")
     standin.set_outcome("build", f"run-{cmd.stage_run_id}", "SUCCESS")

@@ -11,17 +11,17 @@ import pytest
 import requests
 
 from local.standin.server import StandIn, StandInConfig
-from shared import gcp_clients
-from shared.commands import StartStage
-from shared.config import REPO_ROOT, Settings
-from shared.errors import ExecutorError
-from shared.events import Outcome
-from shared.executors import Backoff, RetryPolicy, build_executors, rollback
-from shared.executors.traffic import revision_name
-from shared.fakes import FakeClock, FakePublisher, FakeStore
-from shared.pipeline import load_pipeline, parse_pipeline, thaw
-from shared.state import StageState, StageStatus, new_release
-from shared.sweeper import sweep
+from shared.adapters import gcp_clients
+from shared.domain.commands import StartStage
+from shared.app.config import REPO_ROOT, Settings
+from shared.domain.errors import ExecutorError
+from shared.domain.events import Outcome
+from shared.adapters.executors import Backoff, RetryPolicy, build_executors, rollback
+from shared.adapters.executors.traffic import revision_name
+from shared.testing.fakes import FakeClock, FakePublisher, FakeStore
+from shared.domain.pipeline import load_pipeline, parse_pipeline, thaw
+from shared.domain.state import StageState, StageStatus, new_release
+from shared.app.sweeper import sweep
 
 PROJECT = "local-project"
 REGION = "europe-west3"

@@ -1,7 +1,7 @@
 """Environment locks on the Firestore emulator: one release at a time per environment.
 
 Policy under test: the newest queued release gets a freed environment; older queued
-releases are superseded (shared/locks.py)."""
+releases are superseded (shared/app/locks.py)."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from google.cloud import firestore
 
-from shared.config import Settings
-from shared.fakes import FakePublisher
-from shared.locks import EnvironmentLocks, FirestoreLockDocuments
-from shared.state import ReleaseStatus, StageStatus
+from shared.app.config import Settings
+from shared.testing.fakes import FakePublisher
+from shared.app.locks import EnvironmentLocks, FirestoreLockDocuments
+from shared.domain.state import ReleaseStatus, StageStatus
 from tests.integration.dispatch_helpers import make_rig
 
 pytestmark = pytest.mark.emulators

@@ -12,10 +12,10 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from local.emulators import free_port
-from shared.commands import NoticeKind, Notify
-from shared.config import Settings
-from shared.notify import ChatNotifier, EmailNotifier, MultiNotifier, NotifyError, SlackNotifier, build_notifier
-from shared.notify import webhook
+from shared.domain.commands import NoticeKind, Notify
+from shared.app.config import Settings
+from shared.adapters.notify import ChatNotifier, EmailNotifier, MultiNotifier, NotifyError, SlackNotifier, build_notifier
+from shared.adapters.notify import webhook
 from tests.unit.test_approval_service import waiting_release
 
 

@@ -9,15 +9,15 @@ import grpc
 import pytest
 
 from local.standin.server import StandIn, StandInConfig
-from shared import gcp_clients
-from shared.commands import StartStage
-from shared.config import REPO_ROOT, Settings
-from shared.errors import ExecutorError, TransientError
-from shared.events import Outcome
-from shared.executors.calls import ApiCaller, RetryPolicy
-from shared.executors.preflight import PreflightExecutor
-from shared.pipeline import Stage, StageKind, load_pipeline
-from shared.preflight import check_permissions
+from shared.adapters import gcp_clients
+from shared.domain.commands import StartStage
+from shared.app.config import REPO_ROOT, Settings
+from shared.domain.errors import ExecutorError, TransientError
+from shared.domain.events import Outcome
+from shared.adapters.executors.calls import ApiCaller, RetryPolicy
+from shared.adapters.executors.preflight import PreflightExecutor
+from shared.domain.pipeline import Stage, StageKind, load_pipeline
+from shared.domain.preflight import check_permissions
 from tests.seed import SEED_ROLES
 
 PROJECT = "acme-release"

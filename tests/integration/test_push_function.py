@@ -8,8 +8,8 @@ from functions_framework import create_app
 from google.cloud import pubsub_v1
 
 from shared import bootstrap
-from shared.github import signature_for
-from shared.state import ReleaseStatus
+from shared.app.push import signature_for
+from shared.domain.state import ReleaseStatus
 
 pytestmark = pytest.mark.emulators
 SECRET = "test-webhook-secret"

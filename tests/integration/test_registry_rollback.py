@@ -14,14 +14,14 @@ from google.api_core import exceptions as gexc
 from google.cloud.devtools import cloudbuild_v1
 
 from local.standin.server import StandIn, StandInConfig
-from shared import gcp_clients
-from shared.commands import StartStage
-from shared.config import REPO_ROOT, Settings
-from shared.errors import ExecutorError
-from shared.executors import RetryPolicy, build_executors, rollback_from_registry, rollback_to_tag
-from shared.executors.registry import last_good_tag, package_path
-from shared.pipeline import load_pipeline
-from shared.state import StageState, StageStatus
+from shared.adapters import gcp_clients
+from shared.domain.commands import StartStage
+from shared.app.config import REPO_ROOT, Settings
+from shared.domain.errors import ExecutorError
+from shared.adapters.executors import RetryPolicy, build_executors, rollback_from_registry, rollback_to_tag
+from shared.adapters.executors.registry import last_good_tag, package_path
+from shared.domain.pipeline import load_pipeline
+from shared.domain.state import StageState, StageStatus
 
 PROJECT, REGION = "local-project", "europe-west3"
 REGISTRY = f"{REGION}-docker.pkg.dev/{PROJECT}/noesis2"

@@ -15,18 +15,18 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore, pubsub_v1, run_v2
 
 from local.standin.server import StandIn, StandInConfig
-from shared import gcp_clients
-from shared.config import REPO_ROOT, Settings
-from shared.executors import Backoff, RetryPolicy, build_executors
-from shared.executors.run_services import rollback
-from shared.fakes import FakeApprovals, FakeNotifier
-from shared.firestore_store import FirestoreStore
-from shared.locks import EnvironmentLocks, FirestoreLockDocuments
-from shared.pipeline import parse_pipeline
-from shared.pubsub_publisher import PubSubPublisher
-from shared.service import Dispatcher
-from shared.state import ReleaseStatus, StageStatus, new_release
-from shared.sweeper import sweep
+from shared.adapters import gcp_clients
+from shared.app.config import REPO_ROOT, Settings
+from shared.adapters.executors import Backoff, RetryPolicy, build_executors
+from shared.adapters.executors.run_services import rollback
+from shared.testing.fakes import FakeApprovals, FakeNotifier
+from shared.adapters.firestore_store import FirestoreStore
+from shared.app.locks import EnvironmentLocks, FirestoreLockDocuments
+from shared.domain.pipeline import parse_pipeline
+from shared.adapters.pubsub_publisher import PubSubPublisher
+from shared.app.dispatcher import Dispatcher
+from shared.domain.state import ReleaseStatus, StageStatus, new_release
+from shared.app.sweeper import sweep
 from tests.conftest import PROJECT
 
 pytestmark = pytest.mark.emulators

@@ -10,8 +10,8 @@ from google.api_core import exceptions
 from google.cloud.devtools import cloudbuild_v1
 
 from local.standin.server import StandIn, StandInConfig
-from shared import gcp_clients
-from shared.config import REPO_ROOT, Settings
+from shared.adapters import gcp_clients
+from shared.app.config import REPO_ROOT, Settings
 
 PROJECT = "local-project"
 Status = cloudbuild_v1.Build.Status

@@ -11,9 +11,9 @@ from google.cloud import pubsub_v1
 from google.cloud.devtools import cloudbuild_v1
 
 from local.standin.server import StandIn, StandInConfig
-from shared import gcp_clients
-from shared.config import REPO_ROOT, Settings
-from shared.events import event_from_build_notification, stage_run_id
+from shared.adapters import gcp_clients
+from shared.app.config import REPO_ROOT, Settings
+from shared.domain.events import event_from_build_notification, stage_run_id
 
 pytestmark = pytest.mark.emulators
 

@@ -10,8 +10,8 @@ import urllib.request
 import pytest
 import yaml
 
-from shared import gcp_clients
-from shared.config import REPO_ROOT, Settings
+from shared.adapters import gcp_clients
+from shared.app.config import REPO_ROOT, Settings
 
 
 @pytest.fixture

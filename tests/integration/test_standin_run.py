@@ -12,8 +12,8 @@ from google.api_core import exceptions
 from google.cloud import run_v2
 
 from local.standin.server import StandIn, StandInConfig
-from shared import gcp_clients
-from shared.config import REPO_ROOT, Settings
+from shared.adapters import gcp_clients
+from shared.app.config import REPO_ROOT, Settings
 
 PROJECT, REGION = "local-project", "europe-west3"
 PARENT = f"projects/{PROJECT}/locations/{REGION}"

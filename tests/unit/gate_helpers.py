@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import itertools
 
-from shared.events import (
+from shared.domain.events import (
     ApprovalDecided,
     ChaosRequested,
     LockGranted,
@@ -13,9 +13,9 @@ from shared.events import (
     StageReplay,
     Tick,
 )
-from shared.gate import decide
-from shared.pipeline import parse_pipeline
-from shared.state import new_release
+from shared.domain.gate import decide
+from shared.domain.pipeline import parse_pipeline
+from shared.domain.state import new_release
 
 T0 = 1_800_000_000.0
 PUSHER = "dev@example.com"
@@ -87,7 +87,7 @@ def granted(state, environment=None):
 
 
 def settle(state, now=T0):
-    """Grant the lock a queued release waits for, as shared/locks.py does when it is free."""
+    """Grant the lock a queued release waits for, as shared/app/locks.py does when it is free."""
     while state.status.value == "queued":
         state = decide(PIPELINE, state, granted(state), now).state
     return state

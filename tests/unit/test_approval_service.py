@@ -12,16 +12,16 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from shared.approval.service import ApprovalService, release_readers
-from shared.approval.store import ApprovalRecord, InMemoryApprovalStore
-from shared.approval.tokens import Keyring, LinkClaims, sign
-from shared.commands import RequestApproval, StartStage
-from shared.config import Settings
-from shared.errors import ConfigError, TransientError
-from shared.events import LockGranted, ApprovalDecided, Outcome, ReleaseStarted, StageFinished, event_from_dict
-from shared.gate import GateOutcome, decide
-from shared.notify.errors import NotifyError
-from shared.state import ReleaseStatus, StageStatus, new_release
+from shared.app.approvals import ApprovalService, release_readers
+from shared.app.approval_store import ApprovalRecord, InMemoryApprovalStore
+from shared.domain.approval_tokens import Keyring, LinkClaims, sign
+from shared.domain.commands import RequestApproval, StartStage
+from shared.app.config import Settings
+from shared.domain.errors import ConfigError, TransientError
+from shared.domain.events import LockGranted, ApprovalDecided, Outcome, ReleaseStarted, StageFinished, event_from_dict
+from shared.domain.gate import GateOutcome, decide
+from shared.adapters.notify.errors import NotifyError
+from shared.domain.state import ReleaseStatus, StageStatus, new_release
 from tests.unit.gate_helpers import APPROVER, PIPELINE, PUSHER
 
 T0 = 1_800_000_000.0

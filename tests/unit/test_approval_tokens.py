@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from shared.approval import tokens
-from shared.approval.tokens import (
+from shared.domain import approval_tokens as tokens
+from shared.domain.approval_tokens import (
     ExpiredToken,
     Keyring,
     LinkClaims,
@@ -20,7 +20,7 @@ from shared.approval.tokens import (
     sign,
     verify,
 )
-from shared.errors import ConfigError, PipelineError
+from shared.domain.errors import ConfigError, PipelineError
 
 OLD_SECRET = "old-secret-0123456789abcdef"
 NEW_SECRET = "new-secret-fedcba9876543210"

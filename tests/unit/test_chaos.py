@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import chaos
+from shared.domain import chaos
 
 DATA = Path(__file__).parent / "data" / "chaos"
 PASSING = {

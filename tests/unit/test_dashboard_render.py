@@ -7,9 +7,9 @@ from html.parser import HTMLParser
 
 import pytest
 
-from shared.dashboard import handle, safe_url, wsgi_app
-from shared.fakes import FakeStore
-from shared.state import ReleaseStatus, StageStatus, new_release
+from shared.ui.dashboard import handle, safe_url, wsgi_app
+from shared.testing.fakes import FakeStore
+from shared.domain.state import ReleaseStatus, StageStatus, new_release
 from tests.unit.test_notes import PIPELINE, T0, succeeded_release
 
 

@@ -14,7 +14,7 @@ from deploy.config import DeployError, load_config, pipeline_account_id, setup_c
 from deploy.model import build_plan, sa_member
 from deploy.plan import main
 from deploy.source import assemble_source
-from shared.config import REPO_ROOT
+from shared.app.config import REPO_ROOT
 from tests.seed import SEED_ROLES
 
 WEBHOOK_VALUE = "whsec-do-not-print-3f9a1c"
@@ -253,7 +253,7 @@ def test_pipeline_account_is_the_one_the_preflight_stage_checks(tmp_path):
     assert stage.params["service_account"].replace("${project}", "acme-release") == config.pipeline_sa
     document = yaml.safe_load((REPO_ROOT / "pipelines" / "noesis2.yaml").read_text())
     document["stages"] = [s for s in document["stages"] if s["kind"] != "preflight"]
-    from shared.pipeline import parse_pipeline
+    from shared.domain.pipeline import parse_pipeline
 
     bare = parse_pipeline(document)
     assert pipeline_account_id(bare, "acme-release", {}) == "release-pipeline"

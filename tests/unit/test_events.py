@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.errors import MalformedEvent
-from shared.events import (
+from shared.domain.errors import MalformedEvent
+from shared.domain.events import (
     Outcome,
     StageFinished,
     event_from_build_notification,

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from google.api_core import exceptions as gexc
 
-from shared.errors import ExecutorError, TransientError
-from shared.executors.calls import ApiCaller, RetryPolicy, missing_permission
+from shared.domain.errors import ExecutorError, TransientError
+from shared.adapters.executors.calls import ApiCaller, RetryPolicy, missing_permission
 
 FAST = ApiCaller(RetryPolicy(initial_s=0.001, maximum_s=0.002, timeout_s=0.05))
 

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from shared.commands import StartStage
-from shared.config import Settings
-from shared.errors import ExecutorError
-from shared.events import Outcome, build_duration_s, builder_output, event_from_build_notification
-from shared.executors.cloud_build import build_from_params, finish_of_build
-from shared.pipeline import load_pipeline, parse_pipeline
+from shared.domain.commands import StartStage
+from shared.app.config import Settings
+from shared.domain.errors import ExecutorError
+from shared.domain.events import Outcome, build_duration_s, builder_output, event_from_build_notification
+from shared.adapters.executors.cloud_build import build_from_params, finish_of_build
+from shared.domain.pipeline import load_pipeline, parse_pipeline
 
 SETTINGS = Settings(artifact_registry="europe-west3-docker.pkg.dev/p/noesis2")
 PIPELINE = load_pipeline(SETTINGS.pipeline_file)

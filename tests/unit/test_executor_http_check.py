@@ -7,12 +7,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from shared.commands import StartStage
-from shared.config import Settings
-from shared.errors import ExecutorError
-from shared.events import Outcome
-from shared.executors.http_check import Backoff, HttpCheckExecutor, bake, check_paths, verdict
-from shared.pipeline import parse_pipeline
+from shared.domain.commands import StartStage
+from shared.app.config import Settings
+from shared.domain.errors import ExecutorError
+from shared.domain.events import Outcome
+from shared.adapters.executors.http_check import Backoff, HttpCheckExecutor, bake, check_paths, verdict
+from shared.domain.pipeline import parse_pipeline
 
 
 class FakeTime:

@@ -1,10 +1,10 @@
 """Placeholder substitution in stage params: ours are filled, everything else survives."""
 from __future__ import annotations
 
-from shared.commands import StartStage
-from shared.config import Settings
-from shared.executors.substitute import image_ref, substitute, variables_for
-from shared.pipeline import load_pipeline
+from shared.domain.commands import StartStage
+from shared.app.config import Settings
+from shared.adapters.executors.substitute import image_ref, substitute, variables_for
+from shared.domain.pipeline import load_pipeline
 
 VARS = {"tag": "v1.2.3-abc1234", "version": "1.2.3", "commit": "abc1234def", "image": "reg/app:v1.2.3-abc1234"}
 

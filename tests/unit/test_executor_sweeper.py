@@ -1,14 +1,14 @@
 """The sweeper: publishes finishes found by polling, and ticks for overdue deadlines."""
 from __future__ import annotations
 
-from shared.config import Settings
-from shared.errors import ExecutorError, TransientError
-from shared.events import Outcome, event_from_dict
-from shared.fakes import FakeClock, FakeExecutor, FakePublisher, FakeStore
-from shared.pipeline import load_pipeline
-from shared.ports import StageFinish
-from shared.state import ReleaseStatus, StageStatus, new_release
-from shared.sweeper import sweep
+from shared.app.config import Settings
+from shared.domain.errors import ExecutorError, TransientError
+from shared.domain.events import Outcome, event_from_dict
+from shared.testing.fakes import FakeClock, FakeExecutor, FakePublisher, FakeStore
+from shared.domain.pipeline import load_pipeline
+from shared.app.ports import StageFinish
+from shared.domain.state import ReleaseStatus, StageStatus, new_release
+from shared.app.sweeper import sweep
 
 SETTINGS = Settings()
 PIPELINE = load_pipeline(SETTINGS.pipeline_file)

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.executors.run_services import apply_env, new_template
-from shared.executors.traffic import (
+from shared.adapters.executors.run_services import apply_env, new_template
+from shared.adapters.executors.traffic import (
     Split,
     current_split,
     label_value,

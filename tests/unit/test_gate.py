@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from shared.commands import AcquireLock, NoticeKind, Notify, ReleaseLock, RequestApproval, RollBack, StartStage
-from shared.events import Outcome, Superseded
-from shared.gate import GateOutcome, decide
-from shared.state import ReleaseState, ReleaseStatus, StageStatus
+from shared.domain.commands import AcquireLock, NoticeKind, Notify, ReleaseLock, RequestApproval, RollBack, StartStage
+from shared.domain.events import Outcome, Superseded
+from shared.domain.gate import GateOutcome, decide
+from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
 from tests.unit.gate_helpers import (
     APPROVER,
     PIPELINE,

@@ -7,10 +7,10 @@ from dataclasses import replace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.commands import StartStage
-from shared.events import LockGranted, Outcome, StageFinished, Superseded
-from shared.gate import GateOutcome, decide
-from shared.state import StageStatus
+from shared.domain.commands import StartStage
+from shared.domain.events import LockGranted, Outcome, StageFinished, Superseded
+from shared.domain.gate import GateOutcome, decide
+from shared.domain.state import StageStatus
 from tests.unit.gate_helpers import (
     APPROVAL_INDEX,
     APPROVER,

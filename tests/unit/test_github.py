@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.errors import WebhookRejected
-from shared.github import parse_push, signature_for, verify_signature
+from shared.domain.errors import WebhookRejected
+from shared.app.push import parse_push, signature_for, verify_signature
 
 GITHUB_VECTOR = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
 

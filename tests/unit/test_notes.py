@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import re
 
-from shared.notes import duration_text, iso, render, traffic_decisions
-from shared.pipeline import parse_pipeline
-from shared.state import Attempt, ReleaseStatus, StageStatus, new_release
+from shared.ui.notes import duration_text, iso, render, traffic_decisions
+from shared.domain.pipeline import parse_pipeline
+from shared.domain.state import Attempt, ReleaseStatus, StageStatus, new_release
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 PUSHER = "dev@example.com"

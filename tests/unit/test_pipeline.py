@@ -5,9 +5,9 @@ import copy
 
 import pytest
 
-from shared.config import REPO_ROOT
-from shared.errors import DefinitionError
-from shared.pipeline import StageKind, load_pipeline, parse_pipeline
+from shared.app.config import REPO_ROOT
+from shared.domain.errors import DefinitionError
+from shared.domain.pipeline import StageKind, load_pipeline, parse_pipeline
 
 SEED_ORDER = ["preflight", "lint", "unit", "build", "push", "e2e", "vector-schema", "staging-migrate",
               "staging-deploy", "ingestion-smoke", "staging-smoke", "chaos", "approval", "prod-migrate",

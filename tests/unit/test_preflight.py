@@ -8,9 +8,9 @@ import pytest
 from google.iam.v1 import policy_pb2
 from google.type import expr_pb2
 
-from shared.config import REPO_ROOT
-from shared.pipeline import load_pipeline, parse_pipeline, thaw
-from shared.preflight import (
+from shared.app.config import REPO_ROOT
+from shared.domain.pipeline import load_pipeline, parse_pipeline, thaw
+from shared.domain.preflight import (
     BASE_ROLES,
     SECRET_ACCESSOR_ROLE,
     PreflightReport,

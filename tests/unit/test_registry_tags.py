@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from shared.config import Settings
-from shared.errors import ConfigError, ExecutorError
-from shared.executors.registry import package_path, parse_release_tag, pick_tag_before
-from shared.executors.registry_rollback import deploy_env, split_image
-from shared.pipeline import parse_pipeline
+from shared.app.config import Settings
+from shared.domain.errors import ConfigError, ExecutorError
+from shared.adapters.executors.registry import package_path, parse_release_tag, pick_tag_before
+from shared.adapters.executors.registry_rollback import deploy_env, split_image
+from shared.domain.pipeline import parse_pipeline
 
 REGISTRY = "europe-west3-docker.pkg.dev/acme/noesis2"
 

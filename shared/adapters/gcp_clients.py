@@ -1,0 +1,77 @@
+"""The one place that builds the real Google API clients from Settings.
+
+When an endpoint setting is set (the local stand-in on loopback) the client talks
+plain gRPC to it and looks up no credentials; otherwise it uses the default Google
+credentials and public endpoints. Nothing else differs, so production code and
+tests run the same client code.
+
+The client libraries are imported inside each function: importing them costs
+hundreds of milliseconds, and most function invocations need one client at most.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from shared.app.config import Settings
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from google.cloud import artifactregistry_v1, resourcemanager_v3, run_v2
+    from google.cloud.devtools import cloudbuild_v1
+
+
+def _build(client_cls: type, transport_cls: type, endpoint: str) -> Any:
+    if not endpoint:
+        return client_cls()
+    import grpc
+
+    return client_cls(transport=transport_cls(channel=grpc.insecure_channel(endpoint)))
+
+
+def _run_client(settings: Settings, name: str) -> Any:
+    from google.cloud import run_v2
+
+    transports: dict[str, Callable[[], type]] = {
+        "JobsClient": lambda: run_v2.services.jobs.transports.JobsGrpcTransport,
+        "ExecutionsClient": lambda: run_v2.services.executions.transports.ExecutionsGrpcTransport,
+        "ServicesClient": lambda: run_v2.services.services.transports.ServicesGrpcTransport,
+        "RevisionsClient": lambda: run_v2.services.revisions.transports.RevisionsGrpcTransport,
+    }
+    return _build(getattr(run_v2, name), transports[name](), settings.cloud_run_endpoint)
+
+
+def cloud_build(settings: Settings) -> "cloudbuild_v1.CloudBuildClient":
+    from google.cloud.devtools import cloudbuild_v1
+    from google.cloud.devtools.cloudbuild_v1.services.cloud_build.transports import CloudBuildGrpcTransport
+
+    return _build(cloudbuild_v1.CloudBuildClient, CloudBuildGrpcTransport, settings.cloud_build_endpoint)
+
+
+def run_jobs(settings: Settings) -> "run_v2.JobsClient":
+    return _run_client(settings, "JobsClient")
+
+
+def run_executions(settings: Settings) -> "run_v2.ExecutionsClient":
+    return _run_client(settings, "ExecutionsClient")
+
+
+def run_services(settings: Settings) -> "run_v2.ServicesClient":
+    return _run_client(settings, "ServicesClient")
+
+
+def run_revisions(settings: Settings) -> "run_v2.RevisionsClient":
+    return _run_client(settings, "RevisionsClient")
+
+
+def projects(settings: Settings) -> "resourcemanager_v3.ProjectsClient":
+    from google.cloud import resourcemanager_v3
+    from google.cloud.resourcemanager_v3.services.projects.transports import ProjectsGrpcTransport
+
+    return _build(resourcemanager_v3.ProjectsClient, ProjectsGrpcTransport, settings.iam_endpoint)
+
+
+def artifact_registry(settings: Settings) -> "artifactregistry_v1.ArtifactRegistryClient":
+    from google.cloud import artifactregistry_v1
+    from google.cloud.artifactregistry_v1.services.artifact_registry.transports import ArtifactRegistryGrpcTransport
+
+    return _build(artifactregistry_v1.ArtifactRegistryClient, ArtifactRegistryGrpcTransport,
+                  settings.artifact_registry_endpoint)

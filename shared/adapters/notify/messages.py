@@ -1,0 +1,66 @@
+"""The words of every notification: which release, which stage, and what to do next."""
+from __future__ import annotations
+
+import datetime as dt
+
+from shared.domain.commands import NoticeKind, Notify
+from shared.domain.state import ReleaseState
+
+NEXT_STEP = {
+    NoticeKind.STAGE_FAILED: (
+        "Next: read the stage's log, fix the cause, then replay the stage by publishing "
+        "stage.replay with release={release} stage={stage}."
+    ),
+    NoticeKind.APPROVAL_NEEDED: (
+        "Next: an approver opens the personal link sent by mail, checks the staging results "
+        "and presses Approve or Reject. The link is valid once."
+    ),
+    NoticeKind.RELEASE_FINISHED: "Nothing left to do: the release is complete.",
+    NoticeKind.REFUSED: "Next: read the reason above; fix it and send the request again.",
+}
+SUBJECT = {
+    NoticeKind.STAGE_FAILED: "Release {release} stopped at stage {stage}",
+    NoticeKind.APPROVAL_NEEDED: "Release {release} needs approval",
+    NoticeKind.RELEASE_FINISHED: "Release {release} is complete",
+    NoticeKind.REFUSED: "Release {release}: request refused",
+}
+
+
+def format_notice(release: ReleaseState, notice: Notify, dashboard_url: str = "") -> tuple[str, str]:
+    """(subject, plain text) for a ``Notify`` command."""
+    names = {"release": release.release_id, "stage": notice.stage or "-"}
+    subject = SUBJECT[notice.kind].format(**names) + f" ({release.tag})"
+    lines = [
+        notice.message,
+        "",
+        f"Release: {release.release_id}",
+        f"Version: {release.version} (tag {release.tag}, commit {release.commit[:12]})",
+        f"Stage:   {notice.stage or '-'}",
+        "",
+        NEXT_STEP[notice.kind].format(**names),
+    ]
+    if dashboard_url:
+        lines.append(f"Dashboard: {dashboard_url.rstrip('/')}/releases/{release.release_id}")
+    return subject, "\n".join(lines)
+
+
+def format_approval_link(release: ReleaseState, stage: str, approver: str, link: str, expires_at: float) -> tuple[str, str]:
+    """(subject, plain text) of the personal mail that carries an approval link."""
+    expiry = dt.datetime.fromtimestamp(expires_at, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    subject = f"Approval needed: release {release.release_id} ({release.tag})"
+    text = "\n".join(
+        [
+            f"Hello {approver},",
+            "",
+            f"Release {release.release_id} (version {release.version}, tag {release.tag}, "
+            f"commit {release.commit[:12]}) passed staging and waits for your decision at stage {stage}.",
+            "",
+            "Open this personal link to review it; opening the link changes nothing,",
+            "the decision is made with the Approve / Reject buttons on the page:",
+            "",
+            link,
+            "",
+            f"The link works once and expires at {expiry}. Do not forward it.",
+        ]
+    )
+    return subject, text

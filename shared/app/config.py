@@ -1,0 +1,81 @@
+"""Settings: explicit arguments first, then the environment; parsed once, frozen.
+
+On GCP the secrets (webhook secret, link-signing keys) reach the functions as
+environment variables that Cloud Functions fills from Secret Manager, so the code
+reads them the same way in both places and never logs them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Mapping
+
+from shared.domain.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Settings:
+    project: str = "local-project"
+    region: str = "europe-west3"
+    pipeline_file: str = str(REPO_ROOT / "pipelines" / "noesis2.yaml")
+    release_branch: str = "main"
+    # Pub/Sub topics (short names; the publisher adds the project).
+    events_topic: str = "pipeline-events"
+    updates_topic: str = "release-updates"
+    builds_topic: str = "cloud-builds"
+    # Firestore collection prefix, so tests and the demo can share one emulator.
+    collection_prefix: str = ""
+    # Where executors find the APIs; empty means the public Google endpoints.
+    cloud_build_endpoint: str = ""
+    cloud_run_endpoint: str = ""
+    iam_endpoint: str = ""
+    artifact_registry_endpoint: str = ""
+    artifact_registry: str = ""  # e.g. europe-west3-docker.pkg.dev/PROJECT/noesis2
+    pipeline_service_account: str = ""  # the account the preflight checks (deploy/ creates it)
+    approval_base_url: str = "http://127.0.0.1:8083"
+    public_base_url: str = ""  # dashboard, shown in notifications
+    webhook_secret: str = field(default="", repr=False)
+    approval_keys: str = field(default="", repr=False)  # "kid:secret,kid2:secret2", newest first
+    smtp_host: str = ""
+    smtp_port: int = 25
+    mail_from: str = "release-bot@localhost"
+    notify_emails: str = ""  # comma-separated: who gets failure / approval / finished notices by mail
+    slack_webhook_url: str = field(default="", repr=False)
+    chat_webhook_url: str = field(default="", repr=False)
+    outbox_lease_s: int = 60
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Read ``RELEASE_<FIELD>`` variables (``RELEASE_PROJECT``, ``RELEASE_WEBHOOK_SECRET`` …)."""
+        env = os.environ if env is None else env
+        values: dict = {}
+        for f in fields(cls):
+            key = f"RELEASE_{f.name.upper()}"
+            if f.name in overrides:
+                values[f.name] = overrides[f.name]
+            elif key in env:
+                raw = env[key]
+                if f.type in ("int", int):
+                    try:
+                        values[f.name] = int(raw)
+                    except ValueError:
+                        raise ConfigError(f"{key} must be an integer, got {raw!r}") from None
+                else:
+                    values[f.name] = raw
+        if "project" not in values:
+            project = env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCP_PROJECT")
+            if project:
+                values["project"] = project
+        return cls(**values)
+
+    def require(self, name: str) -> str:
+        value = getattr(self, name)
+        if not value:
+            raise ConfigError(f"setting RELEASE_{name.upper()} is required but empty")
+        return value
+
+    def collection(self, name: str) -> str:
+        return f"{self.collection_prefix}{name}"

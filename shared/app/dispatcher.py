@@ -1,0 +1,263 @@
+"""The dispatcher: read, decide, write once, then carry out.
+
+Why the commands of a transition ride in the release document (the "outbox")
+---------------------------------------------------------------------------
+Pub/Sub delivers at least once and the process can die anywhere. The state write
+and the side effects cannot share a transaction, so the new state is written
+together with the commands it implies, each batch under a short lease. The
+handler that wrote them carries them out and then removes them (second write).
+If it dies in between, any later event for the release, or the redelivery of the
+same event, finds the batch with an expired lease, claims it with a conditional
+write and carries it out again. Executors are idempotent per stage-run id (they
+look for the build, execution or revision tagged with it first), so a repeat
+starts nothing twice. Cost per transition: one read, two writes.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from shared.domain.commands import (
+    AcquireLock,
+    Command,
+    Notify,
+    ReleaseLock,
+    RequestApproval,
+    RollBack,
+    StartStage,
+    command_from_dict,
+    command_to_dict,
+)
+from shared.app.config import Settings
+from shared.domain.errors import ExecutorError, MalformedEvent, StaleWrite, TransientError
+from shared.domain.events import (
+    ApprovalDecided,
+    Event,
+    Outcome,
+    StageReplay,
+    decode_json,
+    event_from_build_notification,
+    event_from_dict,
+)
+from shared.domain.gate import Decision, GateOutcome, decide
+from shared.app.locks import EnvironmentLocks
+from shared.domain.pipeline import Pipeline, StageKind, check_duration_s
+from shared.app.ports import ApprovalRequester, Clock, EventPublisher, Notifier, ReleaseStore, StageExecutor
+from shared.domain.state import ReleaseState
+
+log = logging.getLogger(__name__)
+
+MAX_CONFLICT_RETRIES = 10
+IN_FLIGHT_WAIT_S = 2.0  # how long a duplicate waits for the original's side effects
+
+
+@dataclass
+class Dispatcher:
+    store: ReleaseStore
+    publisher: EventPublisher
+    executors: Mapping[str, StageExecutor]
+    approvals: ApprovalRequester
+    notifier: Notifier
+    clock: Clock
+    settings: Settings
+    locks: EnvironmentLocks
+    # service name -> what was done; moves all traffic back to the revision before ours
+    roll_back: Callable[[str], Mapping[str, Any]]
+    sleep: Callable[[float], None] = time.sleep
+
+    # -- entry ----------------------------------------------------------------
+    def handle_message(self, event_id: str, attributes: Mapping[str, str], data: bytes) -> Decision | None:
+        """One Pub/Sub message. Malformed ones are recorded as dead letters and acknowledged."""
+        try:
+            if attributes.get("buildId"):
+                event = event_from_build_notification(event_id, attributes, decode_json(data, event_id))
+                if event is None:
+                    return Decision(GateOutcome.IGNORED, "not a terminal status of a pipeline build")
+            else:
+                event = event_from_dict(event_id, decode_json(data, event_id))
+        except MalformedEvent as exc:
+            log.warning("dead letter %s: %s", event_id, exc)
+            self.store.record_dead_letter(event_id, str(exc), data[:4096].decode("utf-8", "replace"), "pubsub")
+            return None
+        return self.handle(event)
+
+    def handle(self, event: Event) -> Decision:
+        if isinstance(event, ApprovalDecided):
+            refused = self.approvals.unconfirmed(event)
+            if refused:
+                # Not a decision made through a signed link: recorded and announced, never applied.
+                log.warning("approval event %s refused: %s", event.id, refused)
+                self.store.record_dead_letter(event.id, f"approval refused: {refused}", "", "approval.decided")
+                self.publisher.publish(self.settings.updates_topic, {
+                    "type": "release.notice", "release_id": event.release_id, "kind": "refused",
+                    "stage": event.stage, "message": f"approval event refused: {refused}"})
+                return Decision(GateOutcome.REFUSED, refused)
+        for _ in range(MAX_CONFLICT_RETRIES):
+            got = self.store.get(event.release_id)
+            if got is None:
+                return self._unknown_release(event)
+            state, token = got
+            pipeline = self.store.load_pipeline(state.pipeline_digest)  # the store caches it
+            now = self.clock.now()
+            decision = decide(pipeline, state, event, now)
+            if decision.state is None:
+                if decision.commands:  # idempotent ones (lock requests): nothing to record first
+                    self._execute(pipeline, state, decision.commands)
+                self._recover(pipeline, state, token, event.id)
+                return decision
+            new = decision.state
+            if decision.commands:
+                new.outbox.append(
+                    {
+                        "event_id": event.id,
+                        "commands": [command_to_dict(c) for c in decision.commands],
+                        "lease_until": now + self._lease_s(pipeline, decision.commands),
+                    }
+                )
+            try:
+                token = self.store.update(new, token)
+            except StaleWrite:
+                continue  # someone else moved the release: read again and re-decide
+            log.info("%s %s: %s", event.type.value, decision.outcome.value, decision.reason)
+            if decision.commands:
+                self._carry_out(pipeline, new, token, event.id, decision.commands)
+            return decision
+        raise TransientError("too many concurrent updates; retry", release_id=event.release_id)
+
+    # -- side effects ---------------------------------------------------------
+    def _carry_out(
+        self, pipeline: Pipeline, state: ReleaseState, token: Any, batch_id: str, commands: tuple[Command, ...]
+    ) -> None:
+        handles = self._execute(pipeline, state, commands)
+        self._complete(state, token, batch_id, handles)
+
+    def _execute(self, pipeline: Pipeline, state: ReleaseState, commands: tuple[Command, ...]) -> dict[str, dict[str, Any]]:
+        handles: dict[str, dict[str, Any]] = {}
+        for command in commands:
+            if isinstance(command, StartStage):
+                handles[command.stage] = self._start(pipeline, command)
+            elif isinstance(command, RequestApproval):
+                self.approvals.request(state, command)
+            elif isinstance(command, Notify):
+                self.publisher.publish(
+                    self.settings.updates_topic,
+                    {"type": "release.notice", "release_id": command.release_id, "kind": command.kind.value,
+                     "stage": command.stage, "message": command.message},
+                )
+                self.notifier.notify(state, command)
+            elif isinstance(command, AcquireLock):
+                self.locks.acquire(command.environment, command.release_id, command.created_at)
+            elif isinstance(command, ReleaseLock):
+                self.locks.release(command.environment, command.release_id)
+            elif isinstance(command, RollBack):
+                handles[command.stage] = {"stage_run_id": command.stage_run_id, **self._roll_back(command)}
+        return handles
+
+    def _lease_s(self, pipeline: Pipeline, commands: tuple[Command, ...]) -> float:
+        """How long a batch's handler may take before another one takes it over: HTTP checks
+        run inside the handler, so their window and bake time are added."""
+        lease = float(self.settings.outbox_lease_s)
+        for command in commands:
+            if isinstance(command, StartStage) and command.kind == StageKind.CHECK.value:
+                stage = pipeline.stage(command.stage)
+                lease = max(lease, check_duration_s(stage.params, stage.label) + self.settings.outbox_lease_s)
+        return lease
+
+    def _roll_back(self, command: RollBack) -> dict[str, Any]:
+        try:
+            return {"rolled_back": [dict(self.roll_back(service)) for service in command.services]}
+        except ExecutorError as exc:
+            # Recorded on the stage and announced; retrying would not make it possible.
+            log.error("%s", exc)
+            self.publisher.publish(self.settings.updates_topic, {
+                "type": "release.notice", "release_id": command.release_id, "kind": "stage_failed",
+                "stage": command.stage, "message": f"rollback of {command.stage} failed: {exc}; roll back by hand"})
+            return {"rollback_error": str(exc)}
+
+    def _start(self, pipeline: Pipeline, command: StartStage) -> dict[str, Any]:
+        stage = pipeline.stage(command.stage)
+        try:
+            started = self.executors[command.kind].start(pipeline, stage, command)
+            finish, handle = started.finished, dict(started.handle)
+        except ExecutorError as exc:
+            log.warning("%s", exc)
+            finish, handle = None, {"start_error": str(exc)}
+            self._publish_finish(command, Outcome.FAILED, str(exc), {})
+        if finish is not None:
+            # Published before the batch is removed: a crash in between repeats the
+            # start (idempotent) and the finish (a second one is stale), losing nothing.
+            self._publish_finish(command, finish.outcome, finish.reason, dict(finish.result))
+        return {"stage_run_id": command.stage_run_id, **handle}
+
+    def _publish_finish(self, command: StartStage, outcome: Outcome, reason: str, result: dict) -> None:
+        self.publisher.publish(
+            self.settings.events_topic,
+            {"type": "stage.finished", "release_id": command.release_id, "stage": command.stage,
+             "stage_run_id": command.stage_run_id, "outcome": outcome.value, "reason": reason, "result": result},
+        )
+
+    def _complete(self, state: ReleaseState, token: Any, batch_id: str, handles: dict[str, dict[str, Any]]) -> None:
+        """Remove the carried-out batch and record the executors' handles on their stages.
+
+        The first try reuses the state just written (no read); only when another event
+        moved the release in the meantime is it read again."""
+        release_id = state.release_id
+        for attempt in range(MAX_CONFLICT_RETRIES):
+            if attempt:
+                got = self.store.get(release_id)
+                if got is None:
+                    return
+                state, token = got
+            # Only what changed is sent: encoding the whole document is most of the CPU.
+            fields: dict[tuple[str, ...], Any] = {
+                ("outbox",): [b for b in state.outbox if b["event_id"] != batch_id]}
+            for stage_id, handle in handles.items():
+                st = state.stages.get(stage_id)
+                if st is not None and st.stage_run_id == handle["stage_run_id"]:
+                    fields[("stages", stage_id, "result")] = {**handle, **st.result}
+            try:
+                self.store.update_fields(release_id, fields, token)
+                return
+            except StaleWrite:
+                continue
+        raise TransientError("could not record the carried-out commands", release_id=release_id)
+
+    def _recover(self, pipeline: Pipeline, state: ReleaseState, token: Any, event_id: str) -> None:
+        """Carry out batches whose handler died; wait briefly for one still in flight."""
+        now = self.clock.now()
+        for batch in list(state.outbox):
+            if batch["lease_until"] <= now:
+                commands = tuple(command_from_dict(c) for c in batch["commands"])
+                batch["lease_until"] = now + self._lease_s(pipeline, commands)
+                try:
+                    token = self.store.update(state, token)
+                except StaleWrite:
+                    return  # another handler claimed it or the release moved on
+                log.warning("release %s: carrying out commands of %s again", state.release_id, batch["event_id"])
+                self._carry_out(pipeline, state, token, batch["event_id"], commands)
+                return
+            if batch["event_id"] == event_id:
+                self._wait_for_batch(state.release_id, event_id)
+
+    def _wait_for_batch(self, release_id: str, batch_id: str) -> None:
+        deadline = time.monotonic() + IN_FLIGHT_WAIT_S
+        while time.monotonic() < deadline:
+            self.sleep(0.05)
+            got = self.store.get(release_id)
+            if got is None or all(b["event_id"] != batch_id for b in got[0].outbox):
+                return
+        raise TransientError(f"commands of event {batch_id} are still in flight; retry later", release_id=release_id)
+
+    def _unknown_release(self, event: Event) -> Decision:
+        reason = f"unknown release {event.release_id!r}"
+        if isinstance(event, StageReplay):
+            # A refused replay is recorded and published, so the operator learns why.
+            self.store.record_dead_letter(event.id, f"replay {event.replay_id} refused: {reason}", "", "stage.replay")
+            self.publisher.publish(
+                self.settings.updates_topic,
+                {"type": "release.notice", "release_id": event.release_id, "kind": "refused", "stage": event.stage,
+                 "message": f"replay {event.replay_id} refused: {reason}"},
+            )
+        return Decision(GateOutcome.UNKNOWN_RELEASE, reason)

@@ -1,0 +1,110 @@
+"""The small interfaces the service needs from the outside world.
+
+Each has a real adapter (Firestore, Pub/Sub, Cloud Build, Cloud Run, HTTP, SMTP)
+and a fake in ``shared/testing/fakes.py`` that behaves the same way, for unit tests.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol
+
+from shared.domain.commands import Notify, RequestApproval, StartStage
+from shared.domain.events import ApprovalDecided, Outcome
+from shared.domain.pipeline import Pipeline, Stage
+from shared.domain.state import ReleaseState, StageState
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Seconds since the epoch, UTC."""
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+
+class ReleaseStore(Protocol):
+    def get(self, release_id: str) -> tuple[ReleaseState, Any] | None:
+        """The state and an opaque version token for a conditional update."""
+
+    def create(self, state: ReleaseState) -> bool:
+        """Create the release; False when it exists already (create-only)."""
+
+    def update(self, state: ReleaseState, token: Any) -> Any:
+        """Write the whole state if unchanged since ``token``; raise StaleWrite otherwise."""
+
+    def update_fields(self, release_id: str, fields: Mapping[tuple[str, ...], Any], token: Any) -> Any:
+        """Write only the given field paths (("stages", id, "result") …), on the same condition."""
+
+    def list_releases(self, limit: int = 50) -> list[ReleaseState]:
+        """Newest first."""
+
+    def list_active(self, limit: int = 500) -> list[ReleaseState]:
+        """Releases that are running, queued or awaiting approval (what the sweeper looks at)."""
+
+    def released_versions(self, repo: str) -> list[str]:
+        """Versions of the repository's releases that succeeded."""
+
+    def save_pipeline(self, pipeline: Pipeline) -> None:
+        """Pin a definition by digest so running releases keep the one they started with."""
+
+    def load_pipeline(self, digest: str) -> Pipeline:
+        """The pinned definition; raises DefinitionError when unknown."""
+
+    def record_dead_letter(self, event_id: str, reason: str, payload: str, source: str) -> None:
+        """Keep a malformed event with the reason it was refused (create-only, by event id)."""
+
+    def claim_delivery(self, delivery_id: str, info: Mapping[str, Any]) -> bool:
+        """Create-only record of a webhook delivery; False when seen before."""
+
+
+class EventPublisher(Protocol):
+    def publish(self, topic: str, data: Mapping[str, Any], attributes: Mapping[str, str] | None = None) -> str:
+        """Publish JSON ``data``; returns the message id. ``topic`` is a short name."""
+
+
+@dataclass(frozen=True)
+class StageFinish:
+    """A stage's end as an executor saw it (immediately, or later when polled)."""
+
+    outcome: Outcome
+    reason: str = ""
+    result: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StartResult:
+    """What starting a stage left behind: handles to record (build id, execution,
+    operation, URLs) and, for stages that end at once (HTTP checks), the finish."""
+
+    handle: Mapping[str, Any] = field(default_factory=dict)
+    finished: StageFinish | None = None
+
+
+class StageExecutor(Protocol):
+    def start(self, pipeline: Pipeline, stage: Stage, command: StartStage) -> StartResult:
+        """Start one attempt. Must be idempotent per ``command.stage_run_id``: look for
+        an existing build/execution/revision carrying that id before starting another.
+        Raise ExecutorError for permanent failures (fails the stage),
+        TransientError for ones worth retrying (the event is redelivered)."""
+
+    def poll(self, pipeline: Pipeline, stage: Stage, state: StageState) -> StageFinish | None:
+        """For the sweeper: the finish of a running stage, or None while it runs.
+        Executors whose completion arrives as an event (Cloud Build) return None."""
+
+
+class ApprovalRequester(Protocol):
+    def request(self, release: ReleaseState, command: RequestApproval) -> Mapping[str, Any]:
+        """Create the approval requests and send each approver a personal link."""
+
+    def unconfirmed(self, event: ApprovalDecided) -> str:
+        """Why the event is not backed by a decision recorded through a signed link ("" when it is).
+
+        Anyone who may publish events could otherwise publish an approval."""
+
+
+class Notifier(Protocol):
+    def notify(self, release: ReleaseState, notice: Notify) -> None:
+        """Tell people about a failure, a needed approval or a finished release."""

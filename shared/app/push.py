@@ -1,0 +1,166 @@
+"""The push trigger: verify a GitHub webhook, pick the releases it starts, create them once.
+
+Answers (status, body). GitHub waits 10 s for an answer, so the handler only
+verifies, writes the release and publishes ``release.started``; the stages run
+from the dispatcher.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import semver
+
+from shared.app.config import Settings
+from shared.domain.errors import WebhookRejected
+from shared.domain.pipeline import Pipeline
+from shared.app.ports import Clock, EventPublisher, ReleaseStore
+from shared.domain.state import new_release, release_id_for
+
+log = logging.getLogger(__name__)
+
+# Branch pushes carry their version as a commit trailer, kept up before the merge (seed step 1).
+VERSION_TRAILER = re.compile(r"^Release-Version:\s*v?(\S+)\s*$", re.MULTILINE | re.IGNORECASE)
+MAX_BODY = 5 * 1024 * 1024
+
+
+def signature_for(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(secret: str, body: bytes, header: str | None) -> bool:
+    """GitHub's X-Hub-Signature-256: HMAC-SHA256 of the raw body, compared in constant time."""
+    if not secret or not header:
+        return False
+    return hmac.compare_digest(signature_for(secret, body).encode(), header.strip().encode())
+
+
+@dataclass(frozen=True)
+class Push:
+    repo: str
+    ref: str
+    commit: str
+    pushed_by: str
+    version: str
+
+
+def resolve_version(payload: Mapping[str, Any], ref: str, release_branch: str) -> str:
+    """The semver of a push: the tag name for ``v*`` tags, else the head commit's trailer."""
+    if ref.startswith("refs/tags/"):
+        candidate, source = ref[len("refs/tags/"):].removeprefix("v"), f"tag {ref}"
+    else:
+        message = (payload.get("head_commit") or {}).get("message") or ""
+        match = VERSION_TRAILER.search(message)
+        if not match:
+            raise WebhookRejected(
+                422,
+                f"push to {ref}: no semver version: not a v* tag, and the head commit message has no "
+                f"'Release-Version: X.Y.Z' trailer",
+            )
+        candidate, source = match.group(1), "the Release-Version trailer"
+    try:
+        semver.Version.parse(candidate)
+    except ValueError:
+        raise WebhookRejected(422, f"push to {ref}: {source} gives {candidate!r}, which is not semver X.Y.Z") from None
+    return candidate
+
+
+def parse_push(payload: Any, release_branch: str) -> Push | None:
+    """The push, or None when it is for a ref that does not release."""
+    if not isinstance(payload, dict):
+        raise WebhookRejected(400, "payload must be a JSON object")
+    ref = payload.get("ref")
+    commit = payload.get("after")
+    repo = (payload.get("repository") or {}).get("full_name")
+    if not isinstance(ref, str) or not isinstance(commit, str) or not isinstance(repo, str):
+        raise WebhookRejected(400, "push payload needs ref, after and repository.full_name")
+    if payload.get("deleted") or set(commit) == {"0"}:
+        return None
+    is_branch = ref == f"refs/heads/{release_branch}"
+    is_tag = ref.startswith("refs/tags/v")
+    if not (is_branch or is_tag):
+        return None
+    if not re.fullmatch(r"[0-9a-fA-F]{7,40}", commit):
+        raise WebhookRejected(400, f"push to {ref}: 'after' is not a commit sha")
+    pusher = payload.get("pusher") or {}
+    sender = payload.get("sender") or {}
+    pushed_by = pusher.get("email") or pusher.get("name") or sender.get("login") or "unknown"
+    return Push(repo, ref, commit.lower(), pushed_by, resolve_version(payload, ref, release_branch))
+
+
+@dataclass
+class PushService:
+    store: ReleaseStore
+    publisher: EventPublisher
+    pipeline: Pipeline
+    clock: Clock
+    settings: Settings
+
+    def handle(self, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+        try:
+            return self._handle(headers, body)
+        except WebhookRejected as exc:
+            log.info("webhook refused (%s): %s", exc.status, exc)
+            return exc.status, {"error": str(exc)}
+
+    def _handle(self, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+        if len(body) > MAX_BODY:
+            raise WebhookRejected(413, "payload too large")
+        secret = self.settings.require("webhook_secret")
+        if not verify_signature(secret, body, headers.get("X-Hub-Signature-256")):
+            raise WebhookRejected(401, "missing or wrong X-Hub-Signature-256")
+        event_type = headers.get("X-GitHub-Event", "")
+        delivery = headers.get("X-GitHub-Delivery", "")
+        if event_type == "ping":
+            return 200, {"status": "pong"}
+        if event_type != "push":
+            return 202, {"status": "ignored", "reason": f"event type {event_type!r} does not start releases"}
+        try:
+            payload = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise WebhookRejected(400, f"body is not JSON: {exc}") from None
+        push = parse_push(payload, self.settings.release_branch)
+        if push is None:
+            return 202, {"status": "ignored", "reason": f"ref {payload.get('ref')!r} is not {self.settings.release_branch} or a v* tag"}
+        return self._start_release(push, delivery)
+
+    def _start_release(self, push: Push, delivery: str) -> tuple[int, dict[str, Any]]:
+        release_id = release_id_for(push.repo, push.commit)
+        existing = self.store.get(release_id)
+        if existing is None:
+            self._refuse_old_version(push)
+            self.store.save_pipeline(self.pipeline)
+            state = new_release(
+                self.pipeline, repo=push.repo, ref=push.ref, commit=push.commit,
+                version=push.version, pushed_by=push.pushed_by, now=self.clock.now(),
+            )
+            created = self.store.create(state)
+        else:
+            state, created = existing[0], False
+        if delivery:
+            self.store.claim_delivery(delivery, {"release_id": release_id, "ref": push.ref, "at": self.clock.now()})
+        if created or not any(s.attempt for s in state.stages.values()):
+            # Also re-published for an existing release that never started: the first
+            # delivery may have died between the create and the publish.
+            self.publisher.publish(
+                self.settings.events_topic, {"type": "release.started", "release_id": release_id}
+            )
+        body = {"status": "created" if created else "exists", "release_id": release_id, "tag": state.tag}
+        return (201 if created else 200), body
+
+    def _refuse_old_version(self, push: Push) -> None:
+        released = self.store.released_versions(push.repo)
+        if not released:
+            return
+        last = max(released, key=semver.Version.parse)
+        if semver.Version.parse(push.version) <= semver.Version.parse(last):
+            raise WebhookRejected(
+                409,
+                f"version {push.version} of {push.commit[:7]} is not higher than the last released "
+                f"version {last}; bump the version before the merge",
+            )

@@ -1,0 +1,296 @@
+"""Events the dispatcher consumes (past tense) and their wire format.
+
+Every event travels as a Pub/Sub message on ``pipeline-events`` whose data is a
+JSON object with a ``type`` field; Cloud Build's own notifications arrive raw on
+``cloud-builds`` and are translated here. The event id is the Pub/Sub message id,
+which a redelivery keeps, so the gate can drop duplicates by id.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any, Mapping
+
+from shared.domain.errors import MalformedEvent
+
+
+class EventType(str, Enum):
+    RELEASE_STARTED = "release.started"
+    STAGE_FINISHED = "stage.finished"
+    APPROVAL_DECIDED = "approval.decided"
+    CHAOS_REQUESTED = "chaos.requested"
+    STAGE_REPLAY = "stage.replay"
+    TICK = "release.tick"
+    LOCK_GRANTED = "lock.granted"
+    SUPERSEDED = "release.superseded"
+
+
+class Outcome(str, Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ReleaseStarted:
+    id: str
+    release_id: str
+    type = EventType.RELEASE_STARTED
+
+
+@dataclass(frozen=True)
+class StageFinished:
+    """A stage run ended. ``stage_run_id`` names the attempt; older attempts are stale."""
+
+    id: str
+    release_id: str
+    stage: str
+    stage_run_id: str
+    outcome: Outcome
+    reason: str = ""
+    result: Mapping[str, Any] = field(default_factory=dict)
+    type = EventType.STAGE_FINISHED
+
+
+@dataclass(frozen=True)
+class ApprovalDecided:
+    """A verified approval decision; on_approval checked signature and single use."""
+
+    id: str
+    release_id: str
+    stage: str
+    attempt: int
+    nonce: str
+    approver: str
+    approve: bool
+    expires_at: float
+    reason: str = ""
+    user_agent: str = ""
+    type = EventType.APPROVAL_DECIDED
+
+
+@dataclass(frozen=True)
+class ChaosRequested:
+    id: str
+    release_id: str
+    requested_by: str
+    type = EventType.CHAOS_REQUESTED
+
+
+@dataclass(frozen=True)
+class StageReplay:
+    id: str
+    release_id: str
+    stage: str
+    replay_id: str
+    requested_by: str
+    reason: str = ""
+    type = EventType.STAGE_REPLAY
+
+
+@dataclass(frozen=True)
+class Tick:
+    """The sweeper's nudge: enforce deadlines of running stages and approvals."""
+
+    id: str
+    release_id: str
+    type = EventType.TICK
+
+
+@dataclass(frozen=True)
+class LockGranted:
+    """The release now holds the environment's lock (shared/app/locks.py publishes it)."""
+
+    id: str
+    release_id: str
+    environment: str
+    type = EventType.LOCK_GRANTED
+
+
+@dataclass(frozen=True)
+class Superseded:
+    """A newer release took the environment while this one was queued for it."""
+
+    id: str
+    release_id: str
+    environment: str
+    superseded_by: str
+    type = EventType.SUPERSEDED
+
+
+Event = ReleaseStarted | StageFinished | ApprovalDecided | ChaosRequested | StageReplay | Tick | LockGranted | Superseded
+
+_REQUIRED: dict[EventType, tuple[str, ...]] = {
+    EventType.RELEASE_STARTED: ("release_id",),
+    EventType.STAGE_FINISHED: ("release_id", "stage", "stage_run_id", "outcome"),
+    EventType.APPROVAL_DECIDED: (
+        "release_id", "stage", "attempt", "nonce", "approver", "approve", "expires_at",
+    ),
+    EventType.CHAOS_REQUESTED: ("release_id", "requested_by"),
+    EventType.STAGE_REPLAY: ("release_id", "stage", "replay_id", "requested_by"),
+    EventType.TICK: ("release_id",),
+    EventType.LOCK_GRANTED: ("release_id", "environment"),
+    EventType.SUPERSEDED: ("release_id", "environment", "superseded_by"),
+}
+_CLASSES = {
+    EventType.RELEASE_STARTED: ReleaseStarted,
+    EventType.STAGE_FINISHED: StageFinished,
+    EventType.APPROVAL_DECIDED: ApprovalDecided,
+    EventType.CHAOS_REQUESTED: ChaosRequested,
+    EventType.STAGE_REPLAY: StageReplay,
+    EventType.TICK: Tick,
+    EventType.LOCK_GRANTED: LockGranted,
+    EventType.SUPERSEDED: Superseded,
+}
+
+
+def event_from_dict(event_id: str, data: Mapping[str, Any]) -> Event:
+    """Build a typed event from its JSON payload, or raise MalformedEvent saying why."""
+    if not isinstance(data, Mapping):
+        raise MalformedEvent(f"event {event_id}: payload must be a JSON object")
+    try:
+        event_type = EventType(data.get("type"))
+    except ValueError:
+        raise MalformedEvent(f"event {event_id}: unknown type {data.get('type')!r}") from None
+    missing = [k for k in _REQUIRED[event_type] if data.get(k) in (None, "")]
+    if missing:
+        raise MalformedEvent(f"event {event_id} ({event_type.value}): missing {', '.join(missing)}")
+    cls = _CLASSES[event_type]
+    fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "id"}
+    try:
+        if event_type is EventType.STAGE_FINISHED:
+            fields["outcome"] = Outcome(fields["outcome"])
+            if not isinstance(fields.get("result", {}), Mapping):
+                raise ValueError("result must be an object")
+        if event_type is EventType.APPROVAL_DECIDED:
+            fields["attempt"] = int(fields["attempt"])
+            fields["expires_at"] = float(fields["expires_at"])
+            if not isinstance(fields["approve"], bool):
+                raise ValueError("approve must be true or false")
+        for key in ("release_id", "stage", "stage_run_id", "replay_id", "requested_by", "nonce", "approver",
+                    "environment", "superseded_by"):
+            if key in fields and not isinstance(fields[key], str):
+                raise ValueError(f"{key} must be a string")
+    except (ValueError, TypeError) as exc:
+        raise MalformedEvent(f"event {event_id} ({event_type.value}): {exc}") from None
+    return cls(id=event_id, **fields)
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    data = asdict(event)
+    data.pop("id")
+    data["type"] = event.type.value
+    if isinstance(event, StageFinished):
+        data["outcome"] = event.outcome.value
+    return data
+
+
+def decode_json(raw: bytes, event_id: str) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedEvent(f"event {event_id}: data is not JSON ({exc})") from None
+
+
+# Cloud Build notification statuses (topic `cloud-builds`, attribute `status`).
+BUILD_SUCCESS = {"SUCCESS"}
+BUILD_FAILURES = {"FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCELLED", "EXPIRED"}
+RUN_TAG_PREFIX = "run-"  # the build tag that carries the stage-run id
+
+
+def event_from_build_notification(
+    event_id: str, attributes: Mapping[str, str], build: Mapping[str, Any]
+) -> StageFinished | None:
+    """Translate a Cloud Build notification; None for non-terminal or foreign builds.
+
+    The stage-run id rides on the build as a tag, so the notification alone says
+    which release, stage and attempt it completes.
+    """
+    status = attributes.get("status") or build.get("status", "")
+    run_tags = [t for t in build.get("tags", []) if isinstance(t, str) and t.startswith(RUN_TAG_PREFIX)]
+    if not run_tags or status not in BUILD_SUCCESS | BUILD_FAILURES:
+        return None
+    stage_run_id = run_tags[0][len(RUN_TAG_PREFIX):]
+    try:
+        release_id, stage, _attempt = parse_stage_run_id(stage_run_id)
+    except ValueError:
+        raise MalformedEvent(f"event {event_id}: build tag {run_tags[0]!r} is not a stage-run id") from None
+    build_id = attributes.get("buildId") or build.get("id", "")
+    # What the last step wrote to $BUILDER_OUTPUT/output (test counts, chaos verdicts);
+    # our own keys win over it so a step cannot fake the status.
+    result = {**builder_output(build), "build_id": build_id, "status": status}
+    images = [{"name": i.get("name", ""), "digest": i.get("digest", "")}
+              for i in (build.get("results") or {}).get("images", []) if isinstance(i, Mapping)]
+    if images:  # what a build pushed, as Cloud Build reports it: the approval binds the digest
+        result["images"] = images
+        result["digest"] = images[0]["digest"]
+    if build.get("logUrl"):
+        result["log_url"] = build["logUrl"]
+    duration = build_duration_s(build)
+    if duration is not None:
+        result["duration_s"] = duration
+    if status in BUILD_SUCCESS:
+        return StageFinished(event_id, release_id, stage, stage_run_id, Outcome.SUCCEEDED, "", result)
+    detail = build.get("statusDetail") or ""
+    reason = f"build {build_id} ended {status}" + (f": {detail}" if detail else "")
+    return StageFinished(event_id, release_id, stage, stage_run_id, Outcome.FAILED, reason, result)
+
+
+def _timestamp(value: Any) -> float | None:
+    """Epoch seconds from an RFC 3339 time as Cloud Build writes it (nanoseconds, 'Z')."""
+    if not isinstance(value, str) or not value:
+        return None
+    match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$", value.strip())
+    if not match:
+        return None
+    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
+    seconds = datetime.fromisoformat(match.group(1) + zone).timestamp()
+    return seconds + float(match.group(2) or 0)
+
+
+def build_duration_s(build: Mapping[str, Any]) -> float | None:
+    start, finish = _timestamp(build.get("startTime")), _timestamp(build.get("finishTime"))
+    if start is None or finish is None or finish < start:
+        return None
+    return round(finish - start, 3)
+
+
+def builder_output(build: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON object the last step that wrote one left in ``results.buildStepOutputs``.
+
+    Cloud Build keeps each step's ``$BUILDER_OUTPUT/output`` as bytes, which the JSON
+    form of a Build carries base64-encoded. Anything that is not a JSON object is ignored.
+    """
+    results = build.get("results")
+    outputs = results.get("buildStepOutputs") if isinstance(results, Mapping) else None
+    if not isinstance(outputs, list):
+        return {}
+    for raw in reversed(outputs):
+        if not isinstance(raw, str) or not raw:
+            continue
+        try:
+            text = base64.b64decode(raw, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            text = raw
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            return {}
+        return dict(value) if isinstance(value, dict) else {}
+    return {}
+
+
+def stage_run_id(release_id: str, stage: str, attempt: int) -> str:
+    """Deterministic id of one attempt of one stage; safe as a build tag and env value."""
+    return f"{release_id}.{stage}.a{attempt}"
+
+
+def parse_stage_run_id(value: str) -> tuple[str, str, int]:
+    release_id, stage, attempt = value.rsplit(".", 2)
+    if not attempt.startswith("a") or not attempt[1:].isdigit() or not release_id or not stage:
+        raise ValueError(value)
+    return release_id, stage, int(attempt[1:])

@@ -1,0 +1,508 @@
+"""The gate: one pure function from (pipeline, state, event, now) to (new state, commands).
+
+No clock, no I/O, no client in here; the dispatcher gathers the inputs, writes the
+new state once, and only then carries out the commands.
+
+Rules
+-----
+* Stages run strictly in pipeline order; the next one starts only when the one
+  before it succeeded.
+* A failed stage stops the release and names the stage. Only a replay resumes it.
+* The optional stage (the chaos smoke, 10a) runs only when asked for, and only
+  after the stage before it (staging smoke) passed. While it runs the approval
+  cannot be given.
+* No stage after the approval starts unless the approval stage succeeded through
+  a valid decision: issued for this attempt, not expired, not used before, by an
+  approver on the list who is not the person who pushed the commit.
+* Duplicated, stale (older attempt or already finished), out-of-order and unknown
+  events change nothing. Terminal releases never change.
+* One release at a time per environment (staging, prod): a stage of such an
+  environment starts only while the release holds that environment's lock;
+  otherwise the release is QUEUED. The lock is given back when the release waits
+  for approval, stops or ends. When a lock frees, the newest queued release gets
+  it and older queued ones are SUPERSEDED (shared/app/locks.py), because deploying an
+  older commit after a newer one helps nobody.
+* A failed check rolls back the deploy it checked (the nearest earlier deploy stage
+  of the same environment that succeeded): a smoke that fails on the canary leaves
+  all traffic on the revision that served before.
+* A running stage past its deadline fails; a waiting approval past its expiry fails.
+  Deadlines are enforced before any event is applied, so a completion arriving
+  after the deadline is stale.
+
+Outcome precedence (first that applies wins)
+--------------------------------------------
+DUPLICATE (event id already applied, or replay id already seen)
+> TERMINAL (release succeeded or superseded)
+> UNKNOWN_STAGE > STALE > REFUSED > IGNORED > APPLIED.
+Overdue deadlines found on the way are applied whatever the event's outcome
+(``Decision.state`` is then set even though the outcome is not APPLIED).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from enum import Enum
+
+from shared.domain.commands import (
+    AcquireLock,
+    Command,
+    NoticeKind,
+    Notify,
+    ReleaseLock,
+    RequestApproval,
+    RollBack,
+    StartStage,
+)
+from shared.domain.events import (
+    ApprovalDecided,
+    ChaosRequested,
+    Event,
+    LockGranted,
+    Outcome,
+    ReleaseStarted,
+    StageFinished,
+    StageReplay,
+    Superseded,
+    Tick,
+    stage_run_id,
+)
+from shared.domain.pipeline import Pipeline, Stage, StageKind
+from shared.domain.state import (
+    APPLIED_EVENTS_KEPT,
+    Attempt,
+    ReleaseState,
+    ReleaseStatus,
+    StageState,
+    StageStatus,
+)
+
+DEFAULT_APPROVAL_EXPIRY_S = 24 * 3600
+LOCKED_ENVIRONMENTS = ("staging", "prod")
+
+
+class GateOutcome(str, Enum):
+    UNKNOWN_RELEASE = "unknown_release"  # decided by the service: there is no state to pass in
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    TERMINAL = "terminal"
+    UNKNOWN_STAGE = "unknown_stage"
+    STALE = "stale"
+    REFUSED = "refused"
+    IGNORED = "ignored"
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: GateOutcome
+    reason: str = ""
+    state: ReleaseState | None = None  # None: nothing to write
+    # Without a state only idempotent commands come back (re-asking for a lock on a
+    # tick, giving back a lock the release no longer needs).
+    commands: tuple[Command, ...] = field(default_factory=tuple)
+
+
+class _Refusal(Exception):
+    def __init__(self, outcome: GateOutcome, reason: str):
+        super().__init__(reason)
+        self.outcome = outcome
+        self.reason = reason
+
+
+def decide(pipeline: Pipeline, state: ReleaseState, event: Event, now: float) -> Decision:
+    """Apply one event to one release. Pure: the input state is never modified."""
+    if event.id in state.applied_events:
+        return Decision(GateOutcome.DUPLICATE, f"event {event.id} was already applied")
+    if isinstance(event, StageReplay) and any(r["replay_id"] == event.replay_id for r in state.replays):
+        return Decision(GateOutcome.DUPLICATE, f"replay {event.replay_id} was already handled")
+    if state.status.terminal:
+        reason = f"release {state.release_id} is {state.status.value}"
+        if isinstance(event, StageReplay):
+            # The operator must learn why nothing happens; the finished release stays as it is.
+            notice = Notify(state.release_id, NoticeKind.REFUSED, event.stage,
+                            f"replay {event.replay_id} of release {state.release_id} refused: {reason}"
+                            + (f" by {state.superseded_by}" if state.superseded_by else ""))
+            return Decision(GateOutcome.TERMINAL, reason, None, (notice,))
+        return Decision(GateOutcome.TERMINAL, reason)
+    if pipeline.digest != state.pipeline_digest:
+        return Decision(GateOutcome.REFUSED, "the pipeline definition differs from the one the release started with")
+
+    new = copy.deepcopy(state)
+    run = _Run(pipeline, new, now)
+    run.expire_overdue()
+    try:
+        outcome, reason = run.apply(event)
+    except _Refusal as refusal:
+        outcome, reason = refusal.outcome, refusal.reason
+        if isinstance(event, StageReplay):
+            run.record_replay(event, accepted=False, reason=reason)
+    if not run.changed:
+        return Decision(outcome, reason, None, tuple(run.commands))
+    new.applied_events = (new.applied_events + [event.id])[-APPLIED_EVENTS_KEPT:]
+    new.updated_at = now
+    return Decision(outcome, reason, new, tuple(run.commands))
+
+
+class _Run:
+    """The mutable working copy of one decision; never escapes ``decide``."""
+
+    def __init__(self, pipeline: Pipeline, state: ReleaseState, now: float):
+        self.pipeline = pipeline
+        self.state = state
+        self.now = now
+        self.commands: list[Command] = []
+        self.changed = False
+
+    # -- dispatch -------------------------------------------------------------
+    def apply(self, event: Event) -> tuple[GateOutcome, str]:
+        handler = {
+            ReleaseStarted: self.on_started,
+            StageFinished: self.on_finished,
+            ApprovalDecided: self.on_approval,
+            ChaosRequested: self.on_chaos,
+            StageReplay: self.on_replay,
+            Tick: self.on_tick,
+            LockGranted: self.on_lock_granted,
+            Superseded: self.on_superseded,
+        }[type(event)]
+        return handler(event)
+
+    def on_started(self, event: ReleaseStarted) -> tuple[GateOutcome, str]:
+        if any(s.attempt for s in self.state.stages.values()) or self.state.status is not ReleaseStatus.RUNNING:
+            return GateOutcome.IGNORED, "release already underway"
+        self.advance(0)
+        return GateOutcome.APPLIED, f"started {self.pipeline.stages[0].label}"
+
+    def on_finished(self, event: StageFinished) -> tuple[GateOutcome, str]:
+        stage, st = self.known_stage(event.stage)
+        if stage.kind is StageKind.APPROVAL:
+            raise _Refusal(GateOutcome.REFUSED, f"{stage.label} finishes only through a signed approval")
+        if st.stage_run_id != event.stage_run_id:
+            raise _Refusal(GateOutcome.STALE, f"{event.stage_run_id} is not the current run of {stage.label}")
+        if st.status is not StageStatus.RUNNING:
+            raise _Refusal(GateOutcome.STALE, f"{stage.label} is already {st.status.value}")
+        st.result = {**st.result, **dict(event.result)}
+        if event.outcome is Outcome.SUCCEEDED:
+            self.finish(stage, StageStatus.SUCCEEDED)
+            self.advance(self.pipeline.index(stage.id) + 1)
+            return GateOutcome.APPLIED, f"{stage.label} succeeded"
+        self.fail(stage, event.reason or "failed")
+        return GateOutcome.APPLIED, f"{stage.label} failed"
+
+    def on_approval(self, event: ApprovalDecided) -> tuple[GateOutcome, str]:
+        stage, st = self.known_stage(event.stage)
+        state = self.state
+        if stage.kind is not StageKind.APPROVAL:
+            raise _Refusal(GateOutcome.REFUSED, f"{stage.label} is not an approval stage")
+        if event.nonce in state.used_nonces:
+            raise _Refusal(GateOutcome.REFUSED, "this approval link was already used")
+        if st.status is not StageStatus.WAITING or event.attempt != st.attempt:
+            raise _Refusal(GateOutcome.STALE, f"{stage.label} is not waiting for this approval request")
+        if state.status is not ReleaseStatus.AWAITING_APPROVAL:
+            raise _Refusal(GateOutcome.REFUSED, f"release is {state.status.value}, not awaiting approval")
+        if self.now > event.expires_at or (st.deadline is not None and self.now > st.deadline):
+            raise _Refusal(GateOutcome.REFUSED, "the approval link has expired")
+        if event.approver not in stage.params["approvers"]:
+            raise _Refusal(GateOutcome.REFUSED, f"{event.approver} is not an approver of {stage.label}")
+        if event.approver == state.pushed_by:
+            raise _Refusal(GateOutcome.REFUSED, f"{event.approver} pushed this commit and cannot approve it")
+        state.used_nonces.append(event.nonce)
+        decision = {
+            "approver": event.approver,
+            "decision": "approved" if event.approve else "rejected",
+            "at": self.now,
+            "reason": event.reason,
+            "nonce": event.nonce,
+            "attempt": event.attempt,
+            "user_agent": event.user_agent,
+        }
+        st.result = {**st.result, **{k: v for k, v in decision.items() if k != "nonce"}}
+        if not event.approve:
+            self.fail(stage, f"rejected by {event.approver}" + (f": {event.reason}" if event.reason else ""))
+            return GateOutcome.APPLIED, f"{stage.label} rejected"
+        state.approval = decision
+        self.finish(stage, StageStatus.SUCCEEDED)
+        for optional in self.pipeline.stages[: self.pipeline.index(stage.id)]:
+            if optional.optional and state.stages[optional.id].status is StageStatus.PENDING:
+                state.stages[optional.id].status = StageStatus.SKIPPED
+        self.advance(self.pipeline.index(stage.id) + 1)
+        return GateOutcome.APPLIED, f"approved by {event.approver}"
+
+    def on_chaos(self, event: ChaosRequested) -> tuple[GateOutcome, str]:
+        optional = [s for s in self.pipeline.stages if s.optional]
+        if not optional:
+            raise _Refusal(GateOutcome.REFUSED, "this pipeline has no optional chaos stage")
+        stage = optional[0]
+        index = self.pipeline.index(stage.id)
+        before = self.pipeline.stages[index - 1]
+        st = self.state.stages[stage.id]
+        if self.state.stages[before.id].status is not StageStatus.SUCCEEDED:
+            raise _Refusal(GateOutcome.REFUSED, f"chaos runs only after {before.label} passed")
+        if st.status is not StageStatus.PENDING or self.state.chaos_requested_by:
+            raise _Refusal(GateOutcome.REFUSED, f"{stage.label} was already requested or decided ({st.status.value})")
+        if self.state.status is not ReleaseStatus.AWAITING_APPROVAL:
+            raise _Refusal(GateOutcome.REFUSED, f"release is {self.state.status.value}; chaos needs it awaiting approval")
+        self.state.chaos_requested_by = event.requested_by
+        self.start(stage)
+        return GateOutcome.APPLIED, f"{stage.label} requested by {event.requested_by}"
+
+    def on_replay(self, event: StageReplay) -> tuple[GateOutcome, str]:
+        state = self.state
+        if not self.pipeline.has_stage(event.stage):
+            raise _Refusal(GateOutcome.REFUSED, f"unknown stage {event.stage!r}")
+        stage = self.pipeline.stage(event.stage)
+        st = state.stages[stage.id]
+        if state.status is ReleaseStatus.QUEUED:
+            raise _Refusal(GateOutcome.REFUSED, f"release is queued for {state.waiting_for}; replay when it runs")
+        busy = [s for s in self.pipeline.stages if state.stages[s.id].status is StageStatus.RUNNING]
+        if busy:
+            raise _Refusal(GateOutcome.REFUSED, f"{busy[0].label} is running; replay when it ends")
+        if self.pipeline.needs_approval(stage.id) and not self.approved():
+            raise _Refusal(GateOutcome.REFUSED, f"{stage.label} needs a valid approval first")
+        if st.status in (StageStatus.PENDING, StageStatus.SKIPPED) and not (stage.optional and state.chaos_requested_by):
+            raise _Refusal(GateOutcome.REFUSED, f"{stage.label} has not run yet")
+        index = self.pipeline.index(stage.id)
+        for earlier in self.pipeline.stages[:index]:
+            status = state.stages[earlier.id].status
+            # An optional stage blocks only once it ran (the chaos smoke was asked for and failed).
+            passed = status is StageStatus.SUCCEEDED or (earlier.optional and status in (
+                StageStatus.PENDING, StageStatus.SKIPPED))
+            if not passed:
+                raise _Refusal(GateOutcome.REFUSED, f"{earlier.label} has not passed; replay it first")
+        if stage.kind is StageKind.APPROVAL and st.status is StageStatus.SUCCEEDED:
+            raise _Refusal(GateOutcome.REFUSED, f"{stage.label} is already approved")
+        self.record_replay(event, accepted=True, reason=event.reason)
+        for later in self.pipeline.stages[index + 1:]:
+            self.reset(later)
+        state.stopped_at_stage = ""
+        state.reason = ""
+        state.status = ReleaseStatus.RUNNING
+        if stage.kind is StageKind.APPROVAL:
+            state.approval = {}
+        elif self.pipeline.approval_index is not None and index < self.pipeline.approval_index:
+            state.approval = {}  # earlier results changed: the approval must be given again
+        self.advance(index, replay=True)
+        return GateOutcome.APPLIED, f"{stage.label} replayed by {event.requested_by}"
+
+    def on_tick(self, event: Tick) -> tuple[GateOutcome, str]:
+        if self.state.status is ReleaseStatus.QUEUED:
+            # A grant may have been lost with a crashed handler: ask again (idempotent).
+            env = self.state.waiting_for
+            self.commands.append(AcquireLock(self.state.release_id, env, self.state.created_at))
+            return GateOutcome.IGNORED, f"still queued for {env}"
+        return GateOutcome.IGNORED, "nothing overdue"
+
+    def on_lock_granted(self, event: LockGranted) -> tuple[GateOutcome, str]:
+        state, env = self.state, event.environment
+        if state.status is not ReleaseStatus.QUEUED or state.waiting_for != env:
+            if env not in state.locks_held:
+                self.commands.append(ReleaseLock(state.release_id, env))  # not needed (any more)
+            return GateOutcome.IGNORED, f"not queued for {env}"
+        state.locks_held.append(env)
+        state.waiting_for = ""
+        queued = [s for s in self.pipeline.stages if state.stages[s.id].status is StageStatus.QUEUED]
+        self.changed = True
+        self.start(queued[0])
+        return GateOutcome.APPLIED, f"holds {env}; started {queued[0].label}"
+
+    def on_superseded(self, event: Superseded) -> tuple[GateOutcome, str]:
+        state = self.state
+        if state.status is not ReleaseStatus.QUEUED:
+            return GateOutcome.IGNORED, f"release is {state.status.value}, not queued"
+        for stage in self.pipeline.stages:
+            if state.stages[stage.id].status is StageStatus.QUEUED:
+                state.stages[stage.id].status = StageStatus.PENDING
+        state.status = ReleaseStatus.SUPERSEDED
+        state.superseded_by = event.superseded_by
+        state.reason = f"superseded by release {event.superseded_by} while queued for {event.environment}"
+        state.waiting_for = ""
+        self.release_locks()
+        self.changed = True
+        self.notify(NoticeKind.STAGE_FAILED, "", f"{self.title()} was {state.reason}; nothing to do.")
+        return GateOutcome.APPLIED, state.reason
+
+    # -- transitions ----------------------------------------------------------
+    def known_stage(self, stage_id: str) -> tuple[Stage, StageState]:
+        if not self.pipeline.has_stage(stage_id):
+            raise _Refusal(GateOutcome.UNKNOWN_STAGE, f"unknown stage {stage_id!r}")
+        return self.pipeline.stage(stage_id), self.state.stages[stage_id]
+
+    def approved(self) -> bool:
+        gate = self.pipeline.approval_index
+        if gate is None:
+            return True
+        stage = self.pipeline.stages[gate]
+        approval = self.state.approval
+        return (
+            self.state.stages[stage.id].status is StageStatus.SUCCEEDED
+            and approval.get("decision") == "approved"
+            and approval.get("approver") in stage.params["approvers"]
+            and approval.get("approver") != self.state.pushed_by
+        )
+
+    def advance(self, index: int, replay: bool = False) -> None:
+        """Start the first stage from ``index`` that should run, or finish the release."""
+        state = self.state
+        for stage in self.pipeline.stages[index:]:
+            st = state.stages[stage.id]
+            forced, replay = replay, False  # only the replayed stage itself runs again
+            if st.status is StageStatus.SUCCEEDED and not forced:
+                continue
+            if stage.optional and not state.chaos_requested_by:
+                continue  # stays pending: it may still be requested until the approval
+            if stage.kind is StageKind.APPROVAL:
+                if st.status is StageStatus.WAITING and not forced:
+                    state.status = ReleaseStatus.AWAITING_APPROVAL
+                    self.release_locks()
+                    return
+                self.request_approval(stage)
+                return
+            self.start(stage)
+            return
+        state.status = ReleaseStatus.SUCCEEDED
+        self.release_locks()
+        for stage in self.pipeline.stages:
+            if state.stages[stage.id].status is StageStatus.PENDING:
+                state.stages[stage.id].status = StageStatus.SKIPPED
+        self.notify(NoticeKind.RELEASE_FINISHED, "", f"{self.title()} is complete: {state.tag} takes all traffic.")
+
+    def archive(self, st: StageState) -> None:
+        """Keep the finished attempt in the history and clear the stage for the next one."""
+        if st.attempt and st.status not in (StageStatus.PENDING, StageStatus.QUEUED):
+            st.history.append(
+                Attempt(st.attempt, st.stage_run_id, st.status.value, st.started_at, st.finished_at, st.reason, st.result)
+            )
+        st.stage_run_id, st.started_at, st.finished_at, st.deadline = "", None, None, None
+        st.reason, st.result = "", {}
+
+    def begin_attempt(self, stage: Stage, status: StageStatus, timeout_s: int) -> StageState:
+        st = self.state.stages[stage.id]
+        self.archive(st)
+        st.attempt += 1
+        st.stage_run_id = stage_run_id(self.state.release_id, stage.id, st.attempt)
+        st.status = status
+        st.started_at = self.now
+        st.finished_at = None
+        st.deadline = self.now + timeout_s
+        st.reason = ""
+        st.result = {}
+        self.changed = True
+        return st
+
+    def start(self, stage: Stage) -> None:
+        if self.pipeline.needs_approval(stage.id) and not self.approved():
+            # Unreachable through advance(); kept as the last line of defence.
+            raise _Refusal(GateOutcome.REFUSED, f"{stage.label} needs a valid approval first")
+        env = stage.environment
+        if env in LOCKED_ENVIRONMENTS and env not in self.state.locks_held:
+            self.archive(self.state.stages[stage.id])
+            self.state.stages[stage.id].status = StageStatus.QUEUED
+            self.state.status = ReleaseStatus.QUEUED
+            self.state.waiting_for = env
+            self.changed = True
+            self.commands.append(AcquireLock(self.state.release_id, env, self.state.created_at))
+            return
+        st = self.begin_attempt(stage, StageStatus.RUNNING, stage.timeout_s)
+        self.state.status = ReleaseStatus.RUNNING
+        inputs = {
+            "release_id": self.state.release_id,
+            "tag": self.state.tag,
+            "version": self.state.version,
+            "commit": self.state.commit,
+            "repo": self.state.repo,
+        }
+        self.commands.append(StartStage(self.state.release_id, stage.id, st.stage_run_id, st.attempt, stage.kind.value, inputs))
+
+    def request_approval(self, stage: Stage) -> None:
+        expiry = int(stage.params.get("expiry_s", DEFAULT_APPROVAL_EXPIRY_S))
+        st = self.begin_attempt(stage, StageStatus.WAITING, expiry)
+        self.state.status = ReleaseStatus.AWAITING_APPROVAL
+        self.release_locks()  # nobody waits behind a release that waits for a human
+        approvers = tuple(a for a in stage.params["approvers"] if a != self.state.pushed_by)
+        self.commands.append(RequestApproval(self.state.release_id, stage.id, st.attempt, approvers, st.deadline,
+                                             self.image_digest(stage)))
+        self.notify(NoticeKind.APPROVAL_NEEDED, stage.id, f"{self.title()} waits for approval; links went to {', '.join(approvers)}.")
+
+    def image_digest(self, before: Stage) -> str:
+        """The digest the latest stage before ``before`` reported for the image (build, push)."""
+        for earlier in reversed(self.pipeline.stages[: self.pipeline.index(before.id)]):
+            digest = self.state.stages[earlier.id].result.get("digest")
+            if digest:
+                return str(digest)
+        return ""
+
+    def finish(self, stage: Stage, status: StageStatus) -> None:
+        st = self.state.stages[stage.id]
+        st.status = status
+        st.finished_at = self.now
+        self.changed = True
+
+    def fail(self, stage: Stage, reason: str) -> None:
+        st = self.state.stages[stage.id]
+        st.reason = reason
+        self.finish(stage, StageStatus.FAILED)
+        if stage.kind is StageKind.CHECK:
+            self.roll_back_checked_deploy(stage)
+        self.state.status = ReleaseStatus.STOPPED
+        self.release_locks()
+        self.state.stopped_at_stage = stage.id
+        self.state.reason = f"{stage.label} failed: {reason}"
+        self.notify(
+            NoticeKind.STAGE_FAILED,
+            stage.id,
+            f"{self.title()} stopped: {stage.label} failed: {reason}. "
+            f"Gate: {stage.gate or 'the release stops'}. Fix the cause, then replay the stage "
+            f"(stage.replay release={self.state.release_id} stage={stage.id}).",
+        )
+
+    def reset(self, stage: Stage) -> None:
+        st = self.state.stages[stage.id]
+        if st.status is StageStatus.PENDING:
+            return
+        self.archive(st)  # the attempt counter stays, so the next stage-run id is new
+        st.status = StageStatus.PENDING
+        self.changed = True
+
+    def expire_overdue(self) -> None:
+        for stage in self.pipeline.stages:
+            st = self.state.stages[stage.id]
+            if st.deadline is None or self.now <= st.deadline:
+                continue
+            if st.status is StageStatus.RUNNING:
+                self.fail(stage, f"timed out after {stage.timeout_s}s")
+            elif st.status is StageStatus.WAITING and self.state.status is ReleaseStatus.AWAITING_APPROVAL:
+                self.fail(stage, "approval expired")
+
+    def roll_back_checked_deploy(self, check: Stage) -> None:
+        for earlier in reversed(self.pipeline.stages[: self.pipeline.index(check.id)]):
+            if earlier.kind is StageKind.DEPLOY and earlier.environment == check.environment:
+                deployed = self.state.stages[earlier.id]
+                if deployed.status is StageStatus.SUCCEEDED:
+                    services = tuple(str(s) for s in earlier.params["services"])
+                    self.commands.append(RollBack(self.state.release_id, earlier.id, deployed.stage_run_id, services))
+                return
+
+    def release_locks(self) -> None:
+        for env in self.state.locks_held:
+            self.commands.append(ReleaseLock(self.state.release_id, env))
+        self.state.locks_held = []
+
+    def record_replay(self, event: StageReplay, accepted: bool, reason: str) -> None:
+        self.state.replays.append(
+            {
+                "replay_id": event.replay_id,
+                "stage": event.stage,
+                "requested_by": event.requested_by,
+                "accepted": accepted,
+                "reason": reason,
+                "at": self.now,
+            }
+        )
+        self.changed = True
+        if not accepted:
+            self.notify(NoticeKind.REFUSED, event.stage, f"replay {event.replay_id} of {self.title()} refused: {reason}")
+
+    def notify(self, kind: NoticeKind, stage: str, message: str) -> None:
+        self.commands.append(Notify(self.state.release_id, kind, stage, message))
+
+    def title(self) -> str:
+        return f"release {self.state.release_id} ({self.state.tag})"

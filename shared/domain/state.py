@@ -1,0 +1,147 @@
+"""A release's state: what the gate reads and writes, as plain serialisable data.
+
+The whole state of one release lives in one Firestore document, so one
+conditional write moves it from one consistent state to the next. Times are
+epoch seconds (UTC) because the gate compares them and JSON carries them as-is.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+from shared.domain.pipeline import Pipeline
+
+# Bounded so the document stays small; older ids are long past redelivery.
+APPLIED_EVENTS_KEPT = 400
+
+
+class ReleaseStatus(str, Enum):
+    RUNNING = "running"
+    QUEUED = "queued"  # waiting for the lock of an environment another release holds
+    AWAITING_APPROVAL = "awaiting_approval"
+    STOPPED = "stopped"  # a stage failed; only a replay of a stage can resume it
+    SUCCEEDED = "succeeded"  # terminal
+    SUPERSEDED = "superseded"  # terminal: a newer release took over
+
+    @property
+    def terminal(self) -> bool:
+        return self in (ReleaseStatus.SUCCEEDED, ReleaseStatus.SUPERSEDED)
+
+
+class StageStatus(str, Enum):
+    PENDING = "pending"
+    QUEUED = "queued"  # next to run, once the release holds its environment's lock
+    RUNNING = "running"
+    WAITING = "waiting"  # an approval waiting for a human
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # an optional stage nobody asked for
+
+
+@dataclass
+class Attempt:
+    """One finished run of a stage, kept when a replay starts the next one."""
+
+    attempt: int
+    stage_run_id: str
+    status: str
+    started_at: float | None
+    finished_at: float | None
+    reason: str
+    result: dict[str, Any]
+
+
+@dataclass
+class StageState:
+    status: StageStatus = StageStatus.PENDING
+    attempt: int = 0
+    stage_run_id: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    deadline: float | None = None
+    reason: str = ""
+    result: dict[str, Any] = field(default_factory=dict)
+    history: list[Attempt] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+
+@dataclass
+class ReleaseState:
+    release_id: str
+    repo: str
+    ref: str
+    commit: str
+    version: str
+    tag: str
+    pushed_by: str
+    pipeline_name: str
+    pipeline_digest: str
+    created_at: float
+    status: ReleaseStatus = ReleaseStatus.RUNNING
+    stopped_at_stage: str = ""
+    reason: str = ""
+    updated_at: float = 0.0
+    stages: dict[str, StageState] = field(default_factory=dict)
+    chaos_requested_by: str = ""
+    locks_held: list[str] = field(default_factory=list)  # environments this release holds
+    waiting_for: str = ""  # the environment whose lock the release is queued for
+    superseded_by: str = ""
+    approval: dict[str, Any] = field(default_factory=dict)  # the accepted decision
+    used_nonces: list[str] = field(default_factory=list)
+    replays: list[str] = field(default_factory=list)
+    applied_events: list[str] = field(default_factory=list)
+    # Commands of transitions not yet carried out: [{event_id, commands, lease_until}].
+    # See shared/app/dispatcher.py for why they live in the release document.
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status.value
+        for stage in data["stages"].values():
+            stage["status"] = stage["status"].value if isinstance(stage["status"], Enum) else stage["status"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ReleaseState":
+        data = dict(data)
+        stages = {}
+        for stage_id, raw in (data.pop("stages", None) or {}).items():
+            raw = dict(raw)
+            raw["status"] = StageStatus(raw["status"])
+            raw["history"] = [Attempt(**a) for a in raw.get("history", [])]
+            stages[stage_id] = StageState(**raw)
+        data["status"] = ReleaseStatus(data["status"])
+        known = cls.__dataclass_fields__
+        return cls(stages=stages, **{k: v for k, v in data.items() if k in known})
+
+
+def release_id_for(repo: str, commit: str) -> str:
+    """One release per repo and commit: the id is derived, so creating it twice collides."""
+    slug = re.sub(r"[^a-z0-9]+", "-", repo.lower()).strip("-")[-40:] or "repo"
+    return f"{slug}-{commit[:12].lower()}"
+
+
+def new_release(
+    pipeline: Pipeline, *, repo: str, ref: str, commit: str, version: str, pushed_by: str, now: float
+) -> ReleaseState:
+    return ReleaseState(
+        release_id=release_id_for(repo, commit),
+        repo=repo,
+        ref=ref,
+        commit=commit,
+        version=version,
+        tag=f"v{version}-{commit[:7]}",
+        pushed_by=pushed_by,
+        pipeline_name=pipeline.name,
+        pipeline_digest=pipeline.digest,
+        created_at=now,
+        updated_at=now,
+        stages={stage.id: StageState() for stage in pipeline.stages},
+    )

@@ -1,5 +1,0 @@
-from shared.errors import PipelineError
-
-
-class NotifyError(PipelineError):
-    """A channel could not deliver. The message never holds a webhook URL or secret."""

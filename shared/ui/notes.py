@@ -1,0 +1,286 @@
+"""Release notes: Markdown derived from the stored release document.
+
+The notes are not a second copy kept beside the release: the release document in
+Firestore (plus the pipeline definition stored under its digest) already holds
+every fact they show, so they are rendered from it whenever asked for (``relctl
+notes``, the dashboard, the end of ``make demo``). Rendering is deterministic: the
+same document gives byte-identical notes (UTC ISO times, pipeline order, no clock).
+
+The facts come from what the executors write into ``stage.result``: JUnit counts
+(``tests``/``failures``/``errors``/``skipped``) from test stages, ``dry_run_ms`` /
+``apply_ms`` from the vector schema stage, ``checks`` from HTTP check stages, the
+chaos verdict (``passed``/``error_rate``/``p95_ms``), ``revisions`` from deploy and
+traffic stages, and the approval decision (``approver``/``decision``/``at``/``reason``).
+"""
+from __future__ import annotations
+
+import urllib.parse
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+from shared.domain.errors import PipelineError
+from shared.domain.pipeline import Pipeline, Stage, StageKind
+from shared.domain.state import ReleaseState, ReleaseStatus, StageState, StageStatus
+
+JUNIT_KEYS = ("tests", "failures", "errors", "skipped")
+
+
+class ReleaseNotFound(PipelineError):
+    """No release document with this id (in this collection prefix)."""
+
+
+def load_release(store: Any, release_id: str) -> tuple[ReleaseState, Pipeline]:
+    """The stored release and the pipeline definition it started with."""
+    got = store.get(release_id)
+    if got is None:
+        raise ReleaseNotFound(f"unknown release {release_id!r}")
+    state = got[0]
+    return state, store.load_pipeline(state.pipeline_digest)
+
+
+# -- formatting shared by the notes, the CLI and the dashboard ------------------
+def iso(ts: float | None) -> str:
+    """UTC ISO 8601 to the second, or '' for no time."""
+    if ts is None:
+        return ""
+    return datetime.fromtimestamp(float(ts), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def duration_text(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, rest = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{rest:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def safe_url(value: Any) -> str:
+    """Only http(s) links are shown as links; anything else (javascript:, data:) is dropped."""
+    text = str(value or "")
+    return text if urllib.parse.urlsplit(text).scheme in ("http", "https") else ""
+
+
+def junit_counts(result: dict[str, Any]) -> dict[str, int] | None:
+    """The JUnit summary a test stage reported, or None when it reported none."""
+    if not isinstance(result.get("tests"), (int, float)) or isinstance(result.get("tests"), bool):
+        return None
+    return {k: int(result.get(k) or 0) for k in JUNIT_KEYS}
+
+
+def junit_text(counts: dict[str, int]) -> str:
+    return (f"{counts['tests']} tests, {counts['failures']} failures, "
+            f"{counts['errors']} errors, {counts['skipped']} skipped")
+
+
+def is_prod_traffic_stage(stage: Stage) -> bool:
+    return stage.environment == "prod" and stage.kind in (StageKind.DEPLOY, StageKind.TRAFFIC)
+
+
+def traffic_percent(stage: Stage, st: StageState) -> int | None:
+    """The share the stage put on the release's revision: what it recorded, else what it asked for."""
+    recorded = [r.get("percent") for r in st.result.get("revisions") or [] if isinstance(r, dict)]
+    recorded = [p for p in recorded if isinstance(p, int)]
+    if recorded:
+        return min(recorded)
+    asked = stage.params.get("traffic_percent", stage.params.get("percent"))
+    return asked if isinstance(asked, int) else None
+
+
+def traffic_decisions(state: ReleaseState, pipeline: Pipeline) -> list[dict[str, Any]]:
+    """Each finished prod deploy/traffic stage: percent, time, services and revisions."""
+    decisions = []
+    for stage in pipeline.stages:
+        st = state.stages.get(stage.id)
+        if st is None or not is_prod_traffic_stage(stage) or st.status is not StageStatus.SUCCEEDED:
+            continue
+        revisions = [r for r in st.result.get("revisions") or [] if isinstance(r, dict)]
+        decisions.append({
+            "stage": stage.id,
+            "percent": traffic_percent(stage, st),
+            "at": st.finished_at,
+            "targets": [f"{r.get('service', '?')} -> {r.get('revision', '?')}" for r in revisions],
+        })
+    return decisions
+
+
+def approval_decision(state: ReleaseState, pipeline: Pipeline) -> dict[str, Any]:
+    """The accepted decision, else the latest one recorded on the approval stage (a rejection)."""
+    if state.approval.get("approver"):
+        return dict(state.approval)
+    gate = pipeline.approval_index
+    if gate is None:
+        return {}
+    result = state.stages[pipeline.stages[gate].id].result
+    return {k: result[k] for k in ("approver", "decision", "at", "reason") if k in result}
+
+
+# -- Markdown -------------------------------------------------------------------
+def _cell(value: Any) -> str:
+    """Text that cannot break a Markdown table row."""
+    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+
+
+def _code(value: Any) -> str:
+    return "`" + str(value).replace("`", "'") + "`" if value not in (None, "") else ""
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> list[str]:
+    header = list(header)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _stage_detail(st: StageState) -> str:
+    parts = []
+    if st.reason:
+        parts.append(st.reason)
+    earlier = [f"attempt {a.attempt} {a.status}" + (f": {a.reason}" if a.reason else "") for a in st.history]
+    if earlier:
+        parts.append("earlier: " + "; ".join(earlier))
+    if safe_url(st.result.get("log_url")):
+        parts.append(f"log: {safe_url(st.result['log_url'])}")
+    return " — ".join(parts)
+
+
+def render(state: ReleaseState, pipeline: Pipeline) -> str:
+    """The release notes of one release as Markdown."""
+    out = [f"# Release {state.version} of {state.repo}", ""]
+    out += _table(("Field", "Value"), [
+        ("Version", state.version),
+        ("Tag", _code(state.tag)),
+        ("Commit", _code(state.commit)),
+        ("Repository", state.repo),
+        ("Ref", state.ref),
+        ("Pushed by", state.pushed_by),
+        ("Release id", _code(state.release_id)),
+        ("Pipeline", f"{state.pipeline_name} ({state.pipeline_digest[:12]})"),
+        ("Created", iso(state.created_at)),
+        ("Status", state.status.value),
+    ])
+    if state.reason and state.status is ReleaseStatus.SUPERSEDED:
+        out += ["", "## Superseded", "", state.reason[:1].upper() + state.reason[1:]]
+    elif state.reason:
+        out += ["", "## Stopped", "", f"Stopped at stage `{state.stopped_at_stage}`: {state.reason}"]
+
+    out += ["", "## Stages", ""]
+    rows = []
+    for stage in pipeline.stages:
+        st = state.stages.get(stage.id) or StageState()
+        rows.append((stage.number, stage.name, st.status.value, st.attempt, iso(st.started_at),
+                     duration_text(st.duration_s), _stage_detail(st)))
+    out += _table(("#", "Stage", "Result", "Attempts", "Started", "Duration", "Detail"), rows)
+
+    out += _tests_section(state, pipeline)
+    out += _schema_section(state, pipeline)
+    out += _smoke_section(state, pipeline)
+    out += _chaos_section(state, pipeline)
+    out += _approval_section(state, pipeline)
+    out += _traffic_section(state, pipeline)
+    if state.replays:
+        out += ["", "## Replays", ""]
+        out += _table(("At", "Stage", "By", "Accepted", "Reason"), [
+            (iso(r.get("at")), r.get("stage", ""), r.get("requested_by", ""),
+             "yes" if r.get("accepted") else "no", r.get("reason", "")) for r in state.replays])
+    return "\n".join(out) + "\n"
+
+
+def _tests_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
+    rows = []
+    for stage in pipeline.stages:
+        counts = junit_counts(state.stages[stage.id].result) if stage.id in state.stages else None
+        if counts is not None and not stage.optional:
+            rows.append((stage.name, counts["tests"], counts["failures"], counts["errors"], counts["skipped"]))
+    if not rows:
+        return []
+    return ["", "## Tests", ""] + _table(("Suite", "Tests", "Failures", "Errors", "Skipped"), rows)
+
+
+def _schema_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
+    lines = []
+    for stage in pipeline.stages:
+        result = state.stages[stage.id].result if stage.id in state.stages else {}
+        if "dry_run_ms" in result or "apply_ms" in result:
+            total = sum(float(result.get(k) or 0) for k in ("dry_run_ms", "apply_ms"))
+            lines.append(f"- {stage.name}: dry run {result.get('dry_run_ms', '?')} ms, "
+                         f"apply {result.get('apply_ms', '?')} ms (total {total:.1f} ms; recorded, not judged)")
+    return ["", "## Vector schema", ""] + lines if lines else []
+
+
+def _smoke_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
+    out: list[str] = []
+    for stage in pipeline.stages:
+        if stage.kind is not StageKind.CHECK or stage.id not in state.stages:
+            continue
+        st = state.stages[stage.id]
+        checks = [c for c in st.result.get("checks") or [] if isinstance(c, dict)]
+        if not checks:
+            continue
+        out += ["", f"### {stage.name} ({st.status.value}) against {st.result.get('url', '?')}", ""]
+        out += _table(("Path", "Status", "Latency", "Attempts"), [
+            (c.get("path", ""), c.get("status") if c.get("status") is not None else f"no answer ({c.get('error', '?')})",
+             f"{c['latency_ms']} ms" if c.get("latency_ms") is not None else "", c.get("attempts", ""))
+            for c in checks])
+    return ["", "## Smoke checks"] + out if out else []
+
+
+def _chaos_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
+    out: list[str] = []
+    for stage in pipeline.stages:
+        if not stage.optional or stage.id not in state.stages:
+            continue
+        st, result = state.stages[stage.id], state.stages[stage.id].result
+        if st.status in (StageStatus.PENDING, StageStatus.SKIPPED) and not state.chaos_requested_by:
+            out.append(f"- {stage.name}: not requested ({st.status.value})")
+            continue
+        who = f" requested by {state.chaos_requested_by}" if state.chaos_requested_by else ""
+        out.append(f"- {stage.name}{who}: {st.status.value}")
+        if "passed" in result:
+            rate = result.get("error_rate")
+            rate_text = f"{rate:.2%}" if isinstance(rate, (int, float)) else "n/a"
+            p95 = result.get("p95_ms")
+            p95_text = f"{p95:.0f} ms" if isinstance(p95, (int, float)) else "n/a"
+            limits = ""
+            if isinstance(result.get("max_error_rate"), (int, float)) and isinstance(result.get("max_p95_ms"), (int, float)):
+                limits = f" (limits: < {result['max_error_rate']:.2%}, < {result['max_p95_ms']:.0f} ms)"
+            out.append(f"- error rate {rate_text}, P95 {p95_text}, passed: {'yes' if result['passed'] else 'no'}{limits}")
+            out += [f"- why: {reason}" for reason in result.get("reasons") or []]
+    return ["", "## Chaos smoke", ""] + out if out else []
+
+
+def _approval_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
+    if pipeline.approval_index is None:
+        return []
+    decision = approval_decision(state, pipeline)
+    if not decision.get("approver"):
+        st = state.stages[pipeline.stages[pipeline.approval_index].id]
+        return ["", "## Approval", "", f"- no decision yet ({st.status.value})"]
+    line = f"- {decision.get('decision', 'decided')} by {decision['approver']} at {iso(decision.get('at'))}"
+    if decision.get("reason"):
+        line += f" — reason: {decision['reason']}"
+    return ["", "## Approval", "", line]
+
+
+def _traffic_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
+    decisions = traffic_decisions(state, pipeline)
+    if not decisions:
+        return []
+    lines = []
+    for d in decisions:
+        percent = f"{d['percent']} %" if d["percent"] is not None else "? %"
+        targets = f" ({', '.join(d['targets'])})" if d["targets"] else ""
+        lines.append(f"- {percent} at {iso(d['at'])} by stage `{d['stage']}`{targets}")
+    return ["", "## Traffic", ""] + lines
+
+
+def render_for(release_id: str) -> str:
+    """Notes of a stored release, with the store wired from the environment (shared.bootstrap)."""
+    from shared import bootstrap
+
+    state, pipeline = load_release(bootstrap.store(), release_id)
+    return render(state, pipeline)
