@@ -9,7 +9,8 @@ from google.cloud import firestore
 from shared.app.config import Settings
 from shared.testing.fakes import FakeApprovals, FakeClock, FakeExecutor, FakeNotifier, FakePublisher
 from shared.adapters.firestore_store import FirestoreStore
-from shared.app.locks import EnvironmentLocks, FirestoreLockDocuments
+from shared.adapters.firestore_locks import FirestoreLockDocuments
+from shared.app.locks import EnvironmentLocks
 from shared.domain.pipeline import StageKind
 from shared.app.dispatcher import Dispatcher
 from shared.domain.state import new_release
