@@ -21,6 +21,7 @@ from local.stack import PROJECT, REGION, LocalStack
 from local.traffic import TrafficSampler, sample_share
 from shared.app.config import REPO_ROOT, Settings
 from shared.app.push import signature_for
+from shared.domain.events import ChaosRequested
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
 
 DEMO_REPO = "example/sample-app"
@@ -123,7 +124,7 @@ def run(args) -> int:
                 from shared.adapters.pubsub_publisher import PubSubPublisher
 
                 PubSubPublisher(Settings(project=PROJECT)).publish(
-                    "pipeline-events", {"type": "chaos.requested", "release_id": release_id, "requested_by": "qa@example.com"})
+                    "pipeline-events", ChaosRequested("", release_id, "qa@example.com"))
                 chaos_requested = True
                 print("  chaos smoke requested (run_chaos=true)")
             elif state.status is ReleaseStatus.AWAITING_APPROVAL and not approved:

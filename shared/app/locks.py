@@ -19,6 +19,7 @@ import logging
 
 from shared.app.config import Settings
 from shared.domain.errors import StaleWrite, TransientError
+from shared.domain.events import LockGranted, Superseded
 from shared.app.ports import EventPublisher, LockDocuments
 
 log = logging.getLogger(__name__)
@@ -91,10 +92,8 @@ class EnvironmentLocks:
 
     def _granted(self, environment: str, release_id: str) -> None:
         log.info("lock %s granted to %s", environment, release_id)
-        self.publisher.publish(self.settings.events_topic,
-                               {"type": "lock.granted", "release_id": release_id, "environment": environment})
+        self.publisher.publish(self.settings.events_topic, LockGranted("", release_id, environment))
 
     def _superseded(self, environment: str, release_id: str, by: str) -> None:
         log.info("release %s superseded by %s (queued for %s)", release_id, by, environment)
-        self.publisher.publish(self.settings.events_topic, {
-            "type": "release.superseded", "release_id": release_id, "environment": environment, "superseded_by": by})
+        self.publisher.publish(self.settings.events_topic, Superseded("", release_id, environment, by))

@@ -28,6 +28,7 @@ from typing import Any, Callable, TextIO
 
 from shared.app.config import Settings
 from shared.domain.errors import DefinitionError, PipelineError
+from shared.domain.events import ChaosRequested, StageReplay
 from shared.ui.notes import ReleaseNotFound, duration_text, iso, load_release, render, traffic_decisions
 from shared.domain.pipeline import Pipeline, StageKind
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
@@ -228,11 +229,10 @@ def await_release(ctx: Context, release_id: str, seconds: float, answered):
 
 def publish_replay(ctx: Context, state: ReleaseState, stage: str, reason: str, args) -> int:
     replay_id = args.replay_id or f"relctl-{uuid.uuid4().hex[:12]}"
-    payload = {"type": "stage.replay", "release_id": state.release_id, "stage": stage, "replay_id": replay_id,
-               "requested_by": requester(args), "reason": reason}
-    message_id = ctx.publisher.publish(ctx.settings.events_topic, payload)
+    event = StageReplay("", state.release_id, stage, replay_id, requester(args), reason)
+    message_id = ctx.publisher.publish(ctx.settings.events_topic, event)
     ctx.print(f"published stage.replay {replay_id}: release {state.release_id} stage {stage} "
-              f"(by {payload['requested_by']}, message {message_id})")
+              f"(by {event.requested_by}, message {message_id})")
     if not args.wait:
         return EXIT_OK
     got = await_release(ctx, state.release_id, args.wait,
@@ -282,8 +282,7 @@ def cmd_chaos(args, ctx: Context) -> int:
         raise PipelineError(f"release {state.release_id} is {state.status.value}; chaos can be requested only "
                             "while it awaits approval")
     who = requester(args)
-    message_id = ctx.publisher.publish(ctx.settings.events_topic,
-                                       {"type": "chaos.requested", "release_id": state.release_id, "requested_by": who})
+    message_id = ctx.publisher.publish(ctx.settings.events_topic, ChaosRequested("", state.release_id, who))
     ctx.print(f"published chaos.requested: release {state.release_id} (by {who}, message {message_id})")
     if not args.wait:
         return EXIT_OK
