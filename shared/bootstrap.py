@@ -67,7 +67,7 @@ def approvals():
 def approval_store():
     from google.cloud import firestore
 
-    from shared.app.approval_store import FirestoreApprovalStore
+    from shared.adapters.firestore_approvals import FirestoreApprovalStore
 
     return FirestoreApprovalStore(firestore.Client(project=settings().project), settings())
 
@@ -76,7 +76,8 @@ def approval_store():
 def dispatcher():
     from shared.app.dispatcher import Dispatcher
 
-    from shared.app.locks import EnvironmentLocks, FirestoreLockDocuments
+    from shared.adapters.firestore_locks import FirestoreLockDocuments
+    from shared.app.locks import EnvironmentLocks
 
     locks = EnvironmentLocks(FirestoreLockDocuments(store().client, settings()), publisher(), settings())
     from shared.adapters.executors.run_services import rollback

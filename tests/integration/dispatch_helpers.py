@@ -16,7 +16,8 @@ from shared.testing.fakes import (
     FakePublisher,
 )
 from shared.adapters.firestore_store import FirestoreStore
-from shared.app.locks import EnvironmentLocks, FirestoreLockDocuments
+from shared.adapters.firestore_locks import FirestoreLockDocuments
+from shared.app.locks import EnvironmentLocks
 from shared.domain.pipeline import StageKind
 from shared.app.dispatcher import Dispatcher
 from shared.domain.state import new_release
