@@ -83,7 +83,27 @@ def dispatcher():
     from shared.adapters.executors.run_services import rollback
 
     return Dispatcher(store(), publisher(), executors(), approvals(), notifier(), SystemClock(), settings(), locks,
-                      roll_back=lambda service: rollback(settings(), service))
+                      roll_back=lambda service: rollback(settings(), service), operator_requests=operator_requests())
+
+
+@functools.cache
+def operator_requests():
+    from shared.adapters.firestore_operator_requests import FirestoreOperatorRequests
+
+    return FirestoreOperatorRequests(store().client, settings())
+
+
+@functools.cache
+def operator():
+    """The operator function: token verifier, the operator list, and every registered action."""
+    from shared.adapters.id_tokens import GoogleIdTokenVerifier
+    from shared.app.operator import OperatorService, register_release_actions
+
+    s = settings()
+    verifier = GoogleIdTokenVerifier(s.operator_audience, s.operator_certs_url,
+                                     tuple(i.strip() for i in s.operator_issuers.split(",")))
+    service = OperatorService.from_settings(s, verifier, operator_requests(), SystemClock())
+    return register_release_actions(service, store(), publisher(), s)
 
 
 @functools.cache

@@ -114,6 +114,24 @@ class Notifier(Protocol):
         """Tell people about a failure, a needed approval or a finished release."""
 
 
+class TokenVerifier(Protocol):
+    def verify(self, token: str) -> Mapping[str, Any]:
+        """The claims of a valid ID token (signature, audience, expiry, issuer checked).
+
+        Raise RequestRefused(401) for a token that does not verify, TransientError when
+        the issuer's certificates cannot be fetched."""
+
+
+class OperatorRequestLog(Protocol):
+    """Who asked for what, through the operator function (``operator_requests/{id}``)."""
+
+    def record(self, request_id: str, request: Mapping[str, Any]) -> bool:
+        """Create-only; False when a request with this id exists already."""
+
+    def get(self, request_id: str) -> Mapping[str, Any] | None:
+        ...
+
+
 class LockDocuments(Protocol):
     """Read and conditionally write one lock document (None token: must not exist yet)."""
 

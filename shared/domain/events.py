@@ -80,6 +80,7 @@ class ChaosRequested:
     id: str
     release_id: str
     requested_by: str
+    request_id: str = ""  # the operator request it carries out (operator_requests/{id})
     type = EventType.CHAOS_REQUESTED
 
 

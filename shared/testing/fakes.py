@@ -234,6 +234,26 @@ class FakeNotifier:
         self.notices.append(notice)
 
 
+class FakeOperatorRequests:
+    """``operator_requests`` in memory: create-only like the Firestore collection."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.records: dict[str, dict] = {}
+
+    def record(self, request_id: str, request: Mapping[str, Any]) -> bool:
+        with self._lock:
+            if request_id in self.records:
+                return False
+            self.records[request_id] = copy.deepcopy(dict(request))
+            return True
+
+    def get(self, request_id: str) -> Mapping[str, Any] | None:
+        with self._lock:
+            found = self.records.get(request_id)
+            return copy.deepcopy(found) if found is not None else None
+
+
 class InMemoryApprovalStore:
     """The fake: same contract as the Firestore store, one lock instead of preconditions."""
 
