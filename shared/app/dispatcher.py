@@ -32,7 +32,7 @@ from shared.domain.commands import (
     command_to_dict,
 )
 from shared.app.config import Settings
-from shared.domain.errors import ExecutorError, MalformedEvent, StaleWrite, TransientError
+from shared.domain.errors import ExecutorError, StaleWrite, TransientError
 from shared.domain.events import (
     ApprovalDecided,
     ChaosRequested,
@@ -49,14 +49,16 @@ from shared.app.operator import unconfirmed_request
 from shared.app.ports import (
     ApprovalRequester,
     Clock,
+    DeadLetterStore,
     EventPublisher,
     Notifier,
     OperatorRequestLog,
     ReleaseStore,
     StageExecutor,
 )
+from shared.domain.dead_letters import DeadLetter
 from shared.domain.state import ReleaseState
-from shared.domain.wire import decode_event
+from shared.domain.wire import decode_event, encode
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ class Dispatcher:
     clock: Clock
     settings: Settings
     locks: EnvironmentLocks
+    dead_letters: DeadLetterStore
     # service name -> what was done; moves all traffic back to the revision before ours
     roll_back: Callable[[str], Mapping[str, Any]]
     # Operator requests recorded by the operator function; replay and chaos events must match one.
@@ -81,14 +84,10 @@ class Dispatcher:
     sleep: Callable[[float], None] = time.sleep
 
     # -- entry ----------------------------------------------------------------
-    def handle_message(self, event_id: str, attributes: Mapping[str, str], data: bytes) -> Decision | None:
-        """One Pub/Sub message. Malformed ones are recorded as dead letters and acknowledged."""
-        try:
-            event = decode_event(event_id, attributes, data)
-        except MalformedEvent as exc:
-            log.warning("dead letter %s: %s", event_id, exc)
-            self.store.record_dead_letter(event_id, str(exc), data[:4096].decode("utf-8", "replace"), "pubsub")
-            return None
+    def handle_message(self, event_id: str, attributes: Mapping[str, str], data: bytes) -> Decision:
+        """One Pub/Sub message. Raises MalformedEvent for one that cannot be decoded: whether
+        that is acknowledged or retried is the edge's decision (shared/app/edge.py)."""
+        event = decode_event(event_id, attributes, data)
         if event is None:
             return Decision(GateOutcome.IGNORED, "not a terminal status of a pipeline build")
         return self.handle(event)
@@ -139,7 +138,7 @@ class Dispatcher:
     def _refuse_claim(self, event: Event, refused: str) -> Decision:
         """An event whose claim the source of truth does not back: recorded and announced, never applied."""
         log.warning("%s event %s refused: %s", event.type.value, event.id, refused)
-        self.store.record_dead_letter(event.id, f"{event.type.value} refused: {refused}", "", event.type.value)
+        self._keep(event, f"{event.type.value} refused: {refused}")
         self.publisher.publish(self.settings.updates_topic, ReleaseNotice(
             event.release_id, NoticeKind.REFUSED, getattr(event, "stage", ""), f"{event.type.value} event refused: {refused}"))
         return Decision(GateOutcome.REFUSED, refused)
@@ -261,11 +260,17 @@ class Dispatcher:
                 return
         raise TransientError(f"commands of event {batch_id} are still in flight; retry later", release_id=release_id)
 
+    def _keep(self, event: Event, reason: str) -> None:
+        """A refused event as a dead letter, encoded as it came, so it can be re-driven once its
+        claim is backed (the gate checks the claim again then)."""
+        data, attributes = encode(event)
+        self.dead_letters.record(DeadLetter(event.id, reason, event.type.value, self.clock.now(), data, attributes))
+
     def _unknown_release(self, event: Event) -> Decision:
         reason = f"unknown release {event.release_id!r}"
         if isinstance(event, StageReplay):
             # A refused replay is recorded and published, so the operator learns why.
-            self.store.record_dead_letter(event.id, f"replay {event.replay_id} refused: {reason}", "", "stage.replay")
+            self._keep(event, f"replay {event.replay_id} refused: {reason}")
             self.publisher.publish(self.settings.updates_topic, ReleaseNotice(
                 event.release_id, NoticeKind.REFUSED, event.stage, f"replay {event.replay_id} refused: {reason}"))
         return Decision(GateOutcome.UNKNOWN_RELEASE, reason)
