@@ -36,8 +36,10 @@ from shared.domain.events import (
     ApprovalDecided,
     ChaosRequested,
     Event,
+    LockGranted,
     Outcome,
     StageReplay,
+    Superseded,
     decode_json,
     event_from_build_notification,
     event_from_dict,
@@ -111,6 +113,10 @@ class Dispatcher:
             if got is None:
                 return self._unknown_release(event)
             state, token = got
+            if isinstance(event, (LockGranted, Superseded)):
+                refused = self.locks.confirms(state.pipeline_name, event)
+                if refused:  # not what the application's record says: a forged or stale claim
+                    return self._refuse_claim(event, refused)
             pipeline = self.store.load_pipeline(state.pipeline_digest)  # the store caches it
             now = self.clock.now()
             decision = decide(pipeline, state, event, now)
@@ -169,9 +175,10 @@ class Dispatcher:
                 )
                 self.notifier.notify(state, command)
             elif isinstance(command, AcquireLock):
-                self.locks.acquire(command.environment, command.release_id, command.created_at)
+                self.locks.acquire(state.pipeline_name, command.environment, command.release_id, command.created_at,
+                                   state.version)
             elif isinstance(command, ReleaseLock):
-                self.locks.release(command.environment, command.release_id)
+                self.locks.release(state.pipeline_name, command.environment, command.release_id)
             elif isinstance(command, RollBack):
                 handles[command.stage] = {"stage_run_id": command.stage_run_id, **self._roll_back(command)}
         return handles

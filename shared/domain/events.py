@@ -120,6 +120,7 @@ class Superseded:
     release_id: str
     environment: str
     superseded_by: str
+    reason: str = ""  # set when the release was not superseded by a newer queued one (the version floor)
     type = EventType.SUPERSEDED
 
 
@@ -173,7 +174,7 @@ def event_from_dict(event_id: str, data: Mapping[str, Any]) -> Event:
             if not isinstance(fields["approve"], bool):
                 raise ValueError("approve must be true or false")
         for key in ("release_id", "stage", "stage_run_id", "replay_id", "requested_by", "nonce", "approver",
-                    "environment", "superseded_by", "request_id"):
+                    "environment", "superseded_by", "request_id", "reason"):
             if key in fields and not isinstance(fields[key], str):
                 raise ValueError(f"{key} must be a string")
     except (ValueError, TypeError) as exc:

@@ -313,7 +313,8 @@ class _Run:
                 state.stages[stage.id].status = StageStatus.PENDING
         state.status = ReleaseStatus.SUPERSEDED
         state.superseded_by = event.superseded_by
-        state.reason = f"superseded by release {event.superseded_by} while queued for {event.environment}"
+        state.reason = (f"superseded by release {event.superseded_by}: {event.reason}" if event.reason
+                        else f"superseded by release {event.superseded_by} while queued for {event.environment}")
         state.waiting_for = ""
         self.release_locks()
         self.changed = True
