@@ -19,7 +19,6 @@ import argparse
 import functools
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -315,36 +314,12 @@ def cmd_validate(args, ctx: Context) -> int:
     try:
         pipeline = load_pipeline(args.file)
     except DefinitionError as exc:
-        line = yaml_line(args.file, str(exc))
-        print(f"relctl: invalid pipeline: {exc}" + (f" (line {line})" if line else ""), file=sys.stderr)
+        print(f"relctl: invalid pipeline: {exc}", file=sys.stderr)
         return EXIT_USAGE
     stages = ", ".join(f"{s.number} {s.id}" + (" (optional)" if s.optional else "") for s in pipeline.stages)
     ctx.print(f"OK {args.file}: pipeline {pipeline.name}, {len(pipeline.stages)} stages: {stages}")
     ctx.print(f"digest {pipeline.digest}")
     return EXIT_OK
-
-
-def yaml_line(path: str, message: str) -> int | None:
-    """The line of the stage (or of its field) a validation message names, when it can be found."""
-    import yaml
-
-    match = re.search(r"stage \S+ '([^']+)'", message)
-    if not match:
-        return None
-    try:
-        with open(path) as fh:
-            root = yaml.compose(fh)
-    except (OSError, yaml.YAMLError):
-        return None
-    stages = next((v for k, v in getattr(root, "value", []) if getattr(k, "value", None) == "stages"), None)
-    for node in getattr(stages, "value", []) or []:
-        pairs = getattr(node, "value", [])
-        if not isinstance(pairs, list) or not all(isinstance(p, tuple) for p in pairs):
-            continue
-        if any(k.value == "id" and getattr(v, "value", None) == match.group(1) for k, v in pairs):
-            named = [k for k, _ in pairs if re.search(rf"\b{re.escape(str(k.value))}\b", message[match.end():])]
-            return (named[0] if named else node).start_mark.line + 1
-    return None
 
 
 def cmd_preflight(args, ctx: Context) -> int:

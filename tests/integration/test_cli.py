@@ -346,10 +346,14 @@ def test_validate_points_at_the_stage_and_field(cli, tmp_path):
     code, out, err = cli.run("validate", str(bad))
     assert code == 2 and out == ""
     line = text.splitlines().index("    kind: job") + 1
-    assert_one_line_error(err, "stage 7 'staging-migrate': unknown kind 'jbo'", f"(line {line})")
+    assert_one_line_error(err, f"{bad}:{line}: stage 'staging-migrate': kind: unknown kind 'jbo' (did you mean 'job'?)")
     code, _, err = cli.run("validate", str(tmp_path / "missing.yaml"))
     assert code == 2
     assert_one_line_error(err, "No such file or directory")
+    bad.write_text("name: x\nstages: [\n")
+    code, _, err = cli.run("validate", str(bad))
+    assert code == 2
+    assert_one_line_error(err, f"{bad}:3: not valid YAML")
 
 
 def test_usage_errors_exit_2(cli):

@@ -155,9 +155,12 @@ def test_get_shows_the_confirm_page_and_changes_nothing(world):
     status, html, headers = world.get(token)
     assert status == 200
     for text in (world.release.release_id, world.release.tag, world.release.commit, "staging-smoke", "succeeded",
-                 "Chaos smoke: not run", 'value=approve', 'value=reject', 'name=reason'):
+                 "Chaos smoke: not run", 'value="approve"', 'value="reject"', 'name="reason"'):
         assert text in html
-    assert '<form method=post' in html and "<script" not in html.lower() and "onload" not in html.lower()
+    # Approve is the one primary button; Reject needs a reason before it can be sent.
+    assert html.count('class="primary"') == 1 and 'value="approve" class="primary"' in html
+    assert re.search(r'<textarea id="reject-reason" name="reason"[^>]* required', html)
+    assert '<form method="post"' in html and "<script" not in html.lower() and "onload" not in html.lower()
     assert headers["Referrer-Policy"] == "no-referrer" and headers["Cache-Control"] == "no-store"
     assert "script-src" not in headers["Content-Security-Policy"]  # default-src 'none' forbids scripts
     status, html, _ = world.get(token, method="HEAD")
@@ -172,7 +175,31 @@ def test_confirm_page_shows_the_chaos_verdict(world):
     world.release.stages["chaos"].result = {"status": "SUCCESS", "passed": True, "error_rate": 0.012,
                                             "p95_ms": 512.7, "sources": [{"kind": "k6"}]}
     _, html, _ = world.get(world.send_links()[APPROVER])
-    assert "Chaos smoke verdict" in html and "512.7" in html and "0.012" in html
+    assert "Chaos smoke passed: error rate 1.20%, P95 513 ms." in html and "{" not in html.split("<body>")[1]
+
+
+def test_confirm_page_shows_evidence_in_words_and_the_pushed_commits(world):
+    world.release.stages["staging-smoke"].result = {"checks": [
+        {"path": "/", "status": 200, "attempts": 1, "latency_ms": 12.4},
+        {"path": "/health/liveliness", "status": 200, "attempts": 2, "latency_ms": 8.0}]}
+    world.release.changes = {"commits": [{"id": "0123456789abcdef", "message": "Fix the <b>login</b>", "author": "Dev"}],
+                             "total": 3, "compare_url": "https://github.com/acme/app/compare/0000111...abcdef1",
+                             "before": "0000111222"}
+    _, html, _ = world.get(world.send_links()[APPROVER])
+    assert "2/2 paths answered 2xx (/ 200 in 12 ms, /health/liveliness 200 in 8 ms)" in html
+    assert "attempts" not in html and "latency_ms" not in html  # no raw result dumps
+    assert "<code>0123456</code> Fix the &lt;b&gt;login&lt;/b&gt;" in html and "2 earlier commits not listed" in html
+    assert 'href="https://github.com/acme/app/compare/0000111...abcdef1"' in html
+    assert html.index("Image digest") < html.index("Staging evidence") < html.index("Your decision")
+
+
+def test_reject_without_a_reason_is_refused_and_the_link_stays_usable(world):
+    token = world.send_links()[APPROVER]
+    status, html, _ = world.post(token, "reject", reason="  ")
+    assert status == 400 and "needs a reason" in html
+    assert not world.store.get(world.nonce(token)).consumed and world.publisher.messages == []
+    status, _, _ = world.post(token, "reject", reason="the migration is not reversible")
+    assert status == 200 and world.publisher.messages[0][1]["reason"] == "the migration is not reversible"
 
 
 def test_page_escapes_values(world):
