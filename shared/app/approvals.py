@@ -33,7 +33,7 @@ from shared.domain.approval_tokens import Keyring, LinkClaims, TokenError, sign,
 from shared.domain.commands import RequestApproval
 from shared.app.config import Settings
 from shared.domain.errors import ConfigError, PipelineError, TransientError
-from shared.domain.events import ApprovalDecided, EventType
+from shared.domain.events import ApprovalDecided
 from shared.adapters.notify.errors import NotifyError
 from shared.adapters.notify.messages import format_approval_link
 from shared.domain.pipeline import Pipeline, Stage, StageKind
@@ -278,20 +278,9 @@ class ApprovalService:
         return HttpAnswer(200, answer, dict(pages.SECURITY_HEADERS))
 
     def _publish(self, record: ApprovalRecord) -> str:
-        data = {
-            "type": EventType.APPROVAL_DECIDED.value,
-            "release_id": record.release_id,
-            "stage": record.stage,
-            "attempt": record.attempt,
-            "nonce": record.nonce,
-            "approver": record.approver,
-            "approve": record.decision == "approved",
-            "expires_at": record.expires_at,
-            "reason": record.reason,
-            "user_agent": record.user_agent,
-        }
-        attributes = {"type": data["type"], "release_id": record.release_id}
-        message_id = self.publisher.publish(self.settings.events_topic, data, attributes)
+        event = ApprovalDecided("", record.release_id, record.stage, record.attempt, record.nonce, record.approver,
+                                record.decision == "approved", record.expires_at, record.reason, record.user_agent)
+        message_id = self.publisher.publish(self.settings.events_topic, event)
         self.store.mark_published(record.nonce, message_id)
         return message_id
 

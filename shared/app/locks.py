@@ -170,11 +170,9 @@ class EnvironmentLocks:
     # -- events -------------------------------------------------------------------------
     def _granted(self, environment: str, release_id: str) -> None:
         log.info("lock %s granted to %s", environment, release_id)
-        self.publisher.publish(self.settings.events_topic,
-                               {"type": "lock.granted", "release_id": release_id, "environment": environment})
+        self.publisher.publish(self.settings.events_topic, LockGranted("", release_id, environment))
 
     def _superseded(self, environment: str, release_id: str, why: dict[str, str]) -> None:
         log.info("release %s superseded by %s (%s)", release_id, why["by"], why.get("reason") or environment)
-        self.publisher.publish(self.settings.events_topic, {
-            "type": "release.superseded", "release_id": release_id, "environment": environment,
-            "superseded_by": why["by"], "reason": why.get("reason", "")})
+        self.publisher.publish(self.settings.events_topic,
+                               Superseded("", release_id, environment, why["by"], why.get("reason", "")))

@@ -15,6 +15,7 @@ from shared.domain.commands import Notify, RequestApproval, StartStage
 from shared.domain.events import ApprovalDecided, Outcome
 from shared.domain.pipeline import Pipeline, Stage
 from shared.domain.state import ReleaseState, StageState
+from shared.domain.wire import Message
 
 
 class Clock(Protocol):
@@ -63,8 +64,9 @@ class ReleaseStore(Protocol):
 
 
 class EventPublisher(Protocol):
-    def publish(self, topic: str, data: Mapping[str, Any], attributes: Mapping[str, str] | None = None) -> str:
-        """Publish JSON ``data``; returns the message id. ``topic`` is a short name."""
+    def publish(self, topic: str, message: Message) -> str:
+        """Publish a typed event or notice, encoded by ``shared/domain/wire.py``; returns the
+        message id. ``topic`` is a short name. A dict is refused (TypeError)."""
 
 
 @dataclass(frozen=True)

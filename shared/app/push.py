@@ -18,6 +18,7 @@ import semver
 
 from shared.app.config import Settings
 from shared.domain.errors import WebhookRejected
+from shared.domain.events import ReleaseStarted
 from shared.domain.pipeline import Pipeline
 from shared.app.ports import Clock, EventPublisher, ReleaseStore
 from shared.domain.state import new_release, release_id_for
@@ -166,9 +167,7 @@ class PushService:
         if created or not any(s.attempt for s in state.stages.values()):
             # Also re-published for an existing release that never started: the first
             # delivery may have died between the create and the publish.
-            self.publisher.publish(
-                self.settings.events_topic, {"type": "release.started", "release_id": release_id}
-            )
+            self.publisher.publish(self.settings.events_topic, ReleaseStarted("", release_id))
         body = {"status": "created" if created else "exists", "release_id": release_id, "tag": state.tag}
         return (201 if created else 200), body
 

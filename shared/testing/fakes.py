@@ -22,6 +22,7 @@ from shared.domain.pipeline import Pipeline, Stage, parse_pipeline, thaw
 from shared.app.ports import StageFinish, StartResult, empty_app_record
 from shared.domain.approval_record import ApprovalNotFound, ApprovalRecord, decision_fields
 from shared.domain.state import ReleaseState, StageState
+from shared.domain.wire import Message, encode
 
 
 class FakeClock:
@@ -135,8 +136,9 @@ class FakeStore:
 
 
 class FakePublisher:
-    """Keeps what is published, with ids like Pub/Sub's; ``fail = True`` makes it raise
-    TransientError as an unreachable Pub/Sub would."""
+    """Keeps what is published, encoded by the one wire format like the real publisher,
+    with ids like Pub/Sub's; ``fail = True`` makes it raise TransientError as an
+    unreachable Pub/Sub would. ``messages`` holds (topic, payload, attributes)."""
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, dict, dict]] = []
@@ -144,15 +146,16 @@ class FakePublisher:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
-    def publish(self, topic: str, data: Mapping[str, Any], attributes: Mapping[str, str] | None = None) -> str:
+    def publish(self, topic: str, message: Message) -> str:
+        data, attributes = encode(message)
         if self.fail:
             raise TransientError("publisher is down")
         with self._lock:
-            self.messages.append((topic, dict(data), dict(attributes or {})))
+            self.messages.append((topic, json.loads(data), attributes))
             return f"msg-{next(self._ids)}"
 
-    def of_type(self, event_type: str) -> list[dict]:
-        return [data for _, data, _ in self.messages if data.get("type") == event_type]
+    def of_type(self, message_type: str) -> list[dict]:
+        return [data for _, data, _ in self.messages if data.get("type") == message_type]
 
 
 class FakeExecutor:
