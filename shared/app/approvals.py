@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 from urllib.parse import quote
 
+from shared.domain.identity import approval_refusal
 from shared.ui import approval_pages as pages
 from shared.domain.approval_record import ApprovalRecord
 from shared.domain.approval_tokens import Keyring, LinkClaims, TokenError, sign, verify
@@ -246,10 +247,9 @@ class ApprovalService:
             )
         if st.deadline is not None and now > st.deadline:
             raise ApprovalRefused(410, "Link expired", f"the approval of release {release.release_id} has expired")
-        if claims.approver not in stage.params["approvers"]:
-            raise ApprovalRefused(403, "Not an approver", f"{claims.approver} is not an approver of {stage.label}")
-        if claims.approver == release.pushed_by:
-            raise ApprovalRefused(403, "Not allowed", f"{claims.approver} pushed this commit and cannot approve it")
+        refused = approval_refusal(claims.approver, stage.params["approvers"], release.pusher, release.pushed_by)
+        if refused:
+            raise ApprovalRefused(403, "Not allowed", f"{stage.label}: {refused}")
         return _Checked(claims, record, release, stage)
 
     def _decide(self, checked: _Checked, form: Mapping[str, str], headers: Mapping[str, str]) -> HttpAnswer:
