@@ -37,10 +37,12 @@ from shared.domain.events import (
     ApprovalDecided,
     ChaosRequested,
     Event,
+    LockGranted,
     Outcome,
     ReleaseNotice,
     StageFinished,
     StageReplay,
+    Superseded,
 )
 from shared.domain.gate import Decision, GateOutcome, decide
 from shared.app.locks import EnvironmentLocks
@@ -108,6 +110,10 @@ class Dispatcher:
             if got is None:
                 return self._unknown_release(event)
             state, token = got
+            if isinstance(event, (LockGranted, Superseded)):
+                refused = self.locks.confirms(state.pipeline_name, event)
+                if refused:  # not what the application's record says: a forged or stale claim
+                    return self._refuse_claim(event, refused)
             pipeline = self.store.load_pipeline(state.pipeline_digest)  # the store caches it
             now = self.clock.now()
             decision = decide(pipeline, state, event, now)
@@ -140,7 +146,8 @@ class Dispatcher:
         log.warning("%s event %s refused: %s", event.type.value, event.id, refused)
         self._keep(event, f"{event.type.value} refused: {refused}")
         self.publisher.publish(self.settings.updates_topic, ReleaseNotice(
-            event.release_id, NoticeKind.REFUSED, getattr(event, "stage", ""), f"{event.type.value} event refused: {refused}"))
+            event.release_id, NoticeKind.REFUSED, getattr(event, "stage", ""),
+            f"{event.type.value} event refused: {refused}"))
         return Decision(GateOutcome.REFUSED, refused)
 
     # -- side effects ---------------------------------------------------------
@@ -161,9 +168,10 @@ class Dispatcher:
                 self.publisher.publish(self.settings.updates_topic, ReleaseNotice.of(command))
                 self.notifier.notify(state, command)
             elif isinstance(command, AcquireLock):
-                self.locks.acquire(command.environment, command.release_id, command.created_at)
+                self.locks.acquire(state.pipeline_name, command.environment, command.release_id, command.created_at,
+                                   state.version)
             elif isinstance(command, ReleaseLock):
-                self.locks.release(command.environment, command.release_id)
+                self.locks.release(state.pipeline_name, command.environment, command.release_id)
             elif isinstance(command, RollBack):
                 handles[command.stage] = {"stage_run_id": command.stage_run_id, **self._roll_back(command)}
         return handles

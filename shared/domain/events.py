@@ -122,6 +122,7 @@ class Superseded:
     release_id: str
     environment: str
     superseded_by: str
+    reason: str = ""  # set when the release was not superseded by a newer queued one (the version floor)
     type = EventType.SUPERSEDED
 
 

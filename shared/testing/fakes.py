@@ -19,7 +19,7 @@ from shared.domain.commands import Notify, RequestApproval, StartStage
 from shared.adapters.notify.errors import NotifyError
 from shared.domain.errors import DefinitionError, StaleWrite, TransientError
 from shared.domain.pipeline import Pipeline, Stage, parse_pipeline, thaw
-from shared.app.ports import StageFinish, StartResult, empty_lock_document
+from shared.app.ports import StageFinish, StartResult, empty_app_record
 from shared.domain.dead_letters import MAX_KEPT_BYTES, DeadLetter
 from shared.domain.approval_record import ApprovalNotFound, ApprovalRecord, decision_fields
 from shared.domain.state import ReleaseState, StageState
@@ -317,23 +317,23 @@ class InMemoryApprovalStore:
             self._records[nonce] = replace(self._records[nonce], message_id=message_id)
 
 
-class InMemoryLockDocuments:
-    """The fake: the same contract as Firestore's documents, in memory."""
+class InMemoryAppRecords:
+    """The fake of ``apps/{app}``: the same contract as the Firestore records, in memory."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._docs: dict[str, tuple[dict[str, Any], int]] = {}
 
-    def read(self, environment: str) -> tuple[dict[str, Any], Any]:
+    def read(self, app: str) -> tuple[dict[str, Any], Any]:
         with self._lock:
-            if environment not in self._docs:
-                return empty_lock_document(), None
-            data, version = self._docs[environment]
+            if app not in self._docs:
+                return empty_app_record(), None
+            data, version = self._docs[app]
             return copy.deepcopy(data), version
 
-    def write(self, environment: str, data: dict[str, Any], token: Any) -> None:
+    def write(self, app: str, data: dict[str, Any], token: Any) -> None:
         with self._lock:
-            current = self._docs.get(environment)
+            current = self._docs.get(app)
             if (current is None) != (token is None) or (current is not None and current[1] != token):
-                raise StaleWrite(f"lock {environment} changed since it was read")
-            self._docs[environment] = (copy.deepcopy(data), (current[1] if current else 0) + 1)
+                raise StaleWrite(f"application record {app} changed since it was read")
+            self._docs[app] = (copy.deepcopy(data), (current[1] if current else 0) + 1)

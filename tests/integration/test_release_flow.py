@@ -22,7 +22,7 @@ from shared.adapters.executors.run_services import rollback
 from shared.testing.fakes import FakeApprovals, FakeNotifier
 from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
 from shared.adapters.firestore_store import FirestoreStore
-from shared.adapters.firestore_locks import FirestoreLockDocuments
+from shared.adapters.firestore_apps import FirestoreAppRecords
 from shared.app.locks import EnvironmentLocks
 from shared.domain.events import ReleaseStarted
 from shared.domain.pipeline import parse_pipeline
@@ -58,7 +58,7 @@ class Flow:
         self.dispatcher = Dispatcher(
             self.store, publisher, build_executors(settings, retry=FAST, check_backoff=QUICK),
             FakeApprovals(), FakeNotifier(), self.clock, settings,
-            EnvironmentLocks(FirestoreLockDocuments(self.store.client, settings), publisher, settings),
+            EnvironmentLocks(FirestoreAppRecords(self.store.client, settings), publisher, settings),
             FirestoreDeadLetters(self.store.client, settings), roll_back=lambda service: rollback(settings, service),
         )
         self.executors = self.dispatcher.executors
