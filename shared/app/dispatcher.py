@@ -84,6 +84,7 @@ class Dispatcher:
     # Operator requests recorded by the operator function; replay and chaos events must match one.
     operator_requests: OperatorRequestLog | None = None
     sleep: Callable[[float], None] = time.sleep
+    monotonic: Callable[[], float] = time.monotonic
 
     # -- entry ----------------------------------------------------------------
     def handle_message(self, event_id: str, attributes: Mapping[str, str], data: bytes) -> Decision:
@@ -260,8 +261,8 @@ class Dispatcher:
                 self._wait_for_batch(state.release_id, event_id)
 
     def _wait_for_batch(self, release_id: str, batch_id: str) -> None:
-        deadline = time.monotonic() + IN_FLIGHT_WAIT_S
-        while time.monotonic() < deadline:
+        deadline = self.monotonic() + IN_FLIGHT_WAIT_S
+        while self.monotonic() < deadline:
             self.sleep(0.05)
             got = self.store.get(release_id)
             if got is None or all(b["event_id"] != batch_id for b in got[0].outbox):

@@ -83,9 +83,7 @@ class FakeStore:
             _, version = self._docs[state.release_id]
             if version != token:
                 raise StaleWrite("release changed since it was read", release_id=state.release_id)
-            self.writes += 1
-            self._docs[state.release_id] = (state.to_dict(), version + 1)
-            return version + 1
+            return self._write(state.release_id, state.to_dict(), version)
 
     def update_fields(self, release_id: str, fields: Mapping[tuple[str, ...], Any], token: Any) -> Any:
         with self._lock:
@@ -98,9 +96,15 @@ class FakeStore:
                 for key in path[:-1]:
                     target = target[key]
                 target[path[-1]] = copy.deepcopy(value)
-            self.writes += 1
-            self._docs[release_id] = (data, version + 1)
-            return version + 1
+            return self._write(release_id, data, version)
+
+    def _write(self, release_id: str, data: dict, version: int) -> int:
+        """Like Firestore, a write that changes nothing keeps the update time (the token)."""
+        self.writes += 1
+        if data == self._docs[release_id][0]:
+            return version
+        self._docs[release_id] = (data, version + 1)
+        return version + 1
 
     def list_releases(self, limit: int = 50) -> list[ReleaseState]:
         with self._lock:
