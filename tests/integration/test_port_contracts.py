@@ -2,6 +2,7 @@
 adapter on the emulator, so a fake cannot drift from what the real store does."""
 from __future__ import annotations
 
+import importlib
 import threading
 
 import pytest
@@ -35,40 +36,33 @@ def client_and_settings(kind, unique_prefix):
     return firestore.Client(project=PROJECT), Settings(project=PROJECT, collection_prefix=unique_prefix)
 
 
-@pytest.fixture
-def releases(kind, client_and_settings):
+# port -> (its fake, its Firestore adapter as module:class)
+PORTS = {
+    "releases": (fakes.FakeStore, "firestore_store:FirestoreStore"),
+    "letters": (fakes.FakeDeadLetters, "firestore_dead_letters:FirestoreDeadLetters"),
+    "approvals": (fakes.InMemoryApprovalStore, "firestore_approvals:FirestoreApprovalStore"),
+    "apps": (fakes.InMemoryAppRecords, "firestore_apps:FirestoreAppRecords"),
+    "requests": (fakes.FakeOperatorRequests, "firestore_operator_requests:FirestoreOperatorRequests"),
+}
+
+
+def implementation(port: str, kind: str, client_and_settings):
+    fake, adapter = PORTS[port]
     if kind == "fake":
-        return fakes.FakeStore()
-    from shared.adapters.firestore_store import FirestoreStore
-
-    return FirestoreStore(*client_and_settings)
-
-
-@pytest.fixture
-def letters(kind, client_and_settings):
-    if kind == "fake":
-        return fakes.FakeDeadLetters()
-    from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
-
-    return FirestoreDeadLetters(*client_and_settings)
+        return fake()
+    module, name = adapter.split(":")
+    return getattr(importlib.import_module(f"shared.adapters.{module}"), name)(*client_and_settings)
 
 
-@pytest.fixture
-def approvals(kind, client_and_settings):
-    if kind == "fake":
-        return fakes.InMemoryApprovalStore()
-    from shared.adapters.firestore_approvals import FirestoreApprovalStore
-
-    return FirestoreApprovalStore(*client_and_settings)
+def port_fixture(port: str):
+    @pytest.fixture(name=port)
+    def made(kind, client_and_settings):
+        return implementation(port, kind, client_and_settings)
+    return made
 
 
-@pytest.fixture
-def apps(kind, client_and_settings):
-    if kind == "fake":
-        return fakes.InMemoryAppRecords()
-    from shared.adapters.firestore_apps import FirestoreAppRecords
-
-    return FirestoreAppRecords(*client_and_settings)
+for _port in PORTS:  # fixtures ``releases``, ``letters``, ``approvals``, ``apps``, ``requests``
+    globals()[f"{_port}_fixture"] = port_fixture(_port)
 
 
 def release(commit: str, now: float = T0):
@@ -185,15 +179,6 @@ def test_an_app_record_starts_empty_and_is_written_on_condition(apps):
 
 
 # -- OperatorRequestLog -------------------------------------------------------------------
-
-@pytest.fixture
-def requests(kind, client_and_settings):
-    if kind == "fake":
-        return fakes.FakeOperatorRequests()
-    from shared.adapters.firestore_operator_requests import FirestoreOperatorRequests
-
-    return FirestoreOperatorRequests(*client_and_settings)
-
 
 def test_an_operator_request_is_recorded_once(requests):
     asked = {"action": "replay", "release_id": "r", "stage": "lint", "requested_by": "ops@example.com"}
