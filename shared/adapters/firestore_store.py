@@ -7,7 +7,6 @@ serialise badly (DESIGN.md: 28.7 s and lock timeouts for 40 contended increments
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Mapping
 
 from google.api_core import exceptions as gexc
@@ -17,7 +16,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 
 from shared.app.config import Settings
 from shared.domain.errors import DefinitionError, StaleWrite
-from shared.domain.pipeline import Pipeline, parse_pipeline, thaw
+from shared.domain.pipeline import Pipeline, pipeline_from_stored, stored_pipeline
 from shared.domain.state import ReleaseState, ReleaseStatus
 
 
@@ -81,9 +80,7 @@ class FirestoreStore:
         if pipeline.digest in self._pipeline_cache:
             return
         try:
-            self.pipelines.document(pipeline.digest).create(
-                {"name": pipeline.name, "document": json.dumps(thaw(pipeline.document), sort_keys=True)}
-            )
+            self.pipelines.document(pipeline.digest).create(stored_pipeline(pipeline))
         except gexc.AlreadyExists:
             pass
         self._pipeline_cache[pipeline.digest] = pipeline
@@ -93,7 +90,7 @@ class FirestoreStore:
             snapshot = self.pipelines.document(digest).get()
             if not snapshot.exists:
                 raise DefinitionError(f"pipeline definition {digest[:12]} is not stored")
-            self._pipeline_cache[digest] = parse_pipeline(json.loads(snapshot.get("document")))
+            self._pipeline_cache[digest] = pipeline_from_stored(snapshot.to_dict())
         return self._pipeline_cache[digest]
 
     def claim_delivery(self, delivery_id: str, info: Mapping[str, Any]) -> bool:

@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from shared.domain import pipeline_schema as schema
-from shared.domain.errors import DefinitionError
+from shared.domain.errors import ConfigError, DefinitionError
 from shared.domain.pipeline_schema import Invalid
 
 
@@ -195,6 +195,27 @@ def parse_pipeline(document: Any) -> Pipeline:
         digest=hashlib.sha256(canonical.encode()).hexdigest(),
         document=_freeze(document),
     )
+
+
+# The stored form of a pinned definition (``pipelines/{digest}``): 1 = no ``schema`` field (as
+# written until 2026-11-30), 2 = the same plus ``schema``. A newer code reads every older one.
+PIPELINE_SCHEMA = 2
+
+
+def stored_pipeline(pipeline: Pipeline) -> dict[str, Any]:
+    """What a store keeps for a pinned definition."""
+    return {"name": pipeline.name, "schema": PIPELINE_SCHEMA,
+            "document": json.dumps(thaw(pipeline.document), sort_keys=True)}
+
+
+def pipeline_from_stored(stored: Mapping[str, Any]) -> Pipeline:
+    """The pinned definition back, from any schema up to this code's. A newer one is a
+    ConfigError (the operator must deploy the newer code; the event is redelivered meanwhile)."""
+    version = stored.get("schema", 1)
+    if not isinstance(version, int) or version > PIPELINE_SCHEMA:
+        raise ConfigError(f"stored pipeline {stored.get('name', '?')!r} has schema {version!r}; this code reads "
+                          f"up to {PIPELINE_SCHEMA}: deploy the code that wrote it")
+    return parse_pipeline(json.loads(stored["document"]))
 
 
 def _lines(node: Any, path: schema.Path = (), into: dict | None = None) -> dict:

@@ -11,9 +11,14 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
+from shared.domain.errors import ConfigError
 from shared.domain.identity import People
 from shared.domain.pipeline import Pipeline
 
+# The release document's layout: 1 = no ``schema`` field (as written until 2026-11-30), 2 = the
+# same plus ``schema``. ``from_dict`` reads every older one (``upgrade_release_document``), so a
+# release in flight survives a deploy of newer code; a newer one is refused (see there).
+RELEASE_SCHEMA = 2
 # Bounded so the document stays small; older ids are long past redelivery.
 APPLIED_EVENTS_KEPT = 400
 
@@ -102,7 +107,8 @@ class ReleaseState:
     # MAX_LISTED_COMMITS commits, first lines only), shown on the approval page.
     changes: dict[str, Any] = field(default_factory=dict)
     used_nonces: list[str] = field(default_factory=list)
-    replays: list[str] = field(default_factory=list)
+    # Every replay request and the gate's answer: {replay_id, stage, requested_by, reason, at, accepted, ...}.
+    replays: list[dict[str, Any]] = field(default_factory=list)
     applied_events: list[str] = field(default_factory=list)
     # Commands of transitions not yet carried out: [{event_id, commands, lease_until}].
     # See shared/app/dispatcher.py for why they live in the release document.
@@ -110,6 +116,7 @@ class ReleaseState:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["schema"] = RELEASE_SCHEMA
         data["status"] = self.status.value
         for stage in data["stages"].values():
             stage["status"] = stage["status"].value if isinstance(stage["status"], Enum) else stage["status"]
@@ -117,7 +124,7 @@ class ReleaseState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ReleaseState":
-        data = dict(data)
+        data = upgrade_release_document(data)
         stages = {}
         for stage_id, raw in (data.pop("stages", None) or {}).items():
             raw = dict(raw)
@@ -127,6 +134,19 @@ class ReleaseState:
         data["status"] = ReleaseStatus(data["status"])
         known = cls.__dataclass_fields__
         return cls(stages=stages, **{k: v for k, v in data.items() if k in known})
+
+
+def upgrade_release_document(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored release document in this code's layout. Each step upgrades one schema to the
+    next; fields added since have defaults. A document written by newer code is a ConfigError:
+    the operator must deploy that code (the event is redelivered meanwhile, nothing is lost)."""
+    data = dict(data)
+    version = data.pop("schema", 1)
+    if not isinstance(version, int) or version > RELEASE_SCHEMA:
+        raise ConfigError(f"release {data.get('release_id', '?')} is stored with schema {version!r}; this code "
+                          f"reads up to {RELEASE_SCHEMA}: deploy the code that wrote it")
+    # 1 -> 2: the layout is unchanged; only the marker is new.
+    return data
 
 
 def release_id_for(repo: str, commit: str) -> str:

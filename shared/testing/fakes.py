@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 from shared.domain.commands import Notify, RequestApproval, StartStage
 from shared.adapters.notify.errors import NotifyError
 from shared.domain.errors import DefinitionError, StaleWrite, TransientError
-from shared.domain.pipeline import Pipeline, Stage, parse_pipeline, thaw
+from shared.domain.pipeline import Pipeline, Stage, pipeline_from_stored, stored_pipeline
 from shared.app.ports import StageFinish, StartResult, empty_app_record
 from shared.domain.dead_letters import MAX_KEPT_BYTES, DeadLetter
 from shared.domain.approval_record import ApprovalNotFound, ApprovalRecord, decision_fields
@@ -119,13 +119,13 @@ class FakeStore:
         return [s.version for s in self.list_releases(limit=10**6) if s.repo == repo and s.status.value == "succeeded"]
 
     def save_pipeline(self, pipeline: Pipeline) -> None:
-        self._pipelines[pipeline.digest] = json.dumps(thaw(pipeline.document))
+        self._pipelines[pipeline.digest] = json.dumps(stored_pipeline(pipeline))
 
     def load_pipeline(self, digest: str) -> Pipeline:
         if digest not in self._pipelines:
             raise DefinitionError(f"pipeline {digest[:12]} is not stored")
         if digest not in self._parsed:  # cached like the Firestore store does
-            self._parsed[digest] = parse_pipeline(json.loads(self._pipelines[digest]))
+            self._parsed[digest] = pipeline_from_stored(json.loads(self._pipelines[digest]))
         return self._parsed[digest]
 
     def claim_delivery(self, delivery_id: str, info: Mapping[str, Any]) -> bool:
