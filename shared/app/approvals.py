@@ -306,8 +306,8 @@ class ApprovalService:
         )
 
     def _stage_rows(self, release: ReleaseState, approval: Stage) -> list[tuple[str, str, str]]:
-        """Staging stages in pipeline order, each with its evidence in words (test counts,
-        answers and latencies, the failure reason) rather than the raw result."""
+        """The stages before the approval that ran, in pipeline order, each with its evidence in
+        words (test counts, answers and latencies, the failure reason) rather than the raw result."""
         from shared.ui.dashboard import stage_detail
 
         if self.get_pipeline is None:
@@ -315,9 +315,9 @@ class ApprovalService:
                     if st.attempt and stage_id != approval.id]
         pipeline = self.get_pipeline(release)
         rows = []
-        for stage in pipeline.stages:
+        for stage in pipeline.stages[:pipeline.index(approval.id)]:
             st = release.stages.get(stage.id)
-            if stage.environment != "staging" or st is None or stage.optional:
+            if st is None or stage.optional or not st.attempt:
                 continue
             rows.append((f"{stage.number} {stage.name}", st.status.value, stage_detail(stage, st, release, pipeline)[:300]))
         return rows
