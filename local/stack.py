@@ -148,6 +148,8 @@ class LocalStack:
             "RELEASE_APPROVAL_BASE_URL": self.urls.get("on_approval", ""),
             "RELEASE_PUBLIC_BASE_URL": self.urls.get("dashboard", ""),
             "RELEASE_PIPELINE_SERVICE_ACCOUNT": PIPELINE_SA,
+            # The "GitHub" of the local stack: builds fetch the pushed commit from this checkout.
+            "RELEASE_SOURCE_URL": str(REPO_ROOT),
             "RELEASE_SMTP_HOST": "127.0.0.1" if self.smtp_port else "",
             "RELEASE_SMTP_PORT": str(self.smtp_port or 25),
             "RELEASE_NOTIFY_EMAILS": "release-team@example.com",

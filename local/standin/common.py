@@ -24,6 +24,7 @@ KINDS = ("build", "job", "service")
 @dataclass(frozen=True)
 class StandInConfig:
     project: str = "local-project"
+    project_number: str = "123456789012"
     region: str = "europe-west3"
     workspace: Path = Path(".")
     # Images whose build steps, job containers and revisions run as local processes.

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from shared.domain.build_params import check_build_params
 from shared.domain.errors import DefinitionError
 
 
@@ -158,6 +159,8 @@ def _stage(raw: Any, position: int) -> Stage:
     for key in ("traffic_percent", "percent"):
         if key in params and not (isinstance(params[key], int) and 0 < params[key] <= 100):
             raise DefinitionError(f"{where}: params.{key} must be an integer from 1 to 100, got {params[key]!r}")
+    if kind is StageKind.BUILD:
+        check_build_params(params, where)
     if kind is StageKind.CHECK:
         # Checks run inside the dispatcher, whose invocation may last 540 s at most.
         inline = check_duration_s(params, where)

@@ -1,6 +1,6 @@
 """Fill ``${name}`` placeholders in stage params from the release's pinned inputs.
 
-Only the names below are ours. Anything else (``${CLOUDSQL_INSTANCE}``, ``$PROJECT_ID``,
+Only the names in PLACEHOLDERS are ours. Anything else (``${_CLOUDSQL_INSTANCE}``, ``$PROJECT_ID``,
 ``$BUILDER_OUTPUT``) belongs to Cloud Build or the shell and stays as written, and
 ``$$`` (Cloud Build's escaped dollar) is left untouched so the step still sees ``$``.
 """
@@ -11,9 +11,8 @@ from typing import Any, Mapping
 
 from shared.domain.commands import StartStage
 from shared.app.config import Settings
+from shared.domain.build_params import RELEASE_PLACEHOLDERS as PLACEHOLDERS
 from shared.domain.pipeline import Pipeline
-
-PLACEHOLDERS = ("tag", "version", "commit", "release_id", "stage_run_id", "image", "registry")
 # "$$" first, so that "$${tag}" is read as an escaped dollar followed by "{tag}".
 _TOKEN = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -36,7 +35,14 @@ def variables_for(settings: Settings, pipeline: Pipeline, command: StartStage) -
         "stage_run_id": command.stage_run_id,
         "image": image_ref(settings, pipeline, tag),
         "registry": settings.artifact_registry,
+        "source_url": source_url(settings, str(inputs.get("repo") or "")),
+        "project": settings.project,
     }
+
+
+def source_url(settings: Settings, repo: str) -> str:
+    """Where builds fetch the pushed commit: the setting, else the GitHub repository pushed to."""
+    return settings.source_url or (f"https://github.com/{repo}.git" if repo else "")
 
 
 def substitute(value: Any, variables: Mapping[str, str]) -> Any:
