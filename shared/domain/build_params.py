@@ -83,6 +83,6 @@ def _check_references(text: str, substitutions: Mapping[str, Any], where: str) -
             continue
         if name.startswith("_") and name in substitutions:
             continue
-        hint = (f"define it in params.substitutions" if name.startswith("_") else
+        hint = ("define it in params.substitutions" if name.startswith("_") else
                 f"a user substitution needs a leading '_' (${{_{name}}}); a shell variable is written $${name}")
         raise DefinitionError(f"{where}: ${{{name}}} is not a Cloud Build substitution: {hint}")

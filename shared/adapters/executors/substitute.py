@@ -11,7 +11,6 @@ from typing import Any, Mapping
 
 from shared.domain.commands import StartStage
 from shared.app.config import Settings
-from shared.domain.build_params import RELEASE_PLACEHOLDERS as PLACEHOLDERS
 from shared.domain.pipeline import Pipeline
 # "$$" first, so that "$${tag}" is read as an escaped dollar followed by "{tag}".
 _TOKEN = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
