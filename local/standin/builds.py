@@ -23,6 +23,7 @@ from google.cloud.devtools.cloudbuild_v1.types import (
 
 from local.standin.artifact_registry import image_digest
 from local.standin.build_rules import apply_substitutions, built_ins, check_build
+from local.standin.identity import default_compute_account, mint_key
 from local.standin.common import ApiError, OperationStore, OutcomeRules, StandInConfig, clone, image_is_local, now
 from local.standin.processes import Supervisor, child_env
 from local.standin.workspace import IMAGES_FILE_ENV, BuildWorkspace
@@ -48,6 +49,7 @@ class CloudBuildService:
         self._op_names: dict[str, str] = {}
         self._cancel: dict[str, threading.Event] = {}
         self._lock = threading.RLock()
+        self.guard = None  # the IamGuard: steps and pushes act as the build's service account
 
     def register(self, registry) -> None:
         registry.add(SERVICE, "CreateBuild", self.create_build, CreateBuildRequest, Operation)
@@ -178,7 +180,20 @@ class CloudBuildService:
             self._end(build_id, Status.FAILURE, f"failed to push {missing[0]}: An image does not exist locally "
                       "with the tag (no step of this build built it)", outputs)
             return
+        # Build proto, images: "The images are pushed using the builder service account's credentials."
+        account = self._account(build_id)
+        upload = "artifactregistry.repositories.uploadArtifacts"
+        if images and self.guard is not None and self.guard.enforcing and not self.guard.holds(
+                f"serviceAccount:{account}", upload):
+            self._end(build_id, Status.FAILURE, f"failed to push {images[0]}: denied: Permission '{upload}' denied "
+                      f"on resource for {account} (or it may not exist)", outputs)
+            return
         self._end(build_id, Status.SUCCESS, "", outputs)
+
+    def _account(self, build_id: str) -> str:
+        with self._lock:
+            named = self._builds[build_id].service_account
+        return named.rsplit("/", 1)[-1] if named else default_compute_account(self._cfg.project_number)
 
     @staticmethod
     def _fetch_source(source, workspace: BuildWorkspace) -> str:
@@ -199,6 +214,8 @@ class CloudBuildService:
             env = dict(item.split("=", 1) for item in step.env if "=" in item)
             env["BUILDER_OUTPUT"] = outdir
             env[IMAGES_FILE_ENV] = str(workspace.images_file)
+            # Steps act as the build's service account: google-auth in a step finds its key.
+            env["GOOGLE_APPLICATION_CREDENTIALS"] = str(mint_key(self._cfg.key_dir, self._account(build_id)))
             log_path = self._cfg.log_dir / "builds" / f"{build_id}.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with log_path.open("a") as log:
