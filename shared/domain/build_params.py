@@ -18,12 +18,11 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from shared.domain.errors import DefinitionError
+from shared.domain.pipeline_schema import EXTRA_PLACEHOLDERS, PLACEHOLDERS, Invalid, Path
 
 USER_SUBSTITUTION = re.compile(r"^_[A-Z0-9_]+$")
 # Ours: the executors fill ${name} from the release before the build is created.
-RELEASE_PLACEHOLDERS = ("tag", "version", "commit", "release_id", "stage_run_id", "image", "registry",
-                        "source_url", "project")
+RELEASE_PLACEHOLDERS = PLACEHOLDERS + EXTRA_PLACEHOLDERS
 # Cloud Build's own (same page, "Using default substitutions"), and $BUILDER_OUTPUT, which it
 # leaves alone. Anything else after a single '$' is refused by CreateBuild.
 CLOUD_BUILD_NAMES = frozenset({
@@ -36,33 +35,32 @@ LOGGING_MODES = ("CLOUD_LOGGING_ONLY", "NONE", "GCS_ONLY", "LEGACY", "STACKDRIVE
 SOURCE_FIELDS = {"url", "revision", "dir"}
 
 
-def check_build_params(params: Mapping[str, Any], where: str) -> None:
+def check_build_params(params: Mapping[str, Any], path: Path, where: str) -> None:
+    """``where`` is ``stage 'x': ``; problems are ``Invalid`` with the path of the value."""
     substitutions = params.get("substitutions") or {}
-    if not isinstance(substitutions, Mapping):
-        raise DefinitionError(f"{where}: params.substitutions must be a mapping")
     for key in substitutions:
         if not USER_SUBSTITUTION.match(str(key)):
-            raise DefinitionError(f"{where}: params.substitutions: key {key!r} must match ^_[A-Z0-9_]+$ "
-                                  "(Cloud Build refuses user substitutions without a leading '_')")
+            raise Invalid(path + ("substitutions", key), f"{where}params.substitutions: key {key!r} must match "
+                          "^_[A-Z0-9_]+$ (Cloud Build refuses user substitutions without a leading '_')")
     secrets = params.get("available_secrets") or {}
-    if not isinstance(secrets, Mapping):
-        raise DefinitionError(f"{where}: params.available_secrets must map env names to secrets")
     for i, step in enumerate(params.get("steps") or []):
         if not isinstance(step, Mapping):
             continue
         for text in _strings(step):
-            _check_references(text, substitutions, f"{where}: params.steps[{i}]")
+            _check_references(text, substitutions, path + ("steps", i), f"{where}params.steps[{i}]")
         for name in step.get("secretEnv") or []:
             if name not in secrets:
-                raise DefinitionError(f"{where}: params.steps[{i}].secretEnv: {name!r} is not defined in "
-                                      "params.available_secrets")
+                raise Invalid(path + ("steps", i, "secretEnv"), f"{where}params.steps[{i}].secretEnv: {name!r} "
+                              "is not defined in params.available_secrets")
     source = params.get("source")
     if source is not None and source != "git":
         if not isinstance(source, Mapping) or not source.get("url") or set(source) - SOURCE_FIELDS:
-            raise DefinitionError(f"{where}: params.source must be 'git' or a mapping with url (and revision, dir)")
+            raise Invalid(path + ("source",), f"{where}params.source: must be 'git' or a mapping with url "
+                          "(and revision, dir)")
     logging = params.get("logging")
     if logging is not None and logging not in LOGGING_MODES:
-        raise DefinitionError(f"{where}: params.logging {logging!r} is not one of {', '.join(LOGGING_MODES)}")
+        raise Invalid(path + ("logging",), f"{where}params.logging: {logging!r} is not one of "
+                      f"{', '.join(LOGGING_MODES)}")
 
 
 def _strings(value: Any) -> list[str]:
@@ -75,7 +73,7 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
-def _check_references(text: str, substitutions: Mapping[str, Any], where: str) -> None:
+def _check_references(text: str, substitutions: Mapping[str, Any], path: Path, where: str) -> None:
     """Every ``$NAME`` Cloud Build will see must be one it knows: ``$$`` escapes a shell variable."""
     for match in _TOKEN.finditer(text):
         name = match.group(1) if match.group(1) is not None else match.group(2)
@@ -85,4 +83,4 @@ def _check_references(text: str, substitutions: Mapping[str, Any], where: str) -
             continue
         hint = ("define it in params.substitutions" if name.startswith("_") else
                 f"a user substitution needs a leading '_' (${{_{name}}}); a shell variable is written $${name}")
-        raise DefinitionError(f"{where}: ${{{name}}} is not a Cloud Build substitution: {hint}")
+        raise Invalid(path, f"{where}: ${{{name}}} is not a Cloud Build substitution: {hint}")

@@ -21,7 +21,8 @@ from shared.adapters.executors import Backoff, RetryPolicy, build_executors
 from shared.adapters.executors.run_services import rollback
 from shared.testing.fakes import FakeApprovals, FakeNotifier
 from shared.adapters.firestore_store import FirestoreStore
-from shared.app.locks import EnvironmentLocks, FirestoreLockDocuments
+from shared.adapters.firestore_locks import FirestoreLockDocuments
+from shared.app.locks import EnvironmentLocks
 from shared.domain.pipeline import parse_pipeline
 from shared.adapters.pubsub_publisher import PubSubPublisher
 from shared.app.dispatcher import Dispatcher

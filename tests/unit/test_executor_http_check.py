@@ -13,19 +13,7 @@ from shared.domain.errors import ExecutorError
 from shared.domain.events import Outcome
 from shared.adapters.executors.http_check import Backoff, HttpCheckExecutor, bake, check_paths, verdict
 from shared.domain.pipeline import parse_pipeline
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.t = 0.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.t += seconds
+from shared.testing.fakes import FakeTime
 
 
 @pytest.fixture(scope="module")
