@@ -20,10 +20,19 @@ _TOKEN = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def image_ref(settings: Settings, pipeline: Pipeline, tag: str) -> str:
-    """``registry/image:tag``; without a registry just ``image:tag``."""
+    """``registry/image:tag``; without a registry just ``image:tag``.
+
+    A docker tag is ``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``
+    (https://docs.docker.com/reference/cli/docker/image/tag/): semver build metadata
+    (``v1.2.3+build.5-abc1234``) cannot ride in it, so ``+`` becomes ``_`` there
+    (the release's own tag keeps it)."""
     registry = settings.artifact_registry.rstrip("/")
     name = f"{registry}/{pipeline.image}" if registry else pipeline.image
-    return f"{name}:{tag}"
+    return f"{name}:{docker_tag(tag)}"
+
+
+def docker_tag(tag: str) -> str:
+    return tag.replace("+", "_")
 
 
 def variables_for(settings: Settings, pipeline: Pipeline, command: StartStage) -> dict[str, str]:
