@@ -42,6 +42,7 @@ Overdue deadlines found on the way are applied whatever the event's outcome
 from __future__ import annotations
 
 import copy
+import hmac
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -66,6 +67,7 @@ from shared.domain.events import (
     StageReplay,
     Superseded,
     Tick,
+    run_secret,
     stage_run_id,
 )
 from shared.domain.identity import approval_refusal, normalise
@@ -180,8 +182,15 @@ class _Run:
         stage, st = self.known_stage(event.stage)
         if stage.kind is StageKind.APPROVAL:
             raise _Refusal(GateOutcome.REFUSED, f"{stage.label} finishes only through a signed approval")
-        if st.stage_run_id != event.stage_run_id:
+        if not hmac.compare_digest(st.stage_run_id.encode(), event.stage_run_id.encode()):
+            # The current run's id ends in its secret: a guessed or older id is not it.
             raise _Refusal(GateOutcome.STALE, f"{event.stage_run_id} is not the current run of {stage.label}")
+        reported, recorded = event.result.get("build_id"), st.result.get("build_id")
+        if reported and reported != recorded:
+            # A notification counts only for the build this run recorded; before the handle is
+            # recorded it cannot be matched, and the executor's own poll decides.
+            raise _Refusal(GateOutcome.STALE, f"build {reported} is not the build {stage.label} recorded "
+                                              f"({recorded or 'none yet'})")
         if st.status is not StageStatus.RUNNING:
             raise _Refusal(GateOutcome.STALE, f"{stage.label} is already {st.status.value}")
         st.result = {**st.result, **dict(event.result)}
@@ -382,7 +391,8 @@ class _Run:
         st = self.state.stages[stage.id]
         self.archive(st)
         st.attempt += 1
-        st.stage_run_id = stage_run_id(self.state.release_id, stage.id, st.attempt)
+        st.stage_run_id = stage_run_id(self.state.release_id, stage.id, st.attempt,
+                                       run_secret(self.state.run_key, self.state.release_id, stage.id, st.attempt))
         st.status = status
         st.started_at = self.now
         st.finished_at = None
