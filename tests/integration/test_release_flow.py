@@ -20,6 +20,7 @@ from shared.app.config import REPO_ROOT, Settings
 from shared.adapters.executors import Backoff, RetryPolicy, build_executors
 from shared.adapters.executors.run_services import rollback
 from shared.testing.fakes import FakeApprovals, FakeNotifier
+from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
 from shared.adapters.firestore_store import FirestoreStore
 from shared.adapters.firestore_apps import FirestoreAppRecords
 from shared.app.locks import EnvironmentLocks
@@ -58,7 +59,7 @@ class Flow:
             self.store, publisher, build_executors(settings, retry=FAST, check_backoff=QUICK),
             FakeApprovals(), FakeNotifier(), self.clock, settings,
             EnvironmentLocks(FirestoreAppRecords(self.store.client, settings), publisher, settings),
-            roll_back=lambda service: rollback(settings, service),
+            FirestoreDeadLetters(self.store.client, settings), roll_back=lambda service: rollback(settings, service),
         )
         self.executors = self.dispatcher.executors
         self.publisher = publisher

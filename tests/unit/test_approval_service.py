@@ -68,6 +68,7 @@ class World:
             self.settings, store=self.store, publisher=self.publisher, clock=self.clock,
             releases=self.releases, link_senders=[self.sender],
         )
+        self._saving = threading.Lock()
         self.release, self.command = waiting_release()
         self.releases.save_pipeline(PIPELINE)
         self.releases.create(self.release)
@@ -89,8 +90,10 @@ class World:
 
     def save_release(self) -> None:
         """Store the release as the test left it (tests change ``self.release`` in place)."""
-        _, version = self.releases.get(self.release.release_id)
-        self.releases.update(self.release, version)
+        with self._saving:
+            stored, version = self.releases.get(self.release.release_id)
+            if stored.to_dict() != self.release.to_dict():
+                self.releases.update(self.release, version)
 
     def get(self, token, method="GET"):
         self.save_release()

@@ -137,7 +137,11 @@ def test_dry_run_output_contains_no_secret_values(monkeypatch):
 def test_functions_triggers_and_retry(monkeypatch):
     plan = dry_run_json(monkeypatch)
     deploys = {s["name"]: s["command"] for s in plan["steps"] if s["type"] == "action" and s["kind"] == "function"}
-    assert set(deploys) == {"on-push", "dispatch", "dispatch-builds", "on-approval", "sweep", "dashboard", "operator"}
+    assert set(deploys) == {"on-push", "dispatch", "dispatch-builds", "on-approval", "sweep", "dashboard", "operator",
+                            "drain-dead-letters"}
+    drain = deploys["drain-dead-letters"]
+    assert "--trigger-topic=pipeline-dead-letter" in drain and "--entry-point=drain_dead_letters" in drain
+    assert "--retry" in drain
     assert "--no-allow-unauthenticated" in deploys["operator"] and not any(
         a.startswith("--set-secrets") for a in deploys["operator"])
     assert "--trigger-topic=pipeline-events" in deploys["dispatch"] and "--retry" in deploys["dispatch"]
