@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Iterator, Union
 
 from deploy.config import DeployConfig
-from shared.domain.preflight import BASE_ROLES, SECRET_ACCESSOR_ROLE, prod_secret_names
+from shared.domain.preflight import BASE_ROLES, BUILD_LOG_ROLE, SECRET_ACCESSOR_ROLE, prod_secret_names
 
 APIS = (
     "artifactregistry.googleapis.com", "cloudbuild.googleapis.com", "cloudfunctions.googleapis.com",
@@ -295,6 +295,8 @@ def build_plan(config: DeployConfig) -> Plan:
     # -- the pipeline account: exactly the seed's roles
     for role in sorted(BASE_ROLES):
         steps.append(_project_binding(p, role, pipeline_member, "seed: " + _SEED_WHY.get(role, "seed role")))
+    steps.append(_project_binding(p, BUILD_LOG_ROLE, pipeline_member,
+                                  "builds run as this account with CLOUD_LOGGING_ONLY: it writes their logs"))
     for secret in prod_secrets:
         steps.append(_secret_binding(p, secret, SECRET_ACCESSOR_ROLE, pipeline_member,
                                      "seed: secret accessor only in prod stages, and only on their secrets"))
@@ -318,6 +320,12 @@ def build_plan(config: DeployConfig) -> Plan:
                           f"--member={runtime_member}", "--role=roles/iam.serviceAccountUser",
                           "--condition=None", proj),
                          "start builds and jobs that run as the pipeline account (actAs), on that account only"))
+    for account in config.app_service_accounts:
+        steps.append(Binding("bindings", "service-account", account, "roles/iam.serviceAccountUser", runtime_member,
+                             ("iam", "service-accounts", "add-iam-policy-binding", account,
+                              f"--member={runtime_member}", "--role=roles/iam.serviceAccountUser",
+                              "--condition=None", proj),
+                             "deploying a Cloud Run service needs actAs on the account its revisions run as"))
     for secret in (config.webhook_secret, config.approval_keys_secret):
         steps.append(_secret_binding(p, secret, SECRET_ACCESSOR_ROLE, runtime_member,
                                      "the functions read their own two secrets, no others"))

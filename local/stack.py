@@ -28,6 +28,8 @@ from shared.domain.errors import ConfigError
 PROJECT = "local-project"
 REGION = "europe-west3"
 PIPELINE_SA = f"pipeline@{PROJECT}.iam.gserviceaccount.com"
+RUNTIME_SA = f"release-runtime@{PROJECT}.iam.gserviceaccount.com"
+PROJECT_NUMBER = "123456789012"
 BASE_VERSION = "0.9.0"
 
 DEAD_LETTER_TOPIC = "pipeline-dead-letter"
@@ -142,6 +144,8 @@ class LocalStack:
             "GOOGLE_CLOUD_PROJECT": PROJECT,
             "RELEASE_PROJECT": PROJECT,
             "RELEASE_REGION": REGION,
+            # Who calls the stand-in: the functions' runtime account (the demo and relctl too).
+            "GOOGLE_APPLICATION_CREDENTIALS": str(self.workdir / "keys" / f"{RUNTIME_SA}.json"),
         }
 
     def function_env(self) -> dict[str, str]:
@@ -162,6 +166,8 @@ class LocalStack:
             "RELEASE_APPROVAL_BASE_URL": self.urls.get("on_approval", ""),
             "RELEASE_PUBLIC_BASE_URL": self.urls.get("dashboard", ""),
             "RELEASE_PIPELINE_SERVICE_ACCOUNT": PIPELINE_SA,
+            # The "GitHub" of the local stack: builds fetch the pushed commit from this checkout.
+            "RELEASE_SOURCE_URL": str(REPO_ROOT),
             "RELEASE_SMTP_HOST": "127.0.0.1" if self.smtp_port else "",
             "RELEASE_SMTP_PORT": str(self.smtp_port or 25),
             "RELEASE_NOTIFY_EMAILS": "release-team@example.com",
@@ -193,16 +199,20 @@ class LocalStack:
         return proc
 
     def _start_standin(self) -> None:
-        from shared.domain.pipeline import load_pipeline
-        from shared.domain.preflight import required_roles
+        from local.standin.identity import mint_key
 
-        roles = required_roles(load_pipeline(self.pipeline_file))
+        policies = deploy_policies(self.pipeline_file)
+        # The functions run as the runtime account, with a key the stand-in (as IAM) knows.
+        mint_key(self.workdir / "keys", RUNTIME_SA)
         config = {
             "project": PROJECT, "region": REGION, "workspace": str(REPO_ROOT),
             "local_images": ["local", "local/sample-app"],
             "pubsub_emulator_host": self.base_env()["PUBSUB_EMULATOR_HOST"],
             "builds_topic": "cloud-builds", "log_dir": str(self.workdir / "logs" / "standin"),
-            "iam_bindings": {role: [f"serviceAccount:{PIPELINE_SA}"] for role in sorted(roles)},
+            "iam_bindings": policies.project,
+            "enforce_iam": True, "key_dir": str(self.workdir / "keys"),
+            "iam_account_bindings": policies.accounts, "custom_roles": policies.custom_roles,
+            "project_number": PROJECT_NUMBER,
             "jobs": self._sample_jobs(),
             "services": [
                 {"name": name, "image": f"local/sample-app:v{BASE_VERSION}-base",
@@ -290,3 +300,18 @@ class LocalStack:
             except Exception as exc:  # the stack may be shutting down
                 if not self._stop.is_set():
                     print(f"ticker: {exc}", file=sys.stderr)
+
+
+def deploy_policies(pipeline_file: Path):
+    """The IAM policies deploy/ would leave in a project with this pipeline (what the stand-in enforces)."""
+    from deploy.config import DeployConfig
+    from deploy.iam_policy import policies
+    from deploy.model import build_plan
+    from shared.app.config import Settings
+    from shared.domain.pipeline import load_pipeline
+
+    pipeline = load_pipeline(pipeline_file)
+    settings = Settings(project=PROJECT, region=REGION, pipeline_file=str(pipeline_file))
+    config = DeployConfig(settings=settings, pipeline=pipeline, github_repository="example/sample-app",
+                          project_number=PROJECT_NUMBER, pipeline_sa_id=PIPELINE_SA.split("@")[0])
+    return policies(build_plan(config))

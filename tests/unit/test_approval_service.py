@@ -47,6 +47,7 @@ def waiting_release(commit: str = "abcdef1234567890"):
             decision = decide(PIPELINE, state, LockGranted(f"g{n}", state.release_id, state.waiting_for), T0 + n)
             continue
         (start,) = [c for c in decision.commands if isinstance(c, StartStage)]
+        state.stages[start.stage].result["build_id"] = f"b{n}"  # the handle the dispatcher records after the start
         event = StageFinished(f"e{n}", state.release_id, start.stage, start.stage_run_id, Outcome.SUCCEEDED, "",
                               {"status": "SUCCESS", "build_id": f"b{n}"})
         decision = decide(PIPELINE, state, event, T0 + n)
