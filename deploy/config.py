@@ -17,7 +17,7 @@ from typing import Mapping
 from shared.app.config import REPO_ROOT, Settings
 from shared.domain.errors import ConfigError, PipelineError
 from shared.domain.pipeline import Pipeline, load_pipeline
-from shared.domain.preflight import prod_secret_names
+from shared.domain.preflight import pipeline_account, prod_secret_names
 
 PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 REGION = re.compile(r"^[a-z]+-[a-z]+\d+$")
@@ -33,9 +33,7 @@ def pipeline_account_id(pipeline: Pipeline, project: str, env: Mapping[str, str]
     """The pipeline account the preflight stage will check, so the deploy creates exactly
     that one: the stage's ``service_account`` first, then RELEASE_PIPELINE_SERVICE_ACCOUNT,
     then ``release-pipeline``. Only an account of this project can be created here."""
-    stage = next((s for s in pipeline.stages if s.kind.value == "preflight"), None)
-    named = str(stage.params.get("service_account", "")) if stage else ""
-    named = named or env.get("RELEASE_PIPELINE_SERVICE_ACCOUNT", "")
+    named = pipeline_account(pipeline, env.get("RELEASE_PIPELINE_SERVICE_ACCOUNT", ""))
     if not named:
         return DEFAULT_PIPELINE_SA_ID
     email = named.strip().replace("${project}", project)

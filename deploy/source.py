@@ -1,10 +1,12 @@
-"""Assemble the function source: exactly what the functions import, nothing else.
+"""Assemble the function source: the ``shared`` package the functions import, less test support.
 
 Cloud Functions builds from a directory with ``main.py`` and ``requirements.txt`` at its
 root. Our entry points live in ``functions/main.py`` and import the ``shared`` package,
 so the root gets a two-line ``main.py`` that re-exports them, plus ``functions/``,
 ``shared/`` (less ``shared/testing/``, the fakes), ``pipelines/`` and ``requirements.txt``.
-Tests, the local stack and any ``.env`` file stay out of the upload by construction.
+That is the whole package, not a trace of what is imported: the operator's tools in
+``shared/ui/`` (``relctl``, its operator client) ride along unused, a few kilobytes that no
+entry point imports. Tests, the local stack and any ``.env`` file stay out by construction.
 """
 from __future__ import annotations
 

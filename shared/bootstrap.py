@@ -60,7 +60,7 @@ def approvals():
     from shared.app.approvals import ApprovalService
 
     return ApprovalService.from_settings(settings(), store=approval_store(), publisher=publisher(),
-                                         clock=SystemClock(), releases=store())
+                                         clock=SystemClock(), releases=store(), dead_letters=dead_letter_store())
 
 
 @functools.cache

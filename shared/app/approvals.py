@@ -38,7 +38,9 @@ from shared.domain.events import ApprovalDecided
 from shared.adapters.notify.errors import NotifyError
 from shared.adapters.notify.messages import format_approval_link
 from shared.domain.pipeline import Pipeline, Stage, StageKind
-from shared.app.ports import ApprovalStore, Clock, EventPublisher, LinkSender, ReleaseStore
+from shared.app.ports import ApprovalStore, Clock, DeadLetterStore, EventPublisher, LinkSender, ReleaseStore
+from shared.domain.dead_letters import DeadLetter
+from shared.domain.wire import encode
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,7 @@ class ApprovalService:
         get_release: Callable[[str], ReleaseState | None] | None = None,
         get_stage: Callable[[ReleaseState], Stage] | None = None,
         get_pipeline: Callable[[ReleaseState], Pipeline] | None = None,
+        dead_letters: DeadLetterStore | None = None,
     ):
         self.settings = settings
         self.store = store
@@ -99,6 +102,7 @@ class ApprovalService:
         self.get_release = get_release
         self.get_stage = get_stage
         self.get_pipeline = get_pipeline
+        self.dead_letters = dead_letters  # where a decision that could not be published waits for a re-drive
 
     @classmethod
     def from_settings(
@@ -110,12 +114,11 @@ class ApprovalService:
         clock: Clock,
         releases: ReleaseStore | None = None,
         link_senders: Sequence[LinkSender] | None = None,
-        notifier: object | None = None,
+        dead_letters: DeadLetterStore | None = None,
     ) -> "ApprovalService":
         """Keys from RELEASE_APPROVAL_KEYS, links by mail when RELEASE_SMTP_HOST is set, and the
-        release readers from ``releases`` (needed by ``handle``, not by ``request``).
-        ``notifier`` is accepted for the wiring's convenience and not used: links are bearer
-        credentials and go to personal channels only; the gate's own Notify command already
+        release readers from ``releases`` (needed by ``handle``, not by ``request``). Links are
+        bearer credentials and go to personal channels only; the gate's own Notify command
         tells the shared channels that an approval is needed."""
         from shared.adapters.notify.multi import link_senders_from_settings
 
@@ -128,6 +131,7 @@ class ApprovalService:
             clock,
             link_senders_from_settings(settings) if link_senders is None else link_senders,
             *readers,
+            dead_letters=dead_letters,
         )
 
     # -- sending links (ApprovalRequester) -------------------------------------
@@ -268,29 +272,29 @@ class ApprovalService:
             self._publish(record)
         except Exception as exc:  # noqa: BLE001 - the decision is kept; say so instead of a bare 500
             log.error("approval of release %s recorded but not published: %s", claims.release_id, type(exc).__name__)
+            self._keep_for_redrive(record, type(exc).__name__)
             return HttpAnswer(503, pages.refusal_page(
                 "Decision recorded, not yet delivered",
-                "your decision was saved but could not be passed to the pipeline; an operator can redeliver it "
-                "(nothing else is needed from you, and the link cannot be used again)",
+                "your decision was saved but could not be passed to the pipeline; an operator re-drives it "
+                "from the dead letters (nothing else is needed from you, and the link cannot be used again)",
                 unchanged=False,
             ), dict(pages.SECURITY_HEADERS))
         answer = pages.done_page(choice == "approve", claims.release_id, claims.tag, claims.approver)
         return HttpAnswer(200, answer, dict(pages.SECURITY_HEADERS))
 
     def _publish(self, record: ApprovalRecord) -> str:
-        event = ApprovalDecided("", record.release_id, record.stage, record.attempt, record.nonce, record.approver,
-                                record.decision == "approved", record.expires_at, record.reason, record.user_agent)
-        message_id = self.publisher.publish(self.settings.events_topic, event)
+        message_id = self.publisher.publish(self.settings.events_topic, _decided(record))
         self.store.mark_published(record.nonce, message_id)
         return message_id
 
-    def redeliver(self, nonce: str) -> str | None:
-        """Publish a recorded decision whose publish failed (the POST answered 503).
-        Safe to repeat: the gate accepts a nonce once. None when nothing is pending."""
-        record = self.store.get(nonce)
-        if record is None or not record.consumed or record.message_id:
-            return None
-        return self._publish(record)
+    def _keep_for_redrive(self, record: ApprovalRecord, why: str) -> None:
+        """The one dead-letter store keeps the decision's event; ``DeadLetters.redrive`` publishes
+        it (the gate applies a nonce once, and only when it matches this recorded decision)."""
+        if self.dead_letters is None:
+            return
+        data, attributes = encode(_decided(record))
+        self.dead_letters.record(DeadLetter(f"approval-{record.nonce}", f"approval decided, publish failed: {why}",
+                                            "approval.decided", self.clock.now(), data, attributes))
 
     def _confirm(self, checked: _Checked, token: str) -> str:
         release, stage = checked.release, checked.stage
@@ -335,6 +339,11 @@ class ApprovalService:
                 verdict = {k: st.result[k] for k in VERDICT_KEYS if k in st.result}
                 return {"stage": stage_id, "status": st.status.value, **verdict}
         return None
+
+
+def _decided(record: ApprovalRecord) -> ApprovalDecided:
+    return ApprovalDecided("", record.release_id, record.stage, record.attempt, record.nonce, record.approver,
+                           record.decision == "approved", record.expires_at, record.reason, record.user_agent)
 
 
 def release_readers(releases: ReleaseStore) -> tuple[

@@ -68,6 +68,7 @@ class NoticeKind(str, Enum):
     APPROVAL_NEEDED = "approval_needed"
     RELEASE_FINISHED = "release_finished"
     REFUSED = "refused"
+    SUPERSEDED = "superseded"  # a newer release took over while this one was queued: nothing to replay
 
 
 @dataclass(frozen=True)

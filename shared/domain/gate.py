@@ -35,7 +35,11 @@ Outcome precedence (first that applies wins)
 --------------------------------------------
 DUPLICATE (event id already applied, or replay id already seen)
 > TERMINAL (release succeeded or superseded)
-> UNKNOWN_STAGE > STALE > REFUSED > IGNORED > APPLIED.
+> REFUSED for a pipeline definition other than the one the release pinned
+> UNKNOWN_STAGE (the event names a stage the pipeline lacks; a replay of one is recorded and announced)
+> STALE (not the current run or attempt of the stage, or the stage is not running or waiting)
+> REFUSED (a rule says no: the approval's checks, a finish for an approval stage, replay and chaos rules)
+> IGNORED (nothing to do) > APPLIED.
 Overdue deadlines found on the way are applied whatever the event's outcome
 (``Decision.state`` is then set even though the outcome is not APPLIED).
 """
@@ -180,8 +184,6 @@ class _Run:
 
     def on_finished(self, event: StageFinished) -> tuple[GateOutcome, str]:
         stage, st = self.known_stage(event.stage)
-        if stage.kind is StageKind.APPROVAL:
-            raise _Refusal(GateOutcome.REFUSED, f"{stage.label} finishes only through a signed approval")
         if not hmac.compare_digest(st.stage_run_id.encode(), event.stage_run_id.encode()):
             # The current run's id ends in its secret: a guessed or older id is not it.
             raise _Refusal(GateOutcome.STALE, f"{event.stage_run_id} is not the current run of {stage.label}")
@@ -193,6 +195,8 @@ class _Run:
                                               f"({recorded or 'none yet'})")
         if st.status is not StageStatus.RUNNING:
             raise _Refusal(GateOutcome.STALE, f"{stage.label} is already {st.status.value}")
+        if stage.kind is StageKind.APPROVAL:  # never RUNNING today; kept so it can never finish this way
+            raise _Refusal(GateOutcome.REFUSED, f"{stage.label} finishes only through a signed approval")
         st.result = {**st.result, **dict(event.result)}
         if event.outcome is Outcome.SUCCEEDED:
             self.finish(stage, StageStatus.SUCCEEDED)
@@ -204,12 +208,12 @@ class _Run:
     def on_approval(self, event: ApprovalDecided) -> tuple[GateOutcome, str]:
         stage, st = self.known_stage(event.stage)
         state = self.state
+        if st.status is not StageStatus.WAITING or event.attempt != st.attempt:
+            raise _Refusal(GateOutcome.STALE, f"{stage.label} is not waiting for this approval request")
         if stage.kind is not StageKind.APPROVAL:
             raise _Refusal(GateOutcome.REFUSED, f"{stage.label} is not an approval stage")
         if event.nonce in state.used_nonces:
             raise _Refusal(GateOutcome.REFUSED, "this approval link was already used")
-        if st.status is not StageStatus.WAITING or event.attempt != st.attempt:
-            raise _Refusal(GateOutcome.STALE, f"{stage.label} is not waiting for this approval request")
         if state.status is not ReleaseStatus.AWAITING_APPROVAL:
             raise _Refusal(GateOutcome.REFUSED, f"release is {state.status.value}, not awaiting approval")
         if self.now > event.expires_at or (st.deadline is not None and self.now > st.deadline):
@@ -259,10 +263,7 @@ class _Run:
 
     def on_replay(self, event: StageReplay) -> tuple[GateOutcome, str]:
         state = self.state
-        if not self.pipeline.has_stage(event.stage):
-            raise _Refusal(GateOutcome.REFUSED, f"unknown stage {event.stage!r}")
-        stage = self.pipeline.stage(event.stage)
-        st = state.stages[stage.id]
+        stage, st = self.known_stage(event.stage)
         if state.status is ReleaseStatus.QUEUED:
             raise _Refusal(GateOutcome.REFUSED, f"release is queued for {state.waiting_for}; replay when it runs")
         busy = [s for s in self.pipeline.stages if state.stages[s.id].status is StageStatus.RUNNING]
@@ -330,7 +331,7 @@ class _Run:
         state.waiting_for = ""
         self.release_locks()
         self.changed = True
-        self.notify(NoticeKind.STAGE_FAILED, "", f"{self.title()} was {state.reason}; nothing to do.")
+        self.notify(NoticeKind.SUPERSEDED, "", f"{self.title()} was {state.reason}; nothing to do.")
         return GateOutcome.APPLIED, state.reason
 
     # -- transitions ----------------------------------------------------------
@@ -472,7 +473,7 @@ class _Run:
             stage.id,
             f"{self.title()} stopped: {stage.label} failed: {reason}. "
             f"Gate: {stage.gate or 'the release stops'}. Fix the cause, then replay the stage "
-            f"(stage.replay release={self.state.release_id} stage={stage.id}).",
+            f"(relctl replay {self.state.release_id} {stage.id} --reason ...).",
         )
 
     def reset(self, stage: Stage) -> None:

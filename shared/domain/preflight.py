@@ -43,6 +43,15 @@ BUILD_LOG_ROLE = "roles/logging.logWriter"
 IGNORED_EXTRA_ROLES = frozenset({"roles/iam.workloadIdentityUser"})
 
 
+def pipeline_account(pipeline: Pipeline, configured: str) -> str:
+    """The pipeline service account, by one precedence everywhere (deploy/, relctl preflight):
+    the preflight stage's ``service_account`` first, then the setting
+    (``Settings.pipeline_service_account``, RELEASE_PIPELINE_SERVICE_ACCOUNT); "" when neither."""
+    stage = next((s for s in pipeline.stages if s.kind.value == "preflight"), None)
+    named = str(stage.params.get("service_account", "")) if stage else ""
+    return named or configured
+
+
 def secret_id(reference: str) -> str:
     """``name``, ``name:latest`` or ``projects/p/secrets/name/versions/3`` -> ``name``."""
     text = str(reference).strip()

@@ -26,8 +26,8 @@ from typing import Any, Callable, TextIO
 
 from shared.app.config import Settings
 from shared.domain.errors import DefinitionError, PipelineError
-from shared.ui.notes import ReleaseNotFound, duration_text, iso, load_release, render, traffic_decisions
-from shared.domain.pipeline import Pipeline, StageKind
+from shared.ui.notes import duration_text, iso, load_release, render, traffic_decisions
+from shared.domain.pipeline import Pipeline
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
 
 ACTIVE_STAGE = (StageStatus.RUNNING, StageStatus.WAITING, StageStatus.QUEUED)
@@ -326,16 +326,20 @@ def cmd_preflight(args, ctx: Context) -> int:
     from shared.adapters import gcp_clients
     from shared.adapters.executors.preflight import secret_manager_client, service_account_email
     from shared.domain.pipeline import load_pipeline
-    from shared.domain.preflight import SECRET_ACCESSOR_ROLE, check_permissions, format_report, required_roles
+    from shared.domain.preflight import (
+        SECRET_ACCESSOR_ROLE,
+        check_permissions,
+        format_report,
+        pipeline_account,
+        required_roles,
+    )
 
     settings = ctx.settings
     pipeline = load_pipeline(args.pipeline or settings.pipeline_file)
-    account = args.service_account or os.environ.get("RELEASE_PIPELINE_SERVICE_ACCOUNT", "")
+    account = args.service_account or pipeline_account(pipeline, settings.pipeline_service_account)
     if not account:
-        stage = next((s for s in pipeline.stages if s.kind is StageKind.PREFLIGHT), None)
-        if stage is None:
-            raise PipelineError(f"pipeline {pipeline.name} has no preflight stage; pass --service-account")
-        account = str(stage.params["service_account"])
+        raise PipelineError(f"pipeline {pipeline.name} names no pipeline service account (no preflight stage, "
+                            "RELEASE_PIPELINE_SERVICE_ACCOUNT unset); pass --service-account")
     account = service_account_email(account, settings.project)
     secrets_client = None
     if not settings.iam_endpoint and SECRET_ACCESSOR_ROLE in required_roles(pipeline):
@@ -399,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("release")
     p = command("preflight", cmd_preflight, "check the pipeline service account's IAM roles")
     p.add_argument("--pipeline", help="pipeline file (default: RELEASE_PIPELINE_FILE)")
-    p.add_argument("--service-account", help="default: $RELEASE_PIPELINE_SERVICE_ACCOUNT, else the preflight stage's")
+    p.add_argument("--service-account", help="default: the preflight stage's, else $RELEASE_PIPELINE_SERVICE_ACCOUNT")
     return parser
 
 
@@ -427,8 +431,6 @@ def describe_error(exc: Exception) -> tuple[str, int]:
     one_line = " ".join(str(exc).split())
     if isinstance(exc, DefinitionError):
         return f"invalid pipeline: {one_line}", EXIT_USAGE
-    if isinstance(exc, ReleaseNotFound):
-        return f"error: {one_line}", EXIT_FAILED
     if isinstance(exc, PipelineError):
         return f"error: {one_line}", EXIT_FAILED
     if isinstance(exc, gexc.GoogleAPIError):

@@ -113,7 +113,7 @@ def test_mail_notice_names_release_stage_and_next_step(smtp, release):
     body = message.get_content()
     assert message["Subject"].strip() == f"Release {release.release_id} stopped at stage staging-smoke ({release.tag})"
     assert "GET / returned 503" in body and "Stage:   staging-smoke" in body
-    assert f"stage.replay with release={release.release_id} stage=staging-smoke" in body
+    assert f"relctl replay {release.release_id} staging-smoke --reason" in body
     assert inbox.envelopes[0][1] == ["ops@example.com", "dev@example.com"]
 
 

@@ -14,11 +14,19 @@ import pytest
 
 from shared.app.approvals import ApprovalService, release_readers
 from shared.domain.approval_record import ApprovalRecord
-from shared.testing.fakes import FakeClock, FakeLinkSender, FakePublisher, FakeStore, InMemoryApprovalStore
+from shared.app.dead_letters import DeadLetters
+from shared.testing.fakes import (
+    FakeClock,
+    FakeDeadLetters,
+    FakeLinkSender,
+    FakePublisher,
+    FakeStore,
+    InMemoryApprovalStore,
+)
 from shared.domain.approval_tokens import Keyring, LinkClaims, sign
 from shared.domain.commands import RequestApproval, StartStage
 from shared.app.config import Settings
-from shared.domain.errors import ConfigError, TransientError
+from shared.domain.errors import ConfigError, PipelineError, TransientError
 from shared.domain.events import LockGranted, ApprovalDecided, Outcome, ReleaseStarted, StageFinished
 from shared.domain.wire import from_payload
 from shared.domain.gate import GateOutcome, decide
@@ -61,12 +69,13 @@ class World:
     publisher: FakePublisher = field(default_factory=FakePublisher)
     clock: FakeClock = field(default_factory=lambda: FakeClock(T0))
     releases: FakeStore = field(default_factory=FakeStore)
+    dead_letters: FakeDeadLetters = field(default_factory=FakeDeadLetters)
 
     def __post_init__(self):
         self.keyring = Keyring.from_setting(self.settings.approval_keys)
         self.service = ApprovalService.from_settings(
             self.settings, store=self.store, publisher=self.publisher, clock=self.clock,
-            releases=self.releases, link_senders=[self.sender],
+            releases=self.releases, link_senders=[self.sender], dead_letters=self.dead_letters,
         )
         self._saving = threading.Lock()
         self.release, self.command = waiting_release()
@@ -281,9 +290,16 @@ def test_publish_failure_keeps_the_decision_for_redelivery(world):
     assert world.store.get(world.nonce(token)).decision == "approved"
     assert world.post(token).status == 409  # the link stays used
     world.publisher.fail = False
-    assert world.service.redeliver(world.nonce(token)) == "msg-1"
-    assert world.service.redeliver(world.nonce(token)) is None
-    assert world.publisher.messages[0][1]["approve"] is True
+    (letter,) = world.dead_letters.list()  # the one dead-letter store keeps the decision's event
+    assert letter.id == f"approval-{world.nonce(token)}" and "publish failed" in letter.reason
+    letters = DeadLetters(world.dead_letters, world.publisher, world.clock, world.settings)
+    assert letters.redrive(letter.id) == "msg-1"
+    with pytest.raises(PipelineError, match="re-driven already"):
+        letters.redrive(letter.id)
+    ((_, data, _),) = world.publisher.messages
+    event = from_payload("m-redriven", data)
+    assert event.approve is True and event.nonce == world.nonce(token)
+    assert world.service.unconfirmed(event) == "", "the re-driven event matches the recorded decision"
 
 
 # -- refusals: status, message, nothing consumed, nothing published ----------------------------

@@ -5,6 +5,7 @@ import pytest
 
 from shared.domain.commands import AcquireLock, NoticeKind, Notify, ReleaseLock, RequestApproval, RollBack, StartStage
 from shared.domain.events import Outcome, Superseded
+from shared.adapters.notify.messages import format_notice
 from shared.domain.gate import GateOutcome, decide
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
 from tests.unit.gate_helpers import (
@@ -96,7 +97,7 @@ def test_failed_stage_stops_the_release_and_names_the_stage():
         (lambda s: finished(s, "nope"), GateOutcome.UNKNOWN_STAGE),
         (lambda s: finished(s, "lint").__class__(
             "x1", s.release_id, "lint", s.release_id + ".lint.a0", Outcome.SUCCEEDED), GateOutcome.STALE),
-        (lambda s: finished(s, "approval"), GateOutcome.REFUSED),  # forged finish of the approval
+        (lambda s: finished(s, "approval"), GateOutcome.STALE),  # forged finish of the approval: not its run
     ],
 )
 def test_events_that_change_nothing(make_event, expected):
@@ -261,8 +262,8 @@ class TestReplay:
         state = run_to("staging-deploy")
         stopped = go(state, finished(state, "staging-deploy", Outcome.FAILED), T0)
         d = decide(PIPELINE, stopped, replay(stopped, stage, replay_id="R1"), T0)
-        assert d.outcome is GateOutcome.REFUSED and words in d.reason
-        assert d.state.replays[-1]["accepted"] is False and d.state.status is ReleaseStatus.STOPPED
+        assert d.outcome is (GateOutcome.UNKNOWN_STAGE if stage == "nope" else GateOutcome.REFUSED)
+        assert words in d.reason and d.state.replays[-1]["accepted"] is False and d.state.status is ReleaseStatus.STOPPED
         assert [c.kind for c in d.commands] == [NoticeKind.REFUSED]
         assert decide(PIPELINE, d.state, replay(d.state, stage, replay_id="R1"), T0).outcome is GateOutcome.DUPLICATE
 
@@ -344,6 +345,11 @@ class TestEnvironmentLocks:
         d = decide(PIPELINE, queued, event, T0)
         assert d.state.status is ReleaseStatus.SUPERSEDED and "superseded by release newer-release" in d.state.reason
         assert decide(PIPELINE, d.state, granted(d.state, "staging"), T0).outcome is GateOutcome.TERMINAL
+        (notice,) = [c for c in d.commands if isinstance(c, Notify)]
+        subject, text = format_notice(d.state, notice)
+        # Announced as superseded, not as a stopped stage with a replay hint the gate would refuse.
+        assert notice.kind is NoticeKind.SUPERSEDED and subject.startswith(f"Release {state.release_id} superseded")
+        assert "replay" not in notice.message and "stopped at" not in subject and "this one is not replayed" in text
 
     def test_superseded_is_ignored_once_running(self):
         state = run_to("staging-migrate")

@@ -139,3 +139,16 @@ def test_format_report_lists_failures_first():
     assert lines[0] == f"preflight for {SA}: FAILED"
     assert lines[1] == "  MISSING  roles/run.admin"
     assert "roles/owner" in lines[2]
+
+
+def test_the_pipeline_account_comes_from_the_preflight_stage_first_then_the_setting():
+    from shared.domain.pipeline import parse_pipeline
+    from shared.domain.preflight import pipeline_account
+
+    build = {"id": "lint", "kind": "build", "timeout": "5m", "params": {"steps": [{"name": "local"}]}}
+    with_stage = parse_pipeline({"name": "p", "stages": [
+        {"id": "preflight", "kind": "preflight", "timeout": "5m", "params": {"service_account": "stage@p.iam"}}, build]})
+    without = parse_pipeline({"name": "p", "stages": [build]})
+    assert pipeline_account(with_stage, "setting@p.iam") == "stage@p.iam"
+    assert pipeline_account(without, "setting@p.iam") == "setting@p.iam"
+    assert pipeline_account(without, "") == ""

@@ -1,6 +1,7 @@
 """Fill ``${name}`` placeholders in stage params from the release's pinned inputs.
 
-Only the names in PLACEHOLDERS are ours. Anything else (``${_CLOUDSQL_INSTANCE}``, ``$PROJECT_ID``,
+Only the names in ``pipeline_schema.PLACEHOLDERS`` (which validation checks files against) are
+ours. Anything else (``${_CLOUDSQL_INSTANCE}``, ``$PROJECT_ID``,
 ``$BUILDER_OUTPUT``) belongs to Cloud Build or the shell and stays as written, and
 ``$$`` (Cloud Build's escaped dollar) is left untouched so the step still sees ``$``.
 """
@@ -12,9 +13,6 @@ from typing import Any, Mapping
 from shared.domain.commands import StartStage
 from shared.app.config import Settings
 from shared.domain.pipeline import Pipeline
-from shared.domain.pipeline_schema import PLACEHOLDERS  # the one list; validation checks files against it
-
-__all__ = ["PLACEHOLDERS", "image_ref", "substitute", "variables_for"]
 # "$$" first, so that "$${tag}" is read as an escaped dollar followed by "{tag}".
 _TOKEN = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 

@@ -8,8 +8,8 @@ from shared.domain.state import ReleaseState
 
 NEXT_STEP = {
     NoticeKind.STAGE_FAILED: (
-        "Next: read the stage's log, fix the cause, then replay the stage by publishing "
-        "stage.replay with release={release} stage={stage}."
+        "Next: read the stage's log, fix the cause, then replay the stage: "
+        "relctl replay {release} {stage} --reason \"...\"."
     ),
     NoticeKind.APPROVAL_NEEDED: (
         "Next: an approver opens the personal link sent by mail, checks the staging results "
@@ -17,12 +17,14 @@ NEXT_STEP = {
     ),
     NoticeKind.RELEASE_FINISHED: "Nothing left to do: the release is complete.",
     NoticeKind.REFUSED: "Next: read the reason above; fix it and send the request again.",
+    NoticeKind.SUPERSEDED: "Nothing to do: the newer release carries these changes; this one is not replayed.",
 }
 SUBJECT = {
     NoticeKind.STAGE_FAILED: "Release {release} stopped at stage {stage}",
     NoticeKind.APPROVAL_NEEDED: "Release {release} needs approval",
     NoticeKind.RELEASE_FINISHED: "Release {release} is complete",
     NoticeKind.REFUSED: "Release {release}: request refused",
+    NoticeKind.SUPERSEDED: "Release {release} superseded",
 }
 
 
