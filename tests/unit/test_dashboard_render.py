@@ -197,3 +197,21 @@ def test_a_release_queued_for_an_environment_shows_the_queued_stage(store):
     assert 'data-terminal="false"' in body, "a queued release can still move: keep refreshing"
     summary = json.loads(handle("GET", "/api/releases", {}, store)[1])["releases"][0]
     assert (summary["status"], summary["current_stage"], summary["waiting_for"]) == ("queued", "staging-smoke", "staging")
+
+
+def test_notices_name_the_command_to_run_and_link_a_page_that_exists(store):
+    from shared.adapters.notify.messages import format_notice
+    from shared.domain.commands import NoticeKind, Notify
+
+    state = succeeded_release()
+    put(store, state)
+    _, text = format_notice(state, Notify(state.release_id, NoticeKind.STAGE_FAILED, "e2e", "e2e failed"),
+                            "https://dash.example.com/")
+    assert f'relctl replay {state.release_id} e2e --reason "what was fixed"' in text
+    assert "publishing" not in text
+    link = next(line for line in text.splitlines() if line.startswith("Dashboard: ")).split(": ", 1)[1]
+    path = link.removeprefix("https://dash.example.com")
+    status, body, _ = handle("GET", path, {}, store)
+    assert status == 200 and state.release_id in body
+    _, text = format_notice(state, Notify(state.release_id, NoticeKind.APPROVAL_NEEDED, "approval", "waits"))
+    assert f"relctl approve {state.release_id}" in text and f"relctl reject {state.release_id} --reason" in text
