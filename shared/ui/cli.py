@@ -25,7 +25,8 @@ from shared.ui.cli_context import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_
                                    UsageError)
 from shared.ui.cli_format import EPILOG, dumps, iso_times, paint
 from shared.ui.cli_operator import add_commands as add_operator_commands
-from shared.ui.notes import ReleaseNotFound, duration_text, iso, load_release, render, traffic_decisions
+from shared.ui.notes import (ReleaseNotFound, duration_text, iso, load_release, render, timeline_text,
+                             traffic_decisions, waiting_text)
 from shared.domain.pipeline import Pipeline, StageKind
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
 
@@ -50,7 +51,7 @@ def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False) -> 
     ]
     if state.waiting_for:
         lines.append(f"  queued: waiting for the {state.waiting_for} lock another release holds")
-    if state.reason and state.status is ReleaseStatus.SUPERSEDED:
+    if state.reason and state.status in (ReleaseStatus.SUPERSEDED, ReleaseStatus.CANCELLED):
         lines.append(f"  {state.reason}")
     elif state.reason:
         lines.append(f"  stopped at {state.stopped_at_stage}: {state.reason}")
@@ -60,6 +61,11 @@ def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False) -> 
     traffic = [f"{d['percent']} % at {iso(d['at'])}" for d in traffic_decisions(state, pipeline)]
     if traffic:
         lines.append("  traffic: " + "; ".join(traffic))
+    if waiting_text(state, pipeline):
+        lines.append("  " + waiting_text(state, pipeline))
+    if state.timeline:
+        lines.append("  timeline:")
+        lines += [f"    {timeline_text(e)}" for e in state.timeline]
     lines.append("")
     lines.append(f"  {'#':<4} {'STAGE':<18} {'STATUS':<10} {'ATTEMPT':<7} {'DURATION':<9} DETAIL")
     for stage in pipeline.stages:
@@ -128,6 +134,9 @@ def cmd_watch(args, ctx: Context) -> int:
             return EXIT_OK
         if state.status is ReleaseStatus.STOPPED:
             _line(ctx, final, f"release {state.release_id} stopped: {state.reason}")
+            return EXIT_FAILED
+        if state.status is ReleaseStatus.CANCELLED:
+            _line(ctx, final, f"release {state.release_id} was {state.reason}")
             return EXIT_FAILED
         if state.status is ReleaseStatus.SUPERSEDED:
             _line(ctx, final, f"release {state.release_id} was {state.reason or 'superseded by a newer release'}")

@@ -122,6 +122,30 @@ def cmd_decide(args, ctx: Context) -> int:
     return EXIT_OK
 
 
+def cmd_cancel(args, ctx: Context) -> int:
+    """Stop a release for good; the gate gives back its locks and rolls back a canary it put in prod."""
+    state, _ = load_release(ctx.store, args.release)
+    if state.status.terminal:
+        raise PipelineError(f"release {state.release_id} is {state.status.value}; nothing to cancel")
+    answer = operator_call(ctx, args, "cancel", {"release_id": state.release_id, "reason": args.reason})
+    if not ctx.json:
+        ctx.print(f"requested cancel of release {state.release_id} (by {answer['requested_by']}, "
+                  f"message {answer['message_id']})")
+    if not args.wait:
+        if ctx.json:
+            ctx.print(dumps(answer))
+        return EXIT_OK
+    got = await_release(ctx, state.release_id, args.wait,
+                        lambda now: now if now.status is ReleaseStatus.CANCELLED else None)
+    if got is None:
+        print(f"relctl: cancel not applied within {args.wait:g}s (is the dispatcher running?)", file=sys.stderr)
+        return EXIT_TIMEOUT
+    now, _ = got
+    ctx.emit({**answer, "status": now.status.value, "reason": now.reason},
+             f"cancelled: release {now.release_id} is {now.status.value} ({now.reason}); its locks are free")
+    return EXIT_OK
+
+
 def add_commands(command) -> None:
     """The parsers of this module's commands; ``command(name, func, help)`` makes one."""
     for name, func, help in (
@@ -130,6 +154,7 @@ def add_commands(command) -> None:
         ("chaos", cmd_chaos, "request the optional chaos smoke (10a) while the release awaits approval"),
         ("approve", cmd_decide, "approve a release that waits for you (as your Google identity)"),
         ("reject", cmd_decide, "reject a release that waits for you, with a reason"),
+        ("cancel", cmd_cancel, "stop a release for good: locks given back, prod keeps what served before"),
     ):
         p = command(name, func, help)
         p.add_argument("release")
@@ -138,6 +163,8 @@ def add_commands(command) -> None:
             p.add_argument("--reason", required=True, help="why (recorded with the replay)")
         elif name == "resend-approval":
             p.add_argument("--reason", default="approval links re-sent with relctl")
+        elif name == "cancel":
+            p.add_argument("--reason", required=True, help="why (recorded on the release's timeline)")
         elif name in ("approve", "reject"):
             p.add_argument("--reason", help="kept with the decision" + ("; required" if name == "reject" else ""))
         if name in ("replay", "resend-approval"):

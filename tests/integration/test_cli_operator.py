@@ -151,3 +151,36 @@ def test_colour_only_on_a_terminal_and_never_under_no_color(cli):
     assert "\x1b[31mstopped\x1b[0m" in run_in_terminal(cli, "show", rid)
     assert "\x1b[" not in run_in_terminal(cli, "show", rid, NO_COLOR="1")
     assert "\x1b[" not in cli.run("show", rid)[1]  # a pipe
+
+
+def test_cancel_stops_the_release_and_show_tells_who_and_why(cli):
+    rid = release_at(cli.rig, "prod-migrate")
+    code, out, err = cli.run("cancel", rid, "--reason", "wrong build", "--wait", "0", "--json")
+    assert code == 0, err
+    assert json.loads(out)["requested_by"] == "ops-user@example.com"
+    (message,) = cli.pull()
+    decision = cli.dispatch(message)
+    assert decision.outcome.value == "applied", decision.reason
+    state = cli.rig.state(rid)
+    assert state.status.value == "cancelled" and state.locks_held == []
+    code, out, err = cli.run("show", rid)
+    assert code == 0, err
+    assert f"release {rid}  cancelled" in out and "cancelled by ops-user@example.com: wrong build" in out
+    assert re.search(r"timeline:\n    \S+Z  approved approval \(attempt 1\) by boss@example.com: ship it\n"
+                     r"    \S+Z  cancelled prod-migrate by ops-user@example.com: wrong build", out), out
+    assert "| cancelled | prod-migrate | ops-user@example.com | wrong build |" in cli.run("notes", rid)[1]
+    code, _, err = cli.run("cancel", rid, "--reason", "again")
+    assert code == 1
+    assert_one_line_error(err, "is cancelled; nothing to cancel")
+    code, _, err = cli.run("watch", rid)
+    assert code == 1
+
+
+def test_show_of_a_waiting_approval_says_who_since_when_and_until(cli):
+    rid = release_at(cli.rig, "approval")
+    st = cli.rig.state(rid).stages["approval"]
+    out = cli.run("show", rid)[1]
+    from shared.ui.notes import iso
+
+    assert (f"approval (attempt 1) asked of {APPROVER} since {iso(st.started_at)}; links expire at "
+            f"{iso(st.deadline)}") in out

@@ -381,7 +381,7 @@ def test_an_approver_decides_by_identity_under_the_links_rules(world):
     assert record.consumed and record.decision == "approved" and record.user_agent.startswith("relctl")
     ((_, data, _),) = world.publisher.messages
     assert data["approve"] is True and data["nonce"] == record.nonce and world.service.unconfirmed(
-        event_from_dict("e1", data)) == ""
+        from_payload("e1", data)) == ""
     with pytest.raises(ApprovalRefused) as again:  # single use: the request is consumed
         world.service.decide_as(APPROVER, rid, False, "changed my mind", via="relctl")
     assert again.value.status == 409
