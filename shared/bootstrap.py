@@ -118,7 +118,15 @@ def operator():
     s = settings()
     verifier = GoogleIdTokenVerifier(s.operator_audience, s.operator_certs_url,
                                      tuple(i.strip() for i in s.operator_issuers.split(",")))
+    from shared.app.approvals import ApprovalService
+    from shared.app.operator_actions import register_approval_actions, register_cancel
+
     service = OperatorService.from_settings(s, verifier, operator_requests(), SystemClock())
+    # approve / reject by identity: same store and rules as the links, but no signing key here.
+    decisions = ApprovalService.from_settings(s, store=approval_store(), publisher=publisher(), clock=SystemClock(),
+                                              releases=store(), link_senders=(), signing=False)
+    register_approval_actions(service, decisions)
+    register_cancel(service, store(), publisher(), s.events_topic)
     return register_release_actions(service, store(), publisher(), s)
 
 

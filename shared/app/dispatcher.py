@@ -35,7 +35,6 @@ from shared.app.config import Settings
 from shared.domain.errors import ExecutorError, StaleWrite, TransientError
 from shared.domain.events import (
     ApprovalDecided,
-    ChaosRequested,
     Event,
     LockGranted,
     Outcome,
@@ -47,7 +46,7 @@ from shared.domain.events import (
 from shared.domain.gate import Decision, GateOutcome, decide
 from shared.app.locks import EnvironmentLocks
 from shared.domain.pipeline import Pipeline, StageKind, check_duration_s
-from shared.app.operator import unconfirmed_request
+from shared.app.operator import OPERATOR_EVENTS, unconfirmed_request
 from shared.app.ports import (
     ApprovalRequester,
     Clock,
@@ -101,7 +100,7 @@ class Dispatcher:
             if refused:
                 # Not a decision made through a signed link: recorded and announced, never applied.
                 return self._refuse_claim(event, refused)
-        if isinstance(event, (StageReplay, ChaosRequested)):
+        if type(event) in OPERATOR_EVENTS:
             refused = ("no operator request log is wired" if self.operator_requests is None
                        else unconfirmed_request(self.operator_requests, event))
             if refused:

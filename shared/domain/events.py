@@ -32,6 +32,7 @@ class EventType(str, Enum):
     TICK = "release.tick"
     LOCK_GRANTED = "lock.granted"
     SUPERSEDED = "release.superseded"
+    CANCEL_REQUESTED = "release.cancel_requested"
 
 
 class Outcome(str, Enum):
@@ -128,7 +129,20 @@ class Superseded:
     type = EventType.SUPERSEDED
 
 
-Event = ReleaseStarted | StageFinished | ApprovalDecided | ChaosRequested | StageReplay | Tick | LockGranted | Superseded
+@dataclass(frozen=True)
+class CancelRequested:
+    """An operator stops the release for good (``relctl cancel``); carries their recorded request."""
+
+    id: str
+    release_id: str
+    requested_by: str
+    reason: str
+    request_id: str = ""  # the operator request it carries out (operator_requests/{id})
+    type = EventType.CANCEL_REQUESTED
+
+
+Event = (ReleaseStarted | StageFinished | ApprovalDecided | ChaosRequested | StageReplay | Tick | LockGranted
+         | Superseded | CancelRequested)
 
 
 @dataclass(frozen=True)

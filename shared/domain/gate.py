@@ -58,6 +58,7 @@ from shared.domain.commands import (
 )
 from shared.domain.events import (
     ApprovalDecided,
+    CancelRequested,
     ChaosRequested,
     Event,
     LockGranted,
@@ -84,6 +85,7 @@ from shared.domain.state import (
 
 DEFAULT_APPROVAL_EXPIRY_S = 24 * 3600
 LOCKED_ENVIRONMENTS = ("staging", "prod")
+TIMELINE_KEPT = 200
 
 
 class GateOutcome(str, Enum):
@@ -169,6 +171,7 @@ class _Run:
             Tick: self.on_tick,
             LockGranted: self.on_lock_granted,
             Superseded: self.on_superseded,
+            CancelRequested: self.on_cancel,
         }[type(event)]
         return handler(event)
 
@@ -228,6 +231,8 @@ class _Run:
             "user_agent": event.user_agent,
         }
         st.result = {**st.result, **{k: v for k, v in decision.items() if k != "nonce"}}
+        self.record(decision["decision"], event.approver, stage.id, event.reason, attempt=event.attempt,
+                    via=event.user_agent[:80])
         if not event.approve:
             self.fail(stage, f"rejected by {event.approver}" + (f": {event.reason}" if event.reason else ""))
             return GateOutcome.APPLIED, f"{stage.label} rejected"
@@ -254,6 +259,7 @@ class _Run:
         if self.state.status is not ReleaseStatus.AWAITING_APPROVAL:
             raise _Refusal(GateOutcome.REFUSED, f"release is {self.state.status.value}; chaos needs it awaiting approval")
         self.state.chaos_requested_by = event.requested_by
+        self.record("chaos requested", event.requested_by, stage.id, "")
         self.start(stage)
         return GateOutcome.APPLIED, f"{stage.label} requested by {event.requested_by}"
 
@@ -315,6 +321,35 @@ class _Run:
         self.changed = True
         self.start(queued[0])
         return GateOutcome.APPLIED, f"holds {env}; started {queued[0].label}"
+
+    def on_cancel(self, event: CancelRequested) -> tuple[GateOutcome, str]:
+        """Stop for good: nothing new starts, the locks go back, and a canary the release put in
+        prod is rolled back, so prod keeps serving what it served before. A run still going at
+        Cloud Build or Cloud Run ends on its own; its completion finds the release terminal."""
+        state = self.state
+        why = f"cancelled by {event.requested_by}" + (f": {event.reason}" if event.reason else "")
+        for stage in self.pipeline.stages:
+            st = state.stages[stage.id]
+            if st.status in (StageStatus.RUNNING, StageStatus.WAITING):
+                st.reason = why
+                self.finish(stage, StageStatus.FAILED)
+            elif st.status in (StageStatus.PENDING, StageStatus.QUEUED):
+                st.status = StageStatus.SKIPPED
+        if state.status is not ReleaseStatus.SUCCEEDED:
+            for stage in reversed(self.pipeline.stages):
+                st = state.stages[stage.id]
+                if (stage.kind is StageKind.DEPLOY and stage.environment == "prod"
+                        and st.status is StageStatus.SUCCEEDED):
+                    self.commands.append(RollBack(state.release_id, stage.id, st.stage_run_id,
+                                                  tuple(str(s) for s in stage.params["services"])))
+        state.stopped_at_stage = state.stopped_at_stage or next(
+            (s.id for s in self.pipeline.stages if state.stages[s.id].reason == why), "")
+        state.status, state.reason, state.waiting_for = ReleaseStatus.CANCELLED, why, ""
+        self.release_locks()
+        self.record("cancelled", event.requested_by, state.stopped_at_stage, event.reason)
+        self.notify(NoticeKind.STAGE_FAILED, state.stopped_at_stage, f"{self.title()} was {why}. Nothing runs any more; "
+                    "prod keeps what served before.")
+        return GateOutcome.APPLIED, why
 
     def on_superseded(self, event: Superseded) -> tuple[GateOutcome, str]:
         state = self.state
@@ -471,8 +506,8 @@ class _Run:
             NoticeKind.STAGE_FAILED,
             stage.id,
             f"{self.title()} stopped: {stage.label} failed: {reason}. "
-            f"Gate: {stage.gate or 'the release stops'}. Fix the cause, then replay the stage "
-            f"(stage.replay release={self.state.release_id} stage={stage.id}).",
+            f"Gate: {stage.gate or 'the release stops'}. Fix the cause, then run "
+            f"`relctl replay {self.state.release_id} {stage.id} --reason \"…\"`.",
         )
 
     def reset(self, stage: Stage) -> None:
@@ -491,6 +526,7 @@ class _Run:
             if st.status is StageStatus.RUNNING:
                 self.fail(stage, f"timed out after {stage.timeout_s}s")
             elif st.status is StageStatus.WAITING and self.state.status is ReleaseStatus.AWAITING_APPROVAL:
+                self.record("approval expired", "", stage.id, "nobody decided in time", attempt=st.attempt)
                 self.fail(stage, "approval expired")
 
     def roll_back_checked_deploy(self, check: Stage) -> None:
@@ -507,6 +543,12 @@ class _Run:
             self.commands.append(ReleaseLock(self.state.release_id, env))
         self.state.locks_held = []
 
+    def record(self, kind: str, by: str, stage: str, reason: str, **extra) -> None:
+        """One line of the release's timeline (who did what, when, why)."""
+        entry = {"at": self.now, "kind": kind, "by": by, "stage": stage, "reason": reason, **extra}
+        self.state.timeline = (self.state.timeline + [entry])[-TIMELINE_KEPT:]
+        self.changed = True
+
     def record_replay(self, event: StageReplay, accepted: bool, reason: str) -> None:
         self.state.replays.append(
             {
@@ -518,7 +560,9 @@ class _Run:
                 "at": self.now,
             }
         )
-        self.changed = True
+        resend = self.pipeline.has_stage(event.stage) and self.pipeline.stage(event.stage).kind is StageKind.APPROVAL
+        self.record(("approval links re-sent" if resend else "replay") + ("" if accepted else " refused"),
+                    event.requested_by, event.stage, reason, request=event.replay_id)
         if not accepted:
             self.notify(NoticeKind.REFUSED, event.stage, f"replay {event.replay_id} of {self.title()} refused: {reason}")
 

@@ -25,10 +25,11 @@ class ReleaseStatus(str, Enum):
     STOPPED = "stopped"  # a stage failed; only a replay of a stage can resume it
     SUCCEEDED = "succeeded"  # terminal
     SUPERSEDED = "superseded"  # terminal: a newer release took over
+    CANCELLED = "cancelled"  # terminal: an operator stopped it (relctl cancel); prod kept what served before
 
     @property
     def terminal(self) -> bool:
-        return self in (ReleaseStatus.SUCCEEDED, ReleaseStatus.SUPERSEDED)
+        return self in (ReleaseStatus.SUCCEEDED, ReleaseStatus.SUPERSEDED, ReleaseStatus.CANCELLED)
 
 
 class StageStatus(str, Enum):
@@ -104,6 +105,10 @@ class ReleaseState:
     # What the push brought: {"commits": [{id, message, author}], "compare_url", "before"} (at most
     # MAX_LISTED_COMMITS commits, first lines only), shown on the approval page.
     changes: dict[str, Any] = field(default_factory=dict)
+    # Every human decision and operator action, in order: {at, kind, by, stage, attempt, reason, ...}
+    # (approved/rejected, approval expired, replay/resend accepted or refused, chaos, cancel). The last
+    # TIMELINE_KEPT stay: bounded for Firestore's 1 MiB per document.
+    timeline: list[dict[str, Any]] = field(default_factory=list)
     used_nonces: list[str] = field(default_factory=list)
     replays: list[str] = field(default_factory=list)
     applied_events: list[str] = field(default_factory=list)

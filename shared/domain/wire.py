@@ -24,6 +24,7 @@ from shared.domain.commands import NoticeKind
 from shared.domain.errors import MalformedEvent
 from shared.domain.events import (
     ApprovalDecided,
+    CancelRequested,
     ChaosRequested,
     Event,
     EventType,
@@ -49,6 +50,7 @@ _CLASSES: dict[str, type] = {
     EventType.TICK.value: Tick,
     EventType.LOCK_GRANTED.value: LockGranted,
     EventType.SUPERSEDED.value: Superseded,
+    EventType.CANCEL_REQUESTED.value: CancelRequested,
     ReleaseNotice.type: ReleaseNotice,
 }
 TYPES = frozenset(_CLASSES)  # every ``type`` that travels (the payload-literal test uses it)
@@ -64,6 +66,7 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
     EventType.TICK.value: ("release_id",),
     EventType.LOCK_GRANTED.value: ("release_id", "environment"),
     EventType.SUPERSEDED.value: ("release_id", "environment", "superseded_by"),
+    EventType.CANCEL_REQUESTED.value: ("release_id", "requested_by", "reason"),
     ReleaseNotice.type: ("release_id", "kind"),
 }
 _STRINGS = ("release_id", "stage", "stage_run_id", "replay_id", "requested_by", "nonce", "approver",

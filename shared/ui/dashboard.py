@@ -31,7 +31,9 @@ from shared.ui.notes import (
     load_release,
     render,
     safe_url,
+    timeline_text,
     traffic_percent,
+    waiting_text,
 )
 from shared.domain.pipeline import Pipeline, Stage, StageKind
 from shared.domain.state import ReleaseState, StageState, StageStatus
@@ -161,6 +163,8 @@ def release_json(state: ReleaseState, pipeline: Pipeline) -> dict[str, Any]:
                     "traffic_text": "; ".join(traffic) or "no prod traffic yet"},
         "stages": stages,
         "replays": state.replays,
+        "timeline": [{**e, "text": timeline_text(e)} for e in state.timeline],
+        "waiting_text": waiting_text(state, pipeline),
         "notes": render(state, pipeline),
     }
 
@@ -194,7 +198,10 @@ def release_page(state: ReleaseState, pipeline: Pipeline, nonce: str = "") -> st
     views = [{**v, "started": iso(v["started_at"])} for v in data["stages"]]
     return _page("dashboard_release.html", f"{state.release_id} · {state.status.value}", nonce=nonce,
                  script=REFRESH_JS, state=state, rel=data["release"], views=views, steps=pipeline_steps(views),
-                 created=iso(state.created_at), notes_html=markdown_html(data["notes"]))
+                 created=iso(state.created_at), notes_html=markdown_html(data["notes"]),
+                 timeline=[{"stage": "", "attempt": None, "by": "", "reason": "", **e, "at_iso": iso(e.get("at"))}
+                           for e in data["timeline"]],
+                 waiting_text=data["waiting_text"])
 
 
 # -- responses --------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -54,7 +55,7 @@ def operator_function(emulators, unique_prefix, token_issuer, tmp_path):
     topic_id = f"events-{unique_prefix.strip('_')}"
     env = relctl_env(emulators, unique_prefix, topic_id, PYTHONPATH=str(REPO_ROOT), RELEASE_OPERATOR_AUDIENCE=url,
                      RELEASE_OPERATOR_CERTS_URL=token_issuer.certs_url, RELEASE_OPERATOR_ISSUERS=token_issuer.issuer,
-                     RELEASE_OPERATORS="ops-user@example.com,alice@example.com,qa@example.com")
+                     RELEASE_OPERATORS="ops-user@example.com,alice@example.com,qa@example.com,boss@example.com,dev@example.com")
     log = tmp_path / "operator.log"
     with log.open("w") as out:
         proc = subprocess.Popen([str(RELCTL.parent / "functions-framework"), "--target", "operator", "--source",
@@ -292,9 +293,10 @@ def test_replay_waits_for_the_gate_and_reports_a_refusal(cli):
 
 def test_replay_of_a_stage_the_pipeline_does_not_have_is_refused_before_publishing(cli):
     rid = release_at(cli.rig, "unit")
-    code, _, err = cli.run("replay", rid, "lnit", "--reason", "typo", "--wait", "0")
-    assert code == 1
-    assert_one_line_error(err, "has no stage 'lnit'", "lint, unit")
+    code, out, err = cli.run("replay", rid, "lintt", "--reason", "typo", "--wait", "0")
+    assert code == 2 and out == ""  # a usage error, like any other wrong argument
+    assert_one_line_error(err, f"relctl replay: error: release {rid} has no stage 'lintt' (did you mean 'lint'?)",
+                          "lint, unit")
 
 
 def test_resend_approval_is_a_replay_of_the_approval_stage(cli):
@@ -471,7 +473,7 @@ def test_watch_in_a_terminal_redraws_the_whole_view(cli):
         chunks.append(chunk)
     os.close(master)
     assert proc.wait(30) == 0
-    screen = b"".join(chunks).decode()
+    screen = re.sub(r"\x1b\[\d+m", "", b"".join(chunks).decode())  # colours off; the redraws stay
     draws = screen.split("\x1b[H\x1b[2J")[1:]
     assert len(draws) >= 2, "a first view, then a redraw after the release moved"
     assert f"release {rid}  running" in draws[0]
