@@ -76,14 +76,21 @@ def approval_store():
 def dispatcher():
     from shared.app.dispatcher import Dispatcher
 
-    from shared.adapters.firestore_apps import FirestoreAppRecords
     from shared.app.locks import EnvironmentLocks
 
-    locks = EnvironmentLocks(FirestoreAppRecords(store().client, settings()), publisher(), settings())
+    locks = EnvironmentLocks(app_records(), publisher(), settings())
     from shared.adapters.executors.run_services import rollback
 
     return Dispatcher(store(), publisher(), executors(), approvals(), notifier(), SystemClock(), settings(), locks,
                       roll_back=lambda service: rollback(settings(), service), operator_requests=operator_requests())
+
+
+@functools.cache
+def app_records():
+    """``apps/{app}``: locks, version floor, stage medians (read by the dashboard for the ETA)."""
+    from shared.adapters.firestore_apps import FirestoreAppRecords
+
+    return FirestoreAppRecords(store().client, settings())
 
 
 @functools.cache

@@ -41,6 +41,18 @@ class Context:
         require_emulator("FIRESTORE_EMULATOR_HOST")
         return FirestoreStore(firestore.Client(project=self.settings.project), self.settings)
 
+    @functools.cached_property
+    def apps(self):
+        """``apps/{app}`` records (stage medians for the ETA), on the store's Firestore client."""
+        from shared.adapters.firestore_apps import FirestoreAppRecords
+
+        return FirestoreAppRecords(self.store.client, self.settings)
+
+    def progress(self, state, pipeline) -> dict:
+        from shared.ui.dashboard import release_progress
+
+        return release_progress(state, pipeline, self.apps, time.time())
+
     def print(self, *parts: Any) -> None:
         print(*parts, file=self.out, flush=True)
 

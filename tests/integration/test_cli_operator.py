@@ -184,3 +184,15 @@ def test_show_of_a_waiting_approval_says_who_since_when_and_until(cli):
 
     assert (f"approval (attempt 1) asked of {APPROVER} since {iso(st.started_at)}; links expire at "
             f"{iso(st.deadline)}") in out
+
+
+def test_show_gives_elapsed_times_and_an_expected_end_from_earlier_releases(cli):
+    rid = release_at(cli.rig, "unit")
+    out = cli.run("show", rid)[1]
+    assert re.search(r"progress: unit running for \S+; release running for \S+; no estimate yet", out), out
+    finished_release(cli.rig)  # its durations become the application's medians (apps/{app}, RecordDurations)
+    out = cli.run("show", rid)[1]
+    assert re.search(r"progress: unit running for \S+; release running for \S+; about \S+ left plus the approval",
+                     out), out
+    data = json.loads(cli.run("show", rid, "--json")[1])["progress"]
+    assert data["stage"] == "unit" and ISO.match(data["eta_at"]) and data["waits_for_human"] is True
