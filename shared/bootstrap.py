@@ -82,7 +82,23 @@ def dispatcher():
     from shared.adapters.executors.run_services import rollback
 
     return Dispatcher(store(), publisher(), executors(), approvals(), notifier(), SystemClock(), settings(), locks,
-                      roll_back=lambda service: rollback(settings(), service), operator_requests=operator_requests())
+                      dead_letter_store(), roll_back=lambda service: rollback(settings(), service),
+                      operator_requests=operator_requests())
+
+
+@functools.cache
+def dead_letter_store():
+    from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
+
+    return FirestoreDeadLetters(store().client, settings())
+
+
+@functools.cache
+def dead_letters():
+    """The dead-letter API (keep, drain, list, re-drive) over the one store."""
+    from shared.app.dead_letters import DeadLetters
+
+    return DeadLetters(dead_letter_store(), publisher(), SystemClock(), settings())
 
 
 @functools.cache

@@ -27,7 +27,6 @@ class FirestoreStore:
         self.settings = settings
         self.releases = client.collection(settings.collection("releases"))
         self.pipelines = client.collection(settings.collection("pipelines"))
-        self.dead_letters = client.collection(settings.collection("dead_letters"))
         self.deliveries = client.collection(settings.collection("deliveries"))
         self._pipeline_cache: dict[str, Pipeline] = {}
 
@@ -97,24 +96,15 @@ class FirestoreStore:
             self._pipeline_cache[digest] = parse_pipeline(json.loads(snapshot.get("document")))
         return self._pipeline_cache[digest]
 
-    def record_dead_letter(self, event_id: str, reason: str, payload: str, source: str) -> None:
-        try:
-            self.dead_letters.document(_doc_id(event_id)).create(
-                {"event_id": event_id, "reason": reason, "payload": payload, "source": source,
-                 "received_at": firestore.SERVER_TIMESTAMP}
-            )
-        except gexc.AlreadyExists:
-            pass  # a redelivery of a malformed event: recorded once
-
     def claim_delivery(self, delivery_id: str, info: Mapping[str, Any]) -> bool:
         try:
-            self.deliveries.document(_doc_id(delivery_id)).create(dict(info))
+            self.deliveries.document(doc_id(delivery_id)).create(dict(info))
             return True
         except gexc.AlreadyExists:
             return False
 
 
-def _doc_id(raw: str) -> str:
+def doc_id(raw: str) -> str:
     """Firestore ids may not contain '/' nor be '.' or '..'."""
     cleaned = raw.replace("/", "_")[:500]
     return cleaned if cleaned.strip(".") else f"id-{cleaned}"

@@ -33,7 +33,7 @@ from shared.domain.commands import (
     command_to_dict,
 )
 from shared.app.config import Settings
-from shared.domain.errors import ExecutorError, MalformedEvent, StaleWrite, TransientError
+from shared.domain.errors import ExecutorError, StaleWrite, TransientError
 from shared.domain.events import (
     ApprovalDecided,
     Event,
@@ -52,14 +52,16 @@ from shared.app.stage_medians import record_durations
 from shared.app.ports import (
     ApprovalRequester,
     Clock,
+    DeadLetterStore,
     EventPublisher,
     Notifier,
     OperatorRequestLog,
     ReleaseStore,
     StageExecutor,
 )
+from shared.domain.dead_letters import DeadLetter
 from shared.domain.state import ReleaseState
-from shared.domain.wire import decode_event
+from shared.domain.wire import decode_event, encode
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +79,19 @@ class Dispatcher:
     clock: Clock
     settings: Settings
     locks: EnvironmentLocks
+    dead_letters: DeadLetterStore
     # service name -> what was done; moves all traffic back to the revision before ours
     roll_back: Callable[[str], Mapping[str, Any]]
     # Operator requests recorded by the operator function; replay and chaos events must match one.
     operator_requests: OperatorRequestLog | None = None
     sleep: Callable[[float], None] = time.sleep
+    monotonic: Callable[[], float] = time.monotonic
 
     # -- entry ----------------------------------------------------------------
-    def handle_message(self, event_id: str, attributes: Mapping[str, str], data: bytes) -> Decision | None:
-        """One Pub/Sub message. Malformed ones are recorded as dead letters and acknowledged."""
-        try:
-            event = decode_event(event_id, attributes, data)
-        except MalformedEvent as exc:
-            log.warning("dead letter %s: %s", event_id, exc)
-            self.store.record_dead_letter(event_id, str(exc), data[:4096].decode("utf-8", "replace"), "pubsub")
-            return None
+    def handle_message(self, event_id: str, attributes: Mapping[str, str], data: bytes) -> Decision:
+        """One Pub/Sub message. Raises MalformedEvent for one that cannot be decoded: whether
+        that is acknowledged or retried is the edge's decision (shared/app/edge.py)."""
+        event = decode_event(event_id, attributes, data)
         if event is None:
             return Decision(GateOutcome.IGNORED, "not a terminal status of a pipeline build")
         return self.handle(event)
@@ -146,7 +146,7 @@ class Dispatcher:
     def _refuse_claim(self, event: Event, refused: str) -> Decision:
         """An event whose claim the source of truth does not back: recorded and announced, never applied."""
         log.warning("%s event %s refused: %s", event.type.value, event.id, refused)
-        self.store.record_dead_letter(event.id, f"{event.type.value} refused: {refused}", "", event.type.value)
+        self._keep(event, f"{event.type.value} refused: {refused}")
         self.publisher.publish(self.settings.updates_topic, ReleaseNotice(
             event.release_id, NoticeKind.REFUSED, getattr(event, "stage", ""),
             f"{event.type.value} event refused: {refused}"))
@@ -264,19 +264,25 @@ class Dispatcher:
                 self._wait_for_batch(state.release_id, event_id)
 
     def _wait_for_batch(self, release_id: str, batch_id: str) -> None:
-        deadline = time.monotonic() + IN_FLIGHT_WAIT_S
-        while time.monotonic() < deadline:
+        deadline = self.monotonic() + IN_FLIGHT_WAIT_S
+        while self.monotonic() < deadline:
             self.sleep(0.05)
             got = self.store.get(release_id)
             if got is None or all(b["event_id"] != batch_id for b in got[0].outbox):
                 return
         raise TransientError(f"commands of event {batch_id} are still in flight; retry later", release_id=release_id)
 
+    def _keep(self, event: Event, reason: str) -> None:
+        """A refused event as a dead letter, encoded as it came, so it can be re-driven once its
+        claim is backed (the gate checks the claim again then)."""
+        data, attributes = encode(event)
+        self.dead_letters.record(DeadLetter(event.id, reason, event.type.value, self.clock.now(), data, attributes))
+
     def _unknown_release(self, event: Event) -> Decision:
         reason = f"unknown release {event.release_id!r}"
         if isinstance(event, StageReplay):
             # A refused replay is recorded and published, so the operator learns why.
-            self.store.record_dead_letter(event.id, f"replay {event.replay_id} refused: {reason}", "", "stage.replay")
+            self._keep(event, f"replay {event.replay_id} refused: {reason}")
             self.publisher.publish(self.settings.updates_topic, ReleaseNotice(
                 event.release_id, NoticeKind.REFUSED, event.stage, f"replay {event.replay_id} refused: {reason}"))
         return Decision(GateOutcome.UNKNOWN_RELEASE, reason)

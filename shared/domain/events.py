@@ -9,6 +9,8 @@ be published has no id yet: pass ``""`` (Pub/Sub assigns it).
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import binascii
 import json
 import re
@@ -245,13 +247,33 @@ def builder_output(build: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def stage_run_id(release_id: str, stage: str, attempt: int) -> str:
-    """Deterministic id of one attempt of one stage; safe as a build tag and env value."""
-    return f"{release_id}.{stage}.a{attempt}"
+RUN_SECRET_CHARS = 20  # hex: 80 bits; run-<id> stays within Cloud Build's 128-character tags
+
+
+def run_secret(run_key: str, release_id: str, stage: str, attempt: int) -> str:
+    """The unguessable part of a stage-run id: HMAC of the run under the release's random key.
+
+    Deterministic (a repeated start finds what the first one created) yet unpredictable
+    without the key, which only the release document holds: a build made in advance
+    with a guessed tag, or a forged completion, never carries it."""
+    if not run_key:
+        return ""
+    message = f"{release_id}.{stage}.a{attempt}".encode()
+    return hmac.new(run_key.encode(), message, hashlib.sha256).hexdigest()[:RUN_SECRET_CHARS]
+
+
+def stage_run_id(release_id: str, stage: str, attempt: int, secret: str = "") -> str:
+    """Id of one attempt of one stage, ending in the run's secret; safe as a build tag
+    (``[\\w][\\w.-]{0,127}``) and env value; revision names hash it (shared/adapters/executors/traffic.py)."""
+    return f"{release_id}.{stage}.a{attempt}" + (f".{secret}" if secret else "")
 
 
 def parse_stage_run_id(value: str) -> tuple[str, str, int]:
-    release_id, stage, attempt = value.rsplit(".", 2)
+    parts = value.rsplit(".", 3)
+    if len(parts) == 4 and re.fullmatch(rf"[0-9a-f]{{{RUN_SECRET_CHARS}}}", parts[3]):
+        release_id, stage, attempt = parts[:3]
+    else:
+        release_id, stage, attempt = value.rsplit(".", 2)
     if not attempt.startswith("a") or not attempt[1:].isdigit() or not release_id or not stage:
         raise ValueError(value)
     return release_id, stage, int(attempt[1:])

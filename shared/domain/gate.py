@@ -11,9 +11,11 @@ Rules
 * The optional stage (the chaos smoke, 10a) runs only when asked for, and only
   after the stage before it (staging smoke) passed. While it runs the approval
   cannot be given.
-* No stage after the approval starts unless the approval stage succeeded through
-  a valid decision: issued for this attempt, not expired, not used before, by an
-  approver on the list who is not the person who pushed the commit.
+* No stage after the approval, and no stage of a protected environment (prod) wherever
+  it sits, starts unless the approval stage succeeded through a valid decision: issued
+  for this attempt, not expired, not used before, by an approver on the list who is
+  not the person who pushed the commit (identities normalised; an unmatched pusher
+  fails closed).
 * Duplicated, stale (older attempt or already finished), out-of-order and unknown
   events change nothing. Terminal releases never change.
 * One release at a time per environment (staging, prod): a stage of such an
@@ -40,6 +42,7 @@ Overdue deadlines found on the way are applied whatever the event's outcome
 from __future__ import annotations
 
 import copy
+import hmac
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -66,10 +69,12 @@ from shared.domain.events import (
     StageReplay,
     Superseded,
     Tick,
+    run_secret,
     stage_run_id,
 )
 from shared.domain.identity import approval_refusal, normalise
 from shared.domain.pipeline import Pipeline, Stage, StageKind
+from shared.domain.pipeline_order import is_protected
 from shared.domain.progress import succeeded_durations
 from shared.domain.state import (
     APPLIED_EVENTS_KEPT,
@@ -182,8 +187,15 @@ class _Run:
         stage, st = self.known_stage(event.stage)
         if stage.kind is StageKind.APPROVAL:
             raise _Refusal(GateOutcome.REFUSED, f"{stage.label} finishes only through a signed approval")
-        if st.stage_run_id != event.stage_run_id:
+        if not hmac.compare_digest(st.stage_run_id.encode(), event.stage_run_id.encode()):
+            # The current run's id ends in its secret: a guessed or older id is not it.
             raise _Refusal(GateOutcome.STALE, f"{event.stage_run_id} is not the current run of {stage.label}")
+        reported, recorded = event.result.get("build_id"), st.result.get("build_id")
+        if reported and reported != recorded:
+            # A notification counts only for the build this run recorded; before the handle is
+            # recorded it cannot be matched, and the executor's own poll decides.
+            raise _Refusal(GateOutcome.STALE, f"build {reported} is not the build {stage.label} recorded "
+                                              f"({recorded or 'none yet'})")
         if st.status is not StageStatus.RUNNING:
             raise _Refusal(GateOutcome.STALE, f"{stage.label} is already {st.status.value}")
         st.result = {**st.result, **dict(event.result)}
@@ -264,7 +276,7 @@ class _Run:
         busy = [s for s in self.pipeline.stages if state.stages[s.id].status is StageStatus.RUNNING]
         if busy:
             raise _Refusal(GateOutcome.REFUSED, f"{busy[0].label} is running; replay when it ends")
-        if self.pipeline.needs_approval(stage.id) and not self.approved():
+        if self.needs_approval(stage) and not self.approved():
             raise _Refusal(GateOutcome.REFUSED, f"{stage.label} needs a valid approval first")
         if st.status in (StageStatus.PENDING, StageStatus.SKIPPED) and not (stage.optional and state.chaos_requested_by):
             raise _Refusal(GateOutcome.REFUSED, f"{stage.label} has not run yet")
@@ -367,7 +379,7 @@ class _Run:
     def approved(self) -> bool:
         gate = self.pipeline.approval_index
         if gate is None:
-            return True
+            return False  # nothing to approve with: only stages that need no approval run
         stage = self.pipeline.stages[gate]
         approval = self.state.approval
         return (
@@ -417,7 +429,8 @@ class _Run:
         st = self.state.stages[stage.id]
         self.archive(st)
         st.attempt += 1
-        st.stage_run_id = stage_run_id(self.state.release_id, stage.id, st.attempt)
+        st.stage_run_id = stage_run_id(self.state.release_id, stage.id, st.attempt,
+                                       run_secret(self.state.run_key, self.state.release_id, stage.id, st.attempt))
         st.status = status
         st.started_at = self.now
         st.finished_at = None
@@ -427,10 +440,17 @@ class _Run:
         self.changed = True
         return st
 
+    def needs_approval(self, stage: Stage) -> bool:
+        """After the approval in the file, or of a protected environment wherever it sits."""
+        return self.pipeline.needs_approval(stage.id) or is_protected(stage)
+
     def start(self, stage: Stage) -> None:
-        if self.pipeline.needs_approval(stage.id) and not self.approved():
-            # Unreachable through advance(); kept as the last line of defence.
-            raise _Refusal(GateOutcome.REFUSED, f"{stage.label} needs a valid approval first")
+        if self.needs_approval(stage) and not self.approved():
+            # By meaning, not position: validation refuses files where this could happen, and
+            # a pinned definition that slipped through still never runs prod unapproved: the
+            # release stops there, saying why.
+            self.fail(stage, "needs a valid approval for this attempt first; none was given")
+            return
         env = stage.environment
         if env in LOCKED_ENVIRONMENTS and env not in self.state.locks_held:
             self.archive(self.state.stages[stage.id])

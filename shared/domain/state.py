@@ -94,6 +94,9 @@ class ReleaseState:
     # The person the push was matched to (normalised address; shared/domain/identity.py), "" when it
     # could not be: self-approval is then not ruled out and approval fails closed.
     pusher: str = ""
+    # Random per release, made by the push trigger: keys the per-run secrets in stage-run ids
+    # (events.run_secret). Never shown; only this document holds it.
+    run_key: str = field(default="", repr=False)
     chaos_requested_by: str = ""
     locks_held: list[str] = field(default_factory=list)  # environments this release holds
     waiting_for: str = ""  # the environment whose lock the release is queued for
@@ -142,7 +145,7 @@ def release_id_for(repo: str, commit: str) -> str:
 
 def new_release(
     pipeline: Pipeline, *, repo: str, ref: str, commit: str, version: str, pushed_by: str, now: float,
-    pusher: str | None = None,
+    pusher: str | None = None, run_key: str = "",
 ) -> ReleaseState:
     return ReleaseState(
         release_id=release_id_for(repo, commit),
@@ -153,6 +156,7 @@ def new_release(
         tag=f"v{version}-{commit[:7]}",
         pushed_by=pushed_by,
         pusher=People().resolve(pushed_by) or "" if pusher is None else pusher,
+        run_key=run_key,
         pipeline_name=pipeline.name,
         pipeline_digest=pipeline.digest,
         created_at=now,

@@ -14,6 +14,8 @@ cannot be decoded raises MalformedEvent naming why.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import asdict
 from typing import Any, Mapping
@@ -150,3 +152,19 @@ def decode_event(event_id: str, attributes: Mapping[str, str], data: bytes) -> E
     if isinstance(message, ReleaseNotice):
         raise MalformedEvent(f"event {event_id}: a {ReleaseNotice.type} is not an event for the dispatcher")
     return message
+
+
+def unwrap_push(event_id: str, envelope: Any) -> tuple[dict[str, str], bytes]:
+    """Attributes and data of a Pub/Sub push as a CloudEvent carries it
+    (``{"message": {"data": <base64>, "attributes": {...}, "messageId": ...}, "subscription": ...}``)."""
+    message = envelope.get("message") if isinstance(envelope, Mapping) else None
+    if not isinstance(message, Mapping):
+        raise MalformedEvent(f"event {event_id}: CloudEvent has no Pub/Sub message")
+    try:
+        data = base64.b64decode(message.get("data") or "", validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        raise MalformedEvent(f"event {event_id}: message data is not base64") from None
+    attributes = message.get("attributes") or {}
+    if not isinstance(attributes, Mapping) or not all(isinstance(v, str) for v in attributes.values()):
+        raise MalformedEvent(f"event {event_id}: message attributes are not a map of strings")
+    return dict(attributes), data

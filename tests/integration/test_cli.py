@@ -382,6 +382,8 @@ def deploy(settings, version, commit):
     from shared.domain.pipeline import parse_pipeline
 
     pipeline = parse_pipeline({"name": "cli", "stages": [
+        {"id": "approval", "kind": "approval", "environment": "prod", "timeout": "1h",
+         "params": {"approvers": ["boss@example.com"]}},
         {"id": "prod-deploy", "kind": "deploy", "environment": "prod", "timeout": "5m",
          "params": {"services": ["cli-web"], "traffic_percent": 100}}]})
     executor = build_executors(settings, retry=RetryPolicy(timeout_s=1, call_timeout_s=5))["deploy"]

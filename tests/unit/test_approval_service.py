@@ -47,6 +47,7 @@ def waiting_release(commit: str = "abcdef1234567890"):
             decision = decide(PIPELINE, state, LockGranted(f"g{n}", state.release_id, state.waiting_for), T0 + n)
             continue
         (start,) = [c for c in decision.commands if isinstance(c, StartStage)]
+        state.stages[start.stage].result["build_id"] = f"b{n}"  # the handle the dispatcher records after the start
         event = StageFinished(f"e{n}", state.release_id, start.stage, start.stage_run_id, Outcome.SUCCEEDED, "",
                               {"status": "SUCCESS", "build_id": f"b{n}"})
         decision = decide(PIPELINE, state, event, T0 + n)
@@ -67,6 +68,7 @@ class World:
             self.settings, store=self.store, publisher=self.publisher, clock=self.clock,
             releases=self.releases, link_senders=[self.sender],
         )
+        self._saving = threading.Lock()
         self.release, self.command = waiting_release()
         self.releases.save_pipeline(PIPELINE)
         self.releases.create(self.release)
@@ -88,8 +90,10 @@ class World:
 
     def save_release(self) -> None:
         """Store the release as the test left it (tests change ``self.release`` in place)."""
-        _, version = self.releases.get(self.release.release_id)
-        self.releases.update(self.release, version)
+        with self._saving:
+            stored, version = self.releases.get(self.release.release_id)
+            if stored.to_dict() != self.release.to_dict():
+                self.releases.update(self.release, version)
 
     def get(self, token, method="GET"):
         self.save_release()
