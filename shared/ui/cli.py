@@ -21,7 +21,7 @@ import os
 import sys
 
 from shared.domain.errors import DefinitionError, PipelineError
-from shared.ui.cli_context import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, Context,
+from shared.ui.cli_context import (positive_int, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, Context,
                                    UsageError)
 from shared.ui.cli_format import EPILOG, dumps, iso_times, paint
 from shared.ui.cli_operator import add_commands as add_operator_commands
@@ -292,16 +292,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", help="pipeline file (default: RELEASE_PIPELINE_FILE)")
     p.add_argument("--service-account", help="default: $RELEASE_PIPELINE_SERVICE_ACCOUNT, else the preflight stage's")
     return parser
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= 500:
-        raise argparse.ArgumentTypeError(f"{value} is not from 1 to 500")
-    return value
 
 
 def version() -> str:

@@ -1,6 +1,7 @@
 """What every ``relctl`` command gets: the Context (settings, store, output), exit codes, UsageError."""
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import sys
@@ -79,3 +80,13 @@ def require_emulator(variable: str, timeout_s: float = 2.0) -> None:
             return
     except (OSError, ValueError) as exc:
         raise PipelineError(f"{variable}={host_port} is set but no emulator answers there ({exc})") from None
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 500:
+        raise argparse.ArgumentTypeError(f"{value} is not from 1 to 500")
+    return value
