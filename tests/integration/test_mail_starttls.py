@@ -11,7 +11,7 @@ from aiosmtpd.smtp import AuthResult
 
 from local.emulators import free_port
 from shared.adapters.notify import EmailNotifier, NotifyError
-from tests.integration.test_notify_channels import Inbox, smtp  # noqa: F401  (fixture)
+from tests.integration.test_notify_channels import Inbox
 
 
 def self_signed(tmp_path):
@@ -75,8 +75,15 @@ def test_a_wrong_password_is_a_notify_error_without_the_password(relay):
     assert "wrong" not in str(caught.value)
 
 
-def test_no_login_in_clear(smtp):
-    port, inbox = smtp  # a relay without STARTTLS
+def test_no_login_in_clear():
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())  # a relay without STARTTLS
+    controller.start()
+    port = controller.port
     with pytest.raises(NotifyError, match="no STARTTLS"):
-        EmailNotifier("127.0.0.1", port, "release-bot@example.com", user="u", password="p").send(["a@x.com"], "s", "t")
+        try:
+            EmailNotifier("127.0.0.1", port, "release-bot@example.com", user="u", password="p").send(
+                ["a@x.com"], "s", "t")
+        finally:
+            controller.stop()
     assert inbox.messages == []
