@@ -15,7 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from shared.domain.iam_roles import permissions_of
 from shared.domain.pipeline import Pipeline
+
+# Said in every report: a grant on a folder, the organisation or to a group looks missing here.
+DIRECT_ONLY = ("sees the project's direct bindings only (and the prod secrets' policies): roles granted on a "
+               "folder, the organisation or to a group are not counted; actAs grants on other service accounts "
+               "are checked by the stage that needs them (PERMISSION_DENIED names iam.serviceAccounts.actAs)")
 
 # The seed's "Workload Identity Federation" list. Vector schema migrations: the seed allows
 # roles/cloudsql.editor "or a narrower DDL role". DDL rights are not IAM permissions at all
@@ -172,6 +178,13 @@ def evaluate(
             missing.remove(SECRET_ACCESSOR_ROLE)
     elif SECRET_ACCESSOR_ROLE in granted and SECRET_ACCESSOR_ROLE in required:
         notes.append(f"{SECRET_ACCESSOR_ROLE} is granted project-wide; per-secret bindings are narrower")
+    for role in missing:
+        # The same table the local stand-in enforces: which permissions our calls need from the role,
+        # and whether another granted role already carries them (run.developer inside run.admin).
+        needed = permissions_of([role])
+        if needed and needed <= permissions_of(granted):
+            notes.append(f"{role} is missing, but the granted roles carry every permission our calls need from it")
+    notes.append(DIRECT_ONLY)
     extra = sorted(granted - required - IGNORED_EXTRA_ROLES)
     return PreflightReport(
         service_account=service_account,
