@@ -277,7 +277,7 @@ class LocalStack:
                     "name": path,
                     "topic": subscriber.topic_path(PROJECT, topic),
                     "push_config": {"push_endpoint": self.urls[name] + "/"},
-                    "ack_deadline_seconds": 60,
+                    "ack_deadline_seconds": 600,  # as deploy/ sets it: a long check is not redelivered
                 })
 
     def _tick(self) -> None:
