@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Mapping
 
 from shared.app.config import Settings
 from shared.domain.errors import ExecutorError, PipelineError
-from shared.domain.events import EventType, Outcome
+from shared.domain.events import Outcome, StageFinished, Tick
 from shared.app.ports import Clock, EventPublisher, ReleaseStore, StageExecutor, StageFinish
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
 
@@ -31,7 +31,7 @@ DEFAULT_LIMIT = 500
 class SweepReport:
     releases: int = 0  # active releases looked at
     polled: int = 0  # running stages polled
-    finished: list[dict[str, Any]] = field(default_factory=list)  # published stage.finished payloads
+    finished: list[StageFinished] = field(default_factory=list)  # published stage.finished events
     ticks: list[str] = field(default_factory=list)  # release ids that got a release.tick
     errors: list[str] = field(default_factory=list)  # what could not be checked this time
 
@@ -86,15 +86,12 @@ def _sweep_release(
             continue
         if finish is None:
             continue
-        data = {
-            "type": EventType.STAGE_FINISHED.value, "release_id": release.release_id, "stage": stage.id,
-            "stage_run_id": st.stage_run_id, "outcome": finish.outcome.value, "reason": finish.reason,
-            "result": dict(finish.result),
-        }
-        publisher.publish(settings.events_topic, data)
-        report.finished.append(data)
+        event = StageFinished("", release.release_id, stage.id, st.stage_run_id, finish.outcome, finish.reason,
+                              dict(finish.result))
+        publisher.publish(settings.events_topic, event)
+        report.finished.append(event)
     if overdue or release.status is ReleaseStatus.QUEUED:  # queued: ask for the lock again
-        publisher.publish(settings.events_topic, {"type": EventType.TICK.value, "release_id": release.release_id})
+        publisher.publish(settings.events_topic, Tick("", release.release_id))
         report.ticks.append(release.release_id)
 
 
