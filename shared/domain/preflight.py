@@ -19,9 +19,9 @@ from shared.domain.iam_roles import permissions_of
 from shared.domain.pipeline import Pipeline
 
 # Said in every report: a grant on a folder, the organisation or to a group looks missing here.
-DIRECT_ONLY = ("sees the project's direct bindings only (and the prod secrets' policies): roles granted on a "
-               "folder, the organisation or to a group are not counted; actAs grants on other service accounts "
-               "are checked by the stage that needs them (PERMISSION_DENIED names iam.serviceAccounts.actAs)")
+DIRECT_ONLY = ("the roles above are read from the project's direct bindings only (and the prod secrets' "
+               "policies): roles granted on a folder, the organisation or to a group are not counted; actAs is "
+               "tested with IAM's testIamPermissions, which counts every grant")
 
 # The seed's "Workload Identity Federation" list. Vector schema migrations: the seed allows
 # roles/cloudsql.editor "or a narrower DDL role". DDL rights are not IAM permissions at all
@@ -76,6 +76,17 @@ def required_roles(pipeline: Pipeline) -> frozenset[str]:
     if prod_secret_names(pipeline):
         return BASE_ROLES | {BUILD_LOG_ROLE, SECRET_ACCESSOR_ROLE}
     return BASE_ROLES | {BUILD_LOG_ROLE}
+
+
+def deployed_services(pipeline: Pipeline) -> tuple[str, ...]:
+    """Cloud Run services the deploy stages update (whose runtime accounts the caller must act as)."""
+    names: list[str] = []
+    for stage in pipeline.stages:
+        if stage.kind.value == "deploy":
+            for name in [*stage.params.get("services", ()), *stage.params.get("background_services", ())]:
+                if str(name) not in names:
+                    names.append(str(name))
+    return tuple(names)
 
 
 def member_of(service_account: str) -> str:

@@ -167,3 +167,13 @@ def test_deploying_a_service_needs_act_as_on_its_runtime_account(standin):
     service.template.service_account = ""
     service.template.labels = {"version": "1-0-1"}
     assert services.update_service(service=service).result(30).latest_ready_revision
+
+
+def test_preflight_checks_act_as_on_the_account_builds_run_as(standin):
+    ok = start(standin, "preflight").finished
+    assert ok.outcome.value == "succeeded" and ok.result["act_as_missing"] == []
+    assert any("direct bindings only" in note for note in ok.result["notes"])
+    standin.revoke(f"serviceAccount:{RUNTIME}", "roles/iam.serviceAccountUser", PIPELINE_SA)
+    failed = start(standin, "preflight").finished
+    assert failed.outcome.value == "failed"
+    assert PIPELINE_SA in failed.reason and "iam.serviceAccounts.actAs" in failed.reason
