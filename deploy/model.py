@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Iterator, Union
 
 from deploy.config import DeployConfig
-from shared.domain.preflight import BASE_ROLES, BUILD_LOG_ROLE, SECRET_ACCESSOR_ROLE, prod_secret_names
+from shared.domain.preflight import (
+    BASE_ROLES, BUILD_LOG_ROLE, SECRET_ACCESSOR_ROLE, build_secret_names, prod_secret_names,
+)
 
 APIS = (
     "artifactregistry.googleapis.com", "cloudbuild.googleapis.com", "cloudfunctions.googleapis.com",
@@ -267,7 +269,9 @@ def build_plan(config: DeployConfig) -> Plan:
     for secret, why in ((config.webhook_secret, "GitHub webhook secret (on_push)"),
                         (config.approval_keys_secret, "approval link signing keys (dispatch, sweep, on_approval)"),
                         (config.smtp_password_secret, "the mail relay's login password (approval links, notices)"),
-                        *((name, "read by a prod stage of the pipeline") for name in prod_secrets)):
+                        *((name, "read by a prod stage of the pipeline") for name in prod_secrets),
+                        *((name, "fetched by a build stage (params.available_secrets)")
+                          for name in build_secret_names(config.pipeline) if name not in prod_secrets)):
         steps.append(Resource("secrets", "secret", secret, ("secrets", "describe", secret, proj),
                               ("secrets", "create", secret, "--replication-policy=automatic", proj), why))
 
@@ -315,6 +319,10 @@ def build_plan(config: DeployConfig) -> Plan:
     for secret in prod_secrets:
         steps.append(_secret_binding(p, secret, SECRET_ACCESSOR_ROLE, pipeline_member,
                                      "seed: secret accessor only in prod stages, and only on their secrets"))
+    for secret in build_secret_names(config.pipeline):
+        if secret not in prod_secrets:
+            steps.append(_secret_binding(p, secret, SECRET_ACCESSOR_ROLE, pipeline_member,
+                                         "builds run as this account and fetch their availableSecrets"))
 
     # -- the runtime account: only what the functions call
     for role, why in (

@@ -70,6 +70,13 @@ def prod_secret_names(pipeline: Pipeline) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
+def build_secret_names(pipeline: Pipeline) -> tuple[str, ...]:
+    """Secret ids build stages fetch through ``params.available_secrets`` (as the build's account)."""
+    names = {secret_id(v) for stage in pipeline.stages if stage.kind.value == "build"
+             for v in (stage.params.get("available_secrets") or {}).values() if str(v).strip()}
+    return tuple(sorted(names))
+
+
 def required_roles(pipeline: Pipeline) -> frozenset[str]:
     """The seed's role set and the build log writer; the secret accessor only when some prod
     stage needs a secret."""

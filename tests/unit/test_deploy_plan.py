@@ -62,17 +62,21 @@ def test_pipeline_account_gets_exactly_the_seeds_roles(monkeypatch):
     assert sa_roles == {"roles/iam.workloadIdentityUser", "roles/iam.serviceAccountUser"}
 
 
-def test_secret_accessor_is_bound_only_on_the_prod_stages_secrets(monkeypatch):
+def test_secret_accessor_is_bound_only_on_the_secrets_stages_read(monkeypatch):
     plan = dry_run_json(monkeypatch)
     secret_targets = {s["target"] for s in plan["steps"] if s["type"] == "binding"
                       and s["member"] == sa_member(PIPELINE_SA) and s["role"] == "roles/secretmanager.secretAccessor"}
-    assert secret_targets == {"noesis2-prod-database-url"}
+    # the prod stages' secrets, and the one the schema build fetches as the pipeline account
+    assert secret_targets == {"noesis2-prod-database-url", "noesis2-schema-database-url"}
 
 
 def test_no_secret_accessor_when_no_prod_stage_needs_secrets(monkeypatch, tmp_path):
     document = yaml.safe_load((REPO_ROOT / "pipelines" / "noesis2.yaml").read_text())
     for stage in document["stages"]:
         stage.get("params", {}).pop("secrets", None)
+        stage.get("params", {}).pop("available_secrets", None)
+        for step in stage.get("params", {}).get("steps") or []:
+            step.pop("secretEnv", None)
     modified = tmp_path / "no-secrets.yaml"
     modified.write_text(yaml.safe_dump(document))
     plan = dry_run_json(monkeypatch, ENV, "--pipeline-file", str(modified))
@@ -90,7 +94,7 @@ def test_a_second_prod_secret_gets_its_own_resource_level_binding(monkeypatch, t
     plan = dry_run_json(monkeypatch, ENV, "--pipeline-file", str(modified))
     targets = {s["target"] for s in plan["steps"] if s["type"] == "binding"
                and s["member"] == sa_member(PIPELINE_SA) and s["scope"] == "secret"}
-    assert targets == {"noesis2-prod-database-url", "noesis2-prod-redis-url"}
+    assert targets == {"noesis2-prod-database-url", "noesis2-prod-redis-url", "noesis2-schema-database-url"}
 
 
 def test_wif_provider_admits_only_the_configured_repository(monkeypatch):
