@@ -146,6 +146,9 @@ def functions(config: DeployConfig) -> tuple[FunctionSpec, ...]:
                      timeout_s=540),
         FunctionSpec("on-approval", "on_approval", public=True, secrets=(keys,),
                      why="signed approval links; public, the link's signature and nonce are the credential"),
+        FunctionSpec("drain-dead-letters", "drain_dead_letters", trigger_topic=config.dead_letter_topic, retry=True,
+                     why="what Pub/Sub gave up on joins the one dead-letter store (dead_letters/), where "
+                         "relctl lists and re-drives it; retry on, and no dead-letter policy of its own"),
         FunctionSpec("sweep", "sweep", trigger_topic=config.tick_topic, retry=False, secrets=(keys, mail),
                      why="every minute; no retry, the next tick comes in a minute anyway"),
         FunctionSpec("dashboard", "dashboard", public=False,
@@ -287,7 +290,7 @@ def build_plan(config: DeployConfig) -> Plan:
     steps.append(Resource("messaging", "subscription", hold, ("pubsub", "subscriptions", "describe", hold, proj),
                           ("pubsub", "subscriptions", "create", hold, f"--topic={config.dead_letter_topic}",
                            "--message-retention-duration=7d", "--expiration-period=never", proj),
-                          "keeps dead letters for inspection and replay (a topic alone drops them)"))
+                          "a second copy of dead letters for 7 days, should drain-dead-letters be down"))
 
     # -- data
     steps.append(Resource("data", "firestore", "(default)",
@@ -401,7 +404,9 @@ def build_plan(config: DeployConfig) -> Plan:
                              ("functions", "add-invoker-policy-binding", fn.name, f"--region={r}",
                               f"--member={invoker_member}", proj),
                              "Eventarc's pushes may invoke this function, nobody else"))
-        if not fn.retry:  # a lost tick is replaced by the next one; nothing to dead-letter
+        if not fn.retry or fn.trigger_topic == config.dead_letter_topic:
+            # A lost tick is replaced by the next one; the drain must not feed its own topic. Neither
+            # gets a dead-letter policy, but a push must still not be redelivered while it runs.
             steps.append(Action("delivery", "subscription-policy", subscription,
                                 ("pubsub", "subscriptions", "update", subscription,
                                  f"--ack-deadline={PUSH_ACK_DEADLINE_S}", proj),

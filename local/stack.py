@@ -32,17 +32,22 @@ RUNTIME_SA = f"release-runtime@{PROJECT}.iam.gserviceaccount.com"
 PROJECT_NUMBER = "123456789012"
 BASE_VERSION = "0.9.0"
 
+DEAD_LETTER_TOPIC = "pipeline-dead-letter"
 # name: (target, signature type, topics pushed to it)
 FUNCTIONS = {
     "on_push": ("on_push", "http", ()),
     "dispatch": ("dispatch", "cloudevent", ("pipeline-events", "cloud-builds")),
     "sweep": ("sweep", "cloudevent", ("pipeline-tick",)),
+    "drain_dead_letters": ("drain_dead_letters", "cloudevent", (DEAD_LETTER_TOPIC,)),
     "on_approval": ("on_approval", "http", ()),
     "dashboard": ("dashboard", "http", ()),
     "operator": ("operator", "http", ()),
 }
 LOCAL_OPERATORS = ("operator@example.com", "qa@example.com")
-TOPICS = ("pipeline-events", "cloud-builds", "release-updates", "pipeline-tick")
+TOPICS = ("pipeline-events", "cloud-builds", "release-updates", "pipeline-tick", DEAD_LETTER_TOPIC)
+# As deploy/ sets it on dispatch's subscriptions: after this many failed deliveries Pub/Sub
+# forwards the message to the dead-letter topic (the emulator honours it too).
+DEAD_LETTER_POLICY = {"max_delivery_attempts": 5}
 
 
 @dataclass
@@ -273,12 +278,16 @@ class LocalStack:
                     subscriber.delete_subscription(subscription=path)
                 except NotFound:
                     pass
-                subscriber.create_subscription(request={
+                request = {
                     "name": path,
                     "topic": subscriber.topic_path(PROJECT, topic),
                     "push_config": {"push_endpoint": self.urls[name] + "/"},
-                    "ack_deadline_seconds": 600,  # as deploy/ sets it: a long check is not redelivered
-                })
+                    "ack_deadline_seconds": 60,
+                }
+                if name == "dispatch":
+                    request["dead_letter_policy"] = {**DEAD_LETTER_POLICY,
+                                                     "dead_letter_topic": subscriber.topic_path(PROJECT, DEAD_LETTER_TOPIC)}
+                subscriber.create_subscription(request=request)
 
     def _tick(self) -> None:
         from google.cloud import pubsub_v1

@@ -190,6 +190,9 @@ def parse_pipeline(document: Any) -> Pipeline:
             raise Invalid(("stages", i, "optional"), f"stage '{stage.id}': optional: an approval cannot be optional")
         if stage.optional and approvals and i > approvals[0]:
             raise Invalid(("stages", i, "optional"), f"stage '{stage.id}': optional: optional stages must come before the approval")
+    from shared.domain.pipeline_order import check_order  # it reads Stage objects of this module
+
+    check_order(stages)
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
     return Pipeline(
         name=str(document.get("name", "pipeline")),

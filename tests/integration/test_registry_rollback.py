@@ -45,7 +45,7 @@ def standin(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pipeline_file(tmp_path_factory) -> Path:
     def deploy(stage_id: str, service: str) -> dict:
-        return {"id": stage_id, "kind": "deploy", "environment": "prod", "timeout": "5m",
+        return {"id": stage_id, "kind": "deploy", "environment": "staging", "timeout": "5m",
                 "params": {"services": [service], "traffic_percent": 100,
                            "env": {"VERSION": "${version}", "RELEASE_TAG": "${tag}"}}}
 

@@ -147,7 +147,11 @@ def test_dry_run_output_contains_no_secret_values(monkeypatch):
 def test_functions_triggers_and_retry(monkeypatch):
     plan = dry_run_json(monkeypatch)
     deploys = {s["name"]: s["command"] for s in plan["steps"] if s["type"] == "action" and s["kind"] == "function"}
-    assert set(deploys) == {"on-push", "dispatch", "dispatch-builds", "on-approval", "sweep", "dashboard", "operator"}
+    assert set(deploys) == {"on-push", "dispatch", "dispatch-builds", "on-approval", "sweep", "dashboard", "operator",
+                            "drain-dead-letters"}
+    drain = deploys["drain-dead-letters"]
+    assert "--trigger-topic=pipeline-dead-letter" in drain and "--entry-point=drain_dead_letters" in drain
+    assert "--retry" in drain
     assert "--no-allow-unauthenticated" in deploys["operator"] and not any(
         a.startswith("--set-secrets") for a in deploys["operator"])
     assert "--trigger-topic=pipeline-events" in deploys["dispatch"] and "--retry" in deploys["dispatch"]
@@ -280,7 +284,7 @@ def test_builds_have_their_own_account_region_and_push_subscriptions_wait_for_th
     (submit,) = [c for c in commands if c[:2] == ["builds", "submit"]]
     assert f"--service-account={builder}" in submit and "--region=europe-west1" in submit  # finding 7
     updates = [c for c in commands if c[:3] == ["pubsub", "subscriptions", "update"]]
-    assert len(updates) == 3 and all("--ack-deadline=600" in c for c in updates)  # finding 9
+    assert len(updates) == 4 and all("--ack-deadline=600" in c for c in updates)  # finding 9: every trigger
     roles = {(s["member"], s["role"]) for s in plan["steps"] if s["type"] == "binding"}
     assert ("serviceAccount:release-builder@acme-release.iam.gserviceaccount.com",
             "roles/cloudbuild.builds.builder") in roles

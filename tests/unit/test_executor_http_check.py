@@ -106,6 +106,8 @@ def test_unreachable_service_fails_naming_the_error():
 
 def _stage(params: dict):
     pipeline = parse_pipeline({"name": "p", "stages": [
+        {"id": "deploy", "kind": "deploy", "environment": "staging", "timeout": "10m",
+         "params": {"services": ["web"], "traffic_percent": 100}},
         {"id": "smoke", "kind": "check", "timeout": "10m", "params": {"target": "staging", **params}}]})
     return pipeline, pipeline.stage("smoke")
 

@@ -40,7 +40,8 @@ def base_doc():
     return {"name": "t", "stages": [
         {"id": "lint", "kind": "build", "timeout": "5m", "params": {"steps": [{"name": "local"}]}},
         {"id": "staging-migrate", "number": "7", "kind": "job", "timeout": "5m", "params": {"job": "m"}},
-        {"id": "smoke", "kind": "check", "timeout": "5m", "params": {"target": "staging", "paths": ["/"]}},
+        {"id": "smoke", "kind": "check", "timeout": "5m",
+         "params": {"target": "staging", "url": "https://status.example.com", "paths": ["/"]}},
     ]}
 
 
