@@ -26,7 +26,7 @@ from shared.ui.cli_context import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_
 from shared.ui.cli_format import EPILOG, dumps, iso_times, paint
 from shared.ui.cli_operator import add_commands as add_operator_commands
 from shared.ui.notes import (ReleaseNotFound, duration_text, iso, load_release, render, timeline_text,
-                             traffic_decisions, waiting_text)
+                             traffic_decisions, waiting_text, rollback_lines)
 from shared.domain.pipeline import Pipeline, StageKind
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
 
@@ -61,6 +61,7 @@ def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False) -> 
     traffic = [f"{d['percent']} % at {iso(d['at'])}" for d in traffic_decisions(state, pipeline)]
     if traffic:
         lines.append("  traffic: " + "; ".join(traffic))
+    lines += [f"  {line}" for line in rollback_lines(state, pipeline)]
     if waiting_text(state, pipeline):
         lines.append("  " + waiting_text(state, pipeline))
     if state.timeline:
