@@ -513,8 +513,15 @@ class _Run:
         st = self.state.stages[stage.id]
         st.reason = reason
         self.finish(stage, StageStatus.FAILED)
+        rolled = ""
         if stage.kind is StageKind.CHECK:
+            before = len(self.commands)
             self.roll_back_checked_deploy(stage, reason)
+            for command in self.commands[before:]:
+                if isinstance(command, RollBack):
+                    to = ", ".join(f"{s} to {command.targets.get(s) or 'the last good tagged revision'}"
+                                   for s in command.services)
+                    rolled = f" Rolled back {command.stage}: all traffic of {to} (what served before this release)."
         self.state.status = ReleaseStatus.STOPPED
         self.release_locks()
         self.state.stopped_at_stage = stage.id
@@ -522,7 +529,7 @@ class _Run:
         self.notify(
             NoticeKind.STAGE_FAILED,
             stage.id,
-            f"{self.title()} stopped: {stage.label} failed: {reason}. "
+            f"{self.title()} stopped: {stage.label} failed: {reason}.{rolled} "
             f"Gate: {stage.gate or 'the release stops'}. Fix the cause, then run "
             f"`relctl replay {self.state.release_id} {stage.id} --reason \"…\"`.",
         )

@@ -82,3 +82,36 @@ def test_every_rollback_is_shown_with_who_when_from_to_and_why():
     line = "rolled back web from web-canary-1 to web-base at 2027-01-15T08:00:00Z by the gate: stage 'prod-smoke' failed: 500"
     assert line in render(state, PIPELINE)
     assert line in show_text(state, PIPELINE)
+
+
+def test_the_dashboard_and_the_failure_notice_say_rolled_back():
+    from shared.domain.commands import Notify
+    from shared.ui.dashboard import release_json
+
+    state = new_release(PIPELINE, repo="acme/app", ref="refs/heads/main", commit="abcdef1234567890",
+                        version="1.2.3", pushed_by="dev@example.com", now=T0)
+    _, state = step(state, ReleaseStarted(eid(), state.release_id))
+    state = until(state, "prod-deploy")
+    run = state.stages["prod-deploy"]
+    _, state = step(state, StageFinished(eid(), state.release_id, "prod-deploy", run.stage_run_id, Outcome.SUCCEEDED,
+                                         "", {"revisions": [{"service": "web", "revision": "web-c1", "percent": 10,
+                                                             "serving_before": "web-base"}]}))
+    state = until(state, "prod-smoke")
+    smoke = state.stages["prod-smoke"]
+    decision, state = step(state, StageFinished(eid(), state.release_id, "prod-smoke", smoke.stage_run_id,
+                                                Outcome.FAILED, "500"))
+    (notice,) = [c for c in decision.commands if isinstance(c, Notify)]
+    assert "Rolled back prod-deploy: all traffic of web to web-base" in notice.message
+    state.stages["prod-deploy"].result["rolled_back"] = [
+        {"service": "web", "from": "web-c1", "revision": "web-base", "at": T0, "by": "the gate", "why": "500"}]
+    assert "rolled back web from web-c1 to web-base" in release_json(state, PIPELINE)["release"]["traffic_text"]
+
+
+def test_relctl_knows_which_revisions_failed_their_checks():
+    from shared.ui.cli import failed_revisions
+
+    state = new_release(PIPELINE, repo="acme/app", ref="refs/heads/main", commit="abcdef1234567890",
+                        version="1.2.3", pushed_by="dev@example.com", now=T0)
+    state.stages["prod-deploy"].result["rolled_back"] = [
+        {"service": "web", "from": "web-c1", "revision": "web-base", "at": T0, "by": "the gate", "why": "smoke 500"}]
+    assert failed_revisions([state]) == {"web-c1": f"release {state.release_id}: smoke 500"}
