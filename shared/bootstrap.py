@@ -76,10 +76,9 @@ def approval_store():
 def dispatcher():
     from shared.app.dispatcher import Dispatcher
 
-    from shared.adapters.firestore_apps import FirestoreAppRecords
     from shared.app.locks import EnvironmentLocks
 
-    locks = EnvironmentLocks(FirestoreAppRecords(store().client, settings()), publisher(), settings())
+    locks = EnvironmentLocks(app_records(), publisher(), settings())
     from shared.adapters.executors.run_services import rollback
 
     return Dispatcher(store(), publisher(), executors(), approvals(), notifier(), SystemClock(), settings(), locks,
@@ -103,6 +102,14 @@ def dead_letters():
 
 
 @functools.cache
+def app_records():
+    """``apps/{app}``: locks, version floor, stage medians (read by the dashboard for the ETA)."""
+    from shared.adapters.firestore_apps import FirestoreAppRecords
+
+    return FirestoreAppRecords(store().client, settings())
+
+
+@functools.cache
 def operator_requests():
     from shared.adapters.firestore_operator_requests import FirestoreOperatorRequests
 
@@ -119,7 +126,7 @@ def operator():
     verifier = GoogleIdTokenVerifier(s.operator_audience, s.operator_certs_url,
                                      tuple(i.strip() for i in s.operator_issuers.split(",")))
     from shared.app.approvals import ApprovalService
-    from shared.app.operator_actions import register_approval_actions, register_cancel
+    from shared.app.operator_actions import register_approval_actions, register_cancel, register_dead_letter_actions
 
     service = OperatorService.from_settings(s, verifier, operator_requests(), SystemClock())
     # approve / reject by identity: same store and rules as the links, but no signing key here.
@@ -127,6 +134,7 @@ def operator():
                                               releases=store(), link_senders=(), signing=False)
     register_approval_actions(service, decisions)
     register_cancel(service, store(), publisher(), s.events_topic)
+    register_dead_letter_actions(service, dead_letters())
     return register_release_actions(service, store(), publisher(), s)
 
 

@@ -24,6 +24,7 @@ from shared.domain.commands import (
     Command,
     NoticeKind,
     Notify,
+    RecordDurations,
     ReleaseLock,
     RequestApproval,
     RollBack,
@@ -47,6 +48,7 @@ from shared.domain.gate import Decision, GateOutcome, decide
 from shared.app.locks import EnvironmentLocks
 from shared.domain.pipeline import Pipeline, StageKind, check_duration_s
 from shared.app.operator import OPERATOR_EVENTS, unconfirmed_request
+from shared.app.stage_medians import record_durations
 from shared.app.ports import (
     ApprovalRequester,
     Clock,
@@ -202,6 +204,8 @@ class Dispatcher:
                 self.locks.release(state.pipeline_name, command.environment, command.release_id)
             elif isinstance(command, RollBack):
                 handles[command.stage] = {"stage_run_id": command.stage_run_id, **self._roll_back(command)}
+            elif isinstance(command, RecordDurations):
+                record_durations(self.locks.records, state.pipeline_name, command.release_id, command.durations)
         return handles
 
     def _lease_s(self, pipeline: Pipeline, commands: tuple[Command, ...]) -> float:

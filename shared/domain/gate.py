@@ -51,6 +51,7 @@ from shared.domain.commands import (
     Command,
     NoticeKind,
     Notify,
+    RecordDurations,
     ReleaseLock,
     RequestApproval,
     RollBack,
@@ -74,6 +75,7 @@ from shared.domain.events import (
 from shared.domain.identity import approval_refusal, normalise
 from shared.domain.pipeline import Pipeline, Stage, StageKind
 from shared.domain.pipeline_order import is_protected
+from shared.domain.progress import succeeded_durations
 from shared.domain.state import (
     APPLIED_EVENTS_KEPT,
     HISTORY_KEPT,
@@ -425,6 +427,7 @@ class _Run:
             return
         state.status = ReleaseStatus.SUCCEEDED
         self.release_locks()
+        self.commands.append(RecordDurations(state.release_id, succeeded_durations(state, self.pipeline)))
         for stage in self.pipeline.stages:
             if state.stages[stage.id].status is StageStatus.PENDING:
                 state.stages[stage.id].status = StageStatus.SKIPPED

@@ -21,7 +21,7 @@ import os
 import sys
 
 from shared.domain.errors import DefinitionError, PipelineError
-from shared.ui.cli_context import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, Context,
+from shared.ui.cli_context import (positive_int, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, Context,
                                    UsageError)
 from shared.ui.cli_format import EPILOG, dumps, iso_times, paint
 from shared.ui.cli_operator import add_commands as add_operator_commands
@@ -41,7 +41,7 @@ def current_stage(state: ReleaseState) -> str:
     return state.stopped_at_stage
 
 
-def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False) -> str:
+def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False, progress: dict | None = None) -> str:
     from shared.ui.dashboard import stage_detail
 
     lines = [
@@ -49,6 +49,10 @@ def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False) -> 
         f"  {state.repo} {state.ref} @ {state.commit}",
         f"  version {state.version}  tag {state.tag}  pushed by {state.pushed_by}  created {iso(state.created_at)}",
     ]
+    if progress and progress.get("text"):
+        lines.append(f"  progress: {progress['text']}")
+    if progress and progress.get("stalled_text"):
+        lines.append(f"  NOTICE: {progress['stalled_text']}")
     if state.waiting_for:
         lines.append(f"  queued: waiting for the {state.waiting_for} lock another release holds")
     if state.reason and state.status in (ReleaseStatus.SUPERSEDED, ReleaseStatus.CANCELLED):
@@ -98,9 +102,9 @@ def cmd_show(args, ctx: Context) -> int:
     if ctx.json:
         from shared.ui.dashboard import release_json
 
-        ctx.print(dumps(release_json(state, pipeline)))
+        ctx.print(dumps(release_json(state, pipeline, ctx.progress(state, pipeline))))
     else:
-        ctx.print(show_text(state, pipeline, ctx.colour))
+        ctx.print(show_text(state, pipeline, ctx.colour, ctx.progress(state, pipeline)))
     return EXIT_OK
 
 
@@ -121,14 +125,22 @@ def cmd_watch(args, ctx: Context) -> int:
     while True:
         state, pipeline = load_release(ctx.store, args.release)
         if redraw:
-            view = show_text(state, pipeline, ctx.colour)
+            view = show_text(state, pipeline, ctx.colour, ctx.progress(state, pipeline))
             if view != last_view:
                 ctx.out.write("\x1b[H\x1b[2J" + view + "\n")
                 ctx.out.flush()
                 last_view = view
         else:
-            for change, line in _changes(state, pipeline, seen):
+            changes = _changes(state, pipeline, seen)
+            for change, line in changes:
                 _line(ctx, change, paint(line, change["status"], ctx.colour))
+            p = ctx.progress(state, pipeline) if not state.status.terminal else {}
+            if changes and p:
+                _line(ctx, {"release_id": state.release_id, "progress": p}, f"  progress: {p['text']}")
+            stalled = p.get("stalled_text", "")
+            if stalled and not seen.get("stalled"):
+                seen["stalled"] = True
+                _line(ctx, {"release_id": state.release_id, "notice": stalled}, f"  NOTICE: {stalled}")
         final = {"release_id": state.release_id, "final": True, "status": state.status.value, "reason": state.reason}
         if state.status is ReleaseStatus.SUCCEEDED:
             _line(ctx, final, f"release {state.release_id} succeeded: {state.tag} takes all traffic")
@@ -302,16 +314,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", help="pipeline file (default: RELEASE_PIPELINE_FILE)")
     p.add_argument("--service-account", help="default: $RELEASE_PIPELINE_SERVICE_ACCOUNT, else the preflight stage's")
     return parser
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= 500:
-        raise argparse.ArgumentTypeError(f"{value} is not from 1 to 500")
-    return value
 
 
 def version() -> str:

@@ -1,6 +1,7 @@
 """What every ``relctl`` command gets: the Context (settings, store, output), exit codes, UsageError."""
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import sys
@@ -41,6 +42,18 @@ class Context:
         require_emulator("FIRESTORE_EMULATOR_HOST")
         return FirestoreStore(firestore.Client(project=self.settings.project), self.settings)
 
+    @functools.cached_property
+    def apps(self):
+        """``apps/{app}`` records (stage medians for the ETA), on the store's Firestore client."""
+        from shared.adapters.firestore_apps import FirestoreAppRecords
+
+        return FirestoreAppRecords(self.store.client, self.settings)
+
+    def progress(self, state, pipeline) -> dict:
+        from shared.ui.dashboard import release_progress
+
+        return release_progress(state, pipeline, self.apps, time.time())
+
     def print(self, *parts: Any) -> None:
         print(*parts, file=self.out, flush=True)
 
@@ -67,3 +80,13 @@ def require_emulator(variable: str, timeout_s: float = 2.0) -> None:
             return
     except (OSError, ValueError) as exc:
         raise PipelineError(f"{variable}={host_port} is set but no emulator answers there ({exc})") from None
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 500:
+        raise argparse.ArgumentTypeError(f"{value} is not from 1 to 500")
+    return value

@@ -2,14 +2,15 @@
 approve, reject): the function checks the caller's Google ID token and records who asked."""
 from __future__ import annotations
 
+import argparse
 import sys
 
 from shared.domain.errors import PipelineError
 from shared.domain.pipeline_schema import suggestion
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
-from shared.ui.cli_context import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, Context, UsageError
+from shared.ui.cli_context import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, Context, UsageError, positive_int
 from shared.ui.cli_format import dumps
-from shared.ui.notes import load_release
+from shared.ui.notes import iso, load_release
 
 
 def operator_call(ctx: Context, args, action: str, params: dict, request_id: str | None = None) -> dict:
@@ -146,6 +147,29 @@ def cmd_cancel(args, ctx: Context) -> int:
     return EXIT_OK
 
 
+def cmd_dead_letters(args, ctx: Context) -> int:
+    answer = operator_call(ctx, args, "dead-letters", {"limit": args.limit})
+    letters = answer["letters"]
+    if ctx.json:
+        ctx.print(dumps(letters))
+        return EXIT_OK
+    if not letters:
+        ctx.print("no dead letters")
+        return EXIT_OK
+    for d in letters:
+        done = f"  re-driven as {d['redriven_as']}" if d["redriven_as"] else f"  (relctl redrive {d['id']})"
+        ctx.print(f"{d['id']}  {iso(d['received_at'])}  {d['type'] or d['source']}  {d['release_id'] or '-'}\n"
+                  f"    {d['reason']}\n  {done}")
+    return EXIT_OK
+
+
+def cmd_redrive(args, ctx: Context) -> int:
+    answer = operator_call(ctx, args, "redrive", {"letter_id": args.letter})
+    ctx.emit(answer, f"re-drove dead letter {answer['letter_id']} as message {answer['message_id']} "
+                     f"(by {answer['requested_by']}); the gate decides on it as on any event")
+    return EXIT_OK
+
+
 def add_commands(command) -> None:
     """The parsers of this module's commands; ``command(name, func, help)`` makes one."""
     for name, func, help in (
@@ -175,3 +199,9 @@ def add_commands(command) -> None:
         if name not in ("approve", "reject"):
             p.add_argument("--wait", type=float, default=10, metavar="SECONDS",
                            help="wait this long for the dispatcher's answer (0: do not wait)")
+    p = command("dead-letters", cmd_dead_letters, "list dead letters: messages kept instead of applied, with why")
+    p.add_argument("--limit", type=positive_int, default=50, help="at most this many (1-500)")
+    p.add_argument("--as", dest="as_", metavar="WHO", help=argparse.SUPPRESS)
+    p = command("redrive", cmd_redrive, "publish a dead letter's event again (once); the gate decides on it")
+    p.add_argument("letter")
+    p.add_argument("--as", dest="as_", metavar="WHO", help=argparse.SUPPRESS)

@@ -184,3 +184,47 @@ def test_show_of_a_waiting_approval_says_who_since_when_and_until(cli):
 
     assert (f"approval (attempt 1) asked of {APPROVER} since {iso(st.started_at)}; links expire at "
             f"{iso(st.deadline)}") in out
+
+
+def test_show_gives_elapsed_times_and_an_expected_end_from_earlier_releases(cli):
+    rid = release_at(cli.rig, "unit")
+    out = cli.run("show", rid)[1]
+    assert re.search(r"progress: unit running for \S+; release running for \S+; no estimate yet", out), out
+    finished_release(cli.rig)  # its durations become the application's medians (apps/{app}, RecordDurations)
+    out = cli.run("show", rid)[1]
+    assert re.search(r"progress: unit running for \S+; release running for \S+; about \S+ left plus the approval",
+                     out), out
+    data = json.loads(cli.run("show", rid, "--json")[1])["progress"]
+    assert data["stage"] == "unit" and ISO.match(data["eta_at"]) and data["waits_for_human"] is True
+
+
+def test_dead_letters_are_listed_and_one_is_redriven_once(cli):
+    from google.cloud import firestore
+
+    from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
+    from shared.domain.dead_letters import DeadLetter
+    from shared.domain.events import ReleaseStarted
+    from shared.domain.wire import encode
+
+    settings = Settings(project=cli.env["RELEASE_PROJECT"], collection_prefix=cli.env["RELEASE_COLLECTION_PREFIX"])
+    letters = FirestoreDeadLetters(firestore.Client(project=settings.project), settings)
+    data, attributes = encode(ReleaseStarted("", "acme-app-0123456789ab"))
+    letter_id = f"letter-{uuid.uuid4().hex[:8]}"
+    assert letters.record(DeadLetter(letter_id, "the store was down", "dispatch", 1_800_000_000.0, data, attributes))
+    code, out, err = cli.run("dead-letters")
+    assert code == 0, err
+    assert f"{letter_id}  2027-01-15T08:00:00Z  release.started  acme-app-0123456789ab" in out
+    assert "the store was down" in out and f"(relctl redrive {letter_id})" in out
+    code, out, err = cli.run("redrive", letter_id)
+    assert code == 0, err
+    assert out.startswith(f"re-drove dead letter {letter_id} as message ")
+    (message,) = cli.pull()
+    assert json.loads(message.data) == {"type": "release.started", "release_id": "acme-app-0123456789ab"}
+    listed = json.loads(cli.run("dead-letters", "--json")[1])
+    assert listed[0]["redriven_as"] == message.message_id and ISO.match(listed[0]["redriven_at"])
+    code, _, err = cli.run("redrive", letter_id)
+    assert code == 1
+    assert_one_line_error(err, "(409)", "was re-driven already")
+    code, _, err = cli.run("redrive", "no-such-letter")
+    assert code == 1
+    assert_one_line_error(err, "(404)", "no dead letter 'no-such-letter'")

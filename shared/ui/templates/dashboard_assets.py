@@ -67,6 +67,7 @@ td[data-field=detail], td code, .notes td:last-child { overflow-wrap: anywhere; 
 ol.timeline { background: #fff; border: 1px solid #d0d7de; padding: .5rem .8rem .5rem 2.2rem; margin: 0;
               font-size: .85rem; overflow-wrap: anywhere; }
 ol.timeline time { color: #57606a; font-variant-numeric: tabular-nums; }
+.progress { margin: 0 0 .4rem; font-weight: 600; }
 .live { color: #57606a; font-size: .8rem; min-height: 1em; margin: 0 0 .6rem; }
 /* Phones: tables become one card per row, each cell labelled; nothing is wider than the screen. */
 @media (max-width: 700px) {
@@ -132,6 +133,11 @@ REFRESH_JS = """
     });
     document.querySelectorAll('[data-field=release-reason]').forEach(function (r) {
       r.textContent = rel.reason || ''; r.hidden = !rel.reason;
+    });
+    const prog = data.progress || {};
+    document.querySelectorAll('[data-field=progress_text]').forEach(function (p) { p.textContent = prog.text || ''; });
+    document.querySelectorAll('[data-field=stalled_text]').forEach(function (p) {
+      p.textContent = prog.stalled_text || ''; p.hidden = !prog.stalled_text;
     });
     document.querySelectorAll('[data-field=approval_text]').forEach(function (a) { a.textContent = rel.approval_text; });
     document.querySelectorAll('[data-field=traffic_text]').forEach(function (t) { t.textContent = rel.traffic_text; });
