@@ -217,6 +217,7 @@ class DeployExecutor(_ServiceStages):
         split = plan_split(current_split(service), revision, percent, tag)
         template = new_template(service.template, revision, image, labels, env)
         target["percent"] = split[0].percent
+        target["serving_before"] = serving_most(current_split(service))  # where a rollback goes back to
         if len(split) > 1:
             target["previous"] = split[1].revision
         return {**target, "operation": self._update(service, template, split)}
