@@ -33,7 +33,7 @@ from shared.domain.commands import (
     command_to_dict,
 )
 from shared.app.config import Settings
-from shared.domain.errors import ExecutorError, StaleWrite, TransientError
+from shared.domain.errors import DocumentTooLarge, ExecutorError, StaleWrite, TransientError
 from shared.domain.events import (
     ApprovalDecided,
     Event,
@@ -137,11 +137,39 @@ class Dispatcher:
                 token = self.store.update(new, token)
             except StaleWrite:
                 continue  # someone else moved the release: read again and re-decide
+            except DocumentTooLarge as exc:
+                return self._stop_oversized(state, token, exc)
             log.info("%s %s: %s", event.type.value, decision.outcome.value, decision.reason)
             if decision.commands:
                 self._carry_out(pipeline, new, token, event.id, decision.commands)
             return decision
         raise TransientError("too many concurrent updates; retry", release_id=event.release_id)
+
+    def _stop_oversized(self, state: ReleaseState, token: Any, exc: DocumentTooLarge) -> Decision:
+        """The new state does not fit in one document: stop the release with a small write that
+        says why, give back every lock it holds or waits for, and tell people. Nothing of the
+        refused transition is carried out."""
+        reason = (f"the release document would pass Firestore's 1 MiB limit ({exc}); the release stops "
+                  "and gives back its locks")
+        active = [sid for sid, st in state.stages.items() if st.status.value in ("running", "waiting", "queued")]
+        fields: dict[tuple[str, ...], Any] = {
+            ("status",): "stopped", ("reason",): reason, ("locks_held",): [], ("waiting_for",): "",
+            ("outbox",): [], ("stopped_at_stage",): active[0] if active else state.stopped_at_stage}
+        for sid in active:
+            fields[("stages", sid, "status")] = "failed"
+            fields[("stages", sid, "reason")] = reason
+        try:
+            self.store.update_fields(state.release_id, fields, token)
+        except StaleWrite:
+            raise TransientError("the release moved while it was being stopped for size; retry",
+                                 release_id=state.release_id) from None
+        for env in dict.fromkeys([*state.locks_held, *([state.waiting_for] if state.waiting_for else [])]):
+            self.locks.release(state.pipeline_name, env, state.release_id)
+        log.error("release %s stopped: %s", state.release_id, reason)
+        self.publisher.publish(self.settings.updates_topic, ReleaseNotice(
+            state.release_id, NoticeKind.STAGE_FAILED, active[0] if active else "", f"release {state.release_id} "
+            f"stopped: {reason}"))
+        return Decision(GateOutcome.REFUSED, reason)
 
     def _refuse_claim(self, event: Event, refused: str) -> Decision:
         """An event whose claim the source of truth does not back: recorded and announced, never applied."""

@@ -78,6 +78,9 @@ from shared.domain.pipeline_order import is_protected
 from shared.domain.progress import succeeded_durations
 from shared.domain.state import (
     APPLIED_EVENTS_KEPT,
+    HISTORY_KEPT,
+    NONCES_KEPT,
+    REPLAYS_KEPT,
     Attempt,
     ReleaseState,
     ReleaseStatus,
@@ -222,7 +225,7 @@ class _Run:
         refused = approval_refusal(event.approver, stage.params["approvers"], state.pusher, state.pushed_by)
         if refused:
             raise _Refusal(GateOutcome.REFUSED, f"{stage.label}: {refused}")
-        state.used_nonces.append(event.nonce)
+        state.used_nonces = (state.used_nonces + [event.nonce])[-NONCES_KEPT:]
         decision = {
             "approver": event.approver,
             "decision": "approved" if event.approve else "rejected",
@@ -419,9 +422,9 @@ class _Run:
     def archive(self, st: StageState) -> None:
         """Keep the finished attempt in the history and clear the stage for the next one."""
         if st.attempt and st.status not in (StageStatus.PENDING, StageStatus.QUEUED):
-            st.history.append(
+            st.history = (st.history + [
                 Attempt(st.attempt, st.stage_run_id, st.status.value, st.started_at, st.finished_at, st.reason, st.result)
-            )
+            ])[-HISTORY_KEPT:]
         st.stage_run_id, st.started_at, st.finished_at, st.deadline = "", None, None, None
         st.reason, st.result = "", {}
 
@@ -553,7 +556,8 @@ class _Run:
         self.changed = True
 
     def record_replay(self, event: StageReplay, accepted: bool, reason: str) -> None:
-        self.state.replays.append(
+        self.state.replays_refused += 0 if accepted else 1
+        self.state.replays = self.state.replays[-(REPLAYS_KEPT - 1):] + [
             {
                 "replay_id": event.replay_id,
                 "stage": event.stage,
@@ -562,7 +566,7 @@ class _Run:
                 "reason": reason,
                 "at": self.now,
             }
-        )
+        ]
         resend = self.pipeline.has_stage(event.stage) and self.pipeline.stage(event.stage).kind is StageKind.APPROVAL
         self.record(("approval links re-sent" if resend else "replay") + ("" if accepted else " refused"),
                     event.requested_by, event.stage, reason, request=event.replay_id)

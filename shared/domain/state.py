@@ -16,6 +16,11 @@ from shared.domain.pipeline import Pipeline
 
 # Bounded so the document stays small; older ids are long past redelivery.
 APPLIED_EVENTS_KEPT = 400
+# What else grows with replays is capped too (Firestore refuses a document over 1 MiB; a flaky
+# stage replayed ~200 times used to reach it): the newest of each are kept, the rest counted.
+REPLAYS_KEPT = 50
+HISTORY_KEPT = 10  # finished attempts per stage, with their results
+NONCES_KEPT = 100  # used approval nonces; older links name older attempts and are stale anyway
 
 
 class ReleaseStatus(str, Enum):
@@ -65,7 +70,7 @@ class StageState:
     deadline: float | None = None
     reason: str = ""
     result: dict[str, Any] = field(default_factory=dict)
-    history: list[Attempt] = field(default_factory=list)
+    history: list[Attempt] = field(default_factory=list)  # the newest HISTORY_KEPT finished attempts
 
     @property
     def duration_s(self) -> float | None:
@@ -110,7 +115,8 @@ class ReleaseState:
     # TIMELINE_KEPT stay: bounded for Firestore's 1 MiB per document.
     timeline: list[dict[str, Any]] = field(default_factory=list)
     used_nonces: list[str] = field(default_factory=list)
-    replays: list[str] = field(default_factory=list)
+    replays: list[str] = field(default_factory=list)  # the newest REPLAYS_KEPT
+    replays_refused: int = 0  # every refused replay, also those no longer in ``replays``
     applied_events: list[str] = field(default_factory=list)
     # Commands of transitions not yet carried out: [{event_id, commands, lease_until}].
     # See shared/app/dispatcher.py for why they live in the release document.

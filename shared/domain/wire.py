@@ -20,6 +20,7 @@ import json
 from dataclasses import asdict
 from typing import Any, Mapping
 
+from shared.domain.ids import valid_release_id
 from shared.domain.commands import NoticeKind
 from shared.domain.errors import MalformedEvent
 from shared.domain.events import (
@@ -125,6 +126,9 @@ def from_payload(event_id: str, data: Any) -> Message:
         for key in _STRINGS:
             if key in fields and not isinstance(fields[key], str):
                 raise ValueError(f"{key} must be a string")
+        for key in ("release_id", "superseded_by"):  # they name documents: checked here, not at Firestore
+            if fields.get(key) and not valid_release_id(fields[key]):
+                raise ValueError(f"{key} {fields[key][:100]!r} cannot be a release id")
     except (ValueError, TypeError) as exc:
         raise MalformedEvent(f"event {event_id} ({kind}): {exc}") from None
     return cls(**fields) if cls is ReleaseNotice else cls(id=event_id, **fields)

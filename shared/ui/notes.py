@@ -18,6 +18,7 @@ import urllib.parse
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
+from shared.domain.ids import valid_release_id
 from shared.domain.errors import PipelineError
 from shared.domain.pipeline import Pipeline, Stage, StageKind
 from shared.domain.state import ReleaseState, ReleaseStatus, StageState, StageStatus
@@ -31,6 +32,8 @@ class ReleaseNotFound(PipelineError):
 
 def load_release(store: Any, release_id: str) -> tuple[ReleaseState, Pipeline]:
     """The stored release and the pipeline definition it started with."""
+    if not valid_release_id(release_id):  # '/', '..', '__x__': no such document can exist
+        raise ReleaseNotFound(f"unknown release {release_id[:100]!r} (not a release id)")
     got = store.get(release_id)
     if got is None:
         raise ReleaseNotFound(f"unknown release {release_id!r}")
