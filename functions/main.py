@@ -81,5 +81,5 @@ def dashboard(request):
     """Release list and one release as its pipeline of stages; refreshes while it runs."""
     from shared.ui.dashboard import handle
 
-    status, body, headers = handle(request.method, request.path, request.args, bootstrap.store())
+    status, body, headers = handle(request.method, request.path, request.args, bootstrap.store(), bootstrap.app_records())
     return body, status, headers

@@ -76,14 +76,13 @@ def approval_store():
 def dispatcher():
     from shared.app.dispatcher import Dispatcher
 
-    from shared.adapters.firestore_apps import FirestoreAppRecords
     from shared.app.locks import EnvironmentLocks
 
-    locks = EnvironmentLocks(FirestoreAppRecords(store().client, settings()), publisher(), settings())
+    locks = EnvironmentLocks(app_records(), publisher(), settings())
     from shared.adapters.executors.run_services import rollback
 
     return Dispatcher(store(), publisher(), executors(), approvals(), notifier(), SystemClock(), settings(), locks,
-                      dead_letter_store(), roll_back=lambda service: rollback(settings(), service),
+                      dead_letter_store(), roll_back=lambda service, to=None: rollback(settings(), service, to),
                       operator_requests=operator_requests())
 
 
@@ -103,6 +102,14 @@ def dead_letters():
 
 
 @functools.cache
+def app_records():
+    """``apps/{app}``: locks, version floor, stage medians (read by the dashboard for the ETA)."""
+    from shared.adapters.firestore_apps import FirestoreAppRecords
+
+    return FirestoreAppRecords(store().client, settings())
+
+
+@functools.cache
 def operator_requests():
     from shared.adapters.firestore_operator_requests import FirestoreOperatorRequests
 
@@ -118,7 +125,19 @@ def operator():
     s = settings()
     verifier = GoogleIdTokenVerifier(s.operator_audience, s.operator_certs_url,
                                      tuple(i.strip() for i in s.operator_issuers.split(",")))
+    from shared.app.approvals import ApprovalService
+    from shared.app.locks import EnvironmentLocks
+    from shared.app.operator_actions import (register_approval_actions, register_cancel,
+                                             register_dead_letter_actions, register_freeze)
+
     service = OperatorService.from_settings(s, verifier, operator_requests(), SystemClock())
+    # approve / reject by identity: same store and rules as the links, but no signing key here.
+    decisions = ApprovalService.from_settings(s, store=approval_store(), publisher=publisher(), clock=SystemClock(),
+                                              releases=store(), link_senders=(), signing=False)
+    register_approval_actions(service, decisions)
+    register_cancel(service, store(), publisher(), s.events_topic)
+    register_dead_letter_actions(service, dead_letters())
+    register_freeze(service, EnvironmentLocks(app_records(), publisher(), s), pipeline().name)
     return register_release_actions(service, store(), publisher(), s)
 
 

@@ -15,7 +15,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from shared.app.config import Settings
-from shared.domain.errors import DefinitionError, StaleWrite
+from shared.domain.errors import DefinitionError, DocumentTooLarge, StaleWrite
 from shared.domain.pipeline import Pipeline, pipeline_from_stored, stored_pipeline
 from shared.domain.state import ReleaseState, ReleaseStatus
 
@@ -48,6 +48,8 @@ class FirestoreStore:
             result = self.releases.document(state.release_id).update(state.to_dict(), option=option)
         except gexc.FailedPrecondition:
             raise StaleWrite("release changed since it was read", release_id=state.release_id) from None
+        except gexc.InvalidArgument as exc:
+            raise _too_large(exc, state.release_id) from None
         return result.update_time
 
     def update_fields(self, release_id: str, fields: Mapping[tuple[str, ...], Any], token: Any) -> Any:
@@ -58,6 +60,8 @@ class FirestoreStore:
             result = self.releases.document(release_id).update(paths, option=option)
         except gexc.FailedPrecondition:
             raise StaleWrite("release changed since it was read", release_id=release_id) from None
+        except gexc.InvalidArgument as exc:
+            raise _too_large(exc, release_id) from None
         return result.update_time
 
     def list_releases(self, limit: int = 50) -> list[ReleaseState]:
@@ -99,6 +103,15 @@ class FirestoreStore:
             return True
         except gexc.AlreadyExists:
             return False
+
+
+def _too_large(exc: Exception, release_id: str) -> Exception:
+    """Firestore's size refusals ("maximum entity size", "longer than 1048487 bytes", "exceeds the
+    maximum size") as DocumentTooLarge; any other InvalidArgument stays what it is."""
+    text = str(exc).lower()
+    if any(words in text for words in ("entity size", "longer than", "maximum size", "too large")):
+        return DocumentTooLarge(f"Firestore refused the write: {str(exc)[:200]}", release_id=release_id)
+    return exc
 
 
 def doc_id(raw: str) -> str:

@@ -24,6 +24,7 @@ from shared.domain.commands import (
     Command,
     NoticeKind,
     Notify,
+    RecordDurations,
     ReleaseLock,
     RequestApproval,
     RollBack,
@@ -32,10 +33,9 @@ from shared.domain.commands import (
     command_to_dict,
 )
 from shared.app.config import Settings
-from shared.domain.errors import ExecutorError, StaleWrite, TransientError
+from shared.domain.errors import DocumentTooLarge, ExecutorError, StaleWrite, TransientError
 from shared.domain.events import (
     ApprovalDecided,
-    ChaosRequested,
     Event,
     LockGranted,
     Outcome,
@@ -47,7 +47,8 @@ from shared.domain.events import (
 from shared.domain.gate import Decision, GateOutcome, decide
 from shared.app.locks import EnvironmentLocks
 from shared.domain.pipeline import Pipeline, StageKind, check_duration_s
-from shared.app.operator import unconfirmed_request
+from shared.app.operator import OPERATOR_EVENTS, unconfirmed_request
+from shared.app.stage_medians import record_durations
 from shared.app.ports import (
     ApprovalRequester,
     Clock,
@@ -80,7 +81,7 @@ class Dispatcher:
     locks: EnvironmentLocks
     dead_letters: DeadLetterStore
     # service name -> what was done; moves all traffic back to the revision before ours
-    roll_back: Callable[[str], Mapping[str, Any]]
+    roll_back: Callable[[str, str | None], Mapping[str, Any]]
     # Operator requests recorded by the operator function; replay and chaos events must match one.
     operator_requests: OperatorRequestLog | None = None
     sleep: Callable[[float], None] = time.sleep
@@ -101,7 +102,7 @@ class Dispatcher:
             if refused:
                 # Not a decision made through a signed link: recorded and announced, never applied.
                 return self._refuse_claim(event, refused)
-        if isinstance(event, (StageReplay, ChaosRequested)):
+        if type(event) in OPERATOR_EVENTS:
             refused = ("no operator request log is wired" if self.operator_requests is None
                        else unconfirmed_request(self.operator_requests, event))
             if refused:
@@ -136,11 +137,39 @@ class Dispatcher:
                 token = self.store.update(new, token)
             except StaleWrite:
                 continue  # someone else moved the release: read again and re-decide
+            except DocumentTooLarge as exc:
+                return self._stop_oversized(state, token, exc)
             log.info("%s %s: %s", event.type.value, decision.outcome.value, decision.reason)
             if decision.commands:
                 self._carry_out(pipeline, new, token, event.id, decision.commands)
             return decision
         raise TransientError("too many concurrent updates; retry", release_id=event.release_id)
+
+    def _stop_oversized(self, state: ReleaseState, token: Any, exc: DocumentTooLarge) -> Decision:
+        """The new state does not fit in one document: stop the release with a small write that
+        says why, give back every lock it holds or waits for, and tell people. Nothing of the
+        refused transition is carried out."""
+        reason = (f"the release document would pass Firestore's 1 MiB limit ({exc}); the release stops "
+                  "and gives back its locks")
+        active = [sid for sid, st in state.stages.items() if st.status.value in ("running", "waiting", "queued")]
+        fields: dict[tuple[str, ...], Any] = {
+            ("status",): "stopped", ("reason",): reason, ("locks_held",): [], ("waiting_for",): "",
+            ("outbox",): [], ("stopped_at_stage",): active[0] if active else state.stopped_at_stage}
+        for sid in active:
+            fields[("stages", sid, "status")] = "failed"
+            fields[("stages", sid, "reason")] = reason
+        try:
+            self.store.update_fields(state.release_id, fields, token)
+        except StaleWrite:
+            raise TransientError("the release moved while it was being stopped for size; retry",
+                                 release_id=state.release_id) from None
+        for env in dict.fromkeys([*state.locks_held, *([state.waiting_for] if state.waiting_for else [])]):
+            self.locks.release(state.pipeline_name, env, state.release_id)
+        log.error("release %s stopped: %s", state.release_id, reason)
+        self.publisher.publish(self.settings.updates_topic, ReleaseNotice(
+            state.release_id, NoticeKind.STAGE_FAILED, active[0] if active else "", f"release {state.release_id} "
+            f"stopped: {reason}"))
+        return Decision(GateOutcome.REFUSED, reason)
 
     def _refuse_claim(self, event: Event, refused: str) -> Decision:
         """An event whose claim the source of truth does not back: recorded and announced, never applied."""
@@ -175,6 +204,8 @@ class Dispatcher:
                 self.locks.release(state.pipeline_name, command.environment, command.release_id)
             elif isinstance(command, RollBack):
                 handles[command.stage] = {"stage_run_id": command.stage_run_id, **self._roll_back(command)}
+            elif isinstance(command, RecordDurations):
+                record_durations(self.locks.records, state.pipeline_name, command.release_id, command.durations)
         return handles
 
     def _lease_s(self, pipeline: Pipeline, commands: tuple[Command, ...]) -> float:
@@ -189,7 +220,11 @@ class Dispatcher:
 
     def _roll_back(self, command: RollBack) -> dict[str, Any]:
         try:
-            return {"rolled_back": [dict(self.roll_back(service)) for service in command.services]}
+            at = self.clock.now()
+            return {"rolled_back": [
+                {**self.roll_back(service, command.targets.get(service)), "at": at, "by": "the gate",
+                 "why": command.reason, "recorded_target": command.targets.get(service, "")}
+                for service in command.services]}
         except ExecutorError as exc:
             # Recorded on the stage and announced; retrying would not make it possible.
             log.error("%s", exc)

@@ -55,6 +55,7 @@ from shared.domain.commands import (
     Command,
     NoticeKind,
     Notify,
+    RecordDurations,
     ReleaseLock,
     RequestApproval,
     RollBack,
@@ -62,6 +63,7 @@ from shared.domain.commands import (
 )
 from shared.domain.events import (
     ApprovalDecided,
+    CancelRequested,
     ChaosRequested,
     Event,
     LockGranted,
@@ -77,8 +79,12 @@ from shared.domain.events import (
 from shared.domain.identity import approval_refusal, normalise
 from shared.domain.pipeline import Pipeline, Stage, StageKind
 from shared.domain.pipeline_order import is_protected
+from shared.domain.progress import succeeded_durations
 from shared.domain.state import (
     APPLIED_EVENTS_KEPT,
+    HISTORY_KEPT,
+    NONCES_KEPT,
+    REPLAYS_KEPT,
     Attempt,
     ReleaseState,
     ReleaseStatus,
@@ -88,6 +94,7 @@ from shared.domain.state import (
 
 DEFAULT_APPROVAL_EXPIRY_S = 24 * 3600
 LOCKED_ENVIRONMENTS = ("staging", "prod")
+TIMELINE_KEPT = 200
 
 
 class GateOutcome(str, Enum):
@@ -152,6 +159,19 @@ def decide(pipeline: Pipeline, state: ReleaseState, event: Event, now: float) ->
     return Decision(outcome, reason, new, tuple(run.commands))
 
 
+def serving_before(deployed: StageState, services: tuple[str, ...]) -> dict[str, str]:
+    """Per service, the revision recorded as serving before the FIRST attempt of a deploy that
+    recorded one: a replayed deploy after a failed canary must not go back to that canary."""
+    found: dict[str, str] = {}
+    attempts = [a.result for a in deployed.history] + [deployed.result]
+    for result in attempts:
+        for target in result.get("revisions") or []:
+            service, before = str(target.get("service", "")), str(target.get("serving_before") or "")
+            if service in services and before and service not in found:
+                found[service] = before
+    return found
+
+
 class _Run:
     """The mutable working copy of one decision; never escapes ``decide``."""
 
@@ -173,6 +193,7 @@ class _Run:
             Tick: self.on_tick,
             LockGranted: self.on_lock_granted,
             Superseded: self.on_superseded,
+            CancelRequested: self.on_cancel,
         }[type(event)]
         return handler(event)
 
@@ -221,7 +242,7 @@ class _Run:
         refused = approval_refusal(event.approver, stage.params["approvers"], state.pusher, state.pushed_by)
         if refused:
             raise _Refusal(GateOutcome.REFUSED, f"{stage.label}: {refused}")
-        state.used_nonces.append(event.nonce)
+        state.used_nonces = (state.used_nonces + [event.nonce])[-NONCES_KEPT:]
         decision = {
             "approver": event.approver,
             "decision": "approved" if event.approve else "rejected",
@@ -232,6 +253,8 @@ class _Run:
             "user_agent": event.user_agent,
         }
         st.result = {**st.result, **{k: v for k, v in decision.items() if k != "nonce"}}
+        self.record(decision["decision"], event.approver, stage.id, event.reason, attempt=event.attempt,
+                    via=event.user_agent[:80])
         if not event.approve:
             self.fail(stage, f"rejected by {event.approver}" + (f": {event.reason}" if event.reason else ""))
             return GateOutcome.APPLIED, f"{stage.label} rejected"
@@ -258,6 +281,7 @@ class _Run:
         if self.state.status is not ReleaseStatus.AWAITING_APPROVAL:
             raise _Refusal(GateOutcome.REFUSED, f"release is {self.state.status.value}; chaos needs it awaiting approval")
         self.state.chaos_requested_by = event.requested_by
+        self.record("chaos requested", event.requested_by, stage.id, "")
         self.start(stage)
         return GateOutcome.APPLIED, f"{stage.label} requested by {event.requested_by}"
 
@@ -317,6 +341,36 @@ class _Run:
         self.start(queued[0])
         return GateOutcome.APPLIED, f"holds {env}; started {queued[0].label}"
 
+    def on_cancel(self, event: CancelRequested) -> tuple[GateOutcome, str]:
+        """Stop for good: nothing new starts, the locks go back, and a canary the release put in
+        prod is rolled back, so prod keeps serving what it served before. A run still going at
+        Cloud Build or Cloud Run ends on its own; its completion finds the release terminal."""
+        state = self.state
+        why = f"cancelled by {event.requested_by}" + (f": {event.reason}" if event.reason else "")
+        for stage in self.pipeline.stages:
+            st = state.stages[stage.id]
+            if st.status in (StageStatus.RUNNING, StageStatus.WAITING):
+                st.reason = why
+                self.finish(stage, StageStatus.FAILED)
+            elif st.status in (StageStatus.PENDING, StageStatus.QUEUED):
+                st.status = StageStatus.SKIPPED
+        if state.status is not ReleaseStatus.SUCCEEDED:
+            for stage in reversed(self.pipeline.stages):
+                st = state.stages[stage.id]
+                if (stage.kind is StageKind.DEPLOY and stage.environment == "prod"
+                        and st.status is StageStatus.SUCCEEDED):
+                    services = tuple(str(s) for s in stage.params["services"])
+                    self.commands.append(RollBack(state.release_id, stage.id, st.stage_run_id, services,
+                                                  serving_before(st, services), f"cancelled: {why}"))
+        state.stopped_at_stage = state.stopped_at_stage or next(
+            (s.id for s in self.pipeline.stages if state.stages[s.id].reason == why), "")
+        state.status, state.reason, state.waiting_for = ReleaseStatus.CANCELLED, why, ""
+        self.release_locks()
+        self.record("cancelled", event.requested_by, state.stopped_at_stage, event.reason)
+        self.notify(NoticeKind.STAGE_FAILED, state.stopped_at_stage, f"{self.title()} was {why}. Nothing runs any more; "
+                    "prod keeps what served before.")
+        return GateOutcome.APPLIED, why
+
     def on_superseded(self, event: Superseded) -> tuple[GateOutcome, str]:
         state = self.state
         if state.status is not ReleaseStatus.QUEUED:
@@ -374,6 +428,7 @@ class _Run:
             return
         state.status = ReleaseStatus.SUCCEEDED
         self.release_locks()
+        self.commands.append(RecordDurations(state.release_id, succeeded_durations(state, self.pipeline)))
         for stage in self.pipeline.stages:
             if state.stages[stage.id].status is StageStatus.PENDING:
                 state.stages[stage.id].status = StageStatus.SKIPPED
@@ -382,9 +437,9 @@ class _Run:
     def archive(self, st: StageState) -> None:
         """Keep the finished attempt in the history and clear the stage for the next one."""
         if st.attempt and st.status not in (StageStatus.PENDING, StageStatus.QUEUED):
-            st.history.append(
+            st.history = (st.history + [
                 Attempt(st.attempt, st.stage_run_id, st.status.value, st.started_at, st.finished_at, st.reason, st.result)
-            )
+            ])[-HISTORY_KEPT:]
         st.stage_run_id, st.started_at, st.finished_at, st.deadline = "", None, None, None
         st.reason, st.result = "", {}
 
@@ -462,8 +517,15 @@ class _Run:
         st = self.state.stages[stage.id]
         st.reason = reason
         self.finish(stage, StageStatus.FAILED)
+        rolled = ""
         if stage.kind is StageKind.CHECK:
-            self.roll_back_checked_deploy(stage)
+            before = len(self.commands)
+            self.roll_back_checked_deploy(stage, reason)
+            for command in self.commands[before:]:
+                if isinstance(command, RollBack):
+                    to = ", ".join(f"{s} to {command.targets.get(s) or 'the last good tagged revision'}"
+                                   for s in command.services)
+                    rolled = f" Rolled back {command.stage}: all traffic of {to} (what served before this release)."
         self.state.status = ReleaseStatus.STOPPED
         self.release_locks()
         self.state.stopped_at_stage = stage.id
@@ -471,9 +533,9 @@ class _Run:
         self.notify(
             NoticeKind.STAGE_FAILED,
             stage.id,
-            f"{self.title()} stopped: {stage.label} failed: {reason}. "
-            f"Gate: {stage.gate or 'the release stops'}. Fix the cause, then replay the stage "
-            f"(relctl replay {self.state.release_id} {stage.id} --reason ...).",
+            f"{self.title()} stopped: {stage.label} failed: {reason}.{rolled} "
+            f"Gate: {stage.gate or 'the release stops'}. Fix the cause, then run "
+            f"`relctl replay {self.state.release_id} {stage.id} --reason \"…\"`.",
         )
 
     def reset(self, stage: Stage) -> None:
@@ -492,15 +554,18 @@ class _Run:
             if st.status is StageStatus.RUNNING:
                 self.fail(stage, f"timed out after {stage.timeout_s}s")
             elif st.status is StageStatus.WAITING and self.state.status is ReleaseStatus.AWAITING_APPROVAL:
+                self.record("approval expired", "", stage.id, "nobody decided in time", attempt=st.attempt)
                 self.fail(stage, "approval expired")
 
-    def roll_back_checked_deploy(self, check: Stage) -> None:
+    def roll_back_checked_deploy(self, check: Stage, reason: str = "") -> None:
         for earlier in reversed(self.pipeline.stages[: self.pipeline.index(check.id)]):
             if earlier.kind is StageKind.DEPLOY and earlier.environment == check.environment:
                 deployed = self.state.stages[earlier.id]
                 if deployed.status is StageStatus.SUCCEEDED:
                     services = tuple(str(s) for s in earlier.params["services"])
-                    self.commands.append(RollBack(self.state.release_id, earlier.id, deployed.stage_run_id, services))
+                    self.commands.append(RollBack(self.state.release_id, earlier.id, deployed.stage_run_id, services,
+                                                  serving_before(deployed, services),
+                                                  f"{check.label} failed: {reason}" if reason else f"{check.label} failed"))
                 return
 
     def release_locks(self) -> None:
@@ -508,8 +573,15 @@ class _Run:
             self.commands.append(ReleaseLock(self.state.release_id, env))
         self.state.locks_held = []
 
+    def record(self, kind: str, by: str, stage: str, reason: str, **extra) -> None:
+        """One line of the release's timeline (who did what, when, why)."""
+        entry = {"at": self.now, "kind": kind, "by": by, "stage": stage, "reason": reason, **extra}
+        self.state.timeline = (self.state.timeline + [entry])[-TIMELINE_KEPT:]
+        self.changed = True
+
     def record_replay(self, event: StageReplay, accepted: bool, reason: str) -> None:
-        self.state.replays.append(
+        self.state.replays_refused += 0 if accepted else 1
+        self.state.replays = self.state.replays[-(REPLAYS_KEPT - 1):] + [
             {
                 "replay_id": event.replay_id,
                 "stage": event.stage,
@@ -518,8 +590,10 @@ class _Run:
                 "reason": reason,
                 "at": self.now,
             }
-        )
-        self.changed = True
+        ]
+        resend = self.pipeline.has_stage(event.stage) and self.pipeline.stage(event.stage).kind is StageKind.APPROVAL
+        self.record(("approval links re-sent" if resend else "replay") + ("" if accepted else " refused"),
+                    event.requested_by, event.stage, reason, request=event.replay_id)
         if not accepted:
             self.notify(NoticeKind.REFUSED, event.stage, f"replay {event.replay_id} of {self.title()} refused: {reason}")
 

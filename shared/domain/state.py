@@ -21,6 +21,11 @@ from shared.domain.pipeline import Pipeline
 RELEASE_SCHEMA = 2
 # Bounded so the document stays small; older ids are long past redelivery.
 APPLIED_EVENTS_KEPT = 400
+# What else grows with replays is capped too (Firestore refuses a document over 1 MiB; a flaky
+# stage replayed ~200 times used to reach it): the newest of each are kept, the rest counted.
+REPLAYS_KEPT = 50
+HISTORY_KEPT = 10  # finished attempts per stage, with their results
+NONCES_KEPT = 100  # used approval nonces; older links name older attempts and are stale anyway
 
 
 class ReleaseStatus(str, Enum):
@@ -30,10 +35,11 @@ class ReleaseStatus(str, Enum):
     STOPPED = "stopped"  # a stage failed; only a replay of a stage can resume it
     SUCCEEDED = "succeeded"  # terminal
     SUPERSEDED = "superseded"  # terminal: a newer release took over
+    CANCELLED = "cancelled"  # terminal: an operator stopped it (relctl cancel); prod kept what served before
 
     @property
     def terminal(self) -> bool:
-        return self in (ReleaseStatus.SUCCEEDED, ReleaseStatus.SUPERSEDED)
+        return self in (ReleaseStatus.SUCCEEDED, ReleaseStatus.SUPERSEDED, ReleaseStatus.CANCELLED)
 
 
 class StageStatus(str, Enum):
@@ -69,7 +75,7 @@ class StageState:
     deadline: float | None = None
     reason: str = ""
     result: dict[str, Any] = field(default_factory=dict)
-    history: list[Attempt] = field(default_factory=list)
+    history: list[Attempt] = field(default_factory=list)  # the newest HISTORY_KEPT finished attempts
 
     @property
     def duration_s(self) -> float | None:
@@ -109,9 +115,15 @@ class ReleaseState:
     # What the push brought: {"commits": [{id, message, author}], "compare_url", "before"} (at most
     # MAX_LISTED_COMMITS commits, first lines only), shown on the approval page.
     changes: dict[str, Any] = field(default_factory=dict)
+    # Every human decision and operator action, in order: {at, kind, by, stage, attempt, reason, ...}
+    # (approved/rejected, approval expired, replay/resend accepted or refused, chaos, cancel). The last
+    # TIMELINE_KEPT stay: bounded for Firestore's 1 MiB per document.
+    timeline: list[dict[str, Any]] = field(default_factory=list)
     used_nonces: list[str] = field(default_factory=list)
-    # Every replay request and the gate's answer: {replay_id, stage, requested_by, reason, at, accepted, ...}.
+    # The newest REPLAYS_KEPT replay requests and the gate's answer: {replay_id, stage, requested_by,
+    # reason, at, accepted}.
     replays: list[dict[str, Any]] = field(default_factory=list)
+    replays_refused: int = 0  # every refused replay, also those no longer in ``replays``
     applied_events: list[str] = field(default_factory=list)
     # Commands of transitions not yet carried out: [{event_id, commands, lease_until}].
     # See shared/app/dispatcher.py for why they live in the release document.

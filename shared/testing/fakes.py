@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 from shared.domain.commands import Notify, RequestApproval, StartStage
 from shared.adapters.notify.errors import NotifyError
-from shared.domain.errors import DefinitionError, StaleWrite, TransientError
+from shared.domain.errors import DefinitionError, DocumentTooLarge, StaleWrite, TransientError
 from shared.domain.pipeline import Pipeline, Stage, pipeline_from_stored, stored_pipeline
 from shared.app.ports import StageFinish, StartResult, empty_app_record
 from shared.domain.dead_letters import MAX_KEPT_BYTES, DeadLetter
@@ -25,6 +25,8 @@ from shared.domain.approval_record import ApprovalNotFound, ApprovalRecord, deci
 from shared.domain.state import ReleaseState, StageState
 from shared.domain.wire import Message, encode
 
+
+FIRESTORE_MAX_DOCUMENT_BYTES = 1_048_576
 
 class FakeClock:
     def __init__(self, start: float = 1_800_000_000.0):
@@ -99,7 +101,10 @@ class FakeStore:
             return self._write(release_id, data, version)
 
     def _write(self, release_id: str, data: dict, version: int) -> int:
-        """Like Firestore, a write that changes nothing keeps the update time (the token)."""
+        """Like Firestore, a write that changes nothing keeps the update time (the token),
+        and a document over 1 MiB is refused (estimated from its JSON size)."""
+        if len(json.dumps(data, default=str)) > FIRESTORE_MAX_DOCUMENT_BYTES:
+            raise DocumentTooLarge("maximum entity size is 1048576 bytes", release_id=release_id)
         self.writes += 1
         if data == self._docs[release_id][0]:
             return version

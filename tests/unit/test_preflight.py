@@ -152,3 +152,12 @@ def test_the_pipeline_account_comes_from_the_preflight_stage_first_then_the_sett
     assert pipeline_account(with_stage, "setting@p.iam") == "stage@p.iam"
     assert pipeline_account(without, "setting@p.iam") == "setting@p.iam"
     assert pipeline_account(without, "") == ""
+
+
+def test_report_says_it_sees_direct_bindings_only_and_reads_the_role_table(shipped):
+    granted = {role: [MEMBER] for role in REQUIRED_ROLES if role != "roles/run.developer"}
+    report = evaluate(policy(granted), SA, shipped)
+    assert report.missing == ["roles/run.developer"]  # the seed's list still decides
+    assert any("direct bindings only" in note and "group" in note for note in report.notes)
+    # The role -> permission table the stand-in enforces: run.admin carries what run.developer gives us.
+    assert any(note.startswith("roles/run.developer is missing, but the granted roles carry") for note in report.notes)
