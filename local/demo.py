@@ -194,12 +194,10 @@ def keep(args, stack: LocalStack, code: int) -> int:
 
 
 def print_notes(release_id: str) -> None:
-    try:
-        from shared.ui.notes import render_for
-    except ImportError:
-        return
+    from shared import bootstrap
+
     print()
-    print(render_for(release_id))
+    print(bootstrap.release_notes(release_id))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -148,6 +148,13 @@ def push_service():
     return PushService(store(), publisher(), pipeline(), SystemClock(), settings())
 
 
+def release_notes(release_id: str) -> str:
+    """The notes of a stored release, over the store wired here (what `make demo` prints last)."""
+    from shared.ui.notes import load_release, render
+
+    return render(*load_release(store(), release_id))
+
+
 def reset() -> None:
     """Forget every wired object (tests change the environment between apps)."""
     for name, value in list(globals().items()):

@@ -327,10 +327,3 @@ def _traffic_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
         lines.append(f"- {percent} at {iso(d['at'])} by stage `{d['stage']}`{targets}")
     return ["", "## Traffic", ""] + lines + rolled
 
-
-def render_for(release_id: str) -> str:
-    """Notes of a stored release, with the store wired from the environment (shared.bootstrap)."""
-    from shared import bootstrap
-
-    state, pipeline = load_release(bootstrap.store(), release_id)
-    return render(state, pipeline)

@@ -466,19 +466,19 @@ def test_preflight_reads_the_actual_policy(cli, standin):
     assert code == 1 and "MISSING  roles/run.admin" in out
 
 
-def test_render_for_wires_the_store_from_the_environment(cli, monkeypatch):
+def test_release_notes_wire_the_store_from_the_environment(cli, monkeypatch):
     """What `make demo` prints at the end: notes via shared.bootstrap, configured like the functions."""
     from shared import bootstrap
-    from shared.ui.notes import ReleaseNotFound, render_for
+    from shared.ui.notes import ReleaseNotFound
 
     rid = finished_release(cli.rig)
     for key in ("FIRESTORE_EMULATOR_HOST", "RELEASE_PROJECT", "RELEASE_COLLECTION_PREFIX"):
         monkeypatch.setenv(key, cli.env[key])
     bootstrap.reset()
     try:
-        assert render_for(rid) == cli.run("notes", rid)[1]
+        assert bootstrap.release_notes(rid) == cli.run("notes", rid)[1]
         with pytest.raises(ReleaseNotFound, match="unknown release 'nope'"):
-            render_for("nope")
+            bootstrap.release_notes("nope")
     finally:
         monkeypatch.undo()
         bootstrap.reset()
