@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 
 import pytest
@@ -120,3 +121,56 @@ def test_sweep_ticks_a_release_whose_approval_is_overdue(env):
                                              {"message": {"data": base64.b64encode(b"tick").decode()}}))
     assert client("sweep").post("/", headers=headers, data=body).status_code == 200
     assert env() == [{"type": "release.tick", "release_id": state.release_id}]
+
+
+def test_what_dispatch_keeps_failing_reaches_the_store_through_pubsubs_dead_letter_topic(env, emulators, unique_prefix,
+                                                                                       monkeypatch):
+    """Real push delivery on the emulator: a setting the operator must fix makes dispatch answer 500
+    on every attempt; after the subscription's last attempt Pub/Sub forwards the message to the
+    dead-letter topic, whose push subscription feeds drain_dead_letters, which keeps it in the
+    one store; once the setting is fixed, the letter is re-driven."""
+    from werkzeug.serving import make_server
+
+    monkeypatch.setenv("RELEASE_APPROVAL_KEYS", "no-colon-here")
+    bootstrap.reset()
+    servers = {name: make_server("127.0.0.1", 0, create_app(name, SOURCE, "cloudevent"), threaded=True)
+               for name in ("dispatch", "drain_dead_letters")}
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers.values()]
+    for thread in threads:
+        thread.start()
+    try:
+        project = emulators["project"]
+        publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+        topic = publisher.topic_path(project, f"{unique_prefix}events")
+        dead = publisher.topic_path(project, f"{unique_prefix}dead-letter")
+        publisher.create_topic(name=dead)
+        url = {name: f"http://127.0.0.1:{s.server_port}/" for name, s in servers.items()}
+        subscriber.create_subscription(request={
+            "name": subscriber.subscription_path(project, f"{unique_prefix}to-drain"), "topic": dead,
+            "push_config": {"push_endpoint": url["drain_dead_letters"]}})
+        subscriber.create_subscription(request={
+            "name": subscriber.subscription_path(project, f"{unique_prefix}to-dispatch"), "topic": topic,
+            "push_config": {"push_endpoint": url["dispatch"]}, "ack_deadline_seconds": 10,
+            "dead_letter_policy": {"dead_letter_topic": dead, "max_delivery_attempts": 5},
+            "retry_policy": {"minimum_backoff": {"seconds": 0}, "maximum_backoff": {"seconds": 1}}})
+        data, attributes = encode(Tick("", "no-such-release"))
+        publisher.publish(topic, data, **attributes).result(10)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not bootstrap.dead_letters().list():
+            time.sleep(0.5)
+        (letter,) = bootstrap.dead_letters().list()
+        assert letter.source == "pubsub-dead-letter-topic" and "gave up after 5 delivery attempts" in letter.reason
+        assert letter.data == data and letter.original_attributes() == attributes
+        monkeypatch.setenv("RELEASE_APPROVAL_KEYS", KEYS)  # the operator fixes the setting
+        bootstrap.reset()
+        message_id = bootstrap.dead_letters().redrive(letter.id)
+        assert bootstrap.dead_letters().store.get(letter.id).redriven_as == message_id
+        seen: list[dict] = []
+        for _ in range(5):  # a pull may return fewer messages than are there
+            seen += env()
+            if len(seen) >= 2:
+                break
+        assert [m["type"] for m in seen] == ["release.tick", "release.tick"]  # the original, then the re-drive
+    finally:
+        for server in servers.values():
+            server.shutdown()
