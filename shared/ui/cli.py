@@ -51,6 +51,8 @@ def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False, pro
     ]
     if progress and progress.get("text"):
         lines.append(f"  progress: {progress['text']}")
+    if progress and progress.get("freeze_text"):
+        lines.append(f"  FROZEN: {progress['freeze_text']}")
     if progress and progress.get("stalled_text"):
         lines.append(f"  NOTICE: {progress['stalled_text']}")
     if state.waiting_for:

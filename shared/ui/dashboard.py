@@ -154,12 +154,17 @@ def release_progress(state: ReleaseState, pipeline: Pipeline, apps: Any, now: fl
     """Elapsed times, the expected end from the app's stage medians, a stall notice (shared/domain/progress.py)."""
     import time
 
-    from shared.app.stage_medians import stage_medians
+    from shared.app.stage_medians import app_record
 
     now = time.time() if now is None else now
-    p = progress(state, pipeline, stage_medians(apps, state.pipeline_name), now)
+    record = app_record(apps, state.pipeline_name)
+    p = progress(state, pipeline, record.get("stage_medians") or {}, now)
     p["text"] = progress_text(p, duration_text)
     p["stalled_text"] = stalled_text(state, p)
+    freeze = record.get("freeze") or {}
+    p["freeze_text"] = (f"prod is frozen by {freeze.get('by', '?')} since {iso(freeze.get('at'))}: "
+                        f"{freeze.get('reason', '')}; no release enters prod until `relctl unfreeze`"
+                        if freeze and not state.status.terminal else "")
     return p
 
 
