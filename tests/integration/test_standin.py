@@ -1,7 +1,6 @@
 """The stand-in through the real Cloud Build and Resource Manager clients: builds, faults, IAM."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
