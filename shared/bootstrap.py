@@ -86,7 +86,7 @@ def dispatcher():
     from shared.adapters.executors.run_services import rollback
 
     return Dispatcher(store(), publisher(), executors(), approvals(), notifier(), SystemClock(), settings(), locks,
-                      dead_letter_store(), roll_back=lambda service: rollback(settings(), service),
+                      dead_letter_store(), roll_back=lambda service, to=None: rollback(settings(), service, to),
                       operator_requests=operator_requests())
 
 

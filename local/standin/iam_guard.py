@@ -39,7 +39,8 @@ PERMISSIONS: Mapping[str, Callable[[Any], str] | str] = {
     "ListDockerImages": "artifactregistry.dockerimages.list", "GetDockerImage": "artifactregistry.dockerimages.get",
     "ListTags": "artifactregistry.tags.list", "GetTag": "artifactregistry.tags.get",
 }
-OPERATIONS = {"GetOperation", "ListOperations", "DeleteOperation"}
+# Need only a valid caller: polling operations; testing one's own permissions on an account.
+OPERATIONS = {"GetOperation", "ListOperations", "DeleteOperation", "TestIamPermissions"}
 
 
 class IamGuard:
@@ -53,6 +54,7 @@ class IamGuard:
         self._custom: dict[str, list[str]] = {}
         self._enforcing = False
         self._lock = threading.Lock()
+        self._local = threading.local()  # the caller of the call this server thread serves
 
     def enforce(self, account_bindings: Mapping[str, Mapping[str, list[str]]] | None = None,
                 custom_roles: Mapping[str, list[str]] | None = None) -> None:
@@ -69,6 +71,9 @@ class IamGuard:
                 if member in members:
                     members.remove(member)
 
+    def current_caller(self) -> str:
+        return getattr(self._local, "caller", "")
+
     @property
     def enforcing(self) -> bool:
         return self._enforcing
@@ -77,6 +82,7 @@ class IamGuard:
         if not self._enforcing:
             return
         caller = self._keys.caller(dict(metadata))
+        self._local.caller = caller
         if method in OPERATIONS:
             return
         rule = PERMISSIONS.get(method)

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 from shared.domain.errors import PipelineError
 from shared.ui.notes import (
     ReleaseNotFound,
+    rollback_lines,
     approval_decision,
     duration_text,
     is_prod_traffic_stage,
@@ -191,7 +192,7 @@ def release_json(state: ReleaseState, pipeline: Pipeline, progress_view: dict[st
         "release": {**release_summary(state), "ref": state.ref, "stopped_at_stage": state.stopped_at_stage,
                     "pipeline": state.pipeline_name, "chaos_requested_by": state.chaos_requested_by,
                     "approval": decision, "approval_text": approval_text,
-                    "traffic_text": "; ".join(traffic) or "no prod traffic yet"},
+                    "traffic_text": "; ".join(traffic + rollback_lines(state, pipeline)) or "no prod traffic yet"},
         "stages": stages,
         "replays": state.replays,
         "timeline": [{**e, "text": timeline_text(e)} for e in state.timeline],

@@ -59,7 +59,7 @@ class Flow:
             self.store, publisher, build_executors(settings, retry=FAST, check_backoff=QUICK),
             FakeApprovals(), FakeNotifier(), self.clock, settings,
             EnvironmentLocks(FirestoreAppRecords(self.store.client, settings), publisher, settings),
-            FirestoreDeadLetters(self.store.client, settings), roll_back=lambda service: rollback(settings, service),
+            FirestoreDeadLetters(self.store.client, settings), roll_back=lambda service, to=None: rollback(settings, service, to),
         )
         self.executors = self.dispatcher.executors
         self.publisher = publisher
