@@ -59,8 +59,13 @@ def notifier():
 def approvals():
     from shared.app.approvals import ApprovalService
 
-    return ApprovalService.from_settings(settings(), store=approval_store(), publisher=publisher(),
-                                         clock=SystemClock(), releases=store(), dead_letters=dead_letter_store())
+    from shared.app.stage_medians import prod_runs_text
+
+    service = ApprovalService.from_settings(settings(), store=approval_store(), publisher=publisher(),
+                                            clock=SystemClock(), releases=store(),
+                                            dead_letters=dead_letter_store())
+    service.prod_runs = lambda release: prod_runs_text(app_records(), release.pipeline_name)
+    return service
 
 
 @functools.cache

@@ -103,6 +103,8 @@ class ApprovalService:
         self.get_stage = get_stage
         self.get_pipeline = get_pipeline
         self.dead_letters = dead_letters  # where a decision that could not be published waits for a re-drive
+        # What prod runs now, in words, for the confirm page (set by the wiring; '' when unknown).
+        self.prod_runs: Callable[[ReleaseState], str] = lambda release: ""
 
     @classmethod
     def from_settings(
@@ -354,6 +356,7 @@ class ApprovalService:
             stage_rows=self._stage_rows(release, stage),
             chaos=self._chaos(release),
             token=token,
+            prod_runs=self.prod_runs(release),
         )
 
     def _stage_rows(self, release: ReleaseState, approval: Stage) -> list[tuple[str, str, str]]:

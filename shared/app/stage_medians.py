@@ -29,6 +29,14 @@ def record_durations(records: AppRecords, app: str, release_id: str, durations: 
     raise TransientError(f"stage medians of {app}: too many concurrent updates", release_id=release_id)
 
 
+def prod_runs_text(records: AppRecords, app: str) -> str:
+    """What entered prod last (the version floor of ``apps/{app}``), for the approval page."""
+    floor = (app_record(records, app).get("version_floor") or {})
+    if not floor.get("version"):
+        return "nothing released to prod yet"
+    return f"version {floor['version']} (release {floor.get('release_id') or '?'})"
+
+
 def app_record(records: AppRecords | None, app: str) -> dict[str, Any]:
     """The application's record for the views: medians to estimate with, the freeze ({} without a reader)."""
     if records is None:

@@ -431,3 +431,17 @@ def test_decide_as_refuses_the_pusher_and_an_expired_request(world):
     with pytest.raises(ApprovalRefused) as err:
         world.service.decide_as(APPROVER, world.release.release_id, True, "", via="relctl")
     assert err.value.status == 410 and world.publisher.messages == []
+
+
+def test_confirm_page_says_what_prod_runs_now(world):
+    from shared.app.stage_medians import prod_runs_text
+    from shared.testing.fakes import InMemoryAppRecords
+
+    records = InMemoryAppRecords()
+    assert prod_runs_text(records, "app") == "nothing released to prod yet"
+    data, token = records.read("app")
+    data["version_floor"] = {"version": "1.2.2", "release_id": "acme-app-0123456789ab"}
+    records.write("app", data, token)
+    world.service.prod_runs = lambda release: prod_runs_text(records, "app")
+    _, html, _ = world.get(world.send_links()[APPROVER])
+    assert "<dt>Production runs</dt><dd>version 1.2.2 (release acme-app-0123456789ab)</dd>" in html
