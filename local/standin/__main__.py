@@ -48,6 +48,8 @@ def load_config(path: Path) -> tuple[StandInConfig, dict[str, Any]]:
         builds_topic=raw.get("builds_topic", "cloud-builds"),
         log_dir=resolve(raw.get("log_dir", "standin-logs")),
         port=int(raw.get("port", 0)),
+        task_queues=tuple(raw.get("task_queues", ())),
+        task_dispatch_delay_s=float(raw.get("task_dispatch_delay_s", 0.0)),
     )
     return config, raw
 

@@ -109,3 +109,13 @@ def test_unreadable_file_names_the_file(tmp_path):
         load_pipeline(bad)
     with pytest.raises(DefinitionError, match="missing.yaml"):
         load_pipeline(tmp_path / "missing.yaml")
+
+
+def test_a_check_may_bake_longer_than_a_function_runs_as_long_as_its_timeout_covers_it():
+    # Checks run as scheduled probes: no 540 s function limit, only the stage's own timeout.
+    doc = broken(["stages", 2, "timeout"], "20m")
+    doc["stages"][2]["params"].update(bake="15m", probe_interval="10s")
+    assert parse_pipeline(doc).stage("smoke").params["bake"] == "15m"
+    doc["stages"][2]["timeout"] = "15m"
+    with pytest.raises(DefinitionError, match="params.window \\+ params.bake is 960s, longer than the timeout"):
+        parse_pipeline(doc)
