@@ -55,6 +55,7 @@ from shared.app.ports import (
 )
 from shared.app.probing import follow
 from shared.domain.probes import CHECK_KIND
+from shared.domain.wake import next_wake
 from shared.domain.state import ReleaseState
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ class Dispatcher:
                         "lease_until": now + self._lease_s(pipeline, decision.commands),
                     }
                 )
+                new.wake_at = next_wake(new, now, new.outbox)  # the sweeper recovers a batch whose handler died
             try:
                 token = self.store.update(new, token)
             except StaleWrite:
@@ -232,8 +234,9 @@ class Dispatcher:
                     return
                 state, token = got
             # Only what changed is sent: encoding the whole document is most of the CPU.
-            fields: dict[tuple[str, ...], Any] = {
-                ("outbox",): [b for b in state.outbox if b["event_id"] != batch_id]}
+            outbox = [b for b in state.outbox if b["event_id"] != batch_id]
+            fields: dict[tuple[str, ...], Any] = {("outbox",): outbox,
+                                                  ("wake_at",): next_wake(state, self.clock.now(), outbox)}
             for stage_id, handle in handles.items():
                 st = state.stages.get(stage_id)
                 if st is not None and st.stage_run_id == handle["stage_run_id"]:

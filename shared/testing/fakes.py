@@ -90,6 +90,17 @@ class FakeStore:
         active = ("running", "queued", "awaiting_approval")
         return [s for s in self.list_releases(limit=10**6) if s.status.value in active][:limit]
 
+    def list_due(self, now: float, limit: int, after: Any = None):
+        with self._lock:
+            due = sorted(((d["wake_at"], rid, v) for rid, (d, v) in self._docs.items()
+                          if d.get("wake_at") is not None and d["wake_at"] <= now))
+            if after is not None:
+                due = [x for x in due if (x[0], x[1]) > after]
+            page = due[:limit]
+            self.reads += max(1, len(page))  # as Firestore bills a query: per document, at least one
+            states = [(ReleaseState.from_dict(copy.deepcopy(self._docs[rid][0])), v) for _, rid, v in page]
+        return states, ((page[-1][0], page[-1][1]) if len(page) == limit else None)
+
     def released_versions(self, repo: str) -> list[str]:
         return [s.version for s in self.list_releases(limit=10**6) if s.repo == repo and s.status.value == "succeeded"]
 
