@@ -24,11 +24,11 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 from urllib.parse import quote
 
 from shared.ui import approval_pages as pages
-from shared.app.approval_store import ApprovalRecord, ApprovalStore
+from shared.domain.approval_record import ApprovalRecord
 from shared.domain.approval_tokens import Keyring, LinkClaims, TokenError, sign, verify
 from shared.domain.commands import RequestApproval
 from shared.app.config import Settings
@@ -37,7 +37,7 @@ from shared.domain.events import ApprovalDecided, EventType
 from shared.adapters.notify.errors import NotifyError
 from shared.adapters.notify.messages import format_approval_link
 from shared.domain.pipeline import Pipeline, Stage, StageKind
-from shared.app.ports import Clock, EventPublisher, ReleaseStore
+from shared.app.ports import ApprovalStore, Clock, EventPublisher, LinkSender, ReleaseStore
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
 
 log = logging.getLogger(__name__)
@@ -59,14 +59,6 @@ class ApprovalRefused(PipelineError):
         super().__init__(message)
         self.status = status
         self.title = title
-
-
-class LinkSender(Protocol):
-    """Port: a channel that reaches one person (mail); raises NotifyError when it cannot."""
-
-    name: str
-
-    def send_link(self, approver: str, subject: str, text: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -266,6 +258,8 @@ class ApprovalService:
             raise ApprovalRefused(400, "No decision", "choose Approve or Reject on the page")
         claims = checked.claims
         reason = (form.get("reason") or "").strip()[:MAX_REASON_CHARS]
+        if choice == "reject" and not reason:
+            raise ApprovalRefused(400, "Reason needed", "a rejection needs a reason; go back and write why")
         user_agent = _header(headers, "User-Agent")[:MAX_USER_AGENT_CHARS]
         if not self.store.consume(claims.nonce, DECISIONS[choice], reason, user_agent, self.clock.now()):
             raise ApprovalRefused(409, "Link already used", "this link was used a moment ago by another request")
@@ -323,19 +317,20 @@ class ApprovalService:
         )
 
     def _stage_rows(self, release: ReleaseState, approval: Stage) -> list[tuple[str, str, str]]:
-        """Staging stages in pipeline order when the pipeline is at hand, else every stage that ran."""
-        if self.get_pipeline is not None:
-            pipeline = self.get_pipeline(release)
-            chosen = [(f"{s.number} {s.name}", s.id) for s in pipeline.stages if s.environment == "staging"]
-        else:
-            chosen = [(stage_id, stage_id) for stage_id, st in release.stages.items() if st.attempt and stage_id != approval.id]
+        """Staging stages in pipeline order, each with its evidence in words (test counts,
+        answers and latencies, the failure reason) rather than the raw result."""
+        from shared.ui.dashboard import stage_detail
+
+        if self.get_pipeline is None:
+            return [(stage_id, st.status.value, st.reason[:200]) for stage_id, st in release.stages.items()
+                    if st.attempt and stage_id != approval.id]
+        pipeline = self.get_pipeline(release)
         rows = []
-        for label, stage_id in chosen:
-            st = release.stages.get(stage_id)
-            if st is None:
+        for stage in pipeline.stages:
+            st = release.stages.get(stage.id)
+            if stage.environment != "staging" or st is None or stage.optional:
                 continue
-            summary = st.reason or ", ".join(f"{k}={v}" for k, v in st.result.items() if k not in ("sources", "reasons"))
-            rows.append((label, st.status.value, summary[:200]))
+            rows.append((f"{stage.number} {stage.name}", st.status.value, stage_detail(stage, st, release, pipeline)[:300]))
         return rows
 
     def _chaos(self, release: ReleaseState) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ import hmac
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import semver
@@ -47,6 +47,23 @@ class Push:
     commit: str
     pushed_by: str
     version: str
+    changes: Mapping[str, Any] = field(default_factory=dict)  # see ReleaseState.changes
+
+
+MAX_LISTED_COMMITS = 20
+
+
+def push_changes(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The push's own list of commits and GitHub's compare link, bounded (1 MiB per release document)."""
+    commits = [c for c in payload.get("commits") or [] if isinstance(c, Mapping)]
+    listed = [{"id": str(c.get("id", ""))[:40],
+               "message": str(c.get("message", "")).strip().splitlines()[0][:200] if c.get("message") else "",
+               "author": str((c.get("author") or {}).get("name") or (c.get("author") or {}).get("email") or "")[:100]}
+              for c in commits[-MAX_LISTED_COMMITS:]]
+    compare = str(payload.get("compare") or "")
+    return {"commits": listed, "total": len(commits),
+            "compare_url": compare if compare.startswith("https://") else "",
+            "before": str(payload.get("before") or "")[:40]}
 
 
 def resolve_version(payload: Mapping[str, Any], ref: str, release_branch: str) -> str:
@@ -90,7 +107,8 @@ def parse_push(payload: Any, release_branch: str) -> Push | None:
     pusher = payload.get("pusher") or {}
     sender = payload.get("sender") or {}
     pushed_by = pusher.get("email") or pusher.get("name") or sender.get("login") or "unknown"
-    return Push(repo, ref, commit.lower(), pushed_by, resolve_version(payload, ref, release_branch))
+    return Push(repo, ref, commit.lower(), pushed_by, resolve_version(payload, ref, release_branch),
+                push_changes(payload))
 
 
 @dataclass
@@ -139,6 +157,7 @@ class PushService:
                 self.pipeline, repo=push.repo, ref=push.ref, commit=push.commit,
                 version=push.version, pushed_by=push.pushed_by, now=self.clock.now(),
             )
+            state.changes = dict(push.changes)
             created = self.store.create(state)
         else:
             state, created = existing[0], False

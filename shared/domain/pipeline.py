@@ -1,8 +1,9 @@
 """The pipeline definition: an ordered list of stages, each of exactly one kind.
 
-Loaded once from YAML into frozen objects. Validation messages point at the stage
-and field (``stage 7 'staging-migrate': unknown kind 'jbo'``) so that a broken
-file is fixed at the line it names. A release records ``Pipeline.digest`` so an
+Loaded once from YAML into frozen objects. Validation (the field tables are in
+``pipeline_schema``) reports the first problem as one line,
+``file:line: stage 'staging-migrate': kind: unknown kind 'jbo' (did you mean 'job'?)``,
+so that a broken file is fixed at the line it names. A release records ``Pipeline.digest`` so an
 edit of the file in the middle of a release is noticed.
 """
 from __future__ import annotations
@@ -16,7 +17,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from shared.domain import pipeline_schema as schema
 from shared.domain.errors import DefinitionError
+from shared.domain.pipeline_schema import Invalid
 
 
 class StageKind(str, Enum):
@@ -29,19 +32,8 @@ class StageKind(str, Enum):
     PREFLIGHT = "preflight"  # the pipeline's own IAM check before stage 1 (seed step 3)
 
 
-# Parameters each kind cannot do without; the executors read the rest.
-REQUIRED_PARAMS: Mapping[StageKind, tuple[str, ...]] = {
-    StageKind.BUILD: ("steps",),
-    StageKind.JOB: ("job",),
-    StageKind.DEPLOY: ("services", "traffic_percent"),
-    StageKind.TRAFFIC: ("services", "percent"),
-    StageKind.CHECK: ("target", "paths"),
-    StageKind.APPROVAL: ("approvers",),
-    StageKind.PREFLIGHT: ("service_account",),
-}
-ENVIRONMENTS = ("build", "staging", "prod")
+ENVIRONMENTS = schema.ENVIRONMENTS
 STAGE_ID = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
-DURATION = re.compile(r"^(\d+)\s*([smh]?)$")
 DEFAULT_CHECK_WINDOW_S = 60
 
 
@@ -70,10 +62,10 @@ def check_duration_s(params: Mapping[str, Any], where: str) -> int:
 
 def parse_duration(value: Any, where: str) -> int:
     """Seconds from ``90``, ``"90s"``, ``"15m"`` or ``"2h"``."""
-    match = DURATION.match(str(value).strip())
-    if not match or int(match.group(1)) <= 0:
-        raise DefinitionError(f"{where}: timeout {value!r} is not a positive duration like 90s, 15m or 2h")
-    return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    seconds = schema.duration_s(value)
+    if seconds is None:
+        raise DefinitionError(f"{where}: {value!r} is not a positive duration like 90s, 15m or 2h")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -127,91 +119,75 @@ class Pipeline:
 
 
 def _stage(raw: Any, position: int) -> Stage:
-    where = f"stage {position}"
+    path: schema.Path = ("stages", position - 1)
     if not isinstance(raw, Mapping):
-        raise DefinitionError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    number = str(raw.get("number", position))
+        raise Invalid(path, f"stage {position}: expected a mapping, got {type(raw).__name__}")
     stage_id = raw.get("id")
-    where = f"stage {number}"
     if not isinstance(stage_id, str) or not STAGE_ID.match(stage_id):
-        raise DefinitionError(f"{where}: id {stage_id!r} must be lower-case letters, digits and '-' (max 40)")
-    where = f"stage {number} '{stage_id}'"
-    unknown = set(raw) - {"id", "number", "name", "kind", "environment", "gate", "timeout", "optional", "params"}
-    if unknown:
-        raise DefinitionError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
-    kind_text = raw.get("kind")
+        what = "missing (required)" if stage_id is None else f"{stage_id!r} must be lower-case letters, digits and '-' (max 40)"
+        raise Invalid(path + ("id",) if "id" in raw else path, f"stage {position}: id: {what}")
+    where = f"stage '{stage_id}': "
+    schema.check_fields(raw, schema.STAGE_FIELDS, path, where)
     try:
-        kind = StageKind(kind_text)
+        kind = StageKind(raw["kind"])
     except ValueError:
         kinds = ", ".join(k.value for k in StageKind)
-        raise DefinitionError(f"{where}: unknown kind {kind_text!r} (one of {kinds})") from None
-    environment = raw.get("environment", "build")
-    if environment not in ENVIRONMENTS:
-        raise DefinitionError(f"{where}: environment {environment!r} is not one of {', '.join(ENVIRONMENTS)}")
+        raise Invalid(path + ("kind",), f"{where}kind: unknown kind {raw['kind']!r}"
+                                        f"{schema.suggestion(raw['kind'], [k.value for k in StageKind])} (one of {kinds})") from None
     params = raw.get("params") or {}
-    if not isinstance(params, Mapping):
-        raise DefinitionError(f"{where}: params must be a mapping")
-    for key in REQUIRED_PARAMS[kind]:
-        if params.get(key) in (None, "", [], {}):
-            raise DefinitionError(f"{where}: kind {kind.value} needs params.{key}")
-    for key in ("traffic_percent", "percent"):
-        if key in params and not (isinstance(params[key], int) and 0 < params[key] <= 100):
-            raise DefinitionError(f"{where}: params.{key} must be an integer from 1 to 100, got {params[key]!r}")
-    if "timeout" not in raw:
-        raise DefinitionError(f"{where}: timeout is required")
+    known = {**schema.COMMON_PARAMS, **schema.PARAMS[kind.value]}
+    schema.check_fields(params, known, path + ("params",), where, prefix="params.")
+    schema.check_placeholders(params, path + ("params",), where, "params")
+    timeout_s = schema.duration_s(raw["timeout"]) or 0
+    problem = schema.duration(schema.timeout_limit_s(kind.value))(raw["timeout"])
+    if problem:
+        raise Invalid(path + ("timeout",), f"{where}timeout: {problem}")
     if kind is StageKind.CHECK:
         # Checks run as scheduled probes (shared/domain/probes.py); the stage's timeout
         # ends them, so it must leave room for the whole window and bake.
         needed = check_duration_s(params, where)
-        if needed > parse_duration(raw["timeout"], where):
-            raise DefinitionError(f"{where}: params.window + params.bake is {needed}s, longer than the timeout")
-        if params.get("probe_interval") is not None and parse_duration(params["probe_interval"], where) < 1:
-            raise DefinitionError(f"{where}: params.probe_interval must be at least 1s")
-    optional = raw.get("optional", False)
-    if not isinstance(optional, bool):
-        raise DefinitionError(f"{where}: optional must be true or false")
+        if needed > timeout_s:
+            raise Invalid(path + ("params", "bake" if params.get("bake") else "window"),
+                          f"{where}params.bake: params.window + params.bake is {needed}s, longer than the timeout "
+                          f"({timeout_s}s)")
     return Stage(
         id=stage_id,
-        number=number,
+        number=str(raw.get("number", position)),
         name=str(raw.get("name", stage_id)),
         kind=kind,
-        environment=environment,
+        environment=str(raw.get("environment", "build")),
         gate=str(raw.get("gate", "")),
-        timeout_s=parse_duration(raw["timeout"], where),
-        optional=optional,
+        timeout_s=timeout_s,
+        optional=bool(raw.get("optional", False)),
         params=_freeze(params),
     )
 
 
 def parse_pipeline(document: Any) -> Pipeline:
-    """Validate a parsed YAML document and build the frozen pipeline."""
+    """Validate a parsed YAML document and build the frozen pipeline.
+
+    Raises ``Invalid`` (a ``DefinitionError``) for the first problem, as
+    ``stage 'x': field: problem``; ``load_pipeline`` puts ``file:line:`` in front.
+    """
     if not isinstance(document, Mapping):
-        raise DefinitionError("pipeline: the file must hold a mapping with 'name' and 'stages'")
-    unknown = set(document) - {"name", "image", "stages"}
-    if unknown:
-        raise DefinitionError(f"pipeline: unknown top-level field(s) {', '.join(sorted(unknown))}")
-    raw_stages = document.get("stages")
-    if not isinstance(raw_stages, list) or not raw_stages:
-        raise DefinitionError("pipeline: 'stages' must be a non-empty list")
-    stages = tuple(_stage(raw, i + 1) for i, raw in enumerate(raw_stages))
+        raise Invalid((), "pipeline: the file must hold a mapping with 'name' and 'stages'")
+    schema.check_fields(document, schema.TOP_FIELDS, (), "pipeline: ")
+    stages = tuple(_stage(raw, i + 1) for i, raw in enumerate(document["stages"]))
     seen: set[str] = set()
-    for stage in stages:
+    for i, stage in enumerate(stages):
         if stage.id in seen:
-            raise DefinitionError(f"{stage.label}: id is used twice")
+            raise Invalid(("stages", i, "id"), f"stage '{stage.id}': id: used twice")
         seen.add(stage.id)
-    approvals = [s for s in stages if s.kind is StageKind.APPROVAL]
+    approvals = [i for i, s in enumerate(stages) if s.kind is StageKind.APPROVAL]
     if len(approvals) > 1:
-        raise DefinitionError(f"{approvals[1].label}: only one approval stage is allowed")
+        raise Invalid(("stages", approvals[1], "kind"), f"stage '{stages[approvals[1]].id}': kind: only one approval stage is allowed")
     if stages[0].optional:
-        raise DefinitionError(f"{stages[0].label}: the first stage cannot be optional")
-    for stage in stages:
+        raise Invalid(("stages", 0, "optional"), f"stage '{stages[0].id}': optional: the first stage cannot be optional")
+    for i, stage in enumerate(stages):
         if stage.optional and stage.kind is StageKind.APPROVAL:
-            raise DefinitionError(f"{stage.label}: an approval cannot be optional")
-    if approvals:
-        gate = stages.index(approvals[0])
-        for stage in stages[gate + 1:]:
-            if stage.optional:
-                raise DefinitionError(f"{stage.label}: optional stages must come before the approval")
+            raise Invalid(("stages", i, "optional"), f"stage '{stage.id}': optional: an approval cannot be optional")
+        if stage.optional and approvals and i > approvals[0]:
+            raise Invalid(("stages", i, "optional"), f"stage '{stage.id}': optional: optional stages must come before the approval")
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
     return Pipeline(
         name=str(document.get("name", "pipeline")),
@@ -222,7 +198,25 @@ def parse_pipeline(document: Any) -> Pipeline:
     )
 
 
+def _lines(node: Any, path: schema.Path = (), into: dict | None = None) -> dict:
+    """Path of every value in a composed YAML tree -> its 1-based line (keys: the key's line)."""
+    import yaml
+
+    into = {} if into is None else into
+    into.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            into[path + (key.value,)] = key.start_mark.line + 1
+            _lines(value, path + (key.value,), into)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            into[path + (i,)] = item.start_mark.line + 1
+            _lines(item, path + (i,), into)
+    return into
+
+
 def load_pipeline(path: str | Path) -> Pipeline:
+    """Read and validate a pipeline file; every error is one line ``file:line: problem``."""
     import yaml  # here, not at the top: only reading a file needs it (cold start of dispatch)
 
     path = Path(path)
@@ -230,12 +224,24 @@ def load_pipeline(path: str | Path) -> Pipeline:
         text = path.read_text()
     except OSError as exc:
         raise DefinitionError(f"pipeline file {path}: {exc.strerror}") from None
+    # The C loader when libyaml is there: same safe subset, a fifth of the parse time.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
-        # The C loader when libyaml is there: same safe subset, a fifth of the parse time.
-        document = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        node = loader.get_single_node()
+        document = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
-        raise DefinitionError(f"pipeline file {path}: not valid YAML ({exc})") from None
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = f"{mark.line + 1}:" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise DefinitionError(f"{path}:{line} not valid YAML: {problem}") from None
+    finally:
+        loader.dispose()
     try:
         return parse_pipeline(document)
-    except DefinitionError as exc:
-        raise DefinitionError(f"{path}: {exc}") from None
+    except Invalid as exc:
+        lines = _lines(node) if node is not None else {}
+        where = exc.path
+        while where and where not in lines:
+            where = where[:-1]
+        line = lines.get(where)
+        raise DefinitionError(f"{path}:{line}: {exc}" if line else f"{path}: {exc}") from None

@@ -94,6 +94,9 @@ class ReleaseState:
     waiting_for: str = ""  # the environment whose lock the release is queued for
     superseded_by: str = ""
     approval: dict[str, Any] = field(default_factory=dict)  # the accepted decision
+    # What the push brought: {"commits": [{id, message, author}], "compare_url", "before"} (at most
+    # MAX_LISTED_COMMITS commits, first lines only), shown on the approval page.
+    changes: dict[str, Any] = field(default_factory=dict)
     used_nonces: list[str] = field(default_factory=list)
     replays: list[str] = field(default_factory=list)
     applied_events: list[str] = field(default_factory=list)

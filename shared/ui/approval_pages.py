@@ -1,21 +1,42 @@
-"""HTML of the approval function. Every value is escaped; no script runs on any page.
+"""HTML of the approval function, from Jinja2 templates (autoescaped); no script runs on any page.
 
 Mail scanners open links (GET, HEAD) on their own, so the confirm page only shows
-a form; the decision is the POST its buttons send. No auto-submit, no JavaScript.
+forms; the decision is the POST a button sends. No auto-submit, no JavaScript:
+Reject sits in a ``<details>`` with a required reason, so one stray tap cannot
+reject, and Approve is the one primary button.
 """
 from __future__ import annotations
 
 import datetime as dt
-import json
-from html import escape
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
-STYLE = (
-    "body{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem;color:#222}"
-    "table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:.3rem;text-align:left}"
-    ".succeeded{color:#1a7f37}.failed{color:#c00}.refused{border-left:4px solid #c00;padding-left:1rem}"
-    "button{font-size:1rem;padding:.5rem 1.2rem;margin-right:.6rem}textarea{width:100%}"
-)
+from shared.ui.render import page
+
+STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:42rem;margin:0 auto;padding:1rem;
+ color:#1f2328;line-height:1.45;overflow-wrap:anywhere}
+h1{font-size:1.35rem;margin:.4rem 0 .8rem}h2{font-size:1.1rem;margin:1.4rem 0 .5rem}
+code{font-size:.9em}.muted{color:#57606a}
+.summary{background:#f6f8fa;border:1px solid #d0d7de;border-radius:.5rem;padding:.6rem .9rem}
+.lead{margin:.2rem 0 .6rem;font-weight:600}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:.25rem .9rem;margin:0}dt{font-weight:600}dd{margin:0}
+@media (max-width:480px){dl{grid-template-columns:1fr}dd{margin-bottom:.4rem}}
+.digest{word-break:break-all}
+ul.commits,ul.evidence{list-style:none;padding:0;margin:0}
+ul.commits li,ul.evidence li{border-bottom:1px solid #d0d7de;padding:.4rem 0}
+.evidence .mark{display:inline-block;width:1.3rem;font-weight:700}
+.evidence [data-status=succeeded] .mark{color:#1a7f37}.evidence [data-status=failed] .mark{color:#cf222e}
+.evidence .status{color:#57606a;font-size:.9em}.evidence .facts{display:block;margin-left:1.3rem;color:#1f2328}
+.chaos{margin-top:.6rem}
+form{margin:.6rem 0}label{display:block;font-weight:600;margin:.4rem 0 .2rem}
+textarea{width:100%;box-sizing:border-box;font:inherit;padding:.4rem}
+button{font:inherit;font-weight:600;border-radius:.4rem;padding:.7rem 1.1rem;margin-top:.6rem;cursor:pointer;
+ width:100%;max-width:24rem}
+button.primary{background:#1a7f37;color:#fff;border:0;font-size:1.05rem}
+button.danger{background:#fff;color:#a40e26;border:2px solid #a40e26}
+details.reject{margin-top:1rem}details.reject summary{cursor:pointer;color:#a40e26;font-weight:600}
+.refused{border-left:4px solid #cf222e;padding-left:1rem}.done{border-left:4px solid #1a7f37;padding-left:1rem}
+"""
 # Sent with every answer: the token sits in the URL, so no referrer and no caching;
 # the CSP forbids every script and lets the form post only back to this function.
 SECURITY_HEADERS = {
@@ -34,28 +55,38 @@ def _when(epoch: float | None) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _page(title: str, body: str) -> str:
-    return (
-        "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        '<meta name=viewport content="width=device-width,initial-scale=1">'
-        '<meta name=robots content="noindex,nofollow">'
-        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
-        f"<h1>{escape(title)}</h1>{body}</body></html>"
-    )
+def _message(title: str, message: str, *, refused: bool, note: str = "") -> str:
+    return page("approval_message.html", title=title, message=message, refused=refused, note=note,
+                css=STYLE, refresh_s=0, script="", nonce="")
 
 
 def refusal_page(title: str, message: str, unchanged: bool = True) -> str:
-    tail = "<p>Nothing was changed.</p>" if unchanged else ""
-    return _page(title, f"<p class=refused>{escape(message)}</p>{tail}")
+    return _message(title, message, refused=True, note="Nothing was changed." if unchanged else "")
 
 
 def done_page(approved: bool, release_id: str, tag: str, approver: str) -> str:
     word = "approved" if approved else "rejected"
-    return _page(
-        f"Release {word}",
-        f"<p>{escape(approver)} {word} release <b>{escape(release_id)}</b> ({escape(tag)}).</p>"
-        "<p>The decision was recorded and sent to the pipeline; the link cannot be used again.</p>",
-    )
+    return _message(f"Release {word}", f"{approver} {word} release {release_id} ({tag}).", refused=False,
+                    note="The decision was recorded and sent to the pipeline; the link cannot be used again.")
+
+
+def chaos_text(chaos: Mapping[str, Any] | None) -> str:
+    """The chaos verdict in one sentence instead of a JSON dump."""
+    if chaos is None:
+        return "Chaos smoke: not run (optional)."
+    status = chaos.get("status", "")
+    if "passed" not in chaos:
+        return f"Chaos smoke: {status}, no verdict yet."
+    parts = []
+    if isinstance(chaos.get("error_rate"), (int, float)):
+        limit = chaos.get("max_error_rate")
+        parts.append(f"error rate {chaos['error_rate']:.2%}" + (f" (limit {limit:.0%})" if isinstance(limit, (int, float)) else ""))
+    if isinstance(chaos.get("p95_ms"), (int, float)):
+        limit = chaos.get("max_p95_ms")
+        parts.append(f"P95 {chaos['p95_ms']:.0f} ms" + (f" (limit {limit:.0f} ms)" if isinstance(limit, (int, float)) else ""))
+    verdict = "passed" if chaos["passed"] else "FAILED"
+    reasons = "; ".join(str(r) for r in chaos.get("reasons") or [])
+    return f"Chaos smoke {verdict}: {', '.join(parts) or 'no figures'}" + (f" — {reasons}" if reasons else "") + "."
 
 
 def confirm_page(
@@ -68,35 +99,16 @@ def confirm_page(
     chaos: dict[str, Any] | None,
     token: str,
     digest: str = "",
+    prod_runs: str = "",
 ) -> str:
-    rows = "".join(
-        f"<tr><td>{escape(label)}</td><td class={escape(status)}>{escape(status)}</td><td>{escape(summary)}</td></tr>"
-        for label, status, summary in stage_rows
-    ) or "<tr><td colspan=3>no stage results recorded</td></tr>"
-    if chaos is None:
-        chaos_html = "<p>Chaos smoke: not run.</p>"
-    else:
-        chaos_html = f"<p>Chaos smoke verdict:</p><pre>{escape(json.dumps(chaos, indent=1, sort_keys=True)[:2000])}</pre>"
-    body = (
-        "<table>"
-        f"<tr><th>Release</th><td>{escape(release.release_id)}</td></tr>"
-        f"<tr><th>Version</th><td>{escape(release.version)} (tag {escape(release.tag)})</td></tr>"
-        f"<tr><th>Commit</th><td>{escape(release.commit)}</td></tr>"
-        f"<tr><th>Image digest</th><td>{escape(digest or 'not reported by the build')}</td></tr>"
-        f"<tr><th>Repository</th><td>{escape(release.repo)} {escape(release.ref)}</td></tr>"
-        f"<tr><th>Pushed by</th><td>{escape(release.pushed_by)}</td></tr>"
-        f"<tr><th>Stage</th><td>{escape(stage_label)}</td></tr>"
-        f"<tr><th>Approver</th><td>{escape(approver)}</td></tr>"
-        f"<tr><th>Link expires</th><td>{escape(_when(expires_at))}</td></tr>"
-        "</table><h2>Staging results</h2>"
-        f"<table><tr><th>Stage</th><th>Status</th><th>Result</th></tr>{rows}</table>"
-        f"{chaos_html}"
-        '<h2>Decision</h2><form method=post action="">'
-        f'<input type=hidden name=token value="{escape(token)}">'
-        '<p><label for=reason>Reason (optional; kept with the decision)</label><br>'
-        "<textarea id=reason name=reason rows=3 maxlength=500></textarea></p>"
-        "<button type=submit name=decision value=approve>Approve</button>"
-        "<button type=submit name=decision value=reject>Reject</button>"
-        "</form>"
+    changes = getattr(release, "changes", None) or {}
+    return page(
+        "approval_confirm.html",
+        title=f"Approve {release.release_id}?", css=STYLE, refresh_s=0, script="", nonce="",
+        release=release, stage_label=stage_label, approver=approver, expires=_when(expires_at),
+        evidence=[{"label": label, "status": status, "summary": summary} for label, status, summary in stage_rows],
+        chaos_text=chaos_text(chaos), token=token, digest=digest, prod_runs=prod_runs,
+        commits=[c for c in changes.get("commits") or [] if isinstance(c, Mapping)],
+        before=str(changes.get("before") or "").strip("0"), total=int(changes.get("total") or 0),
+        compare_url=changes.get("compare_url") if str(changes.get("compare_url", "")).startswith("https://") else "",
     )
-    return _page(f"Approve release {release.release_id}?", body)

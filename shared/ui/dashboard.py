@@ -130,7 +130,10 @@ def stage_detail(stage: Stage, st: StageState, state: ReleaseState, pipeline: Pi
     if isinstance(result.get("checks"), list):
         checks = [c for c in result["checks"] if isinstance(c, dict)]
         good = sum(1 for c in checks if isinstance(c.get("status"), int) and 200 <= c["status"] < 300)
-        return f"{good}/{len(checks)} paths answered 2xx"
+        latencies = ", ".join(f"{c.get('path')} {c.get('status') or c.get('error') or '-'}"
+                              + (f" in {c['latency_ms']:.0f} ms" if isinstance(c.get("latency_ms"), (int, float)) else "")
+                              for c in checks)
+        return f"{good}/{len(checks)} paths answered 2xx" + (f" ({latencies})" if latencies else "")
     if "passed" in result and isinstance(result.get("error_rate"), (int, float)):
         p95 = result.get("p95_ms")
         return (f"error rate {result['error_rate']:.2%}, P95 {p95:.0f} ms" if isinstance(p95, (int, float))

@@ -60,3 +60,14 @@ def test_unresolvable_pushes_are_refused_with_the_reason(kwargs, status, words):
     with pytest.raises(WebhookRejected) as err:
         parse_push(payload(**kwargs), "main")
     assert err.value.status == status and words in str(err.value)
+
+
+def test_push_keeps_its_commits_and_compare_link_bounded():
+    from shared.app.push import MAX_LISTED_COMMITS, push_changes
+
+    commits = [{"id": f"{i:040x}", "message": f"change {i}\n\nbody", "author": {"name": f"dev{i}"}} for i in range(25)]
+    changes = push_changes({"commits": commits, "compare": "https://github.com/a/b/compare/1...2", "before": "1" * 40})
+    assert len(changes["commits"]) == MAX_LISTED_COMMITS and changes["total"] == 25
+    assert changes["commits"][-1] == {"id": f"{24:040x}", "message": "change 24", "author": "dev24"}
+    assert changes["compare_url"] == "https://github.com/a/b/compare/1...2"
+    assert push_changes({"compare": "javascript:alert(1)"})["compare_url"] == ""

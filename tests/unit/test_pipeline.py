@@ -58,18 +58,32 @@ def broken(path, value):
 @pytest.mark.parametrize(
     "doc, message",
     [
-        (broken(["stages", 1, "kind"], "jbo"), "stage 7 'staging-migrate': unknown kind 'jbo'"),
-        (broken(["stages", 1, "params"], {}), "stage 7 'staging-migrate': kind job needs params.job"),
-        (broken(["stages", 1, "timeout"], "soon"), "stage 7 'staging-migrate': timeout 'soon' is not a positive duration"),
-        (broken(["stages", 1, "timeout"], KeyError), "stage 7 'staging-migrate': timeout is required"),
-        (broken(["stages", 1, "environment"], "qa"), "stage 7 'staging-migrate': environment 'qa' is not one of"),
-        (broken(["stages", 1, "colour"], "red"), "stage 7 'staging-migrate': unknown field(s) colour"),
-        (broken(["stages", 1, "id"], "Bad Id"), "stage 7: id 'Bad Id' must be lower-case"),
-        (broken(["stages", 1, "id"], "lint"), "stage 7 'lint': id is used twice"),
-        (broken(["stages", 2, "params", "bake"], "10m"), "stage 3 'smoke': params.window + params.bake is 660s"),
-        (broken(["stages", 0, "optional"], True), "stage 1 'lint': the first stage cannot be optional"),
-        (broken(["stages"], []), "pipeline: 'stages' must be a non-empty list"),
-        (broken(["extra"], 1), "pipeline: unknown top-level field(s) extra"),
+        (broken(["stages", 1, "kind"], "jbo"), "stage 'staging-migrate': kind: unknown kind 'jbo' (did you mean 'job'?)"),
+        (broken(["stages", 1, "kind"], KeyError), "stage 'staging-migrate': kind: missing (required)"),
+        (broken(["stages", 1, "params"], {}), "stage 'staging-migrate': params.job: missing (required)"),
+        (broken(["stages", 1, "timeout"], "soon"), "stage 'staging-migrate': timeout: 'soon' is not a positive duration"),
+        (broken(["stages", 1, "timeout"], "9999h"), "stage 'staging-migrate': timeout: '9999h' is longer than the limit of 24h"),
+        (broken(["stages", 1, "timeout"], KeyError), "stage 'staging-migrate': timeout: missing (required)"),
+        (broken(["stages", 1, "environment"], "qa"), "stage 'staging-migrate': environment: 'qa' is not one of build, staging, prod"),
+        (broken(["stages", 1, "colour"], "red"), "stage 'staging-migrate': colour: unknown field"),
+        (broken(["stages", 1, "timout"], "1m"), "stage 'staging-migrate': timout: unknown field (did you mean 'timeout'?)"),
+        (broken(["stages", 1, "id"], "Bad Id"), "stage 2: id: 'Bad Id' must be lower-case"),
+        (broken(["stages", 1, "id"], KeyError), "stage 2: id: missing (required)"),
+        (broken(["stages", 1, "id"], "lint"), "stage 'lint': id: used twice"),
+        (broken(["stages", 1, "optional"], "yes"), "stage 'staging-migrate': optional: must be true or false"),
+        (broken(["stages", 1, "params", "job"], ["m"]), "stage 'staging-migrate': params.job: must be a non-empty string"),
+        (broken(["stages", 1, "params", "args"], "migrate"), "stage 'staging-migrate': params.args: must be a list of arguments"),
+        (broken(["stages", 1, "params", "args"], ["--tag", "${tga}"]),
+         "stage 'staging-migrate': params.args[1]: unknown placeholder ${tga} (did you mean 'tag'?)"),
+        (broken(["stages", 2, "params", "bake"], "25h"), "stage 'smoke': params.bake: '25h' is longer than the limit of 24h"),
+        (broken(["stages", 2, "params", "bake"], "8m"), "stage 'smoke': params.bake: params.window + params.bake is 540s, longer than the timeout (300s)"),
+        (broken(["stages", 2, "params", "window"], "soon"), "stage 'smoke': params.window: 'soon' is not a positive duration"),
+        (broken(["stages", 2, "params", "target"], "qa"), "stage 'smoke': params.target: 'qa' is not one of staging, prod, canary"),
+        (broken(["stages", 2, "params", "paths"], ["health"]), "stage 'smoke': params.paths: item 0: must be a path starting with '/'"),
+        (broken(["stages", 0, "optional"], True), "stage 'lint': optional: the first stage cannot be optional"),
+        (broken(["stages"], []), "pipeline: stages: must be a non-empty list"),
+        (broken(["extra"], 1), "pipeline: extra: unknown field"),
+        (broken(["stage"], 1), "pipeline: stage: unknown field (did you mean 'stages'?)"),
     ],
 )
 def test_invalid_definitions_name_stage_and_field(doc, message):
@@ -78,12 +92,41 @@ def test_invalid_definitions_name_stage_and_field(doc, message):
     assert message in str(err.value)
 
 
-def test_deploy_percent_must_be_a_percentage():
+def with_stage(stage):
     doc = base_doc()
-    doc["stages"].append({"id": "deploy", "kind": "deploy", "timeout": "5m",
-                          "params": {"services": ["web"], "traffic_percent": 150}})
-    with pytest.raises(DefinitionError, match=r"stage 4 'deploy': params.traffic_percent must be an integer from 1 to 100"):
-        parse_pipeline(doc)
+    doc["stages"].append(stage)
+    return doc
+
+
+@pytest.mark.parametrize(
+    "stage, message",
+    [
+        ({"id": "deploy", "kind": "deploy", "timeout": "5m", "params": {"services": ["web"], "traffic_percent": 150}},
+         "stage 'deploy': params.traffic_percent: must be an integer from 1 to 100, got 150"),
+        ({"id": "deploy", "kind": "deploy", "timeout": "5m", "params": {"services": ["web"], "trafic_percent": 10}},
+         "stage 'deploy': params.trafic_percent: unknown field (did you mean 'traffic_percent'?)"),
+        ({"id": "deploy", "kind": "deploy", "timeout": "5m", "params": {"services": "web", "traffic_percent": 10}},
+         "stage 'deploy': params.services: must be a list of service names, got str 'web'"),
+        ({"id": "ok", "kind": "approval", "timeout": "1h", "params": {"approvers": "a@example.com"}},
+         "stage 'ok': params.approvers: must be a list of e-mail addresses, got str 'a@example.com'"),
+        ({"id": "ok", "kind": "approval", "timeout": "1h", "params": {"approvers": ["a@example.com"], "expiry_s": 5}},
+         "stage 'ok': params.expiry_s: must be an integer from 60 to 604800"),
+        ({"id": "ok", "kind": "approval", "timeout": "9999h", "params": {"approvers": ["a@example.com"]}},
+         "stage 'ok': timeout: '9999h' is longer than the limit of 168h"),
+        ({"id": "b", "kind": "build", "timeout": "5m", "params": {"steps": [{"args": ["x"]}]}},
+         "stage 'b': params.steps: item 0: must be a mapping with a 'name'"),
+    ],
+)
+def test_params_are_checked_by_kind(stage, message):
+    with pytest.raises(DefinitionError) as err:
+        parse_pipeline(with_stage(stage))
+    assert message in str(err.value)
+
+
+def test_cloud_build_and_shell_placeholders_are_left_alone():
+    stage = {"id": "b", "kind": "build", "timeout": "5m", "params": {"steps": [
+        {"name": "x", "args": ["${CLOUDSQL_INSTANCE}", "$PROJECT_ID", "$${tga}", "${image}", "${project}"]}]}}
+    assert parse_pipeline(with_stage(stage)).stage("b").params["steps"][0]["args"][3] == "${image}"
 
 
 def test_digest_is_stable_and_changes_with_any_edit():
@@ -102,11 +145,23 @@ def test_definition_is_frozen():
         pipeline.stages[1].timeout_s = 1
 
 
+def test_errors_name_file_and_line(tmp_path):
+    text = (REPO_ROOT / "pipelines" / "sample.yaml").read_text()
+    bad = tmp_path / "p.yaml"
+    bad.write_text(text.replace("traffic_percent: 10\n", "trafic_percent: 10\n"))
+    line = next(i for i, row in enumerate(bad.read_text().splitlines(), 1) if "trafic_percent" in row)
+    with pytest.raises(DefinitionError) as err:
+        load_pipeline(bad)
+    assert str(err.value) == (f"{bad}:{line}: stage 'prod-deploy': params.trafic_percent: unknown field"
+                              " (did you mean 'traffic_percent'?)")
+
+
 def test_unreadable_file_names_the_file(tmp_path):
     bad = tmp_path / "p.yaml"
-    bad.write_text("stages: [\n")
-    with pytest.raises(DefinitionError, match="p.yaml: not valid YAML"):
+    bad.write_text("name: x\nstages: [\n")
+    with pytest.raises(DefinitionError) as err:
         load_pipeline(bad)
+    assert str(err.value).startswith(f"{bad}:3: not valid YAML: ") and "\n" not in str(err.value)
     with pytest.raises(DefinitionError, match="missing.yaml"):
         load_pipeline(tmp_path / "missing.yaml")
 

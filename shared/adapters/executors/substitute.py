@@ -12,8 +12,9 @@ from typing import Any, Mapping
 from shared.domain.commands import StartStage
 from shared.app.config import Settings
 from shared.domain.pipeline import Pipeline
+from shared.domain.pipeline_schema import PLACEHOLDERS  # the one list; validation checks files against it
 
-PLACEHOLDERS = ("tag", "version", "commit", "release_id", "stage_run_id", "image", "registry")
+__all__ = ["PLACEHOLDERS", "image_ref", "substitute", "variables_for"]
 # "$$" first, so that "$${tag}" is read as an escaped dollar followed by "{tag}".
 _TOKEN = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
