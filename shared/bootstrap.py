@@ -76,15 +76,21 @@ def approval_store():
 def dispatcher():
     from shared.app.dispatcher import Dispatcher
 
-    from shared.adapters.firestore_locks import FirestoreLockDocuments
     from shared.app.locks import EnvironmentLocks
 
-    locks = EnvironmentLocks(FirestoreLockDocuments(store().client, settings()), publisher(), settings())
+    locks = EnvironmentLocks(app_records(), publisher(), settings())
     from shared.adapters.executors.run_services import rollback
 
     return Dispatcher(store(), publisher(), executors(), approvals(), notifier(), SystemClock(), settings(), locks,
                       roll_back=lambda service: rollback(settings(), service), operator_requests=operator_requests(),
                       probes=probe_scheduler())
+
+
+@functools.cache
+def app_records():
+    from shared.adapters.firestore_apps import FirestoreAppRecords
+
+    return FirestoreAppRecords(store().client, settings())
 
 
 @functools.cache
@@ -144,7 +150,7 @@ def operator():
 def push_service():
     from shared.app.push import PushService
 
-    return PushService(store(), publisher(), pipeline(), SystemClock(), settings())
+    return PushService(store(), publisher(), pipeline(), SystemClock(), settings(), apps=app_records())
 
 
 def reset() -> None:

@@ -7,6 +7,7 @@ from the dispatcher.
 from __future__ import annotations
 
 import hashlib
+import functools
 import hmac
 import json
 import logging
@@ -16,10 +17,13 @@ from typing import Any, Mapping
 
 import semver
 
+from shared.domain.identity import People
 from shared.app.config import Settings
 from shared.domain.errors import WebhookRejected
+from shared.domain.events import ReleaseStarted
 from shared.domain.pipeline import Pipeline
-from shared.app.ports import Clock, EventPublisher, ReleaseStore
+from shared.app.locks import higher
+from shared.app.ports import AppRecords, Clock, EventPublisher, ReleaseStore
 from shared.domain.state import new_release, release_id_for
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,7 @@ class Push:
     pushed_by: str
     version: str
     changes: Mapping[str, Any] = field(default_factory=dict)  # see ReleaseState.changes
+    aliases: tuple[str, ...] = ()  # every name the push gives for the pusher (address, login)
 
 
 MAX_LISTED_COMMITS = 20
@@ -107,8 +112,11 @@ def parse_push(payload: Any, release_branch: str) -> Push | None:
     pusher = payload.get("pusher") or {}
     sender = payload.get("sender") or {}
     pushed_by = pusher.get("email") or pusher.get("name") or sender.get("login") or "unknown"
+    # Every name the push gives for who pushed, most specific first: the first one that
+    # resolves to a person (shared/domain/identity.py) decides self-approval.
+    aliases = tuple(str(v) for v in (pusher.get("email"), pusher.get("name"), sender.get("login")) if v)
     return Push(repo, ref, commit.lower(), pushed_by, resolve_version(payload, ref, release_branch),
-                push_changes(payload))
+                push_changes(payload), aliases)
 
 
 @dataclass
@@ -118,6 +126,13 @@ class PushService:
     pipeline: Pipeline
     clock: Clock
     settings: Settings
+    # apps/{app}: its version floor (the highest version that entered prod) is the one
+    # read the version check costs, however many releases the repository has.
+    apps: AppRecords
+
+    @functools.cached_property
+    def people(self) -> People:
+        return People.parse(self.settings.people)
 
     def handle(self, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
         try:
@@ -156,6 +171,7 @@ class PushService:
             state = new_release(
                 self.pipeline, repo=push.repo, ref=push.ref, commit=push.commit,
                 version=push.version, pushed_by=push.pushed_by, now=self.clock.now(),
+                pusher=next((p for p in map(self.people.resolve, push.aliases) if p), ""),
             )
             state.changes = dict(push.changes)
             created = self.store.create(state)
@@ -166,20 +182,19 @@ class PushService:
         if created or not any(s.attempt for s in state.stages.values()):
             # Also re-published for an existing release that never started: the first
             # delivery may have died between the create and the publish.
-            self.publisher.publish(
-                self.settings.events_topic, {"type": "release.started", "release_id": release_id}
-            )
+            self.publisher.publish(self.settings.events_topic, ReleaseStarted("", release_id))
         body = {"status": "created" if created else "exists", "release_id": release_id, "tag": state.tag}
         return (201 if created else 200), body
 
     def _refuse_old_version(self, push: Push) -> None:
-        released = self.store.released_versions(push.repo)
-        if not released:
-            return
-        last = max(released, key=semver.Version.parse)
-        if semver.Version.parse(push.version) <= semver.Version.parse(last):
+        """A version not above the floor would be superseded at the prod lock (shared/app/locks.py):
+        refuse it now, while the author can still bump it before the merge."""
+        floor = self.apps.read(self.pipeline.name)[0]["version_floor"]
+        last = str(floor.get("version") or "")
+        if last and not higher(push.version, last):
             raise WebhookRejected(
                 409,
                 f"version {push.version} of {push.commit[:7]} is not higher than the last released "
-                f"version {last}; bump the version before the merge",
+                f"version {last} (release {floor.get('release_id', '?')} took it to prod); bump the version "
+                "before the merge",
             )
