@@ -23,6 +23,7 @@ BENCHMARKS = [
     ("bench.cost", "5: Firestore reads and writes per transition"),
     ("bench.cold_start", "6: cold start"),
     ("bench.push_latency", "7: push trigger answer time"),
+    ("bench.gcp_clock", "8: detection delay under GCP's clocks (60 s tick, Cloud Tasks probes)"),
 ]
 
 
