@@ -122,8 +122,20 @@ def probe_service():
     from shared.adapters.executors.http_check import RequestsProber
     from shared.app.probing import ProbeService
 
-    return ProbeService(store(), executors(), publisher(), probe_scheduler(), RequestsProber(), SystemClock(),
-                        settings(), analyse=interval_analysis())
+    # The store is wired on first use: a check's probe (most probes) only GETs and schedules,
+    # so it never pays for importing the Firestore client; a poll reads the pinned pipeline.
+    return ProbeService(_OnFirstUse(store), executors(), publisher(), probe_scheduler(), RequestsProber(),
+                        SystemClock(), settings(), analyse=interval_analysis())
+
+
+class _OnFirstUse:
+    """Stands in for what ``factory`` builds until an attribute of it is first used."""
+
+    def __init__(self, factory):
+        self._factory = factory
+
+    def __getattr__(self, name: str):
+        return getattr(self._factory(), name)
 
 
 @functools.cache
