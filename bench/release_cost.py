@@ -36,7 +36,7 @@ class Counted:
     """Counts document reads/writes of an app-records or approvals adapter by method."""
 
     READS = {"read": 1, "get": 1, "find_open": 1, "consume": 1}
-    WRITES = {"write": 1, "create": 1, "consume": 1, "mark_published": 1}
+    WRITES = {"write": 1, "create": 1, "consume": 1, "mark_published": 1, "record": 1}
 
     def __init__(self, inner, tally):
         self.inner, self.tally = inner, tally
@@ -106,6 +106,7 @@ def run(hosts: dict[str, str] | None = None) -> Report:
 
     from shared.adapters.executors.http_check import HttpCheckExecutor, RequestsProber
     from shared.adapters.firestore_approvals import FirestoreApprovalStore
+    from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
     from shared.adapters.firestore_apps import FirestoreAppRecords
     from shared.adapters.firestore_store import FirestoreStore
     from shared.app.approvals import ApprovalService
@@ -142,7 +143,8 @@ def run(hosts: dict[str, str] | None = None) -> Report:
                      "check": HttpCheckExecutor(settings, services)}
         locks = EnvironmentLocks(apps, publisher, settings)
         dispatcher = Dispatcher(store, publisher, executors, approvals, FakeNotifier(), clock, settings, locks,
-                                roll_back=lambda service: {}, probes=scheduler)
+                                Counted(FirestoreDeadLetters(client, settings), tally), roll_back=lambda service: {},
+                                probes=scheduler)
         probes = ProbeService(store, executors, publisher, scheduler, RequestsProber(), clock, settings)
         push = PushService(store, publisher, pipeline, clock, settings, apps=apps)
 

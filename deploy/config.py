@@ -62,6 +62,13 @@ class DeployConfig:
     dead_letter_topic: str = "pipeline-dead-letter"
     scheduler_job: str = "pipeline-tick"
     source_dir: str = str(REPO_ROOT / "build" / "function-source")
+    # Accounts the app's Cloud Run services run as (deploying needs actAs on each); empty: the
+    # project's default compute account, which a service without its own account uses.
+    app_service_account_list: tuple[str, ...] = ()
+
+    @property
+    def app_service_accounts(self) -> tuple[str, ...]:
+        return self.app_service_account_list or (f"{self.number}-compute@developer.gserviceaccount.com",)
 
     @property
     def project(self) -> str:
@@ -119,6 +126,8 @@ def load_config(
         pipeline_sa_id=pipeline_account_id(pipeline, settings.project, env),
         github_repository=github_repository or env.get("DEPLOY_GITHUB_REPOSITORY", ""),
         project_number=project_number or env.get("DEPLOY_PROJECT_NUMBER", ""),
+        app_service_account_list=tuple(a.strip() for a in env.get("DEPLOY_APP_SERVICE_ACCOUNTS", "").split(",")
+                                       if a.strip()),
         **extra,
     )
 

@@ -40,6 +40,7 @@ class CompositeIndex:
 QUERIES: dict[str, Query] = {
     "shared/adapters/firestore_store.py:list_releases": Query("releases", orders=("created_at",)),
     "shared/adapters/firestore_store.py:list_due": Query("releases", ranges=("wake_at",), orders=("wake_at",)),
+    "shared/adapters/firestore_dead_letters.py:list": Query("dead_letters", orders=("received_at",)),
     "shared/adapters/firestore_approvals.py:find_open": Query(
         "approvals", equalities=("release_id", "stage", "attempt", "approver")),
 }

@@ -16,7 +16,7 @@ from typing import Iterator, Union
 
 from deploy.config import DeployConfig
 from deploy.firestore import COMPOSITE_INDEXES, TTL_POLICIES
-from shared.domain.preflight import BASE_ROLES, SECRET_ACCESSOR_ROLE, prod_secret_names
+from shared.domain.preflight import BASE_ROLES, BUILD_LOG_ROLE, SECRET_ACCESSOR_ROLE, prod_secret_names
 
 APIS = (
     "artifactregistry.googleapis.com", "cloudbuild.googleapis.com", "cloudfunctions.googleapis.com",
@@ -144,6 +144,9 @@ def functions(config: DeployConfig) -> tuple[FunctionSpec, ...]:
                      timeout_s=60),
         FunctionSpec("on-approval", "on_approval", public=True, secrets=(keys,),
                      why="signed approval links; public, the link's signature and nonce are the credential"),
+        FunctionSpec("drain-dead-letters", "drain_dead_letters", trigger_topic=config.dead_letter_topic, retry=True,
+                     why="what Pub/Sub gave up on joins the one dead-letter store (dead_letters/), where "
+                         "relctl lists and re-drives it; retry on, and no dead-letter policy of its own"),
         FunctionSpec("sweep", "sweep", trigger_topic=config.tick_topic, retry=False, secrets=(keys,),
                      why="every minute; no retry, the next tick comes in a minute anyway"),
         FunctionSpec("dashboard", "dashboard", public=False,
@@ -277,7 +280,7 @@ def build_plan(config: DeployConfig) -> Plan:
     steps.append(Resource("messaging", "subscription", hold, ("pubsub", "subscriptions", "describe", hold, proj),
                           ("pubsub", "subscriptions", "create", hold, f"--topic={config.dead_letter_topic}",
                            "--message-retention-duration=7d", "--expiration-period=never", proj),
-                          "keeps dead letters for inspection and replay (a topic alone drops them)"))
+                          "a second copy of dead letters for 7 days, should drain-dead-letters be down"))
 
     steps.append(Resource("messaging", "tasks-queue", s.probe_queue,
                           ("tasks", "queues", "describe", s.probe_queue, f"--location={r}", proj),
@@ -322,6 +325,8 @@ def build_plan(config: DeployConfig) -> Plan:
     # -- the pipeline account: exactly the seed's roles
     for role in sorted(BASE_ROLES):
         steps.append(_project_binding(p, role, pipeline_member, "seed: " + _SEED_WHY.get(role, "seed role")))
+    steps.append(_project_binding(p, BUILD_LOG_ROLE, pipeline_member,
+                                  "builds run as this account with CLOUD_LOGGING_ONLY: it writes their logs"))
     for secret in prod_secrets:
         steps.append(_secret_binding(p, secret, SECRET_ACCESSOR_ROLE, pipeline_member,
                                      "seed: secret accessor only in prod stages, and only on their secrets"))
@@ -345,6 +350,12 @@ def build_plan(config: DeployConfig) -> Plan:
                           f"--member={runtime_member}", "--role=roles/iam.serviceAccountUser",
                           "--condition=None", proj),
                          "start builds and jobs that run as the pipeline account (actAs), on that account only"))
+    for account in config.app_service_accounts:
+        steps.append(Binding("bindings", "service-account", account, "roles/iam.serviceAccountUser", runtime_member,
+                             ("iam", "service-accounts", "add-iam-policy-binding", account,
+                              f"--member={runtime_member}", "--role=roles/iam.serviceAccountUser",
+                              "--condition=None", proj),
+                             "deploying a Cloud Run service needs actAs on the account its revisions run as"))
     for secret in (config.webhook_secret, config.approval_keys_secret):
         steps.append(_secret_binding(p, secret, SECRET_ACCESSOR_ROLE, runtime_member,
                                      "the functions read their own two secrets, no others"))
@@ -406,8 +417,8 @@ def build_plan(config: DeployConfig) -> Plan:
                              ("functions", "add-invoker-policy-binding", fn.name, f"--region={r}",
                               f"--member={invoker_member}", proj),
                              "Eventarc's pushes may invoke this function, nobody else"))
-        if not fn.retry:
-            continue  # a lost tick is replaced by the next one; nothing to dead-letter
+        if not fn.retry or fn.trigger_topic == config.dead_letter_topic:
+            continue  # a lost tick is replaced by the next one; the drain must not feed its own topic
         steps.append(Action("delivery", "subscription-policy", subscription,
                             ("pubsub", "subscriptions", "update", subscription,
                              f"--dead-letter-topic={config.dead_letter_topic}",

@@ -63,6 +63,16 @@ class RollBack:
     name = "roll_back"
 
 
+@dataclass(frozen=True)
+class RecordDurations:
+    """Count a succeeded release's stage durations into its application's medians (the ETA of the
+    next releases). Safe to repeat: the application's record keeps the releases it counted."""
+
+    release_id: str
+    durations: Mapping[str, float] = field(default_factory=dict)
+    name = "record_durations"
+
+
 class NoticeKind(str, Enum):
     STAGE_FAILED = "stage_failed"
     APPROVAL_NEEDED = "approval_needed"
@@ -79,8 +89,9 @@ class Notify:
     name = "notify"
 
 
-Command = StartStage | RequestApproval | Notify | AcquireLock | ReleaseLock | RollBack
-_BY_NAME = {cls.name: cls for cls in (StartStage, RequestApproval, Notify, AcquireLock, ReleaseLock, RollBack)}
+Command = StartStage | RequestApproval | Notify | AcquireLock | ReleaseLock | RollBack | RecordDurations
+_BY_NAME = {cls.name: cls for cls in (StartStage, RequestApproval, Notify, AcquireLock, ReleaseLock, RollBack,
+                                      RecordDurations)}
 
 
 def command_to_dict(command: Command) -> dict[str, Any]:
@@ -94,6 +105,8 @@ def command_to_dict(command: Command) -> dict[str, Any]:
         data["inputs"] = dict(command.inputs)
     if isinstance(command, RollBack):
         data["services"] = list(command.services)
+    if isinstance(command, RecordDurations):
+        data["durations"] = dict(command.durations)
     return data
 
 

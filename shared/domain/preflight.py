@@ -35,6 +35,9 @@ BASE_ROLES: frozenset[str] = frozenset(
         "roles/compute.networkUser",  # Serverless VPC Access
     }
 )
+# Beyond the seed: builds run as the pipeline account with CLOUD_LOGGING_ONLY (a user-specified
+# build account must keep its logs out of the default bucket), so it writes their logs.
+BUILD_LOG_ROLE = "roles/logging.logWriter"
 # Granted to the service account on other resources, never expected on the project:
 # they are not "extra" when they show up in the project's policy for other reasons.
 IGNORED_EXTRA_ROLES = frozenset({"roles/iam.workloadIdentityUser"})
@@ -62,10 +65,11 @@ def prod_secret_names(pipeline: Pipeline) -> tuple[str, ...]:
 
 
 def required_roles(pipeline: Pipeline) -> frozenset[str]:
-    """The seed's role set; the secret accessor only when some prod stage needs a secret."""
+    """The seed's role set and the build log writer; the secret accessor only when some prod
+    stage needs a secret."""
     if prod_secret_names(pipeline):
-        return BASE_ROLES | {SECRET_ACCESSOR_ROLE}
-    return BASE_ROLES
+        return BASE_ROLES | {BUILD_LOG_ROLE, SECRET_ACCESSOR_ROLE}
+    return BASE_ROLES | {BUILD_LOG_ROLE}
 
 
 def member_of(service_account: str) -> str:

@@ -18,6 +18,7 @@ import urllib.parse
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
+from shared.domain.ids import valid_release_id
 from shared.domain.errors import PipelineError
 from shared.domain.pipeline import Pipeline, Stage, StageKind
 from shared.domain.state import ReleaseState, ReleaseStatus, StageState, StageStatus
@@ -31,6 +32,8 @@ class ReleaseNotFound(PipelineError):
 
 def load_release(store: Any, release_id: str) -> tuple[ReleaseState, Pipeline]:
     """The stored release and the pipeline definition it started with."""
+    if not valid_release_id(release_id):  # '/', '..', '__x__': no such document can exist
+        raise ReleaseNotFound(f"unknown release {release_id[:100]!r} (not a release id)")
     got = store.get(release_id)
     if got is None:
         raise ReleaseNotFound(f"unknown release {release_id!r}")
@@ -119,6 +122,32 @@ def approval_decision(state: ReleaseState, pipeline: Pipeline) -> dict[str, Any]
     return {k: result[k] for k in ("approver", "decision", "at", "reason") if k in result}
 
 
+def timeline_text(entry: dict[str, Any]) -> str:
+    """One timeline entry in words: ``2027-01-15T09:00:00Z  rejected approval (attempt 1) by boss@…: why``."""
+    what = str(entry.get("kind", "?"))
+    if entry.get("stage"):
+        what += f" {entry['stage']}"
+    if entry.get("attempt"):
+        what += f" (attempt {entry['attempt']})"
+    by = f" by {entry['by']}" if entry.get("by") else ""
+    why = f": {entry['reason']}" if entry.get("reason") else ""
+    return f"{iso(entry.get('at'))}  {what}{by}{why}"
+
+
+def waiting_text(state: ReleaseState, pipeline: Pipeline) -> str:
+    """Who was asked, since when, until when: for a release that waits for an approval ('' otherwise)."""
+    gate = pipeline.approval_index
+    if gate is None:
+        return ""
+    stage = pipeline.stages[gate]
+    st = state.stages.get(stage.id)
+    if st is None or st.status is not StageStatus.WAITING:
+        return ""
+    asked = [str(a) for a in stage.params["approvers"] if str(a).lower() != state.pushed_by.lower()]
+    return (f"approval (attempt {st.attempt}) asked of {', '.join(asked) or 'nobody'} since {iso(st.started_at)}; "
+            f"links expire at {iso(st.deadline)}")
+
+
 # -- Markdown -------------------------------------------------------------------
 def _cell(value: Any) -> str:
     """Text that cannot break a Markdown table row."""
@@ -163,8 +192,8 @@ def render(state: ReleaseState, pipeline: Pipeline) -> str:
         ("Created", iso(state.created_at)),
         ("Status", state.status.value),
     ])
-    if state.reason and state.status is ReleaseStatus.SUPERSEDED:
-        out += ["", "## Superseded", "", state.reason[:1].upper() + state.reason[1:]]
+    if state.reason and state.status in (ReleaseStatus.SUPERSEDED, ReleaseStatus.CANCELLED):
+        out += ["", f"## {state.status.value.capitalize()}", "", state.reason[:1].upper() + state.reason[1:]]
     elif state.reason:
         out += ["", "## Stopped", "", f"Stopped at stage `{state.stopped_at_stage}`: {state.reason}"]
 
@@ -187,6 +216,11 @@ def render(state: ReleaseState, pipeline: Pipeline) -> str:
         out += _table(("At", "Stage", "By", "Accepted", "Reason"), [
             (iso(r.get("at")), r.get("stage", ""), r.get("requested_by", ""),
              "yes" if r.get("accepted") else "no", r.get("reason", "")) for r in state.replays])
+    if state.timeline:  # every decision and operator action, including those a resend replaced
+        out += ["", "## Timeline", ""]
+        out += _table(("At", "What", "Stage", "By", "Why"), [
+            (iso(e.get("at")), e.get("kind", ""), e.get("stage", ""), e.get("by", ""), e.get("reason", ""))
+            for e in state.timeline])
     return "\n".join(out) + "\n"
 
 

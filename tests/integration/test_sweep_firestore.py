@@ -7,7 +7,9 @@ from datetime import datetime
 import pytest
 from google.cloud import firestore
 
+from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
 from shared.adapters.firestore_store import FirestoreStore
+from shared.domain.dead_letters import DeadLetter
 from shared.app.config import Settings
 from shared.domain.pipeline import load_pipeline
 from shared.domain.state import ReleaseStatus, new_release
@@ -64,7 +66,9 @@ def test_expiry_is_stored_as_a_timestamp_and_read_back_as_epoch_seconds(store):
     raw = store.releases.document(rid).get().to_dict()
     assert isinstance(raw["expire_at"], datetime) and raw["expire_at"].timestamp() == NOW + 3600
     assert store.get(rid)[0].expire_at == NOW + 3600
-    store.record_dead_letter("bad-1", "not JSON", "{", "test")
+    letters = FirestoreDeadLetters(store.client, store.settings)
+    assert letters.record(DeadLetter("bad-1", "not JSON", "dispatch", NOW, b"{"))
     store.claim_delivery("delivery-1", {"repo": "acme/app"})
-    for collection, doc in ((store.dead_letters, "bad-1"), (store.deliveries, "delivery-1")):
+    for collection, doc in ((letters.collection, "bad-1"), (store.deliveries, "delivery-1")):
         assert isinstance(collection.document(doc).get().get("expire_at"), datetime)
+    assert letters.collection.document("bad-1").get().get("expire_at").timestamp() == NOW + 30 * 24 * 3600

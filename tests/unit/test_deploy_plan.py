@@ -49,7 +49,8 @@ def test_pipeline_account_gets_exactly_the_seeds_roles(monkeypatch):
     plan = dry_run_json(monkeypatch)
     project_roles = pipeline_sa_roles(plan, "project")
     secret_roles = pipeline_sa_roles(plan, "secret")
-    assert project_roles | secret_roles == SEED_ROLES
+    # The seed's roles, and the log writer a build running as a user-specified account needs.
+    assert project_roles | secret_roles == SEED_ROLES | {"roles/logging.logWriter"}
     # The accessor is never project-wide.
     assert "roles/secretmanager.secretAccessor" not in project_roles
     sa_roles = {s["role"] for s in plan["steps"] if s["type"] == "binding" and s["target"] == PIPELINE_SA}
@@ -71,7 +72,7 @@ def test_no_secret_accessor_when_no_prod_stage_needs_secrets(monkeypatch, tmp_pa
     modified.write_text(yaml.safe_dump(document))
     plan = dry_run_json(monkeypatch, ENV, "--pipeline-file", str(modified))
     assert pipeline_sa_roles(plan, "project") | pipeline_sa_roles(plan, "secret") == \
-        SEED_ROLES - {"roles/secretmanager.secretAccessor"}
+        (SEED_ROLES - {"roles/secretmanager.secretAccessor"}) | {"roles/logging.logWriter"}
     assert pipeline_sa_roles(plan, "secret") == set()
 
 
@@ -137,7 +138,10 @@ def test_functions_triggers_and_retry(monkeypatch):
     plan = dry_run_json(monkeypatch)
     deploys = {s["name"]: s["command"] for s in plan["steps"] if s["type"] == "action" and s["kind"] == "function"}
     assert set(deploys) == {"on-push", "dispatch", "dispatch-builds", "on-approval", "sweep", "dashboard", "operator",
-                            "probe"}
+                            "drain-dead-letters", "probe"}
+    drain = deploys["drain-dead-letters"]
+    assert "--trigger-topic=pipeline-dead-letter" in drain and "--entry-point=drain_dead_letters" in drain
+    assert "--retry" in drain
     assert "--no-allow-unauthenticated" in deploys["operator"] and not any(
         a.startswith("--set-secrets") for a in deploys["operator"])
     assert "--no-allow-unauthenticated" in deploys["probe"] and "--trigger-http" in deploys["probe"]

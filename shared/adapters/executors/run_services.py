@@ -43,11 +43,12 @@ def service_path(settings: Settings, service: str) -> str:
 
 
 def apply_env(container: Any, env: Mapping[str, Any]) -> None:
-    """``--set-env-vars``: literal variables are replaced by ``env``; variables read from
-    Secret Manager stay unless ``env`` names them (secrets are managed apart, as in gcloud)."""
+    """``--update-env-vars``: the variables ``env`` names get these values; every other
+    variable of the service (plain or from Secret Manager) stays as it is, so a deploy
+    never drops the settings a service was configured with."""
     from google.cloud import run_v2
 
-    kept = [e for e in container.env if e.value_source and e.name not in env]
+    kept = [e for e in container.env if e.name not in env]
     container.env = kept + [run_v2.EnvVar(name=str(k), value=str(v)) for k, v in env.items()]
 
 
