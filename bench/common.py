@@ -261,7 +261,7 @@ def make_dispatcher(store, publisher, executors, settings, clock=None, approvals
     locks = EnvironmentLocks(FirestoreAppRecords(inner.client, settings), publisher, settings)
     return Dispatcher(store, publisher, executors, approvals or FakeApprovals(), notifier or FakeNotifier(),
                       clock or SystemClock(), settings, locks, FirestoreDeadLetters(inner.client, settings),
-                      roll_back=lambda service: {"service": service, "note": "bench: nothing to roll back"})
+                      roll_back=lambda service, to=None: {"service": service, "note": "bench: nothing to roll back"})
 
 
 class CpuMeter:

@@ -82,7 +82,7 @@ def dispatcher():
     from shared.adapters.executors.run_services import rollback
 
     return Dispatcher(store(), publisher(), executors(), approvals(), notifier(), SystemClock(), settings(), locks,
-                      dead_letter_store(), roll_back=lambda service: rollback(settings(), service),
+                      dead_letter_store(), roll_back=lambda service, to=None: rollback(settings(), service, to),
                       operator_requests=operator_requests(), probes=probe_scheduler())
 
 
@@ -171,7 +171,9 @@ def operator():
     verifier = GoogleIdTokenVerifier(s.operator_audience, s.operator_certs_url,
                                      tuple(i.strip() for i in s.operator_issuers.split(",")))
     from shared.app.approvals import ApprovalService
-    from shared.app.operator_actions import register_approval_actions, register_cancel, register_dead_letter_actions
+    from shared.app.locks import EnvironmentLocks
+    from shared.app.operator_actions import (register_approval_actions, register_cancel,
+                                             register_dead_letter_actions, register_freeze)
 
     service = OperatorService.from_settings(s, verifier, operator_requests(), SystemClock())
     # approve / reject by identity: same store and rules as the links, but no signing key here.
@@ -180,6 +182,7 @@ def operator():
     register_approval_actions(service, decisions)
     register_cancel(service, store(), publisher(), s.events_topic)
     register_dead_letter_actions(service, dead_letters())
+    register_freeze(service, EnvironmentLocks(app_records(), publisher(), s), pipeline().name)
     return register_release_actions(service, store(), publisher(), s)
 
 

@@ -88,7 +88,8 @@ class CloudBuildService:
         if not build.timeout:
             build.timeout = DEFAULT_TIMEOUT
         build.log_url = (self._cfg.log_dir / "builds" / f"{build.id}.log").resolve().as_uri()
-        build.logs_bucket = f"gs://{project}_cloudbuild/logs"
+        if not build.logs_bucket and build.options.logging.name not in ("CLOUD_LOGGING_ONLY", "STACKDRIVER_ONLY", "NONE"):
+            build.logs_bucket = f"gs://{project}_cloudbuild/logs"  # the default bucket
         with self._lock:
             self._builds[build.id] = build
             self._cancel[build.id] = threading.Event()

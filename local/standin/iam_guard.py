@@ -44,7 +44,8 @@ PERMISSIONS: Mapping[str, Callable[[Any], str] | str] = {
     "CreateTask": "cloudtasks.tasks.create", "GetTask": "cloudtasks.tasks.get", "DeleteTask": "cloudtasks.tasks.delete",
     "CreateQueue": "cloudtasks.queues.create", "GetQueue": "cloudtasks.queues.get",
 }
-OPERATIONS = {"GetOperation", "ListOperations", "DeleteOperation"}
+# Need only a valid caller: polling operations; testing one's own permissions on an account.
+OPERATIONS = {"GetOperation", "ListOperations", "DeleteOperation", "TestIamPermissions"}
 
 
 class IamGuard:
@@ -59,6 +60,7 @@ class IamGuard:
         self._queue_bindings: dict[str, dict[str, list[str]]] = {}  # queue id -> role -> members
         self._enforcing = False
         self._lock = threading.Lock()
+        self._local = threading.local()  # the caller of the call this server thread serves
 
     def enforce(self, account_bindings: Mapping[str, Mapping[str, list[str]]] | None = None,
                 custom_roles: Mapping[str, list[str]] | None = None,
@@ -77,6 +79,9 @@ class IamGuard:
                 if member in members:
                     members.remove(member)
 
+    def current_caller(self) -> str:
+        return getattr(self._local, "caller", "")
+
     @property
     def enforcing(self) -> bool:
         return self._enforcing
@@ -85,6 +90,7 @@ class IamGuard:
         if not self._enforcing:
             return
         caller = self._keys.caller(dict(metadata))
+        self._local.caller = caller
         if method in OPERATIONS:
             return
         rule = PERMISSIONS.get(method)

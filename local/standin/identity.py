@@ -10,6 +10,7 @@ answers UNAUTHENTICATED to a call without a valid token, as Google does.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import uuid
 from pathlib import Path
@@ -39,14 +40,19 @@ def mint_key(key_dir: Path, email: str) -> Path:
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption()).decode()
     project = email.split("@", 1)[1].split(".", 1)[0]
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
     tmp.write_text(json.dumps({
         "type": "service_account", "project_id": project, "private_key_id": uuid.uuid4().hex,
         "private_key": pem, "client_email": email, "client_id": str(uuid.uuid4().int)[:21],
         "token_uri": "https://oauth2.googleapis.com/token",
     }))
-    tmp.replace(path)
-    path.chmod(0o600)
+    tmp.chmod(0o600)
+    try:
+        os.link(tmp, path)  # first one wins: a key already handed out is never replaced
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
     return path
 
 

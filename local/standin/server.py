@@ -1,5 +1,6 @@
 """StandIn: one loopback gRPC server playing Cloud Build, Cloud Run v2, Resource Manager IAM,
-the docker part of Artifact Registry and Cloud Tasks (HTTP tasks).
+IAM's testIamPermissions on service accounts, the docker part of Artifact Registry and Cloud Tasks
+(HTTP tasks).
 
 The real client libraries talk to it through shared/adapters/gcp_clients.py when an endpoint
 setting points here. Tests steer it in-process (set_outcome, fail_next,
@@ -18,6 +19,7 @@ from local.standin.artifact_registry import ArtifactRegistryService
 from local.standin.builds import CloudBuildService
 from local.standin.common import ApiError, Faults, OperationStore, OutcomeRules, Registry, StandInConfig
 from local.standin.iam import ProjectsIamService
+from local.standin.iam_admin import IamAdminService
 from local.standin.iam_guard import IamGuard
 from local.standin.identity import KeyRing
 from local.standin.jobs import JobsService
@@ -57,7 +59,8 @@ class StandIn:
         self.config.log_dir.mkdir(parents=True, exist_ok=True)
         self._notifier.start()
         registry = Registry(self._faults, guard=self.guard.check)
-        for service in (self._builds, self._jobs, self._services, self._iam, self._artifacts, self._tasks):
+        for service in (self._builds, self._jobs, self._services, self._iam, self._artifacts, self._tasks,
+                        IamAdminService(self.guard)):
             service.register(registry)
         registry.add(OPERATIONS, "GetOperation", self._get_operation, operations_pb2.GetOperationRequest,
                      operations_pb2.Operation)

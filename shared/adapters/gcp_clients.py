@@ -101,6 +101,14 @@ def projects(settings: Settings) -> "resourcemanager_v3.ProjectsClient":
     return _build(resourcemanager_v3.ProjectsClient, ProjectsGrpcTransport, settings.iam_endpoint)
 
 
+def iam_admin(settings: Settings) -> Any:
+    """IAM (service accounts): testIamPermissions, e.g. may the caller act as an account."""
+    from google.cloud import iam_admin_v1
+    from google.cloud.iam_admin_v1.services.iam.transports import IAMGrpcTransport
+
+    return _build(iam_admin_v1.IAMClient, IAMGrpcTransport, settings.iam_endpoint)
+
+
 def artifact_registry(settings: Settings) -> "artifactregistry_v1.ArtifactRegistryClient":
     from google.cloud import artifactregistry_v1
     from google.cloud.artifactregistry_v1.services.artifact_registry.transports import ArtifactRegistryGrpcTransport

@@ -50,7 +50,9 @@ class Settings:
     webhook_secret: str = field(default="", repr=False)
     approval_keys: str = field(default="", repr=False)  # "kid:secret,kid2:secret2", newest first
     smtp_host: str = ""
-    smtp_port: int = 25
+    smtp_port: int = 25  # on GCP 25 is blocked for external destinations: use 587 (STARTTLS)
+    smtp_user: str = ""  # with a login the mail goes over STARTTLS only
+    smtp_password: str = field(default="", repr=False)  # from Secret Manager (deploy/: --set-secrets)
     mail_from: str = "release-bot@localhost"
     notify_emails: str = ""  # comma-separated: who gets failure / approval / finished notices by mail
     slack_webhook_url: str = field(default="", repr=False)

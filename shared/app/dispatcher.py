@@ -85,7 +85,7 @@ class Dispatcher:
     locks: EnvironmentLocks
     dead_letters: DeadLetterStore
     # service name -> what was done; moves all traffic back to the revision before ours
-    roll_back: Callable[[str], Mapping[str, Any]]
+    roll_back: Callable[[str, str | None], Mapping[str, Any]]
     # Operator requests recorded by the operator function; replay and chaos events must match one.
     operator_requests: OperatorRequestLog | None = None
     sleep: Callable[[float], None] = time.sleep
@@ -224,7 +224,11 @@ class Dispatcher:
 
     def _roll_back(self, command: RollBack) -> dict[str, Any]:
         try:
-            return {"rolled_back": [dict(self.roll_back(service)) for service in command.services]}
+            at = self.clock.now()
+            return {"rolled_back": [
+                {**self.roll_back(service, command.targets.get(service)), "at": at, "by": "the gate",
+                 "why": command.reason, "recorded_target": command.targets.get(service, "")}
+                for service in command.services]}
         except ExecutorError as exc:
             # Recorded on the stage and announced; retrying would not make it possible.
             log.error("%s", exc)

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from shared.app.approvals import ApprovalRefused, ApprovalService
 from shared.app.dead_letters import DeadLetterNotFound, DeadLetters
+from shared.app.locks import EnvironmentLocks
 from shared.app.operator import Caller, OperatorService
 from shared.app.ports import EventPublisher, ReleaseStore
 from shared.domain.errors import PipelineError, RequestRefused
@@ -92,4 +93,30 @@ def register_dead_letter_actions(service: OperatorService, letters: DeadLetters)
 
     service.register("dead-letters", listing)
     service.register("redrive", redrive)
+    return service
+
+
+def register_freeze(service: OperatorService, locks: EnvironmentLocks, default_app: str) -> OperatorService:
+    """``freeze`` / ``unfreeze`` prod for an application (default: the deployed pipeline's)."""
+
+    def app_of(params: Mapping[str, Any]) -> str:
+        app = params.get("app") or default_app
+        if not isinstance(app, str) or not app:
+            raise RequestRefused(400, "params.app must name an application (a pipeline name)")
+        return app
+
+    def freeze(caller: Caller, params: Mapping[str, Any]) -> Mapping[str, Any]:
+        reason = params.get("reason")
+        if not isinstance(reason, str) or not reason.strip():
+            raise RequestRefused(400, "params.reason is required (recorded with the freeze)")
+        app = app_of(params)
+        locks.set_freeze(app, {"by": caller.email, "at": caller.at, "reason": reason.strip()[:500]})
+        return {"app": app, "frozen": True}
+
+    def unfreeze(caller: Caller, params: Mapping[str, Any]) -> Mapping[str, Any]:
+        app = app_of(params)
+        return {"app": app, "frozen": False, "granted_to": locks.set_freeze(app, None) or ""}
+
+    service.register("freeze", freeze)
+    service.register("unfreeze", unfreeze)
     return service

@@ -29,9 +29,9 @@ def record_durations(records: AppRecords, app: str, release_id: str, durations: 
     raise TransientError(f"stage medians of {app}: too many concurrent updates", release_id=release_id)
 
 
-def stage_medians(records: AppRecords | None, app: str) -> dict[str, Any]:
-    """The medians to estimate with ({} without history or without a record reader)."""
+def app_record(records: AppRecords | None, app: str) -> dict[str, Any]:
+    """The application's record for the views: medians to estimate with, the freeze ({} without a reader)."""
     if records is None:
         return {}
     data, _ = records.read(app)
-    return dict(data.get("stage_medians") or {})
+    return data

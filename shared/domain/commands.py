@@ -60,6 +60,10 @@ class RollBack:
     stage: str  # the deploy stage being undone
     stage_run_id: str
     services: tuple[str, ...]
+    # service -> the revision recorded as serving before this release's first deploy attempt:
+    # never a revision of a failed attempt. Empty for a service nothing served before.
+    targets: Mapping[str, str] = field(default_factory=dict)
+    reason: str = ""  # why, recorded with the rollback
     name = "roll_back"
 
 
@@ -105,6 +109,7 @@ def command_to_dict(command: Command) -> dict[str, Any]:
         data["inputs"] = dict(command.inputs)
     if isinstance(command, RollBack):
         data["services"] = list(command.services)
+        data["targets"] = dict(command.targets)
     if isinstance(command, RecordDurations):
         data["durations"] = dict(command.durations)
     return data

@@ -158,6 +158,19 @@ def decide(pipeline: Pipeline, state: ReleaseState, event: Event, now: float) ->
     return Decision(outcome, reason, new, tuple(run.commands))
 
 
+def serving_before(deployed: StageState, services: tuple[str, ...]) -> dict[str, str]:
+    """Per service, the revision recorded as serving before the FIRST attempt of a deploy that
+    recorded one: a replayed deploy after a failed canary must not go back to that canary."""
+    found: dict[str, str] = {}
+    attempts = [a.result for a in deployed.history] + [deployed.result]
+    for result in attempts:
+        for target in result.get("revisions") or []:
+            service, before = str(target.get("service", "")), str(target.get("serving_before") or "")
+            if service in services and before and service not in found:
+                found[service] = before
+    return found
+
+
 class _Run:
     """The mutable working copy of one decision; never escapes ``decide``."""
 
@@ -348,8 +361,9 @@ class _Run:
                 st = state.stages[stage.id]
                 if (stage.kind is StageKind.DEPLOY and stage.environment == "prod"
                         and st.status is StageStatus.SUCCEEDED):
-                    self.commands.append(RollBack(state.release_id, stage.id, st.stage_run_id,
-                                                  tuple(str(s) for s in stage.params["services"])))
+                    services = tuple(str(s) for s in stage.params["services"])
+                    self.commands.append(RollBack(state.release_id, stage.id, st.stage_run_id, services,
+                                                  serving_before(st, services), f"cancelled: {why}"))
         state.stopped_at_stage = state.stopped_at_stage or next(
             (s.id for s in self.pipeline.stages if state.stages[s.id].reason == why), "")
         state.status, state.reason, state.waiting_for = ReleaseStatus.CANCELLED, why, ""
@@ -505,8 +519,15 @@ class _Run:
         st = self.state.stages[stage.id]
         st.reason = reason
         self.finish(stage, StageStatus.FAILED)
+        rolled = ""
         if stage.kind is StageKind.CHECK:
-            self.roll_back_checked_deploy(stage)
+            before = len(self.commands)
+            self.roll_back_checked_deploy(stage, reason)
+            for command in self.commands[before:]:
+                if isinstance(command, RollBack):
+                    to = ", ".join(f"{s} to {command.targets.get(s) or 'the last good tagged revision'}"
+                                   for s in command.services)
+                    rolled = f" Rolled back {command.stage}: all traffic of {to} (what served before this release)."
         self.state.status = ReleaseStatus.STOPPED
         self.release_locks()
         self.state.stopped_at_stage = stage.id
@@ -514,7 +535,7 @@ class _Run:
         self.notify(
             NoticeKind.STAGE_FAILED,
             stage.id,
-            f"{self.title()} stopped: {stage.label} failed: {reason}. "
+            f"{self.title()} stopped: {stage.label} failed: {reason}.{rolled} "
             f"Gate: {stage.gate or 'the release stops'}. Fix the cause, then run "
             f"`relctl replay {self.state.release_id} {stage.id} --reason \"…\"`.",
         )
@@ -538,13 +559,15 @@ class _Run:
                 self.record("approval expired", "", stage.id, "nobody decided in time", attempt=st.attempt)
                 self.fail(stage, "approval expired")
 
-    def roll_back_checked_deploy(self, check: Stage) -> None:
+    def roll_back_checked_deploy(self, check: Stage, reason: str = "") -> None:
         for earlier in reversed(self.pipeline.stages[: self.pipeline.index(check.id)]):
             if earlier.kind is StageKind.DEPLOY and earlier.environment == check.environment:
                 deployed = self.state.stages[earlier.id]
                 if deployed.status is StageStatus.SUCCEEDED:
                     services = tuple(str(s) for s in earlier.params["services"])
-                    self.commands.append(RollBack(self.state.release_id, earlier.id, deployed.stage_run_id, services))
+                    self.commands.append(RollBack(self.state.release_id, earlier.id, deployed.stage_run_id, services,
+                                                  serving_before(deployed, services),
+                                                  f"{check.label} failed: {reason}" if reason else f"{check.label} failed"))
                 return
 
     def release_locks(self) -> None:

@@ -184,6 +184,8 @@ PARAMS: dict[str, dict[str, Field]] = {
     "deploy": {
         "services": Field(list_of(text, "service names", 1), required=True),
         "traffic_percent": Field(integer(1, 100), required=True),
+        # services that serve no requests (workers): rolled in the same stage, 100 % at once
+        "background_services": Field(list_of(text, "service names")),
         "revision_tag": Field(text),
         "env": Field(scalar_mapping),
         "secrets": Field(scalar_mapping),

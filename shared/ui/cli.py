@@ -26,7 +26,7 @@ from shared.ui.cli_context import (positive_int, EXIT_FAILED, EXIT_INTERRUPTED, 
 from shared.ui.cli_format import EPILOG, dumps, iso_times, paint
 from shared.ui.cli_operator import add_commands as add_operator_commands
 from shared.ui.notes import (ReleaseNotFound, duration_text, iso, load_release, render, timeline_text,
-                             traffic_decisions, waiting_text)
+                             traffic_decisions, waiting_text, rollback_lines)
 from shared.domain.pipeline import Pipeline, StageKind
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
 
@@ -51,6 +51,8 @@ def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False, pro
     ]
     if progress and progress.get("text"):
         lines.append(f"  progress: {progress['text']}")
+    if progress and progress.get("freeze_text"):
+        lines.append(f"  FROZEN: {progress['freeze_text']}")
     if progress and progress.get("stalled_text"):
         lines.append(f"  NOTICE: {progress['stalled_text']}")
     if state.waiting_for:
@@ -65,6 +67,7 @@ def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False, pro
     traffic = [f"{d['percent']} % at {iso(d['at'])}" for d in traffic_decisions(state, pipeline)]
     if traffic:
         lines.append("  traffic: " + "; ".join(traffic))
+    lines += [f"  {line}" for line in rollback_lines(state, pipeline)]
     if waiting_text(state, pipeline):
         lines.append("  " + waiting_text(state, pipeline))
     if state.timeline:
@@ -188,12 +191,32 @@ def _changes(state: ReleaseState, pipeline: Pipeline, seen: dict) -> list[tuple[
 
 
 # -- commands against Cloud Run / IAM / files --------------------------------------
+FAILED_LOOKBACK = 200  # recent releases whose rollbacks say which revisions failed their checks
+
+
+def failed_revisions(states) -> dict[str, str]:
+    """Revision -> why, for every revision a rollback moved traffic away from (it failed a check)."""
+    failed: dict[str, str] = {}
+    for state in states:
+        for st in state.stages.values():
+            for result in [a.result for a in st.history] + [st.result]:
+                for r in result.get("rolled_back") or []:
+                    if r.get("from"):
+                        failed.setdefault(str(r["from"]), f"release {state.release_id}: {r.get('why') or 'rolled back'}")
+    return failed
+
+
 def cmd_rollback(args, ctx: Context) -> int:
     from shared.adapters.executors.registry_rollback import rollback_from_registry, rollback_to_tag
     from shared.adapters.executors.run_services import rollback
 
     if args.image and not (args.to_tag or args.from_registry):
         raise UsageError("--image goes with --to-tag or --from-registry")
+    if args.to_revision and not args.force:
+        failed = failed_revisions(ctx.store.list_releases(FAILED_LOOKBACK)).get(args.to_revision.rsplit("/", 1)[-1])
+        if failed:
+            raise PipelineError(f"revision {args.to_revision} failed its checks ({failed}); "
+                                "pass --force to send all traffic to it anyway")
     if args.to_tag or args.from_registry:
         moved = (rollback_to_tag(ctx.settings, args.service, args.to_tag, image=args.image) if args.to_tag
                  else rollback_from_registry(ctx.settings, args.service, image=args.image))
@@ -284,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--from-registry", action="store_true",
                         help="serve the newest release tag in Artifact Registry older than the one served now")
     p.add_argument("--image", help="image name under RELEASE_ARTIFACT_REGISTRY (default: the one the service runs)")
+    p.add_argument("--force", action="store_true", help="roll back to a revision even though it failed its checks")
     p = command("validate", cmd_validate, "check a pipeline file; exit 2 naming the stage and field when invalid")
     p.add_argument("file")
     p = command("notes", cmd_notes, "print the release notes (Markdown)")

@@ -170,6 +170,19 @@ def cmd_redrive(args, ctx: Context) -> int:
     return EXIT_OK
 
 
+def cmd_freeze(args, ctx: Context) -> int:
+    frozen = args.command == "freeze"
+    params = {"reason": args.reason} if frozen else {}
+    if args.app:
+        params["app"] = args.app
+    answer = operator_call(ctx, args, args.command, params)
+    text = (f"prod of {answer['app']} is frozen (by {answer['requested_by']}): no release enters prod until "
+            f"relctl unfreeze" if frozen else
+            f"prod of {answer['app']} is open again" + (f"; {answer['granted_to']} goes on" if answer["granted_to"] else ""))
+    ctx.emit(answer, text)
+    return EXIT_OK
+
+
 def add_commands(command) -> None:
     """The parsers of this module's commands; ``command(name, func, help)`` makes one."""
     for name, func, help in (
@@ -205,3 +218,10 @@ def add_commands(command) -> None:
     p = command("redrive", cmd_redrive, "publish a dead letter's event again (once); the gate decides on it")
     p.add_argument("letter")
     p.add_argument("--as", dest="as_", metavar="WHO", help=argparse.SUPPRESS)
+    for name, help in (("freeze", "pause every new prod stage of an application until unfreeze (recorded)"),
+                       ("unfreeze", "lift the freeze; the newest release waiting for prod goes on")):
+        p = command(name, cmd_freeze, help)
+        p.add_argument("--app", help="the application (pipeline name; default: the operator function's pipeline)")
+        if name == "freeze":
+            p.add_argument("--reason", required=True, help="why (kept with the freeze)")
+        p.add_argument("--as", dest="as_", metavar="WHO", help=argparse.SUPPRESS)

@@ -24,6 +24,7 @@ from typing import Any, Mapping
 from shared.domain.errors import PipelineError
 from shared.ui.notes import (
     ReleaseNotFound,
+    rollback_lines,
     approval_decision,
     duration_text,
     is_prod_traffic_stage,
@@ -182,12 +183,17 @@ def release_progress(state: ReleaseState, pipeline: Pipeline, apps: Any, now: fl
     """Elapsed times, the expected end from the app's stage medians, a stall notice (shared/domain/progress.py)."""
     import time
 
-    from shared.app.stage_medians import stage_medians
+    from shared.app.stage_medians import app_record
 
     now = time.time() if now is None else now
-    p = progress(state, pipeline, stage_medians(apps, state.pipeline_name), now)
+    record = app_record(apps, state.pipeline_name)
+    p = progress(state, pipeline, record.get("stage_medians") or {}, now)
     p["text"] = progress_text(p, duration_text)
     p["stalled_text"] = stalled_text(state, p)
+    freeze = record.get("freeze") or {}
+    p["freeze_text"] = (f"prod is frozen by {freeze.get('by', '?')} since {iso(freeze.get('at'))}: "
+                        f"{freeze.get('reason', '')}; no release enters prod until `relctl unfreeze`"
+                        if freeze and not state.status.terminal else "")
     return p
 
 
@@ -215,7 +221,7 @@ def release_json(state: ReleaseState, pipeline: Pipeline, progress_view: dict[st
         "release": {**release_summary(state), "ref": state.ref, "stopped_at_stage": state.stopped_at_stage,
                     "pipeline": state.pipeline_name, "chaos_requested_by": state.chaos_requested_by,
                     "approval": decision, "approval_text": approval_text,
-                    "traffic_text": "; ".join(traffic) or "no prod traffic yet"},
+                    "traffic_text": "; ".join(traffic + rollback_lines(state, pipeline)) or "no prod traffic yet"},
         "stages": stages,
         "replays": state.replays,
         "timeline": [{**e, "text": timeline_text(e)} for e in state.timeline],

@@ -300,16 +300,32 @@ def _approval_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
     return ["", "## Approval", "", line]
 
 
+def rollback_lines(state: ReleaseState, pipeline: Pipeline) -> list[str]:
+    """Every rollback recorded on the release (who, when, from, to, why), oldest first."""
+    lines = []
+    for stage in pipeline.stages:
+        st = state.stages.get(stage.id) or StageState()
+        for result in [a.result for a in st.history] + [st.result]:
+            for r in result.get("rolled_back") or []:
+                lines.append(f"rolled back {r.get('service', '?')} from {r.get('from') or '?'} to "
+                             f"{r.get('revision') or '?'} at {iso(r.get('at'))} by {r.get('by') or '?'}"
+                             + (f": {r['why']}" if r.get("why") else ""))
+            if result.get("rollback_error"):
+                lines.append(f"rollback of {stage.id} FAILED: {result['rollback_error']}")
+    return lines
+
+
 def _traffic_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
     decisions = traffic_decisions(state, pipeline)
-    if not decisions:
+    rolled = [f"- {line}" for line in rollback_lines(state, pipeline)]
+    if not decisions and not rolled:
         return []
     lines = []
     for d in decisions:
         percent = f"{d['percent']} %" if d["percent"] is not None else "? %"
         targets = f" ({', '.join(d['targets'])})" if d["targets"] else ""
         lines.append(f"- {percent} at {iso(d['at'])} by stage `{d['stage']}`{targets}")
-    return ["", "## Traffic", ""] + lines
+    return ["", "## Traffic", ""] + lines + rolled
 
 
 def render_for(release_id: str) -> str:

@@ -53,7 +53,7 @@ def dispatcher(store, executors, settings, clock=None, publisher=None):
                       settings, locks, FirestoreDeadLetters(store.client, settings), roll_back=_no_roll_back)
 
 
-def _no_roll_back(service: str):
+def _no_roll_back(service: str, to: str | None = None):
     raise AssertionError(f"the fault pipeline has no check stage; nothing should roll {service} back")
 
 

@@ -73,6 +73,6 @@ def make_rig(project, prefix) -> Rig:
     requests = FakeOperatorRequests()
     letters = FirestoreDeadLetters(store.client, settings)
     dispatcher = Dispatcher(store, publisher, executors, FakeApprovals(), FakeNotifier(), clock, settings, locks,
-                            letters, roll_back=lambda service: rolled_back.append(service) or {"service": service},
+                            letters, roll_back=lambda service, to=None: rolled_back.append(service) or {"service": service, "revision": to},
                             operator_requests=requests)
     return Rig(dispatcher, store, executor, publisher, clock, requests, DeadLetters(letters, publisher, clock, settings))

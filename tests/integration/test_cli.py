@@ -417,6 +417,38 @@ def test_rollback_moves_traffic_back_to_the_last_tagged_revision(cli, standin):
     assert_one_line_error(err, "revision cli-web-nonexistent of cli-web does not exist")
 
 
+def test_rollback_refuses_a_revision_that_failed_its_checks_unless_forced(cli, standin):
+    """Why: `relctl rollback` reported success and left prod on a canary that had failed its checks."""
+    from shared.app.config import Settings
+
+    settings = Settings(project="local-project", region="europe-west3", cloud_run_endpoint=standin.endpoint)
+    canary, good = deploy(settings, "2.0.0", "ccccccc"), deploy(settings, "2.0.1", "ddddddd")
+    # The release lives where relctl looks: the project the Cloud Run stand-in serves.
+    from google.cloud import firestore
+
+    from shared.adapters.firestore_store import FirestoreStore
+    from shared.domain.state import new_release
+    from tests.unit.gate_helpers import PIPELINE
+
+    store = FirestoreStore(firestore.Client(project="local-project"),
+                           Settings(project="local-project", collection_prefix=cli.env["RELEASE_COLLECTION_PREFIX"]))
+    state = new_release(PIPELINE, repo="acme/app", ref="refs/heads/main", commit=uuid.uuid4().hex[:16],
+                        version="2.0.0", pushed_by="dev@example.com", now=0)
+    state.stages["prod-deploy"].result = {"rolled_back": [
+        {"service": "cli-web", "from": canary, "revision": good, "at": 0, "by": "the gate",
+         "why": "stage 'prod-smoke' failed: 500"}]}
+    store.save_pipeline(PIPELINE)
+    assert store.create(state)
+    extra = {"RELEASE_PROJECT": "local-project", "RELEASE_CLOUD_RUN_ENDPOINT": standin.endpoint}
+    code, _, err = cli.run("rollback", "cli-web", "--to-revision", canary, **extra)
+    assert code == 1, (_, err)
+    assert_one_line_error(err, f"revision {canary} failed its checks", "--force")
+    web = next(s for s in standin.services if s.name.endswith("/services/cli-web"))
+    assert {t.revision: t.percent for t in web.traffic if t.percent}.get(canary) is None
+    code, out, err = cli.run("rollback", "cli-web", "--to-revision", canary, "--force", **extra)
+    assert code == 0 and f"100 % to {canary}" in out, err
+
+
 def test_preflight_reads_the_actual_policy(cli, standin):
     from shared.domain.pipeline import load_pipeline
     from shared.domain.preflight import required_roles

@@ -228,3 +228,26 @@ def test_dead_letters_are_listed_and_one_is_redriven_once(cli):
     code, _, err = cli.run("redrive", "no-such-letter")
     assert code == 1
     assert_one_line_error(err, "(404)", "no dead letter 'no-such-letter'")
+
+
+def test_a_freeze_holds_every_release_out_of_prod_until_it_is_lifted(cli):
+    rid = release_at(cli.rig, "approval")
+    app = cli.rig.state(rid).pipeline_name
+    code, out, err = cli.run("freeze", "--app", app, "--reason", "quarter close")
+    assert code == 0, err
+    assert out.strip() == (f"prod of {app} is frozen (by ops-user@example.com): no release enters prod until "
+                           "relctl unfreeze")
+    step(cli.rig, rid)  # approved: prod-migrate asks for the prod lock and is held back
+    state = cli.rig.state(rid)
+    assert state.status.value == "queued" and state.waiting_for == "prod"
+    out = cli.run("show", rid)[1]
+    assert re.search(r"FROZEN: prod is frozen by ops-user@example.com since \S+Z: quarter close; no release "
+                     r"enters prod until `relctl unfreeze`", out), out
+    code, out, err = cli.run("unfreeze", "--app", app, "--json")
+    assert code == 0, err
+    assert json.loads(out)["granted_to"] == rid
+    (message,) = cli.pull()
+    assert json.loads(message.data) == {"type": "lock.granted", "release_id": rid, "environment": "prod"}
+    cli.dispatch(message)
+    assert cli.rig.state(rid).stages["prod-migrate"].status.value == "running"
+    assert "FROZEN" not in cli.run("show", rid)[1]

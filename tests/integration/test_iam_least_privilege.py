@@ -153,3 +153,27 @@ def test_build_steps_act_as_the_builds_service_account(standin, tmp_path):
     handle = executors(standin)["build"].start(pipeline, stage, command).handle
     assert wait_build(standin, handle["build_id"]).status.name == "SUCCESS"
     assert out.read_text() == PIPELINE_SA
+
+
+def test_deploying_a_service_needs_act_as_on_its_runtime_account(standin):
+    """Through the real client: the runtime account may deploy services that run as the default
+    compute account (deploy/ grants actAs on it), not ones that run as another account."""
+    settings = Settings(project=PROJECT, region=REGION, cloud_run_endpoint=standin.endpoint)
+    services = gcp_clients.run_services(settings)
+    service = services.get_service(name=f"projects/{PROJECT}/locations/{REGION}/services/web")
+    service.template.service_account = f"other@{PROJECT}.iam.gserviceaccount.com"
+    with pytest.raises(exceptions.PermissionDenied, match="iam.serviceAccounts.actAs"):
+        services.update_service(service=service)
+    service.template.service_account = ""
+    service.template.labels = {"version": "1-0-1"}
+    assert services.update_service(service=service).result(30).latest_ready_revision
+
+
+def test_preflight_checks_act_as_on_the_account_builds_run_as(standin):
+    ok = start(standin, "preflight").finished
+    assert ok.outcome.value == "succeeded" and ok.result["act_as_missing"] == []
+    assert any("direct bindings only" in note for note in ok.result["notes"])
+    standin.revoke(f"serviceAccount:{RUNTIME}", "roles/iam.serviceAccountUser", PIPELINE_SA)
+    failed = start(standin, "preflight").finished
+    assert failed.outcome.value == "failed"
+    assert PIPELINE_SA in failed.reason and "iam.serviceAccounts.actAs" in failed.reason

@@ -38,7 +38,7 @@ def standin(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def settings(standin) -> Settings:
-    return Settings(project=PROJECT, iam_endpoint=standin.endpoint)
+    return Settings(project=PROJECT, iam_endpoint=standin.endpoint, cloud_run_endpoint=standin.endpoint)
 
 
 @pytest.fixture(scope="module")

@@ -203,7 +203,7 @@ def test_relctl_rollback_from_registry(standin, settings):
 
     for args, code_wanted, message in (
         (("--to-tag", "v9.9.9-9999999"), 1, f"relctl: error: {REGISTRY}/noesis2:v9.9.9-9999999 is not in the registry"),
-        (("--image", "noesis2"), 2, "relctl: --image goes with --to-tag or --from-registry"),
+        (("--image", "noesis2"), 2, "relctl rollback: error: --image goes with --to-tag or --from-registry"),
     ):
         code, out, err = relctl(settings, "reg-cli", *args)
         assert code == code_wanted and err.startswith(message) and err.count("\n") == 1, err

@@ -61,7 +61,7 @@ class Flow:
             self.store, publisher, build_executors(settings, retry=FAST),
             FakeApprovals(), FakeNotifier(), self.clock, settings,
             EnvironmentLocks(FirestoreAppRecords(self.store.client, settings), publisher, settings),
-            FirestoreDeadLetters(self.store.client, settings), roll_back=lambda service: rollback(settings, service),
+            FirestoreDeadLetters(self.store.client, settings), roll_back=lambda service, to=None: rollback(settings, service, to),
             probes=FakeProbeScheduler(),
         )
         self.executors = self.dispatcher.executors

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 
@@ -78,7 +79,9 @@ def test_local_steps_run_with_env_dir_and_step_outputs(builds, standin, tmp_path
     assert build.status == Status.SUCCESS
     cwd, files = marker.read_text().split(" ", 1)
     assert cwd.endswith("/sample_app") and not cwd.startswith(str(REPO_ROOT))  # a fresh checkout
-    assert files == str(sorted(os.listdir(REPO_ROOT / "sample_app"))[:2])
+    tracked = subprocess.run(["git", "ls-tree", "--name-only", "HEAD", "sample_app/"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert files == str(sorted(name.removeprefix("sample_app/") for name in tracked)[:2])  # no __pycache__
     assert list(build.results.build_step_outputs) == [b"", b"x" * 50 * 1024]  # "the first 50KB"
     assert build.start_time and build.finish_time >= build.start_time
     assert [s.status for s in build.steps] == [Status.SUCCESS, Status.SUCCESS]

@@ -3,6 +3,7 @@ the real client libraries (each rule's documentation is cited where the stand-in
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 
@@ -73,7 +74,7 @@ def wait(builds, build_id: str, timeout_s: float = 30) -> cloudbuild_v1.Build:
     ({"tags": ["x" * 129]}, "invalid build tag"),
 ])
 def test_create_build_refuses_what_cloud_build_refuses(builds, fields, message):
-    with pytest.raises(exceptions.InvalidArgument, match=message.replace("(", r"\(").replace("'", ".")):
+    with pytest.raises(exceptions.InvalidArgument, match=re.escape(message)):
         create(builds, **fields)
 
 

@@ -39,7 +39,7 @@ def make(executor: FakeExecutor | None = None) -> Dispatcher:
     return Dispatcher(store, publisher, {kind: executor for kind in ("build", "job", "deploy", "traffic", "check")},
                       FakeApprovals(), FakeNotifier(), clock, SETTINGS,
                       EnvironmentLocks(InMemoryAppRecords(), publisher, SETTINGS), FakeDeadLetters(),
-                      roll_back=lambda service: {"service": service}, operator_requests=FakeOperatorRequests(),
+                      roll_back=lambda service, to=None: {"service": service, "revision": to}, operator_requests=FakeOperatorRequests(),
                       sleep=ticks.sleep, monotonic=ticks.monotonic)
 
 

@@ -139,3 +139,12 @@ def test_format_report_lists_failures_first():
     assert lines[0] == f"preflight for {SA}: FAILED"
     assert lines[1] == "  MISSING  roles/run.admin"
     assert "roles/owner" in lines[2]
+
+
+def test_report_says_it_sees_direct_bindings_only_and_reads_the_role_table(shipped):
+    granted = {role: [MEMBER] for role in REQUIRED_ROLES if role != "roles/run.developer"}
+    report = evaluate(policy(granted), SA, shipped)
+    assert report.missing == ["roles/run.developer"]  # the seed's list still decides
+    assert any("direct bindings only" in note and "group" in note for note in report.notes)
+    # The role -> permission table the stand-in enforces: run.admin carries what run.developer gives us.
+    assert any(note.startswith("roles/run.developer is missing, but the granted roles carry") for note in report.notes)
