@@ -104,7 +104,8 @@ def _server():
 def run(hosts: dict[str, str] | None = None) -> Report:
     from google.cloud import firestore
 
-    from shared.adapters.executors.http_check import HttpCheckExecutor, RequestsProber
+    from shared.adapters.executors.http_check import HttpCheckExecutor
+    from shared.adapters.http_prober import RequestsProber
     from shared.adapters.firestore_approvals import FirestoreApprovalStore
     from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
     from shared.adapters.firestore_apps import FirestoreAppRecords

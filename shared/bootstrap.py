@@ -135,12 +135,13 @@ def interval_analysis():
 
 @functools.cache
 def probe_service():
-    from shared.adapters.executors.http_check import RequestsProber
+    from shared.adapters.http_prober import RequestsProber
     from shared.app.probing import ProbeService
 
-    # The store is wired on first use: a check's probe (most probes) only GETs and schedules,
-    # so it never pays for importing the Firestore client; a poll reads the pinned pipeline.
-    return ProbeService(_OnFirstUse(store), executors(), publisher(), probe_scheduler(), RequestsProber(),
+    # The store and the executors are wired on first use: a check's probe (most probes) only
+    # GETs and schedules, so it never imports the Firestore client or the executors' API
+    # clients; a poll reads the pinned pipeline and asks its kind's executor.
+    return ProbeService(_OnFirstUse(store), _OnFirstUse(executors), publisher(), probe_scheduler(), RequestsProber(),
                         SystemClock(), settings(), analyse=interval_analysis())
 
 
@@ -152,6 +153,9 @@ class _OnFirstUse:
 
     def __getattr__(self, name: str):
         return getattr(self._factory(), name)
+
+    def __getitem__(self, key):
+        return self._factory()[key]
 
 
 @functools.cache

@@ -17,7 +17,7 @@ from shared.app.config import REPO_ROOT, Settings
 from shared.domain.errors import ExecutorError
 from shared.domain.events import Outcome
 from shared.adapters.executors import RetryPolicy, build_executors, rollback
-from shared.adapters.executors.http_check import RequestsProber
+from shared.adapters.http_prober import RequestsProber
 from shared.app.ports import SystemClock
 from shared.app.probing import ProbeService
 from shared.testing.fakes import FakeClock, FakeProbeScheduler, FakePublisher, FakeStore

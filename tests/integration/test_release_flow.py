@@ -19,7 +19,7 @@ from shared.adapters import gcp_clients
 from shared.app.config import REPO_ROOT, Settings
 from shared.adapters.executors import RetryPolicy, build_executors
 from shared.adapters.executors.run_services import rollback
-from shared.adapters.executors.http_check import RequestsProber
+from shared.adapters.http_prober import RequestsProber
 from shared.app.probing import ProbeService
 from shared.testing.fakes import FakeApprovals, FakeNotifier, FakeProbeScheduler
 from shared.testing.probe_runner import run_due

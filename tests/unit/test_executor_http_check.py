@@ -13,7 +13,8 @@ import pytest
 from shared.domain.commands import StartStage
 from shared.app.config import Settings
 from shared.domain.errors import ExecutorError
-from shared.adapters.executors.http_check import HttpCheckExecutor, RequestsProber
+from shared.adapters.executors.http_check import HttpCheckExecutor
+from shared.adapters.http_prober import RequestsProber
 from shared.app.probing import ProbeService, follow
 from shared.domain.pipeline import parse_pipeline
 from shared.domain.probes import IntervalVerdict, ProbeVerdict

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Mapping
 from shared.app.config import Settings
 from shared.adapters.executors.calls import ApiCaller, RetryPolicy
 from shared.adapters.executors.cloud_build import CloudBuildExecutor
-from shared.adapters.executors.http_check import HttpCheckExecutor, RequestsProber
+from shared.adapters.executors.http_check import HttpCheckExecutor
 from shared.adapters.executors.preflight import PreflightExecutor
 from shared.adapters.executors.registry_rollback import rollback_from_registry, rollback_to_tag
 from shared.adapters.executors.run_jobs import RunJobExecutor
@@ -82,6 +82,6 @@ def build_executors(
 
 __all__ = [
     "ApiCaller", "CloudBuildExecutor", "DeployExecutor", "HttpCheckExecutor", "PreflightExecutor",
-    "RequestsProber", "RetryPolicy", "RunJobExecutor", "TrafficExecutor", "build_executors", "default_clients", "rollback",
+    "RetryPolicy", "RunJobExecutor", "TrafficExecutor", "build_executors", "default_clients", "rollback",
     "rollback_from_registry", "rollback_to_tag",
 ]

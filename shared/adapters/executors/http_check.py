@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import requests
-
 from shared.domain.commands import StartStage
 from shared.app.config import Settings
 from shared.domain.errors import ExecutorError
@@ -23,21 +21,6 @@ from shared.domain.pipeline import DEFAULT_CHECK_WINDOW_S, Pipeline, Stage, pars
 from shared.domain.probes import DEFAULT_PROBE_INTERVAL_S
 from shared.app.ports import StageFinish, StartResult
 from shared.domain.state import StageState
-
-
-class RequestsProber:
-    """HttpProber over requests: one GET, following redirects, latency as requests measured it."""
-
-    def __init__(self, session: Any = None):
-        self.session = session or requests.Session()
-
-    def get(self, url: str, timeout_s: float) -> Mapping[str, Any]:
-        try:
-            response = self.session.get(url, timeout=timeout_s, allow_redirects=True)
-        except requests.RequestException as exc:
-            return {"status": None, "latency_ms": None, "error": type(exc).__name__}
-        return {"status": response.status_code, "latency_ms": round(response.elapsed.total_seconds() * 1000, 1),
-                "error": ""}
 
 
 class HttpCheckExecutor:
