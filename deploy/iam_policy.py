@@ -17,6 +17,7 @@ class Policies:
     project: dict[str, list[str]] = field(default_factory=dict)  # role -> members
     accounts: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # account -> role -> members
     custom_roles: dict[str, list[str]] = field(default_factory=dict)  # role name -> permissions
+    queues: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # Cloud Tasks queue -> role -> members
 
 
 def policies(plan: Plan) -> Policies:
@@ -27,4 +28,6 @@ def policies(plan: Plan) -> Policies:
             result.project.setdefault(binding.role, []).append(binding.member)
         elif binding.scope == "service-account":
             result.accounts.setdefault(binding.target, {}).setdefault(binding.role, []).append(binding.member)
+        elif binding.scope == "tasks-queue":
+            result.queues.setdefault(binding.target, {}).setdefault(binding.role, []).append(binding.member)
     return result

@@ -53,6 +53,24 @@ def drain_dead_letters(cloud_event):
 
 
 @functions_framework.http
+def probe(request):
+    """Cloud Tasks: one scheduled probe of a running stage (poll once, or one round of a check)."""
+    from shared.domain.errors import MalformedEvent
+    from shared.domain.probes import PROBE_SIGNATURE_HEADER, decode_task
+
+    body = request.get_data()
+    try:
+        task = decode_task(body, request.headers.get(PROBE_SIGNATURE_HEADER, ""), bootstrap.probe_keyring())
+    except MalformedEvent as exc:
+        # Acknowledged (2xx), so Cloud Tasks does not retry what can never succeed.
+        task_name = request.headers.get("X-CloudTasks-TaskName", "unnamed")
+        bootstrap.dead_letters().keep(f"probe-{task_name}", str(exc), "probe", body)
+        return _json({"status": "refused", "reason": str(exc)}, 200)
+    # A transient failure raises: the 500 makes Cloud Tasks retry the probe with backoff.
+    return _json({"status": "ok", "done": bootstrap.probe_service().handle(task)}, 200)
+
+
+@functions_framework.http
 def operator(request):
     """Operator actions (replay, chaos, …) for callers with a verified Google ID token on the list."""
     status, body = bootstrap.operator().handle(request.method, request.headers, request.get_data())

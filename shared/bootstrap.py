@@ -88,7 +88,7 @@ def dispatcher():
 
     return Dispatcher(store(), publisher(), executors(), approvals(), notifier(), SystemClock(), settings(), locks,
                       dead_letter_store(), roll_back=lambda service, to=None: rollback(settings(), service, to),
-                      operator_requests=operator_requests())
+                      operator_requests=operator_requests(), probes=probe_scheduler())
 
 
 @functools.cache
@@ -112,6 +112,55 @@ def app_records():
     from shared.adapters.firestore_apps import FirestoreAppRecords
 
     return FirestoreAppRecords(store().client, settings())
+
+
+@functools.cache
+def probe_scheduler():
+    from shared.adapters.cloud_tasks import CloudTasksScheduler
+
+    return CloudTasksScheduler(settings(), keyring=probe_keyring())
+
+
+@functools.cache
+def probe_keyring():
+    from shared.domain.approval_tokens import Keyring
+
+    return Keyring.from_setting(settings().approval_keys)
+
+
+@functools.cache
+def interval_analysis():
+    """The analysis each probe interval of a check calls: (check config, interval) -> verdict.
+
+    The hook where log and metric analysis plugs in; until then the GETs alone decide."""
+    from shared.domain.probes import no_analysis
+
+    return no_analysis
+
+
+@functools.cache
+def probe_service():
+    from shared.adapters.http_prober import RequestsProber
+    from shared.app.probing import ProbeService
+
+    # The store and the executors are wired on first use: a check's probe (most probes) only
+    # GETs and schedules, so it never imports the Firestore client or the executors' API
+    # clients; a poll reads the pinned pipeline and asks its kind's executor.
+    return ProbeService(_OnFirstUse(store), _OnFirstUse(executors), publisher(), probe_scheduler(), RequestsProber(),
+                        SystemClock(), settings(), analyse=interval_analysis())
+
+
+class _OnFirstUse:
+    """Stands in for what ``factory`` builds until an attribute of it is first used."""
+
+    def __init__(self, factory):
+        self._factory = factory
+
+    def __getattr__(self, name: str):
+        return getattr(self._factory(), name)
+
+    def __getitem__(self, key):
+        return self._factory()[key]
 
 
 @functools.cache
@@ -150,7 +199,7 @@ def operator():
 def push_service():
     from shared.app.push import PushService
 
-    return PushService(store(), publisher(), pipeline(), SystemClock(), settings())
+    return PushService(store(), publisher(), pipeline(), SystemClock(), settings(), apps=app_records())
 
 
 def release_notes(release_id: str) -> str:

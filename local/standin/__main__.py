@@ -52,6 +52,8 @@ def load_config(path: Path) -> tuple[StandInConfig, dict[str, Any]]:
         builds_topic=raw.get("builds_topic", "cloud-builds"),
         log_dir=resolve(raw.get("log_dir", "standin-logs")),
         port=int(raw.get("port", 0)),
+        task_queues=tuple(raw.get("task_queues", ())),
+        task_dispatch_delay_s=float(raw.get("task_dispatch_delay_s", 0.0)),
         project_number=str(raw.get("project_number", "123456789012")),
         key_dir=resolve(raw.get("key_dir", "standin-keys")),
     )
@@ -102,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         seed(standin, raw)  # as the project's owner, before IAM is enforced
         if raw.get("enforce_iam"):
-            standin.enforce_iam(raw.get("iam_account_bindings") or {}, raw.get("custom_roles") or {})
+            standin.enforce_iam(raw.get("iam_account_bindings") or {}, raw.get("custom_roles") or {},
+                                raw.get("iam_queue_bindings") or {})
         print(f"STANDIN_READY {standin.endpoint}", flush=True)
         stopping.wait()
     finally:

@@ -36,6 +36,10 @@ class StandInConfig:
     port: int = 0  # 0 = any free loopback port
     # How long a served revision may take to answer before it is served anyway.
     revision_ready_timeout_s: float = 10.0
+    # Cloud Tasks queues (full names) that exist from the start, and how long after its
+    # schedule time a task is dispatched (GCP's dispatch latency, for benchmarks).
+    task_queues: tuple[str, ...] = ()
+    task_dispatch_delay_s: float = 0.0
     # Service account keys the stand-in (as IAM) knows; build steps get their account's key.
     key_dir: Path = Path("test-output/standin-keys")
 

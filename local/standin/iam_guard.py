@@ -38,6 +38,11 @@ PERMISSIONS: Mapping[str, Callable[[Any], str] | str] = {
     "GetIamPolicy": "resourcemanager.projects.getIamPolicy", "SetIamPolicy": "resourcemanager.projects.setIamPolicy",
     "ListDockerImages": "artifactregistry.dockerimages.list", "GetDockerImage": "artifactregistry.dockerimages.get",
     "ListTags": "artifactregistry.tags.list", "GetTag": "artifactregistry.tags.get",
+    # https://cloud.google.com/tasks/docs/reference-access-control: "cloudtasks.tasks.create: Create tasks";
+    # a task with an OIDC token also needs actAs on that token's account ("... must have the
+    # iam.serviceAccounts.actAs permission on the service account", Cloud Tasks: create HTTP target tasks).
+    "CreateTask": "cloudtasks.tasks.create", "GetTask": "cloudtasks.tasks.get", "DeleteTask": "cloudtasks.tasks.delete",
+    "CreateQueue": "cloudtasks.queues.create", "GetQueue": "cloudtasks.queues.get",
 }
 # Need only a valid caller: polling operations; testing one's own permissions on an account.
 OPERATIONS = {"GetOperation", "ListOperations", "DeleteOperation", "TestIamPermissions"}
@@ -52,13 +57,16 @@ class IamGuard:
         self._project_roles = project_roles  # member -> roles it holds on the project
         self._account_bindings: dict[str, dict[str, list[str]]] = {}  # account -> role -> members
         self._custom: dict[str, list[str]] = {}
+        self._queue_bindings: dict[str, dict[str, list[str]]] = {}  # queue id -> role -> members
         self._enforcing = False
         self._lock = threading.Lock()
         self._local = threading.local()  # the caller of the call this server thread serves
 
     def enforce(self, account_bindings: Mapping[str, Mapping[str, list[str]]] | None = None,
-                custom_roles: Mapping[str, list[str]] | None = None) -> None:
+                custom_roles: Mapping[str, list[str]] | None = None,
+                queue_bindings: Mapping[str, Mapping[str, list[str]]] | None = None) -> None:
         with self._lock:
+            self._queue_bindings = {q: {r: list(m) for r, m in b.items()} for q, b in (queue_bindings or {}).items()}
             self._account_bindings = {a: {r: list(m) for r, m in b.items()} for a, b in (account_bindings or {}).items()}
             self._custom = {r: list(p) for r, p in (custom_roles or {}).items()}
             self._enforcing = True
@@ -90,8 +98,9 @@ class IamGuard:
             raise ApiError(grpc.StatusCode.PERMISSION_DENIED, f"stand-in: no permission known for {method}")
         permission = rule(request) if callable(rule) else rule
         member = f"serviceAccount:{caller}"
-        if not self.holds(member, permission):
-            raise denied(permission, f"projects/{self._project}")
+        queue = _queue_of(method, request)
+        if not (self.holds(member, permission) or (queue and self.holds_on_queue(member, permission, queue))):
+            raise denied(permission, f"projects/{self._project}" + (f"/locations/-/queues/{queue}" if queue else ""))
         account = self.runs_as(method, request)
         if account and not self.holds(member, ACT_AS, account):
             raise denied(ACT_AS, f"projects/-/serviceAccounts/{account}")
@@ -104,8 +113,17 @@ class IamGuard:
         return grants(self._project_roles(member), permission, custom) or (
             bool(account) and grants(on_account, permission, custom))
 
+    def holds_on_queue(self, member: str, permission: str, queue: str) -> bool:
+        """A grant on the Cloud Tasks queue itself (deploy/ binds the enqueuer role there only)."""
+        with self._lock:
+            roles = [r for r, ms in self._queue_bindings.get(queue, {}).items() if member in ms]
+            custom = dict(self._custom)
+        return grants(roles, permission, custom)
+
     def runs_as(self, method: str, request: Any) -> str:
         """The account the created resource will run as, when the call starts one."""
+        if method == "CreateTask":  # the task's OIDC token is minted as this account
+            return request.task.http_request.oidc_token.service_account_email
         if method == "CreateBuild":
             named = request.build.service_account
             return named.rsplit("/", 1)[-1] if named else default_compute_account(self._project_number)
@@ -114,6 +132,15 @@ class IamGuard:
         if method in ("CreateJob", "UpdateJob"):
             return request.job.template.template.service_account or default_compute_account(self._project_number)
         return ""
+
+
+def _queue_of(method: str, request: Any) -> str:
+    """The queue id a Cloud Tasks call is about ('' for other calls)."""
+    if method in ("CreateTask",):
+        return request.parent.rsplit("/queues/", 1)[-1] if "/queues/" in request.parent else ""
+    if method in ("GetTask", "DeleteTask"):
+        return request.name.split("/queues/", 1)[-1].split("/", 1)[0] if "/queues/" in request.name else ""
+    return ""
 
 
 def denied(permission: str, resource: str) -> ApiError:

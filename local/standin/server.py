@@ -1,5 +1,6 @@
 """StandIn: one loopback gRPC server playing Cloud Build, Cloud Run v2, Resource Manager IAM,
-IAM's testIamPermissions on service accounts and the docker part of Artifact Registry.
+IAM's testIamPermissions on service accounts, the docker part of Artifact Registry and Cloud Tasks
+(HTTP tasks).
 
 The real client libraries talk to it through shared/adapters/gcp_clients.py when an endpoint
 setting points here. Tests steer it in-process (set_outcome, fail_next,
@@ -25,6 +26,7 @@ from local.standin.jobs import JobsService
 from local.standin.notifications import BuildNotifier
 from local.standin.processes import Supervisor
 from local.standin.services import ServicesService
+from local.standin.tasks import CloudTasksService
 
 __all__ = ["StandIn", "StandInConfig"]
 OPERATIONS = "google.longrunning.Operations"
@@ -44,6 +46,9 @@ class StandIn:
         self._jobs = JobsService(config, self._operations, self._outcomes, self._supervisor)
         self._services = ServicesService(config, self._operations, self._outcomes, self._supervisor)
         self._iam = ProjectsIamService()
+        self._tasks = CloudTasksService(config.task_dispatch_delay_s)
+        for queue in config.task_queues:
+            self._tasks.add_queue(queue)
         self.guard = IamGuard(KeyRing(config.key_dir), config.project, config.project_number, self._iam.roles_of)
         self._builds.guard = self.guard
         self._server: grpc.Server | None = None
@@ -54,7 +59,7 @@ class StandIn:
         self.config.log_dir.mkdir(parents=True, exist_ok=True)
         self._notifier.start()
         registry = Registry(self._faults, guard=self.guard.check)
-        for service in (self._builds, self._jobs, self._services, self._iam, self._artifacts,
+        for service in (self._builds, self._jobs, self._services, self._iam, self._artifacts, self._tasks,
                         IamAdminService(self.guard)):
             service.register(registry)
         registry.add(OPERATIONS, "GetOperation", self._get_operation, operations_pb2.GetOperationRequest,
@@ -80,6 +85,7 @@ class StandIn:
         if self._server is not None:
             self._server.stop(grace=1).wait(5)
             self._server = None
+        self._tasks.stop()
         self._builds.shutdown()
         self._jobs.shutdown()
         self._supervisor.stop_all()
@@ -107,11 +113,12 @@ class StandIn:
         self._iam.set_bindings(bindings)
 
     def enforce_iam(self, account_bindings: dict[str, dict[str, list[str]]] | None = None,
-                    custom_roles: dict[str, list[str]] | None = None) -> None:
+                    custom_roles: dict[str, list[str]] | None = None,
+                    queue_bindings: dict[str, dict[str, list[str]]] | None = None) -> None:
         """From now on every call needs a valid token and the permission, against the project
         policy (set_iam_policy), ``account_bindings`` (account -> role -> members, e.g. who may
         act as it) and ``custom_roles`` (role name -> permissions)."""
-        self.guard.enforce(account_bindings, custom_roles)
+        self.guard.enforce(account_bindings, custom_roles, queue_bindings)
 
     def revoke(self, member: str, role: str, account: str = "") -> None:
         """Remove ``role`` from ``member`` on the project, or on ``account`` when given."""
@@ -133,7 +140,16 @@ class StandIn:
         """Wait until every queued build notification reached the Pub/Sub emulator."""
         self._notifier.flush(timeout_s)
 
+    def add_task_queue(self, name: str) -> None:
+        """Create the Cloud Tasks queue ``projects/P/locations/L/queues/Q`` (as deploy/ does)."""
+        self._tasks.add_queue(name)
+
     # -- recorded state ----------------------------------------------------------------
+    @property
+    def dispatched_tasks(self) -> list:
+        """Every Cloud Tasks dispatch: {name, scheduled, dispatched, status, attempt}, in order."""
+        return list(self._tasks.dispatched)
+
     @property
     def builds(self) -> list:
         """Every build created, oldest first (cloudbuild_v1.Build copies)."""

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import base64
+from datetime import datetime, timezone
 from typing import Any
 
 from shared.domain.dead_letters import MAX_KEPT_BYTES, DeadLetter
 from shared.adapters.firestore_store import doc_id
 from shared.app.config import Settings
+from shared.domain.wake import RECORD_RETENTION_S
 
 
 class FirestoreDeadLetters:
@@ -39,7 +41,9 @@ class FirestoreDeadLetters:
 def _to_document(letter: DeadLetter) -> dict[str, Any]:
     return {"id": letter.id, "reason": letter.reason, "source": letter.source, "received_at": letter.received_at,
             "data": base64.b64encode(letter.data[:MAX_KEPT_BYTES]).decode(), "attributes": dict(letter.attributes),
-            "redriven_as": letter.redriven_as, "redriven_at": letter.redriven_at}
+            "redriven_as": letter.redriven_as, "redriven_at": letter.redriven_at,
+            # a timestamp, the only type a TTL policy reads (deploy/firestore.py)
+            "expire_at": datetime.fromtimestamp(letter.received_at + RECORD_RETENTION_S, timezone.utc)}
 
 
 def _from_document(doc: dict[str, Any]) -> DeadLetter:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from shared.app.config import Settings
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from google.cloud import artifactregistry_v1, resourcemanager_v3, run_v2
+    from google.cloud import artifactregistry_v1, resourcemanager_v3, run_v2, tasks_v2
     from google.cloud.devtools import cloudbuild_v1
 
 
@@ -115,3 +115,10 @@ def artifact_registry(settings: Settings) -> "artifactregistry_v1.ArtifactRegist
 
     return _build(artifactregistry_v1.ArtifactRegistryClient, ArtifactRegistryGrpcTransport,
                   settings.artifact_registry_endpoint)
+
+
+def cloud_tasks(settings: Settings) -> "tasks_v2.CloudTasksClient":
+    from google.cloud import tasks_v2
+    from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
+
+    return _build(tasks_v2.CloudTasksClient, CloudTasksGrpcTransport, settings.cloud_tasks_endpoint)

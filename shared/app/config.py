@@ -33,6 +33,12 @@ class Settings:
     cloud_run_endpoint: str = ""
     iam_endpoint: str = ""
     artifact_registry_endpoint: str = ""
+    cloud_tasks_endpoint: str = ""
+    # Probes of running stages (shared/app/probing.py) travel as Cloud Tasks on this queue
+    # to the probe function's URL, with an OIDC token of this service account on GCP.
+    probe_queue: str = "release-probes"
+    probe_url: str = ""
+    probe_service_account: str = ""
     artifact_registry: str = ""  # e.g. europe-west3-docker.pkg.dev/PROJECT/noesis2
     pipeline_service_account: str = ""  # builds run as it and the preflight checks it (deploy/ creates it)
     # Cloud Build's region; empty means ``region``. Some projects may run builds in a few regions only.

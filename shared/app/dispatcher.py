@@ -46,7 +46,7 @@ from shared.domain.events import (
 )
 from shared.domain.gate import Decision, GateOutcome, decide
 from shared.app.locks import EnvironmentLocks
-from shared.domain.pipeline import Pipeline, StageKind, check_duration_s
+from shared.domain.pipeline import Pipeline
 from shared.app.operator import OPERATOR_EVENTS, unconfirmed_request
 from shared.app.stage_medians import record_durations
 from shared.app.ports import (
@@ -56,10 +56,14 @@ from shared.app.ports import (
     EventPublisher,
     Notifier,
     OperatorRequestLog,
+    ProbeScheduler,
     ReleaseStore,
     StageExecutor,
 )
+from shared.app.probing import follow
 from shared.domain.dead_letters import DeadLetter
+from shared.domain.probes import CHECK_KIND
+from shared.domain.wake import next_wake
 from shared.domain.state import ReleaseState
 from shared.domain.wire import decode_event, encode
 
@@ -86,6 +90,10 @@ class Dispatcher:
     operator_requests: OperatorRequestLog | None = None
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
+    # Schedules the probes that follow a started job, rollout, traffic change or check
+    # (shared/app/probing.py). Without one, only the sweeper's tick notices completions
+    # and a check cannot run at all.
+    probes: ProbeScheduler | None = None
 
     # -- entry ----------------------------------------------------------------
     def handle_message(self, event_id: str, attributes: Mapping[str, str], data: bytes) -> Decision:
@@ -133,6 +141,7 @@ class Dispatcher:
                         "lease_until": now + self._lease_s(pipeline, decision.commands),
                     }
                 )
+                new.wake_at = next_wake(new, now, new.outbox)  # the sweeper recovers a batch whose handler died
             try:
                 token = self.store.update(new, token)
             except StaleWrite:
@@ -209,14 +218,9 @@ class Dispatcher:
         return handles
 
     def _lease_s(self, pipeline: Pipeline, commands: tuple[Command, ...]) -> float:
-        """How long a batch's handler may take before another one takes it over: HTTP checks
-        run inside the handler, so their window and bake time are added."""
-        lease = float(self.settings.outbox_lease_s)
-        for command in commands:
-            if isinstance(command, StartStage) and command.kind == StageKind.CHECK.value:
-                stage = pipeline.stage(command.stage)
-                lease = max(lease, check_duration_s(stage.params, stage.label) + self.settings.outbox_lease_s)
-        return lease
+        """How long a batch's handler may take before another one takes it over. Every
+        command is a short call now: checks run as scheduled probes, not in the handler."""
+        return float(self.settings.outbox_lease_s)
 
     def _roll_back(self, command: RollBack) -> dict[str, Any]:
         try:
@@ -246,7 +250,19 @@ class Dispatcher:
             # Published before the batch is removed: a crash in between repeats the
             # start (idempotent) and the finish (a second one is stale), losing nothing.
             self._publish_finish(command, finish.outcome, finish.reason, dict(finish.result))
+        elif "start_error" not in handle:
+            self._follow(pipeline, command, handle)
         return {"stage_run_id": command.stage_run_id, **handle}
+
+    def _follow(self, pipeline: Pipeline, command: StartStage, handle: Mapping[str, Any]) -> None:
+        """Schedule the first probe (idempotent by task id, like the start before it)."""
+        if self.probes is None:
+            if command.kind == CHECK_KIND:
+                self._publish_finish(command, Outcome.FAILED, "no probe scheduler is configured to run checks", {})
+            return
+        follow(self.probes, release_id=command.release_id, stage=command.stage, stage_run_id=command.stage_run_id,
+               kind=command.kind, pipeline_digest=pipeline.digest, timeout_s=pipeline.stage(command.stage).timeout_s,
+               handle=handle, now=self.clock.now())
 
     def _publish_finish(self, command: StartStage, outcome: Outcome, reason: str, result: dict) -> None:
         self.publisher.publish(self.settings.events_topic, StageFinished(
@@ -265,8 +281,9 @@ class Dispatcher:
                     return
                 state, token = got
             # Only what changed is sent: encoding the whole document is most of the CPU.
-            fields: dict[tuple[str, ...], Any] = {
-                ("outbox",): [b for b in state.outbox if b["event_id"] != batch_id]}
+            outbox = [b for b in state.outbox if b["event_id"] != batch_id]
+            fields: dict[tuple[str, ...], Any] = {("outbox",): outbox,
+                                                  ("wake_at",): next_wake(state, self.clock.now(), outbox)}
             for stage_id, handle in handles.items():
                 st = state.stages.get(stage_id)
                 if st is not None and st.stage_run_id == handle["stage_run_id"]:

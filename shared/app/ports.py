@@ -15,6 +15,7 @@ from shared.domain.dead_letters import DeadLetter
 from shared.domain.commands import Notify, RequestApproval, StartStage
 from shared.domain.events import ApprovalDecided, Outcome
 from shared.domain.pipeline import Pipeline, Stage
+from shared.domain.probes import ProbeTask
 from shared.domain.state import ReleaseState, StageState
 from shared.domain.wire import Message
 
@@ -45,11 +46,9 @@ class ReleaseStore(Protocol):
     def list_releases(self, limit: int = 50) -> list[ReleaseState]:
         """Newest first."""
 
-    def list_active(self, limit: int = 500) -> list[ReleaseState]:
-        """Releases that are running, queued or awaiting approval (what the sweeper looks at)."""
-
-    def released_versions(self, repo: str) -> list[str]:
-        """Versions of the repository's releases that succeeded."""
+    def list_due(self, now: float, limit: int, after: Any = None) -> tuple[list[tuple[ReleaseState, Any]], Any]:
+        """Releases with ``wake_at <= now``, earliest first, with their version tokens; and the
+        cursor of the next page (None when this was the last)."""
 
     def save_pipeline(self, pipeline: Pipeline) -> None:
         """Pin a definition by digest so running releases keep the one they started with."""
@@ -112,6 +111,17 @@ class Notifier(Protocol):
         """Tell people about a failure, a needed approval or a finished release."""
 
 
+class ProbeScheduler(Protocol):
+    def schedule(self, task: ProbeTask, at: float) -> bool:
+        """Have the probe function called with ``task`` at ``at`` (epoch seconds), once.
+
+        Idempotent by ``task.task_id``: False when that task exists already (a repeated
+        start or a redelivered probe), which is not an error."""
+
+
+class HttpProber(Protocol):
+    def get(self, url: str, timeout_s: float) -> Mapping[str, Any]:
+        """One GET: {"status": int | None, "latency_ms": float | None, "error": str}."""
 class TokenVerifier(Protocol):
     def verify(self, token: str) -> Mapping[str, Any]:
         """The claims of a valid ID token (signature, audience, expiry, issuer checked).

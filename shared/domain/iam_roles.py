@@ -66,6 +66,9 @@ ROLE_PERMISSIONS: Mapping[str, frozenset[str]] = {
     #  allow policies on them." (the preflight could use it; deploy/ grants a narrower custom role)
     "roles/iam.securityReviewer": frozenset({
         "resourcemanager.projects.getIamPolicy", "secretmanager.secrets.getIamPolicy"}),
+    # https://cloud.google.com/iam/docs/roles-permissions/cloudtasks#cloudtasks.enqueuer
+    # "Cloud Tasks Enqueuer (roles/cloudtasks.enqueuer): Access to create tasks."
+    "roles/cloudtasks.enqueuer": frozenset({"cloudtasks.tasks.create"}),
     # https://cloud.google.com/iam/docs/roles-permissions/basic: "Owner (roles/owner)" holds every permission.
 }
 OWNER = "roles/owner"

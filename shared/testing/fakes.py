@@ -116,12 +116,16 @@ class FakeStore:
             states = [ReleaseState.from_dict(copy.deepcopy(d)) for d, _ in self._docs.values()]
         return sorted(states, key=lambda s: s.created_at, reverse=True)[:limit]
 
-    def list_active(self, limit: int = 500) -> list[ReleaseState]:
-        active = ("running", "queued", "awaiting_approval")
-        return [s for s in self.list_releases(limit=10**6) if s.status.value in active][:limit]
-
-    def released_versions(self, repo: str) -> list[str]:
-        return [s.version for s in self.list_releases(limit=10**6) if s.repo == repo and s.status.value == "succeeded"]
+    def list_due(self, now: float, limit: int, after: Any = None):
+        with self._lock:
+            due = sorted(((d["wake_at"], rid, v) for rid, (d, v) in self._docs.items()
+                          if d.get("wake_at") is not None and d["wake_at"] <= now))
+            if after is not None:
+                due = [x for x in due if (x[0], x[1]) > after]
+            page = due[:limit]
+            self.reads += max(1, len(page))  # as Firestore bills a query: per document, at least one
+            states = [(ReleaseState.from_dict(copy.deepcopy(self._docs[rid][0])), v) for _, rid, v in page]
+        return states, ((page[-1][0], page[-1][1]) if len(page) == limit else None)
 
     def save_pipeline(self, pipeline: Pipeline) -> None:
         self._pipelines[pipeline.digest] = json.dumps(stored_pipeline(pipeline))
@@ -263,6 +267,36 @@ class FakeNotifier:
 
     def notify(self, release: ReleaseState, notice: Notify) -> None:
         self.notices.append(notice)
+
+
+class FakeProbeScheduler:
+    """Keeps scheduled probes in memory; refuses a task id twice, as Cloud Tasks does.
+
+    Tests (and in-process benchmarks) run what is due with ``take_due``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.pending: dict[str, tuple[float, Any]] = {}
+        self.seen: set[str] = set()
+        self.scheduled = 0
+
+    def schedule(self, task, at: float) -> bool:
+        with self._lock:
+            if task.task_id in self.seen:
+                return False
+            self.seen.add(task.task_id)
+            self.pending[task.task_id] = (at, task)
+            self.scheduled += 1
+            return True
+
+    def next_at(self) -> float | None:
+        with self._lock:
+            return min((at for at, _ in self.pending.values()), default=None)
+
+    def take_due(self, now: float) -> list:
+        with self._lock:
+            due = sorted((at, tid) for tid, (at, _) in self.pending.items() if at <= now)
+            return [self.pending.pop(tid)[1] for _, tid in due]
 
 
 class FakeOperatorRequests:

@@ -16,6 +16,7 @@ from cloudevents.http import CloudEvent
 from functions_framework import create_app
 from google.cloud import pubsub_v1
 
+from shared.domain.wake import next_wake
 from shared import bootstrap
 from shared.domain.events import StageFinished, Outcome, Tick
 from shared.domain.wire import encode
@@ -114,6 +115,7 @@ def test_what_pubsub_gave_up_on_is_drained_and_can_be_re_driven(env):
 def test_sweep_ticks_a_release_whose_approval_is_overdue(env):
     state, _ = waiting_release("d" * 40)
     state.stages["approval"].deadline = time.time() - 10
+    state.wake_at = next_wake(state, time.time())  # as the gate sets it on every write
     bootstrap.store().save_pipeline(PIPELINE)
     assert bootstrap.store().create(state)
     headers, body = to_structured(CloudEvent({"id": "tick", "source": "//pubsub.googleapis.com/projects/p/topics/tick",

@@ -96,13 +96,16 @@ def test_release_update_is_conditional_on_the_token_it_read(releases):
         releases.update_fields(state.release_id, {("outbox",): []}, new_token)
 
 
-def test_release_lists_newest_first_and_active_ones(releases):
+def test_release_lists_newest_first_and_due_ones(releases):
     old, new = release("c" * 40, T0), release("d" * 40, T0 + 5)
     old.status, new.status = ReleaseStatus.SUCCEEDED, ReleaseStatus.RUNNING
+    old.wake_at, new.wake_at = None, T0 + 95  # as the gate sets them (shared/domain/wake.py)
     for state in (old, new):
         releases.create(state)
     assert [s.release_id for s in releases.list_releases(limit=2)] == [new.release_id, old.release_id]
-    assert [s.release_id for s in releases.list_active()] == [new.release_id]
+    assert releases.list_due(T0 + 94, 10) == ([], None)
+    due, cursor = releases.list_due(T0 + 95, 10)
+    assert [s.release_id for s, _ in due] == [new.release_id] and cursor is None
 
 
 def test_pipelines_are_pinned_by_digest(releases):
