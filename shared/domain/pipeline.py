@@ -143,6 +143,8 @@ def _stage(raw: Any, position: int) -> Stage:
     problem = schema.duration(schema.timeout_limit_s(kind.value))(raw["timeout"])
     if problem:
         raise Invalid(path + ("timeout",), f"{where}timeout: {problem}")
+    if kind is StageKind.CHECK and params.get("analysis") is not None:
+        _check_analysis(params, path + ("params",), where)
     if kind is StageKind.CHECK:
         # Checks run inside the dispatcher, whose invocation may last 540 s at most.
         inline = check_duration_s(params, where)
@@ -160,6 +162,20 @@ def _stage(raw: Any, position: int) -> Stage:
         optional=bool(raw.get("optional", False)),
         params=_freeze(params),
     )
+
+
+def _check_analysis(params: Mapping[str, Any], path: schema.Path, where: str) -> None:
+    """The QA checklist of a check stage: its fields, and the rules that join them."""
+    analysis = params["analysis"]
+    schema.check_fields(analysis, schema.ANALYSIS_FIELDS, path + ("analysis",), where, prefix="params.analysis.")
+    if not params.get("service"):
+        raise Invalid(path + ("analysis",), f"{where}params.analysis: needs params.service, whose revisions it judges")
+    window = schema.duration_s(analysis.get("window", 300)) or 0
+    interval = schema.duration_s(analysis.get("interval", 60)) or 0
+    if interval > window:
+        raise Invalid(path + ("analysis", "interval"),
+                      f"{where}params.analysis.interval: {interval}s is longer than the window of {window}s;"
+                      " telemetry between two looks would never be judged")
 
 
 def parse_pipeline(document: Any) -> Pipeline:
