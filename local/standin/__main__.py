@@ -48,6 +48,7 @@ def load_config(path: Path) -> tuple[StandInConfig, dict[str, Any]]:
         builds_topic=raw.get("builds_topic", "cloud-builds"),
         log_dir=resolve(raw.get("log_dir", "standin-logs")),
         port=int(raw.get("port", 0)),
+        **{key: float(raw[key]) for key in ("metric_sample_s", "metric_delay_s", "log_delay_s") if key in raw},
     )
     return config, raw
 

@@ -33,6 +33,8 @@ class Settings:
     cloud_run_endpoint: str = ""
     iam_endpoint: str = ""
     artifact_registry_endpoint: str = ""
+    logging_endpoint: str = ""  # Cloud Logging (canary analysis: the revision's logs)
+    monitoring_endpoint: str = ""  # Cloud Monitoring (canary analysis: request count and latencies)
     artifact_registry: str = ""  # e.g. europe-west3-docker.pkg.dev/PROJECT/noesis2
     pipeline_service_account: str = ""  # the account the preflight checks (deploy/ creates it)
     approval_base_url: str = "http://127.0.0.1:8083"

@@ -1,0 +1,177 @@
+"""Canary analysis against the stand-in through the real Monitoring and Logging clients.
+
+Two revisions of the sample app run as processes behind the stand-in's routers; seeded
+traffic (exact request counts per revision, faults every n-th request) goes through the
+routers, which record what Cloud Run's metrics would count; the sample app writes its
+structured logs. The telemetry adapter reads them back through google-cloud-monitoring and
+google-cloud-logging, and diagnose() judges. The stand-in's metric timing is shortened on
+purpose here (1 s samples, 1 s ingestion delay; Google's are 60 s and 180 s).
+"""
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+
+import pytest
+from google.api_core import exceptions
+from google.cloud import monitoring_v3, run_v2
+from google.cloud.logging_v2.types import ListLogEntriesRequest
+
+from local.standin.server import StandIn, StandInConfig
+from shared.adapters import gcp_clients
+from shared.adapters.telemetry import AnalysisTarget, CloudTelemetry
+from shared.app.config import REPO_ROOT, Settings
+from shared.domain.analysis import Criteria, Outcome, diagnose
+
+PROJECT, REGION = "local-project", "europe-west3"
+PARENT = f"projects/{PROJECT}/locations/{REGION}"
+REVISION = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
+SAMPLE_S, DELAY_S = 1.0, 1.0
+CRITERIA = Criteria(window_s=120, min_requests=50, max_5xx_ratio=0.01, p95_limit_ms=1000, max_latency_ratio=1.5)
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory):
+    cfg = StandInConfig(project=PROJECT, region=REGION, workspace=REPO_ROOT, local_images=frozenset({"local"}),
+                        log_dir=tmp_path_factory.mktemp("standin-analysis"),
+                        metric_sample_s=SAMPLE_S, metric_delay_s=DELAY_S, log_delay_s=0.2)
+    with StandIn(cfg) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def settings(standin) -> Settings:
+    return Settings(project=PROJECT, region=REGION, cloud_run_endpoint=standin.endpoint,
+                    logging_endpoint=standin.endpoint, monitoring_endpoint=standin.endpoint)
+
+
+@pytest.fixture(scope="module")
+def telemetry(settings) -> CloudTelemetry:
+    return CloudTelemetry(PROJECT, gcp_clients.monitoring_metrics(settings), gcp_clients.logging_entries(settings))
+
+
+def template(revision: str, faults: str) -> run_v2.RevisionTemplate:
+    env = [run_v2.EnvVar(name="WORK_MS", value="30"), run_v2.EnvVar(name="CANARY_FAULTS", value=faults)]
+    return run_v2.RevisionTemplate(revision=revision, containers=[run_v2.Container(image="local", env=env)])
+
+
+def deploy(settings, name: str, stable_faults: str = "", canary_faults: str = "") -> dict[str, str]:
+    """A service whose stable revision holds 90 % and whose canary holds 10 %, both tagged."""
+    services = gcp_clients.run_services(settings)
+    stable, canary = f"{name}-00001-stb", f"{name}-00002-cny"
+    created = services.create_service(parent=PARENT, service=run_v2.Service(template=template(stable, stable_faults)),
+                                      service_id=name).result(timeout=30)
+    created.template = template(canary, canary_faults)
+    created.traffic = [run_v2.TrafficTarget(type_=REVISION, revision=stable, percent=90, tag="stable"),
+                       run_v2.TrafficTarget(type_=REVISION, revision=canary, percent=10, tag="canary")]
+    updated = services.update_service(service=created).result(timeout=30)
+    urls = {s.tag: s.uri for s in updated.traffic_statuses}
+    return {"stable": stable, "canary": canary, "stable_url": urls["stable"], "canary_url": urls["canary"]}
+
+
+def send(url: str, count: int) -> list[int]:
+    def one(_: int) -> int:
+        try:
+            with urllib.request.urlopen(url + "/", timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def judge(telemetry, rig, start: datetime, criteria: Criteria = CRITERIA, stable: bool = True):
+    # Wait until the last sample that holds our traffic has closed and been ingested.
+    time.sleep(SAMPLE_S + DELAY_S + 0.3)
+    end = datetime.now(timezone.utc)
+    target = AnalysisTarget(rig["service"], rig["canary"], rig["stable"] if stable else None)
+    measurements = telemetry.measure(criteria, target, start, end)
+    return diagnose(criteria, measurements), measurements
+
+
+def seeded(settings, name: str, canary_n: int = 100, stable_n: int = 300, **faults: str):
+    rig = deploy(settings, name, **faults) | {"service": name}
+    start = datetime.now(timezone.utc)
+    send(rig["stable_url"], stable_n)
+    send(rig["canary_url"], canary_n)
+    return rig, start
+
+
+def test_a_clean_canary_passes(settings, telemetry):
+    rig, start = seeded(settings, "clean")
+    verdict, m = judge(telemetry, rig, start)
+    assert verdict.outcome is Outcome.PASSED, verdict.reason
+    assert (m.canary.requests, m.canary.errors_5xx, m.stable.requests) == (100, 0, 300)
+    assert len(m.canary.raw_latencies_ms) == 100 and min(m.canary.raw_latencies_ms) >= 30
+    assert m.canary.latency is not None and sum(m.canary.latency.counts) == 100
+
+
+def test_five_percent_5xx_fails(settings, telemetry):
+    rig, start = seeded(settings, "fivexx", canary_faults="5xx=0.05")
+    verdict, m = judge(telemetry, rig, start)
+    assert (m.canary.requests, m.canary.errors_5xx) == (100, 5)
+    assert verdict.outcome is Outcome.FAILED and "5.0 % (5 of 100)" in verdict.reason, verdict.reason
+    assert {f.check for f in verdict.findings if f.outcome is Outcome.FAILED} == {"error_ratio"}
+
+
+def test_a_three_times_slower_canary_fails(settings, telemetry):
+    rig, start = seeded(settings, "slow", canary_faults="slow=3")
+    verdict, m = judge(telemetry, rig, start)
+    assert verdict.outcome is Outcome.FAILED, verdict.reason
+    assert {f.check for f in verdict.findings if f.outcome is Outcome.FAILED} == {"latency"}
+    assert "Mann-Whitney" in verdict.reason and verdict.evidence["canary"]["p95_ms"] >= 90
+
+
+def test_error_logs_fail(settings, telemetry):
+    rig, start = seeded(settings, "logs", canary_faults="error_logs=0.05")
+    verdict, m = judge(telemetry, rig, start)
+    assert verdict.outcome is Outcome.FAILED, verdict.reason
+    assert {f.check for f in verdict.findings if f.outcome is Outcome.FAILED} == {"logs"}
+    assert verdict.evidence["error_logs"] == 5
+    assert verdict.evidence["log_lines"][0]["text"].startswith("Traceback")
+    assert verdict.evidence["log_lines"][0]["severity"] == "ERROR"
+
+
+def test_a_bad_stable_and_a_good_canary_passes(settings, telemetry):
+    rig, start = seeded(settings, "badstable", stable_faults="5xx=0.1,error_logs=0.1,slow=3")
+    verdict, m = judge(telemetry, rig, start)
+    assert verdict.outcome is Outcome.PASSED, verdict.reason
+    assert m.stable.errors_5xx == 30 and m.canary.errors_5xx == 0
+    assert m.canary_logs == ()  # the stable revision's tracebacks are not the canary's
+
+
+def test_too_little_traffic_is_inconclusive(settings, telemetry):
+    rig, start = seeded(settings, "quiet", canary_n=12)
+    verdict, m = judge(telemetry, rig, start)
+    assert verdict.outcome is Outcome.INCONCLUSIVE and "had 12 requests" in verdict.reason, verdict.reason
+
+
+def test_staging_is_judged_by_absolute_limits(settings, telemetry):
+    rig, start = seeded(settings, "staging", canary_faults="5xx=0.1")
+    verdict, m = judge(telemetry, rig, start, stable=False)
+    assert m.stable is None and verdict.outcome is Outcome.FAILED and "above the 1 % limit" in verdict.reason
+
+
+def test_metrics_are_not_readable_before_the_ingestion_delay(settings, telemetry):
+    rig, start = seeded(settings, "fresh", canary_n=60, stable_n=0)
+    m = telemetry.measure(CRITERIA, AnalysisTarget("fresh", rig["canary"], None), start, datetime.now(timezone.utc))
+    assert m.canary.requests == 0  # the sample holding them has not been ingested yet
+    assert len(m.canary.raw_latencies_ms) <= 60  # request logs arrive within the log delay
+
+
+def test_the_apis_refuse_what_google_refuses(settings):
+    metrics, logs = gcp_clients.monitoring_metrics(settings), gcp_clients.logging_entries(settings)
+    now = datetime.now(timezone.utc)
+    with pytest.raises(exceptions.InvalidArgument, match="single metric type"):
+        list(metrics.list_time_series(request=monitoring_v3.ListTimeSeriesRequest(
+            name=f"projects/{PROJECT}", filter='resource.type = "cloud_run_revision"',
+            interval=monitoring_v3.TimeInterval(end_time=now))))
+    with pytest.raises(exceptions.InvalidArgument, match="page_size"):
+        list(logs.list_log_entries(request=ListLogEntriesRequest(resource_names=[f"projects/{PROJECT}"],
+                                                                  page_size=1001)))
+    with pytest.raises(exceptions.InvalidArgument, match="resource_names"):
+        list(logs.list_log_entries(request=ListLogEntriesRequest(filter="severity>=ERROR")))
