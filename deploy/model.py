@@ -19,7 +19,8 @@ from shared.domain.preflight import BASE_ROLES, SECRET_ACCESSOR_ROLE, prod_secre
 
 APIS = (
     "artifactregistry.googleapis.com", "cloudbuild.googleapis.com", "cloudfunctions.googleapis.com",
-    "cloudresourcemanager.googleapis.com", "cloudscheduler.googleapis.com", "eventarc.googleapis.com",
+    "cloudresourcemanager.googleapis.com", "cloudscheduler.googleapis.com", "cloudtasks.googleapis.com",
+    "eventarc.googleapis.com",
     "firestore.googleapis.com", "iam.googleapis.com", "iamcredentials.googleapis.com",
     "pubsub.googleapis.com", "run.googleapis.com", "secretmanager.googleapis.com", "sts.googleapis.com",
 )
@@ -129,13 +130,17 @@ def functions(config: DeployConfig) -> tuple[FunctionSpec, ...]:
     return (
         FunctionSpec("on-push", "on_push", public=True, secrets=(webhook,),
                      why="GitHub webhook; public, every request must carry a valid X-Hub-Signature-256"),
-        # 540 s, the most an event function may run: HTTP checks (window + bake) run inside it.
+        # Every call of dispatch is short now (checks run as probes); 120 s leaves room for retries of API calls.
         FunctionSpec("dispatch", "dispatch", trigger_topic=s.events_topic, retry=True, secrets=(keys,),
                      why="pipeline events; retry on (transient errors redeliver), malformed events are acked",
-                     timeout_s=540),
+                     timeout_s=120),
         FunctionSpec("dispatch-builds", "dispatch", trigger_topic=s.builds_topic, retry=True, secrets=(keys,),
                      why="Cloud Build status messages; same entry point, a gen2 function has one trigger",
-                     timeout_s=540),
+                     timeout_s=120),
+        FunctionSpec("probe", "probe", public=False, secrets=(keys,),
+                     why="Cloud Tasks calls it for each probe of a running stage; private, the invoker account's "
+                         "OIDC token and the body's signature are checked",
+                     timeout_s=60),
         FunctionSpec("on-approval", "on_approval", public=True, secrets=(keys,),
                      why="signed approval links; public, the link's signature and nonce are the credential"),
         FunctionSpec("sweep", "sweep", trigger_topic=config.tick_topic, retry=False, secrets=(keys,),
@@ -161,6 +166,10 @@ def function_env(config: DeployConfig) -> dict[str, str]:
         "RELEASE_MAIL_FROM": s.mail_from,
         # Builds and jobs run as this account (the runtime SA may act as it).
         "RELEASE_PIPELINE_SERVICE_ACCOUNT": config.pipeline_sa,
+        # Probes of running stages: Cloud Tasks queue, the probe function, the identity of its calls.
+        "RELEASE_PROBE_QUEUE": s.probe_queue,
+        "RELEASE_PROBE_URL": config.function_url("probe"),
+        "RELEASE_PROBE_SERVICE_ACCOUNT": config.invoker_sa,
         # The function source root is /workspace; the file is copied to pipelines/.
         "RELEASE_PIPELINE_FILE": f"/workspace/pipelines/{_basename(s.pipeline_file)}",
     }
@@ -255,6 +264,13 @@ def build_plan(config: DeployConfig) -> Plan:
                            "--message-retention-duration=7d", "--expiration-period=never", proj),
                           "keeps dead letters for inspection and replay (a topic alone drops them)"))
 
+    steps.append(Resource("messaging", "tasks-queue", s.probe_queue,
+                          ("tasks", "queues", "describe", s.probe_queue, f"--location={r}", proj),
+                          ("tasks", "queues", "create", s.probe_queue, f"--location={r}", "--max-attempts=20",
+                           "--min-backoff=1s", "--max-backoff=10s", "--max-concurrent-dispatches=100", proj),
+                          "one task per probe of a running stage, delivered at its time to the probe function; "
+                          "a failed probe is retried within seconds"))
+
     # -- data
     steps.append(Resource("data", "firestore", "(default)",
                           ("firestore", "databases", "describe", "--database=(default)", proj),
@@ -304,6 +320,16 @@ def build_plan(config: DeployConfig) -> Plan:
     for secret in (config.webhook_secret, config.approval_keys_secret):
         steps.append(_secret_binding(p, secret, SECRET_ACCESSOR_ROLE, runtime_member,
                                      "the functions read their own two secrets, no others"))
+    steps.append(Binding("bindings", "tasks-queue", s.probe_queue, "roles/cloudtasks.enqueuer", runtime_member,
+                         ("tasks", "queues", "add-iam-policy-binding", s.probe_queue, f"--location={r}",
+                          f"--member={runtime_member}", "--role=roles/cloudtasks.enqueuer", proj),
+                         "dispatch and probe schedule probes; only on the probe queue"))
+    steps.append(Binding("bindings", "service-account", config.invoker_sa, "roles/iam.serviceAccountUser",
+                         runtime_member,
+                         ("iam", "service-accounts", "add-iam-policy-binding", config.invoker_sa,
+                          f"--member={runtime_member}", "--role=roles/iam.serviceAccountUser", "--condition=None",
+                          proj),
+                         "a task carrying an OIDC token of the invoker account needs actAs on it"))
 
     # -- the invoker account and the Pub/Sub service agent
     steps.append(Binding("bindings", "service-account", config.invoker_sa, "roles/iam.serviceAccountTokenCreator",
@@ -334,6 +360,10 @@ def build_plan(config: DeployConfig) -> Plan:
             command += ["--trigger-http", "--ingress-settings=all",
                         "--allow-unauthenticated" if fn.public else "--no-allow-unauthenticated"]
         steps.append(Action("functions", "function", fn.name, (*command, proj), fn.why))
+    steps.append(Binding("delivery", "function", "probe", "roles/run.invoker", invoker_member,
+                         ("functions", "add-invoker-policy-binding", "probe", f"--region={r}",
+                          f"--member={invoker_member}", proj),
+                         "Cloud Tasks calls the probe function with the invoker account's OIDC token, nobody else"))
     for fn in functions(config):
         if not fn.trigger_topic:
             continue
@@ -361,7 +391,8 @@ def build_plan(config: DeployConfig) -> Plan:
                           ("scheduler", "jobs", "create", "pubsub", config.scheduler_job, f"--location={r}",
                            "--schedule=* * * * *", f"--topic={config.tick_topic}", "--message-body=tick",
                            "--time-zone=Etc/UTC", proj),
-                          "sweep runs every minute: polls jobs and operations, enforces stage timeouts"))
+                          "sweep runs every minute, the safety net: polls stages whose probes went quiet, "
+                          "enforces stage timeouts"))
     return Plan(project=p, steps=tuple(steps))
 
 

@@ -53,6 +53,25 @@ def dispatch(cloud_event):
 
 
 @functions_framework.http
+def probe(request):
+    """Cloud Tasks: one scheduled probe of a running stage (poll once, or one round of a check)."""
+    from shared.domain.errors import MalformedEvent
+    from shared.domain.probes import PROBE_SIGNATURE_HEADER, decode_task
+
+    body = request.get_data()
+    try:
+        task = decode_task(body, request.headers.get(PROBE_SIGNATURE_HEADER, ""), bootstrap.probe_keyring())
+    except MalformedEvent as exc:
+        # Acknowledged (2xx), so Cloud Tasks does not retry what can never succeed.
+        task_name = request.headers.get("X-CloudTasks-TaskName", "unnamed")
+        bootstrap.store().record_dead_letter(f"probe-{task_name}", str(exc), body[:4096].decode("utf-8", "replace"),
+                                             "probe")
+        return _json({"status": "refused", "reason": str(exc)}, 200)
+    # A transient failure raises: the 500 makes Cloud Tasks retry the probe with backoff.
+    return _json({"status": "ok", "done": bootstrap.probe_service().handle(task)}, 200)
+
+
+@functions_framework.http
 def on_approval(request):
     """Signed approval links: GET/HEAD show a confirm page, POST decides."""
     answer = bootstrap.approvals().handle(request.method, request.args, request.form, request.headers)

@@ -35,6 +35,7 @@ FUNCTIONS = {
     "dispatch": ("dispatch", "cloudevent", ("pipeline-events", "cloud-builds")),
     "sweep": ("sweep", "cloudevent", ("pipeline-tick",)),
     "on_approval": ("on_approval", "http", ()),
+    "probe": ("probe", "http", ()),  # Cloud Tasks (the stand-in) calls it at each probe's time
     "dashboard": ("dashboard", "http", ()),
 }
 TOPICS = ("pipeline-events", "cloud-builds", "release-updates", "pipeline-tick")
@@ -45,6 +46,8 @@ class LocalStack:
     workdir: Path = REPO_ROOT / ".local-stack"
     pipeline_file: Path = REPO_ROOT / "pipelines" / "sample.yaml"
     tick_every_s: float = 2.0
+    # Cloud Tasks' dispatch latency on GCP, added by the stand-in (benchmarks set it).
+    task_dispatch_delay_s: float = 0.0
     webhook_secret: str = "local-demo-webhook-secret"
     approval_keys: str = "k1:local-demo-link-signing-key"
     smtp_port: int = 0
@@ -142,6 +145,8 @@ class LocalStack:
             "RELEASE_CLOUD_RUN_ENDPOINT": self.standin_endpoint,
             "RELEASE_IAM_ENDPOINT": self.standin_endpoint,
             "RELEASE_ARTIFACT_REGISTRY_ENDPOINT": self.standin_endpoint,
+            "RELEASE_CLOUD_TASKS_ENDPOINT": self.standin_endpoint,
+            "RELEASE_PROBE_URL": self.urls.get("probe", ""),
             "RELEASE_ARTIFACT_REGISTRY": "local",
             "RELEASE_WEBHOOK_SECRET": self.webhook_secret,
             "RELEASE_APPROVAL_KEYS": self.approval_keys,
@@ -177,6 +182,8 @@ class LocalStack:
             "local_images": ["local", "local/sample-app"],
             "pubsub_emulator_host": self.base_env()["PUBSUB_EMULATOR_HOST"],
             "builds_topic": "cloud-builds", "log_dir": str(self.workdir / "logs" / "standin"),
+            "task_queues": [f"projects/{PROJECT}/locations/{REGION}/queues/release-probes"],
+            "task_dispatch_delay_s": self.task_dispatch_delay_s,
             "iam_bindings": {role: [f"serviceAccount:{PIPELINE_SA}"] for role in sorted(roles)},
             "jobs": self._sample_jobs(),
             "services": [

@@ -82,7 +82,45 @@ def dispatcher():
     from shared.adapters.executors.run_services import rollback
 
     return Dispatcher(store(), publisher(), executors(), approvals(), notifier(), SystemClock(), settings(), locks,
-                      roll_back=lambda service: rollback(settings(), service))
+                      roll_back=lambda service: rollback(settings(), service), probes=probe_scheduler())
+
+
+@functools.cache
+def probe_scheduler():
+    from shared.adapters.cloud_tasks import CloudTasksScheduler
+
+    return CloudTasksScheduler(settings(), keyring=probe_keyring())
+
+
+@functools.cache
+def probe_keyring():
+    from shared.domain.approval_tokens import Keyring
+
+    return Keyring.from_setting(settings().approval_keys)
+
+
+@functools.cache
+def interval_analysis():
+    """The analysis each probe interval of a check calls: (check config, interval) -> verdict.
+
+    Checks with ``params.analysis`` are judged on Cloud Monitoring and Cloud Logging telemetry
+    (shared/app/canary_analysis.py); checks without it by their GETs alone."""
+    from shared.adapters import gcp_clients
+    from shared.adapters.telemetry import CloudTelemetry
+    from shared.app.canary_analysis import TelemetryAnalysis
+
+    config = settings()
+    return TelemetryAnalysis(CloudTelemetry(config.project, gcp_clients.monitoring_metrics(config),
+                                            gcp_clients.logging_entries(config)))
+
+
+@functools.cache
+def probe_service():
+    from shared.adapters.executors.http_check import RequestsProber
+    from shared.app.probing import ProbeService
+
+    return ProbeService(store(), executors(), publisher(), probe_scheduler(), RequestsProber(), SystemClock(),
+                        settings(), analyse=interval_analysis())
 
 
 @functools.cache

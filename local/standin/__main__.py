@@ -49,6 +49,8 @@ def load_config(path: Path) -> tuple[StandInConfig, dict[str, Any]]:
         log_dir=resolve(raw.get("log_dir", "standin-logs")),
         port=int(raw.get("port", 0)),
         **{key: float(raw[key]) for key in ("metric_sample_s", "metric_delay_s", "log_delay_s") if key in raw},
+        task_queues=tuple(raw.get("task_queues", ())),
+        task_dispatch_delay_s=float(raw.get("task_dispatch_delay_s", 0.0)),
     )
     return config, raw
 

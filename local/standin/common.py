@@ -40,6 +40,10 @@ class StandInConfig:
     metric_sample_s: float = 60.0
     metric_delay_s: float = 180.0
     log_delay_s: float = 2.0
+    # Cloud Tasks queues (full names) that exist from the start, and how long after its
+    # schedule time a task is dispatched (GCP's dispatch latency, for benchmarks).
+    task_queues: tuple[str, ...] = ()
+    task_dispatch_delay_s: float = 0.0
 
 
 class ApiError(Exception):

@@ -1,5 +1,5 @@
-"""StandIn: one loopback gRPC server playing Cloud Build, Cloud Run v2, Resource Manager IAM
-and the docker part of Artifact Registry.
+"""StandIn: one loopback gRPC server playing Cloud Build, Cloud Run v2, Resource Manager IAM,
+the docker part of Artifact Registry and Cloud Tasks (HTTP tasks).
 
 The real client libraries talk to it through shared/adapters/gcp_clients.py when an endpoint
 setting points here. Tests steer it in-process (set_outcome, fail_next,
@@ -25,6 +25,7 @@ from local.standin.monitoring_api import MetricService, MetricTiming, RequestRec
 from local.standin.notifications import BuildNotifier
 from local.standin.processes import Supervisor
 from local.standin.services import ServicesService
+from local.standin.tasks import CloudTasksService
 
 __all__ = ["StandIn", "StandInConfig"]
 OPERATIONS = "google.longrunning.Operations"
@@ -50,6 +51,9 @@ class StandIn:
         self.logging = LoggingService(config.project, config.region, self.requests, self._revision_ids,
                                       config.log_dir, config.log_delay_s)
         self._iam = ProjectsIamService()
+        self._tasks = CloudTasksService(config.task_dispatch_delay_s)
+        for queue in config.task_queues:
+            self._tasks.add_queue(queue)
         self._server: grpc.Server | None = None
         self._port = 0
 
@@ -58,8 +62,8 @@ class StandIn:
         self.config.log_dir.mkdir(parents=True, exist_ok=True)
         self._notifier.start()
         registry = Registry(self._faults)
-        for service in (self._builds, self._jobs, self._services, self._iam, self._artifacts, self.monitoring,
-                        self.logging):
+        for service in (self._builds, self._jobs, self._services, self._iam, self._artifacts, self._tasks,
+                        self.monitoring, self.logging):
             service.register(registry)
         registry.add(OPERATIONS, "GetOperation", self._get_operation, operations_pb2.GetOperationRequest,
                      operations_pb2.Operation)
@@ -84,6 +88,7 @@ class StandIn:
         if self._server is not None:
             self._server.stop(grace=1).wait(5)
             self._server = None
+        self._tasks.stop()
         self._builds.shutdown()
         self._jobs.shutdown()
         self._supervisor.stop_all()
@@ -123,7 +128,16 @@ class StandIn:
         """Wait until every queued build notification reached the Pub/Sub emulator."""
         self._notifier.flush(timeout_s)
 
+    def add_task_queue(self, name: str) -> None:
+        """Create the Cloud Tasks queue ``projects/P/locations/L/queues/Q`` (as deploy/ does)."""
+        self._tasks.add_queue(name)
+
     # -- recorded state ----------------------------------------------------------------
+    @property
+    def dispatched_tasks(self) -> list:
+        """Every Cloud Tasks dispatch: {name, scheduled, dispatched, status, attempt}, in order."""
+        return list(self._tasks.dispatched)
+
     @property
     def builds(self) -> list:
         """Every build created, oldest first (cloudbuild_v1.Build copies)."""

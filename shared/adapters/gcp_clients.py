@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from shared.app.config import Settings
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from google.cloud import artifactregistry_v1, monitoring_v3, resourcemanager_v3, run_v2
+    from google.cloud import artifactregistry_v1, monitoring_v3, resourcemanager_v3, run_v2, tasks_v2
     from google.cloud.logging_v2.services.logging_service_v2 import LoggingServiceV2Client
     from google.cloud.devtools import cloudbuild_v1
 
@@ -90,3 +90,10 @@ def monitoring_metrics(settings: Settings) -> "monitoring_v3.MetricServiceClient
     from google.cloud.monitoring_v3.services.metric_service.transports import MetricServiceGrpcTransport
 
     return _build(monitoring_v3.MetricServiceClient, MetricServiceGrpcTransport, settings.monitoring_endpoint)
+
+
+def cloud_tasks(settings: Settings) -> "tasks_v2.CloudTasksClient":
+    from google.cloud import tasks_v2
+    from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
+
+    return _build(tasks_v2.CloudTasksClient, CloudTasksGrpcTransport, settings.cloud_tasks_endpoint)

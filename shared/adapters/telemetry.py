@@ -12,23 +12,15 @@ So 5 calls per interval with a stable revision, 4 without (README: "Canary analy
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from shared.domain.analysis import Criteria, Distribution, LogLine, Measurements, RevisionTraffic
+from shared.domain.analysis import AnalysisTarget, Criteria, Distribution, LogLine, Measurements, RevisionTraffic
 
 REQUEST_COUNT = "run.googleapis.com/request_count"
 REQUEST_LATENCIES = "run.googleapis.com/request_latencies"
 REQUESTS_LOG = "run.googleapis.com%2Frequests"
 MAX_PAGE = 1000  # ListLogEntries' page_size limit
-
-
-@dataclass(frozen=True)
-class AnalysisTarget:
-    service: str
-    canary_revision: str
-    stable_revision: str | None  # None in staging
 
 
 def rfc3339(moment: datetime) -> str:

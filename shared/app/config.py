@@ -35,6 +35,12 @@ class Settings:
     artifact_registry_endpoint: str = ""
     logging_endpoint: str = ""  # Cloud Logging (canary analysis: the revision's logs)
     monitoring_endpoint: str = ""  # Cloud Monitoring (canary analysis: request count and latencies)
+    cloud_tasks_endpoint: str = ""
+    # Probes of running stages (shared/app/probing.py) travel as Cloud Tasks on this queue
+    # to the probe function's URL, with an OIDC token of this service account on GCP.
+    probe_queue: str = "release-probes"
+    probe_url: str = ""
+    probe_service_account: str = ""
     artifact_registry: str = ""  # e.g. europe-west3-docker.pkg.dev/PROJECT/noesis2
     pipeline_service_account: str = ""  # the account the preflight checks (deploy/ creates it)
     approval_base_url: str = "http://127.0.0.1:8083"

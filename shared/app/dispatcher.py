@@ -43,8 +43,18 @@ from shared.domain.events import (
 )
 from shared.domain.gate import Decision, GateOutcome, decide
 from shared.app.locks import EnvironmentLocks
-from shared.domain.pipeline import Pipeline, StageKind, check_duration_s
-from shared.app.ports import ApprovalRequester, Clock, EventPublisher, Notifier, ReleaseStore, StageExecutor
+from shared.domain.pipeline import Pipeline
+from shared.app.ports import (
+    ApprovalRequester,
+    Clock,
+    EventPublisher,
+    Notifier,
+    ProbeScheduler,
+    ReleaseStore,
+    StageExecutor,
+)
+from shared.app.probing import follow
+from shared.domain.probes import CHECK_KIND
 from shared.domain.state import ReleaseState
 
 log = logging.getLogger(__name__)
@@ -66,6 +76,10 @@ class Dispatcher:
     # service name -> what was done; moves all traffic back to the revision before ours
     roll_back: Callable[[str], Mapping[str, Any]]
     sleep: Callable[[float], None] = time.sleep
+    # Schedules the probes that follow a started job, rollout, traffic change or check
+    # (shared/app/probing.py). Without one, only the sweeper's tick notices completions
+    # and a check cannot run at all.
+    probes: ProbeScheduler | None = None
 
     # -- entry ----------------------------------------------------------------
     def handle_message(self, event_id: str, attributes: Mapping[str, str], data: bytes) -> Decision | None:
@@ -156,14 +170,9 @@ class Dispatcher:
         return handles
 
     def _lease_s(self, pipeline: Pipeline, commands: tuple[Command, ...]) -> float:
-        """How long a batch's handler may take before another one takes it over: HTTP checks
-        run inside the handler, so their window and bake time are added."""
-        lease = float(self.settings.outbox_lease_s)
-        for command in commands:
-            if isinstance(command, StartStage) and command.kind == StageKind.CHECK.value:
-                stage = pipeline.stage(command.stage)
-                lease = max(lease, check_duration_s(stage.params, stage.label) + self.settings.outbox_lease_s)
-        return lease
+        """How long a batch's handler may take before another one takes it over. Every
+        command is a short call now: checks run as scheduled probes, not in the handler."""
+        return float(self.settings.outbox_lease_s)
 
     def _roll_back(self, command: RollBack) -> dict[str, Any]:
         try:
@@ -189,7 +198,19 @@ class Dispatcher:
             # Published before the batch is removed: a crash in between repeats the
             # start (idempotent) and the finish (a second one is stale), losing nothing.
             self._publish_finish(command, finish.outcome, finish.reason, dict(finish.result))
+        elif "start_error" not in handle:
+            self._follow(pipeline, command, handle)
         return {"stage_run_id": command.stage_run_id, **handle}
+
+    def _follow(self, pipeline: Pipeline, command: StartStage, handle: Mapping[str, Any]) -> None:
+        """Schedule the first probe (idempotent by task id, like the start before it)."""
+        if self.probes is None:
+            if command.kind == CHECK_KIND:
+                self._publish_finish(command, Outcome.FAILED, "no probe scheduler is configured to run checks", {})
+            return
+        follow(self.probes, release_id=command.release_id, stage=command.stage, stage_run_id=command.stage_run_id,
+               kind=command.kind, pipeline_digest=pipeline.digest, timeout_s=pipeline.stage(command.stage).timeout_s,
+               handle=handle, now=self.clock.now())
 
     def _publish_finish(self, command: StartStage, outcome: Outcome, reason: str, result: dict) -> None:
         self.publisher.publish(

@@ -9,9 +9,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol
 
+from shared.domain.analysis import AnalysisTarget, Criteria, Measurements
 from shared.domain.commands import Notify, RequestApproval, StartStage
 from shared.domain.events import ApprovalDecided, Outcome
 from shared.domain.pipeline import Pipeline, Stage
+from shared.domain.probes import ProbeTask
 from shared.domain.state import ReleaseState, StageState
 
 
@@ -108,3 +110,21 @@ class ApprovalRequester(Protocol):
 class Notifier(Protocol):
     def notify(self, release: ReleaseState, notice: Notify) -> None:
         """Tell people about a failure, a needed approval or a finished release."""
+
+
+class ProbeScheduler(Protocol):
+    def schedule(self, task: ProbeTask, at: float) -> bool:
+        """Have the probe function called with ``task`` at ``at`` (epoch seconds), once.
+
+        Idempotent by ``task.task_id``: False when that task exists already (a repeated
+        start or a redelivered probe), which is not an error."""
+
+
+class HttpProber(Protocol):
+    def get(self, url: str, timeout_s: float) -> Mapping[str, Any]:
+        """One GET: {"status": int | None, "latency_ms": float | None, "error": str}."""
+
+
+class Telemetry(Protocol):
+    def measure(self, criteria: Criteria, target: AnalysisTarget, start: Any, end: Any) -> Measurements:
+        """One window (``start``/``end`` are aware datetimes) of the target's request metrics and logs."""

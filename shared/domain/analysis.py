@@ -58,6 +58,18 @@ class Criteria:
 
 
 @dataclass(frozen=True)
+class AnalysisTarget:
+    """Which revisions one check judges: the canary, and the stable one beside it (None in staging)."""
+
+    service: str
+    canary_revision: str
+    stable_revision: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class Distribution:
     """A latency distribution in milliseconds with explicit bucket bounds (see stats)."""
 

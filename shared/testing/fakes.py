@@ -169,3 +169,33 @@ class FakeNotifier:
 
     def notify(self, release: ReleaseState, notice: Notify) -> None:
         self.notices.append(notice)
+
+
+class FakeProbeScheduler:
+    """Keeps scheduled probes in memory; refuses a task id twice, as Cloud Tasks does.
+
+    Tests (and in-process benchmarks) run what is due with ``take_due``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.pending: dict[str, tuple[float, Any]] = {}
+        self.seen: set[str] = set()
+        self.scheduled = 0
+
+    def schedule(self, task, at: float) -> bool:
+        with self._lock:
+            if task.task_id in self.seen:
+                return False
+            self.seen.add(task.task_id)
+            self.pending[task.task_id] = (at, task)
+            self.scheduled += 1
+            return True
+
+    def next_at(self) -> float | None:
+        with self._lock:
+            return min((at for at, _ in self.pending.values()), default=None)
+
+    def take_due(self, now: float) -> list:
+        with self._lock:
+            due = sorted((at, tid) for tid, (at, _) in self.pending.items() if at <= now)
+            return [self.pending.pop(tid)[1] for _, tid in due]

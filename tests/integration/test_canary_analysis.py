@@ -9,6 +9,8 @@ purpose here (1 s samples, 1 s ingestion delay; Google's are 60 s and 180 s).
 """
 from __future__ import annotations
 
+import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,9 +24,17 @@ from google.cloud.logging_v2.types import ListLogEntriesRequest
 
 from local.standin.server import StandIn, StandInConfig
 from shared.adapters import gcp_clients
-from shared.adapters.telemetry import AnalysisTarget, CloudTelemetry
+from shared.adapters.executors.http_check import HttpCheckExecutor, RequestsProber
+from shared.adapters.telemetry import CloudTelemetry
+from shared.app.canary_analysis import TelemetryAnalysis
 from shared.app.config import REPO_ROOT, Settings
-from shared.domain.analysis import Criteria, Outcome, diagnose
+from shared.app.ports import SystemClock
+from shared.app.probing import ProbeService
+from shared.domain.commands import StartStage
+from shared.domain.pipeline import parse_pipeline
+from shared.domain.analysis import AnalysisTarget, Criteria, Outcome, diagnose
+from shared.testing.fakes import FakeProbeScheduler, FakePublisher, FakeStore
+from shared.testing.probe_runner import run_stage
 
 PROJECT, REGION = "local-project", "europe-west3"
 PARENT = f"projects/{PROJECT}/locations/{REGION}"
@@ -175,3 +185,73 @@ def test_the_apis_refuse_what_google_refuses(settings):
                                                                   page_size=1001)))
     with pytest.raises(exceptions.InvalidArgument, match="resource_names"):
         list(logs.list_log_entries(request=ListLogEntriesRequest(filter="severity>=ERROR")))
+
+
+# --- the bake: one analysis per probe interval, through the probe mechanism -------------------
+
+class Traffic:
+    """Steady seeded load on the stable and canary tag URLs (3 : 1) until stopped."""
+
+    def __init__(self, rig: dict[str, str], canary: bool = True):
+        self.stop = threading.Event()
+        urls = [rig["stable_url"]] * 3 + ([rig["canary_url"]] if canary else [])
+        self.thread = threading.Thread(target=lambda: [send(url, 4) for _ in iter(self.stop.is_set, True)
+                                                       for url in urls], daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(30)
+
+
+def bake(settings, telemetry, service: str, analysis: dict, bake_s: str = "60s"):
+    pipeline = parse_pipeline({"name": "p", "stages": [{"id": "prod-smoke", "kind": "check", "timeout": "5m", "params": {
+        "target": "canary", "service": service, "revision_tag": "canary", "paths": ["/health/liveliness"],
+        "window": "10s", "bake": bake_s, "analysis": analysis}}]})
+    store, scheduler, publisher = FakeStore(), FakeProbeScheduler(), FakePublisher()
+    store.save_pipeline(pipeline)
+    executor = HttpCheckExecutor(settings, services=gcp_clients.run_services(settings))
+    verdicts: list[str] = []
+    judge = TelemetryAnalysis(telemetry)
+
+    def analyse(check, interval):
+        verdict = judge(check, interval)
+        verdicts.append(verdict.verdict.value)
+        return verdict
+
+    probes = ProbeService(store, {"check": executor}, publisher, scheduler, RequestsProber(), SystemClock(), settings,
+                          analyse=analyse)
+    command = StartStage("r", "prod-smoke", "r.prod-smoke.a1", 1, "check", {"tag": "v1"})
+    started = time.monotonic()
+    finish = run_stage(probes, scheduler, executor, pipeline, command, timeout_s=120)
+    return finish, verdicts, time.monotonic() - started, scheduler
+
+
+def test_the_bake_ends_at_the_first_failing_interval(settings, telemetry):
+    rig = deploy(settings, "bakefail", canary_faults="5xx=0.05")
+    with Traffic(rig):
+        finish, verdicts, took, scheduler = bake(settings, telemetry, "bakefail", {
+            "window": "2m", "interval": "2s", "min_requests": 40, "max_extension": "10s"})
+    assert finish["outcome"] == "failed" and finish["reason"].startswith("analysis failed the bake"), finish
+    assert verdicts[-1] == "fail" and "fail" not in verdicts[:-1]  # the first failing interval was the last
+    assert took < 60 and scheduler.next_at() is None  # long before the 60 s bake would have ended
+    latest = finish["result"]["analysis"]["latest"]
+    assert latest["outcome"] == "failed" and latest["evidence"]["canary"]["revision"] == rig["canary"]
+    assert latest["evidence"]["canary"]["errors_5xx"] > 0 and latest["evidence"]["stable"]["errors_5xx"] == 0
+    assert finish["result"]["bake"]["rounds"] == len(verdicts) - 1  # one analysis per interval, plus the window's
+
+
+def test_too_little_traffic_extends_the_bake_then_fails_closed(settings, telemetry):
+    rig = deploy(settings, "bakequiet")
+    with Traffic(rig, canary=False):  # the stable revision is busy, the canary gets nothing
+        finish, verdicts, took, _ = bake(settings, telemetry, "bakequiet", {
+            "window": "1m", "interval": "2s", "min_requests": 20, "max_extension": "4s"}, bake_s="4s")
+    assert finish["outcome"] == "failed", finish
+    assert "inconclusive" in finish["reason"] and "extended by 4s" in finish["reason"]
+    # Only the check's own GETs reached the canary (Cloud Run counts them too): under the minimum.
+    assert re.search(rf"{rig['canary']} had \d requests; at least 20 needed", finish["reason"]), finish["reason"]
+    assert set(verdicts) == {"inconclusive"} and took >= 8  # 4 s bake + 4 s extension, not a silent pass
+    assert finish["result"]["analysis"]["extended_s"] == 4

@@ -16,9 +16,13 @@ from shared.domain.commands import StartStage
 from shared.app.config import REPO_ROOT, Settings
 from shared.domain.errors import ExecutorError
 from shared.domain.events import Outcome
-from shared.adapters.executors import Backoff, RetryPolicy, build_executors, rollback
+from shared.adapters.executors import RetryPolicy, build_executors, rollback
+from shared.adapters.executors.http_check import RequestsProber
+from shared.app.ports import SystemClock
+from shared.app.probing import ProbeService
+from shared.testing.fakes import FakeClock, FakeProbeScheduler, FakePublisher, FakeStore
+from shared.testing.probe_runner import run_stage
 from shared.adapters.executors.traffic import revision_name
-from shared.testing.fakes import FakeClock, FakePublisher, FakeStore
 from shared.domain.pipeline import load_pipeline, parse_pipeline, thaw
 from shared.domain.state import StageState, StageStatus, new_release
 from shared.app.sweeper import sweep
@@ -26,7 +30,6 @@ from shared.app.sweeper import sweep
 PROJECT = "local-project"
 REGION = "europe-west3"
 FAST = RetryPolicy(initial_s=0.01, maximum_s=0.05, timeout_s=0.5, call_timeout_s=5)
-QUICK_CHECKS = Backoff(initial_s=0.05, maximum_s=0.2, request_timeout_s=2)
 LOCAL_REGISTRY = "reg.local"  # images under it run as real processes in the stand-in
 
 
@@ -49,7 +52,7 @@ def settings(standin) -> Settings:
 
 @pytest.fixture(scope="module")
 def executors(settings):
-    return build_executors(settings, retry=FAST, check_backoff=QUICK_CHECKS)
+    return build_executors(settings, retry=FAST)
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +82,13 @@ def create_job(jobs_client, job_id: str, image: str, command: list[str] | None =
 def jobs(jobs_client):
     for job_id in ("noesis2-migrate", "noesis2-migrate-prod", "noesis2-ingestion-smoke"):
         create_job(jobs_client, job_id, "europe-west3-docker.pkg.dev/local-project/noesis2/noesis2:latest")
+
+
+def run_check(settings, executors, pipeline, command):
+    """A check as production runs it: started, then probed at its scheduled times (in-process)."""
+    service = ProbeService(FakeStore(), executors, FakePublisher(), FakeProbeScheduler(), RequestsProber(),
+                           SystemClock(), settings)
+    return run_stage(service, service.scheduler, executors["check"], pipeline, command)
 
 
 def new_command(stage: str, kind: str, tag: str = "v1.0.0-abc1234", commit: str | None = None) -> StartStage:
@@ -293,10 +303,11 @@ def test_canary_check_full_traffic_and_rollback(standin, settings, executors, pi
 
     # the prod smoke talks to the canary's own URL
     smoke = StartStage(b.release_id, "prod-smoke", f"{b.release_id}.prod-smoke.a1", 1, "check", b.inputs)
-    checked = executors["check"].start(pipeline, pipeline.stage("prod-smoke"), smoke)
-    assert checked.finished.outcome is Outcome.SUCCEEDED, checked.finished.reason
+    checked = run_check(settings, executors, pipeline, smoke)
+    assert checked["outcome"] == "succeeded", checked["reason"]
     canary_url = next(s.uri for s in web.traffic_statuses if s.tag == "canary")
-    assert checked.finished.result["url"] == canary_url != web.uri
+    assert checked["result"]["url"] == canary_url != web.uri
+    assert checked["result"]["bake"]["rounds"] >= 1 and not checked["result"]["bake"]["failed"]
     assert requests.get(canary_url + "/", timeout=5).headers["X-Serving-Revision"] == rev_b
 
     # traffic 100 %: B takes everything and keeps its tag; repeating changes nothing
@@ -337,7 +348,7 @@ def test_traffic_without_a_deployed_revision_fails_clearly(executors, pipeline):
 def test_staging_check_fails_on_a_real_failing_health_probe(standin, settings):
     local_settings = Settings(project=PROJECT, region=REGION, cloud_run_endpoint=standin.endpoint,
                               artifact_registry=LOCAL_REGISTRY)
-    executors = build_executors(local_settings, retry=FAST, check_backoff=QUICK_CHECKS)
+    executors = build_executors(local_settings, retry=FAST)
     local = parse_pipeline({"name": "noesis2", "image": "noesis2", "stages": [
         {"id": "deploy", "kind": "deploy", "timeout": "5m",
          "params": {"services": ["sick-web-staging"], "traffic_percent": 100, "env": {"FAIL_HEALTH": "1"}}},
@@ -349,12 +360,12 @@ def test_staging_check_fails_on_a_real_failing_health_probe(standin, settings):
     started = executors["deploy"].start(local, local.stage("deploy"), cmd)
     assert wait_finish(executors["deploy"], local, cmd, started.handle).outcome is Outcome.SUCCEEDED
     smoke = StartStage(cmd.release_id, "smoke", f"{cmd.release_id}.smoke.a1", 1, "check", cmd.inputs)
-    finish = executors["check"].start(local, local.stage("smoke"), smoke).finished
-    assert finish.outcome is Outcome.FAILED
-    root, health = finish.result["checks"]
+    finish = run_check(local_settings, executors, local, smoke)
+    assert finish["outcome"] == "failed"
+    root, health = finish["result"]["checks"]
     assert (root["status"], root["attempts"]) == (200, 1)
     assert health["status"] == 500 and health["attempts"] > 1
-    assert finish.reason.startswith("GET /health/liveliness answered 500 after")
+    assert finish["reason"].startswith("GET /health/liveliness answered 500 after")
 
 
 def test_check_of_a_missing_canary_tag_is_an_executor_error(standin, executors):

@@ -17,9 +17,12 @@ from google.cloud import firestore, pubsub_v1, run_v2
 from local.standin.server import StandIn, StandInConfig
 from shared.adapters import gcp_clients
 from shared.app.config import REPO_ROOT, Settings
-from shared.adapters.executors import Backoff, RetryPolicy, build_executors
+from shared.adapters.executors import RetryPolicy, build_executors
 from shared.adapters.executors.run_services import rollback
-from shared.testing.fakes import FakeApprovals, FakeNotifier
+from shared.adapters.executors.http_check import RequestsProber
+from shared.app.probing import ProbeService
+from shared.testing.fakes import FakeApprovals, FakeNotifier, FakeProbeScheduler
+from shared.testing.probe_runner import run_due
 from shared.adapters.firestore_store import FirestoreStore
 from shared.app.locks import EnvironmentLocks, FirestoreLockDocuments
 from shared.domain.pipeline import parse_pipeline
@@ -32,7 +35,6 @@ from tests.conftest import PROJECT
 pytestmark = pytest.mark.emulators
 REGION = "europe-west3"
 FAST = RetryPolicy(initial_s=0.01, maximum_s=0.05, timeout_s=0.5, call_timeout_s=5)
-QUICK = Backoff(initial_s=0.05, maximum_s=0.2, request_timeout_s=2)
 
 
 class ShiftClock:
@@ -53,13 +55,17 @@ class Flow:
         self.store = FirestoreStore(firestore.Client(project=PROJECT), settings)
         publisher = PubSubPublisher(settings)
         self.dispatcher = Dispatcher(
-            self.store, publisher, build_executors(settings, retry=FAST, check_backoff=QUICK),
+            self.store, publisher, build_executors(settings, retry=FAST),
             FakeApprovals(), FakeNotifier(), self.clock, settings,
             EnvironmentLocks(FirestoreLockDocuments(self.store.client, settings), publisher, settings),
-            roll_back=lambda service: rollback(settings, service),
+            roll_back=lambda service: rollback(settings, service), probes=FakeProbeScheduler(),
         )
         self.executors = self.dispatcher.executors
         self.publisher = publisher
+        # Cloud Tasks' part, in-process: probes run when due (tests/integration/test_cloud_tasks.py
+        # covers the real client and the stand-in's delivery).
+        self.probes = ProbeService(self.store, self.executors, publisher, self.dispatcher.probes, RequestsProber(),
+                                   self.clock, settings)
         self.subscriber = pubsub_v1.SubscriberClient()
         self.subscriptions = []
         for topic in (settings.events_topic, settings.builds_topic, settings.updates_topic):
@@ -102,6 +108,7 @@ class Flow:
         last_sweep = 0.0
         while time.monotonic() < deadline:
             self.pump_once()
+            run_due(self.probes, self.dispatcher.probes, self.clock.now())
             state = self.store.get(release_id)[0]
             if done(state):
                 return state

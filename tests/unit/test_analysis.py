@@ -138,9 +138,10 @@ def test_percentile_from_buckets():
 # --- the QA checklist in the pipeline file -------------------------------------------------
 
 def doc_with(analysis, **params):
-    check = {"target": "canary", "service": "web", "revision_tag": "canary", "paths": ["/"], "analysis": analysis}
+    check = {"target": "canary", "service": "web", "revision_tag": "canary", "paths": ["/"], "bake": "5m",
+             "analysis": analysis}
     check.update(params)
-    return {"name": "t", "stages": [{"id": "smoke", "kind": "check", "timeout": "5m", "params": check}]}
+    return {"name": "t", "stages": [{"id": "smoke", "kind": "check", "timeout": "10m", "params": check}]}
 
 
 def test_criteria_from_the_pipeline_file():
@@ -162,12 +163,13 @@ def test_criteria_from_the_pipeline_file():
     ({"window": "1m", "interval": "2m"}, {}, "params.analysis.interval: 120s is longer than the window of 60s"),
     ({"window": "soon"}, {}, "params.analysis.window: 'soon' is not a positive duration"),
     ({}, {"service": None}, "params.analysis: needs params.service"),
+    ({}, {"bake": None}, "params.analysis: needs params.bake"),
     ("strict", {}, "params.analysis: must be a mapping"),
 ])
 def test_the_checklist_is_validated_with_pointed_errors(analysis, params, message):
     doc = doc_with(copy.deepcopy(analysis), **params)
-    if params.get("service", "x") is None:
-        del doc["stages"][0]["params"]["service"]
+    for key in [k for k, v in params.items() if v is None]:
+        del doc["stages"][0]["params"][key]
     with pytest.raises(DefinitionError) as raised:
         parse_pipeline(doc)
     assert f"stage 'smoke': {message}" in str(raised.value)

@@ -136,7 +136,8 @@ def test_dry_run_output_contains_no_secret_values(monkeypatch):
 def test_functions_triggers_and_retry(monkeypatch):
     plan = dry_run_json(monkeypatch)
     deploys = {s["name"]: s["command"] for s in plan["steps"] if s["type"] == "action" and s["kind"] == "function"}
-    assert set(deploys) == {"on-push", "dispatch", "dispatch-builds", "on-approval", "sweep", "dashboard"}
+    assert set(deploys) == {"on-push", "dispatch", "dispatch-builds", "on-approval", "sweep", "dashboard", "probe"}
+    assert "--no-allow-unauthenticated" in deploys["probe"] and "--trigger-http" in deploys["probe"]
     assert "--trigger-topic=pipeline-events" in deploys["dispatch"] and "--retry" in deploys["dispatch"]
     assert "--trigger-topic=cloud-builds" in deploys["dispatch-builds"] and "--retry" in deploys["dispatch-builds"]
     assert "--entry-point=dispatch" in deploys["dispatch-builds"]
@@ -261,3 +262,17 @@ def test_pipeline_account_is_the_one_the_preflight_stage_checks(tmp_path):
     with pytest.raises(Exception, match="not an account of project acme-release"):
         pipeline_account_id(bare, "acme-release",
                             {"RELEASE_PIPELINE_SERVICE_ACCOUNT": "x@other-project.iam.gserviceaccount.com"})
+
+
+def test_probes_have_a_queue_only_the_functions_may_fill_and_only_the_invoker_may_deliver(monkeypatch):
+    plan = build_plan(load_config(ENV))
+    runtime = sa_member("release-runtime@acme-release.iam.gserviceaccount.com")
+    invoker = sa_member("release-invoker@acme-release.iam.gserviceaccount.com")
+    queue = next(r for r in plan.resources if r.kind == "tasks-queue")
+    assert queue.name == "release-probes" and "--location=europe-west3" in queue.create
+    assert plan.roles_of(runtime, "tasks-queue") == {"roles/cloudtasks.enqueuer"}
+    assert "roles/cloudtasks.enqueuer" not in plan.roles_of(runtime, "project")
+    assert {b.target for b in plan.bindings if b.member == invoker and b.role == "roles/run.invoker"} >= {"probe"}
+    env = next(a for a in next(s for s in plan.actions if s.name == "dispatch").command if a.startswith("--set-env-vars="))
+    assert "RELEASE_PROBE_SERVICE_ACCOUNT=release-invoker@acme-release.iam.gserviceaccount.com" in env
+    assert "RELEASE_PROBE_URL=https://" in env

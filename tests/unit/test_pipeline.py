@@ -75,8 +75,9 @@ def broken(path, value):
         (broken(["stages", 1, "params", "args"], "migrate"), "stage 'staging-migrate': params.args: must be a list of arguments"),
         (broken(["stages", 1, "params", "args"], ["--tag", "${tga}"]),
          "stage 'staging-migrate': params.args[1]: unknown placeholder ${tga} (did you mean 'tag'?)"),
-        (broken(["stages", 2, "params", "bake"], "10m"), "stage 'smoke': params.bake: '10m' is longer than the limit of 480s"),
-        (broken(["stages", 2, "params", "bake"], "8m"), "stage 'smoke': params.bake: params.window + params.bake is 540s"),
+        (broken(["stages", 2, "params", "bake"], "25h"), "stage 'smoke': params.bake: '25h' is longer than the limit of 24h"),
+        (broken(["stages", 2, "params", "bake"], "8m"),
+         "stage 'smoke': timeout: params.window + params.bake is 540s, longer than the timeout"),
         (broken(["stages", 2, "params", "window"], "soon"), "stage 'smoke': params.window: 'soon' is not a positive duration"),
         (broken(["stages", 2, "params", "target"], "qa"), "stage 'smoke': params.target: 'qa' is not one of staging, prod, canary"),
         (broken(["stages", 2, "params", "paths"], ["health"]), "stage 'smoke': params.paths: item 0: must be a path starting with '/'"),
@@ -164,3 +165,13 @@ def test_unreadable_file_names_the_file(tmp_path):
     assert str(err.value).startswith(f"{bad}:3: not valid YAML: ") and "\n" not in str(err.value)
     with pytest.raises(DefinitionError, match="missing.yaml"):
         load_pipeline(tmp_path / "missing.yaml")
+
+
+def test_a_check_may_bake_longer_than_a_function_runs_as_long_as_its_timeout_covers_it():
+    # Checks run as scheduled probes: no 540 s function limit, only the stage's own timeout.
+    doc = broken(["stages", 2, "timeout"], "20m")
+    doc["stages"][2]["params"].update(bake="15m", probe_interval="10s")
+    assert parse_pipeline(doc).stage("smoke").params["bake"] == "15m"
+    doc["stages"][2]["timeout"] = "15m"
+    with pytest.raises(DefinitionError, match="params.window \\+ params.bake is 960s, longer than the timeout"):
+        parse_pipeline(doc)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Mapping
 from shared.app.config import Settings
 from shared.adapters.executors.calls import ApiCaller, RetryPolicy
 from shared.adapters.executors.cloud_build import CloudBuildExecutor
-from shared.adapters.executors.http_check import Backoff, HttpCheckExecutor
+from shared.adapters.executors.http_check import HttpCheckExecutor, RequestsProber
 from shared.adapters.executors.preflight import PreflightExecutor
 from shared.adapters.executors.registry_rollback import rollback_from_registry, rollback_to_tag
 from shared.adapters.executors.run_jobs import RunJobExecutor
@@ -61,7 +61,6 @@ def build_executors(
     clients: Mapping[str, Any] | None = None,
     *,
     retry: RetryPolicy | None = None,
-    check_backoff: Backoff | None = None,
 ) -> dict[str, StageExecutor]:
     """One executor per executable kind. ``approval`` is not here: the dispatcher sends
     approval requests itself. ``clients`` may hold cloud_build, jobs, executions, services,
@@ -75,15 +74,14 @@ def build_executors(
         StageKind.JOB.value: RunJobExecutor(settings, all_clients["jobs"], all_clients["executions"], caller),
         StageKind.DEPLOY.value: DeployExecutor(settings, all_clients["services"], all_clients["revisions"], caller),
         StageKind.TRAFFIC.value: TrafficExecutor(settings, all_clients["services"], all_clients["revisions"], caller),
-        StageKind.CHECK.value: HttpCheckExecutor(settings, all_clients["services"], caller,
-                                                 backoff=check_backoff or Backoff()),
+        StageKind.CHECK.value: HttpCheckExecutor(settings, all_clients["services"], caller),
         # Builds its IAM clients on first use; "projects" in ``clients`` replaces the default.
         StageKind.PREFLIGHT.value: PreflightExecutor(settings, projects_client=given.get("projects"), caller=caller),
     }
 
 
 __all__ = [
-    "ApiCaller", "Backoff", "CloudBuildExecutor", "DeployExecutor", "HttpCheckExecutor", "PreflightExecutor",
-    "RetryPolicy", "RunJobExecutor", "TrafficExecutor", "build_executors", "default_clients", "rollback",
+    "ApiCaller", "CloudBuildExecutor", "DeployExecutor", "HttpCheckExecutor", "PreflightExecutor",
+    "RequestsProber", "RetryPolicy", "RunJobExecutor", "TrafficExecutor", "build_executors", "default_clients", "rollback",
     "rollback_from_registry", "rollback_to_tag",
 ]

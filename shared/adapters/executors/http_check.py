@@ -1,126 +1,51 @@
-"""Stages of kind ``check``: HTTP GETs against a deployed service, finished at once.
+"""Stages of kind ``check``: HTTP GETs against a deployed service, as scheduled probes.
 
 The base URL comes from Cloud Run itself: the service URL for ``staging``/``prod``,
 the URL of the traffic tag (``canary``) for ``canary``, so the prod smoke talks to
-the new revision only. Each path is retried inside the stage's window because a
-fresh revision may need a moment; the stage passes only if every path answered 2xx.
-With ``params.bake`` (a duration) the paths are then checked again every second
-until the bake time is over, and one failure fails the stage: the canary has to
-stay healthy while it takes its share of traffic, not just answer once.
+the new revision only. ``start`` only resolves it and returns the check as a handle
+(url, paths, window, bake, probe interval); the GETs run later, one round per probe,
+in the probe function (shared/app/probing.py, rules in shared/domain/probes.py), so no
+function instance waits through a window or a bake.
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import requests
 
 from shared.domain.commands import StartStage
 from shared.app.config import Settings
 from shared.domain.errors import ExecutorError
-from shared.domain.events import Outcome
 from shared.adapters.executors.calls import ApiCaller
 from shared.adapters.executors.run_services import DEFAULT_CANARY_TAG, service_path
 from shared.adapters.executors.substitute import substitute, variables_for
-from shared.domain.pipeline import DEFAULT_CHECK_WINDOW_S, Pipeline, Stage, parse_duration
+from shared.domain.analysis import AnalysisTarget, Criteria
+from shared.domain.pipeline import DEFAULT_CHECK_WINDOW_S, Pipeline, Stage, parse_duration, thaw
+from shared.domain.probes import DEFAULT_PROBE_INTERVAL_S
 from shared.app.ports import StageFinish, StartResult
 from shared.domain.state import StageState
 
 
+class RequestsProber:
+    """HttpProber over requests: one GET, following redirects, latency as requests measured it."""
 
-@dataclass(frozen=True)
-class Backoff:
-    initial_s: float = 0.5
-    maximum_s: float = 5.0
-    multiplier: float = 2.0
-    request_timeout_s: float = 10.0
+    def __init__(self, session: Any = None):
+        self.session = session or requests.Session()
 
-
-def check_paths(
-    base_url: str, paths: list[str], window_s: float, *, session: Any = None, backoff: Backoff | None = None,
-    monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-) -> list[dict[str, Any]]:
-    """GET every path until it answers 2xx or the window closes; one record per path.
-
-    The window is shared by all paths (it bounds the whole stage), but each path gets
-    at least one attempt. Latency is the last attempt's, in ms, measured by requests.
-    """
-    http = session or requests.Session()
-    backoff = backoff or Backoff()
-    deadline = monotonic() + window_s
-    checks = []
-    for path in paths:
-        url = base_url.rstrip("/") + "/" + str(path).lstrip("/")
-        record: dict[str, Any] = {"path": path, "status": None, "attempts": 0, "latency_ms": None}
-        delay = backoff.initial_s
-        while True:
-            record["attempts"] += 1
-            remaining = deadline - monotonic()
-            try:
-                response = http.get(url, timeout=max(0.5, min(backoff.request_timeout_s, remaining)),
-                                    allow_redirects=True)
-                record.update(status=response.status_code, latency_ms=round(response.elapsed.total_seconds() * 1000, 1))
-                record.pop("error", None)
-                if 200 <= response.status_code < 300:
-                    break
-            except requests.RequestException as exc:
-                record.update(status=None, latency_ms=None, error=type(exc).__name__)
-            remaining = deadline - monotonic()
-            if remaining <= 0:
-                break
-            sleep(min(delay, remaining))
-            delay = min(delay * backoff.multiplier, backoff.maximum_s)
-        checks.append(record)
-    return checks
-
-
-def bake(
-    base_url: str, paths: list[str], bake_s: float, *, session: Any = None, interval_s: float = 1.0,
-    monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-    request_timeout_s: float = 10.0,
-) -> dict[str, Any]:
-    """Check every path once per interval until ``bake_s`` is over; stop at the first failure."""
-    http = session or requests.Session()
-    end = monotonic() + bake_s
-    rounds = 0
-    while monotonic() < end:
-        rounds += 1
-        for path in paths:
-            url = base_url.rstrip("/") + "/" + str(path).lstrip("/")
-            try:
-                status = http.get(url, timeout=request_timeout_s).status_code
-            except requests.RequestException as exc:
-                return {"bake_s": bake_s, "rounds": rounds, "failed": f"GET {path} failed ({type(exc).__name__})"}
-            if not 200 <= status < 300:
-                return {"bake_s": bake_s, "rounds": rounds, "failed": f"GET {path} answered {status}"}
-        sleep(max(0.0, min(interval_s, end - monotonic())))
-    return {"bake_s": bake_s, "rounds": rounds, "failed": ""}
-
-
-def verdict(checks: list[dict[str, Any]]) -> tuple[Outcome, str]:
-    bad = [c for c in checks if not (isinstance(c["status"], int) and 200 <= c["status"] < 300)]
-    if not bad:
-        return Outcome.SUCCEEDED, ""
-    parts = [
-        f"GET {c['path']} " + (f"answered {c['status']}" if c["status"] is not None else f"failed ({c.get('error')})")
-        + f" after {c['attempts']} attempt(s)"
-        for c in bad
-    ]
-    return Outcome.FAILED, "; ".join(parts)
+    def get(self, url: str, timeout_s: float) -> Mapping[str, Any]:
+        try:
+            response = self.session.get(url, timeout=timeout_s, allow_redirects=True)
+        except requests.RequestException as exc:
+            return {"status": None, "latency_ms": None, "error": type(exc).__name__}
+        return {"status": response.status_code, "latency_ms": round(response.elapsed.total_seconds() * 1000, 1),
+                "error": ""}
 
 
 class HttpCheckExecutor:
-    def __init__(self, settings: Settings, services: Any, caller: ApiCaller | None = None, *,
-                 session: Any = None, backoff: Backoff | None = None,
-                 monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, settings: Settings, services: Any, caller: ApiCaller | None = None):
         self.settings = settings
         self.services = services
         self.caller = caller or ApiCaller()
-        self.session = session
-        self.backoff = backoff or Backoff()
-        self.monotonic = monotonic
-        self.sleep = sleep
 
     def start(self, pipeline: Pipeline, stage: Stage, command: StartStage) -> StartResult:
         params = substitute(stage.params, variables_for(self.settings, pipeline, command))
@@ -128,22 +53,43 @@ class HttpCheckExecutor:
             f"finding the URL to check for {params.get('target')}", lambda: self.base_url(params),
             release_id=command.release_id, stage=stage.id,
         )
-        window = parse_duration(params.get("window", DEFAULT_CHECK_WINDOW_S), stage.label)
-        checks = check_paths(base_url, list(params["paths"]), window, session=self.session, backoff=self.backoff,
-                             monotonic=self.monotonic, sleep=self.sleep)
-        outcome, reason = verdict(checks)
-        result = {"url": base_url, "target": params["target"], "checks": checks}
-        if outcome is Outcome.SUCCEEDED and params.get("bake"):
-            baked = bake(base_url, list(params["paths"]), parse_duration(params["bake"], stage.label),
-                         session=self.session, monotonic=self.monotonic, sleep=self.sleep,
-                         request_timeout_s=self.backoff.request_timeout_s)
-            result["bake"] = baked
-            if baked["failed"]:
-                outcome, reason = Outcome.FAILED, f"{baked['failed']} during the {baked['bake_s']:.0f}s bake"
-        return StartResult(handle={"url": base_url}, finished=StageFinish(outcome, reason, result))
+        handle = {
+            "url": base_url, "target": params["target"], "paths": [str(p) for p in params["paths"]],
+            "window_s": parse_duration(params.get("window", DEFAULT_CHECK_WINDOW_S), stage.label),
+            "bake_s": parse_duration(params["bake"], stage.label) if params.get("bake") else 0,
+            "interval_s": (parse_duration(params["probe_interval"], stage.label) if params.get("probe_interval")
+                           else DEFAULT_PROBE_INTERVAL_S),
+        }
+        if params.get("analysis"):
+            criteria = Criteria.from_params(params["analysis"])
+            target = self.caller.call(
+                "finding the revisions the analysis judges", lambda: self.analysis_target(params),
+                release_id=command.release_id, stage=stage.id,
+            )
+            handle["analysis"] = {"criteria": thaw(params["analysis"]), "target": target.to_dict()}
+            handle["max_extension_s"] = criteria.max_extension_s
+            if not params.get("probe_interval"):  # one analysis per checklist interval
+                handle["interval_s"] = criteria.interval_s
+        return StartResult(handle=handle)
+
+    def analysis_target(self, params: Mapping[str, Any]) -> AnalysisTarget:
+        """The revision under test and, for a canary, the stable revision serving the rest."""
+        service = self.services.get_service(name=service_path(self.settings, str(params["service"])),
+                                            retry=None, timeout=self.caller.timeout)
+        latest = service.latest_ready_revision.rsplit("/", 1)[-1]
+        serving = [(s.revision or latest, s.percent, s.tag) for s in service.traffic_statuses]
+        if params.get("target") != "canary":
+            return AnalysisTarget(str(params["service"]), latest, None)
+        tag = str(params.get("revision_tag") or DEFAULT_CANARY_TAG)
+        canary = next((revision for revision, _, t in serving if t == tag), "")
+        if not canary:
+            raise ExecutorError(f"service {params['service']} has no traffic tag {tag!r} to analyse")
+        others = sorted(((percent, revision) for revision, percent, _ in serving if revision != canary and percent > 0),
+                        reverse=True)
+        return AnalysisTarget(str(params["service"]), canary, others[0][1] if others else None)
 
     def poll(self, pipeline: Pipeline, stage: Stage, state: StageState) -> StageFinish | None:
-        return None  # a check finishes inside start(); nothing runs afterwards
+        return None  # the probes publish the verdict; there is nothing to poll
 
     def base_url(self, params: Mapping[str, Any]) -> str:
         if params.get("url"):  # an explicit URL wins (checks of something not on Cloud Run)

@@ -1,0 +1,43 @@
+"""The analysis each probe interval of a check calls: telemetry in, a verdict with its evidence out.
+
+The probe mechanism (shared/app/probing.py, rules in shared/domain/probes.py) calls this once per
+closed interval. It measures the window of ``criteria.window_s`` that ends with the interval
+through the ``Telemetry`` port (Cloud Monitoring and Cloud Logging), and lets the pure
+``diagnose`` judge. A telemetry API that fails is INCONCLUSIVE with the error as evidence: the
+bake is extended and, if it stays so, fails closed; it is never a silent pass.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Mapping
+
+from shared.app.ports import Telemetry
+from shared.domain.analysis import AnalysisTarget, Criteria, Outcome, diagnose
+from shared.domain.probes import IntervalVerdict, ProbeInterval, ProbeVerdict, no_analysis
+
+log = logging.getLogger(__name__)
+VERDICTS = {Outcome.PASSED: ProbeVerdict.PASS, Outcome.FAILED: ProbeVerdict.FAIL,
+            Outcome.INCONCLUSIVE: ProbeVerdict.INCONCLUSIVE}
+
+
+@dataclass
+class TelemetryAnalysis:
+    telemetry: Telemetry
+
+    def __call__(self, check: Mapping[str, Any], interval: ProbeInterval) -> IntervalVerdict:
+        spec = check.get("analysis") or {}
+        if not spec.get("target"):
+            return no_analysis(check, interval)
+        criteria = Criteria.from_params(spec.get("criteria"))
+        target = AnalysisTarget(**spec["target"])
+        end = datetime.fromtimestamp(interval.end, tz=timezone.utc)
+        start = end - timedelta(seconds=criteria.window_s)
+        try:
+            measurements = self.telemetry.measure(criteria, target, start, end)
+        except Exception as exc:  # noqa: BLE001 - any client error: not judged, said so, and retried next interval
+            log.warning("telemetry of %s for %s: %s", target.canary_revision, interval.stage_run_id, exc)
+            return IntervalVerdict(ProbeVerdict.INCONCLUSIVE, f"telemetry unavailable: {type(exc).__name__}: {exc}"[:300])
+        verdict = diagnose(criteria, measurements)
+        return IntervalVerdict(VERDICTS[verdict.outcome], verdict.reason, verdict.to_dict())
