@@ -36,6 +36,7 @@ class Criteria:
     max_5xx_ratio: float = 0.01
     p95_limit_ms: float = 1000.0
     max_latency_ratio: float = 1.5  # canary P95 over stable P95
+    min_latency_delta_ms: float = 25.0  # and by at least this much: 1 ms against 2 ms is noise, not a regression
     log_severity: str = "ERROR"  # entries at or above it are error logs
     log_patterns: tuple[str, ...] = ("Traceback", "OperationalError")
     max_error_logs_per_min: float = 0.0
@@ -139,7 +140,7 @@ def diagnose(criteria: Criteria, m: Measurements) -> Verdict:
     ``confidence`` AND the canary above ``max_5xx_ratio``; without one, the Wilson lower
     bound above ``max_5xx_ratio``), latency (P95 from the distribution buckets over
     ``p95_limit_ms``; with a stable revision also P95 over ``max_latency_ratio`` times the
-    stable one, confirmed by a Mann-Whitney test on raw latencies where both sides have
+    stable one and ``min_latency_delta_ms`` above it, confirmed by a Mann-Whitney test on raw latencies where both sides have
     them), and logs (lines at or above ``log_severity`` or matching a pattern, per minute
     over ``max_error_logs_per_min``).
     """
@@ -211,9 +212,11 @@ def _latency(c: Criteria, m: Measurements) -> Finding | None:
     if stable_p95 is None or m.stable is None or m.stable.requests < c.min_requests:
         return Finding("latency", Outcome.PASSED, f"{told} (limit {c.p95_limit_ms:g} ms)")
     versus = f"{told} vs stable {_ms(stable_p95)}"
-    slower = canary_p95[0] > c.max_latency_ratio * max(stable_p95[0], 1e-9)
+    slower = (canary_p95[0] > c.max_latency_ratio * max(stable_p95[0], 1e-9)
+              and canary_p95[0] - stable_p95[0] > c.min_latency_delta_ms)
     if not slower:
-        return Finding("latency", Outcome.PASSED, f"{versus} (at most {c.max_latency_ratio:g}x allowed)")
+        return Finding("latency", Outcome.PASSED,
+                       f"{versus} (at most {c.max_latency_ratio:g}x or +{c.min_latency_delta_ms:g} ms allowed)")
     first, second = m.canary.raw_latencies_ms, m.stable.raw_latencies_ms
     if first and second:
         rank = stats.mann_whitney_greater(first, second)
@@ -257,3 +260,48 @@ def _evidence(c: Criteria, m: Measurements) -> dict[str, Any]:
             "canary": side(m.canary), "stable": side(m.stable),
             "error_logs": len(bad),
             "log_lines": [asdict(line) | {"text": line.text[:500]} for line in bad[:EVIDENCE_LINES]]}
+
+
+def evidence_lines(verdict: Mapping[str, Any]) -> list[str]:
+    """A stored verdict (``Verdict.to_dict()``) as plain lines for people: notes, pages, notices."""
+    evidence = verdict.get("evidence") or {}
+    lines = [f"verdict: {verdict.get('outcome', '?')} — {verdict.get('reason', '')}"]
+    window = evidence.get("window") or {}
+    if window:
+        lines.append(f"window: {window.get('start')} to {window.get('end')} ({window.get('seconds')} s)")
+    for role in ("canary", "stable"):
+        side = evidence.get(role)
+        if not side:
+            continue
+        ratio = side.get("error_ratio")
+        p95 = side.get("p95_ms")
+        lines.append(f"{role} {side.get('revision')}: {side.get('requests')} requests, "
+                     f"{side.get('errors_5xx')} 5xx ({'-' if ratio is None else f'{100 * ratio:.1f} %'}), "
+                     f"P95 {'-' if p95 is None else f'{p95:g} ms'}")
+    if evidence.get("error_logs"):
+        lines.append(f"error log lines: {evidence['error_logs']}")
+        for line in evidence.get("log_lines") or []:
+            first = str(line.get("text", "")).splitlines()
+            lines.append(f"  {line.get('timestamp')} {line.get('severity')} {first[0] if first else ''}"
+                         + (f" (+{len(first) - 1} lines)" if len(first) > 1 else ""))
+    return lines
+
+
+def summary_line(verdict: Mapping[str, Any]) -> str:
+    """One line of a stored verdict: outcome, canary vs stable numbers, error logs."""
+    evidence = verdict.get("evidence") or {}
+
+    def side(name: str) -> str:
+        s = evidence.get(name) or {}
+        if not s:
+            return ""
+        ratio = s.get("error_ratio")
+        p95 = s.get("p95_ms")
+        return (f"{name} {s.get('requests')} req, {'-' if ratio is None else f'{100 * ratio:.1f} %'} 5xx, "
+                f"P95 {'-' if p95 is None else f'{p95:g} ms'}")
+
+    parts = [p for p in (side("canary"), side("stable")) if p]
+    text = f"analysis {verdict.get('outcome', '?')}: " + (" vs ".join(parts) or "no traffic measured")
+    if evidence.get("error_logs"):
+        text += f"; {evidence['error_logs']} error log line(s)"
+    return text

@@ -239,6 +239,7 @@ ANALYSIS_FIELDS: dict[str, Field] = {
     "max_5xx_ratio": Field(number(0, 1)),
     "p95_limit_ms": Field(number(1, 600_000)),
     "max_latency_ratio": Field(number(1, 100)),
+    "min_latency_delta_ms": Field(number(0, 600_000)),
     "log_severity": Field(severity),
     "log_patterns": Field(list_of(regex, "regular expressions")),
     "max_error_logs_per_min": Field(number(0, 1_000_000)),

@@ -141,7 +141,7 @@ def doc_with(analysis, **params):
     check = {"target": "canary", "service": "web", "revision_tag": "canary", "paths": ["/"], "bake": "5m",
              "analysis": analysis}
     check.update(params)
-    return {"name": "t", "stages": [{"id": "smoke", "kind": "check", "timeout": "10m", "params": check}]}
+    return {"name": "t", "stages": [{"id": "smoke", "kind": "check", "timeout": "15m", "params": check}]}
 
 
 def test_criteria_from_the_pipeline_file():
@@ -164,6 +164,8 @@ def test_criteria_from_the_pipeline_file():
     ({"window": "soon"}, {}, "params.analysis.window: 'soon' is not a positive duration"),
     ({}, {"service": None}, "params.analysis: needs params.service"),
     ({}, {"bake": None}, "params.analysis: needs params.bake"),
+    ({"max_extension": "10m"}, {}, "params.analysis.max_extension: window + bake + max_extension is 960s, longer than"
+                                   " the stage's timeout of 900s"),
     ("strict", {}, "params.analysis: must be a mapping"),
 ])
 def test_the_checklist_is_validated_with_pointed_errors(analysis, params, message):
