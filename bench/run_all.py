@@ -23,6 +23,7 @@ BENCHMARKS = [
     ("bench.cost", "5: Firestore reads and writes per transition"),
     ("bench.cold_start", "6: cold start"),
     ("bench.push_latency", "7: push trigger answer time"),
+    ("bench.canary_analysis", "8: canary verdict time and API calls per interval"),
 ]
 
 

@@ -40,4 +40,6 @@ class TelemetryAnalysis:
             log.warning("telemetry of %s for %s: %s", target.canary_revision, interval.stage_run_id, exc)
             return IntervalVerdict(ProbeVerdict.INCONCLUSIVE, f"telemetry unavailable: {type(exc).__name__}: {exc}"[:300])
         verdict = diagnose(criteria, measurements)
-        return IntervalVerdict(VERDICTS[verdict.outcome], verdict.reason, verdict.to_dict())
+        # The reason travels into the stage's failure reason and the failure notice: with its window.
+        told = f"{verdict.reason} [window {measurements.window_start} to {measurements.window_end}]"
+        return IntervalVerdict(VERDICTS[verdict.outcome], told, verdict.to_dict())

@@ -199,3 +199,18 @@ class FakeProbeScheduler:
         with self._lock:
             due = sorted((at, tid) for tid, (at, _) in self.pending.items() if at <= now)
             return [self.pending.pop(tid)[1] for _, tid in due]
+
+
+class FakeTelemetry:
+    """The Telemetry port from canned measurements, or raising what a client would raise."""
+
+    def __init__(self, measurements=None, error: Exception | None = None):
+        self.measurements = measurements
+        self.error = error
+        self.calls: list[tuple] = []
+
+    def measure(self, criteria, target, start, end):
+        self.calls.append((criteria, target, start, end))
+        if self.error is not None:
+            raise self.error
+        return self.measurements
