@@ -251,7 +251,8 @@ def make_dispatcher(store, publisher, executors, settings, clock=None, approvals
     bench stage names an environment, so none is taken: the figures are the dispatcher's own)
     and a roll-back no bench pipeline asks for (none has a failing check)."""
     from shared.testing.fakes import FakeApprovals, FakeNotifier
-    from shared.app.locks import EnvironmentLocks, FirestoreLockDocuments
+    from shared.adapters.firestore_locks import FirestoreLockDocuments
+    from shared.app.locks import EnvironmentLocks
     from shared.app.ports import SystemClock
     from shared.app.dispatcher import Dispatcher
 

@@ -40,7 +40,8 @@ from bench.common import (
 )
 from shared.app.config import Settings
 from shared.domain.events import Outcome
-from shared.app.ports import StageFinish, StartResult
+from shared.app.ports import StageFinish
+from shared.testing.fakes import FakeExecutor
 
 RELEASES = 50
 WORKERS = 16
@@ -82,18 +83,9 @@ class Bus:
             self.queue.put(message)
 
 
-class InstantExecutor:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.starts: collections.Counter = collections.Counter()
-
-    def start(self, pipeline, stage, command) -> StartResult:
-        with self.lock:
-            self.starts[command.stage_run_id] += 1
-        return StartResult(handle={"instant": True}, finished=StageFinish(Outcome.SUCCEEDED, "", {"ok": True}))
-
-    def poll(self, pipeline, stage, state):
-        return None
+def instant_executor() -> FakeExecutor:
+    """Every stage finishes at its start; starts are counted per stage-run id."""
+    return FakeExecutor(finish_at_once=StageFinish(Outcome.SUCCEEDED, "", {"ok": True}))
 
 
 WARMUP_RELEASES = 5  # run first and not counted: the emulator's JVM is slow until warm
@@ -120,7 +112,7 @@ def _run(hosts: dict[str, str], releases: int, workers: int) -> Report:
         pipeline = mixed_pipeline()
         store.save_pipeline(pipeline)
         bus = Bus(settings.events_topic, DUPLICATE_SHARE)
-        executor = InstantExecutor()
+        executor = instant_executor()
         dispatcher = make_dispatcher(store, bus, {s.kind.value: executor for s in pipeline.stages}, settings)
         ids = []
         for n in range(releases):

@@ -31,16 +31,14 @@ from bench.common import (
     print_report,
     quiet,
 )
-from bench.concurrent_releases import InstantExecutor
 from shared.app.config import Settings
 
 
 def run(hosts: dict[str, str] | None = None) -> Report:
     from google.cloud import firestore
 
-    from shared.testing.fakes import FakePublisher
+    from shared.testing.fakes import FakeExecutor, FakePublisher
     from shared.adapters.firestore_store import FirestoreStore
-    from shared.app.ports import StartResult
     from shared.domain.state import new_release
 
     quiet()
@@ -53,12 +51,7 @@ def run(hosts: dict[str, str] | None = None) -> Report:
         raw._pipeline_cache.clear()  # a fresh instance: the first event reads the definition
         store = CountingStore(raw)
 
-        class NoFinish(InstantExecutor):
-            def start(self, pipeline, stage, command):
-                super().start(pipeline, stage, command)
-                return StartResult(handle={"n": 1})
-
-        dispatcher = make_dispatcher(store, FakePublisher(), {s.kind.value: NoFinish() for s in pipeline.stages}, settings)
+        dispatcher = make_dispatcher(store, FakePublisher(), {s.kind.value: FakeExecutor() for s in pipeline.stages}, settings)
         state = new_release(pipeline, repo="bench/cost", ref="refs/heads/main", commit=new_commit(),
                             version="1.0.0", pushed_by="dev@example.com", now=time.time())
         assert raw.create(state)

@@ -25,7 +25,7 @@ GITHUB_REPOSITORY = re.compile(r"^[A-Za-z0-9-]{1,39}/[A-Za-z0-9._-]{1,100}$")
 SECRET_ID = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 PROJECT_NUMBER = re.compile(r"^\d{6,20}$")
 # The entry points functions/main.py must define (the deploy names them).
-ENTRY_POINTS = ("on_push", "dispatch", "on_approval", "sweep", "dashboard")
+ENTRY_POINTS = ("on_push", "dispatch", "on_approval", "sweep", "dashboard", "operator")
 DEFAULT_PIPELINE_SA_ID = "release-pipeline"
 
 

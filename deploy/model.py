@@ -147,7 +147,17 @@ def functions(config: DeployConfig) -> tuple[FunctionSpec, ...]:
                      why="every minute; no retry, the next tick comes in a minute anyway"),
         FunctionSpec("dashboard", "dashboard", public=False,
                      why="read-only status page; IAM-protected, grant roles/run.invoker to the team"),
+        # Publishes operator events, so it needs no secret; the caller's ID token is its credential.
+        FunctionSpec("operator", "operator", public=False,
+                     why="operator actions (replay, chaos, …); IAM lets only the listed operators call it, "
+                         "and the code verifies their Google ID token against RELEASE_OPERATORS again"),
     )
+
+
+def operator_emails(settings) -> list[str]:
+    from shared.domain.identity import normalise
+
+    return [normalise(e) for e in settings.operators.replace(";", ",").split(",") if normalise(e)]
 
 
 def function_env(config: DeployConfig) -> dict[str, str]:
@@ -163,6 +173,7 @@ def function_env(config: DeployConfig) -> dict[str, str]:
         "RELEASE_ARTIFACT_REGISTRY": s.artifact_registry,
         "RELEASE_APPROVAL_BASE_URL": config.function_url("on-approval"),
         "RELEASE_PUBLIC_BASE_URL": config.function_url("dashboard"),
+        "RELEASE_OPERATOR_AUDIENCE": config.function_url("operator"),
         "RELEASE_MAIL_FROM": s.mail_from,
         # Builds and jobs run as this account (the runtime SA may act as it).
         "RELEASE_PIPELINE_SERVICE_ACCOUNT": config.pipeline_sa,
@@ -173,6 +184,9 @@ def function_env(config: DeployConfig) -> dict[str, str]:
         # The function source root is /workspace; the file is copied to pipelines/.
         "RELEASE_PIPELINE_FILE": f"/workspace/pipelines/{_basename(s.pipeline_file)}",
     }
+    if s.operators:
+        # gcloud's --set-env-vars splits on ','; the functions also accept ';' between addresses.
+        env["RELEASE_OPERATORS"] = ";".join(operator_emails(s))
     if s.collection_prefix:
         env["RELEASE_COLLECTION_PREFIX"] = s.collection_prefix
     if s.smtp_host:
@@ -366,6 +380,12 @@ def build_plan(config: DeployConfig) -> Plan:
                          ("functions", "add-invoker-policy-binding", "probe", f"--region={r}",
                           f"--member={invoker_member}", proj),
                          "Cloud Tasks calls the probe function with the invoker account's OIDC token, nobody else"))
+    for email in operator_emails(config.settings):
+        member = f"user:{email}"
+        steps.append(Binding("delivery", "function", "operator", "roles/run.invoker", member,
+                             ("functions", "add-invoker-policy-binding", "operator", f"--region={r}",
+                              f"--member={member}", proj),
+                             "an operator listed in RELEASE_OPERATORS may call the operator function"))
     for fn in functions(config):
         if not fn.trigger_topic:
             continue

@@ -72,6 +72,13 @@ def probe(request):
 
 
 @functions_framework.http
+def operator(request):
+    """Operator actions (replay, chaos, …) for callers with a verified Google ID token on the list."""
+    status, body = bootstrap.operator().handle(request.method, request.headers, request.get_data())
+    return _json(body, status)
+
+
+@functions_framework.http
 def on_approval(request):
     """Signed approval links: GET/HEAD show a confirm page, POST decides."""
     answer = bootstrap.approvals().handle(request.method, request.args, request.form, request.headers)

@@ -110,8 +110,10 @@ def run(args) -> int:
               f"{stack.metric_delay_s:g} s later (GCP: 60 s and up to 180 s); logs after {stack.log_delay_s:g} s")
         print(f"  dashboard: {stack.urls['dashboard']}/")
         env = stack.base_env()
+        operator = " ".join(f"{k}={v}" for k, v in stack.operator_env().items())
         print(f"  relctl:    FIRESTORE_EMULATOR_HOST={env['FIRESTORE_EMULATOR_HOST']} "
-              f"PUBSUB_EMULATOR_HOST={env['PUBSUB_EMULATOR_HOST']} RELEASE_PROJECT={PROJECT} .venv/bin/relctl list")
+              f"PUBSUB_EMULATOR_HOST={env['PUBSUB_EMULATOR_HOST']} RELEASE_PROJECT={PROJECT} {operator} "
+              ".venv/bin/relctl list")
         from google.cloud import firestore
 
         store = FirestoreStore(firestore.Client(project=PROJECT), Settings(project=PROJECT))
@@ -129,10 +131,10 @@ def run(args) -> int:
                     return show_stopped_canary(state, sampler, stack)
                 return 1
             if args.chaos and not chaos_requested and state.status is ReleaseStatus.AWAITING_APPROVAL:
-                from shared.adapters.pubsub_publisher import PubSubPublisher
+                from shared.ui.operator_client import call_operator
 
-                PubSubPublisher(Settings(project=PROJECT)).publish(
-                    "pipeline-events", {"type": "chaos.requested", "release_id": release_id, "requested_by": "qa@example.com"})
+                call_operator(Settings.from_env(stack.operator_env(), project=PROJECT), "chaos",
+                              {"release_id": release_id}, as_="qa@example.com")
                 chaos_requested = True
                 print("  chaos smoke requested (run_chaos=true)")
             elif state.status is ReleaseStatus.AWAITING_APPROVAL and not approved:

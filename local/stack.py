@@ -21,6 +21,7 @@ from pathlib import Path
 from google.api_core.exceptions import AlreadyExists, NotFound
 
 from local.emulators import Emulator, free_port, start_emulator, wait_port
+from local.token_issuer import LocalTokenIssuer
 from shared.app.config import REPO_ROOT
 from shared.domain.errors import ConfigError
 
@@ -37,7 +38,9 @@ FUNCTIONS = {
     "on_approval": ("on_approval", "http", ()),
     "probe": ("probe", "http", ()),  # Cloud Tasks (the stand-in) calls it at each probe's time
     "dashboard": ("dashboard", "http", ()),
+    "operator": ("operator", "http", ()),
 }
+LOCAL_OPERATORS = ("operator@example.com", "qa@example.com")
 TOPICS = ("pipeline-events", "cloud-builds", "release-updates", "pipeline-tick")
 
 
@@ -62,6 +65,7 @@ class LocalStack:
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     urls: dict[str, str] = field(default_factory=dict)
     standin_endpoint: str = ""
+    token_issuer: LocalTokenIssuer | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
     # -- lifecycle ------------------------------------------------------------
@@ -94,6 +98,8 @@ class LocalStack:
         self._create_topics()
         log("starting the Cloud Build / Cloud Run stand-in …")
         self._start_standin()
+        # Google's ID-token issuer, played locally: the operator function verifies its tokens.
+        self.token_issuer = LocalTokenIssuer().start()
         log("starting the functions …")
         # Every URL first: functions link to each other (approval links, dashboard).
         self.urls = {name: f"http://127.0.0.1:{free_port()}" for name in FUNCTIONS}
@@ -120,6 +126,9 @@ class LocalStack:
         for emulator in self.emulators:
             emulator.stop()
         self.emulators.clear()
+        if self.token_issuer is not None:
+            self.token_issuer.stop()
+            self.token_issuer = None
 
     def __enter__(self) -> "LocalStack":
         return self.start()
@@ -163,8 +172,19 @@ class LocalStack:
             "RELEASE_SMTP_HOST": "127.0.0.1" if self.smtp_port else "",
             "RELEASE_SMTP_PORT": str(self.smtp_port or 25),
             "RELEASE_NOTIFY_EMAILS": "release-team@example.com",
+            **self.operator_env(),
+            "RELEASE_OPERATOR_CERTS_URL": self.token_issuer.certs_url if self.token_issuer else "",
+            "RELEASE_OPERATOR_ISSUERS": self.token_issuer.issuer if self.token_issuer else "",
+            "RELEASE_OPERATORS": ",".join(LOCAL_OPERATORS),
         })
         return env
+
+    def operator_env(self) -> dict[str, str]:
+        """What relctl needs to reach the operator function with a token of the local issuer."""
+        url = self.urls.get("operator", "")
+        return {"RELEASE_OPERATOR_URL": url, "RELEASE_OPERATOR_AUDIENCE": url,
+                "RELEASE_OPERATOR_TOKEN_URL": self.token_issuer.token_url if self.token_issuer else "",
+                "RELEASE_OPERATOR_EMAIL": LOCAL_OPERATORS[0]}
 
     def _start_emulator(self, kind: str) -> None:
         try:

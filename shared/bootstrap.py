@@ -67,7 +67,7 @@ def approvals():
 def approval_store():
     from google.cloud import firestore
 
-    from shared.app.approval_store import FirestoreApprovalStore
+    from shared.adapters.firestore_approvals import FirestoreApprovalStore
 
     return FirestoreApprovalStore(firestore.Client(project=settings().project), settings())
 
@@ -76,13 +76,15 @@ def approval_store():
 def dispatcher():
     from shared.app.dispatcher import Dispatcher
 
-    from shared.app.locks import EnvironmentLocks, FirestoreLockDocuments
+    from shared.adapters.firestore_locks import FirestoreLockDocuments
+    from shared.app.locks import EnvironmentLocks
 
     locks = EnvironmentLocks(FirestoreLockDocuments(store().client, settings()), publisher(), settings())
     from shared.adapters.executors.run_services import rollback
 
     return Dispatcher(store(), publisher(), executors(), approvals(), notifier(), SystemClock(), settings(), locks,
-                      roll_back=lambda service: rollback(settings(), service), probes=probe_scheduler())
+                      roll_back=lambda service: rollback(settings(), service), operator_requests=operator_requests(),
+                      probes=probe_scheduler())
 
 
 @functools.cache
@@ -121,6 +123,26 @@ def probe_service():
 
     return ProbeService(store(), executors(), publisher(), probe_scheduler(), RequestsProber(), SystemClock(),
                         settings(), analyse=interval_analysis())
+
+
+@functools.cache
+def operator_requests():
+    from shared.adapters.firestore_operator_requests import FirestoreOperatorRequests
+
+    return FirestoreOperatorRequests(store().client, settings())
+
+
+@functools.cache
+def operator():
+    """The operator function: token verifier, the operator list, and every registered action."""
+    from shared.adapters.id_tokens import GoogleIdTokenVerifier
+    from shared.app.operator import OperatorService, register_release_actions
+
+    s = settings()
+    verifier = GoogleIdTokenVerifier(s.operator_audience, s.operator_certs_url,
+                                     tuple(i.strip() for i in s.operator_issuers.split(",")))
+    service = OperatorService.from_settings(s, verifier, operator_requests(), SystemClock())
+    return register_release_actions(service, store(), publisher(), s)
 
 
 @functools.cache

@@ -8,6 +8,7 @@ serialise badly (DESIGN.md: 28.7 s and lock timeouts for 40 contended increments
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
 from google.api_core import exceptions as gexc
@@ -19,6 +20,7 @@ from shared.app.config import Settings
 from shared.domain.errors import DefinitionError, StaleWrite
 from shared.domain.pipeline import Pipeline, parse_pipeline, thaw
 from shared.domain.state import ReleaseState, ReleaseStatus
+from shared.domain.wake import RECORD_RETENTION_S
 
 
 class FirestoreStore:
@@ -35,11 +37,11 @@ class FirestoreStore:
         snapshot = self.releases.document(release_id).get()
         if not snapshot.exists:
             return None
-        return ReleaseState.from_dict(snapshot.to_dict()), snapshot.update_time
+        return _state(snapshot), snapshot.update_time
 
     def create(self, state: ReleaseState) -> bool:
         try:
-            self.releases.document(state.release_id).create(state.to_dict())
+            self.releases.document(state.release_id).create(_document(state))
             return True
         except gexc.AlreadyExists:
             return False
@@ -47,7 +49,7 @@ class FirestoreStore:
     def update(self, state: ReleaseState, token: Any) -> Any:
         option = self.client.write_option(last_update_time=token)
         try:
-            result = self.releases.document(state.release_id).update(state.to_dict(), option=option)
+            result = self.releases.document(state.release_id).update(_document(state), option=option)
         except gexc.FailedPrecondition:
             raise StaleWrite("release changed since it was read", release_id=state.release_id) from None
         return result.update_time
@@ -64,13 +66,24 @@ class FirestoreStore:
 
     def list_releases(self, limit: int = 50) -> list[ReleaseState]:
         query = self.releases.order_by("created_at", direction=firestore.Query.DESCENDING).limit(limit)
-        return [ReleaseState.from_dict(doc.to_dict()) for doc in query.stream()]
+        return [_state(doc) for doc in query.stream()]
 
     def list_active(self, limit: int = 500) -> list[ReleaseState]:
         # One "in" filter on a single field: served by Firestore's automatic index.
         active = [s.value for s in ReleaseStatus if not s.terminal and s is not ReleaseStatus.STOPPED]
         query = self.releases.where(filter=FieldFilter("status", "in", active)).limit(limit)
-        return [ReleaseState.from_dict(doc.to_dict()) for doc in query.stream()]
+        return [_state(doc) for doc in query.stream()]
+
+    def list_due(self, now: float, limit: int, after: Any = None) -> tuple[list[tuple[ReleaseState, Any]], Any]:
+        # A range and an order on the one field wake_at: Firestore's automatic single-field
+        # index serves it (deploy/firestore_indexes.py); a release without wake_at is never read.
+        query = (self.releases.where(filter=FieldFilter("wake_at", "<=", now)).order_by("wake_at")
+                 .limit(limit))
+        if after is not None:
+            query = query.start_after(after)
+        page = list(query.stream())
+        cursor = page[-1] if len(page) == limit else None
+        return [(_state(doc), doc.update_time) for doc in page], cursor
 
     def released_versions(self, repo: str) -> list[str]:
         # Two equality filters need no composite index; only the version field is sent.
@@ -101,17 +114,38 @@ class FirestoreStore:
         try:
             self.dead_letters.document(_doc_id(event_id)).create(
                 {"event_id": event_id, "reason": reason, "payload": payload, "source": source,
-                 "received_at": firestore.SERVER_TIMESTAMP}
+                 "received_at": firestore.SERVER_TIMESTAMP, "expire_at": expires_in(RECORD_RETENTION_S)}
             )
         except gexc.AlreadyExists:
             pass  # a redelivery of a malformed event: recorded once
 
     def claim_delivery(self, delivery_id: str, info: Mapping[str, Any]) -> bool:
         try:
-            self.deliveries.document(_doc_id(delivery_id)).create(dict(info))
+            self.deliveries.document(_doc_id(delivery_id)).create(
+                {**dict(info), "expire_at": expires_in(RECORD_RETENTION_S)})
             return True
         except gexc.AlreadyExists:
             return False
+
+
+def _document(state: ReleaseState) -> dict[str, Any]:
+    """The release as stored: ``expire_at`` as a timestamp, the only type a TTL policy reads."""
+    data = state.to_dict()
+    if data.get("expire_at") is not None:
+        data["expire_at"] = datetime.fromtimestamp(data["expire_at"], timezone.utc)
+    return data
+
+
+def _state(snapshot: Any) -> ReleaseState:
+    data = snapshot.to_dict()
+    if isinstance(data.get("expire_at"), datetime):
+        data["expire_at"] = data["expire_at"].timestamp()
+    return ReleaseState.from_dict(data)
+
+
+def expires_in(seconds: float) -> datetime:
+    """An ``expire_at`` value for a record kept ``seconds`` from now (TTL policies in deploy/)."""
+    return datetime.now(timezone.utc) + timedelta(seconds=seconds)
 
 
 def _doc_id(raw: str) -> str:

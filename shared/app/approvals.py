@@ -24,11 +24,11 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 from urllib.parse import quote
 
 from shared.ui import approval_pages as pages
-from shared.app.approval_store import ApprovalRecord, ApprovalStore
+from shared.domain.approval_record import ApprovalRecord
 from shared.domain.approval_tokens import Keyring, LinkClaims, TokenError, sign, verify
 from shared.domain.commands import RequestApproval
 from shared.app.config import Settings
@@ -37,7 +37,7 @@ from shared.domain.events import ApprovalDecided, EventType
 from shared.adapters.notify.errors import NotifyError
 from shared.adapters.notify.messages import format_approval_link
 from shared.domain.pipeline import Pipeline, Stage, StageKind
-from shared.app.ports import Clock, EventPublisher, ReleaseStore
+from shared.app.ports import ApprovalStore, Clock, EventPublisher, LinkSender, ReleaseStore
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
 
 log = logging.getLogger(__name__)
@@ -59,14 +59,6 @@ class ApprovalRefused(PipelineError):
         super().__init__(message)
         self.status = status
         self.title = title
-
-
-class LinkSender(Protocol):
-    """Port: a channel that reaches one person (mail); raises NotifyError when it cannot."""
-
-    name: str
-
-    def send_link(self, approver: str, subject: str, text: str) -> None: ...
 
 
 @dataclass(frozen=True)

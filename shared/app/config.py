@@ -54,6 +54,14 @@ class Settings:
     slack_webhook_url: str = field(default="", repr=False)
     chat_webhook_url: str = field(default="", repr=False)
     outbox_lease_s: int = 60
+    # The operator function (shared/app/operator.py): who may call it and how tokens are checked.
+    operator_url: str = ""  # where relctl sends operator requests
+    operator_audience: str = ""  # the audience ID tokens must name (the function's URL on GCP)
+    operator_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
+    operator_issuers: str = "https://accounts.google.com,accounts.google.com"
+    operators: str = ""  # comma-separated e-mail addresses allowed to call it
+    operator_token_url: str = ""  # local stack only: its token issuer's mint endpoint, for relctl
+    people: str = ""  # "github-login=person@example.com,alias@x=person@example.com"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":

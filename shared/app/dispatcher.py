@@ -34,6 +34,7 @@ from shared.app.config import Settings
 from shared.domain.errors import ExecutorError, MalformedEvent, StaleWrite, TransientError
 from shared.domain.events import (
     ApprovalDecided,
+    ChaosRequested,
     Event,
     Outcome,
     StageReplay,
@@ -44,17 +45,20 @@ from shared.domain.events import (
 from shared.domain.gate import Decision, GateOutcome, decide
 from shared.app.locks import EnvironmentLocks
 from shared.domain.pipeline import Pipeline
+from shared.app.operator import unconfirmed_request
 from shared.app.ports import (
     ApprovalRequester,
     Clock,
     EventPublisher,
     Notifier,
+    OperatorRequestLog,
     ProbeScheduler,
     ReleaseStore,
     StageExecutor,
 )
 from shared.app.probing import follow
 from shared.domain.probes import CHECK_KIND
+from shared.domain.wake import next_wake
 from shared.domain.state import ReleaseState
 
 log = logging.getLogger(__name__)
@@ -75,6 +79,8 @@ class Dispatcher:
     locks: EnvironmentLocks
     # service name -> what was done; moves all traffic back to the revision before ours
     roll_back: Callable[[str], Mapping[str, Any]]
+    # Operator requests recorded by the operator function; replay and chaos events must match one.
+    operator_requests: OperatorRequestLog | None = None
     sleep: Callable[[float], None] = time.sleep
     # Schedules the probes that follow a started job, rollout, traffic change or check
     # (shared/app/probing.py). Without one, only the sweeper's tick notices completions
@@ -102,12 +108,12 @@ class Dispatcher:
             refused = self.approvals.unconfirmed(event)
             if refused:
                 # Not a decision made through a signed link: recorded and announced, never applied.
-                log.warning("approval event %s refused: %s", event.id, refused)
-                self.store.record_dead_letter(event.id, f"approval refused: {refused}", "", "approval.decided")
-                self.publisher.publish(self.settings.updates_topic, {
-                    "type": "release.notice", "release_id": event.release_id, "kind": "refused",
-                    "stage": event.stage, "message": f"approval event refused: {refused}"})
-                return Decision(GateOutcome.REFUSED, refused)
+                return self._refuse_claim(event, refused)
+        if isinstance(event, (StageReplay, ChaosRequested)):
+            refused = ("no operator request log is wired" if self.operator_requests is None
+                       else unconfirmed_request(self.operator_requests, event))
+            if refused:
+                return self._refuse_claim(event, refused)
         for _ in range(MAX_CONFLICT_RETRIES):
             got = self.store.get(event.release_id)
             if got is None:
@@ -130,6 +136,7 @@ class Dispatcher:
                         "lease_until": now + self._lease_s(pipeline, decision.commands),
                     }
                 )
+                new.wake_at = next_wake(new, now, new.outbox)  # the sweeper recovers a batch whose handler died
             try:
                 token = self.store.update(new, token)
             except StaleWrite:
@@ -139,6 +146,15 @@ class Dispatcher:
                 self._carry_out(pipeline, new, token, event.id, decision.commands)
             return decision
         raise TransientError("too many concurrent updates; retry", release_id=event.release_id)
+
+    def _refuse_claim(self, event: Event, refused: str) -> Decision:
+        """An event whose claim the source of truth does not back: recorded and announced, never applied."""
+        log.warning("%s event %s refused: %s", event.type.value, event.id, refused)
+        self.store.record_dead_letter(event.id, f"{event.type.value} refused: {refused}", "", event.type.value)
+        self.publisher.publish(self.settings.updates_topic, {
+            "type": "release.notice", "release_id": event.release_id, "kind": "refused",
+            "stage": getattr(event, "stage", ""), "message": f"{event.type.value} event refused: {refused}"})
+        return Decision(GateOutcome.REFUSED, refused)
 
     # -- side effects ---------------------------------------------------------
     def _carry_out(
@@ -232,8 +248,9 @@ class Dispatcher:
                     return
                 state, token = got
             # Only what changed is sent: encoding the whole document is most of the CPU.
-            fields: dict[tuple[str, ...], Any] = {
-                ("outbox",): [b for b in state.outbox if b["event_id"] != batch_id]}
+            outbox = [b for b in state.outbox if b["event_id"] != batch_id]
+            fields: dict[tuple[str, ...], Any] = {("outbox",): outbox,
+                                                  ("wake_at",): next_wake(state, self.clock.now(), outbox)}
             for stage_id, handle in handles.items():
                 st = state.stages.get(stage_id)
                 if st is not None and st.stage_run_id == handle["stage_run_id"]:

@@ -16,26 +16,14 @@ lost with a crashed process is sent again.
 from __future__ import annotations
 
 import logging
-import threading
-from typing import Any, Protocol
 
 from shared.app.config import Settings
 from shared.domain.errors import StaleWrite, TransientError
-from shared.app.ports import EventPublisher
+from shared.app.ports import EventPublisher, LockDocuments
 
 log = logging.getLogger(__name__)
 SUPERSEDED_KEPT = 200
 MAX_CONFLICT_RETRIES = 20
-
-
-class LockDocuments(Protocol):
-    """Read and conditionally write one lock document (None token: must not exist yet)."""
-
-    def read(self, environment: str) -> tuple[dict[str, Any], Any]:
-        ...
-
-    def write(self, environment: str, data: dict[str, Any], token: Any) -> None:
-        """Raise StaleWrite when the document changed since ``token`` (or exists, for None)."""
 
 
 class EnvironmentLocks:
@@ -110,57 +98,3 @@ class EnvironmentLocks:
         log.info("release %s superseded by %s (queued for %s)", release_id, by, environment)
         self.publisher.publish(self.settings.events_topic, {
             "type": "release.superseded", "release_id": release_id, "environment": environment, "superseded_by": by})
-
-
-def _empty() -> dict[str, Any]:
-    return {"holder": "", "queue": [], "superseded": {}}
-
-
-class FirestoreLockDocuments:
-    def __init__(self, client, settings: Settings):
-        self.client = client
-        self.collection = client.collection(settings.collection("locks"))
-
-    def read(self, environment: str) -> tuple[dict[str, Any], Any]:
-        snapshot = self.collection.document(environment).get()
-        if not snapshot.exists:
-            return _empty(), None
-        return {**_empty(), **snapshot.to_dict()}, snapshot.update_time
-
-    def write(self, environment: str, data: dict[str, Any], token: Any) -> None:
-        from google.api_core import exceptions as gexc
-
-        doc = self.collection.document(environment)
-        try:
-            if token is None:
-                doc.create(data)
-            else:
-                doc.update(data, option=self.client.write_option(last_update_time=token))
-        except (gexc.AlreadyExists, gexc.FailedPrecondition):
-            raise StaleWrite(f"lock {environment} changed since it was read") from None
-
-
-class InMemoryLockDocuments:
-    """The fake: the same contract as Firestore's documents, in memory."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._docs: dict[str, tuple[dict[str, Any], int]] = {}
-
-    def read(self, environment: str) -> tuple[dict[str, Any], Any]:
-        import copy
-
-        with self._lock:
-            if environment not in self._docs:
-                return _empty(), None
-            data, version = self._docs[environment]
-            return copy.deepcopy(data), version
-
-    def write(self, environment: str, data: dict[str, Any], token: Any) -> None:
-        import copy
-
-        with self._lock:
-            current = self._docs.get(environment)
-            if (current is None) != (token is None) or (current is not None and current[1] != token):
-                raise StaleWrite(f"lock {environment} changed since it was read")
-            self._docs[environment] = (copy.deepcopy(data), (current[1] if current else 0) + 1)

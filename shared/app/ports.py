@@ -1,7 +1,8 @@
 """The small interfaces the service needs from the outside world.
 
-Each has a real adapter (Firestore, Pub/Sub, Cloud Build, Cloud Run, HTTP, SMTP)
-and a fake in ``shared/testing/fakes.py`` that behaves the same way, for unit tests.
+Every Protocol of the application lives here. Each has a real adapter in
+``shared/adapters/`` (Firestore, Pub/Sub, Cloud Build, Cloud Run, HTTP, SMTP) and a
+fake in ``shared/testing/fakes.py`` that behaves the same way, for unit tests.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol
 
 from shared.domain.analysis import AnalysisTarget, Criteria, Measurements
+from shared.domain.approval_record import ApprovalRecord
 from shared.domain.commands import Notify, RequestApproval, StartStage
 from shared.domain.events import ApprovalDecided, Outcome
 from shared.domain.pipeline import Pipeline, Stage
@@ -45,6 +47,10 @@ class ReleaseStore(Protocol):
 
     def list_active(self, limit: int = 500) -> list[ReleaseState]:
         """Releases that are running, queued or awaiting approval (what the sweeper looks at)."""
+
+    def list_due(self, now: float, limit: int, after: Any = None) -> tuple[list[tuple[ReleaseState, Any]], Any]:
+        """Releases with ``wake_at <= now``, earliest first, with their version tokens; and the
+        cursor of the next page (None when this was the last)."""
 
     def released_versions(self, repo: str) -> list[str]:
         """Versions of the repository's releases that succeeded."""
@@ -123,6 +129,63 @@ class ProbeScheduler(Protocol):
 class HttpProber(Protocol):
     def get(self, url: str, timeout_s: float) -> Mapping[str, Any]:
         """One GET: {"status": int | None, "latency_ms": float | None, "error": str}."""
+
+
+class TokenVerifier(Protocol):
+    def verify(self, token: str) -> Mapping[str, Any]:
+        """The claims of a valid ID token (signature, audience, expiry, issuer checked).
+
+        Raise RequestRefused(401) for a token that does not verify, TransientError when
+        the issuer's certificates cannot be fetched."""
+
+
+class OperatorRequestLog(Protocol):
+    """Who asked for what, through the operator function (``operator_requests/{id}``)."""
+
+    def record(self, request_id: str, request: Mapping[str, Any]) -> bool:
+        """Create-only; False when a request with this id exists already."""
+
+    def get(self, request_id: str) -> Mapping[str, Any] | None:
+        ...
+
+
+class LockDocuments(Protocol):
+    """Read and conditionally write one lock document (None token: must not exist yet)."""
+
+    def read(self, environment: str) -> tuple[dict[str, Any], Any]:
+        ...
+
+    def write(self, environment: str, data: dict[str, Any], token: Any) -> None:
+        """Raise StaleWrite when the document changed since ``token`` (or exists, for None)."""
+
+
+def empty_lock_document() -> dict[str, Any]:
+    """What ``LockDocuments.read`` returns for a lock that was never written."""
+    return {"holder": "", "queue": [], "superseded": {}}
+
+
+class ApprovalStore(Protocol):
+    def create(self, record: ApprovalRecord) -> bool:
+        """Create-only; False when the nonce exists already."""
+
+    def get(self, nonce: str) -> ApprovalRecord | None: ...
+
+    def find_open(self, release_id: str, stage: str, attempt: int, approver: str) -> ApprovalRecord | None:
+        """An unconsumed request for exactly this approver and attempt, to resend its link."""
+
+    def consume(self, nonce: str, decision: str, reason: str, user_agent: str, now: float) -> bool:
+        """Record the decision; True for exactly one caller per nonce, False once used.
+        Raises ApprovalNotFound when there is no such request."""
+
+    def mark_published(self, nonce: str, message_id: str) -> None: ...
+
+
+class LinkSender(Protocol):
+    """A channel that reaches one person (mail); raises NotifyError when it cannot."""
+
+    name: str
+
+    def send_link(self, approver: str, subject: str, text: str) -> None: ...
 
 
 class Telemetry(Protocol):

@@ -1,39 +1,68 @@
-"""The sweeper: runs every minute (Cloud Scheduler -> ``pipeline-tick``) and turns what
-nobody announces into events.
+"""The sweeper: runs every minute (Cloud Scheduler -> ``pipeline-tick``) as the safety net.
 
-* Cloud Run jobs and service rollouts send no completion event, and a Cloud Build
-  notification can be lost: every RUNNING stage's executor is polled, and each finish
-  found is published as ``stage.finished``. A finish already applied is dropped by
-  the gate as stale, so publishing one twice is harmless.
-* Deadlines are the gate's to enforce, but the gate only runs on an event: a release
-  with a stage or an approval past its deadline gets a ``release.tick``.
+Completions arrive as events (Cloud Build notifications, the probes of shared/app/probing.py);
+the sweeper catches what those missed. It reads only releases that can need it now: one
+range query on ``wake_at`` (shared/domain/wake.py), earliest first, page after page, so a
+release waiting hours for an approval costs no read until its approval expires.
 
-It never writes release state itself; everything goes through the dispatcher.
+* A running stage whose wake time came (its probes went quiet, or a Cloud Build
+  notification got lost) is polled once through its executor; a finish found is
+  published as ``stage.finished`` (a second one is dropped by the gate as stale).
+* A release with a stage or an approval past its deadline, a queued one, or one whose
+  commands' lease ran out gets a ``release.tick``: the gate enforces deadlines, asks
+  for the lock again, and the dispatcher carries out the orphaned commands.
+* Each release looked at gets its next ``wake_at`` (a conditional write; a release that
+  moved meanwhile has a fresh one already). So every due release is read once per sweep
+  and then moves back in the order: none can starve the others.
+
+Releases of one page are swept in parallel; the sweep stops taking new pages when its
+time budget is spent, and the next tick starts again from the earliest.
+
+It never writes release state besides ``wake_at``; everything goes through the dispatcher.
 """
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from shared.app.config import Settings
-from shared.domain.errors import ExecutorError, PipelineError
+from shared.domain.errors import ExecutorError, PipelineError, StaleWrite
 from shared.domain.events import EventType, Outcome
 from shared.app.ports import Clock, EventPublisher, ReleaseStore, StageExecutor, StageFinish
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
+from shared.domain.wake import next_wake
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LIMIT = 500
+PAGE_SIZE = 200
+WORKERS = 16
+# Cloud Scheduler's tick comes every 60 s and the function may run 540 s; stopping new
+# pages after 45 s keeps two sweeps from overlapping much.
+BUDGET_S = 45.0
 
 
 @dataclass
 class SweepReport:
-    releases: int = 0  # active releases looked at
+    releases: int = 0  # due releases looked at
     polled: int = 0  # running stages polled
+    pages: int = 0
     finished: list[dict[str, Any]] = field(default_factory=list)  # published stage.finished payloads
     ticks: list[str] = field(default_factory=list)  # release ids that got a release.tick
     errors: list[str] = field(default_factory=list)  # what could not be checked this time
+    out_of_time: bool = False  # pages were left for the next tick
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, name: str, value: Any) -> None:
+        with self._lock:
+            current = getattr(self, name)
+            if isinstance(current, list):
+                current.append(value)
+            else:
+                setattr(self, name, current + value)
 
 
 def sweep(
@@ -43,19 +72,46 @@ def sweep(
     clock: Clock,
     settings: Settings,
     *,
-    limit: int = DEFAULT_LIMIT,
+    page_size: int = PAGE_SIZE,
+    workers: int = WORKERS,
+    budget_s: float = BUDGET_S,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> SweepReport:
-    """One pass over the active releases; one failing release never stops the others."""
+    """One pass over the due releases; one failing release never stops the others."""
     report = SweepReport()
     now = clock.now()
-    for release in store.list_active(limit=limit):
-        report.releases += 1
-        try:
-            _sweep_release(release, store, executors, publisher, settings, now, report)
-        except Exception as exc:  # noqa: BLE001 - keep sweeping the other releases
-            log.exception("sweeping release %s failed", release.release_id)
-            report.errors.append(f"release {release.release_id}: {exc}")
+    began = monotonic()
+    cursor: Any = None
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sweep") as pool:
+        while True:
+            page, cursor = store.list_due(now, page_size, cursor)
+            report.pages += 1
+            for done in [pool.submit(_sweep_one, release, token, store, executors, publisher, settings, now, report)
+                         for release, token in page]:
+                done.result()
+            if cursor is None:
+                break
+            if monotonic() - began > budget_s:
+                report.out_of_time = True
+                break
     return report
+
+
+def _sweep_one(release: ReleaseState, token: Any, store: ReleaseStore, executors: Mapping[str, StageExecutor],
+               publisher: EventPublisher, settings: Settings, now: float, report: SweepReport) -> None:
+    report.add("releases", 1)
+    try:
+        _sweep_release(release, store, executors, publisher, settings, now, report)
+    except Exception as exc:  # noqa: BLE001 - keep sweeping the other releases
+        log.exception("sweeping release %s failed", release.release_id)
+        report.add("errors", f"release {release.release_id}: {exc}")
+    live = [b for b in release.outbox if b["lease_until"] > now]  # expired ones: the tick recovers them
+    try:
+        store.update_fields(release.release_id, {("wake_at",): next_wake(release, now, live)}, token)
+    except StaleWrite:
+        pass  # the release moved meanwhile; its write set a fresh wake_at
+    except PipelineError as exc:
+        report.add("errors", f"release {release.release_id}: wake_at not moved: {exc}")
 
 
 def _sweep_release(
@@ -73,7 +129,7 @@ def _sweep_release(
         executor = executors.get(stage.kind.value)
         if st.status is not StageStatus.RUNNING or executor is None:
             continue
-        report.polled += 1
+        report.add("polled", 1)
         try:
             finish = executor.poll(pipeline, stage, st)
         except ExecutorError as exc:
@@ -82,7 +138,7 @@ def _sweep_release(
             # end in a timeout that names nothing.
             finish = StageFinish(Outcome.FAILED, str(exc))
         except PipelineError as exc:  # TransientError: try again on the next sweep
-            report.errors.append(str(exc))
+            report.add("errors", str(exc))
             continue
         if finish is None:
             continue
@@ -92,10 +148,11 @@ def _sweep_release(
             "result": dict(finish.result),
         }
         publisher.publish(settings.events_topic, data)
-        report.finished.append(data)
-    if overdue or release.status is ReleaseStatus.QUEUED:  # queued: ask for the lock again
+        report.add("finished", data)
+    orphaned = any(batch["lease_until"] <= now for batch in release.outbox)
+    if overdue or orphaned or release.status is ReleaseStatus.QUEUED:  # queued: ask for the lock again
         publisher.publish(settings.events_topic, {"type": EventType.TICK.value, "release_id": release.release_id})
-        report.ticks.append(release.release_id)
+        report.add("ticks", release.release_id)
 
 
 def is_overdue(release: ReleaseState, status: StageStatus, deadline: float | None, now: float) -> bool:

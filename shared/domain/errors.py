@@ -50,3 +50,11 @@ class TransientError(PipelineError):
 
 class ExecutorError(PipelineError):
     """An executor could not start or observe a stage (permanent; fails the stage)."""
+
+
+class RequestRefused(PipelineError):
+    """An HTTP request is refused (operator function); carries the status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status

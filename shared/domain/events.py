@@ -78,6 +78,7 @@ class ChaosRequested:
     id: str
     release_id: str
     requested_by: str
+    request_id: str = ""  # the operator request it carries out (operator_requests/{id})
     type = EventType.CHAOS_REQUESTED
 
 
@@ -172,7 +173,7 @@ def event_from_dict(event_id: str, data: Mapping[str, Any]) -> Event:
             if not isinstance(fields["approve"], bool):
                 raise ValueError("approve must be true or false")
         for key in ("release_id", "stage", "stage_run_id", "replay_id", "requested_by", "nonce", "approver",
-                    "environment", "superseded_by"):
+                    "environment", "superseded_by", "request_id"):
             if key in fields and not isinstance(fields[key], str):
                 raise ValueError(f"{key} must be a string")
     except (ValueError, TypeError) as exc:

@@ -67,6 +67,7 @@ from shared.domain.events import (
     stage_run_id,
 )
 from shared.domain.pipeline import Pipeline, Stage, StageKind
+from shared.domain.wake import expiry, next_wake
 from shared.domain.state import (
     APPLIED_EVENTS_KEPT,
     Attempt,
@@ -139,6 +140,8 @@ def decide(pipeline: Pipeline, state: ReleaseState, event: Event, now: float) ->
         return Decision(outcome, reason, None, tuple(run.commands))
     new.applied_events = (new.applied_events + [event.id])[-APPLIED_EVENTS_KEPT:]
     new.updated_at = now
+    new.wake_at = next_wake(new, now)
+    new.expire_at = expiry(new, now)
     return Decision(outcome, reason, new, tuple(run.commands))
 
 

@@ -149,8 +149,9 @@ def _stage(raw: Any, position: int) -> Stage:
         # ends them, so it must leave room for the whole window and bake.
         needed = check_duration_s(params, where)
         if needed > timeout_s:
-            raise Invalid(path + ("timeout",),
-                          f"{where}timeout: params.window + params.bake is {needed}s, longer than the timeout")
+            raise Invalid(path + ("params", "bake" if params.get("bake") else "window"),
+                          f"{where}params.bake: params.window + params.bake is {needed}s, longer than the timeout "
+                          f"({timeout_s}s)")
     return Stage(
         id=stage_id,
         number=str(raw.get("number", position)),

@@ -28,7 +28,6 @@ _OUR_PLACEHOLDER = re.compile(r"\$\$|\$\{([a-z][a-z0-9_]*)\}")
 DURATION = re.compile(r"^(\d+)\s*([smh]?)$")
 MAX_STAGE_TIMEOUT_S = 24 * 3600  # Cloud Build's own upper limit for a build (24 h)
 MAX_APPROVAL_TIMEOUT_S = 7 * 24 * 3600  # a week: longer means nobody is going to answer
-MAX_CHECK_WINDOW_S = MAX_STAGE_TIMEOUT_S  # checks run as scheduled probes; the stage's timeout bounds them
 ENVIRONMENTS = ("build", "staging", "prod")
 CHECK_TARGETS = ("staging", "prod", "canary")
 
@@ -196,9 +195,10 @@ PARAMS: dict[str, dict[str, Field]] = {
         "url": Field(lambda v: None if isinstance(v, str) and v.startswith(("http://", "https://"))
                      else f"must be an http(s) URL, got {v!r}"),
         "revision_tag": Field(text),
-        "window": Field(duration(MAX_CHECK_WINDOW_S)),
-        "bake": Field(duration(MAX_CHECK_WINDOW_S)),
-        "probe_interval": Field(duration(3600)),  # at least 1 s: durations are whole positive seconds
+        # Checks run as scheduled probes (shared/domain/probes.py): bounded by the stage's timeout only.
+        "window": Field(duration(MAX_STAGE_TIMEOUT_S)),
+        "bake": Field(duration(MAX_STAGE_TIMEOUT_S)),
+        "probe_interval": Field(duration(3600)),
         "analysis": Field(mapping),  # the QA checklist: its fields are ANALYSIS_FIELDS
     },
     "approval": {

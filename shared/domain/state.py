@@ -103,6 +103,10 @@ class ReleaseState:
     # Commands of transitions not yet carried out: [{event_id, commands, lease_until}].
     # See shared/app/dispatcher.py for why they live in the release document.
     outbox: list[dict[str, Any]] = field(default_factory=list)
+    # When the sweeper must look at the release again, and when it may be deleted
+    # (epoch seconds; see shared/domain/wake.py). None: never.
+    wake_at: float | None = None
+    expire_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -147,4 +151,5 @@ def new_release(
         created_at=now,
         updated_at=now,
         stages={stage.id: StageState() for stage in pipeline.stages},
+        wake_at=now + 90.0,  # = wake.SAFETY_NET_S: a release whose release.started got lost is looked at
     )

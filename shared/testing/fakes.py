@@ -6,16 +6,21 @@ stage-run id. A fake that is kinder than the real thing hides bugs.
 """
 from __future__ import annotations
 
+import collections
 import copy
 import itertools
 import json
 import threading
-from typing import Any, Mapping
+import time
+from dataclasses import replace
+from typing import Any, Callable, Mapping
 
 from shared.domain.commands import Notify, RequestApproval, StartStage
-from shared.domain.errors import DefinitionError, StaleWrite
+from shared.adapters.notify.errors import NotifyError
+from shared.domain.errors import DefinitionError, StaleWrite, TransientError
 from shared.domain.pipeline import Pipeline, Stage, parse_pipeline, thaw
-from shared.app.ports import StageFinish, StartResult
+from shared.app.ports import StageFinish, StartResult, empty_lock_document
+from shared.domain.approval_record import ApprovalNotFound, ApprovalRecord, decision_fields
 from shared.domain.state import ReleaseState, StageState
 
 
@@ -27,6 +32,21 @@ class FakeClock:
         return self.t
 
     def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+class FakeTime:
+    """A monotonic clock whose ``sleep`` moves it on at once (retry loops without waiting)."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
         self.t += seconds
 
 
@@ -90,6 +110,17 @@ class FakeStore:
         active = ("running", "queued", "awaiting_approval")
         return [s for s in self.list_releases(limit=10**6) if s.status.value in active][:limit]
 
+    def list_due(self, now: float, limit: int, after: Any = None):
+        with self._lock:
+            due = sorted(((d["wake_at"], rid, v) for rid, (d, v) in self._docs.items()
+                          if d.get("wake_at") is not None and d["wake_at"] <= now))
+            if after is not None:
+                due = [x for x in due if (x[0], x[1]) > after]
+            page = due[:limit]
+            self.reads += max(1, len(page))  # as Firestore bills a query: per document, at least one
+            states = [(ReleaseState.from_dict(copy.deepcopy(self._docs[rid][0])), v) for _, rid, v in page]
+        return states, ((page[-1][0], page[-1][1]) if len(page) == limit else None)
+
     def released_versions(self, repo: str) -> list[str]:
         return [s.version for s in self.list_releases(limit=10**6) if s.repo == repo and s.status.value == "succeeded"]
 
@@ -115,30 +146,55 @@ class FakeStore:
 
 
 class FakePublisher:
+    """Keeps what is published, with ids like Pub/Sub's; ``fail = True`` makes it raise
+    TransientError as an unreachable Pub/Sub would."""
+
     def __init__(self) -> None:
         self.messages: list[tuple[str, dict, dict]] = []
+        self.fail = False
         self._ids = itertools.count(1)
+        self._lock = threading.Lock()
 
     def publish(self, topic: str, data: Mapping[str, Any], attributes: Mapping[str, str] | None = None) -> str:
-        self.messages.append((topic, dict(data), dict(attributes or {})))
-        return f"msg-{next(self._ids)}"
+        if self.fail:
+            raise TransientError("publisher is down")
+        with self._lock:
+            self.messages.append((topic, dict(data), dict(attributes or {})))
+            return f"msg-{next(self._ids)}"
 
     def of_type(self, event_type: str) -> list[dict]:
         return [data for _, data, _ in self.messages if data.get("type") == event_type]
 
 
 class FakeExecutor:
-    """Records starts; idempotent per stage-run id like the real executors."""
+    """Counts starts per stage-run id; idempotent per stage-run id like the real executors.
 
-    def __init__(self, finish_at_once: StageFinish | None = None) -> None:
+    ``finish_at_once`` ends every stage at its start (like an HTTP check); ``delay_s``
+    and ``hook`` run inside ``start`` (a slow start, a crash at a chosen moment);
+    ``poll_results`` is what the sweeper's poll finds, by stage-run id."""
+
+    def __init__(self, finish_at_once: StageFinish | None = None, delay_s: float = 0.0,
+                 hook: Callable[[StartStage], None] | None = None) -> None:
+        self._lock = threading.Lock()
         self.started: dict[str, StartStage] = {}
-        self.start_calls = 0
+        self.starts: collections.Counter[str] = collections.Counter()
         self.finish_at_once = finish_at_once
+        self.delay_s = delay_s
+        self.hook = hook
         self.poll_results: dict[str, StageFinish] = {}
 
+    @property
+    def start_calls(self) -> int:
+        return sum(self.starts.values())
+
     def start(self, pipeline: Pipeline, stage: Stage, command: StartStage) -> StartResult:
-        self.start_calls += 1
-        self.started.setdefault(command.stage_run_id, command)
+        with self._lock:
+            self.starts[command.stage_run_id] += 1
+            self.started.setdefault(command.stage_run_id, command)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.hook is not None:
+            self.hook(command)
         return StartResult(handle={"fake_run": command.stage_run_id}, finished=self.finish_at_once)
 
     def poll(self, pipeline: Pipeline, stage: Stage, state: StageState) -> StageFinish | None:
@@ -161,6 +217,21 @@ class FakeApprovals:
 
     def unconfirmed(self, event) -> str:
         return "" if event.nonce in self.confirmed else f"no approval request {event.nonce} was issued"
+
+
+class FakeLinkSender:
+    """The LinkSender port: keeps what it sends; refuses the approvers in ``fail_for``."""
+
+    name = "recording"
+
+    def __init__(self, fail_for: tuple[str, ...] = ()) -> None:
+        self.sent: list[tuple[str, str, str]] = []
+        self.fail_for = fail_for
+
+    def send_link(self, approver: str, subject: str, text: str) -> None:
+        if approver in self.fail_for:
+            raise NotifyError("mailbox unreachable")
+        self.sent.append((approver, subject, text))
 
 
 class FakeNotifier:
@@ -199,6 +270,89 @@ class FakeProbeScheduler:
         with self._lock:
             due = sorted((at, tid) for tid, (at, _) in self.pending.items() if at <= now)
             return [self.pending.pop(tid)[1] for _, tid in due]
+
+
+class FakeOperatorRequests:
+    """``operator_requests`` in memory: create-only like the Firestore collection."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.records: dict[str, dict] = {}
+
+    def record(self, request_id: str, request: Mapping[str, Any]) -> bool:
+        with self._lock:
+            if request_id in self.records:
+                return False
+            self.records[request_id] = copy.deepcopy(dict(request))
+            return True
+
+    def get(self, request_id: str) -> Mapping[str, Any] | None:
+        with self._lock:
+            found = self.records.get(request_id)
+            return copy.deepcopy(found) if found is not None else None
+
+
+class InMemoryApprovalStore:
+    """The fake: same contract as the Firestore store, one lock instead of preconditions."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, ApprovalRecord] = {}
+        self._lock = threading.Lock()
+
+    def create(self, record: ApprovalRecord) -> bool:
+        with self._lock:
+            if record.nonce in self._records:
+                return False
+            self._records[record.nonce] = record
+            return True
+
+    def get(self, nonce: str) -> ApprovalRecord | None:
+        with self._lock:
+            return self._records.get(nonce)
+
+    def find_open(self, release_id: str, stage: str, attempt: int, approver: str) -> ApprovalRecord | None:
+        with self._lock:
+            for r in self._records.values():
+                if (r.release_id, r.stage, r.attempt, r.approver) == (release_id, stage, attempt, approver) and not r.consumed:
+                    return r
+        return None
+
+    def consume(self, nonce: str, decision: str, reason: str, user_agent: str, now: float) -> bool:
+        fields = decision_fields(decision, reason, user_agent, now)
+        with self._lock:
+            record = self._records.get(nonce)
+            if record is None:
+                raise ApprovalNotFound(f"no approval request {nonce[:6]}…")
+            if record.consumed:
+                return False
+            self._records[nonce] = replace(record, **fields)
+            return True
+
+    def mark_published(self, nonce: str, message_id: str) -> None:
+        with self._lock:
+            self._records[nonce] = replace(self._records[nonce], message_id=message_id)
+
+
+class InMemoryLockDocuments:
+    """The fake: the same contract as Firestore's documents, in memory."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._docs: dict[str, tuple[dict[str, Any], int]] = {}
+
+    def read(self, environment: str) -> tuple[dict[str, Any], Any]:
+        with self._lock:
+            if environment not in self._docs:
+                return empty_lock_document(), None
+            data, version = self._docs[environment]
+            return copy.deepcopy(data), version
+
+    def write(self, environment: str, data: dict[str, Any], token: Any) -> None:
+        with self._lock:
+            current = self._docs.get(environment)
+            if (current is None) != (token is None) or (current is not None and current[1] != token):
+                raise StaleWrite(f"lock {environment} changed since it was read")
+            self._docs[environment] = (copy.deepcopy(data), (current[1] if current else 0) + 1)
 
 
 class FakeTelemetry:

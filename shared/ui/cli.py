@@ -3,9 +3,10 @@
 Configured like the functions, from the environment (``RELEASE_*`` variables via
 ``Settings.from_env``, ``FIRESTORE_EMULATOR_HOST`` / ``PUBSUB_EMULATOR_HOST`` for the
 emulators, Google default credentials otherwise). Commands that change a release
-never write it: they publish the same events the rest of the system publishes
-(``stage.replay``, ``chaos.requested``) and the dispatcher's gate decides, so the
-CLI cannot do anything the gate would refuse. ``--wait`` then reads the release to
+never write it: they ask the operator function (shared/app/operator.py), which checks
+the caller's Google ID token against the operator list, records who asked and
+publishes the event (``stage.replay``, ``chaos.requested``); the dispatcher's gate
+decides, so the CLI cannot do anything the gate would refuse. ``--wait`` then reads the release to
 tell the operator what the gate made of it.
 
 Exit status: 0 done; 1 failed, refused or not found; 2 usage error or invalid
@@ -16,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import getpass
 import json
 import os
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, TextIO
 
@@ -55,13 +54,6 @@ class Context:
 
         require_emulator("FIRESTORE_EMULATOR_HOST")
         return FirestoreStore(firestore.Client(project=self.settings.project), self.settings)
-
-    @functools.cached_property
-    def publisher(self):
-        from shared.adapters.pubsub_publisher import PubSubPublisher
-
-        require_emulator("PUBSUB_EMULATOR_HOST")
-        return PubSubPublisher(self.settings)
 
     def print(self, *parts: Any) -> None:
         print(*parts, file=self.out, flush=True)
@@ -203,14 +195,12 @@ def _changes(state: ReleaseState, pipeline: Pipeline, seen: dict) -> list[str]:
     return lines
 
 
-# -- commands that publish events ---------------------------------------------------
-def requester(args) -> str:
-    if getattr(args, "as_", None):
-        return args.as_
-    try:
-        return os.environ.get("USER") or getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
+# -- commands that go through the operator function ---------------------------------------------------
+def operator_call(ctx: Context, args, action: str, params: dict, request_id: str | None = None) -> dict:
+    """Through the operator function, which checks the caller's Google ID token and records who asked."""
+    from shared.ui.operator_client import call_operator
+
+    return call_operator(ctx.settings, action, params, request_id=request_id, as_=getattr(args, "as_", None))
 
 
 def await_release(ctx: Context, release_id: str, seconds: float, answered):
@@ -226,12 +216,11 @@ def await_release(ctx: Context, release_id: str, seconds: float, answered):
 
 
 def publish_replay(ctx: Context, state: ReleaseState, stage: str, reason: str, args) -> int:
-    replay_id = args.replay_id or f"relctl-{uuid.uuid4().hex[:12]}"
-    payload = {"type": "stage.replay", "release_id": state.release_id, "stage": stage, "replay_id": replay_id,
-               "requested_by": requester(args), "reason": reason}
-    message_id = ctx.publisher.publish(ctx.settings.events_topic, payload)
-    ctx.print(f"published stage.replay {replay_id}: release {state.release_id} stage {stage} "
-              f"(by {payload['requested_by']}, message {message_id})")
+    answer = operator_call(ctx, args, "replay", {"release_id": state.release_id, "stage": stage, "reason": reason},
+                           request_id=args.replay_id)
+    replay_id = answer["replay_id"]
+    ctx.print(f"requested replay {replay_id}: release {state.release_id} stage {stage} "
+              f"(by {answer['requested_by']}, message {answer['message_id']})")
     if not args.wait:
         return EXIT_OK
     got = await_release(ctx, state.release_id, args.wait,
@@ -280,10 +269,9 @@ def cmd_chaos(args, ctx: Context) -> int:
     if state.status is not ReleaseStatus.AWAITING_APPROVAL:
         raise PipelineError(f"release {state.release_id} is {state.status.value}; chaos can be requested only "
                             "while it awaits approval")
-    who = requester(args)
-    message_id = ctx.publisher.publish(ctx.settings.events_topic,
-                                       {"type": "chaos.requested", "release_id": state.release_id, "requested_by": who})
-    ctx.print(f"published chaos.requested: release {state.release_id} (by {who}, message {message_id})")
+    answer = operator_call(ctx, args, "chaos", {"release_id": state.release_id})
+    ctx.print(f"requested chaos: release {state.release_id} (by {answer['requested_by']}, "
+              f"message {answer['message_id']})")
     if not args.wait:
         return EXIT_OK
     got = await_release(ctx, state.release_id, args.wait, lambda now: now.chaos_requested_by or None)
@@ -378,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=0, help="give up after this many seconds (exit 3); 0 = never")
     p.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
     for name, func, help in (
-        ("replay", cmd_replay, "run a stage again (publishes stage.replay)"),
+        ("replay", cmd_replay, "run a stage again (through the operator function)"),
         ("resend-approval", cmd_resend_approval, "send new approval links; the old ones stop working"),
         ("chaos", cmd_chaos, "request the optional chaos smoke (10a) while the release awaits approval"),
     ):
@@ -391,7 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--reason", default="approval links re-sent with relctl")
         if name != "chaos":
             p.add_argument("--replay-id", help="idempotency key; the same id is handled once (default: random)")
-        p.add_argument("--as", dest="as_", metavar="WHO", help="requested_by (default: $USER)")
+        p.add_argument("--as", dest="as_", metavar="WHO",
+                       help="local stack only: whom its token issuer signs for (default: $RELEASE_OPERATOR_EMAIL); "
+                            "on GCP your Google identity is used")
         p.add_argument("--wait", type=float, default=10, metavar="SECONDS",
                        help="wait this long for the dispatcher's answer (0: do not wait)")
     p = command("rollback", cmd_rollback, "move all of a service's traffic to an earlier revision")

@@ -6,17 +6,13 @@ subprocess (tests/faults/dispatcher_runner.py), so a redelivery meets the same c
 """
 from __future__ import annotations
 
-import collections
 import json
-import threading
 import time
 import uuid
-from typing import Any
 
 from shared.app.config import Settings
 from shared.testing.fakes import FakeApprovals, FakeNotifier, FakePublisher
 from shared.domain.pipeline import parse_pipeline
-from shared.app.ports import StartResult
 from shared.domain.state import new_release
 
 PIPELINE = parse_pipeline({
@@ -45,7 +41,8 @@ def firestore_store(project: str, settings: Settings):
 def dispatcher(store, executors, settings, clock=None, publisher=None):
     """The real Dispatcher, with environment locks over Firestore (no stage here names an
     environment, so none is taken) and a roll-back no check here ever asks for."""
-    from shared.app.locks import EnvironmentLocks, FirestoreLockDocuments
+    from shared.adapters.firestore_locks import FirestoreLockDocuments
+    from shared.app.locks import EnvironmentLocks
     from shared.app.ports import SystemClock
     from shared.app.dispatcher import Dispatcher
 
@@ -82,29 +79,6 @@ def finished(release_id: str, stage: str, attempt: int = 1, outcome: str = "succ
     return json.dumps({"type": "stage.finished", "release_id": release_id, "stage": stage,
                        "stage_run_id": f"{release_id}.{stage}.a{attempt}", "outcome": outcome,
                        "result": {"from": "completion"}}).encode()
-
-
-class CountingExecutor:
-    """Counts start calls per stage-run id; optional delay and hook inside ``start``."""
-
-    def __init__(self, delay_s: float = 0.0, hook=None) -> None:
-        self.lock = threading.Lock()
-        self.starts: collections.Counter = collections.Counter()
-        self.delay_s = delay_s
-        self.hook = hook
-        self.polls: dict[str, Any] = {}
-
-    def start(self, pipeline, stage, command) -> StartResult:
-        with self.lock:
-            self.starts[command.stage_run_id] += 1
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        if self.hook is not None:
-            self.hook(command)
-        return StartResult(handle={"counted": command.stage_run_id})
-
-    def poll(self, pipeline, stage, state):
-        return self.polls.get(state.stage_run_id)
 
 
 def builds_for(standin, stage_run_id: str) -> list:

@@ -16,11 +16,12 @@ import pytest
 
 from shared.app.config import Settings
 from shared.domain.events import Outcome
-from shared.testing.fakes import FakeClock, FakePublisher
+from shared.testing.fakes import FakeClock, FakeExecutor, FakePublisher
 from shared.domain.gate import GateOutcome
 from shared.app.ports import StageFinish
 from shared.domain.state import StageStatus
 from shared.app.sweeper import sweep
+from shared.domain.wake import SAFETY_NET_S
 from tests.faults import rig
 
 pytestmark = pytest.mark.emulators
@@ -42,7 +43,7 @@ def test_completion_handled_while_the_batch_that_started_the_stage_is_in_flight(
     stage-run id is started exactly once and no outbox is left."""
     settings, store = setup
     seen: dict[str, object] = {}
-    executor = rig.CountingExecutor()
+    executor = FakeExecutor()
     other_instance = rig.dispatcher(store, {"build": executor}, settings)
 
     def complete_s2_meanwhile(command):
@@ -64,7 +65,7 @@ def test_completion_handled_while_the_batch_that_started_the_stage_is_in_flight(
     assert [state.stages[s].status for s in rig.STAGES] == [StageStatus.SUCCEEDED, StageStatus.SUCCEEDED,
                                                           StageStatus.RUNNING]
     assert state.stages["s2"].result["from"] == "completion", "the completion's result survived"
-    assert state.stages["s2"].result["counted"] == f"{rid}.s2.a1", "the late handle was recorded too"
+    assert state.stages["s2"].result["fake_run"] == f"{rid}.s2.a1", "the late handle was recorded too"
     assert state.outbox == []
     assert executor.starts == {f"{rid}.{s}.a1": 1 for s in rig.STAGES}
     assert state.applied_events == ["start", "s1-done", "s2-done"]
@@ -78,7 +79,7 @@ def test_completion_of_a_run_not_yet_recorded_is_stale_and_the_sweeper_recovers_
     same version token) and nothing starts. Once s2 really runs and its completion is lost,
     the sweeper's poll of the running stage publishes the finish, which is applied once."""
     settings, store = setup
-    executor = rig.CountingExecutor()
+    executor = FakeExecutor()
     dispatcher = rig.dispatcher(store, {"build": executor}, settings)
     rid = rig.create_release(store)
     dispatcher.handle_message("start", {}, rig.started(rid))
@@ -92,9 +93,10 @@ def test_completion_of_a_run_not_yet_recorded_is_stale_and_the_sweeper_recovers_
     assert executor.starts == {f"{rid}.s1.a1": 1}
 
     dispatcher.handle_message("s1-done", {}, rig.finished(rid, "s1"))
-    executor.polls[f"{rid}.s2.a1"] = StageFinish(Outcome.SUCCEEDED, "", {"found_by": "poll"})
+    executor.poll_results[f"{rid}.s2.a1"] = StageFinish(Outcome.SUCCEEDED, "", {"found_by": "poll"})
     published = FakePublisher()
-    report = sweep(store, {"build": executor}, published, FakeClock(state.created_at + 5), settings)
+    # the notification never came: the sweeper's safety net polls once the stage's wake time is there
+    report = sweep(store, {"build": executor}, published, FakeClock(state.created_at + SAFETY_NET_S + 5), settings)
     (finish,) = [data for _, data, _ in published.messages if data["type"] == "stage.finished"]
     assert report.finished == [finish] and finish["stage_run_id"] == f"{rid}.s2.a1"
     decision = dispatcher.handle_message("sweeper-1", {}, json.dumps(finish).encode())

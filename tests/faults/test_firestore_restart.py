@@ -14,6 +14,7 @@ from local.emulators import Emulator, free_port, start_emulator
 from shared.domain.gate import GateOutcome
 from shared.domain.state import ReleaseStatus, StageStatus
 from tests.conftest import OUTPUT
+from shared.testing.fakes import FakeExecutor
 from tests.faults import rig
 
 pytestmark = pytest.mark.emulators
@@ -77,7 +78,7 @@ def test_firestore_restart_mid_release_loses_nothing_and_the_release_ends(emulat
     project = emulators["project"]
     settings = rig.settings_for(project, unique_prefix)
     store = rig.firestore_store(project, settings)
-    executor = rig.CountingExecutor()
+    executor = FakeExecutor()
     dispatcher = rig.dispatcher(store, {"build": executor}, settings)
     rid = rig.create_release(store)
     dispatcher.handle_message(f"{rid}-start", {}, rig.started(rid))

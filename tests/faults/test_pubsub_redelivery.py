@@ -9,6 +9,7 @@ from google.cloud import pubsub_v1
 
 from shared.domain.gate import GateOutcome
 from shared.domain.state import StageStatus
+from shared.testing.fakes import FakeExecutor
 from tests.faults import rig
 
 pytestmark = pytest.mark.emulators
@@ -33,7 +34,7 @@ def test_event_redelivered_after_its_ack_deadline_changes_nothing_twice(emulator
     publisher.create_topic(name=topic)
     subscriber.create_subscription(name=subscription, topic=topic, ack_deadline_seconds=10)
 
-    slow = rig.CountingExecutor()
+    slow = FakeExecutor()
     dispatcher = rig.dispatcher(store, {"build": slow}, settings)
     rid = rig.create_release(store)
     dispatcher.handle_message(f"{rid}-start", {}, rig.started(rid))
@@ -86,5 +87,5 @@ def test_event_redelivered_after_its_ack_deadline_changes_nothing_twice(emulator
     state = store.get(rid)[0]
     assert state.stages["s1"].status is StageStatus.SUCCEEDED and state.stages["s1"].result["from"] == "completion"
     assert state.stages["s2"].status is StageStatus.RUNNING and state.stages["s2"].attempt == 1
-    assert state.stages["s2"].result["counted"] == f"{rid}.s2.a1"
+    assert state.stages["s2"].result["fake_run"] == f"{rid}.s2.a1"
     assert state.outbox == [] and state.applied_events.count(first.message.message_id) == 1

@@ -7,9 +7,17 @@ from dataclasses import dataclass
 from google.cloud import firestore
 
 from shared.app.config import Settings
-from shared.testing.fakes import FakeApprovals, FakeClock, FakeExecutor, FakeNotifier, FakePublisher
+from shared.testing.fakes import (
+    FakeApprovals,
+    FakeClock,
+    FakeExecutor,
+    FakeNotifier,
+    FakeOperatorRequests,
+    FakePublisher,
+)
 from shared.adapters.firestore_store import FirestoreStore
-from shared.app.locks import EnvironmentLocks, FirestoreLockDocuments
+from shared.adapters.firestore_locks import FirestoreLockDocuments
+from shared.app.locks import EnvironmentLocks
 from shared.domain.pipeline import StageKind
 from shared.app.dispatcher import Dispatcher
 from shared.domain.state import new_release
@@ -23,6 +31,7 @@ class Rig:
     executor: FakeExecutor
     publisher: FakePublisher
     clock: FakeClock
+    operator_requests: FakeOperatorRequests
     delivered: int = 0
 
     def new_release(self, commit="abcdef1234567890"):
@@ -58,6 +67,8 @@ def make_rig(project, prefix) -> Rig:
     executors = {kind.value: executor for kind in StageKind}
     locks = EnvironmentLocks(FirestoreLockDocuments(store.client, settings), publisher, settings)
     rolled_back: list[str] = []
+    requests = FakeOperatorRequests()
     dispatcher = Dispatcher(store, publisher, executors, FakeApprovals(), FakeNotifier(), clock, settings, locks,
-                            roll_back=lambda service: rolled_back.append(service) or {"service": service})
-    return Rig(dispatcher, store, executor, publisher, clock)
+                            roll_back=lambda service: rolled_back.append(service) or {"service": service},
+                            operator_requests=requests)
+    return Rig(dispatcher, store, executor, publisher, clock, requests)

@@ -7,7 +7,8 @@ import urllib.parse
 import pytest
 
 from shared.app.approvals import ApprovalService
-from shared.app.approval_store import ApprovalNotFound, ApprovalRecord, FirestoreApprovalStore
+from shared.adapters.firestore_approvals import FirestoreApprovalStore
+from shared.domain.approval_record import ApprovalNotFound, ApprovalRecord
 from shared.app.config import Settings
 from shared.adapters.notify import EmailNotifier
 from tests.integration.test_notify_channels import smtp  # noqa: F401 - fixture

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.app.config import REPO_ROOT
+from local.emulators import free_port, wait_port
+from local.token_issuer import LocalTokenIssuer
+from shared.app.config import REPO_ROOT, Settings
 from shared.domain.state import ReleaseStatus, StageStatus
 from tests.integration.dispatch_helpers import make_rig
 from tests.unit.gate_helpers import APPROVER, STAGES
@@ -37,19 +39,51 @@ def relctl_env(emulators, prefix, topic, **extra):
     return env
 
 
+@pytest.fixture(scope="module")
+def token_issuer():
+    issuer = LocalTokenIssuer().start()
+    yield issuer
+    issuer.stop()
+
+
 @pytest.fixture
-def cli(emulators, unique_prefix):
+def operator_function(emulators, unique_prefix, token_issuer, tmp_path):
+    """The operator function in its own functions-framework process, trusting the local token issuer."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    topic_id = f"events-{unique_prefix.strip('_')}"
+    env = relctl_env(emulators, unique_prefix, topic_id, PYTHONPATH=str(REPO_ROOT), RELEASE_OPERATOR_AUDIENCE=url,
+                     RELEASE_OPERATOR_CERTS_URL=token_issuer.certs_url, RELEASE_OPERATOR_ISSUERS=token_issuer.issuer,
+                     RELEASE_OPERATORS="ops-user@example.com,alice@example.com,qa@example.com")
+    log = tmp_path / "operator.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(RELCTL.parent / "functions-framework"), "--target", "operator", "--source",
+                                 str(REPO_ROOT / "functions" / "main.py"), "--host", "127.0.0.1", "--port", str(port)],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    try:
+        wait_port("127.0.0.1", port, 60, proc, log)
+        yield {"RELEASE_OPERATOR_URL": url, "RELEASE_OPERATOR_TOKEN_URL": token_issuer.token_url,
+               "RELEASE_OPERATOR_EMAIL": "ops-user@example.com"}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def cli(emulators, unique_prefix, operator_function):
     """rig: releases in the emulator; run(*args): relctl's (exit code, stdout, stderr); pull(): published events."""
     from google.cloud import pubsub_v1
 
     assert RELCTL.exists(), f"{RELCTL} missing: run .venv/bin/pip install --no-deps -e ."
     rig = make_rig(emulators["project"], unique_prefix)
+    rig.operator_requests = bootstrap_requests(emulators["project"], unique_prefix)
+    rig.dispatcher.operator_requests = rig.operator_requests
     topic_id = f"events-{unique_prefix.strip('_')}"
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
     topic = publisher.create_topic(name=publisher.topic_path(emulators["project"], topic_id)).name
     subscription = subscriber.create_subscription(
         name=subscriber.subscription_path(emulators["project"], topic_id + "-sub"), topic=topic).name
-    env = relctl_env(emulators, unique_prefix, topic_id)
+    env = relctl_env(emulators, unique_prefix, topic_id, **operator_function)
 
     class Cli:
         def __init__(self):
@@ -81,6 +115,16 @@ def cli(emulators, unique_prefix):
             return decision
 
     return Cli()
+
+
+def bootstrap_requests(project, prefix):
+    """The operator requests the function records, read by the rig's dispatcher (as deployed)."""
+    from google.cloud import firestore
+
+    from shared.adapters.firestore_operator_requests import FirestoreOperatorRequests
+
+    return FirestoreOperatorRequests(firestore.Client(project=project), Settings(project=project,
+                                                                                 collection_prefix=prefix))
 
 
 # -- driving releases with the rig ------------------------------------------------------
@@ -216,10 +260,11 @@ def test_replay_publishes_the_event_the_gate_accepts(cli):
     step(cli.rig, rid, outcome="failed", reason="flaky")
     code, out, err = cli.run("replay", rid, "unit", "--reason", "network flake", "--replay-id", "r-42", "--wait", "0")
     assert code == 0, err
-    assert "published stage.replay r-42" in out and "by ops-user" in out
+    assert "requested replay r-42" in out and "by ops-user@example.com" in out
     (message,) = cli.pull()
     assert json.loads(message.data) == {"type": "stage.replay", "release_id": rid, "stage": "unit",
-                                        "replay_id": "r-42", "requested_by": "ops-user", "reason": "network flake"}
+                                        "replay_id": "r-42", "requested_by": "ops-user@example.com",
+                                        "reason": "network flake"}
     assert message.attributes["type"] == "stage.replay"
     cli.dispatch(message)
     state = cli.rig.state(rid)
@@ -229,9 +274,9 @@ def test_replay_publishes_the_event_the_gate_accepts(cli):
 
 def test_replay_waits_for_the_gate_and_reports_a_refusal(cli):
     rid = release_at(cli.rig, "unit")
-    waiting = cli.start("replay", rid, "prod-deploy", "--reason", "try", "--as", "alice", "--wait", "30")
+    waiting = cli.start("replay", rid, "prod-deploy", "--reason", "try", "--as", "Alice@Example.com", "--wait", "30")
     (message,) = cli.pull()
-    assert json.loads(message.data)["requested_by"] == "alice"
+    assert json.loads(message.data)["requested_by"] == "alice@example.com"
     cli.dispatch(message)
     out, err = waiting.communicate(timeout=30)
     assert waiting.returncode == 1
@@ -258,7 +303,7 @@ def test_resend_approval_is_a_replay_of_the_approval_stage(cli):
     assert code == 0, err
     (message,) = cli.pull()
     data = json.loads(message.data)
-    assert (data["type"], data["stage"], data["requested_by"]) == ("stage.replay", "approval", "ops-user")
+    assert (data["type"], data["stage"], data["requested_by"]) == ("stage.replay", "approval", "ops-user@example.com")
     cli.dispatch(message)
     state = cli.rig.state(rid)
     assert state.stages["approval"].status is StageStatus.WAITING and state.stages["approval"].attempt == 2
@@ -274,16 +319,17 @@ def test_chaos_request_and_its_refusal_while_running(cli):
     code, out, err = cli.run("chaos", rid, "--as", "qa@example.com", "--wait", "0")
     assert code == 0, err
     (message,) = cli.pull()
-    assert json.loads(message.data) == {"type": "chaos.requested", "release_id": rid, "requested_by": "qa@example.com"}
+    data = json.loads(message.data)
+    assert (data["type"], data["release_id"], data["requested_by"]) == ("chaos.requested", rid, "qa@example.com")
     cli.dispatch(message)
     assert cli.rig.state(rid).stages["chaos"].status is StageStatus.RUNNING
 
 
-def test_publishing_to_a_missing_topic_is_one_line(cli):
+def test_someone_not_on_the_operator_list_is_refused_in_one_line(cli):
     rid = release_at(cli.rig, "approval")
-    code, _, err = cli.run("chaos", rid, "--wait", "0", RELEASE_EVENTS_TOPIC="no-such-topic")
+    code, _, err = cli.run("chaos", rid, "--as", "intruder@example.com", "--wait", "0")
     assert code == 1
-    assert_one_line_error(err, "NotFound")
+    assert_one_line_error(err, "refused chaos (403)", "intruder@example.com is not an operator")
 
 
 # -- files, Cloud Run and IAM (no Firestore needed) ----------------------------------------

@@ -123,7 +123,29 @@ def test_approval_event_without_a_decision_made_through_a_link_is_refused(rig):
     decision = rig.send("forged", approval_event(waiting, "made-up-nonce"))
     assert decision.outcome is GateOutcome.REFUSED and "was issued" in decision.reason
     assert rig.state(rid).to_dict() == waiting.to_dict()
-    assert "approval refused" in rig.store.dead_letters.document("forged").get().get("reason")
+    assert "approval.decided refused" in rig.store.dead_letters.document("forged").get().get("reason")
     rig.dispatcher.approvals.confirm("real-nonce")  # as on_approval records a POST from the link
     assert rig.send("real", approval_event(waiting, "real-nonce")).outcome is GateOutcome.APPLIED
     assert rig.state(rid).stages["prod-migrate"].status is not StageStatus.PENDING
+
+
+def test_replay_and_chaos_published_directly_are_refused_unless_the_operator_function_recorded_them(rig):
+    """Anyone who may publish on pipeline-events could replay or request chaos as anyone: not any more."""
+    rid, waiting = drive_to_approval(rig)
+    forged_chaos = {"type": "chaos.requested", "release_id": rid, "requested_by": "qa@example.com",
+                    "request_id": "guessed"}
+    decision = rig.send("forged-chaos", forged_chaos)
+    assert decision.outcome is GateOutcome.REFUSED and "no operator request" in decision.reason
+    forged_replay = {"type": "stage.replay", "release_id": rid, "stage": "lint", "replay_id": "r-1",
+                     "requested_by": "ops@example.com", "reason": "x"}
+    assert rig.send("forged-replay", forged_replay).outcome is GateOutcome.REFUSED
+    assert rig.state(rid).to_dict() == waiting.to_dict()
+    assert "stage.replay refused" in rig.store.dead_letters.document("forged-replay").get().get("reason")
+    # Recorded for someone else: the event may not claim another requester.
+    rig.operator_requests.record("r-1", {"action": "replay", "release_id": rid, "stage": "lint",
+                                         "requested_by": "other@example.com"})
+    assert "requested_by" in rig.send("forged-2", forged_replay).reason
+    rig.operator_requests.record("c-1", {"action": "chaos", "release_id": rid, "stage": "",
+                                         "requested_by": "qa@example.com"})
+    assert rig.send("real-chaos", {**forged_chaos, "request_id": "c-1"}).outcome is GateOutcome.APPLIED
+    assert rig.state(rid).chaos_requested_by == "qa@example.com"

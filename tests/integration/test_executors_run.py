@@ -26,6 +26,7 @@ from shared.adapters.executors.traffic import revision_name
 from shared.domain.pipeline import load_pipeline, parse_pipeline, thaw
 from shared.domain.state import StageState, StageStatus, new_release
 from shared.app.sweeper import sweep
+from shared.domain.wake import SAFETY_NET_S, next_wake
 
 PROJECT = "local-project"
 REGION = "europe-west3"
@@ -215,13 +216,19 @@ def test_sweeper_reports_a_hanging_job_as_running_and_ticks_after_its_deadline(s
         st.status, st.attempt, st.stage_run_id = StageStatus.RUNNING, 1, cmd.stage_run_id
         st.started_at, st.deadline = clock.now(), clock.now() + stage.timeout_s
         st.result = {"stage_run_id": cmd.stage_run_id, **handle}
+        state.wake_at = next_wake(state, clock.now())
         store.create(state)
         releases[outcome] = state
         clock.advance(1)
+    done = releases["SUCCESS"].stages["staging-migrate"]
     deadline = time.monotonic() + 10
-    while not publisher.of_type("stage.finished") and time.monotonic() < deadline:
-        sweep(store, executors, publisher, clock, settings)
+    while executors["job"].poll(pipeline, pipeline.stage("staging-migrate"), done) is None:
+        assert time.monotonic() < deadline, "the job did not finish"
         time.sleep(0.05)
+    assert sweep(store, executors, publisher, clock, settings).releases == 0  # probes come first
+    clock.advance(SAFETY_NET_S)  # the probes went quiet: the safety net polls
+    report = sweep(store, executors, publisher, clock, settings)
+    assert report.polled == 2
     (finished,) = publisher.of_type("stage.finished")
     assert finished["release_id"] == releases["SUCCESS"].release_id and finished["outcome"] == "succeeded"
     assert publisher.of_type("release.tick") == []

@@ -11,7 +11,8 @@ from google.cloud import firestore
 
 from shared.app.config import Settings
 from shared.testing.fakes import FakePublisher
-from shared.app.locks import EnvironmentLocks, FirestoreLockDocuments
+from shared.adapters.firestore_locks import FirestoreLockDocuments
+from shared.app.locks import EnvironmentLocks
 from shared.domain.state import ReleaseStatus, StageStatus
 from tests.integration.dispatch_helpers import make_rig
 

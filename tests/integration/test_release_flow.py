@@ -24,7 +24,8 @@ from shared.app.probing import ProbeService
 from shared.testing.fakes import FakeApprovals, FakeNotifier, FakeProbeScheduler
 from shared.testing.probe_runner import run_due
 from shared.adapters.firestore_store import FirestoreStore
-from shared.app.locks import EnvironmentLocks, FirestoreLockDocuments
+from shared.adapters.firestore_locks import FirestoreLockDocuments
+from shared.app.locks import EnvironmentLocks
 from shared.domain.pipeline import parse_pipeline
 from shared.adapters.pubsub_publisher import PubSubPublisher
 from shared.app.dispatcher import Dispatcher

@@ -1,6 +1,6 @@
 """ApprovalService over the in-memory store: links, the confirm page, decisions and refusals.
 
-The helpers at the top (World, RecordingPublisher, RecordingSender, waiting_release) are
+The helpers at the top (World, waiting_release) are
 reused by the integration tests, which swap in the Firestore store and real channels.
 """
 from __future__ import annotations
@@ -13,57 +13,20 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from shared.app.approvals import ApprovalService, release_readers
-from shared.app.approval_store import ApprovalRecord, InMemoryApprovalStore
+from shared.domain.approval_record import ApprovalRecord
+from shared.testing.fakes import FakeClock, FakeLinkSender, FakePublisher, FakeStore, InMemoryApprovalStore
 from shared.domain.approval_tokens import Keyring, LinkClaims, sign
 from shared.domain.commands import RequestApproval, StartStage
 from shared.app.config import Settings
 from shared.domain.errors import ConfigError, TransientError
 from shared.domain.events import LockGranted, ApprovalDecided, Outcome, ReleaseStarted, StageFinished, event_from_dict
 from shared.domain.gate import GateOutcome, decide
-from shared.adapters.notify.errors import NotifyError
 from shared.domain.state import ReleaseStatus, StageStatus, new_release
 from tests.unit.gate_helpers import APPROVER, PIPELINE, PUSHER
 
 T0 = 1_800_000_000.0
 KEYS = "k2:second-secret-0123456789abcdef,k1:first-secret-0123456789abcdef"
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0"
-
-
-class RecordingPublisher:
-    """The EventPublisher port, in memory."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, dict, dict]] = []
-        self.fail = False
-        self._lock = threading.Lock()
-
-    def publish(self, topic, data, attributes=None) -> str:
-        if self.fail:
-            raise TransientError("publisher is down")
-        with self._lock:
-            self.messages.append((topic, dict(data), dict(attributes or {})))
-            return f"msg-{len(self.messages)}"
-
-
-class RecordingSender:
-    name = "recording"
-
-    def __init__(self, fail_for: tuple[str, ...] = ()) -> None:
-        self.sent: list[tuple[str, str, str]] = []
-        self.fail_for = fail_for
-
-    def send_link(self, approver: str, subject: str, text: str) -> None:
-        if approver in self.fail_for:
-            raise NotifyError("mailbox unreachable")
-        self.sent.append((approver, subject, text))
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.t = now
-
-    def now(self) -> float:
-        return self.t
 
 
 def waiting_release(commit: str = "abcdef1234567890"):
@@ -88,29 +51,14 @@ def waiting_release(commit: str = "abcdef1234567890"):
         decision = decide(PIPELINE, state, event, T0 + n)
 
 
-class PipelineReleases:
-    """Just enough of the ReleaseStore port for release_readers()."""
-
-    def __init__(self) -> None:
-        self.releases = {}
-
-    def get(self, release_id):
-        state = self.releases.get(release_id)
-        return (state, "v1") if state else None
-
-    def load_pipeline(self, digest):
-        assert digest == PIPELINE.digest
-        return PIPELINE
-
-
 @dataclass
 class World:
     store: object = field(default_factory=InMemoryApprovalStore)
     settings: Settings = field(default_factory=lambda: Settings(approval_keys=KEYS, approval_base_url="http://127.0.0.1:8083"))
-    sender: object = field(default_factory=RecordingSender)
-    publisher: RecordingPublisher = field(default_factory=RecordingPublisher)
-    clock: Clock = field(default_factory=Clock)
-    releases: PipelineReleases = field(default_factory=PipelineReleases)
+    sender: object = field(default_factory=FakeLinkSender)
+    publisher: FakePublisher = field(default_factory=FakePublisher)
+    clock: FakeClock = field(default_factory=lambda: FakeClock(T0))
+    releases: FakeStore = field(default_factory=FakeStore)
 
     def __post_init__(self):
         self.keyring = Keyring.from_setting(self.settings.approval_keys)
@@ -119,7 +67,8 @@ class World:
             releases=self.releases, link_senders=[self.sender],
         )
         self.release, self.command = waiting_release()
-        self.releases.releases[self.release.release_id] = self.release
+        self.releases.save_pipeline(PIPELINE)
+        self.releases.create(self.release)
 
     def send_links(self) -> dict[str, str]:
         """Request approval; returns approver -> token taken from the delivered text."""
@@ -136,12 +85,19 @@ class World:
         return sign(LinkClaims(record.release_id, record.stage, record.attempt, record.approver, record.nonce,
                                record.tag, record.expires_at), self.keyring)
 
+    def save_release(self) -> None:
+        """Store the release as the test left it (tests change ``self.release`` in place)."""
+        _, version = self.releases.get(self.release.release_id)
+        self.releases.update(self.release, version)
+
     def get(self, token, method="GET"):
+        self.save_release()
         return self.service.handle(method, {"token": token}, {}, {"User-Agent": "MailScanner/1.0"})
 
     def post(self, token, decision="approve", reason="", via_query=False):
         query = {"token": token} if via_query else {}
         form = {"decision": decision, "reason": reason} | ({} if via_query else {"token": token})
+        self.save_release()
         return self.service.handle("POST", query, form, {"user-agent": BROWSER})
 
     def nonce(self, token) -> str:
@@ -179,7 +135,7 @@ def test_request_sends_one_personal_link_per_approver_and_reuses_it(world):
 
 
 def test_request_without_any_delivered_link_is_transient():
-    world = World(sender=RecordingSender(fail_for=(APPROVER,)))
+    world = World(sender=FakeLinkSender(fail_for=(APPROVER,)))
     with pytest.raises(TransientError):
         world.service.request(world.release, world.command)
 
@@ -401,8 +357,8 @@ def test_other_methods_are_405(world):
 
 def test_release_readers_pick_the_approval_stage(world):
     get_release, get_stage, get_pipeline = release_readers(world.releases)
-    assert get_release(world.release.release_id) is world.release and get_release("nope") is None
-    assert get_stage(world.release).id == "approval" and get_pipeline(world.release) is PIPELINE
+    assert get_release(world.release.release_id).to_dict() == world.release.to_dict() and get_release("nope") is None
+    assert get_stage(world.release).id == "approval" and get_pipeline(world.release).digest == PIPELINE.digest
 
 
 def test_link_binds_the_digest_and_the_page_shows_it(world):

@@ -136,7 +136,10 @@ def test_dry_run_output_contains_no_secret_values(monkeypatch):
 def test_functions_triggers_and_retry(monkeypatch):
     plan = dry_run_json(monkeypatch)
     deploys = {s["name"]: s["command"] for s in plan["steps"] if s["type"] == "action" and s["kind"] == "function"}
-    assert set(deploys) == {"on-push", "dispatch", "dispatch-builds", "on-approval", "sweep", "dashboard", "probe"}
+    assert set(deploys) == {"on-push", "dispatch", "dispatch-builds", "on-approval", "sweep", "dashboard", "operator",
+                            "probe"}
+    assert "--no-allow-unauthenticated" in deploys["operator"] and not any(
+        a.startswith("--set-secrets") for a in deploys["operator"])
     assert "--no-allow-unauthenticated" in deploys["probe"] and "--trigger-http" in deploys["probe"]
     assert "--trigger-topic=pipeline-events" in deploys["dispatch"] and "--retry" in deploys["dispatch"]
     assert "--trigger-topic=cloud-builds" in deploys["dispatch-builds"] and "--retry" in deploys["dispatch-builds"]
@@ -152,6 +155,17 @@ def test_functions_triggers_and_retry(monkeypatch):
     dead_letter = [s for s in plan["steps"] if s["type"] == "action" and s["kind"] == "subscription-policy"]
     assert {s["name"] for s in dead_letter} == {"${SUBSCRIPTION:dispatch}", "${SUBSCRIPTION:dispatch-builds}"}
     assert all("--dead-letter-topic=pipeline-dead-letter" in s["command"] for s in dead_letter)
+
+
+def test_only_listed_operators_may_invoke_the_operator_function(monkeypatch):
+    plan = dry_run_json(monkeypatch, {**ENV, "RELEASE_OPERATORS": "Ops@Example.com,qa@example.com"})
+    invokers = {s["member"] for s in plan["steps"]
+                if s["type"] == "binding" and s["target"] == "operator" and s["role"] == "roles/run.invoker"}
+    assert invokers == {"user:ops@example.com", "user:qa@example.com"}
+    deploy = next(s["command"] for s in plan["steps"] if s["type"] == "action" and s["name"] == "operator")
+    env = next(a for a in deploy if a.startswith("--set-env-vars="))
+    assert "RELEASE_OPERATORS=ops@example.com;qa@example.com" in env
+    assert "RELEASE_OPERATOR_AUDIENCE=https://europe-west3-acme-release.cloudfunctions.net/operator" in env
 
 
 def test_runtime_account_roles_are_the_documented_ones(monkeypatch):

@@ -102,10 +102,10 @@ class Probing:
 
 def test_all_2xx_pass_at_the_first_probe(server):
     url, _ = server
-    probing = Probing({"url": url, "paths": ["/ok"]})
+    probing = Probing({"url": url, "paths": ["/ok", "/slow"]})
     finish = probing.run()
     assert finish["outcome"] == "succeeded" and finish["stage_run_id"] == "r.smoke.a1"
-    assert [(c["path"], c["status"], c["attempts"]) for c in finish["result"]["checks"]] == [("/ok", 200, 1)]
+    assert [(c["path"], c["status"], c["attempts"]) for c in finish["result"]["checks"]] == [("/ok", 200, 1), ("/slow", 200, 1)]
     assert all(c["latency_ms"] >= 0 for c in finish["result"]["checks"])
     assert probing.probe_times == [0.0]
 
