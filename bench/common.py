@@ -251,13 +251,13 @@ def make_dispatcher(store, publisher, executors, settings, clock=None, approvals
     bench stage names an environment, so none is taken: the figures are the dispatcher's own)
     and a roll-back no bench pipeline asks for (none has a failing check)."""
     from shared.testing.fakes import FakeApprovals, FakeNotifier
-    from shared.adapters.firestore_locks import FirestoreLockDocuments
+    from shared.adapters.firestore_apps import FirestoreAppRecords
     from shared.app.locks import EnvironmentLocks
     from shared.app.ports import SystemClock
     from shared.app.dispatcher import Dispatcher
 
     inner = getattr(store, "inner", store)
-    locks = EnvironmentLocks(FirestoreLockDocuments(inner.client, settings), publisher, settings)
+    locks = EnvironmentLocks(FirestoreAppRecords(inner.client, settings), publisher, settings)
     return Dispatcher(store, publisher, executors, approvals or FakeApprovals(), notifier or FakeNotifier(),
                       clock or SystemClock(), settings, locks,
                       roll_back=lambda service: {"service": service, "note": "bench: nothing to roll back"})

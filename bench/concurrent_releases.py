@@ -39,7 +39,8 @@ from bench.common import (
     quiet,
 )
 from shared.app.config import Settings
-from shared.domain.events import Outcome
+from shared.domain.events import Outcome, ReleaseStarted
+from shared.domain.wire import encode
 from shared.app.ports import StageFinish
 from shared.testing.fakes import FakeExecutor
 
@@ -65,13 +66,13 @@ class Bus:
         self.notices = 0
 
     # EventPublisher
-    def publish(self, topic, data, attributes=None) -> str:
+    def publish(self, topic, message) -> str:
         if topic != self.events_topic:
             with self.lock:
                 self.notices += 1
             return "notice"
         message_id = f"m{next(self.ids)}"
-        self.queue.put((message_id, json.dumps(data).encode()))
+        self.queue.put((message_id, encode(message)[0]))
         return message_id
 
     def maybe_duplicate(self, message) -> None:
@@ -157,7 +158,7 @@ def _run(hosts: dict[str, str], releases: int, workers: int) -> Report:
         t0 = time.perf_counter()
         cpu = CpuMeter()
         for rid in ids:
-            bus.publish(settings.events_topic, {"type": "release.started", "release_id": rid})
+            bus.publish(settings.events_topic, ReleaseStarted("", rid))
         bus.queue.join()
         elapsed = time.perf_counter() - t0
         busy, own_cpu = cpu.busy_share(), cpu.own_s()

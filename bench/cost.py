@@ -16,7 +16,6 @@ document's own read and write.
 """
 from __future__ import annotations
 
-import json
 import time
 
 from bench.common import (
@@ -32,6 +31,8 @@ from bench.common import (
     quiet,
 )
 from shared.app.config import Settings
+from shared.domain.events import Outcome, ReleaseStarted, StageFinished
+from shared.domain.wire import encode
 
 
 def run(hosts: dict[str, str] | None = None) -> Report:
@@ -58,17 +59,16 @@ def run(hosts: dict[str, str] | None = None) -> Report:
         rid = state.release_id
         counts: dict[str, list[tuple[int, int]]] = {"applied": [], "duplicate": [], "stale": [], "pipeline": []}
 
-        def send(kind: str, event_id: str, payload: dict) -> None:
+        def send(kind: str, event_id: str, event) -> None:
             r0, w0 = store.snapshot()
-            dispatcher.handle_message(event_id, {}, json.dumps(payload).encode())
+            dispatcher.handle_message(event_id, *reversed(encode(event)))
             r1, w1 = store.snapshot()
             counts[kind].append((r1 - r0, w1 - w0))
 
-        def finished(stage: str, attempt: int = 1) -> dict:
-            return {"type": "stage.finished", "release_id": rid, "stage": stage,
-                    "stage_run_id": f"{rid}.{stage}.a{attempt}", "outcome": "succeeded"}
+        def finished(stage: str, attempt: int = 1) -> StageFinished:
+            return StageFinished("", rid, stage, f"{rid}.{stage}.a{attempt}", Outcome.SUCCEEDED)
 
-        send("pipeline", "e0", {"type": "release.started", "release_id": rid})  # includes the definition read
+        send("pipeline", "e0", ReleaseStarted("", rid))  # includes the definition read
         for i, stage in enumerate(pipeline.stages):
             send("applied", f"e{i + 1}", finished(stage.id))
             if i % 5 == 0:

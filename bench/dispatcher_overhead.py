@@ -39,6 +39,8 @@ from bench.common import (
 )
 from shared.app.config import Settings
 from shared.app.ports import StartResult
+from shared.domain.events import Outcome, ReleaseStarted, StageFinished
+from shared.domain.wire import encode
 
 RELEASES = 15  # x 16 events each
 WARMUP = 4  # releases first run and not counted: the emulator's JVM and the gRPC channels warm up
@@ -58,14 +60,13 @@ class TimedExecutor:
         return None
 
 
-def _events(release_id: str, pipeline) -> list[tuple[str, dict]]:
-    """(stage-run id the event starts, payload) in order."""
-    out = [(f"{release_id}.{pipeline.stages[0].id}.a1", {"type": "release.started", "release_id": release_id})]
+def _events(release_id: str, pipeline) -> list[tuple[str, bytes, dict[str, str]]]:
+    """(stage-run id the event starts, data, attributes) in order."""
+    out = [(f"{release_id}.{pipeline.stages[0].id}.a1", *encode(ReleaseStarted("", release_id)))]
     for i, stage in enumerate(pipeline.stages):
         nxt = pipeline.stages[i + 1].id if i + 1 < len(pipeline.stages) else ""
-        out.append((f"{release_id}.{nxt}.a1" if nxt else "", {
-            "type": "stage.finished", "release_id": release_id, "stage": stage.id,
-            "stage_run_id": f"{release_id}.{stage.id}.a1", "outcome": "succeeded"}))
+        finished = StageFinished("", release_id, stage.id, f"{release_id}.{stage.id}.a1", Outcome.SUCCEEDED)
+        out.append((f"{release_id}.{nxt}.a1" if nxt else "", *encode(finished)))
     return out
 
 
@@ -94,9 +95,9 @@ def in_process(hosts: dict[str, str]) -> dict[str, Any]:
     to_issue, whole = [], []
     for r in range(-WARMUP, RELEASES):
         rid = _new_release(store, pipeline, r + WARMUP, time.time())
-        for n, (run_id, payload) in enumerate(_events(rid, pipeline)):
+        for n, (run_id, data, attributes) in enumerate(_events(rid, pipeline)):
             t0 = time.perf_counter()
-            dispatcher.handle_message(f"{rid}-e{n}", {}, json.dumps(payload).encode())
+            dispatcher.handle_message(f"{rid}-e{n}", attributes, data)
             t1 = time.perf_counter()
             if r < 0:
                 continue
@@ -131,9 +132,9 @@ def through_function(hosts: dict[str, str]) -> dict[str, Any]:
             latencies = []
             for r in range(-WARMUP, RELEASES):
                 rid = _new_release(store, pipeline, 1000 + r + WARMUP, time.time())
-                for n, (_, payload) in enumerate(_events(rid, pipeline)):
-                    body = {"message": {"data": base64.b64encode(json.dumps(payload).encode()).decode(),
-                                        "messageId": f"{rid}-m{n}", "attributes": {"type": payload["type"]}},
+                for n, (_, data, attributes) in enumerate(_events(rid, pipeline)):
+                    body = {"message": {"data": base64.b64encode(data).decode(),
+                                        "messageId": f"{rid}-m{n}", "attributes": attributes},
                             "subscription": f"projects/{PROJECT}/subscriptions/pipeline-events-to-dispatch"}
                     headers = {"ce-id": f"{rid}-m{n}", "ce-specversion": "1.0",
                                "ce-source": f"//pubsub.googleapis.com/projects/{PROJECT}/topics/pipeline-events",

@@ -14,7 +14,6 @@ A copy is "acknowledged" when handle_message returns; raising would mean redeliv
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -55,7 +54,9 @@ def storm(h, standin, delay_s: float) -> dict:
     from shared.adapters.executors import RetryPolicy, build_executors
     from shared.testing.fakes import FakePublisher
     from shared.adapters.firestore_store import FirestoreStore
+    from shared.domain.events import Outcome, ReleaseStarted, StageFinished
     from shared.domain.gate import GateOutcome
+    from shared.domain.wire import encode
     from shared.domain.state import StageStatus, new_release
 
     settings = Settings(project=PROJECT, collection_prefix=prefix("storm"), cloud_build_endpoint=standin.endpoint,
@@ -69,9 +70,8 @@ def storm(h, standin, delay_s: float) -> dict:
                         version="1.0.0", pushed_by="dev@example.com", now=time.time())
     assert store.create(state)
     rid = state.release_id
-    dispatcher.handle_message(f"{rid}-start", {}, json.dumps({"type": "release.started", "release_id": rid}).encode())
-    completion = json.dumps({"type": "stage.finished", "release_id": rid, "stage": "s01",
-                             "stage_run_id": f"{rid}.s01.a1", "outcome": "succeeded"}).encode()
+    dispatcher.handle_message(f"{rid}-start", {}, encode(ReleaseStarted("", rid))[0])
+    completion, _ = encode(StageFinished("", rid, "s01", f"{rid}.s01.a1", Outcome.SUCCEEDED))
     barrier = threading.Barrier(COPIES)
 
     def copy(_):

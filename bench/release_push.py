@@ -128,7 +128,9 @@ def run(hosts: dict[str, str] | None = None) -> Report:
 
     from local.standin.server import StandIn, StandInConfig
     from shared.adapters.firestore_store import FirestoreStore
+    from shared.domain.events import ReleaseStarted
     from shared.domain.state import ReleaseStatus, new_release
+    from shared.domain.wire import encode
 
     report = Report()
     logs = log_dir("release_push")
@@ -163,9 +165,8 @@ def run(hosts: dict[str, str] | None = None) -> Report:
                                         pushed_by="dev@example.com", now=time.time())
                     assert store.create(state)
                     t0 = time.time()
-                    publisher.publish(publisher.topic_path(PROJECT, topics["events"]),
-                                      json.dumps({"type": "release.started", "release_id": state.release_id}).encode(),
-                                      type="release.started").result(10)
+                    data, attributes = encode(ReleaseStarted("", state.release_id))
+                    publisher.publish(publisher.topic_path(PROJECT, topics["events"]), data, **attributes).result(10)
                     deadline = time.monotonic() + 60
                     while time.monotonic() < deadline:
                         final = store.get(state.release_id)[0]

@@ -76,10 +76,10 @@ def approval_store():
 def dispatcher():
     from shared.app.dispatcher import Dispatcher
 
-    from shared.adapters.firestore_locks import FirestoreLockDocuments
+    from shared.adapters.firestore_apps import FirestoreAppRecords
     from shared.app.locks import EnvironmentLocks
 
-    locks = EnvironmentLocks(FirestoreLockDocuments(store().client, settings()), publisher(), settings())
+    locks = EnvironmentLocks(FirestoreAppRecords(store().client, settings()), publisher(), settings())
     from shared.adapters.executors.run_services import rollback
 
     return Dispatcher(store(), publisher(), executors(), approvals(), notifier(), SystemClock(), settings(), locks,

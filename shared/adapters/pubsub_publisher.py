@@ -1,10 +1,8 @@
-"""EventPublisher over Cloud Pub/Sub: JSON data, the event type also as an attribute."""
+"""EventPublisher over Cloud Pub/Sub: the message encoded by the one wire format (shared/domain/wire.py)."""
 from __future__ import annotations
 
-import json
-from typing import Any, Mapping
-
 from shared.app.config import Settings
+from shared.domain.wire import Message, encode
 
 
 class PubSubPublisher:
@@ -23,10 +21,8 @@ class PubSubPublisher:
             )
         return self._client
 
-    def publish(self, topic: str, data: Mapping[str, Any], attributes: Mapping[str, str] | None = None) -> str:
-        attrs = dict(attributes or {})
-        if "type" in data:
-            attrs.setdefault("type", str(data["type"]))
+    def publish(self, topic: str, message: Message) -> str:
+        data, attributes = encode(message)
         path = self.client.topic_path(self.settings.project, topic)
-        future = self.client.publish(path, json.dumps(data, sort_keys=True).encode(), **attrs)
+        future = self.client.publish(path, data, **attributes)
         return future.result(timeout=30)

@@ -27,13 +27,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 from urllib.parse import quote
 
+from shared.domain.identity import approval_refusal
 from shared.ui import approval_pages as pages
 from shared.domain.approval_record import ApprovalRecord
 from shared.domain.approval_tokens import Keyring, LinkClaims, TokenError, sign, verify
 from shared.domain.commands import RequestApproval
 from shared.app.config import Settings
 from shared.domain.errors import ConfigError, PipelineError, TransientError
-from shared.domain.events import ApprovalDecided, EventType
+from shared.domain.events import ApprovalDecided
 from shared.adapters.notify.errors import NotifyError
 from shared.adapters.notify.messages import format_approval_link
 from shared.domain.pipeline import Pipeline, Stage, StageKind
@@ -246,10 +247,9 @@ class ApprovalService:
             )
         if st.deadline is not None and now > st.deadline:
             raise ApprovalRefused(410, "Link expired", f"the approval of release {release.release_id} has expired")
-        if claims.approver not in stage.params["approvers"]:
-            raise ApprovalRefused(403, "Not an approver", f"{claims.approver} is not an approver of {stage.label}")
-        if claims.approver == release.pushed_by:
-            raise ApprovalRefused(403, "Not allowed", f"{claims.approver} pushed this commit and cannot approve it")
+        refused = approval_refusal(claims.approver, stage.params["approvers"], release.pusher, release.pushed_by)
+        if refused:
+            raise ApprovalRefused(403, "Not allowed", f"{stage.label}: {refused}")
         return _Checked(claims, record, release, stage)
 
     def _decide(self, checked: _Checked, form: Mapping[str, str], headers: Mapping[str, str]) -> HttpAnswer:
@@ -278,20 +278,9 @@ class ApprovalService:
         return HttpAnswer(200, answer, dict(pages.SECURITY_HEADERS))
 
     def _publish(self, record: ApprovalRecord) -> str:
-        data = {
-            "type": EventType.APPROVAL_DECIDED.value,
-            "release_id": record.release_id,
-            "stage": record.stage,
-            "attempt": record.attempt,
-            "nonce": record.nonce,
-            "approver": record.approver,
-            "approve": record.decision == "approved",
-            "expires_at": record.expires_at,
-            "reason": record.reason,
-            "user_agent": record.user_agent,
-        }
-        attributes = {"type": data["type"], "release_id": record.release_id}
-        message_id = self.publisher.publish(self.settings.events_topic, data, attributes)
+        event = ApprovalDecided("", record.release_id, record.stage, record.attempt, record.nonce, record.approver,
+                                record.decision == "approved", record.expires_at, record.reason, record.user_agent)
+        message_id = self.publisher.publish(self.settings.events_topic, event)
         self.store.mark_published(record.nonce, message_id)
         return message_id
 
@@ -317,8 +306,8 @@ class ApprovalService:
         )
 
     def _stage_rows(self, release: ReleaseState, approval: Stage) -> list[tuple[str, str, str]]:
-        """Staging stages in pipeline order, each with its evidence in words (test counts,
-        answers and latencies, the failure reason) rather than the raw result."""
+        """The stages before the approval that ran, in pipeline order, each with its evidence in
+        words (test counts, answers and latencies, the failure reason) rather than the raw result."""
         from shared.ui.dashboard import stage_detail
 
         if self.get_pipeline is None:
@@ -326,9 +315,9 @@ class ApprovalService:
                     if st.attempt and stage_id != approval.id]
         pipeline = self.get_pipeline(release)
         rows = []
-        for stage in pipeline.stages:
+        for stage in pipeline.stages[:pipeline.index(approval.id)]:
             st = release.stages.get(stage.id)
-            if stage.environment != "staging" or st is None or stage.optional:
+            if st is None or stage.optional or not st.attempt:
                 continue
             rows.append((f"{stage.number} {stage.name}", st.status.value, stage_detail(stage, st, release, pipeline)[:300]))
         return rows

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping
 from shared.domain.commands import (
     AcquireLock,
     Command,
+    NoticeKind,
     Notify,
     ReleaseLock,
     RequestApproval,
@@ -36,11 +37,12 @@ from shared.domain.events import (
     ApprovalDecided,
     ChaosRequested,
     Event,
+    LockGranted,
     Outcome,
+    ReleaseNotice,
+    StageFinished,
     StageReplay,
-    decode_json,
-    event_from_build_notification,
-    event_from_dict,
+    Superseded,
 )
 from shared.domain.gate import Decision, GateOutcome, decide
 from shared.app.locks import EnvironmentLocks
@@ -60,6 +62,7 @@ from shared.app.probing import follow
 from shared.domain.probes import CHECK_KIND
 from shared.domain.wake import next_wake
 from shared.domain.state import ReleaseState
+from shared.domain.wire import decode_event
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +94,13 @@ class Dispatcher:
     def handle_message(self, event_id: str, attributes: Mapping[str, str], data: bytes) -> Decision | None:
         """One Pub/Sub message. Malformed ones are recorded as dead letters and acknowledged."""
         try:
-            if attributes.get("buildId"):
-                event = event_from_build_notification(event_id, attributes, decode_json(data, event_id))
-                if event is None:
-                    return Decision(GateOutcome.IGNORED, "not a terminal status of a pipeline build")
-            else:
-                event = event_from_dict(event_id, decode_json(data, event_id))
+            event = decode_event(event_id, attributes, data)
         except MalformedEvent as exc:
             log.warning("dead letter %s: %s", event_id, exc)
             self.store.record_dead_letter(event_id, str(exc), data[:4096].decode("utf-8", "replace"), "pubsub")
             return None
+        if event is None:
+            return Decision(GateOutcome.IGNORED, "not a terminal status of a pipeline build")
         return self.handle(event)
 
     def handle(self, event: Event) -> Decision:
@@ -119,6 +119,10 @@ class Dispatcher:
             if got is None:
                 return self._unknown_release(event)
             state, token = got
+            if isinstance(event, (LockGranted, Superseded)):
+                refused = self.locks.confirms(state.pipeline_name, event)
+                if refused:  # not what the application's record says: a forged or stale claim
+                    return self._refuse_claim(event, refused)
             pipeline = self.store.load_pipeline(state.pipeline_digest)  # the store caches it
             now = self.clock.now()
             decision = decide(pipeline, state, event, now)
@@ -151,9 +155,9 @@ class Dispatcher:
         """An event whose claim the source of truth does not back: recorded and announced, never applied."""
         log.warning("%s event %s refused: %s", event.type.value, event.id, refused)
         self.store.record_dead_letter(event.id, f"{event.type.value} refused: {refused}", "", event.type.value)
-        self.publisher.publish(self.settings.updates_topic, {
-            "type": "release.notice", "release_id": event.release_id, "kind": "refused",
-            "stage": getattr(event, "stage", ""), "message": f"{event.type.value} event refused: {refused}"})
+        self.publisher.publish(self.settings.updates_topic, ReleaseNotice(
+            event.release_id, NoticeKind.REFUSED, getattr(event, "stage", ""),
+            f"{event.type.value} event refused: {refused}"))
         return Decision(GateOutcome.REFUSED, refused)
 
     # -- side effects ---------------------------------------------------------
@@ -171,16 +175,13 @@ class Dispatcher:
             elif isinstance(command, RequestApproval):
                 self.approvals.request(state, command)
             elif isinstance(command, Notify):
-                self.publisher.publish(
-                    self.settings.updates_topic,
-                    {"type": "release.notice", "release_id": command.release_id, "kind": command.kind.value,
-                     "stage": command.stage, "message": command.message},
-                )
+                self.publisher.publish(self.settings.updates_topic, ReleaseNotice.of(command))
                 self.notifier.notify(state, command)
             elif isinstance(command, AcquireLock):
-                self.locks.acquire(command.environment, command.release_id, command.created_at)
+                self.locks.acquire(state.pipeline_name, command.environment, command.release_id, command.created_at,
+                                   state.version)
             elif isinstance(command, ReleaseLock):
-                self.locks.release(command.environment, command.release_id)
+                self.locks.release(state.pipeline_name, command.environment, command.release_id)
             elif isinstance(command, RollBack):
                 handles[command.stage] = {"stage_run_id": command.stage_run_id, **self._roll_back(command)}
         return handles
@@ -196,9 +197,9 @@ class Dispatcher:
         except ExecutorError as exc:
             # Recorded on the stage and announced; retrying would not make it possible.
             log.error("%s", exc)
-            self.publisher.publish(self.settings.updates_topic, {
-                "type": "release.notice", "release_id": command.release_id, "kind": "stage_failed",
-                "stage": command.stage, "message": f"rollback of {command.stage} failed: {exc}; roll back by hand"})
+            self.publisher.publish(self.settings.updates_topic, ReleaseNotice(
+                command.release_id, NoticeKind.STAGE_FAILED, command.stage,
+                f"rollback of {command.stage} failed: {exc}; roll back by hand"))
             return {"rollback_error": str(exc)}
 
     def _start(self, pipeline: Pipeline, command: StartStage) -> dict[str, Any]:
@@ -229,11 +230,8 @@ class Dispatcher:
                handle=handle, now=self.clock.now())
 
     def _publish_finish(self, command: StartStage, outcome: Outcome, reason: str, result: dict) -> None:
-        self.publisher.publish(
-            self.settings.events_topic,
-            {"type": "stage.finished", "release_id": command.release_id, "stage": command.stage,
-             "stage_run_id": command.stage_run_id, "outcome": outcome.value, "reason": reason, "result": result},
-        )
+        self.publisher.publish(self.settings.events_topic, StageFinished(
+            "", command.release_id, command.stage, command.stage_run_id, outcome, reason, result))
 
     def _complete(self, state: ReleaseState, token: Any, batch_id: str, handles: dict[str, dict[str, Any]]) -> None:
         """Remove the carried-out batch and record the executors' handles on their stages.
@@ -293,9 +291,6 @@ class Dispatcher:
         if isinstance(event, StageReplay):
             # A refused replay is recorded and published, so the operator learns why.
             self.store.record_dead_letter(event.id, f"replay {event.replay_id} refused: {reason}", "", "stage.replay")
-            self.publisher.publish(
-                self.settings.updates_topic,
-                {"type": "release.notice", "release_id": event.release_id, "kind": "refused", "stage": event.stage,
-                 "message": f"replay {event.replay_id} refused: {reason}"},
-            )
+            self.publisher.publish(self.settings.updates_topic, ReleaseNotice(
+                event.release_id, NoticeKind.REFUSED, event.stage, f"replay {event.replay_id} refused: {reason}"))
         return Decision(GateOutcome.UNKNOWN_RELEASE, reason)

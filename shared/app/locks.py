@@ -1,100 +1,178 @@
-"""One release at a time per environment: the lock documents and their queue.
+"""One release at a time per application and environment, and versions that only move forward in prod.
 
-Policy: a release that wants an environment another release holds joins the
-queue. When the holder gives the environment back, the NEWEST queued release gets
-it and every older queued release is superseded: its changes are contained in the
-newer commit, and deploying it after the newer one would roll staging or prod back.
+Both live in the application's record ``apps/{app}`` (port ``AppRecords``), changed by
+conditional writes (update-time precondition) like the releases::
 
-Each lock is one Firestore document ``locks/{environment}``
-``{holder, queue: [{release_id, created_at}], superseded: {release_id: by}}``,
-changed by conditional writes (update-time precondition), like the releases.
-The outcome reaches the releases as events (``lock.granted``,
-``release.superseded``) published after the write; both operations are
-idempotent, and a queued release asks again on every sweeper tick, so a grant
-lost with a crashed process is sent again.
+    {"locks": {env: {holder, queue: [{release_id, created_at, version}], superseded: {id: {by, reason}}}},
+     "version_floor": {"version", "release_id"},   # highest version that entered prod
+     "stage_medians": {}}                          # per-stage durations (the ETA fills it)
+
+An application is what one pipeline file releases (its name). Releases of two
+applications never queue behind or supersede each other.
+
+Lock policy: a release that wants an environment another release of the same
+application holds joins the queue. When the holder gives it back, the NEWEST queued
+release gets it and every older queued release is superseded: its changes are in the
+newer commit, and deploying it after the newer one would roll the environment back.
+
+Version floor: a release enters prod (is granted the prod lock, which happens only
+past its approval) only when its version is higher than the floor; then the floor
+becomes its version, in the same write. A release whose version is not higher is
+superseded with a reason naming both versions. Nothing lowers the floor, a rollback
+neither, so the next release must still be higher than the one rolled back.
+
+The outcome reaches the releases as events (``lock.granted``, ``release.superseded``)
+published after the write; the dispatcher applies them only when this record says
+the same (``confirms``), so a forged grant changes nothing.
 """
 from __future__ import annotations
 
 import logging
+from typing import Any
+
+import semver
 
 from shared.app.config import Settings
+from shared.app.ports import AppRecords, EventPublisher, empty_lock
 from shared.domain.errors import StaleWrite, TransientError
-from shared.app.ports import EventPublisher, LockDocuments
+from shared.domain.events import LockGranted, Superseded
 
 log = logging.getLogger(__name__)
 SUPERSEDED_KEPT = 200
 MAX_CONFLICT_RETRIES = 20
+FLOOR_ENVIRONMENT = "prod"  # the protected environment whose versions only move forward
+
+
+def higher(version: str, than: str) -> bool:
+    """Semver comparison; a version that does not parse is never higher (fail closed)."""
+    try:
+        return semver.Version.parse(version) > semver.Version.parse(than)
+    except (ValueError, TypeError):
+        return False
 
 
 class EnvironmentLocks:
-    def __init__(self, documents: LockDocuments, publisher: EventPublisher, settings: Settings):
-        self.documents = documents
+    def __init__(self, records: AppRecords, publisher: EventPublisher, settings: Settings):
+        self.records = records
         self.publisher = publisher
         self.settings = settings
 
-    def acquire(self, environment: str, release_id: str, created_at: float) -> str:
+    def acquire(self, app: str, environment: str, release_id: str, created_at: float, version: str = "") -> str:
         """'granted', 'queued' or 'superseded'; the matching event is published."""
         for _ in range(MAX_CONFLICT_RETRIES):
-            data, token = self.documents.read(environment)
-            if release_id in data["superseded"]:
-                self._superseded(environment, release_id, data["superseded"][release_id])
+            data, token = self.records.read(app)
+            lock = data["locks"].setdefault(environment, empty_lock())
+            if release_id in lock["superseded"]:
+                self._superseded(environment, release_id, lock["superseded"][release_id])
                 return "superseded"
-            if data["holder"] == release_id:
+            if lock["holder"] == release_id:
                 self._granted(environment, release_id)  # asked again: the first grant may be lost
                 return "granted"
-            if data["holder"] == "":
-                data["holder"] = release_id
-                data["queue"] = [q for q in data["queue"] if q["release_id"] != release_id]
+            below = self._below_floor(data, environment, release_id, version)
+            if below:
+                self._supersede(lock, release_id, below)
+                outcome = "superseded"
+            elif lock["holder"] == "":
+                lock["holder"] = release_id
+                lock["queue"] = [q for q in lock["queue"] if q["release_id"] != release_id]
+                self._raise_floor(data, environment, release_id, version)
                 outcome = "granted"
-            elif all(q["release_id"] != release_id for q in data["queue"]):
-                data["queue"].append({"release_id": release_id, "created_at": created_at})
+            elif all(q["release_id"] != release_id for q in lock["queue"]):
+                lock["queue"].append({"release_id": release_id, "created_at": created_at, "version": version})
                 outcome = "queued"
             else:
                 return "queued"  # already waiting: nothing to write
             try:
-                self.documents.write(environment, data, token)
+                self.records.write(app, data, token)
             except StaleWrite:
                 continue
             if outcome == "granted":
                 self._granted(environment, release_id)
+            elif outcome == "superseded":
+                self._superseded(environment, release_id, below)
             return outcome
-        raise TransientError(f"lock {environment}: too many concurrent changes", release_id=release_id)
+        raise TransientError(f"lock {app}/{environment}: too many concurrent changes", release_id=release_id)
 
-    def release(self, environment: str, release_id: str) -> str | None:
+    def release(self, app: str, environment: str, release_id: str) -> str | None:
         """Give the environment back; returns the release that gets it next, if any."""
         for _ in range(MAX_CONFLICT_RETRIES):
-            data, token = self.documents.read(environment)
-            if data["holder"] != release_id:
-                queue = [q for q in data["queue"] if q["release_id"] != release_id]
-                if queue == data["queue"]:
+            data, token = self.records.read(app)
+            lock = data["locks"].setdefault(environment, empty_lock())
+            superseded: dict[str, dict[str, str]] = {}
+            if lock["holder"] != release_id:
+                queue = [q for q in lock["queue"] if q["release_id"] != release_id]
+                if queue == lock["queue"]:
                     return None  # not held, not queued: a repeated release, nothing to do
-                data["queue"] = queue
-                successor, older = None, []
+                lock["queue"] = queue
+                successor = None
             else:
-                queue = sorted(data["queue"], key=lambda q: (q["created_at"], q["release_id"]))
-                successor = queue[-1]["release_id"] if queue else None
-                older = [q["release_id"] for q in queue[:-1]]
-                data["holder"] = successor or ""
-                data["queue"] = []
-                data["superseded"].update({old: successor for old in older})
-                data["superseded"] = dict(list(data["superseded"].items())[-SUPERSEDED_KEPT:])
+                successor = None
+                for queued in sorted(lock["queue"], key=lambda q: (q["created_at"], q["release_id"]), reverse=True):
+                    rid = queued["release_id"]
+                    below = self._below_floor(data, environment, rid, queued.get("version", ""))
+                    if successor is None and not below:
+                        successor = rid
+                        self._raise_floor(data, environment, rid, queued.get("version", ""))
+                    else:
+                        superseded[rid] = below or {"by": successor or "", "reason": ""}
+                lock["holder"] = successor or ""
+                lock["queue"] = []
+                for rid, why in superseded.items():
+                    self._supersede(lock, rid, why)
             try:
-                self.documents.write(environment, data, token)
+                self.records.write(app, data, token)
             except StaleWrite:
                 continue
-            for old in older:
-                self._superseded(environment, old, successor)
+            for rid, why in superseded.items():
+                self._superseded(environment, rid, why)
             if successor:
                 self._granted(environment, successor)
             return successor
-        raise TransientError(f"lock {environment}: too many concurrent changes", release_id=release_id)
+        raise TransientError(f"lock {app}/{environment}: too many concurrent changes", release_id=release_id)
 
+    def confirms(self, app: str, event: LockGranted | Superseded) -> str:
+        """Why the application's record does not back this lock event ("" when it does)."""
+        data, _ = self.records.read(app)
+        lock = data["locks"].get(event.environment) or empty_lock()
+        if isinstance(event, LockGranted):
+            if lock["holder"] != event.release_id:
+                return f"{app}/{event.environment} is held by {lock['holder'] or 'nobody'}, not {event.release_id}"
+            return ""
+        recorded = lock["superseded"].get(event.release_id)
+        if recorded is None or recorded.get("by") != event.superseded_by:
+            return f"{app}/{event.environment} records no supersession of {event.release_id} by {event.superseded_by}"
+        return ""
+
+    # -- the version floor ----------------------------------------------------------
+    @staticmethod
+    def _below_floor(data: dict[str, Any], environment: str, release_id: str, version: str) -> dict[str, str] | None:
+        floor = data["version_floor"]
+        if environment != FLOOR_ENVIRONMENT or not floor.get("version") or floor.get("release_id") == release_id:
+            return None
+        if higher(version, floor["version"]):
+            return None
+        return {"by": floor["release_id"],
+                "reason": f"version {version or '(none)'} is not higher than {floor['version']}, which release "
+                          f"{floor['release_id']} already took to prod; versions only move forward there"}
+
+    @staticmethod
+    def _raise_floor(data: dict[str, Any], environment: str, release_id: str, version: str) -> None:
+        floor = data["version_floor"]
+        if environment == FLOOR_ENVIRONMENT and version and (not floor.get("version") or higher(version, floor["version"])):
+            data["version_floor"] = {"version": version, "release_id": release_id}
+
+    @staticmethod
+    def _supersede(lock: dict[str, Any], release_id: str, why: dict[str, str]) -> None:
+        lock["queue"] = [q for q in lock["queue"] if q["release_id"] != release_id]
+        lock["superseded"][release_id] = why
+        lock["superseded"] = dict(list(lock["superseded"].items())[-SUPERSEDED_KEPT:])
+
+    # -- events -------------------------------------------------------------------------
     def _granted(self, environment: str, release_id: str) -> None:
         log.info("lock %s granted to %s", environment, release_id)
-        self.publisher.publish(self.settings.events_topic,
-                               {"type": "lock.granted", "release_id": release_id, "environment": environment})
+        self.publisher.publish(self.settings.events_topic, LockGranted("", release_id, environment))
 
-    def _superseded(self, environment: str, release_id: str, by: str) -> None:
-        log.info("release %s superseded by %s (queued for %s)", release_id, by, environment)
-        self.publisher.publish(self.settings.events_topic, {
-            "type": "release.superseded", "release_id": release_id, "environment": environment, "superseded_by": by})
+    def _superseded(self, environment: str, release_id: str, why: dict[str, str]) -> None:
+        log.info("release %s superseded by %s (%s)", release_id, why["by"], why.get("reason") or environment)
+        self.publisher.publish(self.settings.events_topic,
+                               Superseded("", release_id, environment, why["by"], why.get("reason", "")))

@@ -193,17 +193,15 @@ def register_release_actions(service: OperatorService, store: ReleaseStore, publ
         pipeline = store.load_pipeline(state.pipeline_digest)
         if not pipeline.has_stage(stage):
             raise RequestRefused(404, f"release {state.release_id} has no stage {stage!r}")
-        message_id = publisher.publish(settings.events_topic, {
-            "type": "stage.replay", "release_id": state.release_id, "stage": stage,
-            "replay_id": caller.request_id, "requested_by": caller.email, "reason": reason})
+        message_id = publisher.publish(settings.events_topic, StageReplay(
+            "", state.release_id, stage, caller.request_id, caller.email, reason))
         return {"replay_id": caller.request_id, "release_id": state.release_id, "stage": stage,
                 "message_id": message_id}
 
     def chaos(caller: Caller, params: Mapping[str, Any]) -> Mapping[str, Any]:
         state = _release(store, params)
-        message_id = publisher.publish(settings.events_topic, {
-            "type": "chaos.requested", "release_id": state.release_id, "requested_by": caller.email,
-            "request_id": caller.request_id})
+        message_id = publisher.publish(settings.events_topic, ChaosRequested(
+            "", state.release_id, caller.email, caller.request_id))
         return {"release_id": state.release_id, "message_id": message_id}
 
     service.register("replay", replay)

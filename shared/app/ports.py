@@ -17,6 +17,7 @@ from shared.domain.events import ApprovalDecided, Outcome
 from shared.domain.pipeline import Pipeline, Stage
 from shared.domain.probes import ProbeTask
 from shared.domain.state import ReleaseState, StageState
+from shared.domain.wire import Message
 
 
 class Clock(Protocol):
@@ -69,8 +70,9 @@ class ReleaseStore(Protocol):
 
 
 class EventPublisher(Protocol):
-    def publish(self, topic: str, data: Mapping[str, Any], attributes: Mapping[str, str] | None = None) -> str:
-        """Publish JSON ``data``; returns the message id. ``topic`` is a short name."""
+    def publish(self, topic: str, message: Message) -> str:
+        """Publish a typed event or notice, encoded by ``shared/domain/wire.py``; returns the
+        message id. ``topic`` is a short name. A dict is refused (TypeError)."""
 
 
 @dataclass(frozen=True)
@@ -149,19 +151,24 @@ class OperatorRequestLog(Protocol):
         ...
 
 
-class LockDocuments(Protocol):
-    """Read and conditionally write one lock document (None token: must not exist yet)."""
+class AppRecords(Protocol):
+    """The per-application record ``apps/{app}``: its locks per environment, its version floor
+    and per-stage duration medians (shared/app/locks.py says what each holds)."""
 
-    def read(self, environment: str) -> tuple[dict[str, Any], Any]:
-        ...
+    def read(self, app: str) -> tuple[dict[str, Any], Any]:
+        """The record (``empty_app_record()`` when never written) and a token for ``write``."""
 
-    def write(self, environment: str, data: dict[str, Any], token: Any) -> None:
-        """Raise StaleWrite when the document changed since ``token`` (or exists, for None)."""
+    def write(self, app: str, data: dict[str, Any], token: Any) -> None:
+        """Raise StaleWrite when the record changed since ``token`` (or exists, for None)."""
 
 
-def empty_lock_document() -> dict[str, Any]:
-    """What ``LockDocuments.read`` returns for a lock that was never written."""
+def empty_lock() -> dict[str, Any]:
     return {"holder": "", "queue": [], "superseded": {}}
+
+
+def empty_app_record() -> dict[str, Any]:
+    """What ``AppRecords.read`` returns for an application that was never written."""
+    return {"locks": {}, "version_floor": {"version": "", "release_id": ""}, "stage_medians": {}}
 
 
 class ApprovalStore(Protocol):

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from shared.app.config import Settings
 from shared.app.ports import Clock, EventPublisher, HttpProber, ProbeScheduler, ReleaseStore, StageExecutor, StageFinish
 from shared.domain.errors import ExecutorError, PipelineError
-from shared.domain.events import EventType, Outcome
+from shared.domain.events import Outcome, StageFinished
 from shared.domain.probes import (
     CHECK_KIND,
     FOLLOWED_KINDS,
@@ -107,6 +107,5 @@ class ProbeService:
         return f"{task.stage_run_id}: check {step.task.check.get('phase', 'window')}, probe {step.task.seq} scheduled"
 
     def _publish(self, task: ProbeTask, outcome: Outcome, reason: str, result: dict[str, Any]) -> None:
-        self.publisher.publish(self.settings.events_topic, {
-            "type": EventType.STAGE_FINISHED.value, "release_id": task.release_id, "stage": task.stage,
-            "stage_run_id": task.stage_run_id, "outcome": outcome.value, "reason": reason, "result": result})
+        self.publisher.publish(self.settings.events_topic, StageFinished(
+            "", task.release_id, task.stage, task.stage_run_id, outcome, reason, result))

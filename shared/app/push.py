@@ -7,6 +7,7 @@ from the dispatcher.
 from __future__ import annotations
 
 import hashlib
+import functools
 import hmac
 import json
 import logging
@@ -16,8 +17,10 @@ from typing import Any, Mapping
 
 import semver
 
+from shared.domain.identity import People
 from shared.app.config import Settings
 from shared.domain.errors import WebhookRejected
+from shared.domain.events import ReleaseStarted
 from shared.domain.pipeline import Pipeline
 from shared.app.ports import Clock, EventPublisher, ReleaseStore
 from shared.domain.state import new_release, release_id_for
@@ -48,6 +51,7 @@ class Push:
     pushed_by: str
     version: str
     changes: Mapping[str, Any] = field(default_factory=dict)  # see ReleaseState.changes
+    aliases: tuple[str, ...] = ()  # every name the push gives for the pusher (address, login)
 
 
 MAX_LISTED_COMMITS = 20
@@ -107,8 +111,11 @@ def parse_push(payload: Any, release_branch: str) -> Push | None:
     pusher = payload.get("pusher") or {}
     sender = payload.get("sender") or {}
     pushed_by = pusher.get("email") or pusher.get("name") or sender.get("login") or "unknown"
+    # Every name the push gives for who pushed, most specific first: the first one that
+    # resolves to a person (shared/domain/identity.py) decides self-approval.
+    aliases = tuple(str(v) for v in (pusher.get("email"), pusher.get("name"), sender.get("login")) if v)
     return Push(repo, ref, commit.lower(), pushed_by, resolve_version(payload, ref, release_branch),
-                push_changes(payload))
+                push_changes(payload), aliases)
 
 
 @dataclass
@@ -118,6 +125,10 @@ class PushService:
     pipeline: Pipeline
     clock: Clock
     settings: Settings
+
+    @functools.cached_property
+    def people(self) -> People:
+        return People.parse(self.settings.people)
 
     def handle(self, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
         try:
@@ -156,6 +167,7 @@ class PushService:
             state = new_release(
                 self.pipeline, repo=push.repo, ref=push.ref, commit=push.commit,
                 version=push.version, pushed_by=push.pushed_by, now=self.clock.now(),
+                pusher=next((p for p in map(self.people.resolve, push.aliases) if p), ""),
             )
             state.changes = dict(push.changes)
             created = self.store.create(state)
@@ -166,9 +178,7 @@ class PushService:
         if created or not any(s.attempt for s in state.stages.values()):
             # Also re-published for an existing release that never started: the first
             # delivery may have died between the create and the publish.
-            self.publisher.publish(
-                self.settings.events_topic, {"type": "release.started", "release_id": release_id}
-            )
+            self.publisher.publish(self.settings.events_topic, ReleaseStarted("", release_id))
         body = {"status": "created" if created else "exists", "release_id": release_id, "tag": state.tag}
         return (201 if created else 200), body
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 
 from shared.app.config import Settings
 from shared.domain.errors import ExecutorError, PipelineError, StaleWrite
-from shared.domain.events import EventType, Outcome
+from shared.domain.events import Outcome, StageFinished, Tick
 from shared.app.ports import Clock, EventPublisher, ReleaseStore, StageExecutor, StageFinish
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
 from shared.domain.wake import next_wake
@@ -50,7 +50,7 @@ class SweepReport:
     releases: int = 0  # due releases looked at
     polled: int = 0  # running stages polled
     pages: int = 0
-    finished: list[dict[str, Any]] = field(default_factory=list)  # published stage.finished payloads
+    finished: list[StageFinished] = field(default_factory=list)  # published stage.finished events
     ticks: list[str] = field(default_factory=list)  # release ids that got a release.tick
     errors: list[str] = field(default_factory=list)  # what could not be checked this time
     out_of_time: bool = False  # pages were left for the next tick
@@ -142,16 +142,13 @@ def _sweep_release(
             continue
         if finish is None:
             continue
-        data = {
-            "type": EventType.STAGE_FINISHED.value, "release_id": release.release_id, "stage": stage.id,
-            "stage_run_id": st.stage_run_id, "outcome": finish.outcome.value, "reason": finish.reason,
-            "result": dict(finish.result),
-        }
-        publisher.publish(settings.events_topic, data)
-        report.add("finished", data)
+        event = StageFinished("", release.release_id, stage.id, st.stage_run_id, finish.outcome, finish.reason,
+                              dict(finish.result))
+        publisher.publish(settings.events_topic, event)
+        report.add("finished", event)
     orphaned = any(batch["lease_until"] <= now for batch in release.outbox)
     if overdue or orphaned or release.status is ReleaseStatus.QUEUED:  # queued: ask for the lock again
-        publisher.publish(settings.events_topic, {"type": EventType.TICK.value, "release_id": release.release_id})
+        publisher.publish(settings.events_topic, Tick("", release.release_id))
         report.add("ticks", release.release_id)
 
 

@@ -1,9 +1,10 @@
-"""Events the dispatcher consumes (past tense) and their wire format.
+"""Events the dispatcher consumes (past tense), and the notices it sends people.
 
-Every event travels as a Pub/Sub message on ``pipeline-events`` whose data is a
-JSON object with a ``type`` field; Cloud Build's own notifications arrive raw on
+Every event travels as a Pub/Sub message on ``pipeline-events``, encoded and decoded
+by ``shared/domain/wire.py`` only; Cloud Build's own notifications arrive raw on
 ``cloud-builds`` and are translated here. The event id is the Pub/Sub message id,
-which a redelivery keeps, so the gate can drop duplicates by id.
+which a redelivery keeps, so the gate can drop duplicates by id. An event built to
+be published has no id yet: pass ``""`` (Pub/Sub assigns it).
 """
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import base64
 import binascii
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from typing import Any, Mapping
 
+from shared.domain.commands import NoticeKind, Notify
 from shared.domain.errors import MalformedEvent
 
 
@@ -120,82 +122,26 @@ class Superseded:
     release_id: str
     environment: str
     superseded_by: str
+    reason: str = ""  # set when the release was not superseded by a newer queued one (the version floor)
     type = EventType.SUPERSEDED
 
 
 Event = ReleaseStarted | StageFinished | ApprovalDecided | ChaosRequested | StageReplay | Tick | LockGranted | Superseded
 
-_REQUIRED: dict[EventType, tuple[str, ...]] = {
-    EventType.RELEASE_STARTED: ("release_id",),
-    EventType.STAGE_FINISHED: ("release_id", "stage", "stage_run_id", "outcome"),
-    EventType.APPROVAL_DECIDED: (
-        "release_id", "stage", "attempt", "nonce", "approver", "approve", "expires_at",
-    ),
-    EventType.CHAOS_REQUESTED: ("release_id", "requested_by"),
-    EventType.STAGE_REPLAY: ("release_id", "stage", "replay_id", "requested_by"),
-    EventType.TICK: ("release_id",),
-    EventType.LOCK_GRANTED: ("release_id", "environment"),
-    EventType.SUPERSEDED: ("release_id", "environment", "superseded_by"),
-}
-_CLASSES = {
-    EventType.RELEASE_STARTED: ReleaseStarted,
-    EventType.STAGE_FINISHED: StageFinished,
-    EventType.APPROVAL_DECIDED: ApprovalDecided,
-    EventType.CHAOS_REQUESTED: ChaosRequested,
-    EventType.STAGE_REPLAY: StageReplay,
-    EventType.TICK: Tick,
-    EventType.LOCK_GRANTED: LockGranted,
-    EventType.SUPERSEDED: Superseded,
-}
 
+@dataclass(frozen=True)
+class ReleaseNotice:
+    """What people and tools hear on ``release-updates``; never consumed by the dispatcher."""
 
-def event_from_dict(event_id: str, data: Mapping[str, Any]) -> Event:
-    """Build a typed event from its JSON payload, or raise MalformedEvent saying why."""
-    if not isinstance(data, Mapping):
-        raise MalformedEvent(f"event {event_id}: payload must be a JSON object")
-    try:
-        event_type = EventType(data.get("type"))
-    except ValueError:
-        raise MalformedEvent(f"event {event_id}: unknown type {data.get('type')!r}") from None
-    missing = [k for k in _REQUIRED[event_type] if data.get(k) in (None, "")]
-    if missing:
-        raise MalformedEvent(f"event {event_id} ({event_type.value}): missing {', '.join(missing)}")
-    cls = _CLASSES[event_type]
-    fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "id"}
-    try:
-        if event_type is EventType.STAGE_FINISHED:
-            fields["outcome"] = Outcome(fields["outcome"])
-            if not isinstance(fields.get("result", {}), Mapping):
-                raise ValueError("result must be an object")
-        if event_type is EventType.APPROVAL_DECIDED:
-            fields["attempt"] = int(fields["attempt"])
-            fields["expires_at"] = float(fields["expires_at"])
-            if not isinstance(fields["approve"], bool):
-                raise ValueError("approve must be true or false")
-        for key in ("release_id", "stage", "stage_run_id", "replay_id", "requested_by", "nonce", "approver",
-                    "environment", "superseded_by", "request_id"):
-            if key in fields and not isinstance(fields[key], str):
-                raise ValueError(f"{key} must be a string")
-    except (ValueError, TypeError) as exc:
-        raise MalformedEvent(f"event {event_id} ({event_type.value}): {exc}") from None
-    return cls(id=event_id, **fields)
+    release_id: str
+    kind: NoticeKind
+    stage: str
+    message: str
+    type = "release.notice"
 
-
-def event_to_dict(event: Event) -> dict[str, Any]:
-    data = asdict(event)
-    data.pop("id")
-    data["type"] = event.type.value
-    if isinstance(event, StageFinished):
-        data["outcome"] = event.outcome.value
-    return data
-
-
-def decode_json(raw: bytes, event_id: str) -> Any:
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedEvent(f"event {event_id}: data is not JSON ({exc})") from None
-
+    @classmethod
+    def of(cls, command: Notify) -> "ReleaseNotice":
+        return cls(command.release_id, command.kind, command.stage, command.message)
 
 # Cloud Build notification statuses (topic `cloud-builds`, attribute `status`).
 BUILD_SUCCESS = {"SUCCESS"}

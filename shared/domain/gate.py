@@ -66,6 +66,7 @@ from shared.domain.events import (
     Tick,
     stage_run_id,
 )
+from shared.domain.identity import approval_refusal, normalise
 from shared.domain.pipeline import Pipeline, Stage, StageKind
 from shared.domain.wake import expiry, next_wake
 from shared.domain.state import (
@@ -204,10 +205,9 @@ class _Run:
             raise _Refusal(GateOutcome.REFUSED, f"release is {state.status.value}, not awaiting approval")
         if self.now > event.expires_at or (st.deadline is not None and self.now > st.deadline):
             raise _Refusal(GateOutcome.REFUSED, "the approval link has expired")
-        if event.approver not in stage.params["approvers"]:
-            raise _Refusal(GateOutcome.REFUSED, f"{event.approver} is not an approver of {stage.label}")
-        if event.approver == state.pushed_by:
-            raise _Refusal(GateOutcome.REFUSED, f"{event.approver} pushed this commit and cannot approve it")
+        refused = approval_refusal(event.approver, stage.params["approvers"], state.pusher, state.pushed_by)
+        if refused:
+            raise _Refusal(GateOutcome.REFUSED, f"{stage.label}: {refused}")
         state.used_nonces.append(event.nonce)
         decision = {
             "approver": event.approver,
@@ -316,7 +316,8 @@ class _Run:
                 state.stages[stage.id].status = StageStatus.PENDING
         state.status = ReleaseStatus.SUPERSEDED
         state.superseded_by = event.superseded_by
-        state.reason = f"superseded by release {event.superseded_by} while queued for {event.environment}"
+        state.reason = (f"superseded by release {event.superseded_by}: {event.reason}" if event.reason
+                        else f"superseded by release {event.superseded_by} while queued for {event.environment}")
         state.waiting_for = ""
         self.release_locks()
         self.changed = True
@@ -338,8 +339,8 @@ class _Run:
         return (
             self.state.stages[stage.id].status is StageStatus.SUCCEEDED
             and approval.get("decision") == "approved"
-            and approval.get("approver") in stage.params["approvers"]
-            and approval.get("approver") != self.state.pushed_by
+            and not approval_refusal(approval.get("approver", ""), stage.params["approvers"], self.state.pusher,
+                                     self.state.pushed_by)
         )
 
     def advance(self, index: int, replay: bool = False) -> None:
@@ -420,7 +421,7 @@ class _Run:
         st = self.begin_attempt(stage, StageStatus.WAITING, expiry)
         self.state.status = ReleaseStatus.AWAITING_APPROVAL
         self.release_locks()  # nobody waits behind a release that waits for a human
-        approvers = tuple(a for a in stage.params["approvers"] if a != self.state.pushed_by)
+        approvers = tuple(a for a in stage.params["approvers"] if normalise(a) != self.state.pusher)
         self.commands.append(RequestApproval(self.state.release_id, stage.id, st.attempt, approvers, st.deadline,
                                              self.image_digest(stage)))
         self.notify(NoticeKind.APPROVAL_NEEDED, stage.id, f"{self.title()} waits for approval; links went to {', '.join(approvers)}.")

@@ -65,3 +65,19 @@ class People:
         if left is None or right is None:
             return None
         return left == right
+
+
+def approval_refusal(approver: str, approvers, pusher: str, pushed_by: str) -> str:
+    """Why ``approver`` may not approve a release pushed by ``pusher`` ("" when they may).
+
+    ``pusher`` is the person the push was matched to (``People.resolve``), "" when it
+    could not be: then nobody can rule out that the approver pushed it, so it fails closed."""
+    who = normalise(approver)
+    if who not in {normalise(a) for a in approvers}:
+        return f"{approver} is not an approver (not on the stage's list)"
+    if not pusher:
+        return (f"the pusher {pushed_by!r} cannot be matched to a person (map the GitHub login in "
+                "RELEASE_PEOPLE), so self-approval cannot be ruled out")
+    if who == normalise(pusher):
+        return f"{approver} pushed this commit and cannot approve it"
+    return ""

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
+from shared.domain.identity import People
 from shared.domain.pipeline import Pipeline
 
 # Bounded so the document stays small; older ids are long past redelivery.
@@ -80,7 +81,7 @@ class ReleaseState:
     commit: str
     version: str
     tag: str
-    pushed_by: str
+    pushed_by: str  # as the push named them (shown)
     pipeline_name: str
     pipeline_digest: str
     created_at: float
@@ -89,6 +90,9 @@ class ReleaseState:
     reason: str = ""
     updated_at: float = 0.0
     stages: dict[str, StageState] = field(default_factory=dict)
+    # The person the push was matched to (normalised address; shared/domain/identity.py), "" when it
+    # could not be: self-approval is then not ruled out and approval fails closed.
+    pusher: str = ""
     chaos_requested_by: str = ""
     locks_held: list[str] = field(default_factory=list)  # environments this release holds
     waiting_for: str = ""  # the environment whose lock the release is queued for
@@ -136,7 +140,8 @@ def release_id_for(repo: str, commit: str) -> str:
 
 
 def new_release(
-    pipeline: Pipeline, *, repo: str, ref: str, commit: str, version: str, pushed_by: str, now: float
+    pipeline: Pipeline, *, repo: str, ref: str, commit: str, version: str, pushed_by: str, now: float,
+    pusher: str | None = None,
 ) -> ReleaseState:
     return ReleaseState(
         release_id=release_id_for(repo, commit),
@@ -146,6 +151,7 @@ def new_release(
         version=version,
         tag=f"v{version}-{commit[:7]}",
         pushed_by=pushed_by,
+        pusher=People().resolve(pushed_by) or "" if pusher is None else pusher,
         pipeline_name=pipeline.name,
         pipeline_digest=pipeline.digest,
         created_at=now,

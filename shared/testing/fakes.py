@@ -19,9 +19,10 @@ from shared.domain.commands import Notify, RequestApproval, StartStage
 from shared.adapters.notify.errors import NotifyError
 from shared.domain.errors import DefinitionError, StaleWrite, TransientError
 from shared.domain.pipeline import Pipeline, Stage, parse_pipeline, thaw
-from shared.app.ports import StageFinish, StartResult, empty_lock_document
+from shared.app.ports import StageFinish, StartResult, empty_app_record
 from shared.domain.approval_record import ApprovalNotFound, ApprovalRecord, decision_fields
 from shared.domain.state import ReleaseState, StageState
+from shared.domain.wire import Message, encode
 
 
 class FakeClock:
@@ -146,8 +147,9 @@ class FakeStore:
 
 
 class FakePublisher:
-    """Keeps what is published, with ids like Pub/Sub's; ``fail = True`` makes it raise
-    TransientError as an unreachable Pub/Sub would."""
+    """Keeps what is published, encoded by the one wire format like the real publisher,
+    with ids like Pub/Sub's; ``fail = True`` makes it raise TransientError as an
+    unreachable Pub/Sub would. ``messages`` holds (topic, payload, attributes)."""
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, dict, dict]] = []
@@ -155,15 +157,16 @@ class FakePublisher:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
-    def publish(self, topic: str, data: Mapping[str, Any], attributes: Mapping[str, str] | None = None) -> str:
+    def publish(self, topic: str, message: Message) -> str:
+        data, attributes = encode(message)
         if self.fail:
             raise TransientError("publisher is down")
         with self._lock:
-            self.messages.append((topic, dict(data), dict(attributes or {})))
+            self.messages.append((topic, json.loads(data), attributes))
             return f"msg-{next(self._ids)}"
 
-    def of_type(self, event_type: str) -> list[dict]:
-        return [data for _, data, _ in self.messages if data.get("type") == event_type]
+    def of_type(self, message_type: str) -> list[dict]:
+        return [data for _, data, _ in self.messages if data.get("type") == message_type]
 
 
 class FakeExecutor:
@@ -333,26 +336,26 @@ class InMemoryApprovalStore:
             self._records[nonce] = replace(self._records[nonce], message_id=message_id)
 
 
-class InMemoryLockDocuments:
-    """The fake: the same contract as Firestore's documents, in memory."""
+class InMemoryAppRecords:
+    """The fake of ``apps/{app}``: the same contract as the Firestore records, in memory."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._docs: dict[str, tuple[dict[str, Any], int]] = {}
 
-    def read(self, environment: str) -> tuple[dict[str, Any], Any]:
+    def read(self, app: str) -> tuple[dict[str, Any], Any]:
         with self._lock:
-            if environment not in self._docs:
-                return empty_lock_document(), None
-            data, version = self._docs[environment]
+            if app not in self._docs:
+                return empty_app_record(), None
+            data, version = self._docs[app]
             return copy.deepcopy(data), version
 
-    def write(self, environment: str, data: dict[str, Any], token: Any) -> None:
+    def write(self, app: str, data: dict[str, Any], token: Any) -> None:
         with self._lock:
-            current = self._docs.get(environment)
+            current = self._docs.get(app)
             if (current is None) != (token is None) or (current is not None and current[1] != token):
-                raise StaleWrite(f"lock {environment} changed since it was read")
-            self._docs[environment] = (copy.deepcopy(data), (current[1] if current else 0) + 1)
+                raise StaleWrite(f"application record {app} changed since it was read")
+            self._docs[app] = (copy.deepcopy(data), (current[1] if current else 0) + 1)
 
 
 class FakeTelemetry:

@@ -14,7 +14,6 @@ http(s) links. Every stage element carries ``data-stage`` and ``data-status``.
 """
 from __future__ import annotations
 
-import html
 import json
 import secrets
 import urllib.parse
@@ -37,6 +36,7 @@ from shared.ui.notes import (
 )
 from shared.domain.pipeline import Pipeline, Stage, StageKind
 from shared.domain.state import ReleaseState, StageState, StageStatus
+from shared.ui.render import markdown_html, page
 from shared.ui.templates.dashboard_assets import CSS, REFRESH_JS
 
 Response = tuple[int, str, dict[str, str]]
@@ -103,7 +103,8 @@ def stage_view(stage: Stage, st: StageState, state: ReleaseState, pipeline: Pipe
         "environment": stage.environment, "optional": stage.optional, "status": st.status.value,
         "attempt": st.attempt, "started_at": st.started_at, "finished_at": st.finished_at,
         "duration_s": st.duration_s, "reason": st.reason, "meta": meta,
-        "detail": stage_detail(stage, st, state, pipeline), "log_url": safe_url(st.result.get("log_url")),
+        "detail": stage_detail(stage, st, state, pipeline),
+        "log_url": safe_url(st.result.get("log_url") or st.result.get("log_uri")),  # builds: log_url; jobs: log_uri
         "traffic_percent": traffic_percent(stage, st) if is_prod_traffic_stage(stage) else None,
         "result": st.result,
     }
@@ -168,102 +169,36 @@ def release_json(state: ReleaseState, pipeline: Pipeline) -> dict[str, Any]:
     }
 
 
-# -- HTML -------------------------------------------------------------------------
-def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def _page(title: str, body: str, *, nonce: str = "", script: str = "", refresh_s: int = 0) -> str:
-    refresh = f'<meta http-equiv="refresh" content="{refresh_s}">' if refresh_s else ""
-    js = f'<script nonce="{nonce}">{script}</script>' if script else ""
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">{refresh}'
-            f"<title>{_e(title)}</title><style>{CSS}</style></head><body>{body}{js}</body></html>")
+# -- HTML (Jinja2 templates in shared/ui/templates, autoescaped) -------------------
+def _page(template: str, title: str, *, nonce: str = "", script: str = "", refresh_s: int = 0, **values: Any) -> str:
+    return page(template, title=title, css=CSS, nonce=nonce, script=script, refresh_s=refresh_s, **values)
 
 
 def release_list_page(states: list[ReleaseState]) -> str:
-    rows = "".join(
-        f'<tr data-release-row="{_e(s.release_id)}">'
-        f'<td><a href="release/{_e(urllib.parse.quote(s.release_id, safe=""))}">{_e(s.release_id)}</a></td>'
-        f"<td>{_e(s.version)}</td><td><code>{_e(s.tag)}</code></td><td>{_e(s.repo)}</td>"
-        f'<td><span class="badge" data-status="{_e(s.status.value)}">{_e(s.status.value)}</span></td>'
-        f"<td>{_e(release_summary(s)['current_stage'])}</td><td>{_e(s.pushed_by)}</td><td>{_e(iso(s.created_at))}</td></tr>"
-        for s in states
-    ) or '<tr><td colspan="8">no releases yet</td></tr>'
-    body = ("<h1>Releases</h1><p class=\"sub\">newest first</p><table><thead><tr><th>Release</th><th>Version</th>"
-            "<th>Tag</th><th>Repository</th><th>Status</th><th>Stage</th><th>Pushed by</th><th>Created (UTC)</th>"
-            f"</tr></thead><tbody>{rows}</tbody></table>")
+    releases = [{**release_summary(s), "created": iso(s.created_at)} for s in states]
     moving = any(not s.status.terminal and s.status.value != "stopped" for s in states)
-    return _page("Releases", body, refresh_s=5 if moving else 0)
+    return _page("dashboard_list.html", "Releases", releases=releases, refresh_s=5 if moving else 0)
 
 
-def _stage_box(view: dict[str, Any]) -> str:
-    log = view["log_url"]
-    link = (f'<a data-field="log" href="{_e(log)}" target="_blank" rel="noopener noreferrer">build log</a>' if log
-            else '<a data-field="log" hidden>build log</a>')
-    optional = " optional" if view["optional"] else ""
-    return (f'<div class="stage{optional}" data-stage="{_e(view["id"])}" data-status="{_e(view["status"])}" '
-            f'data-kind="{_e(view["kind"])}" title="{_e(view["name"])} ({_e(view["kind"])}, {_e(view["environment"])})">'
-            f'<div class="num">{_e(view["number"])}</div><div class="name">{_e(view["name"])}</div>'
-            f'<div class="st" data-field="status">{_e(view["status"])}</div>'
-            f'<div class="meta" data-field="meta">{_e(view["meta"])}</div>'
-            f'<div class="detail" data-field="detail">{_e(view["detail"])}</div>{link}</div>')
-
-
-def pipeline_flow(views: list[dict[str, Any]]) -> str:
-    """Boxes joined by arrows; an optional stage hangs below the stage before it as a side branch."""
-    steps: list[str] = []
-    for i, view in enumerate(views):
-        if view["optional"]:
-            continue
-        branches = ""
-        for later in views[i + 1:]:
-            if not later["optional"]:
-                break
-            branches += f'<div class="branch"><span class="branch-mark">↳</span>{_stage_box(later)}</div>'
-        arrow = '<div class="arrow">→</div>' if steps else ""
-        steps.append(f'<div class="step">{arrow}<div class="column">{_stage_box(view)}{branches}</div></div>')
-    return f'<div class="flow" aria-label="pipeline">{"".join(steps)}</div>'
-
-
-def _detail_rows(views: list[dict[str, Any]]) -> str:
-    rows = []
-    for v in views:
-        log = (f'<a data-field="log" href="{_e(v["log_url"])}" rel="noopener noreferrer">log</a>' if v["log_url"]
-               else '<a data-field="log" hidden>log</a>')
-        rows.append(
-            f'<tr data-row="{_e(v["id"])}" data-status="{_e(v["status"])}"><td>{_e(v["number"])}</td><td>{_e(v["name"])}</td>'
-            f'<td><span class="badge" data-field="status" data-status="{_e(v["status"])}">{_e(v["status"])}</span></td>'
-            f'<td data-field="meta">{_e(v["meta"])}</td><td>{_e(iso(v["started_at"]))}</td>'
-            f'<td data-field="detail">{_e(v["detail"])}</td><td>{log}</td></tr>')
-    return "".join(rows)
+def pipeline_steps(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The main line of stages; each optional stage hangs below the stage before it as a side branch."""
+    steps: list[dict[str, Any]] = []
+    for view in views:
+        if view["optional"] and steps:
+            steps[-1]["branches"].append(view)
+        else:
+            steps.append({"view": view, "branches": []})
+    return steps
 
 
 def release_page(state: ReleaseState, pipeline: Pipeline, nonce: str = "") -> str:
     """One release: header, the pipeline picture, approval and traffic, stage table, notes.
     ``nonce`` authorises the inline refresh script under the Content-Security-Policy."""
     data = release_json(state, pipeline)
-    views, rel = data["stages"], data["release"]
-    hidden = "" if state.reason else " hidden"
-    body = (
-        f'<main data-release="{_e(state.release_id)}" data-terminal="{str(state.status.terminal).lower()}" '
-        f'data-updated-at="{_e(state.updated_at)}" data-release-status="{_e(state.status.value)}">'
-        f'<p><a href="../">← all releases</a></p>'
-        f'<h1>{_e(state.repo)} {_e(state.version)} <span class="badge" data-field="release-status" '
-        f'data-status="{_e(state.status.value)}">{_e(state.status.value)}</span></h1>'
-        f'<p class="sub">tag <code>{_e(state.tag)}</code> · commit <code>{_e(state.commit)}</code> · ref {_e(state.ref)}'
-        f" · pushed by {_e(state.pushed_by)} · created {_e(iso(state.created_at))} · pipeline {_e(state.pipeline_name)}"
-        f' <span class="live" id="live"></span></p>'
-        f'<p class="reason" data-field="release-reason"{hidden}>{_e(state.reason)}</p>'
-        f"<h2>Pipeline</h2>{pipeline_flow(views)}"
-        f'<h2>Approval and traffic</h2><ul><li>Approval: <span data-approval data-field="approval_text">'
-        f'{_e(rel["approval_text"])}</span></li>'
-        f'<li>Traffic: <span data-traffic data-field="traffic_text">{_e(rel["traffic_text"])}</span></li></ul>'
-        f"<h2>Stages</h2><table><thead><tr><th>#</th><th>Stage</th><th>Status</th><th>Attempt · duration</th>"
-        f"<th>Started (UTC)</th><th>Detail</th><th>Log</th></tr></thead><tbody>{_detail_rows(views)}</tbody></table>"
-        f'<h2>Release notes</h2><pre class="notes" data-field="notes">{_e(data["notes"])}</pre></main>'
-    )
-    return _page(f"{state.release_id} · {state.status.value}", body, nonce=nonce, script=REFRESH_JS)
+    views = [{**v, "started": iso(v["started_at"])} for v in data["stages"]]
+    return _page("dashboard_release.html", f"{state.release_id} · {state.status.value}", nonce=nonce,
+                 script=REFRESH_JS, state=state, rel=data["release"], views=views, steps=pipeline_steps(views),
+                 created=iso(state.created_at), notes_html=markdown_html(data["notes"]))
 
 
 # -- responses --------------------------------------------------------------------
@@ -291,8 +226,7 @@ def _error(status: int, message: str, *, api: bool, allow: str = "", root: str =
     if api:
         response = _json({"error": message}, status)
     else:
-        response = _html(_page(f"{status}", f'<h1>{status}</h1><p class="reason">{_e(message)}</p>'
-                                            f'<p><a href="{_e(root)}">all releases</a></p>'), status)
+        response = _html(_page("dashboard_error.html", f"{status}", status=status, message=message, root=root), status)
     if allow:
         response[2]["Allow"] = allow
     return response

@@ -16,9 +16,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import pytest
 
 from shared.ui.dashboard import wsgi_app
-from shared.domain.state import ReleaseStatus
+from shared.domain.state import ReleaseStatus, StageStatus
 from tests.integration.dispatch_helpers import make_rig
-from tests.e2e.browser import CHROMIUM, OUTPUT, page_statuses
+from tests.e2e.browser import CHROMIUM, OUTPUT, contrast_ratios, page_statuses, page_width
 from tests.integration.test_cli import current, release_at, step
 
 pytestmark = [
@@ -119,6 +119,41 @@ def test_page_follows_a_running_release_without_reload(rig, dashboard_url, page)
     assert page.inner_text("[data-field=release-status]") == "succeeded"
     assert page.inner_text("[data-approval]").startswith("approved by boss@example.com")
     assert "100 % at" in page.inner_text("[data-traffic]")
-    assert "## Traffic" in page.inner_text("[data-field=notes]")
+    # The notes are HTML (a heading per section), brought up to date without a reload.
+    page.wait_for_selector("[data-field=notes] h2:text('Traffic')", timeout=10_000)
+    assert "Release " in page.inner_text("#live") and page.get_attribute("#live", "role") == "status"
     assert page.evaluate("window.__sameDocument") is True, "followed by the refresh script, not by reloading"
+    assert page.errors == []
+
+
+EVERY_STATUS = sorted({s.value for s in ReleaseStatus} | {s.value for s in StageStatus})
+
+
+@pytest.mark.parametrize("width", [1400, 400])
+def test_dashboard_fits_the_screen_and_every_badge_is_readable(rig, dashboard_url, page, width):
+    done = finished_release(rig)
+    rig.clock.advance(3600)
+    stopped = release_at(rig, "staging-deploy", commit=uuid.uuid4().hex[:16])
+    step(rig, stopped, outcome="failed", reason="revision sample-web-staging-00002 failed: port 8080 not answering " * 3)
+    waiting = release_at(rig, "approval", commit=uuid.uuid4().hex[:16])
+    page.set_viewport_size({"width": width, "height": 900})
+    OUTPUT.mkdir(exist_ok=True)
+    for name, path in (("list", "/"), ("release", f"/release/{done}"), ("stopped", f"/release/{stopped}"),
+                       ("waiting", f"/release/{waiting}")):
+        page.goto(dashboard_url + path)
+        page.screenshot(path=str(OUTPUT / f"dashboard-{name}-{width}.png"), full_page=True)
+        scroll, viewport = page_width(page)
+        assert scroll <= viewport, f"{path} is {scroll}px wide in a {viewport}px window"
+    # Contrast of every status badge, as rendered: the statuses no release shows right now
+    # are added as badges to this page, so they are styled by the page's own stylesheet.
+    page.evaluate("""statuses => { const box = document.createElement('p'); document.querySelector('main').append(box);
+        statuses.forEach(s => { const b = document.createElement('span'); b.className = 'badge';
+          b.dataset.status = s; b.textContent = s; box.append(b, ' '); }); }""", EVERY_STATUS)
+    badges = contrast_ratios(page, ".badge")
+    assert {b["status"] for b in badges} == set(EVERY_STATUS)
+    low = [(b["status"], round(b["ratio"], 2)) for b in badges if b["ratio"] < 4.5]
+    assert low == [], f"badges below WCAG AA 4.5:1: {low}"
+    labels = contrast_ratios(page, "div[data-stage] .st, div[data-stage] .meta, div[data-stage] .detail")
+    low = [(b["status"], b["text"][:20], round(b["ratio"], 2)) for b in labels if b["ratio"] < 4.5]
+    assert labels and low == [], f"stage box text below 4.5:1: {low}"
     assert page.errors == []

@@ -41,13 +41,13 @@ def firestore_store(project: str, settings: Settings):
 def dispatcher(store, executors, settings, clock=None, publisher=None):
     """The real Dispatcher, with environment locks over Firestore (no stage here names an
     environment, so none is taken) and a roll-back no check here ever asks for."""
-    from shared.adapters.firestore_locks import FirestoreLockDocuments
+    from shared.adapters.firestore_apps import FirestoreAppRecords
     from shared.app.locks import EnvironmentLocks
     from shared.app.ports import SystemClock
     from shared.app.dispatcher import Dispatcher
 
     publisher = publisher if publisher is not None else FakePublisher()
-    locks = EnvironmentLocks(FirestoreLockDocuments(store.client, settings), publisher, settings)
+    locks = EnvironmentLocks(FirestoreAppRecords(store.client, settings), publisher, settings)
     return Dispatcher(store, publisher, executors, FakeApprovals(), FakeNotifier(), clock or SystemClock(),
                       settings, locks, roll_back=_no_roll_back)
 

@@ -20,6 +20,7 @@ from shared.testing.fakes import FakeClock, FakeExecutor, FakePublisher
 from shared.domain.gate import GateOutcome
 from shared.app.ports import StageFinish
 from shared.domain.state import StageStatus
+from shared.domain.wire import to_payload
 from shared.app.sweeper import sweep
 from shared.domain.wake import SAFETY_NET_S
 from tests.faults import rig
@@ -98,7 +99,7 @@ def test_completion_of_a_run_not_yet_recorded_is_stale_and_the_sweeper_recovers_
     # the notification never came: the sweeper's safety net polls once the stage's wake time is there
     report = sweep(store, {"build": executor}, published, FakeClock(state.created_at + SAFETY_NET_S + 5), settings)
     (finish,) = [data for _, data, _ in published.messages if data["type"] == "stage.finished"]
-    assert report.finished == [finish] and finish["stage_run_id"] == f"{rid}.s2.a1"
+    assert [to_payload(e) for e in report.finished] == [finish] and finish["stage_run_id"] == f"{rid}.s2.a1"
     decision = dispatcher.handle_message("sweeper-1", {}, json.dumps(finish).encode())
     assert decision.outcome is GateOutcome.APPLIED
     state = store.get(rid)[0]

@@ -16,7 +16,7 @@ from shared.testing.fakes import (
     FakePublisher,
 )
 from shared.adapters.firestore_store import FirestoreStore
-from shared.adapters.firestore_locks import FirestoreLockDocuments
+from shared.adapters.firestore_apps import FirestoreAppRecords
 from shared.app.locks import EnvironmentLocks
 from shared.domain.pipeline import StageKind
 from shared.app.dispatcher import Dispatcher
@@ -34,10 +34,10 @@ class Rig:
     operator_requests: FakeOperatorRequests
     delivered: int = 0
 
-    def new_release(self, commit="abcdef1234567890"):
-        state = new_release(PIPELINE, repo="acme/app", ref="refs/heads/main", commit=commit,
-                            version="1.2.3", pushed_by=PUSHER, now=self.clock.now())
-        self.store.save_pipeline(PIPELINE)
+    def new_release(self, commit="abcdef1234567890", *, pipeline=PIPELINE, version="1.2.3", repo="acme/app"):
+        state = new_release(pipeline, repo=repo, ref="refs/heads/main", commit=commit,
+                            version=version, pushed_by=PUSHER, now=self.clock.now())
+        self.store.save_pipeline(pipeline)
         assert self.store.create(state)
         return state.release_id
 
@@ -65,7 +65,7 @@ def make_rig(project, prefix) -> Rig:
     publisher = FakePublisher()
     clock = FakeClock()
     executors = {kind.value: executor for kind in StageKind}
-    locks = EnvironmentLocks(FirestoreLockDocuments(store.client, settings), publisher, settings)
+    locks = EnvironmentLocks(FirestoreAppRecords(store.client, settings), publisher, settings)
     rolled_back: list[str] = []
     requests = FakeOperatorRequests()
     dispatcher = Dispatcher(store, publisher, executors, FakeApprovals(), FakeNotifier(), clock, settings, locks,

@@ -11,47 +11,48 @@ from google.cloud import firestore
 
 from shared.app.config import Settings
 from shared.testing.fakes import FakePublisher
-from shared.adapters.firestore_locks import FirestoreLockDocuments
+from shared.adapters.firestore_apps import FirestoreAppRecords
 from shared.app.locks import EnvironmentLocks
 from shared.domain.state import ReleaseStatus, StageStatus
 from tests.integration.dispatch_helpers import make_rig
 
 pytestmark = pytest.mark.emulators
+APP = "mini"
 
 
 @pytest.fixture
 def locks(emulators, unique_prefix):
     settings = Settings(project=emulators["project"], collection_prefix=unique_prefix)
     publisher = FakePublisher()
-    docs = FirestoreLockDocuments(firestore.Client(project=emulators["project"]), settings)
+    docs = FirestoreAppRecords(firestore.Client(project=emulators["project"]), settings)
     return EnvironmentLocks(docs, publisher, settings), publisher
 
 
 def test_ten_concurrent_acquires_grant_exactly_one(locks):
     manager, publisher = locks
     with ThreadPoolExecutor(10) as pool:
-        outcomes = list(pool.map(lambda i: manager.acquire("staging", f"r{i}", 1000.0 + i), range(10)))
+        outcomes = list(pool.map(lambda i: manager.acquire(APP, "staging", f"r{i}", 1000.0 + i), range(10)))
     assert outcomes.count("granted") == 1 and outcomes.count("queued") == 9
     holder = f"r{outcomes.index('granted')}"
     assert publisher.of_type("lock.granted") == [{"type": "lock.granted", "release_id": holder, "environment": "staging"}]
     # The holder gives staging back: the newest queued release gets it, the older ones are superseded.
     newest = max((f"r{i}" for i in range(10) if f"r{i}" != holder), key=lambda r: int(r[1:]))
-    assert manager.release("staging", holder) == newest
+    assert manager.release(APP, "staging", holder) == newest
     assert publisher.of_type("lock.granted")[-1]["release_id"] == newest
     superseded = {m["release_id"] for m in publisher.of_type("release.superseded")}
     assert superseded == {f"r{i}" for i in range(10)} - {holder, newest}
     assert all(m["superseded_by"] == newest for m in publisher.of_type("release.superseded"))
     # Asking again is answered again (a lost event is re-sent), and changes nothing.
-    assert manager.acquire("staging", newest, 0) == "granted"
-    assert manager.acquire("staging", sorted(superseded)[0], 0) == "superseded"
-    assert manager.release("staging", "never-held") is None
+    assert manager.acquire(APP, "staging", newest, 0) == "granted"
+    assert manager.acquire(APP, "staging", sorted(superseded)[0], 0) == "superseded"
+    assert manager.release(APP, "staging", "never-held") is None
 
 
 def test_prod_and_staging_are_independent(locks):
     manager, _ = locks
-    assert manager.acquire("staging", "a", 1.0) == "granted"
-    assert manager.acquire("prod", "b", 2.0) == "granted"
-    assert manager.acquire("staging", "b", 2.0) == "queued"
+    assert manager.acquire(APP, "staging", "a", 1.0) == "granted"
+    assert manager.acquire(APP, "prod", "b", 2.0) == "granted"
+    assert manager.acquire(APP, "staging", "b", 2.0) == "queued"
 
 
 def test_ten_releases_race_for_staging_through_the_dispatcher(emulators, unique_prefix):

@@ -24,8 +24,9 @@ from shared.app.probing import ProbeService
 from shared.testing.fakes import FakeApprovals, FakeNotifier, FakeProbeScheduler
 from shared.testing.probe_runner import run_due
 from shared.adapters.firestore_store import FirestoreStore
-from shared.adapters.firestore_locks import FirestoreLockDocuments
+from shared.adapters.firestore_apps import FirestoreAppRecords
 from shared.app.locks import EnvironmentLocks
+from shared.domain.events import ReleaseStarted
 from shared.domain.pipeline import parse_pipeline
 from shared.adapters.pubsub_publisher import PubSubPublisher
 from shared.app.dispatcher import Dispatcher
@@ -58,7 +59,7 @@ class Flow:
         self.dispatcher = Dispatcher(
             self.store, publisher, build_executors(settings, retry=FAST),
             FakeApprovals(), FakeNotifier(), self.clock, settings,
-            EnvironmentLocks(FirestoreLockDocuments(self.store.client, settings), publisher, settings),
+            EnvironmentLocks(FirestoreAppRecords(self.store.client, settings), publisher, settings),
             roll_back=lambda service: rollback(settings, service), probes=FakeProbeScheduler(),
         )
         self.executors = self.dispatcher.executors
@@ -87,7 +88,7 @@ class Flow:
         state = new_release(pipeline, repo="acme/flow", ref="refs/heads/main", commit=commit,
                             version="1.0.0", pushed_by="dev@example.com", now=self.clock.now())
         assert self.store.create(state)
-        self.publisher.publish(self.settings.events_topic, {"type": "release.started", "release_id": state.release_id})
+        self.publisher.publish(self.settings.events_topic, ReleaseStarted("", state.release_id))
         return state.release_id
 
     def pump_once(self) -> int:

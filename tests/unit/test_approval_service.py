@@ -19,7 +19,8 @@ from shared.domain.approval_tokens import Keyring, LinkClaims, sign
 from shared.domain.commands import RequestApproval, StartStage
 from shared.app.config import Settings
 from shared.domain.errors import ConfigError, TransientError
-from shared.domain.events import LockGranted, ApprovalDecided, Outcome, ReleaseStarted, StageFinished, event_from_dict
+from shared.domain.events import LockGranted, ApprovalDecided, Outcome, ReleaseStarted, StageFinished
+from shared.domain.wire import from_payload
 from shared.domain.gate import GateOutcome, decide
 from shared.domain.state import ReleaseStatus, StageStatus, new_release
 from tests.unit.gate_helpers import APPROVER, PIPELINE, PUSHER
@@ -225,7 +226,7 @@ def test_post_consumes_the_nonce_and_publishes_the_decision(world, choice, appro
     assert (record.consumed_at, record.decision, record.reason, record.user_agent, record.message_id) == (
         T0 + 600, "approved" if approve else "rejected", "looks good", BROWSER, "msg-1")
     # The published event is one the gate accepts.
-    event = event_from_dict("m1", data)
+    event = from_payload("m1", data)
     assert isinstance(event, ApprovalDecided)
     decision = decide(PIPELINE, world.release, event, T0 + 600)
     assert decision.outcome is GateOutcome.APPLIED

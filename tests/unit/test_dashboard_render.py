@@ -116,7 +116,7 @@ def test_every_stored_string_is_escaped(store):
     assert "&lt;img src=x onerror=alert(1)&gt; &amp; &quot;quotes&quot;" in body
     assert "javascript:" not in body
     listing = handle("GET", "/", {}, store)[1]
-    assert "&lt;script&gt;alert(&quot;repo&quot;)&lt;/script&gt;" in listing and "<script>" not in listing
+    assert "&lt;script&gt;alert(&#34;repo&#34;)&lt;/script&gt;" in listing and "<script>" not in listing
 
 
 def test_release_list_is_newest_first_with_status_and_relative_links(store):

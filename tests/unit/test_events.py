@@ -8,11 +8,10 @@ from shared.domain.events import (
     Outcome,
     StageFinished,
     event_from_build_notification,
-    event_from_dict,
-    event_to_dict,
     parse_stage_run_id,
     stage_run_id,
 )
+from shared.domain.wire import from_payload, to_payload
 
 RUN = stage_run_id("acme-app-0123456789ab", "build", 2)
 BUILD = {  # the shape Cloud Build publishes on `cloud-builds` (camelCase JSON of the Build resource)
@@ -56,7 +55,7 @@ def test_builds_of_others_are_ignored_and_a_broken_run_tag_is_malformed():
 
 def test_our_events_round_trip_and_bad_ones_say_why():
     event = StageFinished("m6", "r", "lint", "r.lint.a1", Outcome.FAILED, "exit 1", {"k": 1})
-    assert event_from_dict("m6", event_to_dict(event)) == event
+    assert from_payload("m6", to_payload(event)) == event
     with pytest.raises(MalformedEvent, match="approve must be true or false"):
-        event_from_dict("m7", {"type": "approval.decided", "release_id": "r", "stage": "approval", "attempt": 1,
+        from_payload("m7", {"type": "approval.decided", "release_id": "r", "stage": "approval", "attempt": 1,
                                "nonce": "n", "approver": "a", "approve": "yes", "expires_at": 1})

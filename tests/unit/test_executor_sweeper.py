@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from shared.app.config import Settings
 from shared.domain.errors import ExecutorError, TransientError
-from shared.domain.events import Outcome, event_from_dict
+from shared.domain.events import Outcome
+from shared.domain.wire import from_payload
 from shared.testing.fakes import FakeClock, FakeExecutor, FakePublisher, FakeStore
 from shared.domain.pipeline import load_pipeline
 from shared.app.ports import StageFinish
@@ -51,7 +52,7 @@ def test_a_finish_found_by_polling_is_published_as_a_valid_event():
     assert report.releases == 1 and report.polled == 1 and report.ticks == []
     (topic, data, _), = publisher.messages
     assert topic == SETTINGS.events_topic
-    event = event_from_dict("m1", data)  # the dispatcher can read what we publish
+    event = from_payload("m1", data)  # the dispatcher can read what we publish
     assert (event.release_id, event.stage, event.stage_run_id) == (release.release_id, "staging-migrate", run_id)
     assert event.outcome is Outcome.FAILED and event.reason == "exit 3" and event.result == {"failed_count": 1}
 

@@ -2,28 +2,34 @@
 
 Colours are keyed on the ``data-status`` attribute, so the refresh script changes a
 stage's colour by changing that one attribute (the same one the browser test reads).
-The script only ever sets ``textContent`` and http(s) ``href`` values: nothing from
-the API is parsed as HTML.
+The script only ever sets ``textContent`` and http(s) ``href`` values from the JSON:
+nothing from the API is parsed as HTML. The notes (HTML rendered by the server from
+Markdown) are copied from a fresh copy of the page itself.
 """
 
+# Colours: every text/background pair meets WCAG AA (4.5:1) for its size; the browser test
+# computes the ratio from the rendered styles of every status badge (tests/e2e).
 CSS = """
 :root { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; color: #1f2328; }
 body { margin: 1.5rem 2rem; background: #f6f8fa; }
 h1 { font-size: 1.4rem; margin: 0 0 .3rem; }
 h2 { font-size: 1.1rem; margin: 1.6rem 0 .6rem; }
-a { color: #0969da; }
-.sub { color: #57606a; margin: 0 0 1rem; }
+a { color: #0550ae; }
+code { overflow-wrap: anywhere; }
+.sub { color: #57606a; margin: 0 0 1rem; overflow-wrap: anywhere; }
 .badge { display: inline-block; padding: .1rem .55rem; border-radius: 1rem; font-size: .85rem;
-         font-weight: 600; color: #fff; background: #8c959f; }
+         font-weight: 600; color: #fff; background: #57606a; white-space: nowrap; }
 .badge[data-status=running] { background: #0969da; }
-.badge[data-status=awaiting_approval], .badge[data-status=waiting] { background: #bf8700; }
+.badge[data-status=awaiting_approval], .badge[data-status=waiting] { background: #7d4e00; }
 .badge[data-status=queued] { background: #8250df; }
 .badge[data-status=stopped], .badge[data-status=failed] { background: #cf222e; }
 .badge[data-status=succeeded] { background: #1a7f37; }
-.badge[data-status=superseded], .badge[data-status=skipped], .badge[data-status=pending] { background: #8c959f; }
+.badge[data-status=superseded], .badge[data-status=skipped], .badge[data-status=pending],
+.badge[data-status=cancelled] { background: #57606a; }
 table { border-collapse: collapse; background: #fff; width: 100%; font-size: .9rem; }
 th, td { border-bottom: 1px solid #d0d7de; padding: .35rem .6rem; text-align: left; vertical-align: top; }
 th { background: #eaeef2; }
+td[data-field=detail], td code, .notes td:last-child { overflow-wrap: anywhere; }
 .flow { display: flex; flex-wrap: wrap; align-items: flex-start; gap: .9rem 0; }
 .step { display: flex; align-items: flex-start; }
 .arrow { width: 1.6rem; text-align: center; color: #57606a; font-size: 1.3rem; margin-top: 2.1rem; }
@@ -39,22 +45,39 @@ th { background: #eaeef2; }
 .stage a[data-field=log][hidden] { display: none; }
 .stage[data-status=pending] { border-color: #d0d7de; background: #fff; }
 .stage[data-status=running] { border-color: #0969da; background: #ddf4ff; }
-.stage[data-status=running] .st { color: #0969da; }
+.stage[data-status=running] .st { color: #0550ae; }
 .stage[data-status=waiting] { border-color: #bf8700; background: #fff8c5; }
-.stage[data-status=waiting] .st { color: #9a6700; }
+.stage[data-status=waiting] .st { color: #7d4e00; }
 .stage[data-status=queued] { border-color: #8250df; background: #fbefff; }
-.stage[data-status=queued] .st { color: #8250df; }
+.stage[data-status=queued] .st { color: #6639ba; }
 .stage[data-status=succeeded] { border-color: #1a7f37; background: #dafbe1; }
-.stage[data-status=succeeded] .st { color: #1a7f37; }
+.stage[data-status=succeeded] .st { color: #116329; }
 .stage[data-status=failed] { border-color: #cf222e; background: #ffebe9; }
-.stage[data-status=failed] .st { color: #cf222e; }
-.stage[data-status=skipped] { border-style: dashed; color: #8c959f; background: #f6f8fa; }
+.stage[data-status=failed] .st { color: #a40e26; }
+.stage[data-status=skipped] { border-style: dashed; color: #57606a; background: #f6f8fa; }
 .stage.optional { border-style: dashed; }
 .stage.optional[data-status=succeeded], .stage.optional[data-status=running],
 .stage.optional[data-status=failed] { border-style: solid; }
-.reason { background: #ffebe9; border: 1px solid #cf222e; border-radius: .4rem; padding: .5rem .8rem; }
-pre.notes { background: #fff; border: 1px solid #d0d7de; padding: .8rem; overflow-x: auto; font-size: .8rem; }
-.live { color: #57606a; font-size: .8rem; }
+.reason { background: #ffebe9; border: 1px solid #cf222e; border-radius: .4rem; padding: .5rem .8rem;
+          overflow-wrap: anywhere; }
+.notes { background: #fff; border: 1px solid #d0d7de; padding: .2rem .9rem .8rem; font-size: .85rem;
+         overflow-x: auto; }
+.notes h1 { font-size: 1.15rem; margin-top: .6rem; } .notes h2 { font-size: 1rem; margin: 1rem 0 .4rem; }
+.notes table { font-size: .8rem; }
+.live { color: #57606a; font-size: .8rem; min-height: 1em; margin: 0 0 .6rem; }
+/* Phones: tables become one card per row, each cell labelled; nothing is wider than the screen. */
+@media (max-width: 700px) {
+  body { margin: .8rem; }
+  table.cards thead { display: none; }
+  table.cards, table.cards tbody, table.cards tr, table.cards td { display: block; width: auto; }
+  table.cards tr { border: 1px solid #d0d7de; border-radius: .4rem; margin-bottom: .6rem; background: #fff; }
+  table.cards td { border: 0; padding: .15rem .6rem; }
+  table.cards td[data-label]::before { content: attr(data-label) ": "; font-weight: 600; color: #57606a; }
+  .flow { flex-direction: column; }
+  .step { flex-direction: column; }
+  .arrow { transform: rotate(90deg); margin: 0 0 0 3.5rem; height: 1.2rem; }
+  .stage { width: min(18rem, calc(100vw - 3rem)); min-height: 0; }
+}
 """
 
 # Polls the JSON view of the release every 2 s while it can still change (running or
@@ -79,8 +102,24 @@ REFRESH_JS = """
       }
     });
   }
+  // The notes are HTML the server renders from Markdown (raw HTML off). They are taken
+  // from a fresh copy of this same page, never from the JSON; scripts in parsed
+  // documents do not run, and the CSP allows only this page's own script anyway.
+  function refreshNotes() {
+    fetch(location.href, {cache: 'no-store'}).then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (text) {
+        if (text === null) { return; }
+        const fresh = new DOMParser().parseFromString(text, 'text/html').querySelector('[data-field=notes]');
+        const notes = document.querySelector('[data-field=notes]');
+        if (fresh && notes) { notes.replaceChildren.apply(notes, Array.from(fresh.childNodes)); }
+      }).catch(function () { /* the next change tries again */ });
+  }
   function apply(data) {
     const rel = data.release;
+    // updated_at alone can repeat within a clock tick; the stages' statuses and attempts cannot.
+    const shape = rel.status + '|' + data.stages.map(function (s) { return s.status + ':' + s.attempt; }).join(',');
+    if (shape !== root.dataset.shape) { refreshNotes(); }
+    root.dataset.shape = shape;
     root.dataset.updatedAt = String(rel.updated_at);
     root.dataset.releaseStatus = rel.status;
     document.querySelectorAll('[data-field=release-status]').forEach(function (b) {
@@ -91,11 +130,15 @@ REFRESH_JS = """
     });
     document.querySelectorAll('[data-field=approval_text]').forEach(function (a) { a.textContent = rel.approval_text; });
     document.querySelectorAll('[data-field=traffic_text]').forEach(function (t) { t.textContent = rel.traffic_text; });
-    document.querySelectorAll('[data-field=notes]').forEach(function (n) { n.textContent = data.notes; });
+    const moved = [];
     data.stages.forEach(function (s) {
+      const box = document.querySelector('div[data-stage="' + CSS.escape(s.id) + '"]');
+      if (box && box.dataset.status !== s.status) { moved.push(s.name + ' ' + s.status); }
       document.querySelectorAll('[data-stage="' + CSS.escape(s.id) + '"], [data-row="' + CSS.escape(s.id) + '"]')
         .forEach(function (el) { setFields(el, s); });
     });
+    // The live region (role=status) announces what changed, not every poll.
+    if (moved.length) { live.textContent = 'Release ' + rel.status + ': ' + moved.join(', ') + '.'; }
     return rel;
   }
   function tick() {
@@ -104,8 +147,8 @@ REFRESH_JS = """
       return r.json();
     }).then(function (data) {
       const rel = apply(data);
-      live.textContent = 'updated ' + new Date().toISOString().slice(11, 19) + ' UTC';
-      if (rel.terminal) { live.textContent += ' (final)'; return; }
+      root.dataset.checkedAt = new Date().toISOString();
+      if (rel.terminal) { return; }
       setTimeout(tick, rel.status === 'stopped' ? 10000 : 2000);
     }).catch(function (e) {
       live.textContent = 'refresh failed (' + e.message + '); retrying';

@@ -1,0 +1,39 @@
+"""The per-application records in Firestore (``apps/{app}``), written with an update-time
+precondition like the releases; what they hold is described in ``shared/app/locks.py``."""
+from __future__ import annotations
+
+from typing import Any
+
+from shared.app.config import Settings
+from shared.app.ports import empty_app_record
+from shared.domain.errors import StaleWrite
+
+
+def app_document_id(app: str) -> str:
+    """Firestore ids may not contain '/' nor be '.', '..' or '__x__'."""
+    cleaned = app.replace("/", "_")[:500]
+    return cleaned if cleaned.strip(".") and not cleaned.startswith("__") else f"app-{cleaned}"
+
+
+class FirestoreAppRecords:
+    def __init__(self, client, settings: Settings):
+        self.client = client
+        self.collection = client.collection(settings.collection("apps"))
+
+    def read(self, app: str) -> tuple[dict[str, Any], Any]:
+        snapshot = self.collection.document(app_document_id(app)).get()
+        if not snapshot.exists:
+            return empty_app_record(), None
+        return {**empty_app_record(), **snapshot.to_dict()}, snapshot.update_time
+
+    def write(self, app: str, data: dict[str, Any], token: Any) -> None:
+        from google.api_core import exceptions as gexc
+
+        doc = self.collection.document(app_document_id(app))
+        try:
+            if token is None:
+                doc.create(data)
+            else:
+                doc.update(data, option=self.client.write_option(last_update_time=token))
+        except (gexc.AlreadyExists, gexc.FailedPrecondition):
+            raise StaleWrite(f"application record {app} changed since it was read") from None
