@@ -22,8 +22,8 @@ from datetime import datetime, timezone
 
 from bench.common import Report, Row, log_dir, print_report
 
-SCENARIOS = (("5 % 5xx canary", "5xx=0.05", "failed"), ("error-logging canary", "error_logs=0.05", "failed"),
-             ("clean canary", "", "passed"))
+SCENARIOS = (("5 % 5xx canary", "5xx=0.05", "fail"), ("error-logging canary", "error_logs=0.05", "fail"),
+             ("clean canary", "", "pass"))
 GCP_SAMPLE_S, GCP_DELAY_S, GCP_INTERVAL_S, LOG_DELAY_S = 60.0, 180.0, 60.0, 2.0
 
 
@@ -113,7 +113,7 @@ def run(hosts: dict[str, str] | None = None, scale: float = 0.1) -> Report:
             outcome = verdict.verdict.value if verdict else "none"
             report.add("canary analysis", f"{title}: first conclusive verdict",
                        f"{outcome} after {took / scale:.0f} s on GCP timing ({intervals} intervals)",
-                       f"{expected}", met=(outcome == {"failed": "fail", "passed": "pass"}[expected]),
+                       f"{expected}", met=(outcome == expected),
                        note=f"measured {took:.1f} s at scale {scale:g} "
                             f"(samples {cfg.metric_sample_s:g} s, delay {cfg.metric_delay_s:g} s, interval "
                             f"{interval_s:g} s); {verdict.evidence[:160] if verdict else ''}")

@@ -107,13 +107,19 @@ def interval_analysis():
 
     Checks with ``params.analysis`` are judged on Cloud Monitoring and Cloud Logging telemetry
     (shared/app/canary_analysis.py); checks without it by their GETs alone."""
-    from shared.adapters import gcp_clients
-    from shared.adapters.telemetry import CloudTelemetry
     from shared.app.canary_analysis import TelemetryAnalysis
 
+    return TelemetryAnalysis(make_telemetry=telemetry)
+
+
+@functools.cache
+def telemetry():
+    """Cloud Monitoring and Cloud Logging for the canary analysis (made when a check first needs it)."""
+    from shared.adapters import gcp_clients
+    from shared.adapters.telemetry import CloudTelemetry
+
     config = settings()
-    return TelemetryAnalysis(CloudTelemetry(config.project, gcp_clients.monitoring_metrics(config),
-                                            gcp_clients.logging_entries(config)))
+    return CloudTelemetry(config.project, gcp_clients.monitoring_metrics(config), gcp_clients.logging_entries(config))
 
 
 @functools.cache

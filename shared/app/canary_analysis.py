@@ -11,20 +11,27 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from shared.app.ports import Telemetry
-from shared.domain.analysis import AnalysisTarget, Criteria, Outcome, diagnose
+from shared.domain.analysis import AnalysisTarget, Criteria, diagnose
 from shared.domain.probes import IntervalVerdict, ProbeInterval, ProbeVerdict, no_analysis
 
 log = logging.getLogger(__name__)
-VERDICTS = {Outcome.PASSED: ProbeVerdict.PASS, Outcome.FAILED: ProbeVerdict.FAIL,
-            Outcome.INCONCLUSIVE: ProbeVerdict.INCONCLUSIVE}
 
 
 @dataclass
 class TelemetryAnalysis:
-    telemetry: Telemetry
+    telemetry: Telemetry | None = None
+    # Or made on first use: the Monitoring and Logging clients cost about a second of imports,
+    # which a probe that polls a job, or a check without analysis, should not pay at cold start.
+    make_telemetry: Callable[[], Telemetry] | None = None
+
+    def _telemetry(self) -> Telemetry:
+        if self.telemetry is None:
+            assert self.make_telemetry is not None, "TelemetryAnalysis needs telemetry or make_telemetry"
+            self.telemetry = self.make_telemetry()
+        return self.telemetry
 
     def __call__(self, check: Mapping[str, Any], interval: ProbeInterval) -> IntervalVerdict:
         spec = check.get("analysis") or {}
@@ -35,11 +42,11 @@ class TelemetryAnalysis:
         end = datetime.fromtimestamp(interval.end, tz=timezone.utc)
         start = end - timedelta(seconds=criteria.window_s)
         try:
-            measurements = self.telemetry.measure(criteria, target, start, end)
+            measurements = self._telemetry().measure(criteria, target, start, end)
         except Exception as exc:  # noqa: BLE001 - any client error: not judged, said so, and retried next interval
             log.warning("telemetry of %s for %s: %s", target.canary_revision, interval.stage_run_id, exc)
             return IntervalVerdict(ProbeVerdict.INCONCLUSIVE, f"telemetry unavailable: {type(exc).__name__}: {exc}"[:300])
         verdict = diagnose(criteria, measurements)
         # The reason travels into the stage's failure reason and the failure notice: with its window.
         told = f"{verdict.reason} [window {measurements.window_start} to {measurements.window_end}]"
-        return IntervalVerdict(VERDICTS[verdict.outcome], told, verdict.to_dict())
+        return IntervalVerdict(verdict.outcome, told, verdict.to_dict())

@@ -9,20 +9,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from enum import Enum
 from typing import Any, Mapping
 
 from shared.domain import stats
+from shared.domain.probes import ProbeVerdict  # one closed set of outcomes: pass, fail, inconclusive
 
 # Cloud Logging's LogSeverity, in order (google/logging/type/log_severity.proto).
 SEVERITIES = ("DEFAULT", "DEBUG", "INFO", "NOTICE", "WARNING", "ERROR", "CRITICAL", "ALERT", "EMERGENCY")
+IN_WORDS = {"pass": "passed", "fail": "failed", "inconclusive": "inconclusive"}
 EVIDENCE_LINES = 5  # offending log lines kept as evidence: enough to act on, small enough for a notice
-
-
-class Outcome(str, Enum):
-    PASSED = "passed"
-    FAILED = "failed"
-    INCONCLUSIVE = "inconclusive"
 
 
 @dataclass(frozen=True)
@@ -110,13 +105,13 @@ class Measurements:
 @dataclass(frozen=True)
 class Finding:
     check: str  # traffic, error_ratio, latency, logs
-    outcome: Outcome
+    outcome: ProbeVerdict
     detail: str
 
 
 @dataclass(frozen=True)
 class Verdict:
-    outcome: Outcome
+    outcome: ProbeVerdict
     reason: str  # one line: the deciding finding(s)
     findings: tuple[Finding, ...]
     evidence: Mapping[str, Any] = field(default_factory=dict)
@@ -146,14 +141,14 @@ def diagnose(criteria: Criteria, m: Measurements) -> Verdict:
     """
     findings = [_traffic(criteria, m), _error_ratio(criteria, m), _latency(criteria, m), _logs(criteria, m)]
     findings = [f for f in findings if f is not None]
-    failed = [f for f in findings if f.outcome is Outcome.FAILED]
-    unsure = [f for f in findings if f.outcome is Outcome.INCONCLUSIVE]
+    failed = [f for f in findings if f.outcome is ProbeVerdict.FAIL]
+    unsure = [f for f in findings if f.outcome is ProbeVerdict.INCONCLUSIVE]
     if failed:
-        outcome, deciding = Outcome.FAILED, failed
+        outcome, deciding = ProbeVerdict.FAIL, failed
     elif unsure:
-        outcome, deciding = Outcome.INCONCLUSIVE, unsure
+        outcome, deciding = ProbeVerdict.INCONCLUSIVE, unsure
     else:
-        outcome, deciding = Outcome.PASSED, findings
+        outcome, deciding = ProbeVerdict.PASS, findings
     reason = "; ".join(f.detail for f in deciding)
     return Verdict(outcome, reason, tuple(findings), _evidence(criteria, m))
 
@@ -166,10 +161,10 @@ def _traffic(c: Criteria, m: Measurements) -> Finding:
     short = [r for r in (m.canary, m.stable) if r is not None and r.requests < c.min_requests]
     if short:
         names = ", ".join(f"{r.revision} had {r.requests}" for r in short)
-        return Finding("traffic", Outcome.INCONCLUSIVE,
+        return Finding("traffic", ProbeVerdict.INCONCLUSIVE,
                        f"too little traffic in the window: {names} requests; at least {c.min_requests} needed")
     counts = ", ".join(f"{r.revision} {r.requests}" for r in (m.canary, m.stable) if r is not None)
-    return Finding("traffic", Outcome.PASSED, f"requests in the window: {counts}")
+    return Finding("traffic", ProbeVerdict.PASS, f"requests in the window: {counts}")
 
 
 def _error_ratio(c: Criteria, m: Measurements) -> Finding | None:
@@ -184,12 +179,12 @@ def _error_ratio(c: Criteria, m: Measurements) -> Finding | None:
         z = stats.two_proportion_z(canary.errors_5xx, canary.requests, stable.errors_5xx, stable.requests)
         versus = f"{told} vs stable {_ratio(stable.errors_5xx, stable.requests)} (z = {z:.2f})"
         if z > stats.z_for(c.confidence) and ratio > c.max_5xx_ratio:
-            return Finding("error_ratio", Outcome.FAILED,
+            return Finding("error_ratio", ProbeVerdict.FAIL,
                            f"{versus}: higher than stable beyond chance and above the {100 * c.max_5xx_ratio:g} % limit")
-        return Finding("error_ratio", Outcome.PASSED, versus)
+        return Finding("error_ratio", ProbeVerdict.PASS, versus)
     if low > c.max_5xx_ratio:
-        return Finding("error_ratio", Outcome.FAILED, f"{told}: above the {100 * c.max_5xx_ratio:g} % limit")
-    return Finding("error_ratio", Outcome.PASSED, told)
+        return Finding("error_ratio", ProbeVerdict.FAIL, f"{told}: above the {100 * c.max_5xx_ratio:g} % limit")
+    return Finding("error_ratio", ProbeVerdict.PASS, told)
 
 
 def _p95(r: RevisionTraffic | None) -> tuple[float, bool] | None:
@@ -208,22 +203,22 @@ def _latency(c: Criteria, m: Measurements) -> Finding | None:
         return None  # a percentile of a handful of requests decides nothing
     told = f"canary P95 {_ms(canary_p95)}"
     if canary_p95[0] > c.p95_limit_ms:
-        return Finding("latency", Outcome.FAILED, f"{told}: over the {c.p95_limit_ms:g} ms limit")
+        return Finding("latency", ProbeVerdict.FAIL, f"{told}: over the {c.p95_limit_ms:g} ms limit")
     if stable_p95 is None or m.stable is None or m.stable.requests < c.min_requests:
-        return Finding("latency", Outcome.PASSED, f"{told} (limit {c.p95_limit_ms:g} ms)")
+        return Finding("latency", ProbeVerdict.PASS, f"{told} (limit {c.p95_limit_ms:g} ms)")
     versus = f"{told} vs stable {_ms(stable_p95)}"
     slower = (canary_p95[0] > c.max_latency_ratio * max(stable_p95[0], 1e-9)
               and canary_p95[0] - stable_p95[0] > c.min_latency_delta_ms)
     if not slower:
-        return Finding("latency", Outcome.PASSED,
+        return Finding("latency", ProbeVerdict.PASS,
                        f"{versus} (at most {c.max_latency_ratio:g}x or +{c.min_latency_delta_ms:g} ms allowed)")
     first, second = m.canary.raw_latencies_ms, m.stable.raw_latencies_ms
     if first and second:
         rank = stats.mann_whitney_greater(first, second)
         versus += f"; Mann-Whitney on {len(first)}/{len(second)} request latencies p = {rank.p_greater:.2g}"
         if rank.p_greater >= 1 - c.confidence:
-            return Finding("latency", Outcome.PASSED, f"{versus}: slower P95 but not beyond chance")
-    return Finding("latency", Outcome.FAILED, f"{versus}: more than {c.max_latency_ratio:g}x slower")
+            return Finding("latency", ProbeVerdict.PASS, f"{versus}: slower P95 but not beyond chance")
+    return Finding("latency", ProbeVerdict.FAIL, f"{versus}: more than {c.max_latency_ratio:g}x slower")
 
 
 def offending(c: Criteria, line: LogLine) -> bool:
@@ -241,9 +236,9 @@ def _logs(c: Criteria, m: Measurements) -> Finding:
     told = f"{len(bad)} error log line(s) of {m.canary.revision} in {minutes:g} min ({rate:.2f}/min)"
     if rate > c.max_error_logs_per_min:
         first = bad[0].text.splitlines()[0][:200] if bad else ""
-        return Finding("logs", Outcome.FAILED,
+        return Finding("logs", ProbeVerdict.FAIL,
                        f"{told}, over {c.max_error_logs_per_min:g}/min; first: {bad[0].severity} {first!r}")
-    return Finding("logs", Outcome.PASSED, told)
+    return Finding("logs", ProbeVerdict.PASS, told)
 
 
 def _evidence(c: Criteria, m: Measurements) -> dict[str, Any]:
@@ -265,7 +260,8 @@ def _evidence(c: Criteria, m: Measurements) -> dict[str, Any]:
 def evidence_lines(verdict: Mapping[str, Any]) -> list[str]:
     """A stored verdict (``Verdict.to_dict()``) as plain lines for people: notes, pages, notices."""
     evidence = verdict.get("evidence") or {}
-    lines = [f"verdict: {verdict.get('outcome', '?')} — {verdict.get('reason', '')}"]
+    outcome = IN_WORDS.get(verdict.get("outcome", ""), "?")
+    lines = [f"verdict: {outcome} — {verdict.get('reason', '')}"]
     window = evidence.get("window") or {}
     if window:
         lines.append(f"window: {window.get('start')} to {window.get('end')} ({window.get('seconds')} s)")
@@ -301,7 +297,7 @@ def summary_line(verdict: Mapping[str, Any]) -> str:
                 f"P95 {'-' if p95 is None else f'{p95:g} ms'}")
 
     parts = [p for p in (side("canary"), side("stable")) if p]
-    text = f"analysis {verdict.get('outcome', '?')}: " + (" vs ".join(parts) or "no traffic measured")
+    text = f"analysis {IN_WORDS.get(verdict.get('outcome', ''), '?')}: " + (" vs ".join(parts) or "no traffic measured")
     if evidence.get("error_logs"):
         text += f"; {evidence['error_logs']} error log line(s)"
     return text

@@ -32,7 +32,8 @@ from shared.app.ports import SystemClock
 from shared.app.probing import ProbeService
 from shared.domain.commands import StartStage
 from shared.domain.pipeline import parse_pipeline
-from shared.domain.analysis import AnalysisTarget, Criteria, Outcome, diagnose
+from shared.domain.probes import ProbeVerdict
+from shared.domain.analysis import AnalysisTarget, Criteria, diagnose
 from shared.testing.fakes import FakeProbeScheduler, FakePublisher, FakeStore
 from shared.testing.probe_runner import run_stage
 
@@ -114,7 +115,7 @@ def seeded(settings, name: str, canary_n: int = 100, stable_n: int = 300, **faul
 def test_a_clean_canary_passes(settings, telemetry):
     rig, start = seeded(settings, "clean")
     verdict, m = judge(telemetry, rig, start)
-    assert verdict.outcome is Outcome.PASSED, verdict.reason
+    assert verdict.outcome is ProbeVerdict.PASS, verdict.reason
     assert (m.canary.requests, m.canary.errors_5xx, m.stable.requests) == (100, 0, 300)
     assert len(m.canary.raw_latencies_ms) == 100 and min(m.canary.raw_latencies_ms) >= 30
     assert m.canary.latency is not None and sum(m.canary.latency.counts) == 100
@@ -124,23 +125,23 @@ def test_five_percent_5xx_fails(settings, telemetry):
     rig, start = seeded(settings, "fivexx", canary_faults="5xx=0.05")
     verdict, m = judge(telemetry, rig, start)
     assert (m.canary.requests, m.canary.errors_5xx) == (100, 5)
-    assert verdict.outcome is Outcome.FAILED and "5.0 % (5 of 100)" in verdict.reason, verdict.reason
-    assert {f.check for f in verdict.findings if f.outcome is Outcome.FAILED} == {"error_ratio"}
+    assert verdict.outcome is ProbeVerdict.FAIL and "5.0 % (5 of 100)" in verdict.reason, verdict.reason
+    assert {f.check for f in verdict.findings if f.outcome is ProbeVerdict.FAIL} == {"error_ratio"}
 
 
 def test_a_three_times_slower_canary_fails(settings, telemetry):
     rig, start = seeded(settings, "slow", canary_faults="slow=3")
     verdict, m = judge(telemetry, rig, start)
-    assert verdict.outcome is Outcome.FAILED, verdict.reason
-    assert {f.check for f in verdict.findings if f.outcome is Outcome.FAILED} == {"latency"}
+    assert verdict.outcome is ProbeVerdict.FAIL, verdict.reason
+    assert {f.check for f in verdict.findings if f.outcome is ProbeVerdict.FAIL} == {"latency"}
     assert "Mann-Whitney" in verdict.reason and verdict.evidence["canary"]["p95_ms"] >= 90
 
 
 def test_error_logs_fail(settings, telemetry):
     rig, start = seeded(settings, "logs", canary_faults="error_logs=0.05")
     verdict, m = judge(telemetry, rig, start)
-    assert verdict.outcome is Outcome.FAILED, verdict.reason
-    assert {f.check for f in verdict.findings if f.outcome is Outcome.FAILED} == {"logs"}
+    assert verdict.outcome is ProbeVerdict.FAIL, verdict.reason
+    assert {f.check for f in verdict.findings if f.outcome is ProbeVerdict.FAIL} == {"logs"}
     assert verdict.evidence["error_logs"] == 5
     assert verdict.evidence["log_lines"][0]["text"].startswith("Traceback")
     assert verdict.evidence["log_lines"][0]["severity"] == "ERROR"
@@ -149,7 +150,7 @@ def test_error_logs_fail(settings, telemetry):
 def test_a_bad_stable_and_a_good_canary_passes(settings, telemetry):
     rig, start = seeded(settings, "badstable", stable_faults="5xx=0.1,error_logs=0.1,slow=3")
     verdict, m = judge(telemetry, rig, start)
-    assert verdict.outcome is Outcome.PASSED, verdict.reason
+    assert verdict.outcome is ProbeVerdict.PASS, verdict.reason
     assert m.stable.errors_5xx == 30 and m.canary.errors_5xx == 0
     assert m.canary_logs == ()  # the stable revision's tracebacks are not the canary's
 
@@ -157,13 +158,13 @@ def test_a_bad_stable_and_a_good_canary_passes(settings, telemetry):
 def test_too_little_traffic_is_inconclusive(settings, telemetry):
     rig, start = seeded(settings, "quiet", canary_n=12)
     verdict, m = judge(telemetry, rig, start)
-    assert verdict.outcome is Outcome.INCONCLUSIVE and "had 12 requests" in verdict.reason, verdict.reason
+    assert verdict.outcome is ProbeVerdict.INCONCLUSIVE and "had 12 requests" in verdict.reason, verdict.reason
 
 
 def test_staging_is_judged_by_absolute_limits(settings, telemetry):
     rig, start = seeded(settings, "staging", canary_faults="5xx=0.1")
     verdict, m = judge(telemetry, rig, start, stable=False)
-    assert m.stable is None and verdict.outcome is Outcome.FAILED and "above the 1 % limit" in verdict.reason
+    assert m.stable is None and verdict.outcome is ProbeVerdict.FAIL and "above the 1 % limit" in verdict.reason
 
 
 def test_metrics_are_not_readable_before_the_ingestion_delay(settings, telemetry):
@@ -239,7 +240,7 @@ def test_the_bake_ends_at_the_first_failing_interval(settings, telemetry):
     assert verdicts[-1] == "fail" and "fail" not in verdicts[:-1]  # the first failing interval was the last
     assert took < 60 and scheduler.next_at() is None  # long before the 60 s bake would have ended
     latest = finish["result"]["analysis"]["latest"]
-    assert latest["outcome"] == "failed" and latest["evidence"]["canary"]["revision"] == rig["canary"]
+    assert latest["outcome"] == "fail" and latest["evidence"]["canary"]["revision"] == rig["canary"]
     assert latest["evidence"]["canary"]["errors_5xx"] > 0 and latest["evidence"]["stable"]["errors_5xx"] == 0
     assert finish["result"]["bake"]["rounds"] == len(verdicts) - 1  # one analysis per interval, plus the window's
 

@@ -8,7 +8,8 @@ import copy
 import pytest
 
 from shared.domain import stats
-from shared.domain.analysis import (Criteria, Distribution, LogLine, Measurements, Outcome, RevisionTraffic,
+from shared.domain.probes import ProbeVerdict
+from shared.domain.analysis import (Criteria, Distribution, LogLine, Measurements, RevisionTraffic,
                                     diagnose)
 from shared.domain.errors import DefinitionError
 from shared.domain.pipeline import parse_pipeline
@@ -40,33 +41,33 @@ C = Criteria(min_requests=50, max_5xx_ratio=0.01, p95_limit_ms=1000, max_latency
 
 
 @pytest.mark.parametrize("name, measurements, outcome, failing", [
-    ("clean canary", measure(rev("c", 100), rev("s", 900)), Outcome.PASSED, set()),
-    ("5 % 5xx", measure(rev("c", 100, 5), rev("s", 900)), Outcome.FAILED, {"error_ratio"}),
-    ("3x slower", measure(rev("c", 100, latency_ms=60), rev("s", 900)), Outcome.FAILED, {"latency"}),
+    ("clean canary", measure(rev("c", 100), rev("s", 900)), ProbeVerdict.PASS, set()),
+    ("5 % 5xx", measure(rev("c", 100, 5), rev("s", 900)), ProbeVerdict.FAIL, {"error_ratio"}),
+    ("3x slower", measure(rev("c", 100, latency_ms=60), rev("s", 900)), ProbeVerdict.FAIL, {"latency"}),
     ("3x slower, buckets only", measure(rev("c", 100, latency_ms=60, raw=False), rev("s", 900, raw=False)),
-     Outcome.FAILED, {"latency"}),
-    ("error logs", measure(rev("c", 100), rev("s", 900), [INFO, TRACEBACK]), Outcome.FAILED, {"logs"}),
-    ("pattern below the severity", measure(rev("c", 100), rev("s", 900), [OPERATIONAL]), Outcome.FAILED, {"logs"}),
-    ("info logs only", measure(rev("c", 100), rev("s", 900), [INFO]), Outcome.PASSED, set()),
-    ("bad stable, good canary", measure(rev("c", 100), rev("s", 900, 90, latency_ms=200)), Outcome.PASSED, set()),
-    ("1 error in 100, stable clean: chance", measure(rev("c", 100, 1), rev("s", 900)), Outcome.PASSED, set()),
-    ("both as bad: canary no worse", measure(rev("c", 100, 3), rev("s", 900, 27)), Outcome.PASSED, set()),
-    ("too little traffic", measure(rev("c", 12), rev("s", 900)), Outcome.INCONCLUSIVE, set()),
-    ("too little stable traffic", measure(rev("c", 60), rev("s", 10)), Outcome.INCONCLUSIVE, set()),
-    ("no traffic at all", measure(rev("c", 0), rev("s", 0)), Outcome.INCONCLUSIVE, set()),
+     ProbeVerdict.FAIL, {"latency"}),
+    ("error logs", measure(rev("c", 100), rev("s", 900), [INFO, TRACEBACK]), ProbeVerdict.FAIL, {"logs"}),
+    ("pattern below the severity", measure(rev("c", 100), rev("s", 900), [OPERATIONAL]), ProbeVerdict.FAIL, {"logs"}),
+    ("info logs only", measure(rev("c", 100), rev("s", 900), [INFO]), ProbeVerdict.PASS, set()),
+    ("bad stable, good canary", measure(rev("c", 100), rev("s", 900, 90, latency_ms=200)), ProbeVerdict.PASS, set()),
+    ("1 error in 100, stable clean: chance", measure(rev("c", 100, 1), rev("s", 900)), ProbeVerdict.PASS, set()),
+    ("both as bad: canary no worse", measure(rev("c", 100, 3), rev("s", 900, 27)), ProbeVerdict.PASS, set()),
+    ("too little traffic", measure(rev("c", 12), rev("s", 900)), ProbeVerdict.INCONCLUSIVE, set()),
+    ("too little stable traffic", measure(rev("c", 60), rev("s", 10)), ProbeVerdict.INCONCLUSIVE, set()),
+    ("no traffic at all", measure(rev("c", 0), rev("s", 0)), ProbeVerdict.INCONCLUSIVE, set()),
     ("few requests but all failing: failed beats inconclusive",
-     measure(rev("c", 10, 10), rev("s", 900)), Outcome.FAILED, {"error_ratio"}),
-    ("few requests with a traceback", measure(rev("c", 5), rev("s", 900), [TRACEBACK]), Outcome.FAILED, {"logs"}),
-    ("staging: absolute limits, clean", measure(rev("c", 60)), Outcome.PASSED, set()),
-    ("staging: 10 % 5xx", measure(rev("c", 100, 10)), Outcome.FAILED, {"error_ratio"}),
-    ("staging: 1 of 60 is within the limit's noise", measure(rev("c", 60, 1)), Outcome.PASSED, set()),
-    ("staging: over the P95 limit", measure(rev("c", 60, latency_ms=900)), Outcome.FAILED, {"latency"}),
-    ("slower P95 but within the ratio", measure(rev("c", 100, latency_ms=26), rev("s", 900)), Outcome.PASSED, set()),
+     measure(rev("c", 10, 10), rev("s", 900)), ProbeVerdict.FAIL, {"error_ratio"}),
+    ("few requests with a traceback", measure(rev("c", 5), rev("s", 900), [TRACEBACK]), ProbeVerdict.FAIL, {"logs"}),
+    ("staging: absolute limits, clean", measure(rev("c", 60)), ProbeVerdict.PASS, set()),
+    ("staging: 10 % 5xx", measure(rev("c", 100, 10)), ProbeVerdict.FAIL, {"error_ratio"}),
+    ("staging: 1 of 60 is within the limit's noise", measure(rev("c", 60, 1)), ProbeVerdict.PASS, set()),
+    ("staging: over the P95 limit", measure(rev("c", 60, latency_ms=900)), ProbeVerdict.FAIL, {"latency"}),
+    ("slower P95 but within the ratio", measure(rev("c", 100, latency_ms=26), rev("s", 900)), ProbeVerdict.PASS, set()),
 ])
 def test_diagnose(name, measurements, outcome, failing):
     verdict = diagnose(C, measurements)
     assert verdict.outcome is outcome, verdict.reason
-    assert {f.check for f in verdict.findings if f.outcome is Outcome.FAILED} == failing
+    assert {f.check for f in verdict.findings if f.outcome is ProbeVerdict.FAIL} == failing
     assert verdict.reason
 
 
@@ -92,14 +93,14 @@ def test_a_slower_p95_that_the_rank_test_calls_chance_passes():
     m = measure(RevisionTraffic("c", 100, 0, dist(canary), tuple(canary)),
                 RevisionTraffic("s", 100, 0, dist(stable), tuple(stable)))
     verdict = diagnose(C, m)
-    assert verdict.outcome is Outcome.PASSED and "not beyond chance" in verdict.reason
+    assert verdict.outcome is ProbeVerdict.PASS and "not beyond chance" in verdict.reason
 
 
 def test_error_log_rate_is_per_minute_of_the_window():
     lenient = Criteria(max_error_logs_per_min=1.0)
     four = [TRACEBACK] * 4  # 4 in 5 minutes: 0.8/min
-    assert diagnose(lenient, measure(rev("c", 100), rev("s", 900), four)).outcome is Outcome.PASSED
-    assert diagnose(lenient, measure(rev("c", 100), rev("s", 900), four * 2)).outcome is Outcome.FAILED
+    assert diagnose(lenient, measure(rev("c", 100), rev("s", 900), four)).outcome is ProbeVerdict.PASS
+    assert diagnose(lenient, measure(rev("c", 100), rev("s", 900), four * 2)).outcome is ProbeVerdict.FAIL
 
 
 # --- statistics against worked examples ---------------------------------------------------

@@ -24,7 +24,7 @@ def test_the_window_ends_with_the_interval_and_spans_the_checklist_window():
     criteria, target, start, end = telemetry.calls[0]
     assert end.timestamp() == INTERVAL.end and end - start == timedelta(seconds=120)
     assert (target.canary_revision, target.stable_revision) == ("web-2", "web-1") and criteria.min_requests == 10
-    assert verdict.verdict is ProbeVerdict.PASS and verdict.details["outcome"] == "passed"
+    assert verdict.verdict is ProbeVerdict.PASS and verdict.details["outcome"] == "pass"
 
 
 def test_a_failing_verdict_carries_numbers_window_and_log_lines():
@@ -68,3 +68,18 @@ def test_notes_and_dashboard_show_the_verdict_of_the_staging_review():
     stage = PIPELINE.stage("staging-smoke")
     detail = stage_detail(stage, state.stages["staging-smoke"], state, PIPELINE)
     assert "analysis failed: canary 40 req, 0.0 % 5xx" in detail and "1 error log line(s)" in detail
+
+
+def test_the_telemetry_clients_are_made_only_when_a_check_needs_them():
+    made = []
+
+    def make():
+        made.append(1)
+        return FakeTelemetry(measured())
+
+    hook = TelemetryAnalysis(make_telemetry=make)
+    hook({"analysis": {}}, INTERVAL)
+    assert made == []
+    hook(CHECK, INTERVAL)
+    hook(CHECK, INTERVAL)
+    assert made == [1]
