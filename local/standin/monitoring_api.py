@@ -73,7 +73,8 @@ class RequestRecorder:
             return [r for r in self._requests if start <= r.at < end]
 
 
-# https://cloud.google.com/monitoring/api/v3/filters: "metric.type = ..." and label comparisons
+# https://cloud.google.com/monitoring/api/v3/filters: listing time series needs exactly one metric type;
+# "metric.type = ..." and resource.labels.KEY / metric.labels.KEY comparisons
 # joined by AND; one_of(...) for a set of values.
 _CLAUSE = re.compile(r'^\s*([a-z_.]+)\s*=\s*(?:"([^"]*)"|one_of\(([^)]*)\))\s*$')
 
