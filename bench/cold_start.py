@@ -32,6 +32,7 @@ HEAVY = {
     "google.cloud.devtools.cloudbuild_v1": "cloudbuild",
     "google.cloud.run_v2": "run",
     "google.cloud.resourcemanager_v3": "resourcemanager",
+    "google.cloud.tasks_v2": "tasks",
     "flask": "flask",
 }
 
@@ -50,6 +51,11 @@ FIRST_CALL = {
         "from shared.adapters import gcp_clients; gcp_clients.cloud_build(bootstrap.settings()); "
         "gcp_clients.run_executions(bootstrap.settings())",
     "dashboard (GET)": "from shared.ui.dashboard import handle; bootstrap.store()",
+    "probe (one round of a check's GETs, next probe scheduled)":
+        "bootstrap.probe_service(); bootstrap.probe_keyring(); bootstrap.probe_scheduler().client",
+    "probe (a job poll)":
+        "bootstrap.probe_service().store.load_pipeline; bootstrap.probe_scheduler().client; "
+        "from shared.adapters import gcp_clients; gcp_clients.run_executions(bootstrap.settings())",
 }
 
 CHILD = r"""
@@ -75,7 +81,8 @@ def child_env() -> dict[str, str]:
         "RELEASE_APPROVAL_KEYS": APPROVAL_KEYS, "RELEASE_WEBHOOK_SECRET": "cold-start-secret",
         "RELEASE_PIPELINE_FILE": str(REPO_ROOT / "pipelines" / "noesis2.yaml"),
         "RELEASE_CLOUD_BUILD_ENDPOINT": "127.0.0.1:9", "RELEASE_CLOUD_RUN_ENDPOINT": "127.0.0.1:9",
-        "RELEASE_IAM_ENDPOINT": "127.0.0.1:9",
+        "RELEASE_IAM_ENDPOINT": "127.0.0.1:9", "RELEASE_CLOUD_TASKS_ENDPOINT": "127.0.0.1:9",
+        "RELEASE_PROBE_URL": "http://127.0.0.1:9/",
     })
     return env
 

@@ -101,10 +101,10 @@ class CountingStore:
                 self.stale += 1
             raise
 
-    def list_active(self, limit=500):
-        found = self.inner.list_active(limit)
+    def list_due(self, now, limit, after=None):
+        found, cursor = self.inner.list_due(now, limit, after)
         self._count(reads=max(1, len(found)))  # a query bills at least one read
-        return found
+        return found, cursor
 
     def update_fields(self, release_id, fields, token):
         from shared.domain.errors import StaleWrite

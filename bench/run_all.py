@@ -23,7 +23,10 @@ BENCHMARKS = [
     ("bench.cost", "5: Firestore reads and writes per transition"),
     ("bench.cold_start", "6: cold start"),
     ("bench.push_latency", "7: push trigger answer time"),
-    ("bench.canary_analysis", "8: canary verdict time and API calls per interval"),
+    ("bench.gcp_clock", "8: detection delay under GCP's clocks (60 s tick, Cloud Tasks probes)"),
+    ("bench.release_cost", "9: one release with a 2 h approval wait: reads, writes, function-seconds, messages"),
+    ("bench.sweep_scale", "10: a sweep over 5,000 active releases"),
+    ("bench.canary_analysis", "11: canary verdict time and API calls per interval"),
 ]
 
 

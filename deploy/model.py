@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Iterator, Union
 
 from deploy.config import DeployConfig
+from deploy.firestore import COMPOSITE_INDEXES, TTL_POLICIES
 from shared.domain.preflight import BASE_ROLES, SECRET_ACCESSOR_ROLE, prod_secret_names
 
 APIS = (
@@ -291,6 +292,19 @@ def build_plan(config: DeployConfig) -> Plan:
                           ("firestore", "databases", "create", "--database=(default)", f"--location={r}",
                            "--type=firestore-native", proj),
                           "release state, dedup records, approvals (native mode)"))
+    for collection, field in TTL_POLICIES:
+        group = s.collection(collection)
+        steps.append(Action("data", "firestore-ttl", f"{group}.{field}",
+                            ("firestore", "fields", "ttls", "update", field, f"--collection-group={group}",
+                             "--enable-ttl", "--database=(default)", proj),
+                            f"old {collection} are deleted once their {field} passed (deploy/firestore.py)"))
+    for index in COMPOSITE_INDEXES:
+        group = s.collection(index.collection)
+        steps.append(Action("data", "firestore-index", f"{group}({','.join(f for f, _ in index.fields)})",
+                            ("firestore", "indexes", "composite", "create", f"--collection-group={group}",
+                             *(f"--field-config=field-path={f},order={o}" for f, o in index.fields),
+                             "--database=(default)", proj),
+                            "a query of the code needs it (deploy/firestore.py)"))
     registry = s.artifact_registry
     if registry:
         repo_host, _, repo_name = registry.partition(f"/{p}/")

@@ -76,15 +76,21 @@ def approval_store():
 def dispatcher():
     from shared.app.dispatcher import Dispatcher
 
-    from shared.adapters.firestore_apps import FirestoreAppRecords
     from shared.app.locks import EnvironmentLocks
 
-    locks = EnvironmentLocks(FirestoreAppRecords(store().client, settings()), publisher(), settings())
+    locks = EnvironmentLocks(app_records(), publisher(), settings())
     from shared.adapters.executors.run_services import rollback
 
     return Dispatcher(store(), publisher(), executors(), approvals(), notifier(), SystemClock(), settings(), locks,
                       roll_back=lambda service: rollback(settings(), service), operator_requests=operator_requests(),
                       probes=probe_scheduler())
+
+
+@functools.cache
+def app_records():
+    from shared.adapters.firestore_apps import FirestoreAppRecords
+
+    return FirestoreAppRecords(store().client, settings())
 
 
 @functools.cache
@@ -127,8 +133,20 @@ def probe_service():
     from shared.adapters.executors.http_check import RequestsProber
     from shared.app.probing import ProbeService
 
-    return ProbeService(store(), executors(), publisher(), probe_scheduler(), RequestsProber(), SystemClock(),
-                        settings(), analyse=interval_analysis())
+    # The store is wired on first use: a check's probe (most probes) only GETs and schedules,
+    # so it never pays for importing the Firestore client; a poll reads the pinned pipeline.
+    return ProbeService(_OnFirstUse(store), executors(), publisher(), probe_scheduler(), RequestsProber(),
+                        SystemClock(), settings(), analyse=interval_analysis())
+
+
+class _OnFirstUse:
+    """Stands in for what ``factory`` builds until an attribute of it is first used."""
+
+    def __init__(self, factory):
+        self._factory = factory
+
+    def __getattr__(self, name: str):
+        return getattr(self._factory(), name)
 
 
 @functools.cache
@@ -155,7 +173,7 @@ def operator():
 def push_service():
     from shared.app.push import PushService
 
-    return PushService(store(), publisher(), pipeline(), SystemClock(), settings())
+    return PushService(store(), publisher(), pipeline(), SystemClock(), settings(), apps=app_records())
 
 
 def reset() -> None:

@@ -9,6 +9,7 @@ are avoided on purpose: they contend badly on the emulator (see DESIGN.md).
 """
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 from shared.app.config import Settings
@@ -18,6 +19,7 @@ from shared.domain.approval_record import (
     decision_fields,
 )
 from shared.domain.errors import TransientError
+from shared.domain.wake import RECORD_RETENTION_S
 
 CAS_ATTEMPTS = 8
 
@@ -31,7 +33,9 @@ class FirestoreApprovalStore:
         from google.api_core.exceptions import AlreadyExists
 
         try:
-            self._collection.document(record.nonce).create(record.to_dict())
+            # Kept a while past the link's own expiry for the audit, then deleted by the TTL policy (deploy/).
+            expire_at = datetime.fromtimestamp(record.expires_at + RECORD_RETENTION_S, timezone.utc)
+            self._collection.document(record.nonce).create({**record.to_dict(), "expire_at": expire_at})
             return True
         except AlreadyExists:
             return False

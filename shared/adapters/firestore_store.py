@@ -19,7 +19,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 from shared.app.config import Settings
 from shared.domain.errors import DefinitionError, StaleWrite
 from shared.domain.pipeline import Pipeline, parse_pipeline, thaw
-from shared.domain.state import ReleaseState, ReleaseStatus
+from shared.domain.state import ReleaseState
 from shared.domain.wake import RECORD_RETENTION_S
 
 
@@ -68,12 +68,6 @@ class FirestoreStore:
         query = self.releases.order_by("created_at", direction=firestore.Query.DESCENDING).limit(limit)
         return [_state(doc) for doc in query.stream()]
 
-    def list_active(self, limit: int = 500) -> list[ReleaseState]:
-        # One "in" filter on a single field: served by Firestore's automatic index.
-        active = [s.value for s in ReleaseStatus if not s.terminal and s is not ReleaseStatus.STOPPED]
-        query = self.releases.where(filter=FieldFilter("status", "in", active)).limit(limit)
-        return [_state(doc) for doc in query.stream()]
-
     def list_due(self, now: float, limit: int, after: Any = None) -> tuple[list[tuple[ReleaseState, Any]], Any]:
         # A range and an order on the one field wake_at: Firestore's automatic single-field
         # index serves it (deploy/firestore_indexes.py); a release without wake_at is never read.
@@ -84,12 +78,6 @@ class FirestoreStore:
         page = list(query.stream())
         cursor = page[-1] if len(page) == limit else None
         return [(_state(doc), doc.update_time) for doc in page], cursor
-
-    def released_versions(self, repo: str) -> list[str]:
-        # Two equality filters need no composite index; only the version field is sent.
-        query = (self.releases.where(filter=FieldFilter("repo", "==", repo))
-                 .where(filter=FieldFilter("status", "==", "succeeded")).select(["version"]))
-        return [doc.get("version") for doc in query.stream()]
 
     def save_pipeline(self, pipeline: Pipeline) -> None:
         if pipeline.digest in self._pipeline_cache:

@@ -46,15 +46,9 @@ class ReleaseStore(Protocol):
     def list_releases(self, limit: int = 50) -> list[ReleaseState]:
         """Newest first."""
 
-    def list_active(self, limit: int = 500) -> list[ReleaseState]:
-        """Releases that are running, queued or awaiting approval (what the sweeper looks at)."""
-
     def list_due(self, now: float, limit: int, after: Any = None) -> tuple[list[tuple[ReleaseState, Any]], Any]:
         """Releases with ``wake_at <= now``, earliest first, with their version tokens; and the
         cursor of the next page (None when this was the last)."""
-
-    def released_versions(self, repo: str) -> list[str]:
-        """Versions of the repository's releases that succeeded."""
 
     def save_pipeline(self, pipeline: Pipeline) -> None:
         """Pin a definition by digest so running releases keep the one they started with."""

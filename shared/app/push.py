@@ -22,7 +22,8 @@ from shared.app.config import Settings
 from shared.domain.errors import WebhookRejected
 from shared.domain.events import ReleaseStarted
 from shared.domain.pipeline import Pipeline
-from shared.app.ports import Clock, EventPublisher, ReleaseStore
+from shared.app.locks import higher
+from shared.app.ports import AppRecords, Clock, EventPublisher, ReleaseStore
 from shared.domain.state import new_release, release_id_for
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,9 @@ class PushService:
     pipeline: Pipeline
     clock: Clock
     settings: Settings
+    # apps/{app}: its version floor (the highest version that entered prod) is the one
+    # read the version check costs, however many releases the repository has.
+    apps: AppRecords
 
     @functools.cached_property
     def people(self) -> People:
@@ -183,13 +187,14 @@ class PushService:
         return (201 if created else 200), body
 
     def _refuse_old_version(self, push: Push) -> None:
-        released = self.store.released_versions(push.repo)
-        if not released:
-            return
-        last = max(released, key=semver.Version.parse)
-        if semver.Version.parse(push.version) <= semver.Version.parse(last):
+        """A version not above the floor would be superseded at the prod lock (shared/app/locks.py):
+        refuse it now, while the author can still bump it before the merge."""
+        floor = self.apps.read(self.pipeline.name)[0]["version_floor"]
+        last = str(floor.get("version") or "")
+        if last and not higher(push.version, last):
             raise WebhookRejected(
                 409,
                 f"version {push.version} of {push.commit[:7]} is not higher than the last released "
-                f"version {last}; bump the version before the merge",
+                f"version {last} (release {floor.get('release_id', '?')} took it to prod); bump the version "
+                "before the merge",
             )

@@ -107,10 +107,6 @@ class FakeStore:
             states = [ReleaseState.from_dict(copy.deepcopy(d)) for d, _ in self._docs.values()]
         return sorted(states, key=lambda s: s.created_at, reverse=True)[:limit]
 
-    def list_active(self, limit: int = 500) -> list[ReleaseState]:
-        active = ("running", "queued", "awaiting_approval")
-        return [s for s in self.list_releases(limit=10**6) if s.status.value in active][:limit]
-
     def list_due(self, now: float, limit: int, after: Any = None):
         with self._lock:
             due = sorted(((d["wake_at"], rid, v) for rid, (d, v) in self._docs.items()
@@ -121,9 +117,6 @@ class FakeStore:
             self.reads += max(1, len(page))  # as Firestore bills a query: per document, at least one
             states = [(ReleaseState.from_dict(copy.deepcopy(self._docs[rid][0])), v) for _, rid, v in page]
         return states, ((page[-1][0], page[-1][1]) if len(page) == limit else None)
-
-    def released_versions(self, repo: str) -> list[str]:
-        return [s.version for s in self.list_releases(limit=10**6) if s.repo == repo and s.status.value == "succeeded"]
 
     def save_pipeline(self, pipeline: Pipeline) -> None:
         self._pipelines[pipeline.digest] = json.dumps(thaw(pipeline.document))

@@ -52,6 +52,8 @@ def test_store_contract(store, firestore_client, settings):
     stored = documents(firestore_client, settings)[record().nonce]
     assert (stored["decision"], stored["reason"], stored["user_agent"], stored["consumed_at"]) == (
         "rejected", "too risky", "UA/1", T0 + 5)
+    # a timestamp (the type a TTL policy reads), 30 days past the link's own expiry
+    assert stored["expire_at"].timestamp() == T0 + 3600 + 30 * 24 * 3600
     assert store.find_open("acme-app-abcdef123456", "approval", 1, APPROVER) is None
     store.mark_published(record().nonce, "m-1")
     assert store.get(record().nonce).message_id == "m-1"

@@ -8,8 +8,8 @@ from functions_framework import create_app
 from google.cloud import pubsub_v1
 
 from shared import bootstrap
+from shared.app.locks import EnvironmentLocks
 from shared.app.push import signature_for
-from shared.domain.state import ReleaseStatus
 
 pytestmark = pytest.mark.emulators
 SECRET = "test-webhook-secret"
@@ -112,14 +112,15 @@ def test_push_to_another_branch_is_ignored(app):
 
 def test_version_not_higher_than_the_last_released_is_409_naming_both(app):
     first = post(app, push_body(commit="d" * 40, version="1.4.0")).get_json()
-    store = bootstrap.store()
-    state, token = store.get(first["release_id"])
-    state.status = ReleaseStatus.SUCCEEDED
-    store.update(state, token)
+    state, _ = bootstrap.store().get(first["release_id"])
+    # It passes its approval and takes the prod lock: the floor of apps/{app} becomes 1.4.0.
+    locks = EnvironmentLocks(bootstrap.app_records(), bootstrap.publisher(), bootstrap.settings())
+    assert locks.acquire(state.pipeline_name, "prod", state.release_id, state.created_at, "1.4.0") == "granted"
     for version in ("1.4.0", "1.3.9"):
         response = post(app, push_body(commit="e" * 40, version=version), delivery=f"d-{version}")
         assert response.status_code == 409
         error = response.get_json()["error"]
         assert f"version {version} of eeeeeee is not higher than the last released version 1.4.0" in error
+        assert first["release_id"] in error
     assert [r.release_id for r in stored_releases()] == [first["release_id"]]
     assert post(app, push_body(commit="e" * 40, version="1.5.0"), delivery="d-ok").status_code == 201
