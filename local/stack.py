@@ -217,7 +217,7 @@ class LocalStack:
             "jobs": self._sample_jobs(),
             "services": [
                 {"name": name, "image": f"local/sample-app:v{BASE_VERSION}-base",
-                 "env": {"VERSION": BASE_VERSION, "WORK_MS": "20"}, "labels": {"version": BASE_VERSION.replace(".", "-"), "commit": "base"}}
+                 "env": {"VERSION": BASE_VERSION, "WORK_MS": "50"}, "labels": {"version": BASE_VERSION.replace(".", "-"), "commit": "base"}}
                 for name in ("sample-web-staging", "sample-web")
             ],
         }

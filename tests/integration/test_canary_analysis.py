@@ -65,7 +65,9 @@ def telemetry(settings) -> CloudTelemetry:
 
 
 def template(revision: str, faults: str) -> run_v2.RevisionTemplate:
-    env = [run_v2.EnvVar(name="WORK_MS", value="30"), run_v2.EnvVar(name="CANARY_FAULTS", value=faults)]
+    # 100 ms of work per request: large against the scheduling jitter of a busy 2-core machine,
+    # so "three times slower" is 300 ms against 100 ms however loaded the machine is.
+    env = [run_v2.EnvVar(name="WORK_MS", value="100"), run_v2.EnvVar(name="CANARY_FAULTS", value=faults)]
     return run_v2.RevisionTemplate(revision=revision, containers=[run_v2.Container(image="local", env=env)])
 
 
@@ -91,7 +93,7 @@ def send(url: str, count: int) -> list[int]:
         except urllib.error.HTTPError as err:
             return err.code
 
-    with ThreadPoolExecutor(8) as pool:
+    with ThreadPoolExecutor(10) as pool:
         return list(pool.map(one, range(count)))
 
 
@@ -117,7 +119,7 @@ def test_a_clean_canary_passes(settings, telemetry):
     verdict, m = judge(telemetry, rig, start)
     assert verdict.outcome is ProbeVerdict.PASS, verdict.reason
     assert (m.canary.requests, m.canary.errors_5xx, m.stable.requests) == (100, 0, 300)
-    assert len(m.canary.raw_latencies_ms) == 100 and min(m.canary.raw_latencies_ms) >= 30
+    assert len(m.canary.raw_latencies_ms) == 100 and min(m.canary.raw_latencies_ms) >= 100
     assert m.canary.latency is not None and sum(m.canary.latency.counts) == 100
 
 
@@ -134,7 +136,7 @@ def test_a_three_times_slower_canary_fails(settings, telemetry):
     verdict, m = judge(telemetry, rig, start)
     assert verdict.outcome is ProbeVerdict.FAIL, verdict.reason
     assert {f.check for f in verdict.findings if f.outcome is ProbeVerdict.FAIL} == {"latency"}
-    assert "Mann-Whitney" in verdict.reason and verdict.evidence["canary"]["p95_ms"] >= 90
+    assert "Mann-Whitney" in verdict.reason and verdict.evidence["canary"]["p95_ms"] >= 300
 
 
 def test_error_logs_fail(settings, telemetry):
