@@ -131,7 +131,7 @@ def diagnose(criteria: Criteria, m: Measurements) -> Verdict:
     - INCONCLUSIVE when nothing failed but a revision saw fewer than ``min_requests``
       requests: too little traffic is never a silent pass.
     - PASSED otherwise.
-    The checks: error ratio (with a stable revision: a one-sided two-proportion z-test at
+    The checks: error ratio (with a stable revision: a one-sided Fisher exact test at
     ``confidence`` AND the canary above ``max_5xx_ratio``; without one, the Wilson lower
     bound above ``max_5xx_ratio``), latency (P95 from the distribution buckets over
     ``p95_limit_ms``; with a stable revision also P95 over ``max_latency_ratio`` times the
@@ -176,9 +176,9 @@ def _error_ratio(c: Criteria, m: Measurements) -> Finding | None:
     told = f"canary 5xx {_ratio(canary.errors_5xx, canary.requests)}, {c.confidence:.0%} interval " \
            f"{100 * low:.1f}–{100 * high:.1f} %"
     if stable is not None and stable.requests > 0:
-        z = stats.two_proportion_z(canary.errors_5xx, canary.requests, stable.errors_5xx, stable.requests)
-        versus = f"{told} vs stable {_ratio(stable.errors_5xx, stable.requests)} (z = {z:.2f})"
-        if z > stats.z_for(c.confidence) and ratio > c.max_5xx_ratio:
+        p = stats.fisher_greater(canary.errors_5xx, canary.requests, stable.errors_5xx, stable.requests)
+        versus = f"{told} vs stable {_ratio(stable.errors_5xx, stable.requests)} (Fisher p = {p:.2g})"
+        if p < 1 - c.confidence and ratio > c.max_5xx_ratio:
             return Finding("error_ratio", ProbeVerdict.FAIL,
                            f"{versus}: higher than stable beyond chance and above the {100 * c.max_5xx_ratio:g} % limit")
         return Finding("error_ratio", ProbeVerdict.PASS, versus)

@@ -15,11 +15,6 @@ from typing import Sequence
 _NORMAL = NormalDist()
 
 
-def z_for(confidence: float) -> float:
-    """The one-sided critical value: z with P(Z <= z) = confidence."""
-    return _NORMAL.inv_cdf(confidence)
-
-
 def upper_tail(z: float) -> float:
     """P(Z >= z) for a standard normal Z."""
     return 1.0 - _NORMAL.cdf(z)
@@ -41,15 +36,23 @@ def wilson_interval(successes: int, trials: int, confidence: float) -> tuple[flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def two_proportion_z(x1: int, n1: int, x2: int, n2: int) -> float:
-    """z of the pooled two-proportion test for p1 > p2 (0 when undefined)."""
+def _log_comb(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+def fisher_greater(x1: int, n1: int, x2: int, n2: int) -> float:
+    """One-sided p of Fisher's exact test that the first proportion is higher than the second.
+
+    Exact at every sample size (the two-proportion z-test calls 1 failure in 21 against 0 in
+    223 "beyond chance", z = 3.3; the exact p is 21/244 = 0.086): the chance, with the totals
+    fixed, that the first group holds at least ``x1`` of the ``x1 + x2`` events (hypergeometric tail).
+    """
     if n1 <= 0 or n2 <= 0:
-        return 0.0
-    pooled = (x1 + x2) / (n1 + n2)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    if se == 0:
-        return 0.0
-    return (x1 / n1 - x2 / n2) / se
+        return 1.0
+    total, events = n1 + n2, x1 + x2
+    denominator = _log_comb(total, n1)
+    return min(1.0, sum(math.exp(_log_comb(events, k) + _log_comb(total - events, n1 - k) - denominator)
+                        for k in range(x1, min(events, n1) + 1)))
 
 
 @dataclass(frozen=True)

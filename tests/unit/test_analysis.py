@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+import math
 
 import pytest
 
@@ -51,6 +52,8 @@ C = Criteria(min_requests=50, max_5xx_ratio=0.01, p95_limit_ms=1000, max_latency
     ("info logs only", measure(rev("c", 100), rev("s", 900), [INFO]), ProbeVerdict.PASS, set()),
     ("bad stable, good canary", measure(rev("c", 100), rev("s", 900, 90, latency_ms=200)), ProbeVerdict.PASS, set()),
     ("1 error in 100, stable clean: chance", measure(rev("c", 100, 1), rev("s", 900)), ProbeVerdict.PASS, set()),
+    ("1 error in 21, stable clean: still chance", measure(rev("c", 21, 1), rev("s", 223)), ProbeVerdict.INCONCLUSIVE,
+     set()),
     ("both as bad: canary no worse", measure(rev("c", 100, 3), rev("s", 900, 27)), ProbeVerdict.PASS, set()),
     ("too little traffic", measure(rev("c", 12), rev("s", 900)), ProbeVerdict.INCONCLUSIVE, set()),
     ("too little stable traffic", measure(rev("c", 60), rev("s", 10)), ProbeVerdict.INCONCLUSIVE, set()),
@@ -111,10 +114,14 @@ def test_wilson_interval_worked_examples():
     assert stats.wilson_interval(0, 0, 0.95) == (0.0, 1.0)
 
 
-def test_two_proportion_z():
-    assert stats.two_proportion_z(5, 100, 0, 900) == pytest.approx(6.72, abs=0.01)
-    assert stats.two_proportion_z(0, 100, 5, 900) < 0
-    assert stats.two_proportion_z(0, 100, 0, 900) == 0.0
+def test_fisher_exact_worked_examples():
+    # One event among 244 lands in the canary's 21 with probability 21/244, whatever a z-test says.
+    assert stats.fisher_greater(1, 21, 0, 223) == pytest.approx(21 / 244)
+    # 5 of 100 against 0 of 300: all five events in the canary's hundred, C(100,5)/C(400,5).
+    assert stats.fisher_greater(5, 100, 0, 300) == pytest.approx(math.comb(100, 5) / math.comb(400, 5))
+    assert stats.fisher_greater(0, 100, 5, 900) == pytest.approx(1.0)
+    assert stats.fisher_greater(3, 100, 27, 900) > 0.3  # the same 3 % on both sides
+    assert stats.fisher_greater(0, 0, 0, 900) == 1.0
 
 
 def test_mann_whitney_worked_examples():
