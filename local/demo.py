@@ -172,10 +172,10 @@ def bad_canary_pipeline():
 
     document = yaml.safe_load((REPO_ROOT / "pipelines" / "sample.yaml").read_text())
     deploy = next(s for s in document["stages"] if s["id"] == "prod-deploy")
-    deploy["params"]["env"]["CANARY_FAULTS"] = "5xx=0.05,slow=3,error_logs=0.02"
+    deploy["params"]["env"]["CANARY_FAULTS"] = "5xx=0.05,slow=3,error_logs=0.05"
     path = Path(tempfile.gettempdir()) / f"sample-bad-canary-{time.time_ns()}.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
-    print(f"bad canary: the prod deploy sets CANARY_FAULTS=5xx=0.05,slow=3,error_logs=0.02 ({path})")
+    print(f"bad canary: the prod deploy sets CANARY_FAULTS=5xx=0.05,slow=3,error_logs=0.05 ({path})")
     return path
 
 
