@@ -68,6 +68,18 @@ def _approve(link: str) -> None:
         pass
 
 
+def _new_link(mailbox, used: set, timeout_s: float = 60) -> str:
+    """The newest approval link not used yet (the mailbox keeps every earlier mail)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        link = LINK.search(mailbox.wait_for("approver@example.com", timeout_s=timeout_s)).group(1)
+        if link not in used:
+            used.add(link)
+            return link
+        time.sleep(0.1)
+    raise RuntimeError("no new approval link arrived")
+
+
 def _wait(store, release_id: str, done, timeout_s: float = 400):
     from shared.domain.state import ReleaseStatus
 
@@ -118,12 +130,12 @@ def _part_a(hosts: dict, report: Report) -> dict[str, list[float]]:
                                                            "pubsub": hosts["pubsub"]}) as stack:
         store = FirestoreStore(firestore.Client(project=PROJECT), Settings(project=PROJECT))
         api = Settings(project=PROJECT, region=REGION, cloud_run_endpoint=stack.standin_endpoint)
-        pipeline = None
+        pipeline, used = None, set()
         for n in range(RELEASES):
             started = time.time()
             release_id = _push(stack, f"3.{int(started)}.{n}")
             _wait(store, release_id, lambda s: s.status is ReleaseStatus.AWAITING_APPROVAL)
-            _approve(LINK.search(mailbox.wait_for("approver@example.com", timeout_s=60)).group(1))
+            _approve(_new_link(mailbox, used))
             done = _wait(store, release_id, lambda s: s.status is ReleaseStatus.SUCCEEDED and not s.outbox)
             totals.append(max(st.finished_at or 0 for st in done.stages.values()) - done.created_at)
             pipeline = pipeline or store.load_pipeline(done.pipeline_digest)

@@ -5,9 +5,11 @@ interface, so the Cloud Function entry point is one line::
 
     status, body, headers = dashboard.handle(request.method, request.path, request.args, bootstrap.store())
 
-Routes (GET/HEAD only): ``/`` the releases, newest first; ``/release/<id>`` one
-release as a flow of stage boxes that refreshes itself from ``/api/release/<id>``
-while it runs; ``/api/releases`` and ``/api/release/<id>`` the same as JSON.
+Routes (GET/HEAD only): ``/`` the releases, newest first (not refreshed: 50 reads a
+time); ``/release/<id>`` one release as a flow of stage boxes that polls the small
+``/api/release/<id>/state`` (one read) as often as the release can move, and fetches
+``/api/release/<id>`` only when something moved; ``/api/releases`` and
+``/api/release/<id>`` the same as JSON.
 Links are relative, so the pages work under any URL prefix (a function URL).
 Everything from the store is escaped; the refresh script sets only text and
 http(s) links. Every stage element carries ``data-stage`` and ``data-status``.
@@ -61,6 +63,9 @@ def handle(method: str, path: str, query: Mapping[str, Any] | None, store: Any) 
         if len(parts) == 3 and parts[:2] == ["api", "release"]:
             state, pipeline = load_release(store, parts[2])
             return _json(release_json(state, pipeline))
+        if len(parts) == 4 and parts[:2] == ["api", "release"] and parts[3] == "state":
+            state, pipeline = load_release(store, parts[2])  # one read: the definition is cached
+            return _json(release_state(state, pipeline))
     except ReleaseNotFound as exc:
         return _error(404, str(exc), api=api, root=root)
     except PipelineError as exc:
@@ -90,6 +95,30 @@ def release_summary(state: ReleaseState) -> dict[str, Any]:
         "commit": state.commit, "pushed_by": state.pushed_by, "status": state.status.value,
         "terminal": state.status.terminal, "created_at": state.created_at, "updated_at": state.updated_at,
         "current_stage": current, "reason": state.reason, "waiting_for": state.waiting_for,
+    }
+
+
+# How long the release page waits before asking again, by what can move the release:
+# its own stages (seconds), a lock or a person (tens of seconds), only a replay (a minute).
+REFRESH_AFTER_S = {"running": 2, "queued": 15, "awaiting_approval": 15, "stopped": 60}
+
+
+def refresh_after_s(state: ReleaseState) -> int | None:
+    """Seconds until the page should look again; None once nothing can change it."""
+    return None if state.status.terminal else REFRESH_AFTER_S.get(state.status.value, 15)
+
+
+def release_state(state: ReleaseState, pipeline: Pipeline) -> dict[str, Any]:
+    """The small JSON the release page polls (``/api/release/<id>/state``): enough to tell
+    whether anything moved (``shape``) and when to ask again; the page fetches the full
+    ``/api/release/<id>`` only when the shape changed."""
+    return {
+        "release_id": state.release_id, "status": state.status.value, "terminal": state.status.terminal,
+        "updated_at": state.updated_at, "refresh_after_s": refresh_after_s(state),
+        # statuses and attempts in pipeline order, as the page computes it (updated_at alone
+        # can repeat within a clock tick)
+        "shape": state.status.value + "|" + ",".join(
+            f"{st.status.value}:{st.attempt}" for st in (state.stages.get(s.id) or StageState() for s in pipeline.stages)),
     }
 
 
@@ -176,8 +205,8 @@ def _page(template: str, title: str, *, nonce: str = "", script: str = "", refre
 
 def release_list_page(states: list[ReleaseState]) -> str:
     releases = [{**release_summary(s), "created": iso(s.created_at)} for s in states]
-    moving = any(not s.status.terminal and s.status.value != "stopped" for s in states)
-    return _page("dashboard_list.html", "Releases", releases=releases, refresh_s=5 if moving else 0)
+    # No refresh of the whole list (50 reads each time): a release's own page follows it.
+    return _page("dashboard_list.html", "Releases", releases=releases, refresh_s=0)
 
 
 def pipeline_steps(views: list[dict[str, Any]]) -> list[dict[str, Any]]:

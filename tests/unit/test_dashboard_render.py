@@ -128,7 +128,25 @@ def test_release_list_is_newest_first_with_status_and_relative_links(store):
     assert rows == [new.release_id, old.release_id]
     assert f'href="release/{new.release_id}"' in body
     assert 'class="badge" data-status="running"' in body and 'class="badge" data-status="succeeded"' in body
-    assert 'http-equiv="refresh"' in body, "a list with a moving release refreshes"
+    assert 'http-equiv="refresh"' not in body, "the list is not refreshed as a whole (50 reads each time)"
+
+
+@pytest.mark.parametrize("status, after", [("running", 2), ("awaiting_approval", 15), ("queued", 15),
+                                           ("stopped", 60), ("succeeded", None)])
+def test_the_state_endpoint_is_one_read_and_says_when_to_ask_again(store, status, after):
+    state = running_release()
+    state.status = ReleaseStatus(status)
+    state = put(store, state)
+    reads = store.reads
+    code, body, headers = handle("GET", f"/api/release/{state.release_id}/state", {}, store)
+    assert code == 200 and headers["Content-Type"] == "application/json"
+    assert store.reads - reads == 1
+    data = json.loads(body)
+    assert (data["status"], data["refresh_after_s"], data["terminal"]) == (status, after, after is None)
+    page = handle("GET", f"/release/{state.release_id}", {}, store)[1]
+    shape = re.search(r'data-shape="([^"]+)"', page).group(1)
+    assert data["shape"] == shape.replace("&amp;", "&"), "the page and the endpoint agree on what moved"
+    assert handle("GET", "/api/release/nope/state", {}, store)[0] == 404
 
 
 def test_api_release_json_matches_the_state_and_hides_internals(store):

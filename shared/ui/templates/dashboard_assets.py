@@ -80,9 +80,8 @@ td[data-field=detail], td code, .notes td:last-child { overflow-wrap: anywhere; 
 }
 """
 
-# Polls the JSON view of the release every 2 s while it can still change (running or
-# awaiting approval), every 10 s while stopped (only a replay moves it), not at all
-# once it is terminal. ``API`` is relative so the page works under any URL prefix.
+# Follows one release (see tick() for how often). ``API`` is relative so the page works
+# under any URL prefix.
 REFRESH_JS = """
 (function () {
   const root = document.querySelector('[data-release]');
@@ -141,20 +140,37 @@ REFRESH_JS = """
     if (moved.length) { live.textContent = 'Release ' + rel.status + ': ' + moved.join(', ') + '.'; }
     return rel;
   }
+  // Polls the one-read state of the release as often as the server says it can move
+  // (refresh_after_s: 2 s running, 15 s waiting for a lock or a person, 60 s stopped,
+  // never once terminal), fetches the full view only when it moved, and pauses while
+  // the tab is hidden.
+  let timer = null;
+  function later(seconds) {
+    clearTimeout(timer);
+    timer = seconds == null ? null : setTimeout(tick, seconds * 1000);
+  }
   function tick() {
-    fetch(API, {cache: 'no-store'}).then(function (r) {
+    if (document.hidden) { timer = null; return; }
+    fetch(API + '/state', {cache: 'no-store'}).then(function (r) {
       if (!r.ok) { throw new Error('HTTP ' + r.status); }
       return r.json();
-    }).then(function (data) {
-      const rel = apply(data);
+    }).then(function (state) {
       root.dataset.checkedAt = new Date().toISOString();
-      if (rel.terminal) { return; }
-      setTimeout(tick, rel.status === 'stopped' ? 10000 : 2000);
+      if (state.shape === root.dataset.shape) { return state; }
+      return fetch(API, {cache: 'no-store'}).then(function (r) {
+        if (!r.ok) { throw new Error('HTTP ' + r.status); }
+        return r.json();
+      }).then(function (data) { apply(data); return state; });
+    }).then(function (state) {
+      later(state.refresh_after_s);
     }).catch(function (e) {
       live.textContent = 'refresh failed (' + e.message + '); retrying';
-      setTimeout(tick, 5000);
+      later(5);
     });
   }
-  if (root.dataset.terminal !== 'true') { setTimeout(tick, 2000); }
+  document.addEventListener('visibilitychange', function () {
+    if (!document.hidden && timer === null && root.dataset.terminal !== 'true') { tick(); }
+  });
+  if (root.dataset.terminal !== 'true') { later(2); }
 })();
 """
