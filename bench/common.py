@@ -252,6 +252,7 @@ def make_dispatcher(store, publisher, executors, settings, clock=None, approvals
     and a roll-back no bench pipeline asks for (none has a failing check)."""
     from shared.testing.fakes import FakeApprovals, FakeNotifier
     from shared.adapters.firestore_apps import FirestoreAppRecords
+    from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
     from shared.app.locks import EnvironmentLocks
     from shared.app.ports import SystemClock
     from shared.app.dispatcher import Dispatcher
@@ -259,8 +260,8 @@ def make_dispatcher(store, publisher, executors, settings, clock=None, approvals
     inner = getattr(store, "inner", store)
     locks = EnvironmentLocks(FirestoreAppRecords(inner.client, settings), publisher, settings)
     return Dispatcher(store, publisher, executors, approvals or FakeApprovals(), notifier or FakeNotifier(),
-                      clock or SystemClock(), settings, locks,
-                      roll_back=lambda service: {"service": service, "note": "bench: nothing to roll back"})
+                      clock or SystemClock(), settings, locks, FirestoreDeadLetters(inner.client, settings),
+                      roll_back=lambda service, to=None: {"service": service, "note": "bench: nothing to roll back"})
 
 
 class CpuMeter:

@@ -54,6 +54,9 @@ class DeployConfig:
     pipeline_sa_id: str = DEFAULT_PIPELINE_SA_ID  # see pipeline_account_id()
     runtime_sa_id: str = "release-runtime"
     invoker_sa_id: str = "release-invoker"
+    builder_sa_id: str = "release-builder"
+    github_repository_id: str = ""  # GitHub's numeric id: WIF matches it (a name can be renamed or re-created)
+    smtp_password_secret: str = "release-smtp-password"
     wif_pool: str = "github"
     wif_provider: str = "github-oidc"
     webhook_secret: str = "release-webhook-secret"
@@ -62,6 +65,13 @@ class DeployConfig:
     dead_letter_topic: str = "pipeline-dead-letter"
     scheduler_job: str = "pipeline-tick"
     source_dir: str = str(REPO_ROOT / "build" / "function-source")
+    # Accounts the app's Cloud Run services run as (deploying needs actAs on each); empty: the
+    # project's default compute account, which a service without its own account uses.
+    app_service_account_list: tuple[str, ...] = ()
+
+    @property
+    def app_service_accounts(self) -> tuple[str, ...]:
+        return self.app_service_account_list or (f"{self.number}-compute@developer.gserviceaccount.com",)
 
     @property
     def project(self) -> str:
@@ -81,6 +91,14 @@ class DeployConfig:
     @property
     def runtime_sa(self) -> str:
         return self.sa_email(self.runtime_sa_id)
+
+    @property
+    def builder_sa(self) -> str:
+        return self.sa_email(self.builder_sa_id)
+
+    @property
+    def build_region(self) -> str:
+        return self.settings.build_region or self.settings.region
 
     @property
     def invoker_sa(self) -> str:
@@ -118,7 +136,10 @@ def load_config(
         pipeline=pipeline,
         pipeline_sa_id=pipeline_account_id(pipeline, settings.project, env),
         github_repository=github_repository or env.get("DEPLOY_GITHUB_REPOSITORY", ""),
+        github_repository_id=env.get("DEPLOY_GITHUB_REPOSITORY_ID", ""),
         project_number=project_number or env.get("DEPLOY_PROJECT_NUMBER", ""),
+        app_service_account_list=tuple(a.strip() for a in env.get("DEPLOY_APP_SERVICE_ACCOUNTS", "").split(",")
+                                       if a.strip()),
         **extra,
     )
 
@@ -148,6 +169,19 @@ def setup_check(config: DeployConfig, repo_root: Path = REPO_ROOT) -> list[Findi
         error(f"RELEASE_REGION {s.region!r} does not look like a region (e.g. europe-west3)")
     if not GITHUB_REPOSITORY.match(config.github_repository):
         error("DEPLOY_GITHUB_REPOSITORY (or --github-repo) must be 'owner/name'; WIF admits only that repository")
+    if not config.github_repository_id.isdigit():
+        error("DEPLOY_GITHUB_REPOSITORY_ID must be the repository's numeric id (gh api repos/OWNER/NAME --jq .id): "
+              "WIF matches assertion.repository_id, which a renamed or re-created repository cannot take over")
+    # No approval link is ever sent without a mail relay: the release would wait 24 h for nothing.
+    if not s.smtp_host:
+        error("RELEASE_SMTP_HOST is empty: approval links go by mail only, so no release could reach prod")
+    elif s.smtp_port == 25:
+        error("RELEASE_SMTP_PORT is 25, which GCP blocks for external destinations: use the relay's 587 (STARTTLS)")
+    elif not s.smtp_user:
+        warning("RELEASE_SMTP_USER is empty: mail is sent without a login (only a relay that trusts the project "
+                "accepts that); the password comes from the secret release-smtp-password")
+    if s.mail_from.endswith("@localhost"):
+        error(f"RELEASE_MAIL_FROM {s.mail_from!r} is not an address a relay will send from")
     if config.project_number and not PROJECT_NUMBER.match(config.project_number):
         error(f"DEPLOY_PROJECT_NUMBER {config.project_number!r} is not a project number (digits only)")
     for name in ("cloud_build_endpoint", "cloud_run_endpoint", "iam_endpoint"):

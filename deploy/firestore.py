@@ -42,6 +42,7 @@ QUERIES: dict[str, Query] = {
     "shared/adapters/firestore_store.py:list_due": Query("releases", ranges=("wake_at",), orders=("wake_at",)),
     "shared/adapters/firestore_approvals.py:find_open": Query(
         "approvals", equalities=("release_id", "stage", "attempt", "approver")),
+    "shared/adapters/firestore_dead_letters.py:list": Query("dead_letters", orders=("received_at",)),
 }
 
 COMPOSITE_INDEXES: tuple[CompositeIndex, ...] = ()  # no query needs one (see needs_composite)

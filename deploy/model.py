@@ -16,7 +16,9 @@ from typing import Iterator, Union
 
 from deploy.config import DeployConfig
 from deploy.firestore import COMPOSITE_INDEXES, TTL_POLICIES
-from shared.domain.preflight import BASE_ROLES, SECRET_ACCESSOR_ROLE, prod_secret_names
+from shared.domain.preflight import (
+    BASE_ROLES, BUILD_LOG_ROLE, SECRET_ACCESSOR_ROLE, build_secret_names, prod_secret_names,
+)
 
 APIS = (
     "artifactregistry.googleapis.com", "cloudbuild.googleapis.com", "cloudfunctions.googleapis.com",
@@ -27,12 +29,17 @@ APIS = (
 )
 PREFLIGHT_READER_ROLE_ID = "releasePreflightReader"
 PREFLIGHT_READER_PERMISSIONS = ("resourcemanager.projects.getIamPolicy", "secretmanager.secrets.getIamPolicy")
-# Pub/Sub redelivers a failing push with backoff; after this many attempts the message
-# goes to the dead-letter topic instead of being retried for the full 7-day retention.
+# Pub/Sub redelivers a failing push with backoff; after this many attempts the message goes to
+# the dead-letter topic instead of being retried for the 24 h an event function retries.
 MAX_DELIVERY_ATTEMPTS = 10
 MIN_RETRY_DELAY = "10s"
 MAX_RETRY_DELAY = "600s"
 PYTHON_RUNTIME = "python311"
+# A push request must finish within the subscription's ack deadline, else Pub/Sub redelivers it
+# while it runs (Subscription.ack_deadline_seconds: "the maximum ... is 600 seconds"); dispatch
+# may run 540 s (a check with its bake), so its subscription waits the most Pub/Sub allows.
+PUSH_ACK_DEADLINE_S = 600
+BUILDER_ROLES = ("roles/cloudbuild.builds.builder",)
 
 
 @dataclass(frozen=True)
@@ -128,14 +135,15 @@ def functions(config: DeployConfig) -> tuple[FunctionSpec, ...]:
     s = config.settings
     webhook = ("RELEASE_WEBHOOK_SECRET", config.webhook_secret)
     keys = ("RELEASE_APPROVAL_KEYS", config.approval_keys_secret)
+    mail = ("RELEASE_SMTP_PASSWORD", config.smtp_password_secret)  # the functions that send mail
     return (
         FunctionSpec("on-push", "on_push", public=True, secrets=(webhook,),
                      why="GitHub webhook; public, every request must carry a valid X-Hub-Signature-256"),
         # Every call of dispatch is short now (checks run as probes); 120 s leaves room for retries of API calls.
-        FunctionSpec("dispatch", "dispatch", trigger_topic=s.events_topic, retry=True, secrets=(keys,),
+        FunctionSpec("dispatch", "dispatch", trigger_topic=s.events_topic, retry=True, secrets=(keys, mail),
                      why="pipeline events; retry on (transient errors redeliver), malformed events are acked",
                      timeout_s=120),
-        FunctionSpec("dispatch-builds", "dispatch", trigger_topic=s.builds_topic, retry=True, secrets=(keys,),
+        FunctionSpec("dispatch-builds", "dispatch", trigger_topic=s.builds_topic, retry=True, secrets=(keys, mail),
                      why="Cloud Build status messages; same entry point, a gen2 function has one trigger",
                      timeout_s=120),
         FunctionSpec("probe", "probe", public=False, secrets=(keys,),
@@ -144,7 +152,10 @@ def functions(config: DeployConfig) -> tuple[FunctionSpec, ...]:
                      timeout_s=60),
         FunctionSpec("on-approval", "on_approval", public=True, secrets=(keys,),
                      why="signed approval links; public, the link's signature and nonce are the credential"),
-        FunctionSpec("sweep", "sweep", trigger_topic=config.tick_topic, retry=False, secrets=(keys,),
+        FunctionSpec("drain-dead-letters", "drain_dead_letters", trigger_topic=config.dead_letter_topic, retry=True,
+                     why="what Pub/Sub gave up on joins the one dead-letter store (dead_letters/), where "
+                         "relctl lists and re-drives it; retry on, and no dead-letter policy of its own"),
+        FunctionSpec("sweep", "sweep", trigger_topic=config.tick_topic, retry=False, secrets=(keys, mail),
                      why="every minute; no retry, the next tick comes in a minute anyway"),
         FunctionSpec("dashboard", "dashboard", public=False,
                      why="read-only status page; IAM-protected, grant roles/run.invoker to the team"),
@@ -193,6 +204,12 @@ def function_env(config: DeployConfig) -> dict[str, str]:
     if s.smtp_host:
         env["RELEASE_SMTP_HOST"] = s.smtp_host
         env["RELEASE_SMTP_PORT"] = str(s.smtp_port)
+    if s.smtp_user:
+        env["RELEASE_SMTP_USER"] = s.smtp_user
+    if s.build_region:
+        env["RELEASE_BUILD_REGION"] = s.build_region
+    if s.source_url:
+        env["RELEASE_SOURCE_URL"] = s.source_url
     return env
 
 
@@ -218,6 +235,8 @@ def build_plan(config: DeployConfig) -> Plan:
         (config.pipeline_sa_id, "the pipeline: builds and jobs run as it; GitHub acts as it through WIF"),
         (config.runtime_sa_id, "the functions' runtime identity"),
         (config.invoker_sa_id, "Eventarc's identity when it pushes events into the functions"),
+        (config.builder_sa_id, "builds the functions' and the release-tools images (a new project has no default "
+                               "build account the deployer may use)"),
     ):
         email = config.sa_email(account_id)
         steps.append(Resource("identity", "service-account", email,
@@ -245,23 +264,27 @@ def build_plan(config: DeployConfig) -> Plan:
          f"--workload-identity-pool={config.wif_pool}", "--location=global",
          "--issuer-uri=https://token.actions.githubusercontent.com",
          "--attribute-mapping=google.subject=assertion.sub,attribute.repository=assertion.repository,"
+         "attribute.repository_id=assertion.repository_id,"
          "attribute.repository_owner=assertion.repository_owner,attribute.ref=assertion.ref",
-         f"--attribute-condition=assertion.repository == '{repo}'", proj),
-        f"only tokens of {repo} are exchanged; any other repository is refused at the token exchange"))
+         f"--attribute-condition=assertion.repository_id == '{config.github_repository_id}'", proj),
+        f"only tokens of {repo} (repository id {config.github_repository_id}, which survives a rename or a "
+        "re-created repository of the same name) are exchanged"))
+    principal_set = (f"principalSet://iam.googleapis.com/projects/{config.number}/locations/global/"
+                     f"workloadIdentityPools/{config.wif_pool}/attribute.repository_id/{config.github_repository_id}")
     steps.append(Binding(
-        "identity", "service-account", config.pipeline_sa, "roles/iam.workloadIdentityUser",
-        f"principalSet://iam.googleapis.com/projects/{config.number}/locations/global/"
-        f"workloadIdentityPools/{config.wif_pool}/attribute.repository/{repo}",
+        "identity", "service-account", config.pipeline_sa, "roles/iam.workloadIdentityUser", principal_set,
         ("iam", "service-accounts", "add-iam-policy-binding", config.pipeline_sa, "--role=roles/iam.workloadIdentityUser",
-         f"--member=principalSet://iam.googleapis.com/projects/{config.number}/locations/global/"
-         f"workloadIdentityPools/{config.wif_pool}/attribute.repository/{repo}", "--condition=None", proj),
+         f"--member={principal_set}", "--condition=None", proj),
         f"workflows of {repo} (and nothing else) may act as the pipeline account"))
 
     # -- secrets: created empty; the operator adds the values (never in the repo, never here)
     prod_secrets = prod_secret_names(config.pipeline)
     for secret, why in ((config.webhook_secret, "GitHub webhook secret (on_push)"),
                         (config.approval_keys_secret, "approval link signing keys (dispatch, sweep, on_approval)"),
-                        *((name, "read by a prod stage of the pipeline") for name in prod_secrets)):
+                        (config.smtp_password_secret, "the mail relay's login password (approval links, notices)"),
+                        *((name, "read by a prod stage of the pipeline") for name in prod_secrets),
+                        *((name, "fetched by a build stage (params.available_secrets)")
+                          for name in build_secret_names(config.pipeline) if name not in prod_secrets)):
         steps.append(Resource("secrets", "secret", secret, ("secrets", "describe", secret, proj),
                               ("secrets", "create", secret, "--replication-policy=automatic", proj), why))
 
@@ -277,7 +300,7 @@ def build_plan(config: DeployConfig) -> Plan:
     steps.append(Resource("messaging", "subscription", hold, ("pubsub", "subscriptions", "describe", hold, proj),
                           ("pubsub", "subscriptions", "create", hold, f"--topic={config.dead_letter_topic}",
                            "--message-retention-duration=7d", "--expiration-period=never", proj),
-                          "keeps dead letters for inspection and replay (a topic alone drops them)"))
+                          "a second copy of dead letters for 7 days, should drain-dead-letters be down"))
 
     steps.append(Resource("messaging", "tasks-queue", s.probe_queue,
                           ("tasks", "queues", "describe", s.probe_queue, f"--location={r}", proj),
@@ -316,15 +339,23 @@ def build_plan(config: DeployConfig) -> Plan:
                               "images of the released app, tagged vX.Y.Z-<sha>"))
         steps.append(Action("data", "image", f"{registry}/release-tools",
                             ("builds", "submit", ".", "--config=deploy/release-tools/cloudbuild.yaml",
-                             f"--substitutions=_IMAGE={registry}/release-tools", proj),
+                             f"--substitutions=_IMAGE={registry}/release-tools", f"--region={config.build_region}",
+                             f"--service-account=projects/{p}/serviceAccounts/{config.builder_sa}",
+                             "--default-buckets-behavior=regional-user-owned-bucket", proj),
                             "the chaos stage's verdict step runs shared/domain/chaos.py from this image (source: the repo root)"))
 
     # -- the pipeline account: exactly the seed's roles
     for role in sorted(BASE_ROLES):
         steps.append(_project_binding(p, role, pipeline_member, "seed: " + _SEED_WHY.get(role, "seed role")))
+    steps.append(_project_binding(p, BUILD_LOG_ROLE, pipeline_member,
+                                  "builds run as this account with CLOUD_LOGGING_ONLY: it writes their logs"))
     for secret in prod_secrets:
         steps.append(_secret_binding(p, secret, SECRET_ACCESSOR_ROLE, pipeline_member,
                                      "seed: secret accessor only in prod stages, and only on their secrets"))
+    for secret in build_secret_names(config.pipeline):
+        if secret not in prod_secrets:
+            steps.append(_secret_binding(p, secret, SECRET_ACCESSOR_ROLE, pipeline_member,
+                                         "builds run as this account and fetch their availableSecrets"))
 
     # -- the runtime account: only what the functions call
     for role, why in (
@@ -347,9 +378,15 @@ def build_plan(config: DeployConfig) -> Plan:
                           f"--member={runtime_member}", "--role=roles/iam.serviceAccountUser",
                           "--condition=None", proj),
                          "start builds and jobs that run as the pipeline account (actAs), on that account only"))
-    for secret in (config.webhook_secret, config.approval_keys_secret):
+    for account in config.app_service_accounts:
+        steps.append(Binding("bindings", "service-account", account, "roles/iam.serviceAccountUser", runtime_member,
+                             ("iam", "service-accounts", "add-iam-policy-binding", account,
+                              f"--member={runtime_member}", "--role=roles/iam.serviceAccountUser",
+                              "--condition=None", proj),
+                             "deploying a Cloud Run service needs actAs on the account its revisions run as"))
+    for secret in (config.webhook_secret, config.approval_keys_secret, config.smtp_password_secret):
         steps.append(_secret_binding(p, secret, SECRET_ACCESSOR_ROLE, runtime_member,
-                                     "the functions read their own two secrets, no others"))
+                                     "the functions read their own secrets, no others"))
     steps.append(Binding("bindings", "tasks-queue", s.probe_queue, "roles/cloudtasks.enqueuer", runtime_member,
                          ("tasks", "queues", "add-iam-policy-binding", s.probe_queue, f"--location={r}",
                           f"--member={runtime_member}", "--role=roles/cloudtasks.enqueuer", proj),
@@ -360,6 +397,10 @@ def build_plan(config: DeployConfig) -> Plan:
                           f"--member={runtime_member}", "--role=roles/iam.serviceAccountUser", "--condition=None",
                           proj),
                          "a task carrying an OIDC token of the invoker account needs actAs on it"))
+    builder_member = sa_member(config.builder_sa)
+    for role in BUILDER_ROLES:
+        steps.append(_project_binding(p, role, builder_member, "builds the functions and the release-tools image: "
+                                      "reads the source, writes the image and the build logs"))
 
     # -- the invoker account and the Pub/Sub service agent
     steps.append(Binding("bindings", "service-account", config.invoker_sa, "roles/iam.serviceAccountTokenCreator",
@@ -378,7 +419,8 @@ def build_plan(config: DeployConfig) -> Plan:
     for fn in functions(config):
         command = ["functions", "deploy", fn.name, "--gen2", f"--runtime={PYTHON_RUNTIME}", f"--region={r}",
                    f"--source={config.source_dir}", f"--entry-point={fn.entry_point}",
-                   f"--service-account={config.runtime_sa}", f"--set-env-vars={env}", f"--timeout={fn.timeout_s}s"]
+                   f"--service-account={config.runtime_sa}", f"--set-env-vars={env}", f"--timeout={fn.timeout_s}s",
+                   f"--build-service-account=projects/{p}/serviceAccounts/{config.builder_sa}"]
         if fn.secrets:
             command.append("--set-secrets=" + ",".join(f"{var}={secret}:latest" for var, secret in fn.secrets))
         if fn.trigger_topic:
@@ -408,14 +450,21 @@ def build_plan(config: DeployConfig) -> Plan:
                              ("functions", "add-invoker-policy-binding", fn.name, f"--region={r}",
                               f"--member={invoker_member}", proj),
                              "Eventarc's pushes may invoke this function, nobody else"))
-        if not fn.retry:
-            continue  # a lost tick is replaced by the next one; nothing to dead-letter
+        if not fn.retry or fn.trigger_topic == config.dead_letter_topic:
+            # A lost tick is replaced by the next one; the drain must not feed its own topic. Neither
+            # gets a dead-letter policy, but a push must still not be redelivered while it runs.
+            steps.append(Action("delivery", "subscription-policy", subscription,
+                                ("pubsub", "subscriptions", "update", subscription,
+                                 f"--ack-deadline={PUSH_ACK_DEADLINE_S}", proj),
+                                f"{fn.name} may run {fn.timeout_s} s: the push must not be redelivered meanwhile"))
+            continue
         steps.append(Action("delivery", "subscription-policy", subscription,
-                            ("pubsub", "subscriptions", "update", subscription,
+                            ("pubsub", "subscriptions", "update", subscription, f"--ack-deadline={PUSH_ACK_DEADLINE_S}",
                              f"--dead-letter-topic={config.dead_letter_topic}",
                              f"--max-delivery-attempts={MAX_DELIVERY_ATTEMPTS}",
                              f"--min-retry-delay={MIN_RETRY_DELAY}", f"--max-retry-delay={MAX_RETRY_DELAY}", proj),
-                            f"dead-letter policy and backoff on the push subscription of {fn.name}'s trigger"))
+                            f"ack deadline ({fn.timeout_s} s of work fit), dead-letter policy and backoff on the push "
+                            f"subscription of {fn.name}'s trigger"))
         steps.append(Binding("delivery", "subscription", subscription, "roles/pubsub.subscriber", pubsub_agent,
                              ("pubsub", "subscriptions", "add-iam-policy-binding", subscription,
                               f"--member={pubsub_agent}", "--role=roles/pubsub.subscriber", proj),

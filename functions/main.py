@@ -1,13 +1,12 @@
 """Cloud Functions entry points. Thin on purpose: parse, call one service, map errors.
 
-Ack or retry is decided here: a malformed event is recorded as a dead letter and
-acknowledged (returning normally); a transient failure raises, so Pub/Sub
-redelivers it.
+Ack or retry is decided at this edge, for every Pub/Sub-triggered function, by the one
+table in ``shared/app/edge.py`` (``ACK_OR_RETRY``): malformed input is kept as a dead
+letter and acknowledged; transient errors and settings the operator must fix raise, so
+Pub/Sub redelivers them.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import sys
@@ -38,18 +37,19 @@ def on_push(request):
 @functions_framework.cloud_event
 def dispatch(cloud_event):
     """Pub/Sub push from `pipeline-events` and `cloud-builds`."""
-    event_id = str(cloud_event["id"])
-    message = cloud_event.data.get("message") if isinstance(cloud_event.data, dict) else None
-    if not isinstance(message, dict):
-        bootstrap.store().record_dead_letter(event_id, "CloudEvent has no Pub/Sub message", str(cloud_event.data)[:4096], "dispatch")
-        return
-    try:
-        data = base64.b64decode(message.get("data") or "", validate=True)
-    except (binascii.Error, TypeError):
-        bootstrap.store().record_dead_letter(event_id, "message data is not base64", str(message.get("data"))[:4096], "dispatch")
-        return
-    attributes = message.get("attributes") or {}
-    bootstrap.dispatcher().handle_message(event_id, attributes, data)
+    from shared.app import edge
+
+    edge.deliver(str(cloud_event["id"]), cloud_event.data,
+                 lambda *message: bootstrap.dispatcher().handle_message(*message), bootstrap.dead_letters, "dispatch")
+
+
+@functions_framework.cloud_event
+def drain_dead_letters(cloud_event):
+    """Pub/Sub push from `pipeline-dead-letter`: what Pub/Sub gave up on joins the one dead-letter store."""
+    from shared.app import edge
+
+    edge.deliver(str(cloud_event["id"]), cloud_event.data,
+                 lambda *message: bootstrap.dead_letters().drain(*message), bootstrap.dead_letters, "drain")
 
 
 @functions_framework.http
@@ -100,5 +100,5 @@ def dashboard(request):
     """Release list and one release as its pipeline of stages; refreshes while it runs."""
     from shared.ui.dashboard import handle
 
-    status, body, headers = handle(request.method, request.path, request.args, bootstrap.store())
+    status, body, headers = handle(request.method, request.path, request.args, bootstrap.store(), bootstrap.app_records())
     return body, status, headers

@@ -1,9 +1,11 @@
 """`make demo`: one whole release of the sample app through the local stack.
 
 Starts the stack, sends a signed GitHub push webhook, prints each stage as it
-moves, follows the approval link that arrives by mail (or waits for your click
-with --approve-by-hand), measures the traffic split on the real service URL, and
-prints the release notes. Every process it started is stopped on exit or Ctrl-C.
+moves, follows the approval link that arrives by mail (or, with --approve-by-hand,
+prints every link that arrives and waits as long as the link is valid for your
+click or `relctl approve`), measures the traffic split on the real service URL, and
+prints the release notes. Every process it started is stopped on exit or Ctrl-C;
+with --keep the stack stays up after the release until Ctrl-C.
 
 --bad-canary releases a canary that answers its health checks but fails 5 % of real
 requests, is three times slower and logs tracebacks: the canary analysis of the prod
@@ -30,6 +32,12 @@ from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
 DEMO_REPO = "example/sample-app"
 PUSHER = "dev@example.com"
 SAMPLE_VERSION = "1.0.0"
+APPROVER = "approver@example.com"  # pipelines/sample.yaml
+# What relctl needs to reach the local stack, printed as one export line (rollback and preflight need
+# the stand-in endpoints and the sample pipeline, not only the emulators).
+RELCTL_KEYS = ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "RELEASE_PROJECT", "RELEASE_REGION",
+               "RELEASE_PIPELINE_FILE", "RELEASE_CLOUD_RUN_ENDPOINT", "RELEASE_IAM_ENDPOINT",
+               "RELEASE_ARTIFACT_REGISTRY", "RELEASE_ARTIFACT_REGISTRY_ENDPOINT")
 LINK = re.compile(r"(http://127\.0\.0\.1:\d+/\?token=[A-Za-z0-9_\-.=%]+)")
 
 
@@ -46,6 +54,9 @@ def send_push(stack: LocalStack, commit: str) -> dict:
         "ref": "refs/heads/main", "after": commit, "repository": {"full_name": DEMO_REPO},
         "pusher": {"name": "dev", "email": PUSHER}, "sender": {"login": "dev"},
         "head_commit": {"id": commit, "message": f"Release the sample app\n\nRelease-Version: {SAMPLE_VERSION}"},
+        "before": "0" * 40, "compare": f"https://github.com/{DEMO_REPO}/commit/{commit[:12]}",
+        "commits": [{"id": commit, "message": f"Release the sample app\n\nRelease-Version: {SAMPLE_VERSION}",
+                     "author": {"name": "dev", "email": PUSHER}}],
     }).encode()
     request = urllib.request.Request(stack.urls["on_push"] + "/", data=body, method="POST", headers={
         "Content-Type": "application/json", "X-GitHub-Event": "push", "X-GitHub-Delivery": f"demo-{time.time_ns()}",
@@ -109,27 +120,28 @@ def run(args) -> int:
         print(f"  telemetry: Cloud Run metrics sampled every {stack.metric_sample_s:g} s, readable "
               f"{stack.metric_delay_s:g} s later (GCP: 60 s and up to 180 s); logs after {stack.log_delay_s:g} s")
         print(f"  dashboard: {stack.urls['dashboard']}/")
-        env = stack.base_env()
-        operator = " ".join(f"{k}={v}" for k, v in stack.operator_env().items())
-        print(f"  relctl:    FIRESTORE_EMULATOR_HOST={env['FIRESTORE_EMULATOR_HOST']} "
-              f"PUBSUB_EMULATOR_HOST={env['PUBSUB_EMULATOR_HOST']} RELEASE_PROJECT={PROJECT} {operator} "
-              ".venv/bin/relctl list")
+        print("  relctl:    in another shell, paste this line, then run .venv/bin/relctl list")
+        print(f"    {relctl_env_line(stack)}")
         from google.cloud import firestore
 
         store = FirestoreStore(firestore.Client(project=PROJECT), Settings(project=PROJECT))
         release_id = send_push(stack, commit_sha())["release_id"]
         printer = Printer(pipeline)
         approved = chaos_requested = False
+        links: list[str] = []
         sampler = TrafficSampler(service_url(stack, "sample-web"))
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline:
             state = store.get(release_id)[0]
             printer.show(state)
-            if state.status is ReleaseStatus.STOPPED:
+            if state.status is ReleaseStatus.STOPPED and not (args.approve_by_hand and state.stopped_at_stage == "approval"):
                 print(f"release stopped: {state.reason}")
                 if args.bad_canary:
-                    return show_stopped_canary(state, sampler, stack)
-                return 1
+                    return keep(args, stack, show_stopped_canary(state, sampler, stack))
+                return keep(args, stack, 1)
+            if state.status is ReleaseStatus.CANCELLED:
+                print(f"release {state.reason}")
+                return keep(args, stack, 1)
             if args.chaos and not chaos_requested and state.status is ReleaseStatus.AWAITING_APPROVAL:
                 from shared.ui.operator_client import call_operator
 
@@ -137,13 +149,12 @@ def run(args) -> int:
                               {"release_id": release_id}, as_="qa@example.com")
                 chaos_requested = True
                 print("  chaos smoke requested (run_chaos=true)")
+            elif state.status is ReleaseStatus.AWAITING_APPROVAL and args.approve_by_hand:
+                deadline = max(deadline, wait_for_hand(state, mailbox, links))
             elif state.status is ReleaseStatus.AWAITING_APPROVAL and not approved:
-                link = LINK.search(mailbox.wait_for("approver@example.com", timeout_s=30)).group(1)
-                print(f"  approval link sent to approver@example.com: {link}")
-                if args.approve_by_hand:
-                    print("  open the link in a browser and approve; waiting …")
-                else:
-                    approve_by_link(link)
+                link = LINK.search(mailbox.wait_for(APPROVER, timeout_s=30)).group(1)
+                print(f"  approval link sent to {APPROVER}: {link}")
+                approve_by_link(link)
                 approved = True
             if state.stages["prod-deploy"].status is StageStatus.RUNNING and not sampler.samples:
                 sampler.__enter__()  # sample from before the split until after the last stage
@@ -157,10 +168,38 @@ def run(args) -> int:
                 print(f"  after traffic 100 %: {share:.0%} of 200 requests answered by {state.tag}")
                 print(f"release {release_id} succeeded in {time.monotonic() - started:.1f}s")
                 print_notes(release_id)
-                return 0
+                return keep(args, stack, 0)
             time.sleep(0.2)
         print(f"release did not finish within {args.timeout}s; logs are in {stack.workdir / 'logs'}")
-        return 1
+        return keep(args, stack, 1)
+
+
+def relctl_env_line(stack: LocalStack) -> str:
+    env = stack.function_env()
+    values = {k: env[k] for k in RELCTL_KEYS if env.get(k)} | stack.operator_env()
+    return "export " + " ".join(f"{k}={v}" for k, v in values.items())
+
+
+def wait_for_hand(state: ReleaseState, mailbox, links: list[str]) -> float:
+    """Print every approval link not printed yet (a resend sends new ones); the demo then waits
+    as long as the newest link is valid. Returns that deadline on the monotonic clock."""
+    for body in mailbox.bodies_for(APPROVER):
+        found = LINK.search(body)
+        if found and found.group(1) not in links:
+            links.append(found.group(1))
+            print(f"  approval link sent to {APPROVER} (valid until the approval expires):\n    {found.group(1)}")
+            print(f"  open it in a browser, or run: relctl approve {state.release_id} --as {APPROVER}")
+    expires = state.stages["approval"].deadline or time.time()
+    return time.monotonic() + max(0.0, expires - time.time()) + 5
+
+
+def keep(args, stack: LocalStack, code: int) -> int:
+    """--keep: leave the stack up for relctl and the dashboard until Ctrl-C."""
+    if not args.keep:
+        return code
+    print(f"the local stack stays up (dashboard {stack.urls['dashboard']}/); Ctrl-C stops it")
+    while True:
+        time.sleep(3600)
 
 
 def bad_canary_pipeline():
@@ -209,7 +248,10 @@ def print_notes(release_id: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__)
-    parser.add_argument("--approve-by-hand", action="store_true", help="wait for you to click the approval link")
+    parser.add_argument("--approve-by-hand", action="store_true",
+                        help="print every approval link and wait as long as it is valid for your click "
+                             "(or relctl approve); a rejected or expired approval can be re-sent meanwhile")
+    parser.add_argument("--keep", action="store_true", help="leave the stack up after the release until Ctrl-C")
     parser.add_argument("--chaos", action="store_true", help="request the optional chaos smoke (10a)")
     parser.add_argument("--bad-canary", action="store_true",
                         help="release a canary with green health checks that the canary analysis must stop")

@@ -36,6 +36,11 @@ class Mailbox:
     def __exit__(self, *exc) -> None:
         self.controller.stop()
 
+    def bodies_for(self, recipient: str) -> list[str]:
+        """Every mail to ``recipient`` so far, oldest first (a resend adds one)."""
+        with self.handler.lock:
+            return [body for rcpts, body in self.handler.messages if recipient in rcpts]
+
     def wait_for(self, recipient: str, timeout_s: float = 30) -> str:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -28,20 +28,27 @@ from shared.domain.errors import ConfigError
 PROJECT = "local-project"
 REGION = "europe-west3"
 PIPELINE_SA = f"pipeline@{PROJECT}.iam.gserviceaccount.com"
+RUNTIME_SA = f"release-runtime@{PROJECT}.iam.gserviceaccount.com"
+PROJECT_NUMBER = "123456789012"
 BASE_VERSION = "0.9.0"
 
+DEAD_LETTER_TOPIC = "pipeline-dead-letter"
 # name: (target, signature type, topics pushed to it)
 FUNCTIONS = {
     "on_push": ("on_push", "http", ()),
     "dispatch": ("dispatch", "cloudevent", ("pipeline-events", "cloud-builds")),
     "sweep": ("sweep", "cloudevent", ("pipeline-tick",)),
+    "drain_dead_letters": ("drain_dead_letters", "cloudevent", (DEAD_LETTER_TOPIC,)),
     "on_approval": ("on_approval", "http", ()),
     "probe": ("probe", "http", ()),  # Cloud Tasks (the stand-in) calls it at each probe's time
     "dashboard": ("dashboard", "http", ()),
     "operator": ("operator", "http", ()),
 }
 LOCAL_OPERATORS = ("operator@example.com", "qa@example.com")
-TOPICS = ("pipeline-events", "cloud-builds", "release-updates", "pipeline-tick")
+TOPICS = ("pipeline-events", "cloud-builds", "release-updates", "pipeline-tick", DEAD_LETTER_TOPIC)
+# As deploy/ sets it on dispatch's subscriptions: after this many failed deliveries Pub/Sub
+# forwards the message to the dead-letter topic (the emulator honours it too).
+DEAD_LETTER_POLICY = {"max_delivery_attempts": 5}
 
 
 @dataclass
@@ -145,6 +152,8 @@ class LocalStack:
             "GOOGLE_CLOUD_PROJECT": PROJECT,
             "RELEASE_PROJECT": PROJECT,
             "RELEASE_REGION": REGION,
+            # Who calls the stand-in: the functions' runtime account (the demo and relctl too).
+            "GOOGLE_APPLICATION_CREDENTIALS": str(self.workdir / "keys" / f"{RUNTIME_SA}.json"),
         }
 
     def function_env(self) -> dict[str, str]:
@@ -169,6 +178,8 @@ class LocalStack:
             "RELEASE_APPROVAL_BASE_URL": self.urls.get("on_approval", ""),
             "RELEASE_PUBLIC_BASE_URL": self.urls.get("dashboard", ""),
             "RELEASE_PIPELINE_SERVICE_ACCOUNT": PIPELINE_SA,
+            # The "GitHub" of the local stack: builds fetch the pushed commit from this checkout.
+            "RELEASE_SOURCE_URL": str(REPO_ROOT),
             "RELEASE_SMTP_HOST": "127.0.0.1" if self.smtp_port else "",
             "RELEASE_SMTP_PORT": str(self.smtp_port or 25),
             "RELEASE_NOTIFY_EMAILS": "release-team@example.com",
@@ -200,10 +211,11 @@ class LocalStack:
         return proc
 
     def _start_standin(self) -> None:
-        from shared.domain.pipeline import load_pipeline
-        from shared.domain.preflight import required_roles
+        from local.standin.identity import mint_key
 
-        roles = required_roles(load_pipeline(self.pipeline_file))
+        policies = deploy_policies(self.pipeline_file)
+        # The functions run as the runtime account, with a key the stand-in (as IAM) knows.
+        mint_key(self.workdir / "keys", RUNTIME_SA)
         config = {
             "project": PROJECT, "region": REGION, "workspace": str(REPO_ROOT),
             "local_images": ["local", "local/sample-app"],
@@ -213,7 +225,10 @@ class LocalStack:
             "task_dispatch_delay_s": self.task_dispatch_delay_s,
             "metric_sample_s": self.metric_sample_s, "metric_delay_s": self.metric_delay_s,
             "log_delay_s": self.log_delay_s,
-            "iam_bindings": {role: [f"serviceAccount:{PIPELINE_SA}"] for role in sorted(roles)},
+            "iam_bindings": policies.project,
+            "enforce_iam": True, "key_dir": str(self.workdir / "keys"),
+            "iam_account_bindings": policies.accounts, "custom_roles": policies.custom_roles,
+            "project_number": PROJECT_NUMBER,
             "jobs": self._sample_jobs(),
             "services": [
                 {"name": name, "image": f"local/sample-app:v{BASE_VERSION}-base",
@@ -279,12 +294,16 @@ class LocalStack:
                     subscriber.delete_subscription(subscription=path)
                 except NotFound:
                     pass
-                subscriber.create_subscription(request={
+                request = {
                     "name": path,
                     "topic": subscriber.topic_path(PROJECT, topic),
                     "push_config": {"push_endpoint": self.urls[name] + "/"},
                     "ack_deadline_seconds": 60,
-                })
+                }
+                if name == "dispatch":
+                    request["dead_letter_policy"] = {**DEAD_LETTER_POLICY,
+                                                     "dead_letter_topic": subscriber.topic_path(PROJECT, DEAD_LETTER_TOPIC)}
+                subscriber.create_subscription(request=request)
 
     def _tick(self) -> None:
         from google.cloud import pubsub_v1
@@ -297,3 +316,18 @@ class LocalStack:
             except Exception as exc:  # the stack may be shutting down
                 if not self._stop.is_set():
                     print(f"ticker: {exc}", file=sys.stderr)
+
+
+def deploy_policies(pipeline_file: Path):
+    """The IAM policies deploy/ would leave in a project with this pipeline (what the stand-in enforces)."""
+    from deploy.config import DeployConfig
+    from deploy.iam_policy import policies
+    from deploy.model import build_plan
+    from shared.app.config import Settings
+    from shared.domain.pipeline import load_pipeline
+
+    pipeline = load_pipeline(pipeline_file)
+    settings = Settings(project=PROJECT, region=REGION, pipeline_file=str(pipeline_file))
+    config = DeployConfig(settings=settings, pipeline=pipeline, github_repository="example/sample-app",
+                          project_number=PROJECT_NUMBER, pipeline_sa_id=PIPELINE_SA.split("@")[0])
+    return policies(build_plan(config))

@@ -82,12 +82,28 @@ def dispatcher():
     from shared.adapters.executors.run_services import rollback
 
     return Dispatcher(store(), publisher(), executors(), approvals(), notifier(), SystemClock(), settings(), locks,
-                      roll_back=lambda service: rollback(settings(), service), operator_requests=operator_requests(),
-                      probes=probe_scheduler())
+                      dead_letter_store(), roll_back=lambda service, to=None: rollback(settings(), service, to),
+                      operator_requests=operator_requests(), probes=probe_scheduler())
+
+
+@functools.cache
+def dead_letter_store():
+    from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
+
+    return FirestoreDeadLetters(store().client, settings())
+
+
+@functools.cache
+def dead_letters():
+    """The dead-letter API (keep, drain, list, re-drive) over the one store."""
+    from shared.app.dead_letters import DeadLetters
+
+    return DeadLetters(dead_letter_store(), publisher(), SystemClock(), settings())
 
 
 @functools.cache
 def app_records():
+    """``apps/{app}``: locks, version floor, stage medians (read by the dashboard for the ETA)."""
     from shared.adapters.firestore_apps import FirestoreAppRecords
 
     return FirestoreAppRecords(store().client, settings())
@@ -165,7 +181,19 @@ def operator():
     s = settings()
     verifier = GoogleIdTokenVerifier(s.operator_audience, s.operator_certs_url,
                                      tuple(i.strip() for i in s.operator_issuers.split(",")))
+    from shared.app.approvals import ApprovalService
+    from shared.app.locks import EnvironmentLocks
+    from shared.app.operator_actions import (register_approval_actions, register_cancel,
+                                             register_dead_letter_actions, register_freeze)
+
     service = OperatorService.from_settings(s, verifier, operator_requests(), SystemClock())
+    # approve / reject by identity: same store and rules as the links, but no signing key here.
+    decisions = ApprovalService.from_settings(s, store=approval_store(), publisher=publisher(), clock=SystemClock(),
+                                              releases=store(), link_senders=(), signing=False)
+    register_approval_actions(service, decisions)
+    register_cancel(service, store(), publisher(), s.events_topic)
+    register_dead_letter_actions(service, dead_letters())
+    register_freeze(service, EnvironmentLocks(app_records(), publisher(), s), pipeline().name)
     return register_release_actions(service, store(), publisher(), s)
 
 

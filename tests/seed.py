@@ -15,3 +15,7 @@ SEED_ROLES = frozenset({
     "roles/redis.admin",
     "roles/compute.networkUser",
 })
+
+# What the preflight requires of the shipped pipeline: the seed's roles and the log writer of
+# builds that run as the pipeline account with CLOUD_LOGGING_ONLY (issue 12, finding 1).
+REQUIRED_ROLES = frozenset(SEED_ROLES) | {"roles/logging.logWriter"}

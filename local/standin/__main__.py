@@ -13,6 +13,10 @@ FILE (JSON or YAML) holds the StandInConfig fields plus what to create at start:
     jobs:     [{name: noesis2-migrate, image: local, command: [python, -m, sample_app.migrate], env: {DATA_DIR: ...}}]
     services: [{name: noesis2-web, image: local, env: {VERSION: "0.0.0"}, labels: {version: "0.0.0"}}]
     iam_bindings: {roles/run.developer: [serviceAccount:deployer@local-project.iam.gserviceaccount.com]}
+    enforce_iam: true                 # after seeding: every call needs a token of a key in key_dir
+    key_dir: .local-stack/keys
+    iam_account_bindings: {ACCOUNT: {roles/iam.serviceAccountUser: [serviceAccount:...]}}
+    custom_roles: {projects/local-project/roles/x: [resourcemanager.projects.getIamPolicy]}
     outcomes: [{kind: build, match: rel-, outcome: SUCCESS, detail: ""}]
 
 Prints ``STANDIN_READY <endpoint>`` once serving; runs until SIGTERM or SIGINT.
@@ -51,6 +55,8 @@ def load_config(path: Path) -> tuple[StandInConfig, dict[str, Any]]:
         **{key: float(raw[key]) for key in ("metric_sample_s", "metric_delay_s", "log_delay_s") if key in raw},
         task_queues=tuple(raw.get("task_queues", ())),
         task_dispatch_delay_s=float(raw.get("task_dispatch_delay_s", 0.0)),
+        project_number=str(raw.get("project_number", "123456789012")),
+        key_dir=resolve(raw.get("key_dir", "standin-keys")),
     )
     return config, raw
 
@@ -97,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stopping.set())
     standin = StandIn(config).start()
     try:
-        seed(standin, raw)
+        seed(standin, raw)  # as the project's owner, before IAM is enforced
+        if raw.get("enforce_iam"):
+            standin.enforce_iam(raw.get("iam_account_bindings") or {}, raw.get("custom_roles") or {})
         print(f"STANDIN_READY {standin.endpoint}", flush=True)
         stopping.wait()
     finally:

@@ -119,7 +119,7 @@ class ArtifactRegistryService:
         for ref in build.images:
             if parse_ref(ref) is not None:
                 # One digest per build and reference: a build republished later pushes nothing new.
-                self.push(ref, "sha256:" + hashlib.sha256(f"{build.id}\n{ref}".encode()).hexdigest())
+                self.push(ref, image_digest(build.id, ref))
 
     def images(self) -> list[DockerImage]:
         with self._lock:
@@ -180,6 +180,12 @@ class ArtifactRegistryService:
         if repo is None:
             raise ApiError(grpc.StatusCode.NOT_FOUND, f"Requested entity was not found: {name}")
         return repo
+
+
+def image_digest(build_id: str, ref: str) -> str:
+    """The digest a build's push of ``ref`` gets: one per build and reference, so a build
+    republished later pushes nothing new."""
+    return "sha256:" + hashlib.sha256(f"{build_id}\n{ref}".encode()).hexdigest()
 
 
 def _tag(package: str, name: str, digest: str) -> Tag:

@@ -17,15 +17,20 @@ from typing import Callable
 import grpc
 from google.longrunning.operations_pb2 import Operation
 from google.cloud.devtools.cloudbuild_v1.types import (
-    Build, BuildOperationMetadata, BuildStep, CancelBuildRequest, CreateBuildRequest, GetBuildRequest,
+    Build, BuildOperationMetadata, BuildStep, BuiltImage, CancelBuildRequest, CreateBuildRequest, GetBuildRequest,
     ListBuildsRequest, ListBuildsResponse, TimeSpan,
 )
 
+from local.standin.artifact_registry import image_digest
+from local.standin.build_rules import apply_substitutions, built_ins, check_build
+from local.standin.identity import default_compute_account, mint_key
 from local.standin.common import ApiError, OperationStore, OutcomeRules, StandInConfig, clone, image_is_local, now
 from local.standin.processes import Supervisor, child_env
+from local.standin.workspace import IMAGES_FILE_ENV, BuildWorkspace
 
 SERVICE = "google.devtools.cloudbuild.v1.CloudBuild"
-STEP_OUTPUT_LIMIT = 4096  # real Cloud Build keeps the first 4 KB of $BUILDER_OUTPUT/output
+# The Build proto, build_step_outputs: "Only the first 50KB of data is stored."
+STEP_OUTPUT_LIMIT = 50 * 1024
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 Status = Build.Status
 TERMINAL = {Status.SUCCESS, Status.FAILURE, Status.INTERNAL_ERROR, Status.TIMEOUT, Status.CANCELLED, Status.EXPIRED}
@@ -44,6 +49,7 @@ class CloudBuildService:
         self._op_names: dict[str, str] = {}
         self._cancel: dict[str, threading.Event] = {}
         self._lock = threading.RLock()
+        self.guard = None  # the IamGuard: steps and pushes act as the build's service account
 
     def register(self, registry) -> None:
         registry.add(SERVICE, "CreateBuild", self.create_build, CreateBuildRequest, Operation)
@@ -72,10 +78,9 @@ class CloudBuildService:
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid parent {request.parent!r}")
             project, location = match.groups()
         build = clone(request.build)
-        for i, step in enumerate(build.steps):
-            if not step.name:
-                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid build: step {i} has no name")
+        check_build(build)
         build.id = str(uuid.uuid4())
+        apply_substitutions(build, built_ins(build, project, location, self._cfg.project_number))
         build.project_id = project
         build.name = f"projects/{project}/locations/{location}/builds/{build.id}"
         build.status = Status.QUEUED
@@ -83,7 +88,8 @@ class CloudBuildService:
         if not build.timeout:
             build.timeout = DEFAULT_TIMEOUT
         build.log_url = (self._cfg.log_dir / "builds" / f"{build.id}.log").resolve().as_uri()
-        build.logs_bucket = f"gs://{project}_cloudbuild/logs"
+        if not build.logs_bucket and build.options.logging.name not in ("CLOUD_LOGGING_ONLY", "STACKDRIVER_ONLY", "NONE"):
+            build.logs_bucket = f"gs://{project}_cloudbuild/logs"  # the default bucket
         with self._lock:
             self._builds[build.id] = build
             self._cancel[build.id] = threading.Event()
@@ -134,18 +140,35 @@ class CloudBuildService:
             steps = [clone(s) for s in build.steps]
             timeout_s = build.timeout.total_seconds()
             tags = list(build.tags)
+            source = clone(build.source)
+            images = list(build.images)
+        workspace = BuildWorkspace(self._cfg.log_dir / "workspaces", build_id)
+        try:
+            self._run_in(build_id, steps, tags, source, images, workspace, build.start_time.timestamp() + timeout_s)
+        finally:
+            workspace.remove()
+
+    def _run_in(self, build_id: str, steps: list[BuildStep], tags: list[str], source, images: list[str],
+                workspace: BuildWorkspace, deadline: float) -> None:
         cancel = self._cancel[build_id]
-        deadline = build.start_time.timestamp() + timeout_s
         outputs: list[bytes] = []
+        problem = self._fetch_source(source, workspace)
+        if problem:
+            self._end(build_id, Status.FAILURE, problem, outputs)
+            return
         for index, step in enumerate(steps):
             if cancel.is_set():
                 return
             started = now()
             self._set_step(build_id, index, Status.WORKING, started, None)
             if image_is_local(step.name, self._cfg.local_images):
-                status, detail, output = self._run_local_step(build_id, index, step, deadline - now().timestamp())
+                status, detail, output = self._run_local_step(build_id, index, step, workspace,
+                                                              source.git_source.dir_, deadline - now().timestamp())
             else:
-                status, detail, output = self._follow_rule(build_id, step, tags, cancel)
+                status, detail, output = self._follow_rule(build_id, step, tags, cancel, deadline)
+            if status is Status.SUCCESS:
+                detail = workspace.record_docker_step(step.name, list(step.args))
+                status = Status.FAILURE if detail else status
             if cancel.is_set():
                 return
             outputs.append(output)
@@ -153,10 +176,36 @@ class CloudBuildService:
             if status is not Status.SUCCESS:
                 self._end(build_id, status, detail, outputs)
                 return
+        missing = [image for image in images if image not in workspace.built()]
+        if missing:
+            self._end(build_id, Status.FAILURE, f"failed to push {missing[0]}: An image does not exist locally "
+                      "with the tag (no step of this build built it)", outputs)
+            return
+        # Build proto, images: "The images are pushed using the builder service account's credentials."
+        account = self._account(build_id)
+        upload = "artifactregistry.repositories.uploadArtifacts"
+        if images and self.guard is not None and self.guard.enforcing and not self.guard.holds(
+                f"serviceAccount:{account}", upload):
+            self._end(build_id, Status.FAILURE, f"failed to push {images[0]}: denied: Permission '{upload}' denied "
+                      f"on resource for {account} (or it may not exist)", outputs)
+            return
         self._end(build_id, Status.SUCCESS, "", outputs)
 
-    def _run_local_step(self, build_id: str, index: int, step: BuildStep,
-                        remaining_s: float) -> tuple[Status, str, bytes]:
+    def _account(self, build_id: str) -> str:
+        with self._lock:
+            named = self._builds[build_id].service_account
+        return named.rsplit("/", 1)[-1] if named else default_compute_account(self._cfg.project_number)
+
+    @staticmethod
+    def _fetch_source(source, workspace: BuildWorkspace) -> str:
+        if source.git_source.url:
+            return workspace.fetch_git(source.git_source.url, source.git_source.revision)
+        if source.storage_source.bucket or source.repo_source.repo_name or source.connected_repository.repository:
+            return "failed to fetch source: the stand-in serves gitSource only"
+        return ""  # no source: the build starts in an empty /workspace
+
+    def _run_local_step(self, build_id: str, index: int, step: BuildStep, workspace: BuildWorkspace,
+                        source_dir: str, remaining_s: float) -> tuple[Status, str, bytes]:
         argv = ([step.entrypoint] if step.entrypoint else []) + list(step.args)
         if step.script:
             argv = ["bash", "-c", step.script]
@@ -165,12 +214,15 @@ class CloudBuildService:
         with tempfile.TemporaryDirectory(prefix="builder-output-") as outdir:
             env = dict(item.split("=", 1) for item in step.env if "=" in item)
             env["BUILDER_OUTPUT"] = outdir
+            env[IMAGES_FILE_ENV] = str(workspace.images_file)
+            # Steps act as the build's service account: google-auth in a step finds its key.
+            env["GOOGLE_APPLICATION_CREDENTIALS"] = str(mint_key(self._cfg.key_dir, self._account(build_id)))
             log_path = self._cfg.log_dir / "builds" / f"{build_id}.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with log_path.open("a") as log:
                 log.write(f"Step #{index} ({step.id or step.name}): {' '.join(argv)}\n")
             result = self._supervisor.run(
-                argv, cwd=self._cfg.workspace / step.dir, env=child_env(env), log_path=log_path,
+                argv, cwd=workspace.path / source_dir / step.dir_, env=child_env(env), log_path=log_path,
                 timeout_s=max(remaining_s, 0.1), cancel=self._cancel[build_id],
             )
             output_file = Path(outdir) / "output"
@@ -186,13 +238,16 @@ class CloudBuildService:
         return Status.SUCCESS, "", output
 
     def _follow_rule(self, build_id: str, step: BuildStep, tags: list[str],
-                     cancel: threading.Event) -> tuple[Status, str, bytes]:
+                     cancel: threading.Event, deadline: float) -> tuple[Status, str, bytes]:
         rule = self._outcomes.find("build", tags + [build_id])
         if rule is None:
             return Status.FAILURE, f"stand-in cannot run image {step.name}; no outcome set for this build", b""
         if rule.outcome == "HANG":
-            cancel.wait()
-            return Status.CANCELLED, "Build was cancelled", b""
+            # The Build proto, timeout: "If this amount of time elapses, work on the build will cease
+            # and the build status will be TIMEOUT."
+            if cancel.wait(max(deadline - now().timestamp(), 0)):
+                return Status.CANCELLED, "Build was cancelled", b""
+            return Status.TIMEOUT, f'Build timeout exceeded during step "{step.name}"', b""
         if rule.outcome == "FAILURE":
             return Status.FAILURE, rule.detail or f"build step \"{step.name}\" failed (outcome set by test)", b""
         return Status.SUCCESS, "", rule.detail.encode()[:STEP_OUTPUT_LIMIT] if rule.detail else b""
@@ -209,6 +264,9 @@ class CloudBuildService:
             if build.status in TERMINAL:
                 return
             build.results.build_step_outputs = outputs + [b""] * (len(build.steps) - len(outputs))
+            if status is Status.SUCCESS:
+                build.results.images = [BuiltImage(name=ref, digest=image_digest(build.id, ref))
+                                        for ref in build.images]
             if status is Status.FAILURE:
                 build.failure_info = Build.FailureInfo(type_=Build.FailureInfo.FailureType.USER_BUILD_STEP,
                                                        detail=detail)

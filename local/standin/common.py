@@ -24,6 +24,7 @@ KINDS = ("build", "job", "service")
 @dataclass(frozen=True)
 class StandInConfig:
     project: str = "local-project"
+    project_number: str = "123456789012"
     region: str = "europe-west3"
     workspace: Path = Path(".")
     # Images whose build steps, job containers and revisions run as local processes.
@@ -44,6 +45,8 @@ class StandInConfig:
     # schedule time a task is dispatched (GCP's dispatch latency, for benchmarks).
     task_queues: tuple[str, ...] = ()
     task_dispatch_delay_s: float = 0.0
+    # Service account keys the stand-in (as IAM) knows; build steps get their account's key.
+    key_dir: Path = Path("test-output/standin-keys")
 
 
 class ApiError(Exception):
@@ -219,6 +222,8 @@ class Registry:
 
     faults: Faults
     services: dict[str, list[Method]] = field(default_factory=dict)
+    # guard(method, request, metadata) raises ApiError when the caller may not make the call.
+    guard: Callable[[str, Any, dict], None] | None = None
 
     def add(self, service: str, name: str, handler: Callable[[Any], Any], request_type: type,
             response_type: type) -> None:
@@ -243,6 +248,8 @@ class Registry:
             if fault is not None:
                 context.abort(fault.code, fault.message)
             try:
+                if self.guard is not None:
+                    self.guard(method.name, request, dict(context.invocation_metadata()))
                 return method.handler(request)
             except ApiError as exc:
                 context.abort(exc.code, exc.message)

@@ -27,6 +27,20 @@ class ProjectsIamService:
         ])
         self._store(policy)
 
+    def roles_of(self, member: str) -> set[str]:
+        """Roles the project policy grants ``member`` unconditionally."""
+        with self._lock:
+            return {b.role for b in self._policy.bindings if member in b.members and not b.condition.expression}
+
+    def revoke(self, member: str, role: str) -> None:
+        with self._lock:
+            policy = policy_pb2.Policy()
+            policy.CopyFrom(self._policy)
+        for binding in policy.bindings:
+            if binding.role == role and member in binding.members:
+                binding.members.remove(member)
+        self._store(policy)
+
     def _store(self, policy: policy_pb2.Policy) -> None:
         policy.etag = hashlib.sha256(policy.SerializeToString(deterministic=True)).digest()[:8]
         with self._lock:

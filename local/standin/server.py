@@ -1,5 +1,6 @@
 """StandIn: one loopback gRPC server playing Cloud Build, Cloud Run v2, Resource Manager IAM,
-the docker part of Artifact Registry and Cloud Tasks (HTTP tasks).
+IAM's testIamPermissions on service accounts, the docker part of Artifact Registry, Cloud Tasks
+(HTTP tasks), and Cloud Logging / Cloud Monitoring reads of the traffic the routers served.
 
 The real client libraries talk to it through shared/adapters/gcp_clients.py when an endpoint
 setting points here. Tests steer it in-process (set_outcome, fail_next,
@@ -19,6 +20,9 @@ from local.standin.artifact_registry import ArtifactRegistryService
 from local.standin.builds import CloudBuildService
 from local.standin.common import ApiError, Faults, OperationStore, OutcomeRules, Registry, StandInConfig
 from local.standin.iam import ProjectsIamService
+from local.standin.iam_admin import IamAdminService
+from local.standin.iam_guard import IamGuard
+from local.standin.identity import KeyRing
 from local.standin.jobs import JobsService
 from local.standin.logging_api import LoggingService
 from local.standin.monitoring_api import MetricService, MetricTiming, RequestRecorder, ServedRequest
@@ -54,6 +58,8 @@ class StandIn:
         self._tasks = CloudTasksService(config.task_dispatch_delay_s)
         for queue in config.task_queues:
             self._tasks.add_queue(queue)
+        self.guard = IamGuard(KeyRing(config.key_dir), config.project, config.project_number, self._iam.roles_of)
+        self._builds.guard = self.guard
         self._server: grpc.Server | None = None
         self._port = 0
 
@@ -61,9 +67,9 @@ class StandIn:
     def start(self) -> "StandIn":
         self.config.log_dir.mkdir(parents=True, exist_ok=True)
         self._notifier.start()
-        registry = Registry(self._faults)
-        for service in (self._builds, self._jobs, self._services, self._iam, self._artifacts, self._tasks,
-                        self.monitoring, self.logging):
+        registry = Registry(self._faults, guard=self.guard.check)
+        for service in (self._builds, self._jobs, self._services, self._iam, self._artifacts,
+                        IamAdminService(self.guard), self._tasks, self.monitoring, self.logging):
             service.register(registry)
         registry.add(OPERATIONS, "GetOperation", self._get_operation, operations_pb2.GetOperationRequest,
                      operations_pb2.Operation)
@@ -114,6 +120,20 @@ class StandIn:
 
     def set_iam_policy(self, bindings: dict[str, list[str]]) -> None:
         self._iam.set_bindings(bindings)
+
+    def enforce_iam(self, account_bindings: dict[str, dict[str, list[str]]] | None = None,
+                    custom_roles: dict[str, list[str]] | None = None) -> None:
+        """From now on every call needs a valid token and the permission, against the project
+        policy (set_iam_policy), ``account_bindings`` (account -> role -> members, e.g. who may
+        act as it) and ``custom_roles`` (role name -> permissions)."""
+        self.guard.enforce(account_bindings, custom_roles)
+
+    def revoke(self, member: str, role: str, account: str = "") -> None:
+        """Remove ``role`` from ``member`` on the project, or on ``account`` when given."""
+        if account:
+            self.guard.revoke(member, role, account)
+        else:
+            self._iam.revoke(member, role)
 
     def push_image(self, image: str, digest: str = "") -> str:
         """Record ``LOCATION-docker.pkg.dev/PROJECT/REPO/IMAGE:TAG`` as pushed; returns its

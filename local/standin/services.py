@@ -7,6 +7,7 @@ traffic tag URL are small routers in front of them.
 """
 from __future__ import annotations
 
+import re
 import socket
 import sys
 import threading
@@ -121,6 +122,7 @@ class ServicesService:
     # -- the work --------------------------------------------------------------------
     def _apply(self, service: run_v2.Service, previous: run_v2.Service | None) -> Operation:
         service_id = service.name.rsplit("/", 1)[-1]
+        check_template(service_id, service.template)
         service.generation += 1
         template = clone(service.template)  # compared as messages: map order differs on the wire
         latest = previous.latest_created_revision if previous else ""
@@ -269,6 +271,30 @@ class ServicesService:
             routers, self._routers = list(self._routers.values()), {}
         for router in routers:
             router.stop()
+
+
+# https://cloud.google.com/run/docs/configuring/labels (and
+# https://cloud.google.com/resource-manager/docs/creating-managing-labels#requirements):
+# "Keys have a minimum length of 1 character and a maximum length of 63 characters ... Values can be
+#  empty, and have a maximum length of 63 characters. Keys and values can contain only lowercase
+#  letters, numeric characters, underscores, and dashes." Keys must start with a lowercase letter.
+LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
+# The Cloud Run Admin API v2 reference, RevisionTemplate.revision
+# (https://cloud.google.com/run/docs/reference/rest/v2/projects.locations.services#revisiontemplate):
+# "The unique name for the revision. If this field is omitted, it will be automatically generated
+#  based on the Service name."; a given name is refused unless it is prefixed by the service's:
+# "Revision name must be prefixed by the name of the enclosing Service or Configuration with a trailing -".
+def check_template(service_id: str, template: run_v2.RevisionTemplate) -> None:
+    for key, value in template.labels.items():
+        if not LABEL_KEY.match(key) or not LABEL_VALUE.match(value):
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"template.labels: label {key!r}={value!r} is invalid: keys and values may contain only "
+                           "lowercase letters, numeric characters, underscores and dashes (at most 63)")
+    if template.revision and not template.revision.startswith(f"{service_id}-"):
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"template.revision: Revision name must be prefixed by the name of the enclosing Service "
+                       f"or Configuration with a trailing -: {template.revision!r} does not start with '{service_id}-'")
 
 
 def _validate_traffic(targets: list[run_v2.TrafficTarget], revisions: set[str]) -> None:

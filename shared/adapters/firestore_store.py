@@ -17,7 +17,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from shared.app.config import Settings
-from shared.domain.errors import DefinitionError, StaleWrite
+from shared.domain.errors import DefinitionError, DocumentTooLarge, StaleWrite
 from shared.domain.pipeline import Pipeline, parse_pipeline, thaw
 from shared.domain.state import ReleaseState
 from shared.domain.wake import RECORD_RETENTION_S
@@ -29,7 +29,6 @@ class FirestoreStore:
         self.settings = settings
         self.releases = client.collection(settings.collection("releases"))
         self.pipelines = client.collection(settings.collection("pipelines"))
-        self.dead_letters = client.collection(settings.collection("dead_letters"))
         self.deliveries = client.collection(settings.collection("deliveries"))
         self._pipeline_cache: dict[str, Pipeline] = {}
 
@@ -52,6 +51,8 @@ class FirestoreStore:
             result = self.releases.document(state.release_id).update(_document(state), option=option)
         except gexc.FailedPrecondition:
             raise StaleWrite("release changed since it was read", release_id=state.release_id) from None
+        except gexc.InvalidArgument as exc:
+            raise _too_large(exc, state.release_id) from None
         return result.update_time
 
     def update_fields(self, release_id: str, fields: Mapping[tuple[str, ...], Any], token: Any) -> Any:
@@ -62,6 +63,8 @@ class FirestoreStore:
             result = self.releases.document(release_id).update(paths, option=option)
         except gexc.FailedPrecondition:
             raise StaleWrite("release changed since it was read", release_id=release_id) from None
+        except gexc.InvalidArgument as exc:
+            raise _too_large(exc, release_id) from None
         return result.update_time
 
     def list_releases(self, limit: int = 50) -> list[ReleaseState]:
@@ -98,18 +101,9 @@ class FirestoreStore:
             self._pipeline_cache[digest] = parse_pipeline(json.loads(snapshot.get("document")))
         return self._pipeline_cache[digest]
 
-    def record_dead_letter(self, event_id: str, reason: str, payload: str, source: str) -> None:
-        try:
-            self.dead_letters.document(_doc_id(event_id)).create(
-                {"event_id": event_id, "reason": reason, "payload": payload, "source": source,
-                 "received_at": firestore.SERVER_TIMESTAMP, "expire_at": expires_in(RECORD_RETENTION_S)}
-            )
-        except gexc.AlreadyExists:
-            pass  # a redelivery of a malformed event: recorded once
-
     def claim_delivery(self, delivery_id: str, info: Mapping[str, Any]) -> bool:
         try:
-            self.deliveries.document(_doc_id(delivery_id)).create(
+            self.deliveries.document(doc_id(delivery_id)).create(
                 {**dict(info), "expire_at": expires_in(RECORD_RETENTION_S)})
             return True
         except gexc.AlreadyExists:
@@ -136,7 +130,16 @@ def expires_in(seconds: float) -> datetime:
     return datetime.now(timezone.utc) + timedelta(seconds=seconds)
 
 
-def _doc_id(raw: str) -> str:
+def _too_large(exc: Exception, release_id: str) -> Exception:
+    """Firestore's size refusals ("maximum entity size", "longer than 1048487 bytes", "exceeds the
+    maximum size") as DocumentTooLarge; any other InvalidArgument stays what it is."""
+    text = str(exc).lower()
+    if any(words in text for words in ("entity size", "longer than", "maximum size", "too large")):
+        return DocumentTooLarge(f"Firestore refused the write: {str(exc)[:200]}", release_id=release_id)
+    return exc
+
+
+def doc_id(raw: str) -> str:
     """Firestore ids may not contain '/' nor be '.' or '..'."""
     cleaned = raw.replace("/", "_")[:500]
     return cleaned if cleaned.strip(".") else f"id-{cleaned}"

@@ -82,7 +82,7 @@ class ApprovalService:
         self,
         settings: Settings,
         store: ApprovalStore,
-        keyring: Keyring,
+        keyring: Keyring | None,  # None: decisions by identity only (the operator function holds no key)
         publisher: EventPublisher,
         clock: Clock,
         link_senders: Sequence[LinkSender] = (),
@@ -111,6 +111,7 @@ class ApprovalService:
         releases: ReleaseStore | None = None,
         link_senders: Sequence[LinkSender] | None = None,
         notifier: object | None = None,
+        signing: bool = True,
     ) -> "ApprovalService":
         """Keys from RELEASE_APPROVAL_KEYS, links by mail when RELEASE_SMTP_HOST is set, and the
         release readers from ``releases`` (needed by ``handle``, not by ``request``).
@@ -123,7 +124,7 @@ class ApprovalService:
         return cls(
             settings,
             store,
-            Keyring.from_setting(settings.approval_keys),
+            Keyring.from_setting(settings.approval_keys) if signing else None,
             publisher,
             clock,
             link_senders_from_settings(settings) if link_senders is None else link_senders,
@@ -169,12 +170,17 @@ class ApprovalService:
             return "the event does not match the decision recorded through its link"
         return ""
 
+    def _keys(self) -> Keyring:
+        if self.keyring is None:
+            raise ConfigError("this ApprovalService was built without RELEASE_APPROVAL_KEYS (signing=False)")
+        return self.keyring
+
     def link_for(self, record: ApprovalRecord) -> str:
         claims = LinkClaims(
             record.release_id, record.stage, record.attempt, record.approver, record.nonce, record.tag, record.expires_at,
             record.digest,
         )
-        return f"{self.settings.approval_base_url.rstrip('/')}/?token={quote(sign(claims, self.keyring), safe='')}"
+        return f"{self.settings.approval_base_url.rstrip('/')}/?token={quote(sign(claims, self._keys()), safe='')}"
 
     def _send_link(self, approver: str, subject: str, text: str, release_id: str) -> bool:
         delivered = False
@@ -211,7 +217,10 @@ class ApprovalService:
     def _check(self, token: str, now: float) -> _Checked:
         if self.get_release is None or self.get_stage is None:
             raise ConfigError("ApprovalService.handle needs get_release and get_stage")
-        claims = verify(token, self.keyring, now)
+        return self._check_claims(verify(token, self._keys(), now), now)
+
+    def _check_claims(self, claims: LinkClaims, now: float) -> _Checked:
+        """Every rule a decision must pass, for a link's verified claims or an operator's request."""
         record = self.store.get(claims.nonce)
         if record is None:
             raise ApprovalRefused(404, "Unknown request", "this approval request does not exist")
@@ -276,6 +285,44 @@ class ApprovalService:
             ), dict(pages.SECURITY_HEADERS))
         answer = pages.done_page(choice == "approve", claims.release_id, claims.tag, claims.approver)
         return HttpAnswer(200, answer, dict(pages.SECURITY_HEADERS))
+
+    # -- relctl approve / reject (through the operator function) ------------------
+    def decide_as(self, approver: str, release_id: str, approve: bool, reason: str, via: str) -> Mapping[str, Any]:
+        """An approver's decision sent with their verified Google identity instead of a link.
+
+        It uses the approval request their link would carry (one per approver and attempt),
+        so every rule of the link holds: the approver list, no self-approval, the attempt
+        still waiting and not expired, one decision per request. Raises ApprovalRefused."""
+        if self.get_release is None or self.get_stage is None:
+            raise ConfigError("ApprovalService.decide_as needs get_release and get_stage")
+        release = self.get_release(release_id)
+        if release is None:
+            raise ApprovalRefused(404, "Release not found", f"release {release_id} does not exist")
+        stage = self.get_stage(release)
+        st = release.stages.get(stage.id)
+        if approver not in stage.params["approvers"]:
+            raise ApprovalRefused(403, "Not an approver", f"{approver} is not an approver of {stage.label}")
+        if approver == release.pushed_by:
+            raise ApprovalRefused(403, "Not allowed", f"{approver} pushed this commit and cannot approve it")
+        attempt = st.attempt if st is not None else 0
+        record = self.store.find_open(release_id, stage.id, attempt, approver)
+        if record is None or st is None or st.status is not StageStatus.WAITING:
+            raise ApprovalRefused(409, "Nothing to decide",
+                                  f"release {release_id} has no open approval request for {approver} "
+                                  f"(stage {stage.id} is {st.status.value if st else 'missing'}, attempt {attempt}; "
+                                  "already decided, or no links were sent for this attempt)")
+        now = self.clock.now()
+        if now > record.expires_at:
+            raise ApprovalRefused(410, "Link expired", f"the approval request of release {release_id} has expired")
+        claims = LinkClaims(record.release_id, record.stage, record.attempt, record.approver, record.nonce,
+                            record.tag, record.expires_at, record.digest)
+        answer = self._decide(self._check_claims(claims, now),
+                              {"decision": "approve" if approve else "reject", "reason": reason}, {"User-Agent": via})
+        if answer.status != 200:
+            raise ApprovalRefused(answer.status, "Not delivered", "the decision was recorded but not yet published; "
+                                  "an operator can redeliver it")
+        return {"release_id": release_id, "stage": stage.id, "attempt": record.attempt,
+                "decision": "approved" if approve else "rejected", "approver": approver}
 
     def _publish(self, record: ApprovalRecord) -> str:
         event = ApprovalDecided("", record.release_id, record.stage, record.attempt, record.nonce, record.approver,

@@ -42,13 +42,19 @@ class Settings:
     probe_url: str = ""
     probe_service_account: str = ""
     artifact_registry: str = ""  # e.g. europe-west3-docker.pkg.dev/PROJECT/noesis2
-    pipeline_service_account: str = ""  # the account the preflight checks (deploy/ creates it)
+    pipeline_service_account: str = ""  # builds run as it and the preflight checks it (deploy/ creates it)
+    # Cloud Build's region; empty means ``region``. Some projects may run builds in a few regions only.
+    build_region: str = ""
+    # Git URL the builds fetch the pushed commit from; empty means https://github.com/<repo>.git.
+    source_url: str = ""
     approval_base_url: str = "http://127.0.0.1:8083"
     public_base_url: str = ""  # dashboard, shown in notifications
     webhook_secret: str = field(default="", repr=False)
     approval_keys: str = field(default="", repr=False)  # "kid:secret,kid2:secret2", newest first
     smtp_host: str = ""
-    smtp_port: int = 25
+    smtp_port: int = 25  # on GCP 25 is blocked for external destinations: use 587 (STARTTLS)
+    smtp_user: str = ""  # with a login the mail goes over STARTTLS only
+    smtp_password: str = field(default="", repr=False)  # from Secret Manager (deploy/: --set-secrets)
     mail_from: str = "release-bot@localhost"
     notify_emails: str = ""  # comma-separated: who gets failure / approval / finished notices by mail
     slack_webhook_url: str = field(default="", repr=False)

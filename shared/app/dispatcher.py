@@ -24,6 +24,7 @@ from shared.domain.commands import (
     Command,
     NoticeKind,
     Notify,
+    RecordDurations,
     ReleaseLock,
     RequestApproval,
     RollBack,
@@ -32,10 +33,9 @@ from shared.domain.commands import (
     command_to_dict,
 )
 from shared.app.config import Settings
-from shared.domain.errors import ExecutorError, MalformedEvent, StaleWrite, TransientError
+from shared.domain.errors import DocumentTooLarge, ExecutorError, StaleWrite, TransientError
 from shared.domain.events import (
     ApprovalDecided,
-    ChaosRequested,
     Event,
     LockGranted,
     Outcome,
@@ -47,10 +47,12 @@ from shared.domain.events import (
 from shared.domain.gate import Decision, GateOutcome, decide
 from shared.app.locks import EnvironmentLocks
 from shared.domain.pipeline import Pipeline
-from shared.app.operator import unconfirmed_request
+from shared.app.operator import OPERATOR_EVENTS, unconfirmed_request
+from shared.app.stage_medians import record_durations
 from shared.app.ports import (
     ApprovalRequester,
     Clock,
+    DeadLetterStore,
     EventPublisher,
     Notifier,
     OperatorRequestLog,
@@ -61,8 +63,9 @@ from shared.app.ports import (
 from shared.app.probing import follow
 from shared.domain.probes import CHECK_KIND
 from shared.domain.wake import next_wake
+from shared.domain.dead_letters import DeadLetter
 from shared.domain.state import ReleaseState
-from shared.domain.wire import decode_event
+from shared.domain.wire import decode_event, encode
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +83,9 @@ class Dispatcher:
     clock: Clock
     settings: Settings
     locks: EnvironmentLocks
+    dead_letters: DeadLetterStore
     # service name -> what was done; moves all traffic back to the revision before ours
-    roll_back: Callable[[str], Mapping[str, Any]]
+    roll_back: Callable[[str, str | None], Mapping[str, Any]]
     # Operator requests recorded by the operator function; replay and chaos events must match one.
     operator_requests: OperatorRequestLog | None = None
     sleep: Callable[[float], None] = time.sleep
@@ -89,16 +93,13 @@ class Dispatcher:
     # (shared/app/probing.py). Without one, only the sweeper's tick notices completions
     # and a check cannot run at all.
     probes: ProbeScheduler | None = None
+    monotonic: Callable[[], float] = time.monotonic
 
     # -- entry ----------------------------------------------------------------
-    def handle_message(self, event_id: str, attributes: Mapping[str, str], data: bytes) -> Decision | None:
-        """One Pub/Sub message. Malformed ones are recorded as dead letters and acknowledged."""
-        try:
-            event = decode_event(event_id, attributes, data)
-        except MalformedEvent as exc:
-            log.warning("dead letter %s: %s", event_id, exc)
-            self.store.record_dead_letter(event_id, str(exc), data[:4096].decode("utf-8", "replace"), "pubsub")
-            return None
+    def handle_message(self, event_id: str, attributes: Mapping[str, str], data: bytes) -> Decision:
+        """One Pub/Sub message. Raises MalformedEvent for one that cannot be decoded: whether
+        that is acknowledged or retried is the edge's decision (shared/app/edge.py)."""
+        event = decode_event(event_id, attributes, data)
         if event is None:
             return Decision(GateOutcome.IGNORED, "not a terminal status of a pipeline build")
         return self.handle(event)
@@ -109,7 +110,7 @@ class Dispatcher:
             if refused:
                 # Not a decision made through a signed link: recorded and announced, never applied.
                 return self._refuse_claim(event, refused)
-        if isinstance(event, (StageReplay, ChaosRequested)):
+        if type(event) in OPERATOR_EVENTS:
             refused = ("no operator request log is wired" if self.operator_requests is None
                        else unconfirmed_request(self.operator_requests, event))
             if refused:
@@ -145,16 +146,44 @@ class Dispatcher:
                 token = self.store.update(new, token)
             except StaleWrite:
                 continue  # someone else moved the release: read again and re-decide
+            except DocumentTooLarge as exc:
+                return self._stop_oversized(state, token, exc)
             log.info("%s %s: %s", event.type.value, decision.outcome.value, decision.reason)
             if decision.commands:
                 self._carry_out(pipeline, new, token, event.id, decision.commands)
             return decision
         raise TransientError("too many concurrent updates; retry", release_id=event.release_id)
 
+    def _stop_oversized(self, state: ReleaseState, token: Any, exc: DocumentTooLarge) -> Decision:
+        """The new state does not fit in one document: stop the release with a small write that
+        says why, give back every lock it holds or waits for, and tell people. Nothing of the
+        refused transition is carried out."""
+        reason = (f"the release document would pass Firestore's 1 MiB limit ({exc}); the release stops "
+                  "and gives back its locks")
+        active = [sid for sid, st in state.stages.items() if st.status.value in ("running", "waiting", "queued")]
+        fields: dict[tuple[str, ...], Any] = {
+            ("status",): "stopped", ("reason",): reason, ("locks_held",): [], ("waiting_for",): "",
+            ("outbox",): [], ("stopped_at_stage",): active[0] if active else state.stopped_at_stage}
+        for sid in active:
+            fields[("stages", sid, "status")] = "failed"
+            fields[("stages", sid, "reason")] = reason
+        try:
+            self.store.update_fields(state.release_id, fields, token)
+        except StaleWrite:
+            raise TransientError("the release moved while it was being stopped for size; retry",
+                                 release_id=state.release_id) from None
+        for env in dict.fromkeys([*state.locks_held, *([state.waiting_for] if state.waiting_for else [])]):
+            self.locks.release(state.pipeline_name, env, state.release_id)
+        log.error("release %s stopped: %s", state.release_id, reason)
+        self.publisher.publish(self.settings.updates_topic, ReleaseNotice(
+            state.release_id, NoticeKind.STAGE_FAILED, active[0] if active else "", f"release {state.release_id} "
+            f"stopped: {reason}"))
+        return Decision(GateOutcome.REFUSED, reason)
+
     def _refuse_claim(self, event: Event, refused: str) -> Decision:
         """An event whose claim the source of truth does not back: recorded and announced, never applied."""
         log.warning("%s event %s refused: %s", event.type.value, event.id, refused)
-        self.store.record_dead_letter(event.id, f"{event.type.value} refused: {refused}", "", event.type.value)
+        self._keep(event, f"{event.type.value} refused: {refused}")
         self.publisher.publish(self.settings.updates_topic, ReleaseNotice(
             event.release_id, NoticeKind.REFUSED, getattr(event, "stage", ""),
             f"{event.type.value} event refused: {refused}"))
@@ -184,6 +213,8 @@ class Dispatcher:
                 self.locks.release(state.pipeline_name, command.environment, command.release_id)
             elif isinstance(command, RollBack):
                 handles[command.stage] = {"stage_run_id": command.stage_run_id, **self._roll_back(command)}
+            elif isinstance(command, RecordDurations):
+                record_durations(self.locks.records, state.pipeline_name, command.release_id, command.durations)
         return handles
 
     def _lease_s(self, pipeline: Pipeline, commands: tuple[Command, ...]) -> float:
@@ -193,7 +224,11 @@ class Dispatcher:
 
     def _roll_back(self, command: RollBack) -> dict[str, Any]:
         try:
-            return {"rolled_back": [dict(self.roll_back(service)) for service in command.services]}
+            at = self.clock.now()
+            return {"rolled_back": [
+                {**self.roll_back(service, command.targets.get(service)), "at": at, "by": "the gate",
+                 "why": command.reason, "recorded_target": command.targets.get(service, "")}
+                for service in command.services]}
         except ExecutorError as exc:
             # Recorded on the stage and announced; retrying would not make it possible.
             log.error("%s", exc)
@@ -278,19 +313,25 @@ class Dispatcher:
                 self._wait_for_batch(state.release_id, event_id)
 
     def _wait_for_batch(self, release_id: str, batch_id: str) -> None:
-        deadline = time.monotonic() + IN_FLIGHT_WAIT_S
-        while time.monotonic() < deadline:
+        deadline = self.monotonic() + IN_FLIGHT_WAIT_S
+        while self.monotonic() < deadline:
             self.sleep(0.05)
             got = self.store.get(release_id)
             if got is None or all(b["event_id"] != batch_id for b in got[0].outbox):
                 return
         raise TransientError(f"commands of event {batch_id} are still in flight; retry later", release_id=release_id)
 
+    def _keep(self, event: Event, reason: str) -> None:
+        """A refused event as a dead letter, encoded as it came, so it can be re-driven once its
+        claim is backed (the gate checks the claim again then)."""
+        data, attributes = encode(event)
+        self.dead_letters.record(DeadLetter(event.id, reason, event.type.value, self.clock.now(), data, attributes))
+
     def _unknown_release(self, event: Event) -> Decision:
         reason = f"unknown release {event.release_id!r}"
         if isinstance(event, StageReplay):
             # A refused replay is recorded and published, so the operator learns why.
-            self.store.record_dead_letter(event.id, f"replay {event.replay_id} refused: {reason}", "", "stage.replay")
+            self._keep(event, f"replay {event.replay_id} refused: {reason}")
             self.publisher.publish(self.settings.updates_topic, ReleaseNotice(
                 event.release_id, NoticeKind.REFUSED, event.stage, f"replay {event.replay_id} refused: {reason}"))
         return Decision(GateOutcome.UNKNOWN_RELEASE, reason)

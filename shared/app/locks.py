@@ -5,7 +5,8 @@ conditional writes (update-time precondition) like the releases::
 
     {"locks": {env: {holder, queue: [{release_id, created_at, version}], superseded: {id: {by, reason}}}},
      "version_floor": {"version", "release_id"},   # highest version that entered prod
-     "stage_medians": {}}                          # per-stage durations (the ETA fills it)
+     "stage_medians": {},                          # per-stage durations (shared/app/stage_medians.py)
+     "freeze": {"by", "at", "reason"}}             # set: no release enters prod (relctl freeze)
 
 An application is what one pipeline file releases (its name). Releases of two
 applications never queue behind or supersede each other.
@@ -51,6 +52,11 @@ def higher(version: str, than: str) -> bool:
         return False
 
 
+def frozen(data: dict[str, Any], environment: str) -> bool:
+    """A deploy freeze holds back every release that would enter prod (``relctl freeze``)."""
+    return environment == "prod" and bool(data.get("freeze"))
+
+
 class EnvironmentLocks:
     def __init__(self, records: AppRecords, publisher: EventPublisher, settings: Settings):
         self.records = records
@@ -72,7 +78,7 @@ class EnvironmentLocks:
             if below:
                 self._supersede(lock, release_id, below)
                 outcome = "superseded"
-            elif lock["holder"] == "":
+            elif lock["holder"] == "" and not frozen(data, environment):
                 lock["holder"] = release_id
                 lock["queue"] = [q for q in lock["queue"] if q["release_id"] != release_id]
                 self._raise_floor(data, environment, release_id, version)
@@ -106,19 +112,8 @@ class EnvironmentLocks:
                 lock["queue"] = queue
                 successor = None
             else:
-                successor = None
-                for queued in sorted(lock["queue"], key=lambda q: (q["created_at"], q["release_id"]), reverse=True):
-                    rid = queued["release_id"]
-                    below = self._below_floor(data, environment, rid, queued.get("version", ""))
-                    if successor is None and not below:
-                        successor = rid
-                        self._raise_floor(data, environment, rid, queued.get("version", ""))
-                    else:
-                        superseded[rid] = below or {"by": successor or "", "reason": ""}
-                lock["holder"] = successor or ""
-                lock["queue"] = []
-                for rid, why in superseded.items():
-                    self._supersede(lock, rid, why)
+                lock["holder"] = ""
+                successor, superseded = self._hand_over(data, lock, environment)
             try:
                 self.records.write(app, data, token)
             except StaleWrite:
@@ -129,6 +124,49 @@ class EnvironmentLocks:
                 self._granted(environment, successor)
             return successor
         raise TransientError(f"lock {app}/{environment}: too many concurrent changes", release_id=release_id)
+
+    def _hand_over(self, data: dict[str, Any], lock: dict[str, Any], environment: str
+                   ) -> tuple[str | None, dict[str, dict[str, str]]]:
+        """A free lock goes to the NEWEST queued release; older queued ones are superseded.
+        While prod is frozen nobody gets it and the queue waits as it is."""
+        superseded: dict[str, dict[str, str]] = {}
+        if frozen(data, environment) or not lock["queue"]:
+            return None, superseded
+        successor = None
+        for queued in sorted(lock["queue"], key=lambda q: (q["created_at"], q["release_id"]), reverse=True):
+            rid = queued["release_id"]
+            below = self._below_floor(data, environment, rid, queued.get("version", ""))
+            if successor is None and not below:
+                successor = rid
+                self._raise_floor(data, environment, rid, queued.get("version", ""))
+            else:
+                superseded[rid] = below or {"by": successor or "", "reason": ""}
+        lock["holder"] = successor or ""
+        lock["queue"] = []
+        for rid, why in superseded.items():
+            self._supersede(lock, rid, why)
+        return successor, superseded
+
+    def set_freeze(self, app: str, freeze: dict[str, Any] | None) -> str | None:
+        """Freeze prod ({by, at, reason}) or lift it (None). A release already in prod finishes; no
+        new one enters until it is lifted; then the lock goes on as if given back just now."""
+        for _ in range(MAX_CONFLICT_RETRIES):
+            data, token = self.records.read(app)
+            lock = data["locks"].setdefault("prod", empty_lock())
+            data["freeze"] = dict(freeze) if freeze else {}
+            successor, superseded = (None, {})
+            if not freeze and lock["holder"] == "":
+                successor, superseded = self._hand_over(data, lock, "prod")
+            try:
+                self.records.write(app, data, token)
+            except StaleWrite:
+                continue
+            for rid, why in superseded.items():
+                self._superseded("prod", rid, why)
+            if successor:
+                self._granted("prod", successor)
+            return successor
+        raise TransientError(f"freeze of {app}: too many concurrent changes")
 
     def confirms(self, app: str, event: LockGranted | Superseded) -> str:
         """Why the application's record does not back this lock event ("" when it does)."""

@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 from shared.app.config import Settings
 from shared.app.ports import Clock, EventPublisher, OperatorRequestLog, ReleaseStore, TokenVerifier
 from shared.domain.errors import RequestRefused, TransientError
-from shared.domain.events import ChaosRequested, Event, StageReplay
+from shared.domain.events import CancelRequested, ChaosRequested, Event, StageReplay
 from shared.domain.identity import People, normalise
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class OperatorService:
 
 
 # -- the dispatcher's check ----------------------------------------------------------
-OPERATOR_EVENTS = {StageReplay: "replay", ChaosRequested: "chaos"}
+OPERATOR_EVENTS = {StageReplay: "replay", ChaosRequested: "chaos", CancelRequested: "cancel"}
 
 
 def request_id_of(event: Event) -> str:

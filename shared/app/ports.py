@@ -12,6 +12,7 @@ from typing import Any, Mapping, Protocol
 
 from shared.domain.analysis import AnalysisTarget, Criteria, Measurements
 from shared.domain.approval_record import ApprovalRecord
+from shared.domain.dead_letters import DeadLetter
 from shared.domain.commands import Notify, RequestApproval, StartStage
 from shared.domain.events import ApprovalDecided, Outcome
 from shared.domain.pipeline import Pipeline, Stage
@@ -55,9 +56,6 @@ class ReleaseStore(Protocol):
 
     def load_pipeline(self, digest: str) -> Pipeline:
         """The pinned definition; raises DefinitionError when unknown."""
-
-    def record_dead_letter(self, event_id: str, reason: str, payload: str, source: str) -> None:
-        """Keep a malformed event with the reason it was refused (create-only, by event id)."""
 
     def claim_delivery(self, delivery_id: str, info: Mapping[str, Any]) -> bool:
         """Create-only record of a webhook delivery; False when seen before."""
@@ -192,3 +190,17 @@ class LinkSender(Protocol):
 class Telemetry(Protocol):
     def measure(self, criteria: Criteria, target: AnalysisTarget, start: Any, end: Any) -> Measurements:
         """One window (``start``/``end`` are aware datetimes) of the target's request metrics and logs."""
+
+
+class DeadLetterStore(Protocol):
+    """The one place for messages that were not applied (``dead_letters/{id}``)."""
+
+    def record(self, letter: DeadLetter) -> bool:
+        """Create-only by id; False when it is kept already (a redelivery is recorded once)."""
+
+    def get(self, letter_id: str) -> DeadLetter | None: ...
+
+    def list(self, limit: int = 50) -> list[DeadLetter]:
+        """Newest first."""
+
+    def mark_redriven(self, letter_id: str, message_id: str, at: float) -> None: ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import functools
 import hmac
+import secrets
 import json
 import logging
 import re
@@ -172,6 +173,7 @@ class PushService:
                 self.pipeline, repo=push.repo, ref=push.ref, commit=push.commit,
                 version=push.version, pushed_by=push.pushed_by, now=self.clock.now(),
                 pusher=next((p for p in map(self.people.resolve, push.aliases) if p), ""),
+                run_key=secrets.token_hex(32),
             )
             state.changes = dict(push.changes)
             created = self.store.create(state)

@@ -44,7 +44,7 @@ from typing import Any, Callable, Mapping
 
 from shared.domain.errors import PipelineError
 
-MAX_OUTPUT_BYTES = 4000  # Cloud Build keeps at most 4 KB of a step's $BUILDER_OUTPUT/output
+MAX_OUTPUT_BYTES = 4000  # far below what Cloud Build keeps of a step's $BUILDER_OUTPUT/output ("the first 50KB")
 
 
 class ArtifactError(PipelineError):

@@ -60,7 +60,21 @@ class RollBack:
     stage: str  # the deploy stage being undone
     stage_run_id: str
     services: tuple[str, ...]
+    # service -> the revision recorded as serving before this release's first deploy attempt:
+    # never a revision of a failed attempt. Empty for a service nothing served before.
+    targets: Mapping[str, str] = field(default_factory=dict)
+    reason: str = ""  # why, recorded with the rollback
     name = "roll_back"
+
+
+@dataclass(frozen=True)
+class RecordDurations:
+    """Count a succeeded release's stage durations into its application's medians (the ETA of the
+    next releases). Safe to repeat: the application's record keeps the releases it counted."""
+
+    release_id: str
+    durations: Mapping[str, float] = field(default_factory=dict)
+    name = "record_durations"
 
 
 class NoticeKind(str, Enum):
@@ -79,8 +93,9 @@ class Notify:
     name = "notify"
 
 
-Command = StartStage | RequestApproval | Notify | AcquireLock | ReleaseLock | RollBack
-_BY_NAME = {cls.name: cls for cls in (StartStage, RequestApproval, Notify, AcquireLock, ReleaseLock, RollBack)}
+Command = StartStage | RequestApproval | Notify | AcquireLock | ReleaseLock | RollBack | RecordDurations
+_BY_NAME = {cls.name: cls for cls in (StartStage, RequestApproval, Notify, AcquireLock, ReleaseLock, RollBack,
+                                      RecordDurations)}
 
 
 def command_to_dict(command: Command) -> dict[str, Any]:
@@ -94,6 +109,9 @@ def command_to_dict(command: Command) -> dict[str, Any]:
         data["inputs"] = dict(command.inputs)
     if isinstance(command, RollBack):
         data["services"] = list(command.services)
+        data["targets"] = dict(command.targets)
+    if isinstance(command, RecordDurations):
+        data["durations"] = dict(command.durations)
     return data
 
 

@@ -44,6 +44,10 @@ class StaleWrite(PipelineError):
     """The release document changed since it was read; read again and re-decide."""
 
 
+class DocumentTooLarge(PipelineError):
+    """Firestore refused a write because the document would pass its 1 MiB limit."""
+
+
 class TransientError(PipelineError):
     """A dependency is briefly unavailable; the event must be redelivered."""
 

@@ -9,6 +9,8 @@ be published has no id yet: pass ``""`` (Pub/Sub assigns it).
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import binascii
 import json
 import re
@@ -19,6 +21,7 @@ from typing import Any, Mapping
 
 from shared.domain.commands import NoticeKind, Notify
 from shared.domain.errors import MalformedEvent
+from shared.domain.ids import valid_release_id
 
 
 class EventType(str, Enum):
@@ -30,6 +33,7 @@ class EventType(str, Enum):
     TICK = "release.tick"
     LOCK_GRANTED = "lock.granted"
     SUPERSEDED = "release.superseded"
+    CANCEL_REQUESTED = "release.cancel_requested"
 
 
 class Outcome(str, Enum):
@@ -126,7 +130,20 @@ class Superseded:
     type = EventType.SUPERSEDED
 
 
-Event = ReleaseStarted | StageFinished | ApprovalDecided | ChaosRequested | StageReplay | Tick | LockGranted | Superseded
+@dataclass(frozen=True)
+class CancelRequested:
+    """An operator stops the release for good (``relctl cancel``); carries their recorded request."""
+
+    id: str
+    release_id: str
+    requested_by: str
+    reason: str
+    request_id: str = ""  # the operator request it carries out (operator_requests/{id})
+    type = EventType.CANCEL_REQUESTED
+
+
+Event = (ReleaseStarted | StageFinished | ApprovalDecided | ChaosRequested | StageReplay | Tick | LockGranted
+         | Superseded | CancelRequested)
 
 
 @dataclass(frozen=True)
@@ -157,8 +174,9 @@ def event_from_build_notification(
     The stage-run id rides on the build as a tag, so the notification alone says
     which release, stage and attempt it completes.
     """
+    check_build_shape(event_id, build)
     status = attributes.get("status") or build.get("status", "")
-    run_tags = [t for t in build.get("tags", []) if isinstance(t, str) and t.startswith(RUN_TAG_PREFIX)]
+    run_tags = [t for t in build.get("tags") or [] if t.startswith(RUN_TAG_PREFIX)]
     if not run_tags or status not in BUILD_SUCCESS | BUILD_FAILURES:
         return None
     stage_run_id = run_tags[0][len(RUN_TAG_PREFIX):]
@@ -166,6 +184,8 @@ def event_from_build_notification(
         release_id, stage, _attempt = parse_stage_run_id(stage_run_id)
     except ValueError:
         raise MalformedEvent(f"event {event_id}: build tag {run_tags[0]!r} is not a stage-run id") from None
+    if not valid_release_id(release_id):
+        raise MalformedEvent(f"event {event_id}: build tag {run_tags[0]!r} names no possible release")
     build_id = attributes.get("buildId") or build.get("id", "")
     # What the last step wrote to $BUILDER_OUTPUT/output (test counts, chaos verdicts);
     # our own keys win over it so a step cannot fake the status.
@@ -185,6 +205,29 @@ def event_from_build_notification(
     detail = build.get("statusDetail") or ""
     reason = f"build {build_id} ended {status}" + (f": {detail}" if detail else "")
     return StageFinished(event_id, release_id, stage, stage_run_id, Outcome.FAILED, reason, result)
+
+
+# The parts of a Build resource we read, and the JSON type each must have
+# (https://cloud.google.com/build/docs/api/reference/rest/v1/projects.builds#Build).
+_BUILD_FIELDS = {"id": str, "status": str, "statusDetail": str, "logUrl": str, "startTime": str, "finishTime": str,
+                 "tags": list, "results": Mapping}
+_RESULTS_FIELDS = {"images": list, "buildStepOutputs": list}
+
+
+def check_build_shape(event_id: str, build: Any) -> None:
+    """A notification's data must be a Build as Cloud Build writes it; anything else is
+    malformed (acknowledged and dead-lettered once) instead of failing on every delivery."""
+    if not isinstance(build, Mapping):
+        raise MalformedEvent(f"event {event_id}: Cloud Build notification data must be a Build object, "
+                             f"got a JSON {type(build).__name__}")
+    for fields, value, where in ((_BUILD_FIELDS, build, "build"), (_RESULTS_FIELDS, build.get("results") or {},
+                                                                     "build.results")):
+        for key, kind in fields.items():
+            if value.get(key) is not None and not isinstance(value[key], kind):
+                raise MalformedEvent(f"event {event_id}: {where}.{key} must be a JSON "
+                                     f"{'object' if kind is Mapping else kind.__name__}")
+    if not all(isinstance(t, str) for t in build.get("tags") or []):
+        raise MalformedEvent(f"event {event_id}: build.tags must be strings")
 
 
 def _timestamp(value: Any) -> float | None:
@@ -231,13 +274,33 @@ def builder_output(build: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def stage_run_id(release_id: str, stage: str, attempt: int) -> str:
-    """Deterministic id of one attempt of one stage; safe as a build tag and env value."""
-    return f"{release_id}.{stage}.a{attempt}"
+RUN_SECRET_CHARS = 20  # hex: 80 bits; run-<id> stays within Cloud Build's 128-character tags
+
+
+def run_secret(run_key: str, release_id: str, stage: str, attempt: int) -> str:
+    """The unguessable part of a stage-run id: HMAC of the run under the release's random key.
+
+    Deterministic (a repeated start finds what the first one created) yet unpredictable
+    without the key, which only the release document holds: a build made in advance
+    with a guessed tag, or a forged completion, never carries it."""
+    if not run_key:
+        return ""
+    message = f"{release_id}.{stage}.a{attempt}".encode()
+    return hmac.new(run_key.encode(), message, hashlib.sha256).hexdigest()[:RUN_SECRET_CHARS]
+
+
+def stage_run_id(release_id: str, stage: str, attempt: int, secret: str = "") -> str:
+    """Id of one attempt of one stage, ending in the run's secret; safe as a build tag
+    (``[\\w][\\w.-]{0,127}``) and env value; revision names hash it (shared/adapters/executors/traffic.py)."""
+    return f"{release_id}.{stage}.a{attempt}" + (f".{secret}" if secret else "")
 
 
 def parse_stage_run_id(value: str) -> tuple[str, str, int]:
-    release_id, stage, attempt = value.rsplit(".", 2)
+    parts = value.rsplit(".", 3)
+    if len(parts) == 4 and re.fullmatch(rf"[0-9a-f]{{{RUN_SECRET_CHARS}}}", parts[3]):
+        release_id, stage, attempt = parts[:3]
+    else:
+        release_id, stage, attempt = value.rsplit(".", 2)
     if not attempt.startswith("a") or not attempt[1:].isdigit() or not release_id or not stage:
         raise ValueError(value)
     return release_id, stage, int(attempt[1:])

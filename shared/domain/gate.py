@@ -11,9 +11,11 @@ Rules
 * The optional stage (the chaos smoke, 10a) runs only when asked for, and only
   after the stage before it (staging smoke) passed. While it runs the approval
   cannot be given.
-* No stage after the approval starts unless the approval stage succeeded through
-  a valid decision: issued for this attempt, not expired, not used before, by an
-  approver on the list who is not the person who pushed the commit.
+* No stage after the approval, and no stage of a protected environment (prod) wherever
+  it sits, starts unless the approval stage succeeded through a valid decision: issued
+  for this attempt, not expired, not used before, by an approver on the list who is
+  not the person who pushed the commit (identities normalised; an unmatched pusher
+  fails closed).
 * Duplicated, stale (older attempt or already finished), out-of-order and unknown
   events change nothing. Terminal releases never change.
 * One release at a time per environment (staging, prod): a stage of such an
@@ -40,6 +42,7 @@ Overdue deadlines found on the way are applied whatever the event's outcome
 from __future__ import annotations
 
 import copy
+import hmac
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -48,6 +51,7 @@ from shared.domain.commands import (
     Command,
     NoticeKind,
     Notify,
+    RecordDurations,
     ReleaseLock,
     RequestApproval,
     RollBack,
@@ -55,6 +59,7 @@ from shared.domain.commands import (
 )
 from shared.domain.events import (
     ApprovalDecided,
+    CancelRequested,
     ChaosRequested,
     Event,
     LockGranted,
@@ -64,13 +69,19 @@ from shared.domain.events import (
     StageReplay,
     Superseded,
     Tick,
+    run_secret,
     stage_run_id,
 )
 from shared.domain.identity import approval_refusal, normalise
 from shared.domain.pipeline import Pipeline, Stage, StageKind
 from shared.domain.wake import expiry, next_wake
+from shared.domain.pipeline_order import is_protected
+from shared.domain.progress import succeeded_durations
 from shared.domain.state import (
     APPLIED_EVENTS_KEPT,
+    HISTORY_KEPT,
+    NONCES_KEPT,
+    REPLAYS_KEPT,
     Attempt,
     ReleaseState,
     ReleaseStatus,
@@ -80,6 +91,7 @@ from shared.domain.state import (
 
 DEFAULT_APPROVAL_EXPIRY_S = 24 * 3600
 LOCKED_ENVIRONMENTS = ("staging", "prod")
+TIMELINE_KEPT = 200
 
 
 class GateOutcome(str, Enum):
@@ -146,6 +158,19 @@ def decide(pipeline: Pipeline, state: ReleaseState, event: Event, now: float) ->
     return Decision(outcome, reason, new, tuple(run.commands))
 
 
+def serving_before(deployed: StageState, services: tuple[str, ...]) -> dict[str, str]:
+    """Per service, the revision recorded as serving before the FIRST attempt of a deploy that
+    recorded one: a replayed deploy after a failed canary must not go back to that canary."""
+    found: dict[str, str] = {}
+    attempts = [a.result for a in deployed.history] + [deployed.result]
+    for result in attempts:
+        for target in result.get("revisions") or []:
+            service, before = str(target.get("service", "")), str(target.get("serving_before") or "")
+            if service in services and before and service not in found:
+                found[service] = before
+    return found
+
+
 class _Run:
     """The mutable working copy of one decision; never escapes ``decide``."""
 
@@ -167,6 +192,7 @@ class _Run:
             Tick: self.on_tick,
             LockGranted: self.on_lock_granted,
             Superseded: self.on_superseded,
+            CancelRequested: self.on_cancel,
         }[type(event)]
         return handler(event)
 
@@ -180,8 +206,15 @@ class _Run:
         stage, st = self.known_stage(event.stage)
         if stage.kind is StageKind.APPROVAL:
             raise _Refusal(GateOutcome.REFUSED, f"{stage.label} finishes only through a signed approval")
-        if st.stage_run_id != event.stage_run_id:
+        if not hmac.compare_digest(st.stage_run_id.encode(), event.stage_run_id.encode()):
+            # The current run's id ends in its secret: a guessed or older id is not it.
             raise _Refusal(GateOutcome.STALE, f"{event.stage_run_id} is not the current run of {stage.label}")
+        reported, recorded = event.result.get("build_id"), st.result.get("build_id")
+        if reported and reported != recorded:
+            # A notification counts only for the build this run recorded; before the handle is
+            # recorded it cannot be matched, and the executor's own poll decides.
+            raise _Refusal(GateOutcome.STALE, f"build {reported} is not the build {stage.label} recorded "
+                                              f"({recorded or 'none yet'})")
         if st.status is not StageStatus.RUNNING:
             raise _Refusal(GateOutcome.STALE, f"{stage.label} is already {st.status.value}")
         st.result = {**st.result, **dict(event.result)}
@@ -208,7 +241,7 @@ class _Run:
         refused = approval_refusal(event.approver, stage.params["approvers"], state.pusher, state.pushed_by)
         if refused:
             raise _Refusal(GateOutcome.REFUSED, f"{stage.label}: {refused}")
-        state.used_nonces.append(event.nonce)
+        state.used_nonces = (state.used_nonces + [event.nonce])[-NONCES_KEPT:]
         decision = {
             "approver": event.approver,
             "decision": "approved" if event.approve else "rejected",
@@ -219,6 +252,8 @@ class _Run:
             "user_agent": event.user_agent,
         }
         st.result = {**st.result, **{k: v for k, v in decision.items() if k != "nonce"}}
+        self.record(decision["decision"], event.approver, stage.id, event.reason, attempt=event.attempt,
+                    via=event.user_agent[:80])
         if not event.approve:
             self.fail(stage, f"rejected by {event.approver}" + (f": {event.reason}" if event.reason else ""))
             return GateOutcome.APPLIED, f"{stage.label} rejected"
@@ -245,6 +280,7 @@ class _Run:
         if self.state.status is not ReleaseStatus.AWAITING_APPROVAL:
             raise _Refusal(GateOutcome.REFUSED, f"release is {self.state.status.value}; chaos needs it awaiting approval")
         self.state.chaos_requested_by = event.requested_by
+        self.record("chaos requested", event.requested_by, stage.id, "")
         self.start(stage)
         return GateOutcome.APPLIED, f"{stage.label} requested by {event.requested_by}"
 
@@ -259,7 +295,7 @@ class _Run:
         busy = [s for s in self.pipeline.stages if state.stages[s.id].status is StageStatus.RUNNING]
         if busy:
             raise _Refusal(GateOutcome.REFUSED, f"{busy[0].label} is running; replay when it ends")
-        if self.pipeline.needs_approval(stage.id) and not self.approved():
+        if self.needs_approval(stage) and not self.approved():
             raise _Refusal(GateOutcome.REFUSED, f"{stage.label} needs a valid approval first")
         if st.status in (StageStatus.PENDING, StageStatus.SKIPPED) and not (stage.optional and state.chaos_requested_by):
             raise _Refusal(GateOutcome.REFUSED, f"{stage.label} has not run yet")
@@ -307,6 +343,36 @@ class _Run:
         self.start(queued[0])
         return GateOutcome.APPLIED, f"holds {env}; started {queued[0].label}"
 
+    def on_cancel(self, event: CancelRequested) -> tuple[GateOutcome, str]:
+        """Stop for good: nothing new starts, the locks go back, and a canary the release put in
+        prod is rolled back, so prod keeps serving what it served before. A run still going at
+        Cloud Build or Cloud Run ends on its own; its completion finds the release terminal."""
+        state = self.state
+        why = f"cancelled by {event.requested_by}" + (f": {event.reason}" if event.reason else "")
+        for stage in self.pipeline.stages:
+            st = state.stages[stage.id]
+            if st.status in (StageStatus.RUNNING, StageStatus.WAITING):
+                st.reason = why
+                self.finish(stage, StageStatus.FAILED)
+            elif st.status in (StageStatus.PENDING, StageStatus.QUEUED):
+                st.status = StageStatus.SKIPPED
+        if state.status is not ReleaseStatus.SUCCEEDED:
+            for stage in reversed(self.pipeline.stages):
+                st = state.stages[stage.id]
+                if (stage.kind is StageKind.DEPLOY and stage.environment == "prod"
+                        and st.status is StageStatus.SUCCEEDED):
+                    services = tuple(str(s) for s in stage.params["services"])
+                    self.commands.append(RollBack(state.release_id, stage.id, st.stage_run_id, services,
+                                                  serving_before(st, services), f"cancelled: {why}"))
+        state.stopped_at_stage = state.stopped_at_stage or next(
+            (s.id for s in self.pipeline.stages if state.stages[s.id].reason == why), "")
+        state.status, state.reason, state.waiting_for = ReleaseStatus.CANCELLED, why, ""
+        self.release_locks()
+        self.record("cancelled", event.requested_by, state.stopped_at_stage, event.reason)
+        self.notify(NoticeKind.STAGE_FAILED, state.stopped_at_stage, f"{self.title()} was {why}. Nothing runs any more; "
+                    "prod keeps what served before.")
+        return GateOutcome.APPLIED, why
+
     def on_superseded(self, event: Superseded) -> tuple[GateOutcome, str]:
         state = self.state
         if state.status is not ReleaseStatus.QUEUED:
@@ -333,7 +399,7 @@ class _Run:
     def approved(self) -> bool:
         gate = self.pipeline.approval_index
         if gate is None:
-            return True
+            return False  # nothing to approve with: only stages that need no approval run
         stage = self.pipeline.stages[gate]
         approval = self.state.approval
         return (
@@ -364,6 +430,7 @@ class _Run:
             return
         state.status = ReleaseStatus.SUCCEEDED
         self.release_locks()
+        self.commands.append(RecordDurations(state.release_id, succeeded_durations(state, self.pipeline)))
         for stage in self.pipeline.stages:
             if state.stages[stage.id].status is StageStatus.PENDING:
                 state.stages[stage.id].status = StageStatus.SKIPPED
@@ -372,9 +439,9 @@ class _Run:
     def archive(self, st: StageState) -> None:
         """Keep the finished attempt in the history and clear the stage for the next one."""
         if st.attempt and st.status not in (StageStatus.PENDING, StageStatus.QUEUED):
-            st.history.append(
+            st.history = (st.history + [
                 Attempt(st.attempt, st.stage_run_id, st.status.value, st.started_at, st.finished_at, st.reason, st.result)
-            )
+            ])[-HISTORY_KEPT:]
         st.stage_run_id, st.started_at, st.finished_at, st.deadline = "", None, None, None
         st.reason, st.result = "", {}
 
@@ -382,7 +449,8 @@ class _Run:
         st = self.state.stages[stage.id]
         self.archive(st)
         st.attempt += 1
-        st.stage_run_id = stage_run_id(self.state.release_id, stage.id, st.attempt)
+        st.stage_run_id = stage_run_id(self.state.release_id, stage.id, st.attempt,
+                                       run_secret(self.state.run_key, self.state.release_id, stage.id, st.attempt))
         st.status = status
         st.started_at = self.now
         st.finished_at = None
@@ -392,10 +460,17 @@ class _Run:
         self.changed = True
         return st
 
+    def needs_approval(self, stage: Stage) -> bool:
+        """After the approval in the file, or of a protected environment wherever it sits."""
+        return self.pipeline.needs_approval(stage.id) or is_protected(stage)
+
     def start(self, stage: Stage) -> None:
-        if self.pipeline.needs_approval(stage.id) and not self.approved():
-            # Unreachable through advance(); kept as the last line of defence.
-            raise _Refusal(GateOutcome.REFUSED, f"{stage.label} needs a valid approval first")
+        if self.needs_approval(stage) and not self.approved():
+            # By meaning, not position: validation refuses files where this could happen, and
+            # a pinned definition that slipped through still never runs prod unapproved: the
+            # release stops there, saying why.
+            self.fail(stage, "needs a valid approval for this attempt first; none was given")
+            return
         env = stage.environment
         if env in LOCKED_ENVIRONMENTS and env not in self.state.locks_held:
             self.archive(self.state.stages[stage.id])
@@ -444,8 +519,15 @@ class _Run:
         st = self.state.stages[stage.id]
         st.reason = reason
         self.finish(stage, StageStatus.FAILED)
+        rolled = ""
         if stage.kind is StageKind.CHECK:
-            self.roll_back_checked_deploy(stage)
+            before = len(self.commands)
+            self.roll_back_checked_deploy(stage, reason)
+            for command in self.commands[before:]:
+                if isinstance(command, RollBack):
+                    to = ", ".join(f"{s} to {command.targets.get(s) or 'the last good tagged revision'}"
+                                   for s in command.services)
+                    rolled = f" Rolled back {command.stage}: all traffic of {to} (what served before this release)."
         self.state.status = ReleaseStatus.STOPPED
         self.release_locks()
         self.state.stopped_at_stage = stage.id
@@ -453,9 +535,9 @@ class _Run:
         self.notify(
             NoticeKind.STAGE_FAILED,
             stage.id,
-            f"{self.title()} stopped: {stage.label} failed: {reason}. "
-            f"Gate: {stage.gate or 'the release stops'}. Fix the cause, then replay the stage "
-            f"(stage.replay release={self.state.release_id} stage={stage.id}).",
+            f"{self.title()} stopped: {stage.label} failed: {reason}.{rolled} "
+            f"Gate: {stage.gate or 'the release stops'}. Fix the cause, then run "
+            f"`relctl replay {self.state.release_id} {stage.id} --reason \"…\"`.",
         )
 
     def reset(self, stage: Stage) -> None:
@@ -474,15 +556,18 @@ class _Run:
             if st.status is StageStatus.RUNNING:
                 self.fail(stage, f"timed out after {stage.timeout_s}s")
             elif st.status is StageStatus.WAITING and self.state.status is ReleaseStatus.AWAITING_APPROVAL:
+                self.record("approval expired", "", stage.id, "nobody decided in time", attempt=st.attempt)
                 self.fail(stage, "approval expired")
 
-    def roll_back_checked_deploy(self, check: Stage) -> None:
+    def roll_back_checked_deploy(self, check: Stage, reason: str = "") -> None:
         for earlier in reversed(self.pipeline.stages[: self.pipeline.index(check.id)]):
             if earlier.kind is StageKind.DEPLOY and earlier.environment == check.environment:
                 deployed = self.state.stages[earlier.id]
                 if deployed.status is StageStatus.SUCCEEDED:
                     services = tuple(str(s) for s in earlier.params["services"])
-                    self.commands.append(RollBack(self.state.release_id, earlier.id, deployed.stage_run_id, services))
+                    self.commands.append(RollBack(self.state.release_id, earlier.id, deployed.stage_run_id, services,
+                                                  serving_before(deployed, services),
+                                                  f"{check.label} failed: {reason}" if reason else f"{check.label} failed"))
                 return
 
     def release_locks(self) -> None:
@@ -490,8 +575,15 @@ class _Run:
             self.commands.append(ReleaseLock(self.state.release_id, env))
         self.state.locks_held = []
 
+    def record(self, kind: str, by: str, stage: str, reason: str, **extra) -> None:
+        """One line of the release's timeline (who did what, when, why)."""
+        entry = {"at": self.now, "kind": kind, "by": by, "stage": stage, "reason": reason, **extra}
+        self.state.timeline = (self.state.timeline + [entry])[-TIMELINE_KEPT:]
+        self.changed = True
+
     def record_replay(self, event: StageReplay, accepted: bool, reason: str) -> None:
-        self.state.replays.append(
+        self.state.replays_refused += 0 if accepted else 1
+        self.state.replays = self.state.replays[-(REPLAYS_KEPT - 1):] + [
             {
                 "replay_id": event.replay_id,
                 "stage": event.stage,
@@ -500,8 +592,10 @@ class _Run:
                 "reason": reason,
                 "at": self.now,
             }
-        )
-        self.changed = True
+        ]
+        resend = self.pipeline.has_stage(event.stage) and self.pipeline.stage(event.stage).kind is StageKind.APPROVAL
+        self.record(("approval links re-sent" if resend else "replay") + ("" if accepted else " refused"),
+                    event.requested_by, event.stage, reason, request=event.replay_id)
         if not accepted:
             self.notify(NoticeKind.REFUSED, event.stage, f"replay {event.replay_id} of {self.title()} refused: {reason}")
 

@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from shared.domain import pipeline_schema as schema
+from shared.domain.build_params import check_build_params
 from shared.domain.errors import DefinitionError
 from shared.domain.pipeline_schema import Invalid
 
@@ -138,6 +139,8 @@ def _stage(raw: Any, position: int) -> Stage:
     known = {**schema.COMMON_PARAMS, **schema.PARAMS[kind.value]}
     schema.check_fields(params, known, path + ("params",), where, prefix="params.")
     schema.check_placeholders(params, path + ("params",), where, "params")
+    if kind is StageKind.BUILD:
+        check_build_params(params, path + ("params",), where)
     timeout_s = schema.duration_s(raw["timeout"]) or 0
     problem = schema.duration(schema.timeout_limit_s(kind.value))(raw["timeout"])
     if problem:
@@ -212,6 +215,9 @@ def parse_pipeline(document: Any) -> Pipeline:
             raise Invalid(("stages", i, "optional"), f"stage '{stage.id}': optional: an approval cannot be optional")
         if stage.optional and approvals and i > approvals[0]:
             raise Invalid(("stages", i, "optional"), f"stage '{stage.id}': optional: optional stages must come before the approval")
+    from shared.domain.pipeline_order import check_order  # it reads Stage objects of this module
+
+    check_order(stages)
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
     return Pipeline(
         name=str(document.get("name", "pipeline")),

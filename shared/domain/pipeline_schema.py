@@ -22,7 +22,7 @@ Validator = Callable[[Any], "str | None"]
 # Placeholders the executors fill when a stage starts (shared/adapters/executors/substitute.py),
 # plus ${project}, which the preflight fills. Upper-case names (${CLOUDSQL_INSTANCE}) and
 # $NAME belong to Cloud Build or the shell and are left alone.
-PLACEHOLDERS = ("tag", "version", "commit", "release_id", "stage_run_id", "image", "registry")
+PLACEHOLDERS = ("tag", "version", "commit", "release_id", "stage_run_id", "image", "registry", "source_url")
 EXTRA_PLACEHOLDERS = ("project",)
 _OUR_PLACEHOLDER = re.compile(r"\$\$|\$\{([a-z][a-z0-9_]*)\}")
 DURATION = re.compile(r"^(\d+)\s*([smh]?)$")
@@ -162,6 +162,12 @@ PARAMS: dict[str, dict[str, Field]] = {
         "images": Field(list_of(text, "image names")),
         "substitutions": Field(scalar_mapping),
         "record_runtime": Field(boolean),
+        # what Cloud Build needs to run the stage for real (shared/domain/build_params.py checks them)
+        "source": Field(lambda v: None if v == "git" or isinstance(v, Mapping)
+                        else f"must be 'git' or a mapping with url (and revision, dir), got {v!r}"),
+        "available_secrets": Field(scalar_mapping),
+        "service_account": Field(text),
+        "logging": Field(text),
         # the chaos verdict's criteria (read by shared/domain/chaos.py through the step args)
         "artifacts": Field(mapping),
         "max_error_rate": Field(number(0, 1)),
@@ -178,6 +184,8 @@ PARAMS: dict[str, dict[str, Field]] = {
     "deploy": {
         "services": Field(list_of(text, "service names", 1), required=True),
         "traffic_percent": Field(integer(1, 100), required=True),
+        # services that serve no requests (workers): rolled in the same stage, 100 % at once
+        "background_services": Field(list_of(text, "service names")),
         "revision_tag": Field(text),
         "env": Field(scalar_mapping),
         "secrets": Field(scalar_mapping),

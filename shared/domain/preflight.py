@@ -15,7 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from shared.domain.iam_roles import permissions_of
 from shared.domain.pipeline import Pipeline
+
+# Said in every report: a grant on a folder, the organisation or to a group looks missing here.
+DIRECT_ONLY = ("the roles above are read from the project's direct bindings only (and the prod secrets' "
+               "policies): roles granted on a folder, the organisation or to a group are not counted; actAs is "
+               "tested with IAM's testIamPermissions, which counts every grant")
 
 # The seed's "Workload Identity Federation" list. Vector schema migrations: the seed allows
 # roles/cloudsql.editor "or a narrower DDL role". DDL rights are not IAM permissions at all
@@ -35,6 +41,9 @@ BASE_ROLES: frozenset[str] = frozenset(
         "roles/compute.networkUser",  # Serverless VPC Access
     }
 )
+# Beyond the seed: builds run as the pipeline account with CLOUD_LOGGING_ONLY (a user-specified
+# build account must keep its logs out of the default bucket), so it writes their logs.
+BUILD_LOG_ROLE = "roles/logging.logWriter"
 # Granted to the service account on other resources, never expected on the project:
 # they are not "extra" when they show up in the project's policy for other reasons.
 IGNORED_EXTRA_ROLES = frozenset({"roles/iam.workloadIdentityUser"})
@@ -61,11 +70,30 @@ def prod_secret_names(pipeline: Pipeline) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
+def build_secret_names(pipeline: Pipeline) -> tuple[str, ...]:
+    """Secret ids build stages fetch through ``params.available_secrets`` (as the build's account)."""
+    names = {secret_id(v) for stage in pipeline.stages if stage.kind.value == "build"
+             for v in (stage.params.get("available_secrets") or {}).values() if str(v).strip()}
+    return tuple(sorted(names))
+
+
 def required_roles(pipeline: Pipeline) -> frozenset[str]:
-    """The seed's role set; the secret accessor only when some prod stage needs a secret."""
+    """The seed's role set and the build log writer; the secret accessor only when some prod
+    stage needs a secret."""
     if prod_secret_names(pipeline):
-        return BASE_ROLES | {SECRET_ACCESSOR_ROLE}
-    return BASE_ROLES
+        return BASE_ROLES | {BUILD_LOG_ROLE, SECRET_ACCESSOR_ROLE}
+    return BASE_ROLES | {BUILD_LOG_ROLE}
+
+
+def deployed_services(pipeline: Pipeline) -> tuple[str, ...]:
+    """Cloud Run services the deploy stages update (whose runtime accounts the caller must act as)."""
+    names: list[str] = []
+    for stage in pipeline.stages:
+        if stage.kind.value == "deploy":
+            for name in [*stage.params.get("services", ()), *stage.params.get("background_services", ())]:
+                if str(name) not in names:
+                    names.append(str(name))
+    return tuple(names)
 
 
 def member_of(service_account: str) -> str:
@@ -168,6 +196,13 @@ def evaluate(
             missing.remove(SECRET_ACCESSOR_ROLE)
     elif SECRET_ACCESSOR_ROLE in granted and SECRET_ACCESSOR_ROLE in required:
         notes.append(f"{SECRET_ACCESSOR_ROLE} is granted project-wide; per-secret bindings are narrower")
+    for role in missing:
+        # The same table the local stand-in enforces: which permissions our calls need from the role,
+        # and whether another granted role already carries them (run.developer inside run.admin).
+        needed = permissions_of([role])
+        if needed and needed <= permissions_of(granted):
+            notes.append(f"{role} is missing, but the granted roles carry every permission our calls need from it")
+    notes.append(DIRECT_ONLY)
     extra = sorted(granted - required - IGNORED_EXTRA_ROLES)
     return PreflightReport(
         service_account=service_account,

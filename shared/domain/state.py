@@ -16,6 +16,11 @@ from shared.domain.pipeline import Pipeline
 
 # Bounded so the document stays small; older ids are long past redelivery.
 APPLIED_EVENTS_KEPT = 400
+# What else grows with replays is capped too (Firestore refuses a document over 1 MiB; a flaky
+# stage replayed ~200 times used to reach it): the newest of each are kept, the rest counted.
+REPLAYS_KEPT = 50
+HISTORY_KEPT = 10  # finished attempts per stage, with their results
+NONCES_KEPT = 100  # used approval nonces; older links name older attempts and are stale anyway
 
 
 class ReleaseStatus(str, Enum):
@@ -25,10 +30,11 @@ class ReleaseStatus(str, Enum):
     STOPPED = "stopped"  # a stage failed; only a replay of a stage can resume it
     SUCCEEDED = "succeeded"  # terminal
     SUPERSEDED = "superseded"  # terminal: a newer release took over
+    CANCELLED = "cancelled"  # terminal: an operator stopped it (relctl cancel); prod kept what served before
 
     @property
     def terminal(self) -> bool:
-        return self in (ReleaseStatus.SUCCEEDED, ReleaseStatus.SUPERSEDED)
+        return self in (ReleaseStatus.SUCCEEDED, ReleaseStatus.SUPERSEDED, ReleaseStatus.CANCELLED)
 
 
 class StageStatus(str, Enum):
@@ -64,7 +70,7 @@ class StageState:
     deadline: float | None = None
     reason: str = ""
     result: dict[str, Any] = field(default_factory=dict)
-    history: list[Attempt] = field(default_factory=list)
+    history: list[Attempt] = field(default_factory=list)  # the newest HISTORY_KEPT finished attempts
 
     @property
     def duration_s(self) -> float | None:
@@ -93,6 +99,9 @@ class ReleaseState:
     # The person the push was matched to (normalised address; shared/domain/identity.py), "" when it
     # could not be: self-approval is then not ruled out and approval fails closed.
     pusher: str = ""
+    # Random per release, made by the push trigger: keys the per-run secrets in stage-run ids
+    # (events.run_secret). Never shown; only this document holds it.
+    run_key: str = field(default="", repr=False)
     chaos_requested_by: str = ""
     locks_held: list[str] = field(default_factory=list)  # environments this release holds
     waiting_for: str = ""  # the environment whose lock the release is queued for
@@ -101,8 +110,13 @@ class ReleaseState:
     # What the push brought: {"commits": [{id, message, author}], "compare_url", "before"} (at most
     # MAX_LISTED_COMMITS commits, first lines only), shown on the approval page.
     changes: dict[str, Any] = field(default_factory=dict)
+    # Every human decision and operator action, in order: {at, kind, by, stage, attempt, reason, ...}
+    # (approved/rejected, approval expired, replay/resend accepted or refused, chaos, cancel). The last
+    # TIMELINE_KEPT stay: bounded for Firestore's 1 MiB per document.
+    timeline: list[dict[str, Any]] = field(default_factory=list)
     used_nonces: list[str] = field(default_factory=list)
-    replays: list[str] = field(default_factory=list)
+    replays: list[str] = field(default_factory=list)  # the newest REPLAYS_KEPT
+    replays_refused: int = 0  # every refused replay, also those no longer in ``replays``
     applied_events: list[str] = field(default_factory=list)
     # Commands of transitions not yet carried out: [{event_id, commands, lease_until}].
     # See shared/app/dispatcher.py for why they live in the release document.
@@ -141,7 +155,7 @@ def release_id_for(repo: str, commit: str) -> str:
 
 def new_release(
     pipeline: Pipeline, *, repo: str, ref: str, commit: str, version: str, pushed_by: str, now: float,
-    pusher: str | None = None,
+    pusher: str | None = None, run_key: str = "",
 ) -> ReleaseState:
     return ReleaseState(
         release_id=release_id_for(repo, commit),
@@ -152,6 +166,7 @@ def new_release(
         tag=f"v{version}-{commit[:7]}",
         pushed_by=pushed_by,
         pusher=People().resolve(pushed_by) or "" if pusher is None else pusher,
+        run_key=run_key,
         pipeline_name=pipeline.name,
         pipeline_digest=pipeline.digest,
         created_at=now,

@@ -14,14 +14,18 @@ cannot be decoded raises MalformedEvent naming why.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import asdict
 from typing import Any, Mapping
 
+from shared.domain.ids import valid_release_id
 from shared.domain.commands import NoticeKind
 from shared.domain.errors import MalformedEvent
 from shared.domain.events import (
     ApprovalDecided,
+    CancelRequested,
     ChaosRequested,
     Event,
     EventType,
@@ -47,6 +51,7 @@ _CLASSES: dict[str, type] = {
     EventType.TICK.value: Tick,
     EventType.LOCK_GRANTED.value: LockGranted,
     EventType.SUPERSEDED.value: Superseded,
+    EventType.CANCEL_REQUESTED.value: CancelRequested,
     ReleaseNotice.type: ReleaseNotice,
 }
 TYPES = frozenset(_CLASSES)  # every ``type`` that travels (the payload-literal test uses it)
@@ -62,6 +67,7 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
     EventType.TICK.value: ("release_id",),
     EventType.LOCK_GRANTED.value: ("release_id", "environment"),
     EventType.SUPERSEDED.value: ("release_id", "environment", "superseded_by"),
+    EventType.CANCEL_REQUESTED.value: ("release_id", "requested_by", "reason"),
     ReleaseNotice.type: ("release_id", "kind"),
 }
 _STRINGS = ("release_id", "stage", "stage_run_id", "replay_id", "requested_by", "nonce", "approver",
@@ -120,6 +126,9 @@ def from_payload(event_id: str, data: Any) -> Message:
         for key in _STRINGS:
             if key in fields and not isinstance(fields[key], str):
                 raise ValueError(f"{key} must be a string")
+        for key in ("release_id", "superseded_by"):  # they name documents: checked here, not at Firestore
+            if fields.get(key) and not valid_release_id(fields[key]):
+                raise ValueError(f"{key} {fields[key][:100]!r} cannot be a release id")
     except (ValueError, TypeError) as exc:
         raise MalformedEvent(f"event {event_id} ({kind}): {exc}") from None
     return cls(**fields) if cls is ReleaseNotice else cls(id=event_id, **fields)
@@ -147,3 +156,19 @@ def decode_event(event_id: str, attributes: Mapping[str, str], data: bytes) -> E
     if isinstance(message, ReleaseNotice):
         raise MalformedEvent(f"event {event_id}: a {ReleaseNotice.type} is not an event for the dispatcher")
     return message
+
+
+def unwrap_push(event_id: str, envelope: Any) -> tuple[dict[str, str], bytes]:
+    """Attributes and data of a Pub/Sub push as a CloudEvent carries it
+    (``{"message": {"data": <base64>, "attributes": {...}, "messageId": ...}, "subscription": ...}``)."""
+    message = envelope.get("message") if isinstance(envelope, Mapping) else None
+    if not isinstance(message, Mapping):
+        raise MalformedEvent(f"event {event_id}: CloudEvent has no Pub/Sub message")
+    try:
+        data = base64.b64decode(message.get("data") or "", validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        raise MalformedEvent(f"event {event_id}: message data is not base64") from None
+    attributes = message.get("attributes") or {}
+    if not isinstance(attributes, Mapping) or not all(isinstance(v, str) for v in attributes.values()):
+        raise MalformedEvent(f"event {event_id}: message attributes are not a map of strings")
+    return dict(attributes), data

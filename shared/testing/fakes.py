@@ -17,13 +17,16 @@ from typing import Any, Callable, Mapping
 
 from shared.domain.commands import Notify, RequestApproval, StartStage
 from shared.adapters.notify.errors import NotifyError
-from shared.domain.errors import DefinitionError, StaleWrite, TransientError
+from shared.domain.errors import DefinitionError, DocumentTooLarge, StaleWrite, TransientError
 from shared.domain.pipeline import Pipeline, Stage, parse_pipeline, thaw
 from shared.app.ports import StageFinish, StartResult, empty_app_record
+from shared.domain.dead_letters import MAX_KEPT_BYTES, DeadLetter
 from shared.domain.approval_record import ApprovalNotFound, ApprovalRecord, decision_fields
 from shared.domain.state import ReleaseState, StageState
 from shared.domain.wire import Message, encode
 
+
+FIRESTORE_MAX_DOCUMENT_BYTES = 1_048_576
 
 class FakeClock:
     def __init__(self, start: float = 1_800_000_000.0):
@@ -57,7 +60,6 @@ class FakeStore:
         self._docs: dict[str, tuple[dict, int]] = {}
         self._pipelines: dict[str, str] = {}
         self._parsed: dict[str, Pipeline] = {}
-        self.dead_letters: dict[str, dict] = {}
         self.deliveries: dict[str, dict] = {}
         self.reads = 0
         self.writes = 0
@@ -83,9 +85,7 @@ class FakeStore:
             _, version = self._docs[state.release_id]
             if version != token:
                 raise StaleWrite("release changed since it was read", release_id=state.release_id)
-            self.writes += 1
-            self._docs[state.release_id] = (state.to_dict(), version + 1)
-            return version + 1
+            return self._write(state.release_id, state.to_dict(), version)
 
     def update_fields(self, release_id: str, fields: Mapping[tuple[str, ...], Any], token: Any) -> Any:
         with self._lock:
@@ -98,9 +98,18 @@ class FakeStore:
                 for key in path[:-1]:
                     target = target[key]
                 target[path[-1]] = copy.deepcopy(value)
-            self.writes += 1
-            self._docs[release_id] = (data, version + 1)
-            return version + 1
+            return self._write(release_id, data, version)
+
+    def _write(self, release_id: str, data: dict, version: int) -> int:
+        """Like Firestore, a write that changes nothing keeps the update time (the token),
+        and a document over 1 MiB is refused (estimated from its JSON size)."""
+        if len(json.dumps(data, default=str)) > FIRESTORE_MAX_DOCUMENT_BYTES:
+            raise DocumentTooLarge("maximum entity size is 1048576 bytes", release_id=release_id)
+        self.writes += 1
+        if data == self._docs[release_id][0]:
+            return version
+        self._docs[release_id] = (data, version + 1)
+        return version + 1
 
     def list_releases(self, limit: int = 50) -> list[ReleaseState]:
         with self._lock:
@@ -128,15 +137,37 @@ class FakeStore:
             self._parsed[digest] = parse_pipeline(json.loads(self._pipelines[digest]))
         return self._parsed[digest]
 
-    def record_dead_letter(self, event_id: str, reason: str, payload: str, source: str) -> None:
-        self.dead_letters.setdefault(event_id, {"reason": reason, "payload": payload, "source": source})
-
     def claim_delivery(self, delivery_id: str, info: Mapping[str, Any]) -> bool:
         with self._lock:
             if delivery_id in self.deliveries:
                 return False
             self.deliveries[delivery_id] = dict(info)
             return True
+
+
+class FakeDeadLetters:
+    """The dead-letter store: create-only by id, newest first, like Firestore's."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.letters: dict[str, DeadLetter] = {}
+
+    def record(self, letter: DeadLetter) -> bool:
+        with self._lock:
+            if letter.id in self.letters:
+                return False
+            self.letters[letter.id] = replace(letter, data=letter.data[:MAX_KEPT_BYTES])
+            return True
+
+    def get(self, letter_id: str) -> DeadLetter | None:
+        return self.letters.get(letter_id)
+
+    def list(self, limit: int = 50) -> list[DeadLetter]:
+        return sorted(self.letters.values(), key=lambda d: d.received_at, reverse=True)[:limit]
+
+    def mark_redriven(self, letter_id: str, message_id: str, at: float) -> None:
+        with self._lock:
+            self.letters[letter_id] = replace(self.letters[letter_id], redriven_as=message_id, redriven_at=at)
 
 
 class FakePublisher:

@@ -16,63 +16,21 @@ never a traceback (``RELCTL_DEBUG=1`` shows it).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
-import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, TextIO
 
-from shared.app.config import Settings
 from shared.domain.errors import DefinitionError, PipelineError
-from shared.ui.notes import ReleaseNotFound, duration_text, iso, load_release, render, traffic_decisions
+from shared.ui.cli_context import (positive_int, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, Context,
+                                   UsageError)
+from shared.ui.cli_format import EPILOG, dumps, iso_times, paint
+from shared.ui.cli_operator import add_commands as add_operator_commands
+from shared.ui.notes import (ReleaseNotFound, duration_text, iso, load_release, render, timeline_text,
+                             traffic_decisions, waiting_text, rollback_lines)
 from shared.domain.pipeline import Pipeline, StageKind
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
 
 ACTIVE_STAGE = (StageStatus.RUNNING, StageStatus.WAITING, StageStatus.QUEUED)
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-
-
-@dataclass
-class Context:
-    """What the commands need, built on first use (a `validate` never touches Google)."""
-
-    out: TextIO = field(default_factory=lambda: sys.stdout)
-    sleep: Callable[[float], None] = time.sleep
-    monotonic: Callable[[], float] = time.monotonic
-
-    @functools.cached_property
-    def settings(self) -> Settings:
-        return Settings.from_env()
-
-    @functools.cached_property
-    def store(self):
-        from google.cloud import firestore
-
-        from shared.adapters.firestore_store import FirestoreStore
-
-        require_emulator("FIRESTORE_EMULATOR_HOST")
-        return FirestoreStore(firestore.Client(project=self.settings.project), self.settings)
-
-    def print(self, *parts: Any) -> None:
-        print(*parts, file=self.out, flush=True)
-
-
-def require_emulator(variable: str, timeout_s: float = 2.0) -> None:
-    """Fail fast when an emulator host is set but nothing listens there: the client
-    libraries would retry UNAVAILABLE for minutes before saying anything."""
-    import socket
-
-    host_port = os.environ.get(variable, "")
-    if not host_port:
-        return
-    host, _, port = host_port.rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s):
-            return
-    except (OSError, ValueError) as exc:
-        raise PipelineError(f"{variable}={host_port} is set but no emulator answers there ({exc})") from None
 
 
 # -- read-only views --------------------------------------------------------------
@@ -83,17 +41,23 @@ def current_stage(state: ReleaseState) -> str:
     return state.stopped_at_stage
 
 
-def show_text(state: ReleaseState, pipeline: Pipeline) -> str:
+def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False, progress: dict | None = None) -> str:
     from shared.ui.dashboard import stage_detail
 
     lines = [
-        f"release {state.release_id}  {state.status.value}",
+        f"release {state.release_id}  {paint(state.status.value, state.status.value, colour)}",
         f"  {state.repo} {state.ref} @ {state.commit}",
         f"  version {state.version}  tag {state.tag}  pushed by {state.pushed_by}  created {iso(state.created_at)}",
     ]
+    if progress and progress.get("text"):
+        lines.append(f"  progress: {progress['text']}")
+    if progress and progress.get("freeze_text"):
+        lines.append(f"  FROZEN: {progress['freeze_text']}")
+    if progress and progress.get("stalled_text"):
+        lines.append(f"  NOTICE: {progress['stalled_text']}")
     if state.waiting_for:
         lines.append(f"  queued: waiting for the {state.waiting_for} lock another release holds")
-    if state.reason and state.status is ReleaseStatus.SUPERSEDED:
+    if state.reason and state.status in (ReleaseStatus.SUPERSEDED, ReleaseStatus.CANCELLED):
         lines.append(f"  {state.reason}")
     elif state.reason:
         lines.append(f"  stopped at {state.stopped_at_stage}: {state.reason}")
@@ -103,73 +67,94 @@ def show_text(state: ReleaseState, pipeline: Pipeline) -> str:
     traffic = [f"{d['percent']} % at {iso(d['at'])}" for d in traffic_decisions(state, pipeline)]
     if traffic:
         lines.append("  traffic: " + "; ".join(traffic))
+    lines += [f"  {line}" for line in rollback_lines(state, pipeline)]
+    if waiting_text(state, pipeline):
+        lines.append("  " + waiting_text(state, pipeline))
+    if state.timeline:
+        lines.append("  timeline:")
+        lines += [f"    {timeline_text(e)}" for e in state.timeline]
     lines.append("")
     lines.append(f"  {'#':<4} {'STAGE':<18} {'STATUS':<10} {'ATTEMPT':<7} {'DURATION':<9} DETAIL")
     for stage in pipeline.stages:
         st = state.stages[stage.id]
         detail = stage_detail(stage, st, state, pipeline).replace("\n", " ")
-        lines.append(f"  {stage.number:<4} {stage.id:<18} {st.status.value:<10} {st.attempt:<7} "
+        lines.append(f"  {stage.number:<4} {stage.id:<18} {paint(f'{st.status.value:<10}', st.status.value, colour)} {st.attempt:<7} "
                      f"{duration_text(st.duration_s):<9} {detail}".rstrip())
     return "\n".join(lines)
 
 
 def cmd_list(args, ctx: Context) -> int:
     states = ctx.store.list_releases(args.limit)
-    if args.json:
+    if ctx.json:
         from shared.ui.dashboard import release_summary
 
-        ctx.print(json.dumps([release_summary(s) for s in states], indent=2, sort_keys=True))
+        ctx.print(dumps([release_summary(s) for s in states]))
         return EXIT_OK
     if not states:
         ctx.print("no releases")
         return EXIT_OK
     ctx.print(f"{'RELEASE':<36} {'STATUS':<18} {'TAG':<22} {'STAGE':<16} CREATED")
     for s in states:
-        ctx.print(f"{s.release_id:<36} {s.status.value:<18} {s.tag:<22} {current_stage(s) or '-':<16} {iso(s.created_at)}")
+        ctx.print(f"{s.release_id:<36} {paint(f'{s.status.value:<18}', s.status.value, ctx.colour)} {s.tag:<22} {current_stage(s) or '-':<16} {iso(s.created_at)}")
     return EXIT_OK
 
 
 def cmd_show(args, ctx: Context) -> int:
     state, pipeline = load_release(ctx.store, args.release)
-    if args.json:
+    if ctx.json:
         from shared.ui.dashboard import release_json
 
-        ctx.print(json.dumps(release_json(state, pipeline), indent=2, sort_keys=True, default=str))
+        ctx.print(dumps(release_json(state, pipeline, ctx.progress(state, pipeline))))
     else:
-        ctx.print(show_text(state, pipeline))
+        ctx.print(show_text(state, pipeline, ctx.colour, ctx.progress(state, pipeline)))
     return EXIT_OK
 
 
 def cmd_notes(args, ctx: Context) -> int:
     state, pipeline = load_release(ctx.store, args.release)
-    ctx.out.write(render(state, pipeline))
+    if ctx.json:
+        ctx.print(dumps({"release_id": state.release_id, "markdown": render(state, pipeline)}))
+    else:
+        ctx.out.write(render(state, pipeline))
     return EXIT_OK
 
 
 def cmd_watch(args, ctx: Context) -> int:
     """Redraw on every change (a terminal) or print one line per stage change (a pipe)."""
-    redraw = ctx.out.isatty()
+    redraw = ctx.out.isatty() and not ctx.json
     deadline = ctx.monotonic() + args.timeout if args.timeout else None
     last_view, seen = "", {}
     while True:
         state, pipeline = load_release(ctx.store, args.release)
         if redraw:
-            view = show_text(state, pipeline)
+            view = show_text(state, pipeline, ctx.colour, ctx.progress(state, pipeline))
             if view != last_view:
                 ctx.out.write("\x1b[H\x1b[2J" + view + "\n")
                 ctx.out.flush()
                 last_view = view
         else:
-            for line in _changes(state, pipeline, seen):
-                ctx.print(line)
+            changes = _changes(state, pipeline, seen)
+            for change, line in changes:
+                _line(ctx, change, paint(line, change["status"], ctx.colour))
+            p = ctx.progress(state, pipeline) if not state.status.terminal else {}
+            if changes and p:
+                _line(ctx, {"release_id": state.release_id, "progress": p}, f"  progress: {p['text']}")
+            stalled = p.get("stalled_text", "")
+            if stalled and not seen.get("stalled"):
+                seen["stalled"] = True
+                _line(ctx, {"release_id": state.release_id, "notice": stalled}, f"  NOTICE: {stalled}")
+        final = {"release_id": state.release_id, "final": True, "status": state.status.value, "reason": state.reason}
         if state.status is ReleaseStatus.SUCCEEDED:
-            ctx.print(f"release {state.release_id} succeeded: {state.tag} takes all traffic")
+            _line(ctx, final, f"release {state.release_id} succeeded: {state.tag} takes all traffic")
             return EXIT_OK
         if state.status is ReleaseStatus.STOPPED:
-            ctx.print(f"release {state.release_id} stopped: {state.reason}")
+            _line(ctx, final, f"release {state.release_id} stopped: {state.reason}")
+            return EXIT_FAILED
+        if state.status is ReleaseStatus.CANCELLED:
+            _line(ctx, final, f"release {state.release_id} was {state.reason}")
             return EXIT_FAILED
         if state.status is ReleaseStatus.SUPERSEDED:
-            ctx.print(f"release {state.release_id} was {state.reason or 'superseded by a newer release'}")
+            _line(ctx, final, f"release {state.release_id} was {state.reason or 'superseded by a newer release'}")
             return EXIT_FAILED
         if deadline is not None and ctx.monotonic() >= deadline:
             print(f"relctl: release {state.release_id} still {state.status.value} after {args.timeout:g}s",
@@ -178,11 +163,18 @@ def cmd_watch(args, ctx: Context) -> int:
         ctx.sleep(args.interval)
 
 
-def _changes(state: ReleaseState, pipeline: Pipeline, seen: dict) -> list[str]:
+def _line(ctx: Context, data: dict, text: str) -> None:
+    """watch prints one JSON object per line (JSON Lines) under --json, so a pipe can follow it."""
+    ctx.print(json.dumps(iso_times(data), sort_keys=True) if ctx.json else text)
+
+
+def _changes(state: ReleaseState, pipeline: Pipeline, seen: dict) -> list[tuple[dict, str]]:
+    """What changed since the last look, each as (JSON record, text line)."""
     lines = []
     if seen.get("") != state.status:
         seen[""] = state.status
-        lines.append(f"release {state.release_id} {state.status.value}")
+        lines.append(({"release_id": state.release_id, "status": state.status.value, "at": state.updated_at},
+                      f"release {state.release_id} {state.status.value}"))
     for stage in pipeline.stages:
         st = state.stages[stage.id]
         key = (st.status, st.attempt)
@@ -191,118 +183,50 @@ def _changes(state: ReleaseState, pipeline: Pipeline, seen: dict) -> list[str]:
         seen[stage.id] = key
         took = f" in {duration_text(st.duration_s)}" if st.duration_s is not None else ""
         why = f": {st.reason}" if st.reason else ""
-        lines.append(f"  [{stage.number:>3}] {stage.id:<18} {st.status.value} (attempt {st.attempt}){took}{why}")
+        lines.append(({"release_id": state.release_id, "stage": stage.id, "status": st.status.value,
+                       "attempt": st.attempt, "started_at": st.started_at, "finished_at": st.finished_at,
+                       "duration_s": st.duration_s, "reason": st.reason},
+                      f"  [{stage.number:>3}] {stage.id:<18} {st.status.value} (attempt {st.attempt}){took}{why}"))
     return lines
 
 
-# -- commands that go through the operator function ---------------------------------------------------
-def operator_call(ctx: Context, args, action: str, params: dict, request_id: str | None = None) -> dict:
-    """Through the operator function, which checks the caller's Google ID token and records who asked."""
-    from shared.ui.operator_client import call_operator
-
-    return call_operator(ctx.settings, action, params, request_id=request_id, as_=getattr(args, "as_", None))
-
-
-def await_release(ctx: Context, release_id: str, seconds: float, answered):
-    """Re-read the release every 0.5 s until ``answered(state)`` returns something, or None at the end."""
-    deadline = ctx.monotonic() + seconds
-    while ctx.monotonic() < deadline:
-        ctx.sleep(0.5)
-        now, _ = load_release(ctx.store, release_id)
-        result = answered(now)
-        if result is not None:
-            return now, result
-    return None
-
-
-def publish_replay(ctx: Context, state: ReleaseState, stage: str, reason: str, args) -> int:
-    answer = operator_call(ctx, args, "replay", {"release_id": state.release_id, "stage": stage, "reason": reason},
-                           request_id=args.replay_id)
-    replay_id = answer["replay_id"]
-    ctx.print(f"requested replay {replay_id}: release {state.release_id} stage {stage} "
-              f"(by {answer['requested_by']}, message {answer['message_id']})")
-    if not args.wait:
-        return EXIT_OK
-    got = await_release(ctx, state.release_id, args.wait,
-                        lambda now: next((r for r in now.replays if r.get("replay_id") == replay_id), None))
-    if got is None:
-        print(f"relctl: replay {replay_id} not handled within {args.wait:g}s (is the dispatcher running?)",
-              file=sys.stderr)
-        return EXIT_TIMEOUT
-    now, record = got
-    if not record.get("accepted"):
-        print(f"relctl: replay {replay_id} refused: {record.get('reason', '')}", file=sys.stderr)
-        return EXIT_FAILED
-    st = now.stages[stage]
-    ctx.print(f"accepted: stage {stage} is {st.status.value} (attempt {st.attempt}); release {now.status.value}")
-    return EXIT_OK
-
-
-def cmd_replay(args, ctx: Context) -> int:
-    state, pipeline = load_release(ctx.store, args.release)
-    if not pipeline.has_stage(args.stage):
-        raise PipelineError(f"release {state.release_id} has no stage {args.stage!r} "
-                            f"(stages: {', '.join(s.id for s in pipeline.stages)})")
-    return publish_replay(ctx, state, args.stage, args.reason, args)
-
-
-def cmd_resend_approval(args, ctx: Context) -> int:
-    """A replay of the approval stage: a new attempt, new links; the old links name the old attempt and stop working."""
-    state, pipeline = load_release(ctx.store, args.release)
-    if pipeline.approval_index is None:
-        raise PipelineError(f"pipeline {pipeline.name} has no approval stage")
-    stage = pipeline.stages[pipeline.approval_index]
-    st = state.stages[stage.id]
-    if st.status not in (StageStatus.WAITING, StageStatus.FAILED):
-        raise PipelineError(f"approval of release {state.release_id} is {st.status.value}; links are re-sent only "
-                            "while it waits or after it expired or was rejected")
-    return publish_replay(ctx, state, stage.id, args.reason, args)
-
-
-def cmd_chaos(args, ctx: Context) -> int:
-    state, pipeline = load_release(ctx.store, args.release)
-    optional = [s for s in pipeline.stages if s.optional]
-    if not optional:
-        raise PipelineError(f"pipeline {pipeline.name} has no optional chaos stage")
-    if state.chaos_requested_by:
-        raise PipelineError(f"chaos was already requested by {state.chaos_requested_by}")
-    if state.status is not ReleaseStatus.AWAITING_APPROVAL:
-        raise PipelineError(f"release {state.release_id} is {state.status.value}; chaos can be requested only "
-                            "while it awaits approval")
-    answer = operator_call(ctx, args, "chaos", {"release_id": state.release_id})
-    ctx.print(f"requested chaos: release {state.release_id} (by {answer['requested_by']}, "
-              f"message {answer['message_id']})")
-    if not args.wait:
-        return EXIT_OK
-    got = await_release(ctx, state.release_id, args.wait, lambda now: now.chaos_requested_by or None)
-    if got is None:
-        print(f"relctl: chaos request not taken within {args.wait:g}s (refused, or the dispatcher is not running)",
-              file=sys.stderr)
-        return EXIT_TIMEOUT
-    now, who = got
-    st = now.stages[optional[0].id]
-    ctx.print(f"accepted: stage {optional[0].id} is {st.status.value} (requested by {who})")
-    return EXIT_OK
-
-
 # -- commands against Cloud Run / IAM / files --------------------------------------
+FAILED_LOOKBACK = 200  # recent releases whose rollbacks say which revisions failed their checks
+
+
+def failed_revisions(states) -> dict[str, str]:
+    """Revision -> why, for every revision a rollback moved traffic away from (it failed a check)."""
+    failed: dict[str, str] = {}
+    for state in states:
+        for st in state.stages.values():
+            for result in [a.result for a in st.history] + [st.result]:
+                for r in result.get("rolled_back") or []:
+                    if r.get("from"):
+                        failed.setdefault(str(r["from"]), f"release {state.release_id}: {r.get('why') or 'rolled back'}")
+    return failed
+
+
 def cmd_rollback(args, ctx: Context) -> int:
     from shared.adapters.executors.registry_rollback import rollback_from_registry, rollback_to_tag
     from shared.adapters.executors.run_services import rollback
 
     if args.image and not (args.to_tag or args.from_registry):
-        print("relctl: --image goes with --to-tag or --from-registry", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError("--image goes with --to-tag or --from-registry")
+    if args.to_revision and not args.force:
+        failed = failed_revisions(ctx.store.list_releases(FAILED_LOOKBACK)).get(args.to_revision.rsplit("/", 1)[-1])
+        if failed:
+            raise PipelineError(f"revision {args.to_revision} failed its checks ({failed}); "
+                                "pass --force to send all traffic to it anyway")
     if args.to_tag or args.from_registry:
         moved = (rollback_to_tag(ctx.settings, args.service, args.to_tag, image=args.image) if args.to_tag
                  else rollback_from_registry(ctx.settings, args.service, image=args.image))
         how = f"new revision from {moved['image']}" if moved["created"] else f"existing revision running {moved['image']}"
-        ctx.print(f"rolled back {moved['service']}: 100 % to {moved['revision']} ({how}; tag {moved['tag']}, "
+        ctx.emit(moved, f"rolled back {moved['service']}: 100 % to {moved['revision']} ({how}; tag {moved['tag']}, "
                   f"version {moved['version']}, commit {moved['commit']}), was {moved.get('from') or '?'}; "
                   f"operation {moved.get('operation') or '-'}")
         return EXIT_OK
     moved = rollback(ctx.settings, args.service, args.to_revision)
-    ctx.print(f"rolled back {moved['service']}: 100 % to {moved['revision']} "
+    ctx.emit(moved, f"rolled back {moved['service']}: 100 % to {moved['revision']} "
               f"(version {moved.get('version') or '?'}, commit {moved.get('commit') or '?'}), "
               f"was {moved.get('from') or '?'}; operation {moved.get('operation') or '-'}")
     return EXIT_OK
@@ -315,10 +239,14 @@ def cmd_validate(args, ctx: Context) -> int:
         pipeline = load_pipeline(args.file)
     except DefinitionError as exc:
         print(f"relctl: invalid pipeline: {exc}", file=sys.stderr)
+        if ctx.json:
+            ctx.print(dumps({"file": args.file, "valid": False, "error": str(exc)}))
         return EXIT_USAGE
     stages = ", ".join(f"{s.number} {s.id}" + (" (optional)" if s.optional else "") for s in pipeline.stages)
-    ctx.print(f"OK {args.file}: pipeline {pipeline.name}, {len(pipeline.stages)} stages: {stages}")
-    ctx.print(f"digest {pipeline.digest}")
+    ctx.emit({"file": args.file, "valid": True, "pipeline": pipeline.name, "digest": pipeline.digest,
+              "stages": [{"number": s.number, "id": s.id, "kind": s.kind.value, "optional": s.optional}
+                         for s in pipeline.stages]},
+             f"OK {args.file}: pipeline {pipeline.name}, {len(pipeline.stages)} stages: {stages}\ndigest {pipeline.digest}")
     return EXIT_OK
 
 
@@ -341,49 +269,35 @@ def cmd_preflight(args, ctx: Context) -> int:
     if not settings.iam_endpoint and SECRET_ACCESSOR_ROLE in required_roles(pipeline):
         secrets_client = secret_manager_client()
     report = check_permissions(gcp_clients.projects(settings), settings.project, account, pipeline, secrets_client)
-    ctx.print(format_report(report))
+    ctx.emit({"ok": report.ok, "service_account": report.service_account, "missing": report.missing,
+              "extra": report.extra, "checked_roles": report.checked_roles, "notes": report.notes},
+             format_report(report))
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
 # -- parsing and the one place errors become exit codes ------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="relctl", description="Operate releases of the release orchestrator.")
+    parser = argparse.ArgumentParser(prog="relctl", description="Operate releases of the release orchestrator.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"relctl {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, func, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
+        p = sub.add_parser(name, help=help, description=help, epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(func=func)
+        p.add_argument("--json", action="store_true", help="print JSON (times in ISO 8601 UTC) instead of text")
         return p
 
     p = command("list", cmd_list, "list releases, newest first")
-    p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--limit", type=positive_int, default=20, help="at most this many (1-500, default 20)")
     p = command("show", cmd_show, "show a release: stages with status, attempt, duration, failure reason")
     p.add_argument("release")
-    p.add_argument("--json", action="store_true")
     p = command("watch", cmd_watch, "follow a release live; exit 0 when it succeeds, 1 when it stops")
     p.add_argument("release")
     p.add_argument("--timeout", type=float, default=0, help="give up after this many seconds (exit 3); 0 = never")
     p.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
-    for name, func, help in (
-        ("replay", cmd_replay, "run a stage again (through the operator function)"),
-        ("resend-approval", cmd_resend_approval, "send new approval links; the old ones stop working"),
-        ("chaos", cmd_chaos, "request the optional chaos smoke (10a) while the release awaits approval"),
-    ):
-        p = command(name, func, help)
-        p.add_argument("release")
-        if name == "replay":
-            p.add_argument("stage")
-            p.add_argument("--reason", required=True, help="why (recorded with the replay)")
-        elif name == "resend-approval":
-            p.add_argument("--reason", default="approval links re-sent with relctl")
-        if name != "chaos":
-            p.add_argument("--replay-id", help="idempotency key; the same id is handled once (default: random)")
-        p.add_argument("--as", dest="as_", metavar="WHO",
-                       help="local stack only: whom its token issuer signs for (default: $RELEASE_OPERATOR_EMAIL); "
-                            "on GCP your Google identity is used")
-        p.add_argument("--wait", type=float, default=10, metavar="SECONDS",
-                       help="wait this long for the dispatcher's answer (0: do not wait)")
+    add_operator_commands(command)
     p = command("rollback", cmd_rollback, "move all of a service's traffic to an earlier revision")
     p.add_argument("service")
     target = p.add_mutually_exclusive_group()
@@ -393,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--from-registry", action="store_true",
                         help="serve the newest release tag in Artifact Registry older than the one served now")
     p.add_argument("--image", help="image name under RELEASE_ARTIFACT_REGISTRY (default: the one the service runs)")
+    p.add_argument("--force", action="store_true", help="roll back to a revision even though it failed its checks")
     p = command("validate", cmd_validate, "check a pipeline file; exit 2 naming the stage and field when invalid")
     p.add_argument("file")
     p = command("notes", cmd_notes, "print the release notes (Markdown)")
@@ -403,10 +318,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as installed
+
+    try:
+        return installed("release-orchestrator")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    ctx = Context(json=args.json)
     try:
-        return args.func(args, Context())
+        return args.func(args, ctx)
     except KeyboardInterrupt:
         print("relctl: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -414,7 +339,12 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("RELCTL_DEBUG"):
             raise
         message, code = describe_error(exc)
-        print(f"relctl: {message}", file=sys.stderr)
+        if isinstance(exc, UsageError):
+            print(f"{build_parser().prog} {args.command}: error: {message}", file=sys.stderr)
+        else:
+            print(f"relctl: {message}", file=sys.stderr)
+        if ctx.json:
+            ctx.print(dumps({"error": message, "exit": code}))
         return code
 
 
@@ -425,6 +355,8 @@ def describe_error(exc: Exception) -> tuple[str, int]:
     from google.auth import exceptions as auth_exc
 
     one_line = " ".join(str(exc).split())
+    if isinstance(exc, UsageError):
+        return one_line, EXIT_USAGE
     if isinstance(exc, DefinitionError):
         return f"invalid pipeline: {one_line}", EXIT_USAGE
     if isinstance(exc, ReleaseNotFound):

@@ -25,6 +25,7 @@ from shared.domain.analysis import summary_line
 from shared.domain.errors import PipelineError
 from shared.ui.notes import (
     ReleaseNotFound,
+    rollback_lines,
     approval_decision,
     duration_text,
     is_prod_traffic_stage,
@@ -34,18 +35,23 @@ from shared.ui.notes import (
     load_release,
     render,
     safe_url,
+    timeline_text,
     traffic_percent,
+    waiting_text,
 )
 from shared.domain.pipeline import Pipeline, Stage, StageKind
 from shared.domain.state import ReleaseState, StageState, StageStatus
+from shared.domain.progress import progress, progress_text
 from shared.ui.render import markdown_html, page
 from shared.ui.templates.dashboard_assets import CSS, REFRESH_JS
 
 Response = tuple[int, str, dict[str, str]]
 
 
-def handle(method: str, path: str, query: Mapping[str, Any] | None, store: Any) -> Response:
-    """Answer one dashboard request from the release store."""
+def handle(method: str, path: str, query: Mapping[str, Any] | None, store: Any, apps: Any = None,
+           now: float | None = None) -> Response:
+    """Answer one dashboard request from the release store; ``apps`` (AppRecords) gives the
+    stage medians for the expected end, ``now`` the time (default: the system clock)."""
     if method not in ("GET", "HEAD"):
         return _error(405, "only GET is served here", api=(path or "").startswith("/api/"), allow="GET, HEAD")
     parts = [urllib.parse.unquote(p) for p in (path or "/").strip("/").split("/") if p]
@@ -59,10 +65,10 @@ def handle(method: str, path: str, query: Mapping[str, Any] | None, store: Any) 
         if len(parts) == 2 and parts[0] == "release":
             state, pipeline = load_release(store, parts[1])
             nonce = secrets.token_urlsafe(16)
-            return _html(release_page(state, pipeline, nonce), nonce=nonce)
+            return _html(release_page(state, pipeline, nonce, release_progress(state, pipeline, apps, now)), nonce=nonce)
         if len(parts) == 3 and parts[:2] == ["api", "release"]:
             state, pipeline = load_release(store, parts[2])
-            return _json(release_json(state, pipeline))
+            return _json(release_json(state, pipeline, release_progress(state, pipeline, apps, now)))
         if len(parts) == 4 and parts[:2] == ["api", "release"] and parts[3] == "state":
             state, pipeline = load_release(store, parts[2])  # one read: the definition is cached
             return _json(release_state(state, pipeline))
@@ -177,7 +183,35 @@ def stage_detail(stage: Stage, st: StageState, state: ReleaseState, pipeline: Pi
     return ""
 
 
-def release_json(state: ReleaseState, pipeline: Pipeline) -> dict[str, Any]:
+def release_progress(state: ReleaseState, pipeline: Pipeline, apps: Any, now: float | None) -> dict[str, Any]:
+    """Elapsed times, the expected end from the app's stage medians, a stall notice (shared/domain/progress.py)."""
+    import time
+
+    from shared.app.stage_medians import app_record
+
+    now = time.time() if now is None else now
+    record = app_record(apps, state.pipeline_name)
+    p = progress(state, pipeline, record.get("stage_medians") or {}, now)
+    p["text"] = progress_text(p, duration_text)
+    p["stalled_text"] = stalled_text(state, p)
+    freeze = record.get("freeze") or {}
+    p["freeze_text"] = (f"prod is frozen by {freeze.get('by', '?')} since {iso(freeze.get('at'))}: "
+                        f"{freeze.get('reason', '')}; no release enters prod until `relctl unfreeze`"
+                        if freeze and not state.status.terminal else "")
+    return p
+
+
+def stalled_text(state: ReleaseState, p: Mapping[str, Any]) -> str:
+    """The notice for a release that has not moved for longer than its stage's timeout, with what to run."""
+    if p.get("stalled_s") is None:
+        return ""
+    rid, stage = state.release_id, p["stage"]
+    return (f"release {rid} has not moved for {duration_text(p['stalled_s'])}, longer than the "
+            f"{duration_text(p['timeout_s'])} timeout of {stage}: check the sweeper, then "
+            f"`relctl replay {rid} {stage} --reason \"…\"` or `relctl cancel {rid} --reason \"…\"`")
+
+
+def release_json(state: ReleaseState, pipeline: Pipeline, progress_view: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything the release page shows; the refresh script redraws the page from it."""
     decision = {k: v for k, v in approval_decision(state, pipeline).items() if k != "nonce"}
     stages = [stage_view(s, state.stages.get(s.id) or StageState(), state, pipeline) for s in pipeline.stages]
@@ -191,9 +225,12 @@ def release_json(state: ReleaseState, pipeline: Pipeline) -> dict[str, Any]:
         "release": {**release_summary(state), "ref": state.ref, "stopped_at_stage": state.stopped_at_stage,
                     "pipeline": state.pipeline_name, "chaos_requested_by": state.chaos_requested_by,
                     "approval": decision, "approval_text": approval_text,
-                    "traffic_text": "; ".join(traffic) or "no prod traffic yet"},
+                    "traffic_text": "; ".join(traffic + rollback_lines(state, pipeline)) or "no prod traffic yet"},
         "stages": stages,
         "replays": state.replays,
+        "timeline": [{**e, "text": timeline_text(e)} for e in state.timeline],
+        "waiting_text": waiting_text(state, pipeline),
+        "progress": progress_view or {},
         "notes": render(state, pipeline),
     }
 
@@ -220,14 +257,17 @@ def pipeline_steps(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return steps
 
 
-def release_page(state: ReleaseState, pipeline: Pipeline, nonce: str = "") -> str:
+def release_page(state: ReleaseState, pipeline: Pipeline, nonce: str = "", progress_view: dict | None = None) -> str:
     """One release: header, the pipeline picture, approval and traffic, stage table, notes.
     ``nonce`` authorises the inline refresh script under the Content-Security-Policy."""
-    data = release_json(state, pipeline)
+    data = release_json(state, pipeline, progress_view)
     views = [{**v, "started": iso(v["started_at"])} for v in data["stages"]]
     return _page("dashboard_release.html", f"{state.release_id} · {state.status.value}", nonce=nonce,
                  script=REFRESH_JS, state=state, rel=data["release"], views=views, steps=pipeline_steps(views),
-                 created=iso(state.created_at), notes_html=markdown_html(data["notes"]))
+                 created=iso(state.created_at), notes_html=markdown_html(data["notes"]),
+                 timeline=[{"stage": "", "attempt": None, "by": "", "reason": "", **e, "at_iso": iso(e.get("at"))}
+                           for e in data["timeline"]],
+                 waiting_text=data["waiting_text"], progress=data["progress"])
 
 
 # -- responses --------------------------------------------------------------------

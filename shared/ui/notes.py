@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable
 
 from shared.domain.analysis import evidence_lines
+from shared.domain.ids import valid_release_id
 from shared.domain.errors import PipelineError
 from shared.domain.pipeline import Pipeline, Stage, StageKind
 from shared.domain.state import ReleaseState, ReleaseStatus, StageState, StageStatus
@@ -32,6 +33,8 @@ class ReleaseNotFound(PipelineError):
 
 def load_release(store: Any, release_id: str) -> tuple[ReleaseState, Pipeline]:
     """The stored release and the pipeline definition it started with."""
+    if not valid_release_id(release_id):  # '/', '..', '__x__': no such document can exist
+        raise ReleaseNotFound(f"unknown release {release_id[:100]!r} (not a release id)")
     got = store.get(release_id)
     if got is None:
         raise ReleaseNotFound(f"unknown release {release_id!r}")
@@ -120,6 +123,32 @@ def approval_decision(state: ReleaseState, pipeline: Pipeline) -> dict[str, Any]
     return {k: result[k] for k in ("approver", "decision", "at", "reason") if k in result}
 
 
+def timeline_text(entry: dict[str, Any]) -> str:
+    """One timeline entry in words: ``2027-01-15T09:00:00Z  rejected approval (attempt 1) by boss@…: why``."""
+    what = str(entry.get("kind", "?"))
+    if entry.get("stage"):
+        what += f" {entry['stage']}"
+    if entry.get("attempt"):
+        what += f" (attempt {entry['attempt']})"
+    by = f" by {entry['by']}" if entry.get("by") else ""
+    why = f": {entry['reason']}" if entry.get("reason") else ""
+    return f"{iso(entry.get('at'))}  {what}{by}{why}"
+
+
+def waiting_text(state: ReleaseState, pipeline: Pipeline) -> str:
+    """Who was asked, since when, until when: for a release that waits for an approval ('' otherwise)."""
+    gate = pipeline.approval_index
+    if gate is None:
+        return ""
+    stage = pipeline.stages[gate]
+    st = state.stages.get(stage.id)
+    if st is None or st.status is not StageStatus.WAITING:
+        return ""
+    asked = [str(a) for a in stage.params["approvers"] if str(a).lower() != state.pushed_by.lower()]
+    return (f"approval (attempt {st.attempt}) asked of {', '.join(asked) or 'nobody'} since {iso(st.started_at)}; "
+            f"links expire at {iso(st.deadline)}")
+
+
 # -- Markdown -------------------------------------------------------------------
 def _cell(value: Any) -> str:
     """Text that cannot break a Markdown table row."""
@@ -164,8 +193,8 @@ def render(state: ReleaseState, pipeline: Pipeline) -> str:
         ("Created", iso(state.created_at)),
         ("Status", state.status.value),
     ])
-    if state.reason and state.status is ReleaseStatus.SUPERSEDED:
-        out += ["", "## Superseded", "", state.reason[:1].upper() + state.reason[1:]]
+    if state.reason and state.status in (ReleaseStatus.SUPERSEDED, ReleaseStatus.CANCELLED):
+        out += ["", f"## {state.status.value.capitalize()}", "", state.reason[:1].upper() + state.reason[1:]]
     elif state.reason:
         out += ["", "## Stopped", "", f"Stopped at stage `{state.stopped_at_stage}`: {state.reason}"]
 
@@ -189,6 +218,11 @@ def render(state: ReleaseState, pipeline: Pipeline) -> str:
         out += _table(("At", "Stage", "By", "Accepted", "Reason"), [
             (iso(r.get("at")), r.get("stage", ""), r.get("requested_by", ""),
              "yes" if r.get("accepted") else "no", r.get("reason", "")) for r in state.replays])
+    if state.timeline:  # every decision and operator action, including those a resend replaced
+        out += ["", "## Timeline", ""]
+        out += _table(("At", "What", "Stage", "By", "Why"), [
+            (iso(e.get("at")), e.get("kind", ""), e.get("stage", ""), e.get("by", ""), e.get("reason", ""))
+            for e in state.timeline])
     return "\n".join(out) + "\n"
 
 
@@ -283,16 +317,32 @@ def _approval_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
     return ["", "## Approval", "", line]
 
 
+def rollback_lines(state: ReleaseState, pipeline: Pipeline) -> list[str]:
+    """Every rollback recorded on the release (who, when, from, to, why), oldest first."""
+    lines = []
+    for stage in pipeline.stages:
+        st = state.stages.get(stage.id) or StageState()
+        for result in [a.result for a in st.history] + [st.result]:
+            for r in result.get("rolled_back") or []:
+                lines.append(f"rolled back {r.get('service', '?')} from {r.get('from') or '?'} to "
+                             f"{r.get('revision') or '?'} at {iso(r.get('at'))} by {r.get('by') or '?'}"
+                             + (f": {r['why']}" if r.get("why") else ""))
+            if result.get("rollback_error"):
+                lines.append(f"rollback of {stage.id} FAILED: {result['rollback_error']}")
+    return lines
+
+
 def _traffic_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
     decisions = traffic_decisions(state, pipeline)
-    if not decisions:
+    rolled = [f"- {line}" for line in rollback_lines(state, pipeline)]
+    if not decisions and not rolled:
         return []
     lines = []
     for d in decisions:
         percent = f"{d['percent']} %" if d["percent"] is not None else "? %"
         targets = f" ({', '.join(d['targets'])})" if d["targets"] else ""
         lines.append(f"- {percent} at {iso(d['at'])} by stage `{d['stage']}`{targets}")
-    return ["", "## Traffic", ""] + lines
+    return ["", "## Traffic", ""] + lines + rolled
 
 
 def render_for(release_id: str) -> str:

@@ -38,6 +38,7 @@ def served():
                      "message": "Release-Version: 1.4.0 and a rather long first line that goes on and on past the screen",
                      "author": "Grace Hopper"}],
         "total": 2, "compare_url": "https://github.com/acme/app/compare/1111111...abcdef1", "before": "1111111" + "2" * 33}
+    world.save_release()  # the store keeps a copy; the page reads the stored release
 
     def app(environ, start_response):
         query = dict(urllib.parse.parse_qsl(environ.get("QUERY_STRING", "")))

@@ -114,3 +114,33 @@ def test_dashboard_function_of_the_stack_shows_the_release_as_firestore_holds_it
     assert shown["traffic-100"] == "succeeded" and shown["chaos"] == "skipped"
     page.screenshot(path=str(OUTPUT / "dashboard-local-stack.png"), full_page=True)
     assert page.errors == []
+
+
+def test_the_stack_enforces_deploys_iam_bindings(stack):
+    """The release above ran with IAM enforced: the stand-in refuses an unauthenticated call and
+    a call of an account deploy/ grants nothing (issue 12: the whole release passes with deploy/'s
+    bindings and no more)."""
+    import grpc
+    from google.api_core import exceptions
+    from google.cloud.devtools import cloudbuild_v1
+    from google.cloud.devtools.cloudbuild_v1.services.cloud_build.transports import CloudBuildGrpcTransport
+
+    from local.standin.identity import mint_key
+    from shared.adapters import gcp_clients
+
+    anonymous = cloudbuild_v1.CloudBuildClient(
+        transport=CloudBuildGrpcTransport(channel=grpc.insecure_channel(stack.standin_endpoint)))
+    with pytest.raises(exceptions.Unauthenticated):
+        anonymous.list_builds(project_id=PROJECT, retry=None)
+    stranger = mint_key(stack.workdir / "keys", f"stranger@{PROJECT}.iam.gserviceaccount.com")
+    previous = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = str(stranger)
+    try:
+        client = gcp_clients.cloud_build(Settings(project=PROJECT, cloud_build_endpoint=stack.standin_endpoint))
+        with pytest.raises(exceptions.PermissionDenied, match="cloudbuild.builds.list"):
+            list(client.list_builds(project_id=PROJECT, retry=None))
+    finally:
+        if previous is None:
+            os.environ.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
+        else:
+            os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = previous

@@ -42,6 +42,7 @@ def dispatcher(store, executors, settings, clock=None, publisher=None):
     """The real Dispatcher, with environment locks over Firestore (no stage here names an
     environment, so none is taken) and a roll-back no check here ever asks for."""
     from shared.adapters.firestore_apps import FirestoreAppRecords
+    from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
     from shared.app.locks import EnvironmentLocks
     from shared.app.ports import SystemClock
     from shared.app.dispatcher import Dispatcher
@@ -49,10 +50,10 @@ def dispatcher(store, executors, settings, clock=None, publisher=None):
     publisher = publisher if publisher is not None else FakePublisher()
     locks = EnvironmentLocks(FirestoreAppRecords(store.client, settings), publisher, settings)
     return Dispatcher(store, publisher, executors, FakeApprovals(), FakeNotifier(), clock or SystemClock(),
-                      settings, locks, roll_back=_no_roll_back)
+                      settings, locks, FirestoreDeadLetters(store.client, settings), roll_back=_no_roll_back)
 
 
-def _no_roll_back(service: str):
+def _no_roll_back(service: str, to: str | None = None):
     raise AssertionError(f"the fault pipeline has no check stage; nothing should roll {service} back")
 
 

@@ -15,7 +15,9 @@ from shared.testing.fakes import (
     FakeOperatorRequests,
     FakePublisher,
 )
+from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
 from shared.adapters.firestore_store import FirestoreStore
+from shared.app.dead_letters import DeadLetters
 from shared.adapters.firestore_apps import FirestoreAppRecords
 from shared.app.locks import EnvironmentLocks
 from shared.domain.pipeline import StageKind
@@ -32,6 +34,7 @@ class Rig:
     publisher: FakePublisher
     clock: FakeClock
     operator_requests: FakeOperatorRequests
+    dead_letters: DeadLetters
     delivered: int = 0
 
     def new_release(self, commit="abcdef1234567890", *, pipeline=PIPELINE, version="1.2.3", repo="acme/app"):
@@ -68,7 +71,8 @@ def make_rig(project, prefix) -> Rig:
     locks = EnvironmentLocks(FirestoreAppRecords(store.client, settings), publisher, settings)
     rolled_back: list[str] = []
     requests = FakeOperatorRequests()
+    letters = FirestoreDeadLetters(store.client, settings)
     dispatcher = Dispatcher(store, publisher, executors, FakeApprovals(), FakeNotifier(), clock, settings, locks,
-                            roll_back=lambda service: rolled_back.append(service) or {"service": service},
+                            letters, roll_back=lambda service, to=None: rolled_back.append(service) or {"service": service, "revision": to},
                             operator_requests=requests)
-    return Rig(dispatcher, store, executor, publisher, clock, requests)
+    return Rig(dispatcher, store, executor, publisher, clock, requests, DeadLetters(letters, publisher, clock, settings))

@@ -211,7 +211,12 @@ class Traffic:
 
 
 def bake(settings, telemetry, service: str, analysis: dict, bake_s: str = "60s"):
-    pipeline = parse_pipeline({"name": "p", "stages": [{"id": "prod-smoke", "kind": "check", "timeout": "5m", "params": {
+    pipeline = parse_pipeline({"name": "p", "stages": [
+        {"id": "approval", "kind": "approval", "environment": "prod", "timeout": "1h",
+         "params": {"approvers": ["boss@example.com"]}},
+        {"id": "prod-deploy", "kind": "deploy", "environment": "prod", "timeout": "5m",
+         "params": {"services": [service], "traffic_percent": 10, "revision_tag": "canary"}},
+        {"id": "prod-smoke", "kind": "check", "environment": "prod", "timeout": "5m", "params": {
         "target": "canary", "service": service, "revision_tag": "canary", "paths": ["/health/liveliness"],
         "window": "10s", "bake": bake_s, "analysis": analysis}}]})
     store, scheduler, publisher = FakeStore(), FakeProbeScheduler(), FakePublisher()

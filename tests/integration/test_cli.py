@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -54,7 +55,7 @@ def operator_function(emulators, unique_prefix, token_issuer, tmp_path):
     topic_id = f"events-{unique_prefix.strip('_')}"
     env = relctl_env(emulators, unique_prefix, topic_id, PYTHONPATH=str(REPO_ROOT), RELEASE_OPERATOR_AUDIENCE=url,
                      RELEASE_OPERATOR_CERTS_URL=token_issuer.certs_url, RELEASE_OPERATOR_ISSUERS=token_issuer.issuer,
-                     RELEASE_OPERATORS="ops-user@example.com,alice@example.com,qa@example.com")
+                     RELEASE_OPERATORS="ops-user@example.com,alice@example.com,qa@example.com,boss@example.com,dev@example.com")
     log = tmp_path / "operator.log"
     with log.open("w") as out:
         proc = subprocess.Popen([str(RELCTL.parent / "functions-framework"), "--target", "operator", "--source",
@@ -231,12 +232,13 @@ def test_notes_of_a_finished_release(cli):
 def test_watch_follows_a_release_to_success(cli):
     rid = release_at(cli.rig, "lint")
     watcher = cli.start("watch", rid, "--timeout", "60")
-    time.sleep(1.5)
+    seen = [watcher.stdout.readline() for _ in range(2)]  # it saw lint running: now let the release move
     step(cli.rig, rid)
     time.sleep(1.5)
     while current(cli.rig, rid):
         step(cli.rig, rid)
     out, err = watcher.communicate(timeout=30)
+    out = "".join(seen) + out
     assert watcher.returncode == 0, err
     assert "lint" in out.splitlines()[1] and "running (attempt 1)" in out.splitlines()[1]
     assert any("lint" in line and "succeeded (attempt 1)" in line for line in out.splitlines())
@@ -292,9 +294,10 @@ def test_replay_waits_for_the_gate_and_reports_a_refusal(cli):
 
 def test_replay_of_a_stage_the_pipeline_does_not_have_is_refused_before_publishing(cli):
     rid = release_at(cli.rig, "unit")
-    code, _, err = cli.run("replay", rid, "lnit", "--reason", "typo", "--wait", "0")
-    assert code == 1
-    assert_one_line_error(err, "has no stage 'lnit'", "lint, unit")
+    code, out, err = cli.run("replay", rid, "lintt", "--reason", "typo", "--wait", "0")
+    assert code == 2 and out == ""  # a usage error, like any other wrong argument
+    assert_one_line_error(err, f"relctl replay: error: release {rid} has no stage 'lintt' (did you mean 'lint'?)",
+                          "lint, unit")
 
 
 def test_resend_approval_is_a_replay_of_the_approval_stage(cli):
@@ -379,6 +382,8 @@ def deploy(settings, version, commit):
     from shared.domain.pipeline import parse_pipeline
 
     pipeline = parse_pipeline({"name": "cli", "stages": [
+        {"id": "approval", "kind": "approval", "environment": "prod", "timeout": "1h",
+         "params": {"approvers": ["boss@example.com"]}},
         {"id": "prod-deploy", "kind": "deploy", "environment": "prod", "timeout": "5m",
          "params": {"services": ["cli-web"], "traffic_percent": 100}}]})
     executor = build_executors(settings, retry=RetryPolicy(timeout_s=1, call_timeout_s=5))["deploy"]
@@ -410,6 +415,38 @@ def test_rollback_moves_traffic_back_to_the_last_tagged_revision(cli, standin):
     code, out, err = cli.run("rollback", "cli-web", "--to-revision", "cli-web-nonexistent", **extra)
     assert code == 1
     assert_one_line_error(err, "revision cli-web-nonexistent of cli-web does not exist")
+
+
+def test_rollback_refuses_a_revision_that_failed_its_checks_unless_forced(cli, standin):
+    """Why: `relctl rollback` reported success and left prod on a canary that had failed its checks."""
+    from shared.app.config import Settings
+
+    settings = Settings(project="local-project", region="europe-west3", cloud_run_endpoint=standin.endpoint)
+    canary, good = deploy(settings, "2.0.0", "ccccccc"), deploy(settings, "2.0.1", "ddddddd")
+    # The release lives where relctl looks: the project the Cloud Run stand-in serves.
+    from google.cloud import firestore
+
+    from shared.adapters.firestore_store import FirestoreStore
+    from shared.domain.state import new_release
+    from tests.unit.gate_helpers import PIPELINE
+
+    store = FirestoreStore(firestore.Client(project="local-project"),
+                           Settings(project="local-project", collection_prefix=cli.env["RELEASE_COLLECTION_PREFIX"]))
+    state = new_release(PIPELINE, repo="acme/app", ref="refs/heads/main", commit=uuid.uuid4().hex[:16],
+                        version="2.0.0", pushed_by="dev@example.com", now=0)
+    state.stages["prod-deploy"].result = {"rolled_back": [
+        {"service": "cli-web", "from": canary, "revision": good, "at": 0, "by": "the gate",
+         "why": "stage 'prod-smoke' failed: 500"}]}
+    store.save_pipeline(PIPELINE)
+    assert store.create(state)
+    extra = {"RELEASE_PROJECT": "local-project", "RELEASE_CLOUD_RUN_ENDPOINT": standin.endpoint}
+    code, _, err = cli.run("rollback", "cli-web", "--to-revision", canary, **extra)
+    assert code == 1, (_, err)
+    assert_one_line_error(err, f"revision {canary} failed its checks", "--force")
+    web = next(s for s in standin.services if s.name.endswith("/services/cli-web"))
+    assert {t.revision: t.percent for t in web.traffic if t.percent}.get(canary) is None
+    code, out, err = cli.run("rollback", "cli-web", "--to-revision", canary, "--force", **extra)
+    assert code == 0 and f"100 % to {canary}" in out, err
 
 
 def test_preflight_reads_the_actual_policy(cli, standin):
@@ -469,7 +506,7 @@ def test_watch_in_a_terminal_redraws_the_whole_view(cli):
         chunks.append(chunk)
     os.close(master)
     assert proc.wait(30) == 0
-    screen = b"".join(chunks).decode()
+    screen = re.sub(r"\x1b\[\d+m", "", b"".join(chunks).decode())  # colours off; the redraws stay
     draws = screen.split("\x1b[H\x1b[2J")[1:]
     assert len(draws) >= 2, "a first view, then a redraw after the release moved"
     assert f"release {rid}  running" in draws[0]

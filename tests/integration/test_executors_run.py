@@ -357,7 +357,7 @@ def test_staging_check_fails_on_a_real_failing_health_probe(standin, settings):
                               artifact_registry=LOCAL_REGISTRY)
     executors = build_executors(local_settings, retry=FAST)
     local = parse_pipeline({"name": "noesis2", "image": "noesis2", "stages": [
-        {"id": "deploy", "kind": "deploy", "timeout": "5m",
+        {"id": "deploy", "kind": "deploy", "environment": "staging", "timeout": "5m",
          "params": {"services": ["sick-web-staging"], "traffic_percent": 100, "env": {"FAIL_HEALTH": "1"}}},
         {"id": "smoke", "kind": "check", "timeout": "5m",
          "params": {"target": "staging", "service": "sick-web-staging", "paths": ["/", "/health/liveliness"],
@@ -376,7 +376,11 @@ def test_staging_check_fails_on_a_real_failing_health_probe(standin, settings):
 
 
 def test_check_of_a_missing_canary_tag_is_an_executor_error(standin, executors):
-    local = parse_pipeline({"name": "noesis2", "stages": [{"id": "smoke", "kind": "check", "timeout": "1m",
-                            "params": {"target": "canary", "service": "noesis2-web-staging", "paths": ["/"]}}]})
+    local = parse_pipeline({"name": "noesis2", "stages": [
+        {"id": "approval", "kind": "approval", "environment": "prod", "timeout": "1h", "params": {"approvers": ["b@x.io"]}},
+        {"id": "deploy", "kind": "deploy", "environment": "prod", "timeout": "1m",
+         "params": {"services": ["noesis2-web-staging"], "traffic_percent": 10}},
+        {"id": "smoke", "kind": "check", "environment": "prod", "timeout": "1m",
+         "params": {"target": "canary", "service": "noesis2-web-staging", "paths": ["/"]}}]})
     with pytest.raises(ExecutorError, match="no traffic tag 'canary'"):
         executors["check"].start(local, local.stage("smoke"), new_command("smoke", "check"))

@@ -113,7 +113,7 @@ def test_mail_notice_names_release_stage_and_next_step(smtp, release):
     body = message.get_content()
     assert message["Subject"].strip() == f"Release {release.release_id} stopped at stage staging-smoke ({release.tag})"
     assert "GET / returned 503" in body and "Stage:   staging-smoke" in body
-    assert f"stage.replay with release={release.release_id} stage=staging-smoke" in body
+    assert f'relctl replay {release.release_id} staging-smoke --reason "what was fixed"' in body
     assert inbox.envelopes[0][1] == ["ops@example.com", "dev@example.com"]
 
 
@@ -130,7 +130,7 @@ def test_webhook_posts_the_notice_as_json_text(receiver, release, cls):
     assert set(body) == {"text"}
     assert body["text"].startswith(f"*Release {release.release_id} needs approval ({release.tag})*")
     assert "Stage:   approval" in body["text"] and "presses Approve or Reject" in body["text"]
-    assert f"http://127.0.0.1:8090/releases/{release.release_id}" in body["text"]
+    assert f"http://127.0.0.1:8090/release/{release.release_id}" in body["text"]
     assert receiver.paths == ["/services/T000/B000/s3cretTOKEN"]
 
 

@@ -18,7 +18,7 @@ from shared.adapters.executors.calls import ApiCaller, RetryPolicy
 from shared.adapters.executors.preflight import PreflightExecutor
 from shared.domain.pipeline import Stage, StageKind, load_pipeline
 from shared.domain.preflight import check_permissions
-from tests.seed import SEED_ROLES
+from tests.seed import REQUIRED_ROLES
 
 PROJECT = "acme-release"
 SA = f"release-pipeline@{PROJECT}.iam.gserviceaccount.com"
@@ -38,7 +38,7 @@ def standin(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def settings(standin) -> Settings:
-    return Settings(project=PROJECT, iam_endpoint=standin.endpoint)
+    return Settings(project=PROJECT, iam_endpoint=standin.endpoint, cloud_run_endpoint=standin.endpoint)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def command() -> StartStage:
 
 
 def complete_policy(extra: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
-    bindings = {role: [MEMBER, "user:ops@example.com"] for role in SEED_ROLES}
+    bindings = {role: [MEMBER, "user:ops@example.com"] for role in REQUIRED_ROLES}
     bindings["roles/viewer"] = ["user:ops@example.com"]  # someone else's role: not ours
     bindings.update(extra or {})
     return bindings
@@ -70,7 +70,7 @@ def test_complete_policy_passes(standin, settings, pipeline):
     assert result.finished is not None
     assert result.finished.outcome is Outcome.SUCCEEDED
     assert result.finished.result["warnings"] == []
-    assert result.finished.result["checked_roles"] == sorted(SEED_ROLES)
+    assert result.finished.result["checked_roles"] == sorted(REQUIRED_ROLES)
     assert result.handle == {"service_account": SA}
 
 
@@ -95,7 +95,7 @@ def test_extra_role_passes_with_a_warning(standin, settings, pipeline):
 def test_check_permissions_reads_the_actual_policy(standin, settings, pipeline):
     standin.set_iam_policy({})
     report = check_permissions(gcp_clients.projects(settings), PROJECT, SA, pipeline)
-    assert not report.ok and report.missing == sorted(SEED_ROLES)
+    assert not report.ok and report.missing == sorted(REQUIRED_ROLES)
     standin.set_iam_policy(complete_policy())
     assert check_permissions(gcp_clients.projects(settings), PROJECT, SA, pipeline).ok
 

@@ -45,7 +45,7 @@ def standin(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pipeline_file(tmp_path_factory) -> Path:
     def deploy(stage_id: str, service: str) -> dict:
-        return {"id": stage_id, "kind": "deploy", "environment": "prod", "timeout": "5m",
+        return {"id": stage_id, "kind": "deploy", "environment": "staging", "timeout": "5m",
                 "params": {"services": [service], "traffic_percent": 100,
                            "env": {"VERSION": "${version}", "RELEASE_TAG": "${tag}"}}}
 
@@ -107,9 +107,11 @@ def test_a_successful_build_pushes_its_images_a_failed_one_does_not(standin, set
         step = cloudbuild_v1.BuildStep(name="local", entrypoint=sys.executable, args=["-c", code])
         return builds.create_build(project_id=PROJECT, build=cloudbuild_v1.Build(steps=[step], images=images))
 
-    build("pass", [good, "local/elsewhere:v1"]).result(timeout=20)  # a non-registry image is not ours to record
-    with pytest.raises(gexc.GoogleAPICallError, match="Build failed"):
-        build("raise SystemExit(3)", [bad]).result(timeout=20)
+    # A local step "builds" an image by naming it in the stand-in's view of the build's docker daemon.
+    built = "import os; open(os.environ['STANDIN_DOCKER_IMAGES'], 'a').write({!r})"
+    build(built.format(f"{good}\nlocal/elsewhere:v1\n"), [good, "local/elsewhere:v1"]).result(timeout=20)
+    with pytest.raises(gexc.GoogleAPICallError, match="Build failed"):  # a non-registry image is not ours to record
+        build(built.format(f"{bad}\n") + "; raise SystemExit(3)", [bad]).result(timeout=20)
     parent = package_path(settings, "built")
     assert [t.name.rsplit("/", 1)[-1] for t in registry.list_tags(parent=parent)] == ["v0.1.0-1111111"]
     (image,) = [i for i in registry.list_docker_images(parent=parent.split("/packages/")[0])
@@ -201,7 +203,7 @@ def test_relctl_rollback_from_registry(standin, settings):
 
     for args, code_wanted, message in (
         (("--to-tag", "v9.9.9-9999999"), 1, f"relctl: error: {REGISTRY}/noesis2:v9.9.9-9999999 is not in the registry"),
-        (("--image", "noesis2"), 2, "relctl: --image goes with --to-tag or --from-registry"),
+        (("--image", "noesis2"), 2, "relctl rollback: error: --image goes with --to-tag or --from-registry"),
     ):
         code, out, err = relctl(settings, "reg-cli", *args)
         assert code == code_wanted and err.startswith(message) and err.count("\n") == 1, err

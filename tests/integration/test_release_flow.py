@@ -23,10 +23,11 @@ from shared.adapters.executors.http_check import RequestsProber
 from shared.app.probing import ProbeService
 from shared.testing.fakes import FakeApprovals, FakeNotifier, FakeProbeScheduler
 from shared.testing.probe_runner import run_due
+from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
 from shared.adapters.firestore_store import FirestoreStore
 from shared.adapters.firestore_apps import FirestoreAppRecords
 from shared.app.locks import EnvironmentLocks
-from shared.domain.events import ReleaseStarted
+from shared.domain.events import ApprovalDecided, ReleaseStarted
 from shared.domain.pipeline import parse_pipeline
 from shared.adapters.pubsub_publisher import PubSubPublisher
 from shared.app.dispatcher import Dispatcher
@@ -60,7 +61,8 @@ class Flow:
             self.store, publisher, build_executors(settings, retry=FAST),
             FakeApprovals(), FakeNotifier(), self.clock, settings,
             EnvironmentLocks(FirestoreAppRecords(self.store.client, settings), publisher, settings),
-            roll_back=lambda service: rollback(settings, service), probes=FakeProbeScheduler(),
+            FirestoreDeadLetters(self.store.client, settings), roll_back=lambda service, to=None: rollback(settings, service, to),
+            probes=FakeProbeScheduler(),
         )
         self.executors = self.dispatcher.executors
         self.publisher = publisher
@@ -90,6 +92,14 @@ class Flow:
         assert self.store.create(state)
         self.publisher.publish(self.settings.events_topic, ReleaseStarted("", state.release_id))
         return state.release_id
+
+    def approve(self, state) -> None:
+        """As on_approval does after a POST from the link: the decision is recorded, then published."""
+        st = state.stages["approval"]
+        nonce = f"n-{state.release_id}-{st.attempt}"
+        self.dispatcher.approvals.confirm(nonce)
+        self.dispatcher.publisher.publish(self.settings.events_topic, ApprovalDecided(
+            "", state.release_id, "approval", st.attempt, nonce, "boss@example.com", True, st.deadline))
 
     def pump_once(self) -> int:
         handled = 0
@@ -179,6 +189,8 @@ def test_failing_canary_health_stops_the_release_and_keeps_all_traffic_on_the_pr
     services.create_service(parent=parent, service=run_v2.Service(template=template), service_id="flow-web").result(30)
     before = services.get_service(name=f"{parent}/services/flow-web").latest_ready_revision.split("/")[-1]
     doc = {"name": "canary", "image": "flow", "stages": [
+        {"id": "approval", "kind": "approval", "environment": "prod", "timeout": "1h",
+         "params": {"approvers": ["boss@example.com"]}},
         {"id": "prod-deploy", "kind": "deploy", "environment": "prod", "timeout": "1m",
          "params": {"services": ["flow-web"], "traffic_percent": 10, "revision_tag": "canary",
                     "env": {"VERSION": "${version}", "FAIL_HEALTH": "1"}}},
@@ -189,6 +201,7 @@ def test_failing_canary_health_stops_the_release_and_keeps_all_traffic_on_the_pr
          "params": {"services": ["flow-web"], "percent": 100}},
     ]}
     rid = flow.start(doc, "c3" * 8)
+    flow.approve(flow.run_until(rid, lambda s: s.status is ReleaseStatus.AWAITING_APPROVAL))
     state = flow.run_until(rid, finished)
     assert state.status is ReleaseStatus.STOPPED and state.stopped_at_stage == "prod-smoke"
     assert "/health/liveliness" in state.reason

@@ -1,6 +1,7 @@
 """The stand-in through the real Cloud Build and Resource Manager clients: builds, faults, IAM."""
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 
@@ -50,26 +51,37 @@ def wait_build(client, build_id: str, timeout_s: float = 20) -> cloudbuild_v1.Bu
     raise AssertionError(f"build {build_id} still {build.status.name} after {timeout_s}s")
 
 
-def create(client, steps, tags=()) -> str:
-    build = cloudbuild_v1.Build(steps=steps, tags=list(tags))
+def create(client, steps, tags=(), timeout_s: int = 600) -> str:
+    build = cloudbuild_v1.Build(steps=steps, tags=list(tags), timeout={"seconds": timeout_s})
     operation = client.create_build(project_id=PROJECT, build=build)
     return operation.metadata.build.id
+
+
+def head_source() -> cloudbuild_v1.Source:
+    """This repository's HEAD as the build's gitSource (the stand-in clones local repositories)."""
+    return cloudbuild_v1.Source(git_source=cloudbuild_v1.GitSource(url=str(REPO_ROOT), revision="HEAD"))
 
 
 def test_local_steps_run_with_env_dir_and_step_outputs(builds, standin, tmp_path):
     marker = tmp_path / "ran.txt"
     steps = [
-        python_step("import os,pathlib; pathlib.Path(os.environ['MARKER']).write_text(os.getcwd())",
+        python_step("import os,pathlib; pathlib.Path(os.environ['MARKER']).write_text("
+                    "os.getcwd() + ' ' + str(sorted(os.listdir('.'))[:2]))",
                     env=[f"MARKER={marker}"], dir="sample_app"),
-        python_step("import os; open(os.environ['BUILDER_OUTPUT']+'/output','w').write('x'*5000)"),
+        python_step("import os; open(os.environ['BUILDER_OUTPUT']+'/output','w').write('x'*60000)"),
     ]
-    operation = builds.create_build(project_id=PROJECT, build=cloudbuild_v1.Build(steps=steps, tags=["run-a"]))
+    operation = builds.create_build(project_id=PROJECT, build=cloudbuild_v1.Build(
+        steps=steps, tags=["run-a"], source=head_source()))
     queued = operation.metadata.build
     assert queued.id and queued.status == Status.QUEUED and queued.create_time and queued.log_url
     build = operation.result(timeout=20)
     assert build.status == Status.SUCCESS
-    assert marker.read_text() == str(REPO_ROOT / "sample_app")
-    assert list(build.results.build_step_outputs) == [b"", b"x" * 4096]  # 4 KB cap, as Cloud Build
+    cwd, files = marker.read_text().split(" ", 1)
+    assert cwd.endswith("/sample_app") and not cwd.startswith(str(REPO_ROOT))  # a fresh checkout
+    tracked = subprocess.run(["git", "ls-tree", "--name-only", "HEAD", "sample_app/"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert files == str(sorted(name.removeprefix("sample_app/") for name in tracked)[:2])  # no __pycache__
+    assert list(build.results.build_step_outputs) == [b"", b"x" * 50 * 1024]  # "the first 50KB"
     assert build.start_time and build.finish_time >= build.start_time
     assert [s.status for s in build.steps] == [Status.SUCCESS, Status.SUCCESS]
     assert standin.build(build.id).tags == ["run-a"]
@@ -106,7 +118,7 @@ def test_non_local_image_without_outcome_fails_saying_why(builds):
 def test_outcome_rules_match_tags(builds, standin):
     standin.set_outcome(kind="build", match="run-rel1.push", outcome="SUCCESS")
     standin.set_outcome(kind="build", match="run-rel1.e2e", outcome="FAILURE", detail="playwright: 2 failed")
-    docker = cloudbuild_v1.BuildStep(name="gcr.io/cloud-builders/docker", args=["push", "img"])
+    docker = cloudbuild_v1.BuildStep(name="mcr.microsoft.com/playwright:v1.48.0-jammy", args=["npx", "playwright", "test"])
     ok = wait_build(builds, create(builds, [docker], tags=["rel-rel1", "run-rel1.push.a1"]))
     bad = wait_build(builds, create(builds, [docker], tags=["rel-rel1", "run-rel1.e2e.a1"]))
     assert ok.status == Status.SUCCESS
@@ -115,7 +127,8 @@ def test_outcome_rules_match_tags(builds, standin):
 
 def test_hang_stays_working_until_cancelled(builds, standin):
     standin.set_outcome(kind="build", match="run-hang", outcome="HANG")
-    build_id = create(builds, [cloudbuild_v1.BuildStep(name="postgres:16", args=["psql"])], tags=["run-hang"])
+    build_id = create(builds, [cloudbuild_v1.BuildStep(name="postgres:16", args=["psql"])], tags=["run-hang"],
+                      timeout_s=60)
     time.sleep(0.5)
     assert builds.get_build(project_id=PROJECT, id=build_id).status == Status.WORKING
     cancelled = builds.cancel_build(project_id=PROJECT, id=build_id)

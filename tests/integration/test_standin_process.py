@@ -22,7 +22,7 @@ def process(tmp_path):
         "jobs": [{"name": "noesis2-migrate", "image": "local", "command": [sys.executable, "-m", "sample_app.migrate"],
                   "env": {"DATA_DIR": str(tmp_path / "data")}}],
         "services": [{"name": "noesis2-web", "image": "local", "env": {"VERSION": "0.0.1"},
-                      "labels": {"version": "0.0.1"}}],
+                      "labels": {"version": "0-0-1"}}],
         "iam_bindings": {"roles/run.admin": ["user:ops@example.com"]},
     }
     path = tmp_path / "standin.yaml"

@@ -119,7 +119,7 @@ def test_run_unknown_job_is_not_found(settings):
 
 def template(version: str, revision: str = "", **extra_env: str) -> run_v2.RevisionTemplate:
     return run_v2.RevisionTemplate(
-        revision=revision, labels={"version": version, "commit": "abc123"},
+        revision=revision, labels={"version": version.replace(".", "-"), "commit": "abc123"},
         containers=[run_v2.Container(image="local", env=env(VERSION=version, **extra_env))])
 
 
@@ -157,7 +157,7 @@ def test_services_revisions_and_a_weighted_traffic_split(settings, standin):
     assert get(canary_status.uri + "/") == (200, {"version": "1.1.0", "revision": "web-canary"})
 
     revision = gcp_clients.run_revisions(settings).get_revision(name=updated.latest_ready_revision)
-    assert dict(revision.labels) == {"version": "1.1.0", "commit": "abc123"}
+    assert dict(revision.labels) == {"version": "1-1-0", "commit": "abc123"}
 
     # Traffic-only update: same template, so no new revision; LATEST now takes everything.
     updated.traffic = [run_v2.TrafficTarget(type_=LATEST, percent=100)]

@@ -149,7 +149,12 @@ def doc_with(analysis, **params):
     check = {"target": "canary", "service": "web", "revision_tag": "canary", "paths": ["/"], "bake": "5m",
              "analysis": analysis}
     check.update(params)
-    return {"name": "t", "stages": [{"id": "smoke", "kind": "check", "timeout": "15m", "params": check}]}
+    deploy = {"id": "prod-deploy", "kind": "deploy", "environment": "prod", "timeout": "5m",
+              "params": {"services": ["web"], "traffic_percent": 10, "revision_tag": "canary"}}
+    approval = {"id": "approval", "kind": "approval", "environment": "prod", "timeout": "1h",
+                "params": {"approvers": ["boss@example.com"]}}
+    return {"name": "t", "stages": [approval, deploy, {"id": "smoke", "kind": "check", "environment": "prod", "timeout": "15m",
+                                             "params": check}]}
 
 
 def test_criteria_from_the_pipeline_file():
@@ -179,7 +184,7 @@ def test_criteria_from_the_pipeline_file():
 def test_the_checklist_is_validated_with_pointed_errors(analysis, params, message):
     doc = doc_with(copy.deepcopy(analysis), **params)
     for key in [k for k, v in params.items() if v is None]:
-        del doc["stages"][0]["params"][key]
+        del doc["stages"][2]["params"][key]
     with pytest.raises(DefinitionError) as raised:
         parse_pipeline(doc)
     assert f"stage 'smoke': {message}" in str(raised.value)

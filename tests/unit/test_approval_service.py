@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from shared.app.approvals import ApprovalService, release_readers
+from shared.app.approvals import ApprovalRefused, ApprovalService, release_readers
 from shared.domain.approval_record import ApprovalRecord
 from shared.testing.fakes import FakeClock, FakeLinkSender, FakePublisher, FakeStore, InMemoryApprovalStore
 from shared.domain.approval_tokens import Keyring, LinkClaims, sign
@@ -47,6 +47,7 @@ def waiting_release(commit: str = "abcdef1234567890"):
             decision = decide(PIPELINE, state, LockGranted(f"g{n}", state.release_id, state.waiting_for), T0 + n)
             continue
         (start,) = [c for c in decision.commands if isinstance(c, StartStage)]
+        state.stages[start.stage].result["build_id"] = f"b{n}"  # the handle the dispatcher records after the start
         event = StageFinished(f"e{n}", state.release_id, start.stage, start.stage_run_id, Outcome.SUCCEEDED, "",
                               {"status": "SUCCESS", "build_id": f"b{n}"})
         decision = decide(PIPELINE, state, event, T0 + n)
@@ -67,6 +68,7 @@ class World:
             self.settings, store=self.store, publisher=self.publisher, clock=self.clock,
             releases=self.releases, link_senders=[self.sender],
         )
+        self._saving = threading.Lock()
         self.release, self.command = waiting_release()
         self.releases.save_pipeline(PIPELINE)
         self.releases.create(self.release)
@@ -88,8 +90,10 @@ class World:
 
     def save_release(self) -> None:
         """Store the release as the test left it (tests change ``self.release`` in place)."""
-        _, version = self.releases.get(self.release.release_id)
-        self.releases.update(self.release, version)
+        with self._saving:
+            stored, version = self.releases.get(self.release.release_id)
+            if stored.to_dict() != self.release.to_dict():
+                self.releases.update(self.release, version)
 
     def get(self, token, method="GET"):
         self.save_release()
@@ -368,3 +372,46 @@ def test_link_binds_the_digest_and_the_page_shows_it(world):
     assert world.store.get(world.nonce(token)).digest == "sha256:" + "c" * 64
     status, html, _ = world.get(token)
     assert status == 200 and "sha256:" + "c" * 64 in html
+
+
+# -- relctl approve / reject: the same rules without a link ---------------------------------
+def test_an_approver_decides_by_identity_under_the_links_rules(world):
+    token = world.send_links()[APPROVER]
+    rid = world.release.release_id
+    answer = world.service.decide_as(APPROVER, rid, True, "staging looks fine", via="relctl (operator request r1)")
+    assert answer == {"release_id": rid, "stage": "approval", "attempt": world.command.attempt,
+                      "decision": "approved", "approver": APPROVER}
+    record = world.store.get(world.nonce(token))
+    assert record.consumed and record.decision == "approved" and record.user_agent.startswith("relctl")
+    ((_, data, _),) = world.publisher.messages
+    assert data["approve"] is True and data["nonce"] == record.nonce and world.service.unconfirmed(
+        from_payload("e1", data)) == ""
+    with pytest.raises(ApprovalRefused) as again:  # single use: the request is consumed
+        world.service.decide_as(APPROVER, rid, False, "changed my mind", via="relctl")
+    assert again.value.status == 409
+    status, _, _ = world.post(token, "reject", reason="x")  # and the link is spent as well
+    assert status == 409
+
+
+@pytest.mark.parametrize("who, approve, reason, status, words", [
+    ("intruder@example.com", True, "", 403, "is not an approver"),
+    (APPROVER, False, "", 400, "needs a reason"),
+])
+def test_decide_as_refusals(world, who, approve, reason, status, words):
+    world.send_links()
+    with pytest.raises(ApprovalRefused) as err:
+        world.service.decide_as(who, world.release.release_id, approve, reason, via="relctl")
+    assert err.value.status == status and words in str(err.value)
+    assert world.publisher.messages == []
+
+
+def test_decide_as_refuses_the_pusher_and_an_expired_request(world):
+    world.send_links()
+    assert PUSHER in PIPELINE.stage("approval").params["approvers"]  # on the list, yet not for their own push
+    with pytest.raises(ApprovalRefused, match="pushed this commit") as err:
+        world.service.decide_as(PUSHER, world.release.release_id, True, "", via="relctl")
+    assert err.value.status == 403
+    world.clock.t = world.command.expires_at + 1
+    with pytest.raises(ApprovalRefused) as err:
+        world.service.decide_as(APPROVER, world.release.release_id, True, "", via="relctl")
+    assert err.value.status == 410 and world.publisher.messages == []

@@ -215,3 +215,40 @@ def test_a_release_queued_for_an_environment_shows_the_queued_stage(store):
     assert 'data-terminal="false"' in body, "a queued release can still move: keep refreshing"
     summary = json.loads(handle("GET", "/api/releases", {}, store)[1])["releases"][0]
     assert (summary["status"], summary["current_stage"], summary["waiting_for"]) == ("queued", "staging-smoke", "staging")
+
+
+def test_notices_name_the_command_to_run_and_link_a_page_that_exists(store):
+    from shared.adapters.notify.messages import format_notice
+    from shared.domain.commands import NoticeKind, Notify
+
+    state = succeeded_release()
+    put(store, state)
+    _, text = format_notice(state, Notify(state.release_id, NoticeKind.STAGE_FAILED, "e2e", "e2e failed"),
+                            "https://dash.example.com/")
+    assert f'relctl replay {state.release_id} e2e --reason "what was fixed"' in text
+    assert "publishing" not in text
+    link = next(line for line in text.splitlines() if line.startswith("Dashboard: ")).split(": ", 1)[1]
+    path = link.removeprefix("https://dash.example.com")
+    status, body, _ = handle("GET", path, {}, store)
+    assert status == 200 and state.release_id in body
+    _, text = format_notice(state, Notify(state.release_id, NoticeKind.APPROVAL_NEEDED, "approval", "waits"))
+    assert f"relctl approve {state.release_id}" in text and f"relctl reject {state.release_id} --reason" in text
+
+
+def test_the_timeline_and_the_notes_are_html_with_every_value_escaped(store):
+    state = succeeded_release()
+    state.timeline = [
+        {"at": state.created_at + 60, "kind": "rejected", "by": "boss@example.com", "stage": "approval",
+         "attempt": 1, "reason": "<script>alert(1)</script> not yet"},
+        {"at": state.created_at + 90, "kind": "approval links re-sent", "by": "ops@example.com",
+         "stage": "approval", "reason": "fixed"}]
+    put(store, state)
+    body = handle("GET", f"/release/{state.release_id}", {}, store)[1]
+    timeline = body[body.index("<ol class=\"timeline\""):body.index("</ol>")]
+    assert "<b>rejected</b> approval (attempt 1) by boss@example.com: &lt;script&gt;alert(1)&lt;/script&gt;" in timeline
+    assert "<b>approval links re-sent</b> approval by ops@example.com: fixed" in timeline
+    notes = body[body.index('data-field="notes"'):]
+    assert "<h2>Timeline</h2>" in notes and "<table>" in notes and "<script>alert" not in body
+    data = json.loads(handle("GET", f"/api/release/{state.release_id}", {}, store)[1])
+    assert data["timeline"][0]["text"].endswith("rejected approval (attempt 1) by boss@example.com: "
+                                                "<script>alert(1)</script> not yet")

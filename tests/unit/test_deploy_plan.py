@@ -24,6 +24,11 @@ ENV = {
     "RELEASE_REGION": "europe-west3",
     "RELEASE_ARTIFACT_REGISTRY": "europe-west3-docker.pkg.dev/acme-release/noesis2",
     "DEPLOY_GITHUB_REPOSITORY": "acme/noesis2",
+    "DEPLOY_GITHUB_REPOSITORY_ID": "123456789",
+    "RELEASE_SMTP_HOST": "smtp.example.com",
+    "RELEASE_SMTP_PORT": "587",
+    "RELEASE_SMTP_USER": "release-bot",
+    "RELEASE_MAIL_FROM": "release-bot@example.com",
     # Present in the operator's shell by mistake: must never reach the output.
     "RELEASE_WEBHOOK_SECRET": WEBHOOK_VALUE,
     "RELEASE_APPROVAL_KEYS": KEYS_VALUE,
@@ -49,29 +54,34 @@ def test_pipeline_account_gets_exactly_the_seeds_roles(monkeypatch):
     plan = dry_run_json(monkeypatch)
     project_roles = pipeline_sa_roles(plan, "project")
     secret_roles = pipeline_sa_roles(plan, "secret")
-    assert project_roles | secret_roles == SEED_ROLES
+    # The seed's roles, and the log writer a build running as a user-specified account needs.
+    assert project_roles | secret_roles == SEED_ROLES | {"roles/logging.logWriter"}
     # The accessor is never project-wide.
     assert "roles/secretmanager.secretAccessor" not in project_roles
     sa_roles = {s["role"] for s in plan["steps"] if s["type"] == "binding" and s["target"] == PIPELINE_SA}
     assert sa_roles == {"roles/iam.workloadIdentityUser", "roles/iam.serviceAccountUser"}
 
 
-def test_secret_accessor_is_bound_only_on_the_prod_stages_secrets(monkeypatch):
+def test_secret_accessor_is_bound_only_on_the_secrets_stages_read(monkeypatch):
     plan = dry_run_json(monkeypatch)
     secret_targets = {s["target"] for s in plan["steps"] if s["type"] == "binding"
                       and s["member"] == sa_member(PIPELINE_SA) and s["role"] == "roles/secretmanager.secretAccessor"}
-    assert secret_targets == {"noesis2-prod-database-url"}
+    # the prod stages' secrets, and the one the schema build fetches as the pipeline account
+    assert secret_targets == {"noesis2-prod-database-url", "noesis2-schema-database-url"}
 
 
 def test_no_secret_accessor_when_no_prod_stage_needs_secrets(monkeypatch, tmp_path):
     document = yaml.safe_load((REPO_ROOT / "pipelines" / "noesis2.yaml").read_text())
     for stage in document["stages"]:
         stage.get("params", {}).pop("secrets", None)
+        stage.get("params", {}).pop("available_secrets", None)
+        for step in stage.get("params", {}).get("steps") or []:
+            step.pop("secretEnv", None)
     modified = tmp_path / "no-secrets.yaml"
     modified.write_text(yaml.safe_dump(document))
     plan = dry_run_json(monkeypatch, ENV, "--pipeline-file", str(modified))
     assert pipeline_sa_roles(plan, "project") | pipeline_sa_roles(plan, "secret") == \
-        SEED_ROLES - {"roles/secretmanager.secretAccessor"}
+        (SEED_ROLES - {"roles/secretmanager.secretAccessor"}) | {"roles/logging.logWriter"}
     assert pipeline_sa_roles(plan, "secret") == set()
 
 
@@ -84,18 +94,19 @@ def test_a_second_prod_secret_gets_its_own_resource_level_binding(monkeypatch, t
     plan = dry_run_json(monkeypatch, ENV, "--pipeline-file", str(modified))
     targets = {s["target"] for s in plan["steps"] if s["type"] == "binding"
                and s["member"] == sa_member(PIPELINE_SA) and s["scope"] == "secret"}
-    assert targets == {"noesis2-prod-database-url", "noesis2-prod-redis-url"}
+    assert targets == {"noesis2-prod-database-url", "noesis2-prod-redis-url", "noesis2-schema-database-url"}
 
 
 def test_wif_provider_admits_only_the_configured_repository(monkeypatch):
     plan = dry_run_json(monkeypatch)
     provider = next(s for s in plan["steps"] if s["type"] == "resource" and s["kind"] == "wif-provider")
     condition = next(a for a in provider["create"] if a.startswith("--attribute-condition="))
-    assert condition == "--attribute-condition=assertion.repository == 'acme/noesis2'"
+    # Finding 15: the repository's id, which a renamed or re-created repository cannot take over.
+    assert condition == "--attribute-condition=assertion.repository_id == '123456789'"
     wif_user = next(s for s in plan["steps"] if s["type"] == "binding" and s["role"] == "roles/iam.workloadIdentityUser")
     assert wif_user["target"] == PIPELINE_SA
     assert wif_user["member"].startswith("principalSet://iam.googleapis.com/projects/")
-    assert wif_user["member"].endswith("/workloadIdentityPools/github/attribute.repository/acme/noesis2")
+    assert wif_user["member"].endswith("/workloadIdentityPools/github/attribute.repository_id/123456789")
 
 
 def test_plan_is_deterministic_so_running_it_twice_yields_the_same_commands():
@@ -137,7 +148,10 @@ def test_functions_triggers_and_retry(monkeypatch):
     plan = dry_run_json(monkeypatch)
     deploys = {s["name"]: s["command"] for s in plan["steps"] if s["type"] == "action" and s["kind"] == "function"}
     assert set(deploys) == {"on-push", "dispatch", "dispatch-builds", "on-approval", "sweep", "dashboard", "operator",
-                            "probe"}
+                            "drain-dead-letters", "probe"}
+    drain = deploys["drain-dead-letters"]
+    assert "--trigger-topic=pipeline-dead-letter" in drain and "--entry-point=drain_dead_letters" in drain
+    assert "--retry" in drain
     assert "--no-allow-unauthenticated" in deploys["operator"] and not any(
         a.startswith("--set-secrets") for a in deploys["operator"])
     assert "--no-allow-unauthenticated" in deploys["probe"] and "--trigger-http" in deploys["probe"]
@@ -152,7 +166,8 @@ def test_functions_triggers_and_retry(monkeypatch):
         assert "ENDPOINT" not in env  # the stand-in endpoints never reach GCP
     scheduler = next(s for s in plan["steps"] if s["type"] == "resource" and s["kind"] == "scheduler-job")
     assert "--schedule=* * * * *" in scheduler["create"] and "--topic=pipeline-tick" in scheduler["create"]
-    dead_letter = [s for s in plan["steps"] if s["type"] == "action" and s["kind"] == "subscription-policy"]
+    policies = [s for s in plan["steps"] if s["type"] == "action" and s["kind"] == "subscription-policy"]
+    dead_letter = [s for s in policies if any(a.startswith("--dead-letter-topic") for a in s["command"])]
     assert {s["name"] for s in dead_letter} == {"${SUBSCRIPTION:dispatch}", "${SUBSCRIPTION:dispatch-builds}"}
     assert all("--dead-letter-topic=pipeline-dead-letter" in s["command"] for s in dead_letter)
 
@@ -177,7 +192,7 @@ def test_runtime_account_roles_are_the_documented_ones(monkeypatch):
     assert plan.roles_of(runtime, "topic") == {"roles/pubsub.publisher"}
     assert plan.roles_of(runtime, "service-account") == {"roles/iam.serviceAccountUser"}
     secret_targets = {b.target for b in plan.bindings if b.member == runtime and b.scope == "secret"}
-    assert secret_targets == {"release-webhook-secret", "release-approval-keys"}
+    assert secret_targets == {"release-webhook-secret", "release-approval-keys", "release-smtp-password"}
 
 
 class FakeCloud:
@@ -248,6 +263,32 @@ def test_setup_check_names_what_to_fix():
     assert any(m.startswith("RELEASE_ARTIFACT_REGISTRY") for m in messages)
     good = [f for f in setup_check(load_config(ENV)) if f.level == "error" and "functions/main.py" not in f.message]
     assert good == []
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"RELEASE_SMTP_HOST": ""}, "RELEASE_SMTP_HOST"),  # no approval link could ever be sent (finding 5)
+    ({"RELEASE_SMTP_PORT": "25"}, "RELEASE_SMTP_PORT"),
+    ({"RELEASE_MAIL_FROM": "release-bot@localhost"}, "RELEASE_MAIL_FROM"),
+    ({"DEPLOY_GITHUB_REPOSITORY_ID": ""}, "DEPLOY_GITHUB_REPOSITORY_ID"),
+])
+def test_check_refuses_a_deployment_that_cannot_send_approval_links(change, named):
+    errors = [f.message for f in setup_check(load_config(dict(ENV, **change))) if f.level == "error"]
+    assert any(m.startswith(named) for m in errors), errors
+
+
+def test_builds_have_their_own_account_region_and_push_subscriptions_wait_for_the_work(monkeypatch):
+    plan = dry_run_json(monkeypatch, dict(ENV, RELEASE_BUILD_REGION="europe-west1"))
+    commands = [c for step in plan["steps"] for c in ([step["command"]] if "command" in step else [])]
+    builder = "projects/acme-release/serviceAccounts/release-builder@acme-release.iam.gserviceaccount.com"
+    deploys = [c for c in commands if c[:2] == ["functions", "deploy"]]
+    assert deploys and all(f"--build-service-account={builder}" in c for c in deploys)  # finding 6
+    (submit,) = [c for c in commands if c[:2] == ["builds", "submit"]]
+    assert f"--service-account={builder}" in submit and "--region=europe-west1" in submit  # finding 7
+    updates = [c for c in commands if c[:3] == ["pubsub", "subscriptions", "update"]]
+    assert len(updates) == 4 and all("--ack-deadline=600" in c for c in updates)  # finding 9: every trigger
+    roles = {(s["member"], s["role"]) for s in plan["steps"] if s["type"] == "binding"}
+    assert ("serviceAccount:release-builder@acme-release.iam.gserviceaccount.com",
+            "roles/cloudbuild.builds.builder") in roles
 
 
 def test_assembled_source_holds_the_packages_and_a_root_main(tmp_path):

@@ -37,13 +37,28 @@ def test_build_stage_gets_image_tags_timeout_and_substituted_args():
     assert build.timeout.total_seconds() == stage.timeout_s == 1800
 
 
-def test_step_fields_id_wait_for_entrypoint_and_escaped_dollar_are_kept():
-    build = build_from_params(SETTINGS, PIPELINE, PIPELINE.stage("vector-schema"), command("vector-schema"))
-    proxy, dry_run = build.steps[0], build.steps[1]
-    assert proxy.id == "proxy" and list(proxy.wait_for) == ["-"]
-    assert list(proxy.args) == ["--port=5432", "${CLOUDSQL_INSTANCE}"]  # Cloud Build's own substitution
-    assert dry_run.entrypoint == "bash"
-    assert '"$$DATABASE_URL"' in dry_run.args[1]
+def test_schema_stage_runs_proxy_and_psql_in_one_step_with_its_secret_and_source():
+    settings = Settings(artifact_registry="europe-west3-docker.pkg.dev/p/noesis2", project="p",
+                        pipeline_service_account="noesis2-pipeline@p.iam.gserviceaccount.com")
+    build = build_from_params(settings, PIPELINE, PIPELINE.stage("vector-schema"), command("vector-schema"))
+    (migrate,) = [s for s in build.steps if "psql" in " ".join(s.args)]
+    script = migrate.args[1]
+    assert "cloud-sql-proxy --port=5432 ${_CLOUDSQL_INSTANCE} &" in script  # the proxy runs in the psql step
+    assert '"$$DATABASE_URL"' in script and list(migrate.secret_env) == ["DATABASE_URL"]
+    assert dict(build.substitutions) == {"_CLOUDSQL_INSTANCE": "p:europe-west3:noesis2"}
+    (secret,) = build.available_secrets.secret_manager
+    assert (secret.env, secret.version_name) == ("DATABASE_URL", "projects/p/secrets/noesis2-schema-database-url/versions/latest")
+    assert (build.source.git_source.url, build.source.git_source.revision) == (
+        "https://github.com/acme/noesis2.git", "abc1234def567")
+    assert build.service_account == "projects/p/serviceAccounts/noesis2-pipeline@p.iam.gserviceaccount.com"
+    assert build.options.logging.name == "CLOUD_LOGGING_ONLY"
+
+
+def test_push_stage_pushes_nothing_itself_the_build_stage_does():
+    """Finding 3: a new build starts with an empty Docker cache, so stage 4 cannot docker push."""
+    push = build_from_params(SETTINGS, PIPELINE, PIPELINE.stage("push"), command("push"))
+    assert not any(list(step.args[:1]) == ["push"] for step in push.steps)
+    assert list(build_from_params(SETTINGS, PIPELINE, PIPELINE.stage("build"), command("build")).images)
 
 
 def test_env_dir_and_unknown_step_fields():

@@ -63,7 +63,10 @@ def server():
 
 def _stage(params: dict, timeout: str = "10m"):
     pipeline = parse_pipeline({"name": "p", "stages": [
-        {"id": "smoke", "kind": "check", "timeout": timeout, "params": {"target": "staging", **params}}]})
+        {"id": "deploy", "kind": "deploy", "environment": "staging", "timeout": "10m",
+         "params": {"services": ["web"], "traffic_percent": 100}},
+        {"id": "smoke", "kind": "check", "environment": "staging", "timeout": timeout,
+         "params": {"target": "staging", **params}}]})
     return pipeline, pipeline.stage("smoke")
 
 

@@ -96,7 +96,7 @@ def test_current_split_reads_statuses_and_resolves_latest():
     assert not split_reached(current_split(service), [Split("web-8", 100)])
 
 
-def test_new_template_keeps_settings_replaces_literal_env_and_keeps_secrets():
+def test_new_template_keeps_settings_and_every_other_env_var():
     from google.cloud import run_v2
 
     old = run_v2.RevisionTemplate(
@@ -110,7 +110,8 @@ def test_new_template_keeps_settings_replaces_literal_env_and_keeps_secrets():
     assert new.revision == "web-new" and new.service_account == "sa@p.iam.gserviceaccount.com"
     assert dict(new.labels) == {"team": "x", "version": "1-0", "commit": "abc1234"}
     assert new.containers[0].image == "reg/app:v1.0"
-    assert [(e.name, e.value) for e in new.containers[0].env] == [("DB", ""), ("MODE", "prod")]
+    # Finding 12: a deploy updates the variables it names and keeps the service's others.
+    assert [(e.name, e.value) for e in new.containers[0].env] == [("OLD", "1"), ("DB", ""), ("MODE", "prod")]
     assert old.revision == "web-old" and old.containers[0].image == "reg/app:v0.9"  # not modified
     container = run_v2.Container(env=[run_v2.EnvVar(name="DB", value_source={"secret_key_ref": {"secret": "db"}})])
     apply_env(container, {"DB": "literal"})

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.domain.commands import StartStage
-from shared.domain.events import LockGranted, Outcome, StageFinished, Superseded
+from shared.domain.events import CancelRequested, LockGranted, Outcome, StageFinished, Superseded
 from shared.domain.gate import GateOutcome, decide
 from shared.domain.state import StageStatus
 from tests.unit.gate_helpers import (
@@ -30,7 +30,8 @@ from tests.unit.gate_helpers import (
 
 # Weighted towards progress so that many sequences get past the approval.
 KINDS = ["finish_current"] * 8 + ["approve"] * 3 + ["grant"] * 6 + [
-    "supersede", "fail_current", "finish_forged", "approve_forged", "chaos", "replay", "tick", "duplicate", "started", "old_event"]
+    "supersede", "fail_current", "finish_forged", "approve_forged", "chaos", "replay", "tick", "duplicate", "started", "old_event",
+    "cancel"]
 
 
 def _draw_event(data, state, history):
@@ -62,6 +63,8 @@ def _draw_event(data, state, history):
         return replay(state, data.draw(st.sampled_from(STAGES + ["ghost"])))
     if kind == "tick":
         return tick(state)
+    if kind == "cancel":
+        return CancelRequested(eid(), state.release_id, "ops@example.com", "stop")
     if kind in ("duplicate", "old_event") and history:
         old = data.draw(st.sampled_from(history))
         return old if kind == "duplicate" else replace(old, id=eid())  # same content, new id

@@ -20,6 +20,8 @@ DOC = {
          "params": {"steps": [{"name": "local"}]}},
         {"id": "vector-schema", "number": "6", "name": "Vector schema migrations", "kind": "build", "timeout": "10m",
          "params": {"steps": [{"name": "local"}]}},
+        {"id": "staging-deploy", "number": "8", "name": "Staging deploy", "kind": "deploy", "environment": "staging",
+         "timeout": "5m", "params": {"services": ["web-staging"], "traffic_percent": 100}},
         {"id": "staging-smoke", "number": "10", "name": "Smoke staging", "kind": "check", "environment": "staging",
          "timeout": "5m", "params": {"target": "staging", "paths": ["/", "/health/liveliness"]}},
         {"id": "chaos", "number": "10a", "name": "Chaos smoke", "kind": "build", "optional": True,
@@ -89,7 +91,7 @@ def test_each_stage_has_result_attempts_started_and_duration():
     assert "| 2 | Unit tests | succeeded | 1 | 2027-01-15T08:00:00Z | 42.5s | log: https://console.cloud.google.com/cloud-build/builds/b-unit |" in notes
     assert "| 11 | Approval | succeeded | 1 | 2027-01-15T08:10:00Z | 50m00s |" in notes
     stage_rows = [line for line in notes.splitlines() if re.match(r"^\| \d+a? \| ", line)]
-    assert [row.split(" | ")[0][2:] for row in stage_rows] == ["2", "5", "6", "10", "10a", "11", "13", "15"]
+    assert [row.split(" | ")[0][2:] for row in stage_rows] == ["2", "5", "6", "8", "10", "10a", "11", "13", "15"]
 
 
 def test_test_counts_come_from_the_junit_summaries():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 
@@ -39,7 +40,8 @@ def base_doc():
     return {"name": "t", "stages": [
         {"id": "lint", "kind": "build", "timeout": "5m", "params": {"steps": [{"name": "local"}]}},
         {"id": "staging-migrate", "number": "7", "kind": "job", "timeout": "5m", "params": {"job": "m"}},
-        {"id": "smoke", "kind": "check", "timeout": "5m", "params": {"target": "staging", "paths": ["/"]}},
+        {"id": "smoke", "kind": "check", "timeout": "5m",
+         "params": {"target": "staging", "url": "https://status.example.com", "paths": ["/"]}},
     ]}
 
 
@@ -124,9 +126,26 @@ def test_params_are_checked_by_kind(stage, message):
 
 
 def test_cloud_build_and_shell_placeholders_are_left_alone():
-    stage = {"id": "b", "kind": "build", "timeout": "5m", "params": {"steps": [
-        {"name": "x", "args": ["${CLOUDSQL_INSTANCE}", "$PROJECT_ID", "$${tga}", "${image}", "${project}"]}]}}
+    stage = {"id": "b", "kind": "build", "timeout": "5m", "params": {
+        "substitutions": {"_CLOUDSQL_INSTANCE": "p:r:i"}, "steps": [
+            {"name": "x", "args": ["${_CLOUDSQL_INSTANCE}", "$PROJECT_ID", "$${tga}", "${image}", "${project}"]}]}}
     assert parse_pipeline(with_stage(stage)).stage("b").params["steps"][0]["args"][3] == "${image}"
+
+
+@pytest.mark.parametrize("params, message", [
+    # Cloud Build refuses a user substitution without a leading '_' (issue 12, finding 4) ...
+    ({"steps": [{"name": "x", "args": ["${CLOUDSQL_INSTANCE}"]}]}, "is not a Cloud Build substitution"),
+    ({"substitutions": {"CLOUDSQL_INSTANCE": "p:r:i"}, "steps": [{"name": "x"}]}, "must match ^_"),
+    # ... one nobody defined, and a secretEnv without availableSecrets (finding 2)
+    ({"steps": [{"name": "x", "args": ["${_INSTANCE}"]}]}, "define it in params.substitutions"),
+    ({"steps": [{"name": "x", "secretEnv": ["DATABASE_URL"]}]}, "not defined in params.available_secrets"),
+    ({"source": "svn", "steps": [{"name": "x"}]}, "params.source"),
+    ({"logging": "STDOUT", "steps": [{"name": "x"}]}, "params.logging"),
+])
+def test_build_fields_cloud_build_refuses_are_refused_at_load(params, message):
+    stage = {"id": "b", "kind": "build", "timeout": "5m", "params": params}
+    with pytest.raises(DefinitionError, match=re.escape(message)):
+        parse_pipeline(with_stage(stage))
 
 
 def test_digest_is_stable_and_changes_with_any_edit():

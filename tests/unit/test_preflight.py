@@ -20,7 +20,7 @@ from shared.domain.preflight import (
     required_roles,
     secret_id,
 )
-from tests.seed import SEED_ROLES
+from tests.seed import REQUIRED_ROLES
 
 SA = "release-pipeline@acme-release.iam.gserviceaccount.com"
 MEMBER = f"serviceAccount:{SA}"
@@ -49,14 +49,14 @@ def policy(bindings: dict[str, list[str]], conditional: dict[str, list[str]] | N
 
 
 def test_required_roles_are_the_seeds_list_for_the_shipped_pipeline(shipped):
-    assert required_roles(shipped) == frozenset(SEED_ROLES)
+    assert required_roles(shipped) == frozenset(REQUIRED_ROLES)
 
 
 def test_secret_accessor_is_required_only_when_a_prod_stage_reads_secrets(shipped):
     assert prod_secret_names(shipped) == ("noesis2-prod-database-url",)
     bare = without_prod_secrets(shipped)
     assert prod_secret_names(bare) == ()
-    assert required_roles(bare) == BASE_ROLES
+    assert required_roles(bare) == BASE_ROLES | {"roles/logging.logWriter"}
     assert SECRET_ACCESSOR_ROLE not in required_roles(bare)
 
 
@@ -77,14 +77,14 @@ def test_secret_references_are_reduced_to_the_secret_id(reference, expected):
 
 
 def test_complete_policy_passes_with_no_warnings(shipped):
-    report = evaluate(policy({role: [MEMBER] for role in SEED_ROLES}), SA, shipped)
+    report = evaluate(policy({role: [MEMBER] for role in REQUIRED_ROLES}), SA, shipped)
     assert report.ok and report.missing == [] and report.extra == []
-    assert report.checked_roles == sorted(SEED_ROLES)
+    assert report.checked_roles == sorted(REQUIRED_ROLES)
 
 
 def test_each_missing_role_fails_and_is_named(shipped):
-    for absent in sorted(SEED_ROLES):
-        granted = {role: [MEMBER] for role in SEED_ROLES if role != absent}
+    for absent in sorted(REQUIRED_ROLES):
+        granted = {role: [MEMBER] for role in REQUIRED_ROLES if role != absent}
         report = evaluate(policy(granted), SA, shipped)
         assert not report.ok
         assert report.missing == [absent]
@@ -93,13 +93,13 @@ def test_each_missing_role_fails_and_is_named(shipped):
 
 def test_roles_of_other_members_do_not_count(shipped):
     others = {role: ["serviceAccount:someone-else@acme-release.iam.gserviceaccount.com", "user:a@b.c"]
-              for role in SEED_ROLES}
+              for role in REQUIRED_ROLES}
     report = evaluate(policy(others), SA, shipped)
-    assert report.missing == sorted(SEED_ROLES)
+    assert report.missing == sorted(REQUIRED_ROLES)
 
 
 def test_extra_role_is_a_warning_not_a_failure(shipped):
-    granted = {role: [MEMBER] for role in SEED_ROLES} | {"roles/owner": [MEMBER]}
+    granted = {role: [MEMBER] for role in REQUIRED_ROLES} | {"roles/owner": [MEMBER]}
     report = evaluate(policy(granted), SA, shipped)
     assert report.ok
     assert report.extra == ["roles/owner"]
@@ -107,14 +107,14 @@ def test_extra_role_is_a_warning_not_a_failure(shipped):
 
 
 def test_conditional_grant_does_not_satisfy_a_requirement(shipped):
-    granted = {role: [MEMBER] for role in SEED_ROLES if role != "roles/run.admin"}
+    granted = {role: [MEMBER] for role in REQUIRED_ROLES if role != "roles/run.admin"}
     report = evaluate(policy(granted, conditional={"roles/run.admin": [MEMBER]}), SA, shipped)
     assert report.missing == ["roles/run.admin"]
     assert any("roles/run.admin" in note and "condition" in note for note in report.notes)
 
 
 def test_secret_accessor_granted_per_secret_satisfies_the_check(shipped):
-    project_roles = {role: [MEMBER] for role in SEED_ROLES if role != SECRET_ACCESSOR_ROLE}
+    project_roles = {role: [MEMBER] for role in REQUIRED_ROLES if role != SECRET_ACCESSOR_ROLE}
     per_secret = {"noesis2-prod-database-url": policy({SECRET_ACCESSOR_ROLE: [MEMBER]})}
     assert evaluate(policy(project_roles), SA, shipped, per_secret).ok
     # Unread secret policies: only a project-wide grant could count.
@@ -127,7 +127,7 @@ def test_secret_accessor_granted_per_secret_satisfies_the_check(shipped):
 
 
 def test_secret_accessor_without_prod_secrets_is_extra(shipped):
-    report = evaluate(policy({role: [MEMBER] for role in SEED_ROLES}), SA, without_prod_secrets(shipped))
+    report = evaluate(policy({role: [MEMBER] for role in REQUIRED_ROLES}), SA, without_prod_secrets(shipped))
     assert report.ok
     assert report.extra == [SECRET_ACCESSOR_ROLE]
 
@@ -139,3 +139,12 @@ def test_format_report_lists_failures_first():
     assert lines[0] == f"preflight for {SA}: FAILED"
     assert lines[1] == "  MISSING  roles/run.admin"
     assert "roles/owner" in lines[2]
+
+
+def test_report_says_it_sees_direct_bindings_only_and_reads_the_role_table(shipped):
+    granted = {role: [MEMBER] for role in REQUIRED_ROLES if role != "roles/run.developer"}
+    report = evaluate(policy(granted), SA, shipped)
+    assert report.missing == ["roles/run.developer"]  # the seed's list still decides
+    assert any("direct bindings only" in note and "group" in note for note in report.notes)
+    # The role -> permission table the stand-in enforces: run.admin carries what run.developer gives us.
+    assert any(note.startswith("roles/run.developer is missing, but the granted roles carry") for note in report.notes)

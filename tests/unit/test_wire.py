@@ -28,6 +28,7 @@ EVERY_MESSAGE = [
     ev.Tick("", "r-1"),
     ev.LockGranted("", "r-1", "staging"),
     ev.Superseded("", "r-1", "prod", "r-2"),
+    ev.CancelRequested("", "r-1", "ops@example.com", "wrong build", "req-1"),
     ev.ReleaseNotice("r-1", NoticeKind.STAGE_FAILED, "lint", "lint failed: exit 1"),
 ]
 

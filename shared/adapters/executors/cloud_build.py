@@ -79,7 +79,46 @@ def build_from_params(settings: Settings, pipeline: Pipeline, stage: Stage, comm
     substitutions = params.get("substitutions")
     if isinstance(substitutions, Mapping) and substitutions:
         build.substitutions = {str(k): str(v) for k, v in substitutions.items()}
+    source = _git_source(params.get("source"), variables_for(settings, pipeline, command))
+    if source is not None:
+        build.source = cloudbuild_v1.Source(git_source=source)
+    secrets = params.get("available_secrets") or {}
+    if secrets:
+        build.available_secrets = cloudbuild_v1.Secrets(secret_manager=[
+            cloudbuild_v1.SecretManagerSecret(env=str(env), version_name=secret_version(settings.project, str(ref)))
+            for env, ref in secrets.items()])
+    account = str(params.get("service_account") or settings.pipeline_service_account)
+    if account:
+        # Builds run as the pipeline account, not the project's default build account; such a
+        # build must keep its logs out of the default bucket (CLOUD_LOGGING_ONLY needs the
+        # account to hold roles/logging.logWriter, which deploy/ grants).
+        build.service_account = f"projects/{settings.project}/serviceAccounts/{account}"
+        build.options = cloudbuild_v1.BuildOptions(
+            logging=cloudbuild_v1.BuildOptions.LoggingMode[str(params.get("logging") or "CLOUD_LOGGING_ONLY")])
+    elif params.get("logging"):
+        build.options = cloudbuild_v1.BuildOptions(logging=cloudbuild_v1.BuildOptions.LoggingMode[params["logging"]])
     return build
+
+
+def _git_source(raw: Any, variables: Mapping[str, str]):
+    """``git``: the released repository at the pushed commit; a mapping names url/revision/dir."""
+    from google.cloud.devtools import cloudbuild_v1
+
+    if not raw:
+        return None
+    spec = {"url": variables["source_url"], "revision": variables["commit"]} if raw == "git" else dict(raw)
+    source = cloudbuild_v1.GitSource(url=str(spec["url"]), revision=str(spec.get("revision") or variables["commit"]))
+    if spec.get("dir"):
+        source.dir_ = str(spec["dir"])
+    return source
+
+
+def secret_version(project: str, reference: str) -> str:
+    """``name``, ``name:3`` or a full resource name -> projects/P/secrets/NAME/versions/V."""
+    if reference.startswith("projects/"):
+        return reference if "/versions/" in reference else f"{reference}/versions/latest"
+    name, _, version = reference.partition(":")
+    return f"projects/{project}/secrets/{name}/versions/{version or 'latest'}"
 
 
 def build_as_dict(build: Any) -> dict[str, Any]:
@@ -106,7 +145,7 @@ class CloudBuildExecutor:
 
     @property
     def _parent(self) -> str:
-        return f"projects/{self.settings.project}/locations/{self.settings.region}"
+        return f"projects/{self.settings.project}/locations/{self.settings.build_region or self.settings.region}"
 
     def start(self, pipeline: Pipeline, stage: Stage, command: StartStage) -> StartResult:
         from google.cloud.devtools import cloudbuild_v1

@@ -22,7 +22,10 @@ from shared.domain.events import Outcome
 from shared.adapters.executors.calls import ApiCaller
 from shared.domain.pipeline import Pipeline, Stage
 from shared.app.ports import StageFinish, StartResult
-from shared.domain.preflight import SECRET_ACCESSOR_ROLE, check_permissions, format_report, required_roles
+from shared.domain.iam_roles import ACT_AS
+from shared.domain.preflight import (
+    SECRET_ACCESSOR_ROLE, check_permissions, deployed_services, format_report, required_roles,
+)
 from shared.domain.state import StageState
 
 
@@ -50,7 +53,11 @@ class PreflightExecutor:
         secrets_client: Any = None,
         caller: ApiCaller | None = None,
         secrets_client_factory: Callable[[], Any] | None = None,
+        iam_client: Any = None,
+        services_client: Any = None,
     ):
+        self._iam = iam_client
+        self._services = services_client
         self._settings = settings
         self._projects = projects_client
         self._secrets = secrets_client
@@ -93,14 +100,22 @@ class PreflightExecutor:
             release_id=command.release_id,
             stage=stage.id,
         )
+        act_as_missing, act_as_notes = self._caller.call(
+            "test actAs on the accounts builds and services run as",
+            lambda: self._act_as(pipeline, project, account), release_id=command.release_id, stage=stage.id)
+        report.notes.extend(act_as_notes)
         result = {
             "service_account": account,
+            "act_as_missing": act_as_missing,
             "warnings": list(report.extra),  # roles beyond the seed's set
             "missing_roles": list(report.missing),
             "checked_roles": list(report.checked_roles),
             "notes": list(report.notes),
             "report": format_report(report),
         }
+        if act_as_missing and report.ok:
+            reason = f"the functions' account cannot act as {act_as_missing[0]} (missing {ACT_AS})"
+            return StartResult(handle={"service_account": account}, finished=StageFinish(Outcome.FAILED, reason, result))
         if not report.ok:
             reason = report.first_failure
             if len(report.missing) > 1:
@@ -112,6 +127,41 @@ class PreflightExecutor:
 
     def poll(self, pipeline: Pipeline, stage: Stage, state: StageState) -> StageFinish | None:
         return None  # the check finishes inside start()
+
+    def _act_as(self, pipeline: Pipeline, project: str, pipeline_account: str) -> tuple[list[str], list[str]]:
+        """Accounts the caller (the functions' account) may not act as: the pipeline account
+        (builds run as it) and the runtime accounts of the services the deploy stages update.
+        IAM's testIamPermissions answers for the caller and counts every grant that applies."""
+        from google.api_core import exceptions as gexc
+
+        from shared.adapters import gcp_clients
+
+        if self._iam is None:
+            self._iam = gcp_clients.iam_admin(self._settings)
+        if self._services is None:
+            self._services = gcp_clients.run_services(self._settings)
+        accounts, notes = [pipeline_account], []
+        for service in deployed_services(pipeline):
+            name = f"projects/{project}/locations/{self._settings.region}/services/{service}"
+            try:
+                found = self._services.get_service(name=name, retry=None, timeout=self._caller.timeout)
+            except gexc.NotFound:
+                notes.append(f"service {service} does not exist yet: its deploy creates it")
+                continue
+            runs_as = found.template.service_account
+            if not runs_as:
+                notes.append(f"service {service} runs as the project's default compute account; actAs on it "
+                             "is not checked here")
+            elif runs_as not in accounts:
+                accounts.append(runs_as)
+        missing = []
+        for runs_as in accounts:
+            answer = self._iam.test_iam_permissions(
+                request={"resource": f"projects/-/serviceAccounts/{runs_as}", "permissions": [ACT_AS]},
+                retry=None, timeout=self._caller.timeout)
+            if ACT_AS not in answer.permissions:
+                missing.append(runs_as)
+        return missing, notes
 
 
 def secret_manager_client() -> Any:

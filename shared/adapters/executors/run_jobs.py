@@ -87,9 +87,20 @@ def carries_run_id(execution: Any, stage_run_id: str) -> bool:
 
 
 def finish_of_execution(execution: Any) -> StageFinish | None:
-    """None while it runs; once ``completion_time`` is set, succeeded only when no task
-    failed and at least one succeeded."""
-    if not execution.completion_time:
+    """None while it runs; the ``Completed`` condition decides how it ended.
+
+    The Cloud Run Admin API v2 Execution resource: "reconciling: Indicates whether the resource's
+    reconciliation is still in progress" and its conditions report "Completed" with state
+    CONDITION_SUCCEEDED or CONDITION_FAILED once the execution ends
+    (https://cloud.google.com/run/docs/reference/rest/v2/projects.locations.jobs.executions).
+    Counts and ``completion_time`` are not ordered against each other, so they only describe.
+    """
+    from google.cloud import run_v2
+
+    State = run_v2.Condition.State
+    completed = next((c for c in execution.conditions if c.type_ == "Completed"), None)
+    if execution.reconciling or completed is None or completed.state not in (
+            State.CONDITION_SUCCEEDED, State.CONDITION_FAILED):
         return None
     result: dict[str, Any] = {
         "execution": execution.name,
@@ -99,9 +110,9 @@ def finish_of_execution(execution: Any) -> StageFinish | None:
     }
     if execution.log_uri:
         result["log_uri"] = execution.log_uri
-    if execution.start_time:
+    if execution.start_time and execution.completion_time:
         result["duration_s"] = round(execution.completion_time.timestamp() - execution.start_time.timestamp(), 3)
-    if execution.failed_count == 0 and execution.cancelled_count == 0 and execution.succeeded_count > 0:
+    if completed.state == State.CONDITION_SUCCEEDED:
         return StageFinish(Outcome.SUCCEEDED, "", result)
     return StageFinish(Outcome.FAILED, _failure_reason(execution), result)
 

@@ -43,11 +43,12 @@ def service_path(settings: Settings, service: str) -> str:
 
 
 def apply_env(container: Any, env: Mapping[str, Any]) -> None:
-    """``--set-env-vars``: literal variables are replaced by ``env``; variables read from
-    Secret Manager stay unless ``env`` names them (secrets are managed apart, as in gcloud)."""
+    """``--update-env-vars``: the variables ``env`` names get these values; every other
+    variable of the service (plain or from Secret Manager) stays as it is, so a deploy
+    never drops the settings a service was configured with."""
     from google.cloud import run_v2
 
-    kept = [e for e in container.env if e.value_source and e.name not in env]
+    kept = [e for e in container.env if e.name not in env]
     container.env = kept + [run_v2.EnvVar(name=str(k), value=str(v)) for k, v in env.items()]
 
 
@@ -165,8 +166,9 @@ class DeployExecutor(_ServiceStages):
     def _expected_targets(self, stage: Stage, state: StageState) -> list[dict[str, Any]]:
         if not state.stage_run_id:
             return []
+        names = list(stage.params["services"]) + list(stage.params.get("background_services") or [])
         return [{"service": str(s), "revision": revision_name(str(s), state.stage_run_id), "percent": None}
-                for s in stage.params["services"]]
+                for s in names]
 
     def start(self, pipeline: Pipeline, stage: Stage, command: StartStage) -> StartResult:
         variables = variables_for(self.settings, pipeline, command)
@@ -178,11 +180,16 @@ class DeployExecutor(_ServiceStages):
         labels = release_labels(variables["version"], variables["commit"])
         env = dict(params.get("env") or {})
         targets = []
-        for service_id in params["services"]:
-            revision = revision_name(str(service_id), command.stage_run_id)
+        # Services that serve no requests (workers, schedulers): a traffic split means nothing to
+        # them, so their new revision takes everything at once, in this same gated stage.
+        rollout = [(str(s), percent, tag) for s in params["services"]] + [
+            (str(s), 100, "") for s in params.get("background_services") or []]
+        for service_id, share, share_tag in rollout:
+            revision = revision_name(service_id, command.stage_run_id)
 
-            def deploy(service_id: str = str(service_id), revision: str = revision) -> dict[str, Any]:
-                return self._deploy_one(service_id, revision, variables["image"], labels, env, percent, tag)
+            def deploy(service_id: str = service_id, revision: str = revision, share: int = share,
+                       share_tag: str = share_tag) -> dict[str, Any]:
+                return self._deploy_one(service_id, revision, variables["image"], labels, env, share, share_tag)
 
             targets.append(self.caller.call(
                 f"deploying {variables['image']} to {service_id}", deploy,
@@ -210,6 +217,7 @@ class DeployExecutor(_ServiceStages):
         split = plan_split(current_split(service), revision, percent, tag)
         template = new_template(service.template, revision, image, labels, env)
         target["percent"] = split[0].percent
+        target["serving_before"] = serving_most(current_split(service))  # where a rollback goes back to
         if len(split) > 1:
             target["previous"] = split[1].revision
         return {**target, "operation": self._update(service, template, split)}

@@ -1,6 +1,6 @@
 """Fill ``${name}`` placeholders in stage params from the release's pinned inputs.
 
-Only the names below are ours. Anything else (``${CLOUDSQL_INSTANCE}``, ``$PROJECT_ID``,
+Only the names in PLACEHOLDERS are ours. Anything else (``${_CLOUDSQL_INSTANCE}``, ``$PROJECT_ID``,
 ``$BUILDER_OUTPUT``) belongs to Cloud Build or the shell and stays as written, and
 ``$$`` (Cloud Build's escaped dollar) is left untouched so the step still sees ``$``.
 """
@@ -20,10 +20,19 @@ _TOKEN = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def image_ref(settings: Settings, pipeline: Pipeline, tag: str) -> str:
-    """``registry/image:tag``; without a registry just ``image:tag``."""
+    """``registry/image:tag``; without a registry just ``image:tag``.
+
+    A docker tag is ``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``
+    (https://docs.docker.com/reference/cli/docker/image/tag/): semver build metadata
+    (``v1.2.3+build.5-abc1234``) cannot ride in it, so ``+`` becomes ``_`` there
+    (the release's own tag keeps it)."""
     registry = settings.artifact_registry.rstrip("/")
     name = f"{registry}/{pipeline.image}" if registry else pipeline.image
-    return f"{name}:{tag}"
+    return f"{name}:{docker_tag(tag)}"
+
+
+def docker_tag(tag: str) -> str:
+    return tag.replace("+", "_")
 
 
 def variables_for(settings: Settings, pipeline: Pipeline, command: StartStage) -> dict[str, str]:
@@ -37,7 +46,14 @@ def variables_for(settings: Settings, pipeline: Pipeline, command: StartStage) -
         "stage_run_id": command.stage_run_id,
         "image": image_ref(settings, pipeline, tag),
         "registry": settings.artifact_registry,
+        "source_url": source_url(settings, str(inputs.get("repo") or "")),
+        "project": settings.project,
     }
+
+
+def source_url(settings: Settings, repo: str) -> str:
+    """Where builds fetch the pushed commit: the setting, else the GitHub repository pushed to."""
+    return settings.source_url or (f"https://github.com/{repo}.git" if repo else "")
 
 
 def substitute(value: Any, variables: Mapping[str, str]) -> Any:

@@ -8,12 +8,13 @@ from shared.domain.state import ReleaseState
 
 NEXT_STEP = {
     NoticeKind.STAGE_FAILED: (
-        "Next: read the stage's log, fix the cause, then replay the stage by publishing "
-        "stage.replay with release={release} stage={stage}."
+        "Next: read the stage's log, fix the cause, then run:\n"
+        "  relctl replay {release} {stage} --reason \"what was fixed\""
     ),
     NoticeKind.APPROVAL_NEEDED: (
         "Next: an approver opens the personal link sent by mail, checks the staging results "
-        "and presses Approve or Reject. The link is valid once."
+        "and presses Approve or Reject (the link is valid once), or runs:\n"
+        "  relctl approve {release}    or    relctl reject {release} --reason \"why\""
     ),
     NoticeKind.RELEASE_FINISHED: "Nothing left to do: the release is complete.",
     NoticeKind.REFUSED: "Next: read the reason above; fix it and send the request again.",
@@ -40,7 +41,7 @@ def format_notice(release: ReleaseState, notice: Notify, dashboard_url: str = ""
         NEXT_STEP[notice.kind].format(**names),
     ]
     if dashboard_url:
-        lines.append(f"Dashboard: {dashboard_url.rstrip('/')}/releases/{release.release_id}")
+        lines.append(f"Dashboard: {dashboard_url.rstrip('/')}/release/{release.release_id}")  # shared/ui/dashboard.py route
     return subject, "\n".join(lines)
 
 

@@ -38,7 +38,8 @@ def build_notifier(settings: Settings, recipients: Sequence[str] = ()) -> MultiN
     channels: list[object] = []
     dashboard = settings.public_base_url
     if settings.smtp_host and recipients:
-        channels.append(EmailNotifier(settings.smtp_host, settings.smtp_port, settings.mail_from, recipients, dashboard))
+        channels.append(EmailNotifier(settings.smtp_host, settings.smtp_port, settings.mail_from, recipients, dashboard,
+                                      user=settings.smtp_user, password=settings.smtp_password))
     if settings.slack_webhook_url:
         channels.append(SlackNotifier(settings.slack_webhook_url, dashboard))
     if settings.chat_webhook_url:
@@ -51,4 +52,5 @@ def link_senders_from_settings(settings: Settings) -> list[EmailNotifier]:
     because a link is a bearer credential for the approver it names."""
     if not settings.smtp_host:
         return []
-    return [EmailNotifier(settings.smtp_host, settings.smtp_port, settings.mail_from, (), settings.public_base_url)]
+    return [EmailNotifier(settings.smtp_host, settings.smtp_port, settings.mail_from, (), settings.public_base_url,
+                          user=settings.smtp_user, password=settings.smtp_password)]

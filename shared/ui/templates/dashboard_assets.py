@@ -64,6 +64,10 @@ td[data-field=detail], td code, .notes td:last-child { overflow-wrap: anywhere; 
          overflow-x: auto; }
 .notes h1 { font-size: 1.15rem; margin-top: .6rem; } .notes h2 { font-size: 1rem; margin: 1rem 0 .4rem; }
 .notes table { font-size: .8rem; }
+ol.timeline { background: #fff; border: 1px solid #d0d7de; padding: .5rem .8rem .5rem 2.2rem; margin: 0;
+              font-size: .85rem; overflow-wrap: anywhere; }
+ol.timeline time { color: #57606a; font-variant-numeric: tabular-nums; }
+.progress { margin: 0 0 .4rem; font-weight: 600; }
 .live { color: #57606a; font-size: .8rem; min-height: 1em; margin: 0 0 .6rem; }
 /* Phones: tables become one card per row, each cell labelled; nothing is wider than the screen. */
 @media (max-width: 700px) {
@@ -101,23 +105,25 @@ REFRESH_JS = """
       }
     });
   }
-  // The notes are HTML the server renders from Markdown (raw HTML off). They are taken
+  // The notes (HTML the server renders from Markdown, raw HTML off) and the timeline are taken
   // from a fresh copy of this same page, never from the JSON; scripts in parsed
   // documents do not run, and the CSP allows only this page's own script anyway.
-  function refreshNotes() {
+  function refreshSections() {
     fetch(location.href, {cache: 'no-store'}).then(function (r) { return r.ok ? r.text() : null; })
       .then(function (text) {
         if (text === null) { return; }
-        const fresh = new DOMParser().parseFromString(text, 'text/html').querySelector('[data-field=notes]');
-        const notes = document.querySelector('[data-field=notes]');
-        if (fresh && notes) { notes.replaceChildren.apply(notes, Array.from(fresh.childNodes)); }
+        const fresh = new DOMParser().parseFromString(text, 'text/html');
+        fresh.querySelectorAll('[data-refresh]').forEach(function (part) {
+          const here = document.querySelector('[data-refresh="' + CSS.escape(part.dataset.refresh) + '"]');
+          if (here) { here.replaceChildren.apply(here, Array.from(part.childNodes)); }
+        });
       }).catch(function () { /* the next change tries again */ });
   }
   function apply(data) {
     const rel = data.release;
     // updated_at alone can repeat within a clock tick; the stages' statuses and attempts cannot.
     const shape = rel.status + '|' + data.stages.map(function (s) { return s.status + ':' + s.attempt; }).join(',');
-    if (shape !== root.dataset.shape) { refreshNotes(); }
+    if (shape !== root.dataset.shape) { refreshSections(); }
     root.dataset.shape = shape;
     root.dataset.updatedAt = String(rel.updated_at);
     root.dataset.releaseStatus = rel.status;
@@ -126,6 +132,11 @@ REFRESH_JS = """
     });
     document.querySelectorAll('[data-field=release-reason]').forEach(function (r) {
       r.textContent = rel.reason || ''; r.hidden = !rel.reason;
+    });
+    const prog = data.progress || {};
+    document.querySelectorAll('[data-field=progress_text]').forEach(function (p) { p.textContent = prog.text || ''; });
+    document.querySelectorAll('[data-field=stalled_text]').forEach(function (p) {
+      p.textContent = prog.stalled_text || ''; p.hidden = !prog.stalled_text;
     });
     document.querySelectorAll('[data-field=approval_text]').forEach(function (a) { a.textContent = rel.approval_text; });
     document.querySelectorAll('[data-field=traffic_text]').forEach(function (t) { t.textContent = rel.traffic_text; });

@@ -1,0 +1,133 @@
+"""IAM enforced on every call: who calls (their token), which permission the call needs, and
+whether the policies grant it, with Google's answer when they do not.
+
+The permission of each method is the one the API reference names for it (e.g.
+https://cloud.google.com/build/docs/iam-roles-permissions, "cloudbuild.builds.create: create
+builds"; https://cloud.google.com/run/docs/reference/iam/permissions). Deploying a service,
+creating a job or starting a build that runs as a service account also needs
+``iam.serviceAccounts.actAs`` on that account
+(https://cloud.google.com/run/docs/securing/service-identity: "the deployer ... must have the
+iam.serviceAccounts.actAs permission on the service identity";
+https://cloud.google.com/build/docs/securing-builds/configure-user-specified-service-accounts:
+"the user who runs the build needs ... iam.serviceAccounts.actAs on the service account").
+A call lacking a permission is PERMISSION_DENIED naming it. Operations (polling a long-running
+call) need only a valid caller here.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Mapping
+
+import grpc
+
+from local.standin.common import ApiError
+from local.standin.identity import KeyRing, default_compute_account
+from shared.domain.iam_roles import ACT_AS, grants
+
+PERMISSIONS: Mapping[str, Callable[[Any], str] | str] = {
+    "CreateBuild": "cloudbuild.builds.create", "GetBuild": "cloudbuild.builds.get",
+    "ListBuilds": "cloudbuild.builds.list", "CancelBuild": "cloudbuild.builds.update",
+    "CreateJob": "run.jobs.create", "GetJob": "run.jobs.get", "UpdateJob": "run.jobs.update",
+    "ListJobs": "run.jobs.list",
+    "RunJob": lambda r: "run.jobs.runWithOverrides" if r.overrides.container_overrides or r.overrides.task_count
+    else "run.jobs.run",
+    "GetExecution": "run.executions.get", "ListExecutions": "run.executions.list",
+    "CancelExecution": "run.executions.cancel",
+    "CreateService": "run.services.create", "GetService": "run.services.get", "UpdateService": "run.services.update",
+    "ListServices": "run.services.list", "GetRevision": "run.revisions.get", "ListRevisions": "run.revisions.list",
+    "GetIamPolicy": "resourcemanager.projects.getIamPolicy", "SetIamPolicy": "resourcemanager.projects.setIamPolicy",
+    "ListDockerImages": "artifactregistry.dockerimages.list", "GetDockerImage": "artifactregistry.dockerimages.get",
+    "ListTags": "artifactregistry.tags.list", "GetTag": "artifactregistry.tags.get",
+    "ListLogEntries": "logging.logEntries.list", "ListTimeSeries": "monitoring.timeSeries.list",
+    "CreateQueue": "cloudtasks.queues.create", "GetQueue": "cloudtasks.queues.get",
+    "CreateTask": "cloudtasks.tasks.create", "GetTask": "cloudtasks.tasks.get", "DeleteTask": "cloudtasks.tasks.delete",
+}
+# Need only a valid caller: polling operations; testing one's own permissions on an account.
+OPERATIONS = {"GetOperation", "ListOperations", "DeleteOperation", "TestIamPermissions"}
+
+
+class IamGuard:
+    def __init__(self, keys: KeyRing, project: str, project_number: str,
+                 project_roles: Callable[[str], set[str]]) -> None:
+        self._keys = keys
+        self._project = project
+        self._project_number = project_number
+        self._project_roles = project_roles  # member -> roles it holds on the project
+        self._account_bindings: dict[str, dict[str, list[str]]] = {}  # account -> role -> members
+        self._custom: dict[str, list[str]] = {}
+        self._enforcing = False
+        self._lock = threading.Lock()
+        self._local = threading.local()  # the caller of the call this server thread serves
+
+    def enforce(self, account_bindings: Mapping[str, Mapping[str, list[str]]] | None = None,
+                custom_roles: Mapping[str, list[str]] | None = None) -> None:
+        with self._lock:
+            self._account_bindings = {a: {r: list(m) for r, m in b.items()} for a, b in (account_bindings or {}).items()}
+            self._custom = {r: list(p) for r, p in (custom_roles or {}).items()}
+            self._enforcing = True
+
+    def revoke(self, member: str, role: str, account: str = "") -> None:
+        """Remove a grant (tests: "without this grant, the stage that needs it fails")."""
+        with self._lock:
+            if account:
+                members = self._account_bindings.get(account, {}).get(role, [])
+                if member in members:
+                    members.remove(member)
+
+    def current_caller(self) -> str:
+        return getattr(self._local, "caller", "")
+
+    @property
+    def enforcing(self) -> bool:
+        return self._enforcing
+
+    def check(self, method: str, request: Any, metadata: Mapping[str, str]) -> None:
+        if not self._enforcing:
+            return
+        caller = self._keys.caller(dict(metadata))
+        self._local.caller = caller
+        if method in OPERATIONS:
+            return
+        rule = PERMISSIONS.get(method)
+        if rule is None:
+            raise ApiError(grpc.StatusCode.PERMISSION_DENIED, f"stand-in: no permission known for {method}")
+        permission = rule(request) if callable(rule) else rule
+        member = f"serviceAccount:{caller}"
+        if not self.holds(member, permission, self.resource_of(method, request)):
+            raise denied(permission, f"projects/{self._project}")
+        account = self.runs_as(method, request)
+        if account and not self.holds(member, ACT_AS, account):
+            raise denied(ACT_AS, f"projects/-/serviceAccounts/{account}")
+
+    def holds(self, member: str, permission: str, account: str = "") -> bool:
+        """``member`` holds ``permission`` on the project, or (for an account) on that account."""
+        with self._lock:
+            custom = dict(self._custom)
+            on_account = [r for r, ms in self._account_bindings.get(account, {}).items() if member in ms]
+        return grants(self._project_roles(member), permission, custom) or (
+            bool(account) and grants(on_account, permission, custom))
+
+    @staticmethod
+    def resource_of(method: str, request: Any) -> str:
+        """The resource a call acts on when a grant on it (not the project) may allow it:
+        Cloud Tasks grants roles per queue (https://cloud.google.com/tasks/docs/reference-access-control)."""
+        if method in ("CreateTask", "GetTask", "DeleteTask"):
+            parent = request.parent if method == "CreateTask" else request.name.split("/tasks/", 1)[0]
+            return f"queue:{parent.rsplit('/', 1)[-1]}"
+        return ""
+
+    def runs_as(self, method: str, request: Any) -> str:
+        """The account the created resource will run as, when the call starts one."""
+        if method == "CreateBuild":
+            named = request.build.service_account
+            return named.rsplit("/", 1)[-1] if named else default_compute_account(self._project_number)
+        if method in ("CreateService", "UpdateService"):
+            return request.service.template.service_account or default_compute_account(self._project_number)
+        if method in ("CreateJob", "UpdateJob"):
+            return request.job.template.template.service_account or default_compute_account(self._project_number)
+        return ""
+
+
+def denied(permission: str, resource: str) -> ApiError:
+    return ApiError(grpc.StatusCode.PERMISSION_DENIED,
+                    f"Permission '{permission}' denied on resource '{resource}' (or it may not exist).")

@@ -1,0 +1,92 @@
+"""What every ``relctl`` command gets: the Context (settings, store, output), exit codes, UsageError."""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, TextIO
+
+from shared.app.config import Settings
+from shared.domain.errors import PipelineError
+from shared.ui.cli_format import colour_wanted, dumps
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class UsageError(PipelineError):
+    """The command line asks for something that cannot exist (exit 2, like argparse's own errors)."""
+
+
+@dataclass
+class Context:
+    """What the commands need, built on first use (a `validate` never touches Google)."""
+
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    json: bool = False  # --json: one JSON document (watch: one per line), times in ISO 8601
+    sleep: Callable[[float], None] = time.sleep
+    monotonic: Callable[[], float] = time.monotonic
+
+    @functools.cached_property
+    def settings(self) -> Settings:
+        return Settings.from_env()
+
+    @functools.cached_property
+    def store(self):
+        from google.cloud import firestore
+
+        from shared.adapters.firestore_store import FirestoreStore
+
+        require_emulator("FIRESTORE_EMULATOR_HOST")
+        return FirestoreStore(firestore.Client(project=self.settings.project), self.settings)
+
+    @functools.cached_property
+    def apps(self):
+        """``apps/{app}`` records (stage medians for the ETA), on the store's Firestore client."""
+        from shared.adapters.firestore_apps import FirestoreAppRecords
+
+        return FirestoreAppRecords(self.store.client, self.settings)
+
+    def progress(self, state, pipeline) -> dict:
+        from shared.ui.dashboard import release_progress
+
+        return release_progress(state, pipeline, self.apps, time.time())
+
+    def print(self, *parts: Any) -> None:
+        print(*parts, file=self.out, flush=True)
+
+    @functools.cached_property
+    def colour(self) -> bool:
+        return not self.json and colour_wanted(self.out)
+
+    def emit(self, data: Any, text: str) -> None:
+        """The command's answer: ``data`` as JSON under --json, else ``text``."""
+        self.print(dumps(data) if self.json else text)
+
+
+def require_emulator(variable: str, timeout_s: float = 2.0) -> None:
+    """Fail fast when an emulator host is set but nothing listens there: the client
+    libraries would retry UNAVAILABLE for minutes before saying anything."""
+    import socket
+
+    host_port = os.environ.get(variable, "")
+    if not host_port:
+        return
+    host, _, port = host_port.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s):
+            return
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"{variable}={host_port} is set but no emulator answers there ({exc})") from None
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 500:
+        raise argparse.ArgumentTypeError(f"{value} is not from 1 to 500")
+    return value

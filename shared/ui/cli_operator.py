@@ -1,0 +1,227 @@
+"""``relctl`` commands that act through the operator function (replay, resend-approval, chaos,
+approve, reject): the function checks the caller's Google ID token and records who asked."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from shared.domain.errors import PipelineError
+from shared.domain.pipeline_schema import suggestion
+from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
+from shared.ui.cli_context import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, Context, UsageError, positive_int
+from shared.ui.cli_format import dumps
+from shared.ui.notes import iso, load_release
+
+
+def operator_call(ctx: Context, args, action: str, params: dict, request_id: str | None = None) -> dict:
+    """Through the operator function, which checks the caller's Google ID token and records who asked."""
+    from shared.ui.operator_client import call_operator
+
+    return call_operator(ctx.settings, action, params, request_id=request_id, as_=getattr(args, "as_", None))
+
+
+def await_release(ctx: Context, release_id: str, seconds: float, answered):
+    """Re-read the release every 0.5 s until ``answered(state)`` returns something, or None at the end."""
+    deadline = ctx.monotonic() + seconds
+    while ctx.monotonic() < deadline:
+        ctx.sleep(0.5)
+        now, _ = load_release(ctx.store, release_id)
+        result = answered(now)
+        if result is not None:
+            return now, result
+    return None
+
+
+def publish_replay(ctx: Context, state: ReleaseState, stage: str, reason: str, args) -> int:
+    answer = operator_call(ctx, args, "replay", {"release_id": state.release_id, "stage": stage, "reason": reason},
+                           request_id=args.replay_id)
+    replay_id = answer["replay_id"]
+    if not ctx.json:
+        ctx.print(f"requested replay {replay_id}: release {state.release_id} stage {stage} "
+                  f"(by {answer['requested_by']}, message {answer['message_id']})")
+    if not args.wait:
+        if ctx.json:
+            ctx.print(dumps(answer))
+        return EXIT_OK
+    got = await_release(ctx, state.release_id, args.wait,
+                        lambda now: next((r for r in now.replays if r.get("replay_id") == replay_id), None))
+    if got is None:
+        print(f"relctl: replay {replay_id} not handled within {args.wait:g}s (is the dispatcher running?)",
+              file=sys.stderr)
+        return EXIT_TIMEOUT
+    now, record = got
+    if not record.get("accepted"):
+        print(f"relctl: replay {replay_id} refused: {record.get('reason', '')}", file=sys.stderr)
+        return EXIT_FAILED
+    st = now.stages[stage]
+    ctx.emit({**answer, "accepted": True, "stage_status": st.status.value, "attempt": st.attempt,
+              "release_status": now.status.value},
+             f"accepted: stage {stage} is {st.status.value} (attempt {st.attempt}); release {now.status.value}")
+    return EXIT_OK
+
+
+def cmd_replay(args, ctx: Context) -> int:
+    state, pipeline = load_release(ctx.store, args.release)
+    if not pipeline.has_stage(args.stage):
+        ids = [s.id for s in pipeline.stages]
+        raise UsageError(f"release {state.release_id} has no stage {args.stage!r}{suggestion(args.stage, ids)} "
+                         f"(stages: {', '.join(ids)})")
+    return publish_replay(ctx, state, args.stage, args.reason, args)
+
+
+def cmd_resend_approval(args, ctx: Context) -> int:
+    """A replay of the approval stage: a new attempt, new links; the old links name the old attempt and stop working."""
+    state, pipeline = load_release(ctx.store, args.release)
+    if pipeline.approval_index is None:
+        raise PipelineError(f"pipeline {pipeline.name} has no approval stage")
+    stage = pipeline.stages[pipeline.approval_index]
+    st = state.stages[stage.id]
+    if st.status not in (StageStatus.WAITING, StageStatus.FAILED):
+        raise PipelineError(f"approval of release {state.release_id} is {st.status.value}; links are re-sent only "
+                            "while it waits or after it expired or was rejected")
+    return publish_replay(ctx, state, stage.id, args.reason, args)
+
+
+def cmd_chaos(args, ctx: Context) -> int:
+    state, pipeline = load_release(ctx.store, args.release)
+    optional = [s for s in pipeline.stages if s.optional]
+    if not optional:
+        raise PipelineError(f"pipeline {pipeline.name} has no optional chaos stage")
+    if state.chaos_requested_by:
+        raise PipelineError(f"chaos was already requested by {state.chaos_requested_by}")
+    if state.status is not ReleaseStatus.AWAITING_APPROVAL:
+        raise PipelineError(f"release {state.release_id} is {state.status.value}; chaos can be requested only "
+                            "while it awaits approval")
+    answer = operator_call(ctx, args, "chaos", {"release_id": state.release_id})
+    if not ctx.json:
+        ctx.print(f"requested chaos: release {state.release_id} (by {answer['requested_by']}, "
+                  f"message {answer['message_id']})")
+    if not args.wait:
+        if ctx.json:
+            ctx.print(dumps(answer))
+        return EXIT_OK
+    got = await_release(ctx, state.release_id, args.wait, lambda now: now.chaos_requested_by or None)
+    if got is None:
+        print(f"relctl: chaos request not taken within {args.wait:g}s (refused, or the dispatcher is not running)",
+              file=sys.stderr)
+        return EXIT_TIMEOUT
+    now, who = got
+    st = now.stages[optional[0].id]
+    ctx.emit({**answer, "accepted": True, "stage": optional[0].id, "stage_status": st.status.value},
+             f"accepted: stage {optional[0].id} is {st.status.value} (requested by {who})")
+    return EXIT_OK
+
+
+def cmd_decide(args, ctx: Context) -> int:
+    """``approve`` / ``reject``: the approver's own decision, under the rules of their approval link."""
+    approve = args.command == "approve"
+    if not approve and not (args.reason or "").strip():
+        raise UsageError("reject needs --reason (the pusher reads it)")
+    answer = operator_call(ctx, args, args.command, {"release_id": args.release, "reason": args.reason or ""})
+    ctx.emit(answer, f"{answer['decision']} release {answer['release_id']} (stage {answer['stage']}, attempt "
+                     f"{answer['attempt']}) as {answer['approver']}; the dispatcher applies it next")
+    return EXIT_OK
+
+
+def cmd_cancel(args, ctx: Context) -> int:
+    """Stop a release for good; the gate gives back its locks and rolls back a canary it put in prod."""
+    state, _ = load_release(ctx.store, args.release)
+    if state.status.terminal:
+        raise PipelineError(f"release {state.release_id} is {state.status.value}; nothing to cancel")
+    answer = operator_call(ctx, args, "cancel", {"release_id": state.release_id, "reason": args.reason})
+    if not ctx.json:
+        ctx.print(f"requested cancel of release {state.release_id} (by {answer['requested_by']}, "
+                  f"message {answer['message_id']})")
+    if not args.wait:
+        if ctx.json:
+            ctx.print(dumps(answer))
+        return EXIT_OK
+    got = await_release(ctx, state.release_id, args.wait,
+                        lambda now: now if now.status is ReleaseStatus.CANCELLED else None)
+    if got is None:
+        print(f"relctl: cancel not applied within {args.wait:g}s (is the dispatcher running?)", file=sys.stderr)
+        return EXIT_TIMEOUT
+    now, _ = got
+    ctx.emit({**answer, "status": now.status.value, "reason": now.reason},
+             f"cancelled: release {now.release_id} is {now.status.value} ({now.reason}); its locks are free")
+    return EXIT_OK
+
+
+def cmd_dead_letters(args, ctx: Context) -> int:
+    answer = operator_call(ctx, args, "dead-letters", {"limit": args.limit})
+    letters = answer["letters"]
+    if ctx.json:
+        ctx.print(dumps(letters))
+        return EXIT_OK
+    if not letters:
+        ctx.print("no dead letters")
+        return EXIT_OK
+    for d in letters:
+        done = f"  re-driven as {d['redriven_as']}" if d["redriven_as"] else f"  (relctl redrive {d['id']})"
+        ctx.print(f"{d['id']}  {iso(d['received_at'])}  {d['type'] or d['source']}  {d['release_id'] or '-'}\n"
+                  f"    {d['reason']}\n  {done}")
+    return EXIT_OK
+
+
+def cmd_redrive(args, ctx: Context) -> int:
+    answer = operator_call(ctx, args, "redrive", {"letter_id": args.letter})
+    ctx.emit(answer, f"re-drove dead letter {answer['letter_id']} as message {answer['message_id']} "
+                     f"(by {answer['requested_by']}); the gate decides on it as on any event")
+    return EXIT_OK
+
+
+def cmd_freeze(args, ctx: Context) -> int:
+    frozen = args.command == "freeze"
+    params = {"reason": args.reason} if frozen else {}
+    if args.app:
+        params["app"] = args.app
+    answer = operator_call(ctx, args, args.command, params)
+    text = (f"prod of {answer['app']} is frozen (by {answer['requested_by']}): no release enters prod until "
+            f"relctl unfreeze" if frozen else
+            f"prod of {answer['app']} is open again" + (f"; {answer['granted_to']} goes on" if answer["granted_to"] else ""))
+    ctx.emit(answer, text)
+    return EXIT_OK
+
+
+def add_commands(command) -> None:
+    """The parsers of this module's commands; ``command(name, func, help)`` makes one."""
+    for name, func, help in (
+        ("replay", cmd_replay, "run a stage again (through the operator function)"),
+        ("resend-approval", cmd_resend_approval, "send new approval links; the old ones stop working"),
+        ("chaos", cmd_chaos, "request the optional chaos smoke (10a) while the release awaits approval"),
+        ("approve", cmd_decide, "approve a release that waits for you (as your Google identity)"),
+        ("reject", cmd_decide, "reject a release that waits for you, with a reason"),
+        ("cancel", cmd_cancel, "stop a release for good: locks given back, prod keeps what served before"),
+    ):
+        p = command(name, func, help)
+        p.add_argument("release")
+        if name == "replay":
+            p.add_argument("stage")
+            p.add_argument("--reason", required=True, help="why (recorded with the replay)")
+        elif name == "resend-approval":
+            p.add_argument("--reason", default="approval links re-sent with relctl")
+        elif name == "cancel":
+            p.add_argument("--reason", required=True, help="why (recorded on the release's timeline)")
+        elif name in ("approve", "reject"):
+            p.add_argument("--reason", help="kept with the decision" + ("; required" if name == "reject" else ""))
+        if name in ("replay", "resend-approval"):
+            p.add_argument("--replay-id", help="idempotency key; the same id is handled once (default: random)")
+        p.add_argument("--as", dest="as_", metavar="WHO",
+                       help="local stack only: whom its token issuer signs for (default: $RELEASE_OPERATOR_EMAIL); "
+                            "on GCP your Google identity is used")
+        if name not in ("approve", "reject"):
+            p.add_argument("--wait", type=float, default=10, metavar="SECONDS",
+                           help="wait this long for the dispatcher's answer (0: do not wait)")
+    p = command("dead-letters", cmd_dead_letters, "list dead letters: messages kept instead of applied, with why")
+    p.add_argument("--limit", type=positive_int, default=50, help="at most this many (1-500)")
+    p.add_argument("--as", dest="as_", metavar="WHO", help=argparse.SUPPRESS)
+    p = command("redrive", cmd_redrive, "publish a dead letter's event again (once); the gate decides on it")
+    p.add_argument("letter")
+    p.add_argument("--as", dest="as_", metavar="WHO", help=argparse.SUPPRESS)
+    for name, help in (("freeze", "pause every new prod stage of an application until unfreeze (recorded)"),
+                       ("unfreeze", "lift the freeze; the newest release waiting for prod goes on")):
+        p = command(name, cmd_freeze, help)
+        p.add_argument("--app", help="the application (pipeline name; default: the operator function's pipeline)")
+        if name == "freeze":
+            p.add_argument("--reason", required=True, help="why (kept with the freeze)")
+        p.add_argument("--as", dest="as_", metavar="WHO", help=argparse.SUPPRESS)

@@ -1,0 +1,33 @@
+"""The gcloud commands the deploy runs, checked against the installed Cloud SDK's own --help.
+
+The whole plan takes about a minute (``python -m deploy.gcloud_check``, listed in
+deploy/README.md); this test covers the commands issue 12 added or changed and the
+teardown of the scratch-project path."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from deploy.config import load_config
+from deploy.gcloud_check import TEARDOWN, command_path, unknown_flags
+from deploy.model import build_plan
+
+pytestmark = pytest.mark.skipif(shutil.which("gcloud") is None, reason="needs the Cloud SDK (gcloud) on PATH")
+CHANGED = {("functions", "deploy"), ("builds", "submit"), ("pubsub", "subscriptions", "update"),
+           ("iam", "workload-identity-pools", "providers", "create-oidc"),
+           ("iam", "service-accounts", "add-iam-policy-binding")}
+ENV = {"RELEASE_PROJECT": "acme-release", "RELEASE_BUILD_REGION": "europe-west1",
+       "RELEASE_ARTIFACT_REGISTRY": "europe-west3-docker.pkg.dev/acme-release/noesis2",
+       "DEPLOY_GITHUB_REPOSITORY": "acme/noesis2", "DEPLOY_GITHUB_REPOSITORY_ID": "1"}
+
+
+def test_changed_deploy_commands_and_the_teardown_exist_with_their_flags():
+    commands = [c for c in build_plan(load_config(ENV)).commands() if command_path(c) in CHANGED]
+    assert {command_path(c) for c in commands} == CHANGED
+    assert unknown_flags([*commands, *TEARDOWN]) == {}
+
+
+def test_a_flag_the_sdk_does_not_know_is_caught():
+    assert unknown_flags([("builds", "submit", ".", "--no-such-flag-xyz")]) == {
+        ("builds", "submit"): ["--no-such-flag-xyz"]}

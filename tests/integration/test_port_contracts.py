@@ -1,0 +1,187 @@
+"""One contract per port, run against the fake (shared/testing/fakes.py) and the Firestore
+adapter on the emulator, so a fake cannot drift from what the real store does."""
+from __future__ import annotations
+
+import importlib
+import threading
+
+import pytest
+
+from shared.app.config import Settings
+from shared.domain.approval_record import ApprovalNotFound, ApprovalRecord
+from shared.domain.dead_letters import MAX_KEPT_BYTES, DeadLetter
+from shared.domain.errors import DefinitionError, StaleWrite
+from shared.domain.state import ReleaseStatus, new_release
+from shared.testing import fakes
+from tests.unit.gate_helpers import PIPELINE, PUSHER, T0
+
+IMPLEMENTATIONS = ["fake", pytest.param("firestore", marks=pytest.mark.emulators)]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def kind(request):
+    if request.param == "firestore":
+        request.getfixturevalue("emulators")
+    return request.param
+
+
+@pytest.fixture
+def client_and_settings(kind, unique_prefix):
+    if kind == "fake":
+        return None, None
+    from google.cloud import firestore
+
+    from tests.conftest import PROJECT
+
+    return firestore.Client(project=PROJECT), Settings(project=PROJECT, collection_prefix=unique_prefix)
+
+
+# port -> (its fake, its Firestore adapter as module:class)
+PORTS = {
+    "releases": (fakes.FakeStore, "firestore_store:FirestoreStore"),
+    "letters": (fakes.FakeDeadLetters, "firestore_dead_letters:FirestoreDeadLetters"),
+    "approvals": (fakes.InMemoryApprovalStore, "firestore_approvals:FirestoreApprovalStore"),
+    "apps": (fakes.InMemoryAppRecords, "firestore_apps:FirestoreAppRecords"),
+    "requests": (fakes.FakeOperatorRequests, "firestore_operator_requests:FirestoreOperatorRequests"),
+}
+
+
+def implementation(port: str, kind: str, client_and_settings):
+    fake, adapter = PORTS[port]
+    if kind == "fake":
+        return fake()
+    module, name = adapter.split(":")
+    return getattr(importlib.import_module(f"shared.adapters.{module}"), name)(*client_and_settings)
+
+
+def port_fixture(port: str):
+    @pytest.fixture(name=port)
+    def made(kind, client_and_settings):
+        return implementation(port, kind, client_and_settings)
+    return made
+
+
+for _port in PORTS:  # fixtures ``releases``, ``letters``, ``approvals``, ``apps``, ``requests``
+    globals()[f"{_port}_fixture"] = port_fixture(_port)
+
+
+def release(commit: str, now: float = T0):
+    return new_release(PIPELINE, repo="acme/app", ref="refs/heads/main", commit=commit, version="1.2.3",
+                       pushed_by=PUSHER, now=now)
+
+
+# -- ReleaseStore -------------------------------------------------------------------------
+
+def test_release_create_is_create_only_and_get_returns_what_was_written(releases):
+    state = release("a" * 40)
+    assert releases.create(state) and not releases.create(state)
+    got, token = releases.get(state.release_id)
+    assert got.to_dict() == state.to_dict() and token is not None
+    assert releases.get("nope") is None
+
+
+def test_release_update_is_conditional_on_the_token_it_read(releases):
+    state = release("b" * 40)
+    releases.create(state)
+    _, token = releases.get(state.release_id)
+    assert releases.update(state, token) == token, "a write that changes nothing keeps the update time"
+    state.status = ReleaseStatus.AWAITING_APPROVAL
+    new_token = releases.update(state, token)
+    with pytest.raises(StaleWrite):
+        releases.update(state, token)
+    releases.update_fields(state.release_id, {("stages", "lint", "result"): {"k": 1}}, new_token)
+    got, _ = releases.get(state.release_id)
+    assert got.status is ReleaseStatus.AWAITING_APPROVAL and got.stages["lint"].result == {"k": 1}
+    with pytest.raises(StaleWrite):
+        releases.update_fields(state.release_id, {("outbox",): []}, new_token)
+
+
+def test_release_lists_newest_first_and_active_ones(releases):
+    old, new = release("c" * 40, T0), release("d" * 40, T0 + 5)
+    old.status, new.status = ReleaseStatus.SUCCEEDED, ReleaseStatus.RUNNING
+    for state in (old, new):
+        releases.create(state)
+    assert [s.release_id for s in releases.list_releases(limit=2)] == [new.release_id, old.release_id]
+    assert [s.release_id for s in releases.list_active()] == [new.release_id]
+
+
+def test_pipelines_are_pinned_by_digest(releases):
+    releases.save_pipeline(PIPELINE)
+    assert releases.load_pipeline(PIPELINE.digest).digest == PIPELINE.digest
+    with pytest.raises(DefinitionError):
+        releases.load_pipeline("0" * 64)
+
+
+def test_a_webhook_delivery_is_claimed_once(releases):
+    assert releases.claim_delivery("d-1", {"release_id": "r"}) and not releases.claim_delivery("d-1", {})
+
+
+# -- DeadLetterStore ----------------------------------------------------------------------
+
+def test_dead_letters_are_kept_once_newest_first_and_marked_when_re_driven(letters):
+    big = b"x" * (MAX_KEPT_BYTES + 10)
+    assert letters.record(DeadLetter("l1", "why", "dispatch", T0, b"\x00\xff", {"type": "t"}))
+    assert not letters.record(DeadLetter("l1", "again", "dispatch", T0 + 9))
+    assert letters.record(DeadLetter("l/2", "big", "dispatch", T0 + 1, big))
+    first, second = letters.list()
+    assert (first.id, second.id) == ("l/2", "l1")
+    assert second.data == b"\x00\xff" and second.attributes == {"type": "t"} and second.reason == "why"
+    assert first.truncated and len(first.data) == MAX_KEPT_BYTES
+    letters.mark_redriven("l1", "m-7", T0 + 3)
+    assert (letters.get("l1").redriven_as, letters.get("l1").redriven_at) == ("m-7", T0 + 3)
+    assert letters.get("nope") is None and len(letters.list(limit=1)) == 1
+
+
+# -- ApprovalStore ------------------------------------------------------------------------
+
+def approval(nonce="n" * 24, approver="boss@example.com"):
+    return ApprovalRecord(nonce=nonce, release_id="r", stage="approval", attempt=1, approver=approver,
+                          expires_at=T0 + 3600, tag="v1.2.3-aaaaaaa", created_at=T0)
+
+
+def test_an_approval_request_is_consumed_exactly_once(approvals):
+    assert approvals.create(approval()) and not approvals.create(approval())
+    assert approvals.find_open("r", "approval", 1, "boss@example.com").nonce == "n" * 24
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        approvals.consume("n" * 24, "approved", "ok", "UA", T0 + 1))) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 4 + [True]
+    record = approvals.get("n" * 24)
+    assert (record.decision, record.consumed_at, record.reason) == ("approved", T0 + 1, "ok")
+    assert approvals.find_open("r", "approval", 1, "boss@example.com") is None
+    approvals.mark_published("n" * 24, "m-1")
+    assert approvals.get("n" * 24).message_id == "m-1"
+    with pytest.raises(ApprovalNotFound):
+        approvals.consume("missing-nonce", "approved", "", "", T0)
+    with pytest.raises(ValueError):
+        approvals.consume("n" * 24, "maybe", "", "", T0)
+
+
+# -- AppRecords ---------------------------------------------------------------------------
+
+def test_an_app_record_starts_empty_and_is_written_on_condition(apps):
+    data, token = apps.read("acme-app")
+    assert token is None and data["locks"] == {}
+    data["locks"]["staging"] = {"holder": "r-1", "queue": [], "superseded": {}}
+    apps.write("acme-app", data, None)
+    with pytest.raises(StaleWrite):
+        apps.write("acme-app", data, None)  # exists now
+    again, token = apps.read("acme-app")
+    assert again["locks"]["staging"]["holder"] == "r-1" and token is not None
+    apps.write("acme-app", {**again, "version_floor": {"version": "1.2.3", "release_id": "r-1"}}, token)
+    with pytest.raises(StaleWrite):
+        apps.write("acme-app", again, token)
+    assert apps.read("acme-app")[0]["version_floor"]["version"] == "1.2.3"
+
+
+# -- OperatorRequestLog -------------------------------------------------------------------
+
+def test_an_operator_request_is_recorded_once(requests):
+    asked = {"action": "replay", "release_id": "r", "stage": "lint", "requested_by": "ops@example.com"}
+    assert requests.record("req-1", asked) and not requests.record("req-1", {**asked, "stage": "unit"})
+    assert {k: requests.get("req-1")[k] for k in asked} == asked
+    assert requests.get("req-2") is None

@@ -1,0 +1,148 @@
+"""The dispatcher on the fakes: the outbox, its lease, recovery after a crash between the
+two writes, and a duplicate that arrives while the first delivery is still carrying out."""
+from __future__ import annotations
+
+import pytest
+
+from shared.app.config import Settings
+from shared.app.dispatcher import IN_FLIGHT_WAIT_S, Dispatcher
+from shared.app.locks import EnvironmentLocks
+from shared.domain.errors import TransientError
+from shared.domain.events import Outcome, ReleaseStarted, StageFinished, Tick
+from shared.domain.gate import GateOutcome
+from shared.domain.state import StageStatus, new_release
+from shared.testing.fakes import (
+    FakeApprovals,
+    FakeClock,
+    FakeDeadLetters,
+    FakeExecutor,
+    FakeNotifier,
+    FakeOperatorRequests,
+    FakePublisher,
+    FakeStore,
+    FakeTime,
+    InMemoryAppRecords,
+)
+from tests.unit.gate_helpers import PIPELINE, PUSHER, T0
+
+SETTINGS = Settings(outbox_lease_s=60)
+
+
+class Crash(BaseException):
+    """The process dies: nothing after this point runs (not an Exception, so nobody catches it)."""
+
+
+def make(executor: FakeExecutor | None = None) -> Dispatcher:
+    store, publisher, clock = FakeStore(), FakePublisher(), FakeClock(T0)
+    ticks = FakeTime()
+    executor = executor or FakeExecutor()
+    return Dispatcher(store, publisher, {kind: executor for kind in ("build", "job", "deploy", "traffic", "check")},
+                      FakeApprovals(), FakeNotifier(), clock, SETTINGS,
+                      EnvironmentLocks(InMemoryAppRecords(), publisher, SETTINGS), FakeDeadLetters(),
+                      roll_back=lambda service, to=None: {"service": service, "revision": to}, operator_requests=FakeOperatorRequests(),
+                      sleep=ticks.sleep, monotonic=ticks.monotonic)
+
+
+def started(dispatcher: Dispatcher) -> str:
+    state = new_release(PIPELINE, repo="acme/app", ref="refs/heads/main", commit="a" * 40, version="1.2.3",
+                        pushed_by=PUSHER, now=T0)
+    dispatcher.store.save_pipeline(PIPELINE)
+    assert dispatcher.store.create(state)
+    return state.release_id
+
+
+def state_of(dispatcher: Dispatcher, release_id: str):
+    return dispatcher.store.get(release_id)[0]
+
+
+def test_a_transition_writes_state_and_outbox_once_then_removes_the_carried_out_batch():
+    dispatcher = make()
+    rid = started(dispatcher)
+    decision = dispatcher.handle(ReleaseStarted("e1", rid))
+    assert decision.outcome is GateOutcome.APPLIED
+    assert (dispatcher.store.reads, dispatcher.store.writes) == (1, 3)  # create, then state + outbox, batch removal
+    state = state_of(dispatcher, rid)
+    assert state.outbox == [] and state.stages["lint"].status is StageStatus.RUNNING
+    assert state.stages["lint"].result["fake_run"] == f"{rid}.lint.a1", "the executor's handle is recorded"
+    assert dispatcher.executors["build"].starts == {f"{rid}.lint.a1": 1}
+
+
+def crashed_after_the_state_write(executor: FakeExecutor) -> tuple[Dispatcher, str]:
+    """The first delivery wrote state + outbox, then died inside the executor's start."""
+    def die(command):
+        raise Crash()
+
+    executor.hook = die
+    dispatcher = make(executor)
+    rid = started(dispatcher)
+    with pytest.raises(Crash):
+        dispatcher.handle(ReleaseStarted("e1", rid))
+    executor.hook = None
+    return dispatcher, rid
+
+
+def test_after_a_crash_between_the_two_writes_the_batch_stays_leased():
+    executor = FakeExecutor()
+    dispatcher, rid = crashed_after_the_state_write(executor)
+    state = state_of(dispatcher, rid)
+    (batch,) = state.outbox
+    assert batch["event_id"] == "e1" and batch["lease_until"] == T0 + SETTINGS.outbox_lease_s
+    assert [c["command"] for c in batch["commands"]] == ["start_stage"]
+    assert state.stages["lint"].status is StageStatus.RUNNING and "fake_run" not in state.stages["lint"].result
+
+
+def test_a_duplicate_while_the_batch_is_in_flight_waits_then_asks_for_redelivery():
+    executor = FakeExecutor()
+    dispatcher, rid = crashed_after_the_state_write(executor)
+    before = dispatcher.monotonic()
+    with pytest.raises(TransientError, match="still in flight"):
+        dispatcher.handle(ReleaseStarted("e1", rid))  # the same message again, lease not run out
+    assert dispatcher.monotonic() - before >= IN_FLIGHT_WAIT_S, "it waited for the first delivery first"
+    assert executor.starts == {f"{rid}.lint.a1": 1}, "nothing carried out twice while leased"
+    assert len(state_of(dispatcher, rid).outbox) == 1
+
+
+def test_another_event_before_the_lease_runs_out_leaves_the_batch_to_its_owner():
+    executor = FakeExecutor()
+    dispatcher, rid = crashed_after_the_state_write(executor)
+    dispatcher.clock.advance(SETTINGS.outbox_lease_s - 1)
+    dispatcher.handle(Tick("t1", rid))
+    assert executor.starts == {f"{rid}.lint.a1": 1} and len(state_of(dispatcher, rid).outbox) == 1
+
+
+@pytest.mark.parametrize("recovered_by", ["redelivery", "tick", "completion"])
+def test_once_the_lease_runs_out_any_event_claims_the_batch_and_carries_it_out(recovered_by):
+    executor = FakeExecutor()
+    dispatcher, rid = crashed_after_the_state_write(executor)
+    dispatcher.clock.advance(SETTINGS.outbox_lease_s)
+    event = {"redelivery": ReleaseStarted("e1", rid), "tick": Tick("t1", rid),
+             "completion": StageFinished("f0", rid, "lint", f"{rid}.lint.a0", Outcome.SUCCEEDED)}[recovered_by]
+    dispatcher.handle(event)
+    state = state_of(dispatcher, rid)
+    assert state.outbox == []
+    assert state.stages["lint"].result["fake_run"] == f"{rid}.lint.a1"
+    # Started again with the same stage-run id: the real executors find the first build by it.
+    assert executor.starts == {f"{rid}.lint.a1": 2}
+
+
+def test_of_two_handlers_that_find_the_same_expired_batch_only_one_claims_it():
+    executor = FakeExecutor()
+    dispatcher, rid = crashed_after_the_state_write(executor)
+    dispatcher.clock.advance(SETTINGS.outbox_lease_s)
+    first, token = dispatcher.store.get(rid)
+    second, stale = dispatcher.store.get(rid)
+    dispatcher._recover(PIPELINE, first, token, "t1")
+    dispatcher._recover(PIPELINE, second, stale, "t2")  # its claim is a conditional write that fails
+    assert executor.starts == {f"{rid}.lint.a1": 2} and state_of(dispatcher, rid).outbox == []
+
+
+def test_a_completion_for_the_running_stage_moves_on_and_a_duplicate_of_it_changes_nothing():
+    dispatcher = make()
+    rid = started(dispatcher)
+    dispatcher.handle(ReleaseStarted("e1", rid))
+    finished = StageFinished("f1", rid, "lint", f"{rid}.lint.a1", Outcome.SUCCEEDED)
+    assert dispatcher.handle(finished).outcome is GateOutcome.APPLIED
+    writes = dispatcher.store.writes
+    assert dispatcher.handle(finished).outcome is GateOutcome.DUPLICATE
+    assert dispatcher.store.writes == writes
+    assert dispatcher.executors["build"].starts == {f"{rid}.lint.a1": 1, f"{rid}.unit.a1": 1}
