@@ -112,7 +112,8 @@ def test_what_pubsub_gave_up_on_is_drained_and_can_be_re_driven(env):
 
 def test_sweep_ticks_a_release_whose_approval_is_overdue(env):
     state, _ = waiting_release("d" * 40)
-    state.stages["approval"].deadline = time.time() - 10
+    # An overdue approval: its deadline passed, and so did the wake_at the gate set to it.
+    state.stages["approval"].deadline = state.wake_at = time.time() - 10
     bootstrap.store().save_pipeline(PIPELINE)
     assert bootstrap.store().create(state)
     headers, body = to_structured(CloudEvent({"id": "tick", "source": "//pubsub.googleapis.com/projects/p/topics/tick",

@@ -99,10 +99,14 @@ def test_release_update_is_conditional_on_the_token_it_read(releases):
 def test_release_lists_newest_first_and_active_ones(releases):
     old, new = release("c" * 40, T0), release("d" * 40, T0 + 5)
     old.status, new.status = ReleaseStatus.SUCCEEDED, ReleaseStatus.RUNNING
+    # The sweeper reads only releases whose wake_at came (shared/domain/wake.py); a finished one has none.
+    old.wake_at, new.wake_at = None, T0 + 90
     for state in (old, new):
         releases.create(state)
     assert [s.release_id for s in releases.list_releases(limit=2)] == [new.release_id, old.release_id]
-    assert [s.release_id for s in releases.list_active()] == [new.release_id]
+    due, _ = releases.list_due(T0 + 100, 10)
+    assert [s.release_id for s, _ in due] == [new.release_id]
+    assert releases.list_due(T0 + 60, 10)[0] == []
 
 
 def test_pipelines_are_pinned_by_digest(releases):
