@@ -26,6 +26,7 @@ BENCHMARKS = [
     ("bench.gcp_clock", "8: detection delay under GCP's clocks (60 s tick, Cloud Tasks probes)"),
     ("bench.release_cost", "9: one release with a 2 h approval wait: reads, writes, function-seconds, messages"),
     ("bench.sweep_scale", "10: a sweep over 5,000 active releases"),
+    ("bench.canary_analysis", "11: canary verdict time and API calls per interval"),
 ]
 
 

@@ -363,6 +363,8 @@ def build_plan(config: DeployConfig) -> Plan:
         ("roles/cloudbuild.builds.editor", "create and read the stage builds"),
         ("roles/run.developer", "run the stage jobs and update the services and traffic the stages drive"),
         (f"projects/{p}/roles/{PREFLIGHT_READER_ROLE_ID}", "the preflight stage reads the pipeline account's roles"),
+        ("roles/logging.viewer", "the canary analysis lists the checked revision's log entries (no private logs)"),
+        ("roles/monitoring.viewer", "the canary analysis reads Cloud Run's request count and latency series"),
     ):
         steps.append(_project_binding(p, role, runtime_member, why))
     for topic in (s.events_topic, s.updates_topic):

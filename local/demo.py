@@ -6,6 +6,10 @@ prints every link that arrives and waits as long as the link is valid for your
 click or `relctl approve`), measures the traffic split on the real service URL, and
 prints the release notes. Every process it started is stopped on exit or Ctrl-C;
 with --keep the stack stays up after the release until Ctrl-C.
+
+--bad-canary releases a canary that answers its health checks but fails 5 % of real
+requests, is three times slower and logs tracebacks: the canary analysis of the prod
+smoke stops it, the canary is rolled back, and the evidence is printed.
 """
 from __future__ import annotations
 
@@ -108,10 +112,13 @@ def run(args) -> int:
     from shared.adapters.firestore_store import FirestoreStore
     from shared.domain.pipeline import load_pipeline
 
-    pipeline = load_pipeline(REPO_ROOT / "pipelines" / "sample.yaml")
+    pipeline_file = bad_canary_pipeline() if args.bad_canary else REPO_ROOT / "pipelines" / "sample.yaml"
+    pipeline = load_pipeline(pipeline_file)
     started = time.monotonic()
-    with Mailbox() as mailbox, LocalStack(smtp_port=mailbox.port) as stack:
+    with Mailbox() as mailbox, LocalStack(smtp_port=mailbox.port, pipeline_file=pipeline_file) as stack:
         print(f"local stack up in {time.monotonic() - started:.1f}s")
+        print(f"  telemetry: Cloud Run metrics sampled every {stack.metric_sample_s:g} s, readable "
+              f"{stack.metric_delay_s:g} s later (GCP: 60 s and up to 180 s); logs after {stack.log_delay_s:g} s")
         print(f"  dashboard: {stack.urls['dashboard']}/")
         print("  relctl:    in another shell, paste this line, then run .venv/bin/relctl list")
         print(f"    {relctl_env_line(stack)}")
@@ -129,6 +136,8 @@ def run(args) -> int:
             printer.show(state)
             if state.status is ReleaseStatus.STOPPED and not (args.approve_by_hand and state.stopped_at_stage == "approval"):
                 print(f"release stopped: {state.reason}")
+                if args.bad_canary:
+                    return keep(args, stack, show_stopped_canary(state, sampler, stack))
                 return keep(args, stack, 1)
             if state.status is ReleaseStatus.CANCELLED:
                 print(f"release {state.reason}")
@@ -193,6 +202,41 @@ def keep(args, stack: LocalStack, code: int) -> int:
         time.sleep(3600)
 
 
+def bad_canary_pipeline():
+    """sample.yaml with a prod deploy whose revision is a bad canary (sample_app/server.py)."""
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+
+    document = yaml.safe_load((REPO_ROOT / "pipelines" / "sample.yaml").read_text())
+    deploy = next(s for s in document["stages"] if s["id"] == "prod-deploy")
+    deploy["params"]["env"]["CANARY_FAULTS"] = "5xx=0.05,slow=3,error_logs=0.05"
+    path = Path(tempfile.gettempdir()) / f"sample-bad-canary-{time.time_ns()}.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    print(f"bad canary: the prod deploy sets CANARY_FAULTS=5xx=0.05,slow=3,error_logs=0.05 ({path})")
+    return path
+
+
+def show_stopped_canary(state: ReleaseState, sampler: TrafficSampler, stack: LocalStack) -> int:
+    """The analysis stopped the canary: print its evidence and show the rollback on the service URL."""
+    from shared.domain.analysis import evidence_lines
+
+    if sampler.samples:
+        sampler.__exit__()
+    smoke = state.stages["prod-smoke"]
+    latest = ((smoke.result or {}).get("analysis") or {}).get("latest")
+    print("  canary analysis evidence:")
+    for line in evidence_lines(latest) if latest else [smoke.reason or "(none recorded)"]:
+        print(f"    {line}")
+    health = json.loads(urllib.request.urlopen(service_url(stack, "sample-web") + "/health/liveliness",
+                                               timeout=5).read())
+    share = sample_share(service_url(stack, "sample-web"), state.version)
+    print(f"  health of the service stayed green ({health}); after the rollback {share:.0%} of 200 requests "
+          f"were answered by {state.tag}")
+    return 0 if smoke.status is StageStatus.FAILED and share == 0 else 1
+
+
 def print_notes(release_id: str) -> None:
     from shared import bootstrap
 
@@ -207,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(or relctl approve); a rejected or expired approval can be re-sent meanwhile")
     parser.add_argument("--keep", action="store_true", help="leave the stack up after the release until Ctrl-C")
     parser.add_argument("--chaos", action="store_true", help="request the optional chaos smoke (10a)")
+    parser.add_argument("--bad-canary", action="store_true",
+                        help="release a canary with green health checks that the canary analysis must stop")
     parser.add_argument("--timeout", type=int, default=300, help="seconds to wait for the release")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks, stop every process

@@ -58,6 +58,11 @@ class LocalStack:
     tick_every_s: float = 2.0
     # Cloud Tasks' dispatch latency on GCP, added by the stand-in (benchmarks set it).
     task_dispatch_delay_s: float = 0.0
+    # Cloud Run's metric timing, shortened so a local release takes seconds: on GCP metrics are
+    # sampled every 60 s and readable up to 180 s later (local/standin/monitoring_api.py).
+    metric_sample_s: float = 2.0
+    metric_delay_s: float = 3.0
+    log_delay_s: float = 2.0
     webhook_secret: str = "local-demo-webhook-secret"
     approval_keys: str = "k1:local-demo-link-signing-key"
     smtp_port: int = 0
@@ -164,6 +169,8 @@ class LocalStack:
             "RELEASE_IAM_ENDPOINT": self.standin_endpoint,
             "RELEASE_ARTIFACT_REGISTRY_ENDPOINT": self.standin_endpoint,
             "RELEASE_CLOUD_TASKS_ENDPOINT": self.standin_endpoint,
+            "RELEASE_LOGGING_ENDPOINT": self.standin_endpoint,
+            "RELEASE_MONITORING_ENDPOINT": self.standin_endpoint,
             "RELEASE_PROBE_URL": self.urls.get("probe", ""),
             "RELEASE_ARTIFACT_REGISTRY": "local",
             "RELEASE_WEBHOOK_SECRET": self.webhook_secret,
@@ -216,6 +223,8 @@ class LocalStack:
             "builds_topic": "cloud-builds", "log_dir": str(self.workdir / "logs" / "standin"),
             "task_queues": [f"projects/{PROJECT}/locations/{REGION}/queues/release-probes"],
             "task_dispatch_delay_s": self.task_dispatch_delay_s,
+            "metric_sample_s": self.metric_sample_s, "metric_delay_s": self.metric_delay_s,
+            "log_delay_s": self.log_delay_s,
             "iam_bindings": policies.project,
             "enforce_iam": True, "key_dir": str(self.workdir / "keys"),
             "iam_account_bindings": policies.accounts, "custom_roles": policies.custom_roles,
@@ -224,7 +233,7 @@ class LocalStack:
             "jobs": self._sample_jobs(),
             "services": [
                 {"name": name, "image": f"local/sample-app:v{BASE_VERSION}-base",
-                 "env": {"VERSION": BASE_VERSION}, "labels": {"version": BASE_VERSION.replace(".", "-"), "commit": "base"}}
+                 "env": {"VERSION": BASE_VERSION, "WORK_MS": "50"}, "labels": {"version": BASE_VERSION.replace(".", "-"), "commit": "base"}}
                 for name in ("sample-web-staging", "sample-web")
             ],
         }

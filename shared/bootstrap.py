@@ -132,10 +132,21 @@ def probe_keyring():
 def interval_analysis():
     """The analysis each probe interval of a check calls: (check config, interval) -> verdict.
 
-    The hook where log and metric analysis plugs in; until then the GETs alone decide."""
-    from shared.domain.probes import no_analysis
+    Checks with ``params.analysis`` are judged on Cloud Monitoring and Cloud Logging telemetry
+    (shared/app/canary_analysis.py); checks without it by their GETs alone."""
+    from shared.app.canary_analysis import TelemetryAnalysis
 
-    return no_analysis
+    return TelemetryAnalysis(make_telemetry=telemetry)
+
+
+@functools.cache
+def telemetry():
+    """Cloud Monitoring and Cloud Logging for the canary analysis (made when a check first needs it)."""
+    from shared.adapters import gcp_clients
+    from shared.adapters.telemetry import CloudTelemetry
+
+    config = settings()
+    return CloudTelemetry(config.project, gcp_clients.monitoring_metrics(config), gcp_clients.logging_entries(config))
 
 
 @functools.cache

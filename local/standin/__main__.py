@@ -52,6 +52,7 @@ def load_config(path: Path) -> tuple[StandInConfig, dict[str, Any]]:
         builds_topic=raw.get("builds_topic", "cloud-builds"),
         log_dir=resolve(raw.get("log_dir", "standin-logs")),
         port=int(raw.get("port", 0)),
+        **{key: float(raw[key]) for key in ("metric_sample_s", "metric_delay_s", "log_delay_s") if key in raw},
         task_queues=tuple(raw.get("task_queues", ())),
         task_dispatch_delay_s=float(raw.get("task_dispatch_delay_s", 0.0)),
         project_number=str(raw.get("project_number", "123456789012")),

@@ -36,6 +36,11 @@ class StandInConfig:
     port: int = 0  # 0 = any free loopback port
     # How long a served revision may take to answer before it is served anyway.
     revision_ready_timeout_s: float = 10.0
+    # Telemetry timing (monitoring_api.py, logging_api.py cite the figures): Cloud Run metrics are
+    # sampled every 60 s and readable up to 180 s later; log entries after about 2 s.
+    metric_sample_s: float = 60.0
+    metric_delay_s: float = 180.0
+    log_delay_s: float = 2.0
     # Cloud Tasks queues (full names) that exist from the start, and how long after its
     # schedule time a task is dispatched (GCP's dispatch latency, for benchmarks).
     task_queues: tuple[str, ...] = ()

@@ -43,6 +43,9 @@ PERMISSIONS: Mapping[str, Callable[[Any], str] | str] = {
     # iam.serviceAccounts.actAs permission on the service account", Cloud Tasks: create HTTP target tasks).
     "CreateTask": "cloudtasks.tasks.create", "GetTask": "cloudtasks.tasks.get", "DeleteTask": "cloudtasks.tasks.delete",
     "CreateQueue": "cloudtasks.queues.create", "GetQueue": "cloudtasks.queues.get",
+    # https://cloud.google.com/logging/docs/access-control ("logging.logEntries.list") and
+    # https://cloud.google.com/monitoring/access-control ("monitoring.timeSeries.list").
+    "ListLogEntries": "logging.logEntries.list", "ListTimeSeries": "monitoring.timeSeries.list",
 }
 # Need only a valid caller: polling operations; testing one's own permissions on an account.
 OPERATIONS = {"GetOperation", "ListOperations", "DeleteOperation", "TestIamPermissions"}

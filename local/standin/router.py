@@ -10,7 +10,9 @@ import http.client
 import json
 import random
 import threading
+import time
 from dataclasses import dataclass
+from typing import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
@@ -23,8 +25,9 @@ class Backend:
 
 
 class Router:
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, on_served: Callable[[str, int, float], None] | None = None) -> None:
         self.label = label
+        self._on_served = on_served  # (revision, status, latency ms) of each answered request: the metrics
         self._routes: list[tuple[Backend, int]] = []
         self._lock = threading.Lock()
         self._random = random.Random()
@@ -72,15 +75,18 @@ class Router:
             return _answer(request, 200, {"revision": backend.revision, "served_by": "stand-in"}, backend.revision)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         conn = http.client.HTTPConnection("127.0.0.1", backend.port, timeout=30)
+        started = time.monotonic()
         try:
             conn.request(request.command, request.path, body=body, headers=headers)
             response = conn.getresponse()
             payload = response.read()
         except OSError as exc:
+            self._served(backend.revision, 503, started)
             return _answer(request, 503, {"error": f"revision {backend.revision} is not answering: {exc}"},
                            backend.revision)
         finally:
             conn.close()
+        self._served(backend.revision, response.status, started)
         request.send_response(response.status)
         for key, value in response.getheaders():
             if key.lower() not in HOP_BY_HOP | {"content-length"}:
@@ -90,6 +96,10 @@ class Router:
         request.end_headers()
         if request.command != "HEAD":
             request.wfile.write(payload)
+
+    def _served(self, revision: str, status: int, started: float) -> None:
+        if self._on_served is not None:
+            self._on_served(revision, status, (time.monotonic() - started) * 1000)
 
     def stop(self) -> None:
         self._server.shutdown()

@@ -1,6 +1,6 @@
 """StandIn: one loopback gRPC server playing Cloud Build, Cloud Run v2, Resource Manager IAM,
-IAM's testIamPermissions on service accounts, the docker part of Artifact Registry and Cloud Tasks
-(HTTP tasks).
+IAM's testIamPermissions on service accounts, the docker part of Artifact Registry, Cloud Tasks
+(HTTP tasks), and Cloud Logging / Cloud Monitoring reads of the traffic the routers served.
 
 The real client libraries talk to it through shared/adapters/gcp_clients.py when an endpoint
 setting points here. Tests steer it in-process (set_outcome, fail_next,
@@ -8,6 +8,7 @@ set_iam_policy, push_image) and read what it recorded (builds, executions, servi
 """
 from __future__ import annotations
 
+import time
 from concurrent import futures
 from typing import Any
 
@@ -23,6 +24,8 @@ from local.standin.iam_admin import IamAdminService
 from local.standin.iam_guard import IamGuard
 from local.standin.identity import KeyRing
 from local.standin.jobs import JobsService
+from local.standin.logging_api import LoggingService
+from local.standin.monitoring_api import MetricService, MetricTiming, RequestRecorder, ServedRequest
 from local.standin.notifications import BuildNotifier
 from local.standin.processes import Supervisor
 from local.standin.services import ServicesService
@@ -44,7 +47,13 @@ class StandIn:
         self._builds = CloudBuildService(config, self._operations, self._outcomes, self._supervisor,
                                          self._on_build_update)
         self._jobs = JobsService(config, self._operations, self._outcomes, self._supervisor)
-        self._services = ServicesService(config, self._operations, self._outcomes, self._supervisor)
+        self.requests = RequestRecorder()
+        self._services = ServicesService(config, self._operations, self._outcomes, self._supervisor,
+                                         self._on_served)
+        self.monitoring = MetricService(config.project, config.region, self.requests,
+                                        MetricTiming(config.metric_sample_s, config.metric_delay_s))
+        self.logging = LoggingService(config.project, config.region, self.requests, self._revision_ids,
+                                      config.log_dir, config.log_delay_s)
         self._iam = ProjectsIamService()
         self._tasks = CloudTasksService(config.task_dispatch_delay_s)
         for queue in config.task_queues:
@@ -60,7 +69,7 @@ class StandIn:
         self._notifier.start()
         registry = Registry(self._faults, guard=self.guard.check)
         for service in (self._builds, self._jobs, self._services, self._iam, self._artifacts, self._tasks,
-                        IamAdminService(self.guard)):
+                        IamAdminService(self.guard), self.monitoring, self.logging):
             service.register(registry)
         registry.add(OPERATIONS, "GetOperation", self._get_operation, operations_pb2.GetOperationRequest,
                      operations_pb2.Operation)
@@ -177,6 +186,12 @@ class StandIn:
     def revisions(self) -> list:
         """Every revision, oldest first (run_v2.Revision copies)."""
         return self._services.revisions()
+
+    def _on_served(self, service: str, revision: str, status: int, latency_ms: float) -> None:
+        self.requests.record(ServedRequest(time.time(), service, revision, status, latency_ms))
+
+    def _revision_ids(self) -> list[tuple[str, str]]:
+        return [(r.service, r.name.rsplit("/", 1)[-1]) for r in self._services.revisions()]
 
     def _on_build_update(self, build) -> None:
         self._artifacts.observe_build(build)  # before the notification: a listener may look for the image

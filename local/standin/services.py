@@ -12,6 +12,7 @@ import socket
 import sys
 import threading
 import uuid
+from typing import Callable
 
 import grpc
 from google.cloud import run_v2
@@ -30,8 +31,9 @@ BY_REVISION = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_
 
 class ServicesService:
     def __init__(self, config: StandInConfig, operations: OperationStore, outcomes: OutcomeRules,
-                 supervisor: Supervisor) -> None:
+                 supervisor: Supervisor, on_served: Callable[[str, str, int, float], None] | None = None) -> None:
         self._cfg = config
+        self._on_served = on_served  # (service, revision, status, latency ms): what Cloud Run's metrics count
         self._ops = operations
         self._outcomes = outcomes
         self._supervisor = supervisor
@@ -258,7 +260,10 @@ class ServicesService:
         key = (service_name, tag)
         if key not in self._routers:
             label = service_name.rsplit("/", 1)[-1] + (f"@{tag}" if tag else "")
-            self._routers[key] = Router(label)
+            service_id = service_name.rsplit("/", 1)[-1]
+            served = None if self._on_served is None else (
+                lambda revision, status, ms: self._on_served(service_id, revision, status, ms))
+            self._routers[key] = Router(label, served)
         return self._routers[key]
 
     def stop(self) -> None:

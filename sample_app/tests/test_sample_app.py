@@ -83,3 +83,18 @@ def test_migrate_fails_on_sql_error_and_leaves_nothing_half_applied(tmp_path):
     with sqlite3.connect(tmp_path / "data" / "app.sqlite3") as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert "good" not in tables
+
+
+def test_a_bad_canary_fails_a_share_of_requests_while_health_stays_green(serve, capsys):
+    base = serve({"CANARY_FAULTS": "5xx=0.05,error_logs=0.1", "REVISION": "web-00002-bad"})
+    statuses = [get(base + "/")[0] for _ in range(40)]
+    assert statuses.count(500) == 2 and statuses[19] == 500 and statuses[39] == 500
+    assert all(get(base + "/health/liveliness")[0] == 200 for _ in range(5))
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    errors = [line for line in lines if line["severity"] == "ERROR"]
+    assert len(errors) == 4 and errors[0]["message"].startswith("Traceback") and errors[0]["time"].endswith("Z")
+
+
+def test_unknown_fault_is_refused():
+    with pytest.raises(ValueError, match="unknown fault 'slowness'"):
+        make_server({"CANARY_FAULTS": "slowness=3"}, port=0)

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from shared.app.config import Settings
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from google.cloud import artifactregistry_v1, resourcemanager_v3, run_v2, tasks_v2
+    from google.cloud import artifactregistry_v1, monitoring_v3, resourcemanager_v3, run_v2, tasks_v2
+    from google.cloud.logging_v2.services.logging_service_v2 import LoggingServiceV2Client
     from google.cloud.devtools import cloudbuild_v1
 
 
@@ -115,6 +116,20 @@ def artifact_registry(settings: Settings) -> "artifactregistry_v1.ArtifactRegist
 
     return _build(artifactregistry_v1.ArtifactRegistryClient, ArtifactRegistryGrpcTransport,
                   settings.artifact_registry_endpoint)
+
+
+def logging_entries(settings: Settings) -> "LoggingServiceV2Client":
+    from google.cloud.logging_v2.services.logging_service_v2 import LoggingServiceV2Client
+    from google.cloud.logging_v2.services.logging_service_v2.transports import LoggingServiceV2GrpcTransport
+
+    return _build(LoggingServiceV2Client, LoggingServiceV2GrpcTransport, settings.logging_endpoint)
+
+
+def monitoring_metrics(settings: Settings) -> "monitoring_v3.MetricServiceClient":
+    from google.cloud import monitoring_v3
+    from google.cloud.monitoring_v3.services.metric_service.transports import MetricServiceGrpcTransport
+
+    return _build(monitoring_v3.MetricServiceClient, MetricServiceGrpcTransport, settings.monitoring_endpoint)
 
 
 def cloud_tasks(settings: Settings) -> "tasks_v2.CloudTasksClient":

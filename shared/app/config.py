@@ -33,6 +33,8 @@ class Settings:
     cloud_run_endpoint: str = ""
     iam_endpoint: str = ""
     artifact_registry_endpoint: str = ""
+    logging_endpoint: str = ""  # Cloud Logging (canary analysis: the revision's logs)
+    monitoring_endpoint: str = ""  # Cloud Monitoring (canary analysis: request count and latencies)
     cloud_tasks_endpoint: str = ""
     # Probes of running stages (shared/app/probing.py) travel as Cloud Tasks on this queue
     # to the probe function's URL, with an OIDC token of this service account on GCP.

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol
 
+from shared.domain.analysis import AnalysisTarget, Criteria, Measurements
 from shared.domain.approval_record import ApprovalRecord
 from shared.domain.dead_letters import DeadLetter
 from shared.domain.commands import Notify, RequestApproval, StartStage
@@ -122,6 +123,8 @@ class ProbeScheduler(Protocol):
 class HttpProber(Protocol):
     def get(self, url: str, timeout_s: float) -> Mapping[str, Any]:
         """One GET: {"status": int | None, "latency_ms": float | None, "error": str}."""
+
+
 class TokenVerifier(Protocol):
     def verify(self, token: str) -> Mapping[str, Any]:
         """The claims of a valid ID token (signature, audience, expiry, issuer checked).
@@ -182,6 +185,11 @@ class LinkSender(Protocol):
     name: str
 
     def send_link(self, approver: str, subject: str, text: str) -> None: ...
+
+
+class Telemetry(Protocol):
+    def measure(self, criteria: Criteria, target: AnalysisTarget, start: Any, end: Any) -> Measurements:
+        """One window (``start``/``end`` are aware datetimes) of the target's request metrics and logs."""
 
 
 class DeadLetterStore(Protocol):

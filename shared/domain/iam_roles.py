@@ -53,6 +53,16 @@ ROLE_PERMISSIONS: Mapping[str, frozenset[str]] = {
     # https://cloud.google.com/iam/docs/roles-permissions/logging#logging.logWriter
     # "Logs Writer (roles/logging.logWriter): Provides the permissions to write log entries."
     "roles/logging.logWriter": frozenset({"logging.logEntries.create"}),
+    # https://cloud.google.com/iam/docs/roles-permissions/logging#logging.viewer
+    # "Logs Viewer (roles/logging.viewer): Provides access to view logs." (logging.logEntries.list, ...)
+    "roles/logging.viewer": frozenset({"logging.logEntries.list"}),
+    # https://cloud.google.com/iam/docs/roles-permissions/monitoring#monitoring.viewer
+    # "Monitoring Viewer (roles/monitoring.viewer): Provides read-only access to get and list
+    #  information about all monitoring data and configurations." (monitoring.timeSeries.list, ...)
+    "roles/monitoring.viewer": frozenset({"monitoring.timeSeries.list"}),
+    # https://cloud.google.com/iam/docs/roles-permissions/cloudtasks#cloudtasks.enqueuer
+    # "Cloud Tasks Enqueuer (roles/cloudtasks.enqueuer): Can create tasks." (cloudtasks.tasks.create)
+    "roles/cloudtasks.enqueuer": frozenset({"cloudtasks.tasks.create"}),
     # https://cloud.google.com/iam/docs/roles-permissions/cloudsql#cloudsql.client
     # "Cloud SQL Client (roles/cloudsql.client): Connectivity access to Cloud SQL instances."
     "roles/cloudsql.client": frozenset({"cloudsql.instances.connect", "cloudsql.instances.get"}),
@@ -66,9 +76,6 @@ ROLE_PERMISSIONS: Mapping[str, frozenset[str]] = {
     #  allow policies on them." (the preflight could use it; deploy/ grants a narrower custom role)
     "roles/iam.securityReviewer": frozenset({
         "resourcemanager.projects.getIamPolicy", "secretmanager.secrets.getIamPolicy"}),
-    # https://cloud.google.com/iam/docs/roles-permissions/cloudtasks#cloudtasks.enqueuer
-    # "Cloud Tasks Enqueuer (roles/cloudtasks.enqueuer): Access to create tasks."
-    "roles/cloudtasks.enqueuer": frozenset({"cloudtasks.tasks.create"}),
     # https://cloud.google.com/iam/docs/roles-permissions/basic: "Owner (roles/owner)" holds every permission.
 }
 OWNER = "roles/owner"

@@ -145,6 +145,8 @@ def _stage(raw: Any, position: int) -> Stage:
     problem = schema.duration(schema.timeout_limit_s(kind.value))(raw["timeout"])
     if problem:
         raise Invalid(path + ("timeout",), f"{where}timeout: {problem}")
+    if kind is StageKind.CHECK and params.get("analysis") is not None:
+        _check_analysis(params, path + ("params",), where, timeout_s)
     if kind is StageKind.CHECK:
         # Checks run as scheduled probes (shared/domain/probes.py); the stage's timeout
         # ends them, so it must leave room for the whole window and bake.
@@ -164,6 +166,28 @@ def _stage(raw: Any, position: int) -> Stage:
         optional=bool(raw.get("optional", False)),
         params=_freeze(params),
     )
+
+
+def _check_analysis(params: Mapping[str, Any], path: schema.Path, where: str, timeout_s: int) -> None:
+    """The QA checklist of a check stage: its fields, and the rules that join them."""
+    analysis = params["analysis"]
+    schema.check_fields(analysis, schema.ANALYSIS_FIELDS, path + ("analysis",), where, prefix="params.analysis.")
+    if not params.get("service"):
+        raise Invalid(path + ("analysis",), f"{where}params.analysis: needs params.service, whose revisions it judges")
+    if not params.get("bake"):
+        raise Invalid(path + ("analysis",), f"{where}params.analysis: needs params.bake, the time over which the"
+                                            " telemetry is judged (an inconclusive check without one would pass silently)")
+    longest = check_duration_s(params, where) + (schema.duration_s(analysis.get("max_extension", 300)) or 0)
+    if longest > timeout_s:
+        raise Invalid(path + ("analysis", "max_extension"),
+                      f"{where}params.analysis.max_extension: window + bake + max_extension is {longest}s, longer"
+                      f" than the stage's timeout of {timeout_s}s; the extension would be cut off")
+    window = schema.duration_s(analysis.get("window", 300)) or 0
+    interval = schema.duration_s(analysis.get("interval", 60)) or 0
+    if interval > window:
+        raise Invalid(path + ("analysis", "interval"),
+                      f"{where}params.analysis.interval: {interval}s is longer than the window of {window}s;"
+                      " telemetry between two looks would never be judged")
 
 
 def parse_pipeline(document: Any) -> Pipeline:

@@ -207,6 +207,7 @@ PARAMS: dict[str, dict[str, Field]] = {
         "window": Field(duration(MAX_STAGE_TIMEOUT_S)),
         "bake": Field(duration(MAX_STAGE_TIMEOUT_S)),
         "probe_interval": Field(duration(3600)),
+        "analysis": Field(mapping),  # the QA checklist: its fields are ANALYSIS_FIELDS
     },
     "approval": {
         "approvers": Field(list_of(text, "e-mail addresses", 1), required=True),
@@ -217,6 +218,40 @@ PARAMS: dict[str, dict[str, Field]] = {
         "project": Field(text),
         "secrets": Field(scalar_mapping),
     },
+}
+
+
+def severity(value: Any) -> str | None:
+    from shared.domain.analysis import SEVERITIES
+
+    return None if value in SEVERITIES else f"{value!r} is not a Cloud Logging severity ({', '.join(SEVERITIES)})"
+
+
+def regex(value: Any) -> str | None:
+    if not isinstance(value, str) or not value:
+        return f"must be a non-empty regular expression, got {value!r}"
+    try:
+        re.compile(value)
+    except re.error as exc:
+        return f"{value!r} is not a valid regular expression ({exc})"
+    return None
+
+
+# params.analysis of a check stage: the QA checklist the canary analysis judges by
+# (shared/domain/analysis.py, Criteria). Metrics come per minute, so a window under 60 s sees nothing.
+ANALYSIS_FIELDS: dict[str, Field] = {
+    "window": Field(duration(6 * 3600)),
+    "interval": Field(duration(3600)),
+    "max_extension": Field(duration(6 * 3600)),
+    "min_requests": Field(integer(1, 1_000_000)),
+    "max_5xx_ratio": Field(number(0, 1)),
+    "p95_limit_ms": Field(number(1, 600_000)),
+    "max_latency_ratio": Field(number(1, 100)),
+    "min_latency_delta_ms": Field(number(0, 600_000)),
+    "log_severity": Field(severity),
+    "log_patterns": Field(list_of(regex, "regular expressions")),
+    "max_error_logs_per_min": Field(number(0, 1_000_000)),
+    "confidence": Field(number(0.5, 0.9999)),
 }
 
 

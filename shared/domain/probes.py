@@ -24,8 +24,10 @@ Checks
   once; one non-2xx fails the stage. Each probe closes an interval and calls the
   analysis (``IntervalAnalysis``: ``(check config, window) -> IntervalVerdict``).
 * Verdict precedence: a failed GET during the window's end or the bake > an analysis
-  FAIL > the bake ran out with at least one PASS (or no analysis) = SUCCEEDED >
-  every interval INCONCLUSIVE = FAILED, naming the evidence.
+  FAIL (the first failing interval ends the bake at once) > the bake ran out with at
+  least one PASS (or no analysis) = SUCCEEDED > every interval INCONCLUSIVE: the bake
+  goes on, one interval at a time, up to ``max_extension_s`` (the checklist's
+  ``max_extension``), then FAILED, naming the last evidence (fail closed).
 """
 from __future__ import annotations
 
@@ -68,6 +70,7 @@ class IntervalVerdict:
 
     verdict: ProbeVerdict
     evidence: str = ""
+    details: Mapping[str, Any] = field(default_factory=dict)  # numbers, log lines, window (analysis.Verdict)
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,7 @@ def check_config(handle: Mapping[str, Any]) -> dict[str, Any]:
     return {"url": str(handle.get("url", "")), "paths": [str(p) for p in handle.get("paths") or []],
             "window_s": float(handle.get("window_s", 60)), "bake_s": float(handle.get("bake_s", 0)),
             "interval_s": float(handle.get("interval_s", DEFAULT_PROBE_INTERVAL_S)),
+            "max_extension_s": float(handle.get("max_extension_s", 0)),
             "analysis": dict(handle.get("analysis") or {})}
 
 
@@ -263,8 +267,16 @@ def _bake_step(task, config, progress, probes, now, analyse) -> Step:
                     result={**base, "bake": bake, **_analysis_result(progress)})
     if now >= float(progress["bake_until"]):
         if progress.get("passes", 0) == 0 and progress.get("inconclusive", 0) > 0:
-            reason = "analysis was inconclusive for every interval of the bake: " + "; ".join(
-                progress.get("evidence", []))
+            # Too little to judge: bake on, up to the checklist's extension, then fail closed.
+            extended_until = float(progress["bake_from"]) + config["bake_s"] + config["max_extension_s"]
+            if now < extended_until:
+                progress["bake_until"] = min(now + config["interval_s"], extended_until)
+                progress["extended_s"] = round(float(progress["bake_until"]) - float(progress["bake_from"])
+                                               - config["bake_s"], 1)
+                return Step(task=task.next(check=progress), at=float(progress["bake_until"]))
+            extended = f" (extended by {config['max_extension_s']:.0f}s)" if config["max_extension_s"] else ""
+            reason = f"analysis was inconclusive for every interval of the bake{extended}: " + "; ".join(
+                progress.get("evidence", [])[-1:])
             bake["failed"] = "inconclusive"
             return Step(outcome=Outcome.FAILED, reason=reason, result={**base, "bake": bake, **_analysis_result(progress)})
         return Step(outcome=Outcome.SUCCEEDED, result={**base, "bake": bake, **_analysis_result(progress)})
@@ -280,6 +292,8 @@ def _record(progress: dict[str, Any], verdict: IntervalVerdict) -> dict[str, Any
     progress = dict(progress)
     key = {ProbeVerdict.PASS: "passes", ProbeVerdict.FAIL: "fails", ProbeVerdict.INCONCLUSIVE: "inconclusive"}
     progress[key[verdict.verdict]] = int(progress.get(key[verdict.verdict], 0)) + 1
+    if verdict.details:
+        progress["latest"] = dict(verdict.details)  # the last verdict with its numbers and log lines
     if verdict.evidence and verdict.verdict is not ProbeVerdict.PASS:
         progress["evidence"] = (list(progress.get("evidence", [])) + [verdict.evidence])[-EVIDENCE_KEPT:]
     elif verdict.evidence:
@@ -288,7 +302,8 @@ def _record(progress: dict[str, Any], verdict: IntervalVerdict) -> dict[str, Any
 
 
 def _evidence(progress: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: progress[k] for k in ("passes", "fails", "inconclusive", "evidence", "last_pass") if k in progress}
+    return {k: progress[k] for k in ("passes", "fails", "inconclusive", "evidence", "last_pass", "latest", "extended_s")
+            if k in progress}
 
 
 def _analysis_result(progress: Mapping[str, Any]) -> dict[str, Any]:

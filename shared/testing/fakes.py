@@ -380,3 +380,18 @@ class InMemoryAppRecords:
             if (current is None) != (token is None) or (current is not None and current[1] != token):
                 raise StaleWrite(f"application record {app} changed since it was read")
             self._docs[app] = (copy.deepcopy(data), (current[1] if current else 0) + 1)
+
+
+class FakeTelemetry:
+    """The Telemetry port from canned measurements, or raising what a client would raise."""
+
+    def __init__(self, measurements=None, error: Exception | None = None):
+        self.measurements = measurements
+        self.error = error
+        self.calls: list[tuple] = []
+
+    def measure(self, criteria, target, start, end):
+        self.calls.append((criteria, target, start, end))
+        if self.error is not None:
+            raise self.error
+        return self.measurements

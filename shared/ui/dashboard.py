@@ -21,6 +21,7 @@ import secrets
 import urllib.parse
 from typing import Any, Mapping
 
+from shared.domain.analysis import summary_line
 from shared.domain.errors import PipelineError
 from shared.ui.notes import (
     ReleaseNotFound,
@@ -154,8 +155,10 @@ def stage_detail(stage: Stage, st: StageState, state: ReleaseState, pipeline: Pi
             return "waiting for an approver"
     if st.status is StageStatus.QUEUED:
         return f"queued: another release holds {stage.environment}"
+    analysis = (result.get("analysis") or {}).get("latest") if isinstance(result.get("analysis"), dict) else None
     if st.status is StageStatus.FAILED and st.reason:
-        return st.reason if len(st.reason) <= 160 else st.reason[:157] + "…"
+        reason = st.reason if len(st.reason) <= 160 else st.reason[:157] + "…"
+        return reason + (f" ({summary_line(analysis)})" if analysis else "")
     if is_prod_traffic_stage(stage) and st.status is StageStatus.SUCCEEDED:
         return f"{traffic_percent(stage, st)} % traffic since {iso(st.finished_at)}"
     counts = junit_counts(result)
@@ -169,7 +172,8 @@ def stage_detail(stage: Stage, st: StageState, state: ReleaseState, pipeline: Pi
         latencies = ", ".join(f"{c.get('path')} {c.get('status') or c.get('error') or '-'}"
                               + (f" in {c['latency_ms']:.0f} ms" if isinstance(c.get("latency_ms"), (int, float)) else "")
                               for c in checks)
-        return f"{good}/{len(checks)} paths answered 2xx" + (f" ({latencies})" if latencies else "")
+        return (f"{good}/{len(checks)} paths answered 2xx" + (f" ({latencies})" if latencies else "")
+                + (f"; {summary_line(analysis)}" if analysis else ""))
     if "passed" in result and isinstance(result.get("error_rate"), (int, float)):
         p95 = result.get("p95_ms")
         return (f"error rate {result['error_rate']:.2%}, P95 {p95:.0f} ms" if isinstance(p95, (int, float))

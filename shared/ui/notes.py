@@ -18,6 +18,7 @@ import urllib.parse
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
+from shared.domain.analysis import evidence_lines
 from shared.domain.ids import valid_release_id
 from shared.domain.errors import PipelineError
 from shared.domain.pipeline import Pipeline, Stage, StageKind
@@ -208,6 +209,7 @@ def render(state: ReleaseState, pipeline: Pipeline) -> str:
     out += _tests_section(state, pipeline)
     out += _schema_section(state, pipeline)
     out += _smoke_section(state, pipeline)
+    out += _analysis_section(state, pipeline)
     out += _chaos_section(state, pipeline)
     out += _approval_section(state, pipeline)
     out += _traffic_section(state, pipeline)
@@ -261,6 +263,21 @@ def _smoke_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
              f"{c['latency_ms']} ms" if c.get("latency_ms") is not None else "", c.get("attempts", ""))
             for c in checks])
     return ["", "## Smoke checks"] + out if out else []
+
+
+def _analysis_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
+    """The canary analysis of each check stage: the last verdict with its numbers and log lines."""
+    out: list[str] = []
+    for stage in pipeline.stages:
+        st = state.stages.get(stage.id)
+        analysis = st.result.get("analysis") if st is not None else None
+        if not isinstance(analysis, dict) or not isinstance(analysis.get("latest"), dict):
+            continue
+        counts = ", ".join(f"{analysis[k]} {k}" for k in ("passes", "inconclusive", "fails") if analysis.get(k))
+        out += ["", f"### {stage.name} ({st.status.value}; intervals: {counts or 'none'})", "", "```text"]
+        out += [line.replace("`", "'") for line in evidence_lines(analysis["latest"])]  # log text cannot end the block
+        out += ["```"]
+    return ["", "## Canary analysis"] + out if out else []
 
 
 def _chaos_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:

@@ -188,7 +188,7 @@ def test_runtime_account_roles_are_the_documented_ones(monkeypatch):
     runtime = sa_member("release-runtime@acme-release.iam.gserviceaccount.com")
     assert plan.roles_of(runtime, "project") == {
         "roles/datastore.user", "roles/cloudbuild.builds.editor", "roles/run.developer",
-        "projects/acme-release/roles/releasePreflightReader"}
+        "projects/acme-release/roles/releasePreflightReader", "roles/logging.viewer", "roles/monitoring.viewer"}
     assert plan.roles_of(runtime, "topic") == {"roles/pubsub.publisher"}
     assert plan.roles_of(runtime, "service-account") == {"roles/iam.serviceAccountUser"}
     secret_targets = {b.target for b in plan.bindings if b.member == runtime and b.scope == "secret"}

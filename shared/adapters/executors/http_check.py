@@ -17,7 +17,8 @@ from shared.domain.errors import ExecutorError
 from shared.adapters.executors.calls import ApiCaller
 from shared.adapters.executors.run_services import DEFAULT_CANARY_TAG, service_path
 from shared.adapters.executors.substitute import substitute, variables_for
-from shared.domain.pipeline import DEFAULT_CHECK_WINDOW_S, Pipeline, Stage, parse_duration
+from shared.domain.analysis import AnalysisTarget, Criteria
+from shared.domain.pipeline import DEFAULT_CHECK_WINDOW_S, Pipeline, Stage, parse_duration, thaw
 from shared.domain.probes import DEFAULT_PROBE_INTERVAL_S
 from shared.app.ports import StageFinish, StartResult
 from shared.domain.state import StageState
@@ -43,8 +44,32 @@ class HttpCheckExecutor:
                            else DEFAULT_PROBE_INTERVAL_S),
         }
         if params.get("analysis"):
-            handle["analysis"] = dict(params["analysis"])
+            criteria = Criteria.from_params(params["analysis"])
+            target = self.caller.call(
+                "finding the revisions the analysis judges", lambda: self.analysis_target(params),
+                release_id=command.release_id, stage=stage.id,
+            )
+            handle["analysis"] = {"criteria": thaw(params["analysis"]), "target": target.to_dict()}
+            handle["max_extension_s"] = criteria.max_extension_s
+            if not params.get("probe_interval"):  # one analysis per checklist interval
+                handle["interval_s"] = criteria.interval_s
         return StartResult(handle=handle)
+
+    def analysis_target(self, params: Mapping[str, Any]) -> AnalysisTarget:
+        """The revision under test and, for a canary, the stable revision serving the rest."""
+        service = self.services.get_service(name=service_path(self.settings, str(params["service"])),
+                                            retry=None, timeout=self.caller.timeout)
+        latest = service.latest_ready_revision.rsplit("/", 1)[-1]
+        serving = [(s.revision or latest, s.percent, s.tag) for s in service.traffic_statuses]
+        if params.get("target") != "canary":
+            return AnalysisTarget(str(params["service"]), latest, None)
+        tag = str(params.get("revision_tag") or DEFAULT_CANARY_TAG)
+        canary = next((revision for revision, _, t in serving if t == tag), "")
+        if not canary:
+            raise ExecutorError(f"service {params['service']} has no traffic tag {tag!r} to analyse")
+        others = sorted(((percent, revision) for revision, percent, _ in serving if revision != canary and percent > 0),
+                        reverse=True)
+        return AnalysisTarget(str(params["service"]), canary, others[0][1] if others else None)
 
     def poll(self, pipeline: Pipeline, stage: Stage, state: StageState) -> StageFinish | None:
         return None  # the probes publish the verdict; there is nothing to poll
