@@ -24,7 +24,8 @@ from google.cloud.logging_v2.types import ListLogEntriesRequest
 
 from local.standin.server import StandIn, StandInConfig
 from shared.adapters import gcp_clients
-from shared.adapters.executors.http_check import HttpCheckExecutor, RequestsProber
+from shared.adapters.executors.http_check import HttpCheckExecutor
+from shared.adapters.http_prober import RequestsProber
 from shared.adapters.telemetry import CloudTelemetry
 from shared.app.canary_analysis import TelemetryAnalysis
 from shared.app.config import REPO_ROOT, Settings
