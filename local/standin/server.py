@@ -167,6 +167,16 @@ class StandIn:
     def build(self, build_id: str):
         return self._builds.snapshot(build_id)
 
+    def finished_build(self, build_id: str, timeout_s: float = 30):
+        """The build once it left QUEUED and WORKING (tests wait on it); AssertionError after timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            build = self.build(build_id)
+            if build.status.name not in ("QUEUED", "WORKING"):
+                return build
+            time.sleep(0.05)
+        raise AssertionError(f"build {build_id} did not end within {timeout_s} s")
+
     @property
     def docker_images(self) -> list:
         """Every pushed image, oldest first (artifactregistry_v1.DockerImage copies)."""

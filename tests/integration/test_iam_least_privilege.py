@@ -9,7 +9,6 @@ roles/pubsub.publisher (topics); roles/logging.logWriter (build logs are files h
 from __future__ import annotations
 
 import sys
-import time
 
 import grpc
 import pytest
@@ -86,21 +85,11 @@ def start(standin, stage_id: str):
     return executors(standin)[stage.kind.value].start(PIPELINE, stage, command)
 
 
-def wait_build(standin, build_id: str):
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        build = standin.build(build_id)
-        if build.status.name not in ("QUEUED", "WORKING"):
-            return build
-        time.sleep(0.05)
-    raise AssertionError("build did not end")
-
-
 def test_every_stage_starts_with_deploy_bindings(standin):
     assert start(standin, "preflight").finished.outcome.value == "succeeded"
     for stage in ("unit", "image"):
         handle = start(standin, stage).handle
-        assert wait_build(standin, handle["build_id"]).status.name == "SUCCESS"
+        assert standin.finished_build(handle["build_id"]).status.name == "SUCCESS"
     assert start(standin, "migrate").handle["execution"]
     assert start(standin, "deploy").handle["revisions"][0]["service"] == "web"
 
@@ -127,7 +116,7 @@ def test_without_the_grant_the_stage_fails_naming_the_permission(standin, member
 def test_without_artifact_registry_writer_the_build_cannot_push(standin):
     """The build pushes as its own service account (the pipeline account), not as the caller."""
     standin.revoke(f"serviceAccount:{PIPELINE_SA}", "roles/artifactregistry.writer")
-    build = wait_build(standin, start(standin, "image").handle["build_id"])
+    build = standin.finished_build(start(standin, "image").handle["build_id"])
     assert build.status.name == "FAILURE"
     assert "artifactregistry.repositories.uploadArtifacts" in build.status_detail
 
@@ -151,7 +140,7 @@ def test_build_steps_act_as_the_builds_service_account(standin, tmp_path):
     stage = pipeline.stage("who")
     command = StartStage("rel-2", "who", "rel-2.who.a1", 1, "build", {"tag": "v1", "commit": "c", "repo": "acme/app"})
     handle = executors(standin)["build"].start(pipeline, stage, command).handle
-    assert wait_build(standin, handle["build_id"]).status.name == "SUCCESS"
+    assert standin.finished_build(handle["build_id"]).status.name == "SUCCESS"
     assert out.read_text() == PIPELINE_SA
 
 

@@ -38,18 +38,6 @@ def command(stage: str, release: str = "acme-noesis2-abc1234", **inputs) -> Star
     return StartStage(release, stage, f"{release}.{stage}.a1", 1, "build", INPUTS | inputs)
 
 
-def wait(standin, build_id: str):
-    import time
-
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        build = standin.build(build_id)
-        if build.status.name not in ("QUEUED", "WORKING"):
-            return build
-        time.sleep(0.05)
-    raise AssertionError("build did not end")
-
-
 @pytest.mark.parametrize("stage_id", BUILD_STAGES)
 def test_cloud_build_accepts_every_build_stage(standin, settings, stage_id):
     """Finding 4: main's stage 6 used ${CLOUDSQL_INSTANCE}: CreateBuild answers INVALID_ARGUMENT."""
@@ -86,10 +74,10 @@ def test_the_image_is_pushed_by_the_build_that_built_it_and_stage_4_finds_it(sta
     standin.set_outcome("build", "run-acme-noesis2-push3.push.", "SUCCESS")
     executor = CloudBuildExecutor(local, gcp_clients.cloud_build(local))
     start = executor.start(PIPELINE, PIPELINE.stage("build"), command("build", "acme-noesis2-push3", commit=head))
-    built = wait(standin, start.handle["build_id"])
+    built = standin.finished_build(start.handle["build_id"])
     assert built.status.name == "SUCCESS", built.status_detail
     assert [i.name for i in built.results.images] == [f"{settings.artifact_registry}/noesis2:v1.4.0-abc1234"]
-    pushed = wait(standin, executor.start(PIPELINE, PIPELINE.stage("push"), command(
+    pushed = standin.finished_build(executor.start(PIPELINE, PIPELINE.stage("push"), command(
         "push", "acme-noesis2-push3", commit=head)).handle["build_id"])
     assert pushed.status.name == "SUCCESS", pushed.status_detail
 

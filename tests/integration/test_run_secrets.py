@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import time
 
 import pytest
 from google.cloud.devtools import cloudbuild_v1
@@ -65,16 +64,6 @@ def attacker_build(settings, tags):
     return client.create_build(project_id=PROJECT, build=build).metadata.build
 
 
-def finished_build(standin, build_id, timeout_s=15):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        build = standin.build(build_id)
-        if build.status.name in ("SUCCESS", "FAILURE"):
-            return build
-        time.sleep(0.05)
-    raise AssertionError(f"build {build_id} did not end")
-
-
 def notification(build):
     data = build_as_dict(build)
     return event_from_build_notification(f"n-{build.id}", {"buildId": build.id, "status": data["status"]}, data)
@@ -103,7 +92,7 @@ def test_a_build_made_in_advance_with_the_predictable_tag_is_not_adopted(standin
     assert handle["build_id"] != planted.id and not handle.get("reused")
     # Its SUCCESS notification names the predictable id: not the current run.
     state.stages["e2e"].result["build_id"] = handle["build_id"]
-    event = notification(finished_build(standin, planted.id))
+    event = notification(standin.finished_build(planted.id))
     assert event.stage_run_id == f"{rid}.e2e.a1"
     decision = decide(pipeline, state, event, T0 + 100)
     assert decision.outcome is GateOutcome.STALE and decision.state is None
@@ -118,7 +107,7 @@ def test_a_foreign_build_copying_our_tags_does_not_complete_the_stage(standin, s
     state.stages["e2e"].result["build_id"] = ours["build_id"]
     copy = attacker_build(settings, list(standin.build(ours["build_id"]).tags))
     standin.set_outcome("build", copy.id, "SUCCESS")
-    decision = decide(pipeline, state, notification(finished_build(standin, copy.id)), T0 + 100)
+    decision = decide(pipeline, state, notification(standin.finished_build(copy.id)), T0 + 100)
     assert decision.outcome is GateOutcome.STALE and f"build {copy.id} is not the build" in decision.reason
     forged = StageFinished("forged", state.release_id, "e2e", f"{state.release_id}.e2e.a1", Outcome.SUCCEEDED,
                            "", {"tests": 1000})
