@@ -32,23 +32,35 @@ def await_release(ctx: Context, release_id: str, seconds: float, answered):
     return None
 
 
-def publish_replay(ctx: Context, state: ReleaseState, stage: str, reason: str, args) -> int:
-    answer = operator_call(ctx, args, "replay", {"release_id": state.release_id, "stage": stage, "reason": reason},
-                           request_id=args.replay_id)
-    replay_id = answer["replay_id"]
+def ask_and_wait(ctx: Context, args, action: str, params: dict, asked, answered, not_seen, hint: str,
+                 request_id: str | None = None):
+    """Ask the operator function, say what was asked, then (with --wait) re-read the release until
+    ``answered(state, answer)`` finds the gate's answer. Returns ``(answer, (state, found), None)``, or
+    ``(answer, None, exit_code)`` when the command is over already: no --wait (the answer printed as
+    JSON when asked for), or nothing seen in time (said on stderr)."""
+    answer = operator_call(ctx, args, action, params, request_id=request_id)
     if not ctx.json:
-        ctx.print(f"requested replay {replay_id}: release {state.release_id} stage {stage} "
-                  f"(by {answer['requested_by']}, message {answer['message_id']})")
+        ctx.print(f"requested {asked(answer)} (by {answer['requested_by']}, message {answer['message_id']})")
     if not args.wait:
         if ctx.json:
             ctx.print(dumps(answer))
-        return EXIT_OK
-    got = await_release(ctx, state.release_id, args.wait,
-                        lambda now: next((r for r in now.replays if r.get("replay_id") == replay_id), None))
+        return answer, None, EXIT_OK
+    got = await_release(ctx, params["release_id"], args.wait, lambda now: answered(now, answer))
     if got is None:
-        print(f"relctl: replay {replay_id} not handled within {args.wait:g}s (is the dispatcher running?)",
-              file=sys.stderr)
-        return EXIT_TIMEOUT
+        print(f"relctl: {not_seen(answer)} within {args.wait:g}s ({hint})", file=sys.stderr)
+        return answer, None, EXIT_TIMEOUT
+    return answer, got, None
+
+
+def publish_replay(ctx: Context, state: ReleaseState, stage: str, reason: str, args) -> int:
+    answer, got, done = ask_and_wait(
+        ctx, args, "replay", {"release_id": state.release_id, "stage": stage, "reason": reason},
+        lambda a: f"replay {a['replay_id']}: release {state.release_id} stage {stage}",
+        lambda now, a: next((r for r in now.replays if r.get("replay_id") == a["replay_id"]), None),
+        lambda a: f"replay {a['replay_id']} not handled", "is the dispatcher running?", request_id=args.replay_id)
+    if done is not None:
+        return done
+    replay_id = answer["replay_id"]
     now, record = got
     if not record.get("accepted"):
         print(f"relctl: replay {replay_id} refused: {record.get('reason', '')}", file=sys.stderr)
@@ -92,19 +104,12 @@ def cmd_chaos(args, ctx: Context) -> int:
     if state.status is not ReleaseStatus.AWAITING_APPROVAL:
         raise PipelineError(f"release {state.release_id} is {state.status.value}; chaos can be requested only "
                             "while it awaits approval")
-    answer = operator_call(ctx, args, "chaos", {"release_id": state.release_id})
-    if not ctx.json:
-        ctx.print(f"requested chaos: release {state.release_id} (by {answer['requested_by']}, "
-                  f"message {answer['message_id']})")
-    if not args.wait:
-        if ctx.json:
-            ctx.print(dumps(answer))
-        return EXIT_OK
-    got = await_release(ctx, state.release_id, args.wait, lambda now: now.chaos_requested_by or None)
-    if got is None:
-        print(f"relctl: chaos request not taken within {args.wait:g}s (refused, or the dispatcher is not running)",
-              file=sys.stderr)
-        return EXIT_TIMEOUT
+    answer, got, done = ask_and_wait(
+        ctx, args, "chaos", {"release_id": state.release_id}, lambda a: f"chaos: release {state.release_id}",
+        lambda now, a: now.chaos_requested_by or None,
+        lambda a: "chaos request not taken", "refused, or the dispatcher is not running")
+    if done is not None:
+        return done
     now, who = got
     st = now.stages[optional[0].id]
     ctx.emit({**answer, "accepted": True, "stage": optional[0].id, "stage_status": st.status.value},
@@ -128,19 +133,13 @@ def cmd_cancel(args, ctx: Context) -> int:
     state, _ = load_release(ctx.store, args.release)
     if state.status.terminal:
         raise PipelineError(f"release {state.release_id} is {state.status.value}; nothing to cancel")
-    answer = operator_call(ctx, args, "cancel", {"release_id": state.release_id, "reason": args.reason})
-    if not ctx.json:
-        ctx.print(f"requested cancel of release {state.release_id} (by {answer['requested_by']}, "
-                  f"message {answer['message_id']})")
-    if not args.wait:
-        if ctx.json:
-            ctx.print(dumps(answer))
-        return EXIT_OK
-    got = await_release(ctx, state.release_id, args.wait,
-                        lambda now: now if now.status is ReleaseStatus.CANCELLED else None)
-    if got is None:
-        print(f"relctl: cancel not applied within {args.wait:g}s (is the dispatcher running?)", file=sys.stderr)
-        return EXIT_TIMEOUT
+    answer, got, done = ask_and_wait(
+        ctx, args, "cancel", {"release_id": state.release_id, "reason": args.reason},
+        lambda a: f"cancel of release {state.release_id}",
+        lambda now, a: now if now.status is ReleaseStatus.CANCELLED else None,
+        lambda a: "cancel not applied", "is the dispatcher running?")
+    if done is not None:
+        return done
     now, _ = got
     ctx.emit({**answer, "status": now.status.value, "reason": now.reason},
              f"cancelled: release {now.release_id} is {now.status.value} ({now.reason}); its locks are free")
