@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from functions_framework import create_app
 from google.auth import crypt
-from google.cloud import pubsub_v1
 
 from local.token_issuer import LocalTokenIssuer, _key_and_certificate
 from shared import bootstrap
+from tests.integration.http_function import http_function_with_events
 from shared.domain.state import new_release
 from tests.unit.gate_helpers import PIPELINE, PUSHER
 
@@ -38,18 +37,7 @@ def app(emulators, unique_prefix, monkeypatch, issuer):
            "RELEASE_OPERATORS": f"{OPERATOR},QA@Example.com", "RELEASE_PEOPLE": "octo-ops=ops@example.com"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    publisher = pubsub_v1.PublisherClient()
-    subscriber = pubsub_v1.SubscriberClient()
-    topic = publisher.topic_path(emulators["project"], f"{unique_prefix}events")
-    publisher.create_topic(name=topic)
-    sub = subscriber.subscription_path(emulators["project"], f"{unique_prefix}sub")
-    subscriber.create_subscription(name=sub, topic=topic)
-    bootstrap.reset()
-    client = create_app("operator", "functions/main.py").test_client()
-    client.pull = lambda: [
-        json.loads(m.message.data)
-        for m in subscriber.pull(subscription=sub, max_messages=10, timeout=2).received_messages
-    ]
+    client = http_function_with_events("operator", emulators["project"], unique_prefix)
     state = new_release(PIPELINE, repo="acme/app", ref="refs/heads/main", commit="abcdef1234567890",
                         version="1.2.3", pushed_by=PUSHER, now=1_800_000_000.0)
     bootstrap.store().save_pipeline(PIPELINE)

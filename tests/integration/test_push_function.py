@@ -4,10 +4,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from functions_framework import create_app
-from google.cloud import pubsub_v1
 
 from shared import bootstrap
+from tests.integration.http_function import http_function_with_events
 from shared.app.locks import EnvironmentLocks
 from shared.app.push import signature_for
 
@@ -21,18 +20,7 @@ def app(emulators, unique_prefix, monkeypatch):
     monkeypatch.setenv("RELEASE_COLLECTION_PREFIX", unique_prefix)
     monkeypatch.setenv("RELEASE_EVENTS_TOPIC", f"{unique_prefix}events")
     monkeypatch.setenv("RELEASE_PROJECT", emulators["project"])
-    publisher = pubsub_v1.PublisherClient()
-    subscriber = pubsub_v1.SubscriberClient()
-    topic = publisher.topic_path(emulators["project"], f"{unique_prefix}events")
-    publisher.create_topic(name=topic)
-    sub = subscriber.subscription_path(emulators["project"], f"{unique_prefix}sub")
-    subscriber.create_subscription(name=sub, topic=topic)
-    bootstrap.reset()
-    client = create_app("on_push", "functions/main.py").test_client()
-    client.pull = lambda: [
-        json.loads(m.message.data)
-        for m in subscriber.pull(subscription=sub, max_messages=10, timeout=2).received_messages
-    ]
+    client = http_function_with_events("on_push", emulators["project"], unique_prefix)
     yield client
     bootstrap.reset()
 
