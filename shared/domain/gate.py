@@ -134,6 +134,11 @@ def decide(pipeline: Pipeline, state: ReleaseState, event: Event, now: float) ->
         return Decision(GateOutcome.DUPLICATE, f"replay {event.replay_id} was already handled")
     if state.status.terminal:
         reason = f"release {state.release_id} is {state.status.value}"
+        if isinstance(event, LockGranted):
+            # A lock handed to a finished release (it was still in the queue) goes straight back,
+            # or the environment would stay taken by a release that will never give it up.
+            return Decision(GateOutcome.TERMINAL, reason, None,
+                            (ReleaseLock(state.release_id, event.environment),))
         if isinstance(event, StageReplay):
             # The operator must learn why nothing happens; the finished release stays as it is.
             notice = Notify(state.release_id, NoticeKind.REFUSED, event.stage,
@@ -367,6 +372,8 @@ class _Run:
                                                   serving_before(st, services), f"cancelled: {why}"))
         state.stopped_at_stage = state.stopped_at_stage or next(
             (s.id for s in self.pipeline.stages if state.stages[s.id].reason == why), "")
+        if state.waiting_for:  # queued: leave the queue, or the lock could be handed to this release
+            self.commands.append(ReleaseLock(state.release_id, state.waiting_for))
         state.status, state.reason, state.waiting_for = ReleaseStatus.CANCELLED, why, ""
         self.release_locks()
         self.record("cancelled", event.requested_by, state.stopped_at_stage, event.reason)

@@ -8,7 +8,7 @@ from shared.domain.events import CancelRequested
 from shared.domain.gate import GateOutcome, decide
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
 from tests.unit.gate_helpers import (
-    APPROVER, PIPELINE, STAGES, T0, approval, eid, finished, replay, run_to, settle)
+    APPROVER, PIPELINE, STAGES, T0, approval, eid, finished, granted, replay, run_to, settle)
 
 
 def cancel(state, who="ops@example.com", reason="wrong build"):
@@ -35,6 +35,19 @@ def test_cancel_stops_for_good_gives_back_locks_and_keeps_prod_as_it_was(stage):
     (entry,) = [e for e in new.timeline if e["kind"] == "cancelled"]
     assert entry == {"at": T0 + 10, "kind": "cancelled", "by": "ops@example.com", "stage": stage,
                      "reason": "wrong build"}
+
+
+def test_a_queued_release_cancelled_leaves_the_queue_and_hands_back_a_late_grant():
+    first_staging = next(i for i, s in enumerate(PIPELINE.stages) if s.environment == "staging")
+    before = PIPELINE.stages[first_staging - 1].id
+    state = run_to(before)
+    state = decide(PIPELINE, state, finished(state, before), T0).state
+    assert state.status is ReleaseStatus.QUEUED and state.waiting_for == "staging"
+    decision = decide(PIPELINE, state, cancel(state), T0 + 1)
+    assert [c for c in decision.commands if isinstance(c, ReleaseLock)] == [ReleaseLock(state.release_id, "staging")]
+    # A grant that raced the cancel (the lock was handed over before the queue entry went) goes back at once.
+    late = decide(PIPELINE, decision.state, granted(decision.state, "staging"), T0 + 2)
+    assert late.outcome is GateOutcome.TERMINAL and late.commands == (ReleaseLock(state.release_id, "staging"),)
 
 
 def test_a_cancelled_release_never_moves_again():
