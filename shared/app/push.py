@@ -172,7 +172,7 @@ class PushService:
             state = new_release(
                 self.pipeline, repo=push.repo, ref=push.ref, commit=push.commit,
                 version=push.version, pushed_by=push.pushed_by, now=self.clock.now(),
-                pusher=next((p for p in map(self.people.resolve, push.aliases) if p), ""),
+                pusher=self.people.pusher(push.aliases),
                 run_key=secrets.token_hex(32),
             )
             state.changes = dict(push.changes)

@@ -59,12 +59,16 @@ class People:
             return value
         return None  # a bare login nobody mapped
 
-    def same_person(self, a: str, b: str) -> bool | None:
-        """True/False when both are known; None when either cannot be matched."""
-        left, right = self.resolve(a), self.resolve(b)
-        if left is None or right is None:
-            return None
-        return left == right
+    def pusher(self, aliases) -> str:
+        """The person behind a push that names them several ways (address, login): a name the
+        configuration maps wins over a bare address, so a push from a personal address with a mapped
+        login is still that person (who must not approve it); "" when no name can be matched."""
+        mapped = [self.aliases.get(normalise(a)) or self._noreply_person(a) for a in aliases]
+        return next((p for p in mapped if p), None) or next((p for p in map(self.resolve, aliases) if p), "")
+
+    def _noreply_person(self, raw: str) -> str | None:
+        noreply = NOREPLY.match(normalise(raw))
+        return self.aliases.get(noreply.group("login")) if noreply else None
 
 
 def approval_refusal(approver: str, approvers, pusher: str, pushed_by: str) -> str:

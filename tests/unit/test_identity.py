@@ -25,10 +25,15 @@ def test_resolve(raw, person):
     assert PEOPLE.resolve(raw) == person
 
 
-def test_same_person_is_unknown_when_either_side_cannot_be_matched():
-    assert PEOPLE.same_person("583231+octocat@users.noreply.github.com", "ANN@example.com") is True
-    assert PEOPLE.same_person("bob@example.com", "ann@example.com") is False
-    assert PEOPLE.same_person("1+stranger@users.noreply.github.com", "ann@example.com") is None
+@pytest.mark.parametrize("aliases, person", [
+    # a personal address with a mapped login is still the mapped person (self-approval stays refused)
+    (("ann@personal.example", "Ann", "octocat"), "ann@example.com"),
+    (("583231+octocat@users.noreply.github.com", "octocat"), "ann@example.com"),
+    (("bob@example.com", "bob"), "bob@example.com"),  # nothing mapped: the address stands
+    (("1+stranger@users.noreply.github.com", "stranger"), ""),  # cannot be matched: fails closed later
+])
+def test_the_pusher_is_the_mapped_person_when_any_name_is_mapped(aliases, person):
+    assert PEOPLE.pusher(aliases) == person
 
 
 def test_a_malformed_mapping_is_a_config_error():
