@@ -367,9 +367,7 @@ class _Run:
                 st = state.stages[stage.id]
                 if (stage.kind is StageKind.DEPLOY and stage.environment == "prod"
                         and st.status is StageStatus.SUCCEEDED):
-                    services = tuple(str(s) for s in stage.params["services"])
-                    self.commands.append(RollBack(state.release_id, stage.id, st.stage_run_id, services,
-                                                  serving_before(st, services), f"cancelled: {why}"))
+                    self.roll_back(stage, f"cancelled: {why}")
         state.stopped_at_stage = state.stopped_at_stage or next(
             (s.id for s in self.pipeline.stages if state.stages[s.id].reason == why), "")
         if state.waiting_for:  # queued: leave the queue, or the lock could be handed to this release
@@ -570,13 +568,16 @@ class _Run:
     def roll_back_checked_deploy(self, check: Stage, reason: str = "") -> None:
         for earlier in reversed(self.pipeline.stages[: self.pipeline.index(check.id)]):
             if earlier.kind is StageKind.DEPLOY and earlier.environment == check.environment:
-                deployed = self.state.stages[earlier.id]
-                if deployed.status is StageStatus.SUCCEEDED:
-                    services = tuple(str(s) for s in earlier.params["services"])
-                    self.commands.append(RollBack(self.state.release_id, earlier.id, deployed.stage_run_id, services,
-                                                  serving_before(deployed, services),
-                                                  f"{check.label} failed: {reason}" if reason else f"{check.label} failed"))
+                if self.state.stages[earlier.id].status is StageStatus.SUCCEEDED:
+                    self.roll_back(earlier, f"{check.label} failed: {reason}" if reason else f"{check.label} failed")
                 return
+
+    def roll_back(self, deploy: Stage, why: str) -> None:
+        """Every service the deploy changed, background ones included, back to what served before it."""
+        deployed = self.state.stages[deploy.id]
+        services = tuple(str(s) for s in [*deploy.params["services"], *(deploy.params.get("background_services") or ())])
+        self.commands.append(RollBack(self.state.release_id, deploy.id, deployed.stage_run_id, services,
+                                      serving_before(deployed, services), why))
 
     def release_locks(self) -> None:
         for env in self.state.locks_held:

@@ -15,31 +15,33 @@ from tests.unit.gate_helpers import APPROVER, DOC, T0, eid
 
 SMOKE = {"id": "prod-smoke", "kind": "check", "environment": "prod", "timeout": "5m",
          "params": {"target": "canary", "service": "web", "paths": ["/"]}}
-PIPELINE = parse_pipeline({**DOC, "stages": [*DOC["stages"][:-1], SMOKE, DOC["stages"][-1]]})
+PIPELINE_DOC = {**DOC, "stages": [*DOC["stages"][:-1], SMOKE, DOC["stages"][-1]]}
+PIPELINE = parse_pipeline(PIPELINE_DOC)
 
 
-def step(state, event):
-    decision = decide(PIPELINE, state, event, T0)
+def step(state, event, pipeline=PIPELINE):
+    decision = decide(pipeline, state, event, T0)
     return decision, decision.state or state
 
 
-def until(state, stage_id):
+def until(state, stage_id, pipeline=PIPELINE):
     """Happy path (locks granted, approval given, stages succeed) until ``stage_id`` runs."""
     for _ in range(40):
         st = state.stages[stage_id]
         if st.status is StageStatus.RUNNING:
             return state
         if state.status.value == "queued":
-            _, state = step(state, LockGranted(eid(), state.release_id, state.waiting_for))
+            _, state = step(state, LockGranted(eid(), state.release_id, state.waiting_for), pipeline)
             continue
-        running = [s.id for s in PIPELINE.stages if state.stages[s.id].status is StageStatus.RUNNING]
+        running = [s.id for s in pipeline.stages if state.stages[s.id].status is StageStatus.RUNNING]
         if not running:
             a = state.stages["approval"]
             _, state = step(state, ApprovalDecided(eid(), state.release_id, "approval", a.attempt, eid(), APPROVER,
-                                                   True, a.deadline))
+                                                   True, a.deadline), pipeline)
             continue
         run = state.stages[running[0]]
-        _, state = step(state, StageFinished(eid(), state.release_id, running[0], run.stage_run_id, Outcome.SUCCEEDED))
+        _, state = step(state, StageFinished(eid(), state.release_id, running[0], run.stage_run_id, Outcome.SUCCEEDED),
+                        pipeline)
     raise AssertionError(f"{stage_id} never ran")
 
 
@@ -115,3 +117,27 @@ def test_relctl_knows_which_revisions_failed_their_checks():
     state.stages["prod-deploy"].result["rolled_back"] = [
         {"service": "web", "from": "web-c1", "revision": "web-base", "at": T0, "by": "the gate", "why": "smoke 500"}]
     assert failed_revisions([state]) == {"web-c1": f"release {state.release_id}: smoke 500"}
+
+
+def test_a_failed_canary_rolls_back_the_background_services_the_deploy_rolled_in_too():
+    """noesis2's prod deploy puts worker and beat at 100 % beside the web canary: a failed smoke
+    (or a cancel) must take them back as well, or prod runs the rejected release's workers."""
+    stages = [dict(s, params={**s["params"], "background_services": ["worker"]}) if s["id"] == "prod-deploy" else s
+              for s in PIPELINE_DOC["stages"]]
+    pipeline = parse_pipeline({**PIPELINE_DOC, "stages": stages})
+    state = new_release(pipeline, repo="acme/app", ref="refs/heads/main", commit="abcdef1234567890",
+                        version="1.2.3", pushed_by="dev@example.com", now=T0)
+    _, state = step(state, ReleaseStarted(eid(), state.release_id), pipeline)
+    state = until(state, "prod-deploy", pipeline)
+    run = state.stages["prod-deploy"]
+    revisions = [{"service": "web", "revision": "web-new", "percent": 10, "serving_before": "web-base"},
+                 {"service": "worker", "revision": "worker-new", "percent": 100, "serving_before": "worker-base"}]
+    _, state = step(state, StageFinished(eid(), state.release_id, "prod-deploy", run.stage_run_id,
+                                         Outcome.SUCCEEDED, "", {"revisions": revisions}), pipeline)
+    state = until(state, "prod-smoke", pipeline)
+    smoke = state.stages["prod-smoke"]
+    decision, _ = step(state, StageFinished(eid(), state.release_id, "prod-smoke", smoke.stage_run_id,
+                                            Outcome.FAILED, "/: 500"), pipeline)
+    (rollback,) = [c for c in decision.commands if isinstance(c, RollBack)]
+    assert rollback.services == ("web", "worker")
+    assert rollback.targets == {"web": "web-base", "worker": "worker-base"}
