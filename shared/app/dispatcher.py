@@ -157,13 +157,14 @@ class Dispatcher:
     def _stop_oversized(self, state: ReleaseState, token: Any, exc: DocumentTooLarge) -> Decision:
         """The new state does not fit in one document: stop the release with a small write that
         says why, give back every lock it holds or waits for, and tell people. Nothing of the
-        refused transition is carried out."""
+        refused transition is carried out; batches of earlier transitions still in the outbox stay
+        there (a rollback among them must still happen) and are recovered as usual."""
         reason = (f"the release document would pass Firestore's 1 MiB limit ({exc}); the release stops "
                   "and gives back its locks")
         active = [sid for sid, st in state.stages.items() if st.status.value in ("running", "waiting", "queued")]
         fields: dict[tuple[str, ...], Any] = {
             ("status",): "stopped", ("reason",): reason, ("locks_held",): [], ("waiting_for",): "",
-            ("outbox",): [], ("stopped_at_stage",): active[0] if active else state.stopped_at_stage}
+            ("stopped_at_stage",): active[0] if active else state.stopped_at_stage}
         for sid in active:
             fields[("stages", sid, "status")] = "failed"
             fields[("stages", sid, "reason")] = reason
