@@ -50,6 +50,9 @@ def test_release_tag_parts():
     tag = parse_release_tag("v10.0.1-" + "f" * 40)
     assert (str(tag.version), tag.commit, tag.is_release) == ("10.0.1", "f" * 40, True)
     assert parse_release_tag("v1.2.3-ABC1234") is None  # the sha part is lower-case hex
+    # build metadata: pushed as "_" (an image tag cannot hold "+"), read back as semver's "+"
+    tag = parse_release_tag("v1.2.3_build.5-abc1234")
+    assert (str(tag.version), tag.commit, tag.is_release) == ("1.2.3+build.5", "abc1234", False)
 
 
 def test_package_path_from_the_registry_setting():

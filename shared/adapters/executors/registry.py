@@ -38,7 +38,9 @@ def parse_release_tag(tag: str) -> ReleaseTag | None:
     if not match:
         return None
     try:
-        version = semver.Version.parse(match["version"])
+        # An image tag cannot hold "+", so build metadata is pushed with "_" (substitute.docker_tag);
+        # "_" is not a semver character, so mapping it back is unambiguous.
+        version = semver.Version.parse(match["version"].replace("_", "+"))
     except ValueError:
         return None
     return ReleaseTag(tag, version, match["sha"])

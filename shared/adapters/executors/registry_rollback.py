@@ -28,7 +28,7 @@ from shared.domain.errors import ExecutorError
 from shared.adapters.executors.calls import ApiCaller
 from shared.adapters.executors.registry import last_good_tag, parse_release_tag, repository_path, tag_exists
 from shared.adapters.executors.run_services import new_template, service_path
-from shared.adapters.executors.substitute import substitute
+from shared.adapters.executors.substitute import docker_tag, substitute
 from shared.adapters.executors.traffic import (
     Split, current_split, release_labels, revision_name, serving_most, short_revision, to_traffic_targets,
 )
@@ -79,7 +79,7 @@ def rollback_to_tag(settings: Settings, service: str, tag: str, *, image: str | 
         name=name, retry=None, timeout=caller.timeout))
     serving = serving_most(current_split(current))
     image = image or split_image(settings, _serving_image(clients, caller, current, serving))[0]
-    ref = f"{settings.artifact_registry.strip().rstrip('/')}/{image}:{tag}"
+    ref = f"{settings.artifact_registry.strip().rstrip('/')}/{image}:{docker_tag(tag)}"
     labels = release_labels(str(release.version), release.commit)
     answer = {"service": service, "from": serving, "tag": tag, "image": ref, **labels}
 
@@ -93,7 +93,7 @@ def rollback_to_tag(settings: Settings, service: str, tag: str, *, image: str | 
         operation = caller.call(f"moving {service} back to {existing}", move)
         return {**answer, "revision": existing, "operation": operation, "created": False}
 
-    if not caller.call(f"looking up {ref}", lambda: tag_exists(settings, image, tag, clients["artifact_registry"],
+    if not caller.call(f"looking up {ref}", lambda: tag_exists(settings, image, docker_tag(tag), clients["artifact_registry"],
                                                                caller.timeout)):
         raise ExecutorError(f"{ref} is not in the registry; cannot roll {service} back to it")
     if pipeline is None:
