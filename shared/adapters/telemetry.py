@@ -5,12 +5,15 @@ One ``measure`` call gathers one window for ``diagnose`` and costs, per interval
    (one call, ``revision_name = one_of(...)``), summed per revision and response code class;
 2. ListTimeSeries ``run.googleapis.com/request_latencies`` likewise, buckets summed per revision;
 3. ListLogEntries of exactly the canary revision's own logs (not its request log) that are at
-   or above the checklist's severity or match one of its patterns; the first page is evidence;
+   or above the checklist's severity or match one of its patterns; up to one page of entries (pages
+   the search answers empty while it goes on are followed) is the evidence;
 4. ListLogEntries of the request log (``httpRequest.latency``) per revision (2 calls with a
    stable revision, 1 without), one page of the newest ``raw_samples`` entries, for the rank test.
 So 5 calls per interval with a stable revision, 4 without (README: "Canary analysis").
 """
 from __future__ import annotations
+
+from itertools import islice
 
 from datetime import datetime, timezone
 from typing import Any, Iterable
@@ -98,7 +101,9 @@ class CloudTelemetry:
 
         request = ListLogEntriesRequest(resource_names=[f"projects/{self._project}"], filter=filter_,
                                         order_by="timestamp desc", page_size=page_size)
-        return list(next(iter(self._logging.list_log_entries(request=request).pages)).entries)
+        # Iterating the pager follows next_page_token: a page may come back empty while the search
+        # goes on (ListLogEntriesResponse), so the first page alone could hide every offending line.
+        return list(islice(self._logging.list_log_entries(request=request), page_size))
 
     def _window(self, revision: str, start: datetime, end: datetime) -> str:
         return (f'resource.type = "cloud_run_revision" AND resource.labels.revision_name = {_quoted(revision)} '
