@@ -210,14 +210,6 @@ def print_report(title: str, rows: Sequence[Row]) -> None:
     print(table(rows), flush=True)
 
 
-class Stopwatch:
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-
-    def s(self) -> float:
-        return time.perf_counter() - self.t0
-
-
 def log_dir(name: str) -> Path:
     path = LOG_DIR / name
     path.mkdir(parents=True, exist_ok=True)

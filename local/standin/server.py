@@ -149,10 +149,6 @@ class StandIn:
         """Wait until every queued build notification reached the Pub/Sub emulator."""
         self._notifier.flush(timeout_s)
 
-    def add_task_queue(self, name: str) -> None:
-        """Create the Cloud Tasks queue ``projects/P/locations/L/queues/Q`` (as deploy/ does)."""
-        self._tasks.add_queue(name)
-
     # -- recorded state ----------------------------------------------------------------
     @property
     def dispatched_tasks(self) -> list:

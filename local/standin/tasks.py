@@ -151,10 +151,6 @@ class CloudTasksService:
             self._used[request.name] = time.monotonic()
         return empty_pb2.Empty()
 
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._tasks)
-
     # -- dispatch -------------------------------------------------------------------------
     def stop(self) -> None:
         with self._lock:

@@ -104,8 +104,3 @@ def permissions_of(roles: Iterable[str], custom: Mapping[str, Iterable[str]] | N
 def grants(roles: Iterable[str], permission: str, custom: Mapping[str, Iterable[str]] | None = None) -> bool:
     roles = list(roles)
     return OWNER in roles or permission in permissions_of(roles, custom)
-
-
-def roles_with(permission: str) -> list[str]:
-    """The predefined roles of the table that carry ``permission`` (for error messages)."""
-    return sorted(role for role, perms in ROLE_PERMISSIONS.items() if permission in perms)

@@ -24,7 +24,7 @@ def test_every_module_is_in_its_folders_row():
     for folder in ("domain", "app", "adapters", "ui", "testing"):
         row = rows[f"shared/{folder}/"]
         for path in sorted((ROOT / "shared" / folder).iterdir()):
-            name = path.name if path.is_dir() else path.name
+            name = path.name
             if name.startswith("__") or name.endswith(".pyc"):
                 continue
             shown = f"`{name}/`" if path.is_dir() else f"`{name}`"

@@ -47,7 +47,7 @@ def test_a_signed_body_decodes_to_the_same_task_with_any_configured_key():
 def test_a_forged_or_broken_body_is_refused(change):
     body, signature = encode_task(task(), KEYS)
     if change == "tamper":
-        body = body.replace(b'"outcome"', b'"outcome"').replace(b"staging-migrate", b"prod-migrate")
+        body = body.replace(b"staging-migrate", b"prod-migrate")
     elif change == "unsigned":
         signature = ""
     elif change == "unknown-key":
