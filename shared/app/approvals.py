@@ -307,10 +307,11 @@ class ApprovalService:
             raise ApprovalRefused(404, "Release not found", f"release {release_id} does not exist")
         stage = self.get_stage(release)
         st = release.stages.get(stage.id)
-        if approver not in stage.params["approvers"]:
-            raise ApprovalRefused(403, "Not an approver", f"{approver} is not an approver of {stage.label}")
-        if approver == release.pushed_by:
-            raise ApprovalRefused(403, "Not allowed", f"{approver} pushed this commit and cannot approve it")
+        # The same rule as the link (normalised identities, fails closed on an unmatched pusher),
+        # before looking for a request, so a refusal says why rather than "nothing to decide".
+        refused = approval_refusal(approver, stage.params["approvers"], release.pusher, release.pushed_by)
+        if refused:
+            raise ApprovalRefused(403, "Not allowed", f"{stage.label}: {refused}")
         attempt = st.attempt if st is not None else 0
         record = self.store.find_open(release_id, stage.id, attempt, approver)
         if record is None or st is None or st.status is not StageStatus.WAITING:
