@@ -1,9 +1,10 @@
 """Cloud Functions entry points. Thin on purpose: parse, call one service, map errors.
 
-Ack or retry is decided at this edge, for every Pub/Sub-triggered function, by the one
-table in ``shared/app/edge.py`` (``ACK_OR_RETRY``): malformed input is kept as a dead
-letter and acknowledged; transient errors and settings the operator must fix raise, so
-Pub/Sub redelivers them.
+Ack or retry is decided at this edge, for every Pub/Sub-triggered function that reads a
+message, by the one table in ``shared/app/edge.py`` (``ACK_OR_RETRY``): malformed input is
+kept as a dead letter and acknowledged; transient errors and settings the operator must fix
+raise, so Pub/Sub redelivers them. ``sweep`` reads nothing from its tick and is deployed
+without retries: a failed sweep is logged and the next minute's tick is its retry.
 """
 from __future__ import annotations
 
