@@ -138,7 +138,7 @@ class Dispatcher:
                     {
                         "event_id": event.id,
                         "commands": [command_to_dict(c) for c in decision.commands],
-                        "lease_until": now + self._lease_s(pipeline, decision.commands),
+                        "lease_until": now + self._lease_s,
                     }
                 )
                 new.wake_at = next_wake(new, now, new.outbox)  # the sweeper recovers a batch whose handler died
@@ -218,7 +218,8 @@ class Dispatcher:
                 record_durations(self.locks.records, state.pipeline_name, command.release_id, command.durations)
         return handles
 
-    def _lease_s(self, pipeline: Pipeline, commands: tuple[Command, ...]) -> float:
+    @property
+    def _lease_s(self) -> float:
         """How long a batch's handler may take before another one takes it over. Every
         command is a short call now: checks run as scheduled probes, not in the handler."""
         return float(self.settings.outbox_lease_s)
@@ -302,7 +303,7 @@ class Dispatcher:
         for batch in list(state.outbox):
             if batch["lease_until"] <= now:
                 commands = tuple(command_from_dict(c) for c in batch["commands"])
-                batch["lease_until"] = now + self._lease_s(pipeline, commands)
+                batch["lease_until"] = now + self._lease_s
                 try:
                     token = self.store.update(state, token)
                 except StaleWrite:
