@@ -34,7 +34,10 @@ _TOKEN = re.compile(r"\$\$|\$\{([^}]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 # The Build proto, build_step_outputs: "Note that the $BUILDER_OUTPUT variable is read-only and
 # can't be substituted" -- it reaches the step as written.
 NOT_SUBSTITUTED = frozenset({"BUILDER_OUTPUT"})
-SA_NAME = re.compile(r"^projects/[^/]+/serviceAccounts/[^/]+$")
+# The Build proto, service_account: "Must be of the format projects/{PROJECT_ID}/serviceAccounts/{ACCOUNT}.
+# ACCOUNT can be email address or uniqueId of the service account." (uniqueIds are numeric; an e-mail
+# has one "@" and a dotted domain.)
+SA_NAME = re.compile(r"^projects/[^/@\s]+/serviceAccounts/(?:[^/@\s]+@[^/@\s]+\.[^/@\s]+|[0-9]+)$")
 _LOGS_ELSEWHERE = {BuildOptions.LoggingMode.CLOUD_LOGGING_ONLY, BuildOptions.LoggingMode.STACKDRIVER_ONLY,
                    BuildOptions.LoggingMode.NONE}
 
@@ -77,10 +80,11 @@ def _check_secrets(build: Build) -> None:
 def _check_service_account(build: Build) -> None:
     if not build.service_account:
         return
-    # The Build proto, service_account: "Must be of the format
-    # projects/{PROJECT_ID}/serviceAccounts/{ACCOUNT}".
+    # The Build proto (cloudbuild.proto, Build.service_account), quoted at SA_NAME above.
     if not SA_NAME.match(build.service_account):
-        raise invalid(f"service_account {build.service_account!r} must be projects/PROJECT/serviceAccounts/ACCOUNT")
+        raise invalid(f"service_account {build.service_account!r} must be of the format "
+                      "projects/{PROJECT_ID}/serviceAccounts/{ACCOUNT}, ACCOUNT being the e-mail address or "
+                      "the uniqueId of the service account")
     # https://cloud.google.com/build/docs/securing-builds/configure-user-specified-service-accounts
     # "If you specify your own service account for builds, you must store your build logs either
     #  in Cloud Logging or in a user-created Cloud Storage bucket. You cannot store your logs in

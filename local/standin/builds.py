@@ -24,6 +24,7 @@ from google.cloud.devtools.cloudbuild_v1.types import (
 from local.standin.artifact_registry import image_digest
 from local.standin.build_rules import apply_substitutions, built_ins, check_build
 from local.standin.identity import default_compute_account, mint_key
+from local.standin.log_files import LogFiles
 from local.standin.common import ApiError, OperationStore, OutcomeRules, StandInConfig, clone, image_is_local, now
 from local.standin.processes import Supervisor, child_env
 from local.standin.workspace import IMAGES_FILE_ENV, BuildWorkspace
@@ -34,13 +35,16 @@ STEP_OUTPUT_LIMIT = 50 * 1024
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 Status = Build.Status
 TERMINAL = {Status.SUCCESS, Status.FAILURE, Status.INTERNAL_ERROR, Status.TIMEOUT, Status.CANCELLED, Status.EXPIRED}
+PARENT = re.compile(r"^projects/([^/]+)/locations/([^/]+)$")
+BUILD_NAME = re.compile(r"^projects/([^/]+)/locations/([^/]+)/builds/([^/]+)$")
 _FILTER_TERM = re.compile(r'^\s*(\w+)\s*=\s*"?([^"]*)"?\s*$')
 
 
 class CloudBuildService:
     def __init__(self, config: StandInConfig, operations: OperationStore, outcomes: OutcomeRules,
-                 supervisor: Supervisor, publish: Callable[[Build], None]) -> None:
+                 supervisor: Supervisor, publish: Callable[[Build], None], logs: LogFiles) -> None:
         self._cfg = config
+        self._logs = logs
         self._ops = operations
         self._outcomes = outcomes
         self._supervisor = supervisor
@@ -73,7 +77,7 @@ class CloudBuildService:
         project = request.project_id or self._cfg.project
         location = "global"
         if request.parent:
-            match = re.match(r"projects/([^/]+)/locations/([^/]+)$", request.parent)
+            match = PARENT.match(request.parent)
             if not match:
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid parent {request.parent!r}")
             project, location = match.groups()
@@ -87,7 +91,7 @@ class CloudBuildService:
         build.create_time = now()
         if not build.timeout:
             build.timeout = DEFAULT_TIMEOUT
-        build.log_url = (self._cfg.log_dir / "builds" / f"{build.id}.log").resolve().as_uri()
+        build.log_url = self._logs.url("builds", build.id)  # GCP: a console link; here the served file
         if not build.logs_bucket and build.options.logging.name not in ("CLOUD_LOGGING_ONLY", "STACKDRIVER_ONLY", "NONE"):
             build.logs_bucket = f"gs://{project}_cloudbuild/logs"  # the default bucket
         with self._lock:
@@ -99,16 +103,26 @@ class CloudBuildService:
         threading.Thread(target=self._run, args=(build.id,), name=f"build-{build.id[:8]}", daemon=True).start()
         return op
 
+    # https://cloud.google.com/build/docs/api/reference/rest/v1/projects.locations.builds/get
+    # "Note: This method only gets builds in the "global" region when using the legacy resource path
+    #  projects/{projectId}/builds/{id}. For all regions, use the regional resource path:
+    #  projects/{projectId}/locations/{location}/builds/{id}." (list and cancel say the same): a build
+    # lives in the location it was created in, and under any other it does not exist (NOT_FOUND).
     def get_build(self, request: GetBuildRequest) -> Build:
-        return self.snapshot(request.id or request.name.rsplit("/", 1)[-1])
+        with self._lock:
+            return clone(self._located(request.name, request.project_id, request.id))
 
     def list_builds(self, request: ListBuildsRequest) -> ListBuildsResponse:
         conditions = _parse_filter(request.filter)
+        project, location = request.project_id, "global"
+        if request.parent:
+            match = PARENT.match(request.parent)
+            if not match:
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid parent {request.parent!r}")
+            project, location = match.groups()
+        where = f"projects/{project}/locations/{location}/builds/"
         with self._lock:
-            builds = [b for b in self._builds.values() if _matches(b, conditions)]
-        project = request.project_id or (request.parent.split("/")[1] if request.parent else "")
-        if project:
-            builds = [b for b in builds if b.project_id == project]
+            builds = [b for b in self._builds.values() if b.name.startswith(where) and _matches(b, conditions)]
         builds.reverse()  # newest first, like the real API
         start = int(request.page_token or 0)
         size = request.page_size or 50
@@ -117,15 +131,27 @@ class CloudBuildService:
         return ListBuildsResponse(builds=[clone(b) for b in page], next_page_token=token)
 
     def cancel_build(self, request: CancelBuildRequest) -> Build:
-        build_id = request.id or request.name.rsplit("/", 1)[-1]
         with self._lock:
-            build = self._builds.get(build_id)
-            if build is None:
-                raise ApiError(grpc.StatusCode.NOT_FOUND, f"build {build_id} not found")
+            build = self._located(request.name, request.project_id, request.id)
             if build.status not in TERMINAL:
-                self._cancel[build_id].set()
+                self._cancel[build.id].set()
                 self._finish(build, Status.CANCELLED, "Build was cancelled")
             return clone(build)
+
+    def _located(self, name: str, project: str, build_id: str) -> Build:
+        """The build a request names: by its regional name, else by project and id in "global"."""
+        if name:
+            match = BUILD_NAME.match(name)
+            if not match:
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid build name {name!r}")
+            project, location, build_id = match.groups()
+        else:
+            location = "global"
+        build = self._builds.get(build_id)
+        if build is None or build.name != f"projects/{project}/locations/{location}/builds/{build_id}":
+            raise ApiError(grpc.StatusCode.NOT_FOUND, f"build {build_id} not found in projects/{project}/locations/"
+                           f"{location}")
+        return build
 
     # -- execution -----------------------------------------------------------------------
     def _run(self, build_id: str) -> None:
@@ -153,6 +179,9 @@ class CloudBuildService:
         cancel = self._cancel[build_id]
         outputs: list[bytes] = []
         problem = self._fetch_source(source, workspace)
+        if "@" not in self._account(build_id):  # a uniqueId: valid for Cloud Build (build_rules.SA_NAME)
+            problem = (f"stand-in: cannot act as {self._account(build_id)}: it knows service accounts by e-mail "
+                       "only (name the build's account by its e-mail address)")
         if problem:
             self._end(build_id, Status.FAILURE, problem, outputs)
             return
@@ -217,10 +246,8 @@ class CloudBuildService:
             env[IMAGES_FILE_ENV] = str(workspace.images_file)
             # Steps act as the build's service account: google-auth in a step finds its key.
             env["GOOGLE_APPLICATION_CREDENTIALS"] = str(mint_key(self._cfg.key_dir, self._account(build_id)))
-            log_path = self._cfg.log_dir / "builds" / f"{build_id}.log"
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            with log_path.open("a") as log:
-                log.write(f"Step #{index} ({step.id or step.name}): {' '.join(argv)}\n")
+            self._log_line(build_id, f"Step #{index} ({step.id or step.name}): {' '.join(argv)}")
+            log_path = self._logs.path("builds", build_id)
             result = self._supervisor.run(
                 argv, cwd=workspace.path / source_dir / step.dir_, env=child_env(env), log_path=log_path,
                 timeout_s=max(remaining_s, 0.1), cancel=self._cancel[build_id],
@@ -237,9 +264,17 @@ class CloudBuildService:
             return Status.FAILURE, detail, output
         return Status.SUCCESS, "", output
 
+    def _log_line(self, build_id: str, line: str) -> None:
+        log_path = self._logs.path("builds", build_id)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("a") as log:
+            log.write(line + "\n")
+
     def _follow_rule(self, build_id: str, step: BuildStep, tags: list[str],
                      cancel: threading.Event, deadline: float) -> tuple[Status, str, bytes]:
         rule = self._outcomes.find("build", tags + [build_id])
+        self._log_line(build_id, f"Step ({step.id or step.name}): image {step.name} does not run here; "
+                       f"outcome set for the stand-in: {rule.outcome if rule else 'none'}")
         if rule is None:
             return Status.FAILURE, f"stand-in cannot run image {step.name}; no outcome set for this build", b""
         if rule.outcome == "HANG":

@@ -34,6 +34,7 @@ class StandInConfig:
     builds_topic: str = "cloud-builds"
     log_dir: Path = Path("test-output/standin")
     port: int = 0  # 0 = any free loopback port
+    log_port: int = 0  # the HTTP port the log files are served on (log_files.py); 0 = any free one
     # How long a served revision may take to answer before it is served anyway.
     revision_ready_timeout_s: float = 10.0
     # Telemetry timing (monitoring_api.py, logging_api.py cite the figures): Cloud Run metrics are

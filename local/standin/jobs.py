@@ -16,6 +16,7 @@ from google.cloud import run_v2
 from google.longrunning.operations_pb2 import Operation
 
 from local.standin.common import ApiError, OperationStore, OutcomeRules, StandInConfig, clone, image_is_local, now, short_id
+from local.standin.log_files import LogFiles
 from local.standin.processes import Supervisor, child_env
 
 JOBS = "google.cloud.run.v2.Jobs"
@@ -31,8 +32,9 @@ def ready_condition(kind: str = "Ready") -> Condition:
 
 class JobsService:
     def __init__(self, config: StandInConfig, operations: OperationStore, outcomes: OutcomeRules,
-                 supervisor: Supervisor) -> None:
+                 supervisor: Supervisor, logs: LogFiles) -> None:
         self._cfg = config
+        self._logs = logs
         self._ops = operations
         self._outcomes = outcomes
         self._supervisor = supervisor
@@ -143,12 +145,14 @@ class JobsService:
             template.timeout = overrides.timeout
         task_count = overrides.task_count or job.template.task_count or 1
         created = now()
+        execution_id = f"{job_id}-{short_id(5)}"
         return run_v2.Execution(
-            name=f"{job.name}/executions/{job_id}-{short_id(5)}", uid=str(uuid.uuid4()), generation=1,
+            name=f"{job.name}/executions/{execution_id}", uid=str(uuid.uuid4()), generation=1,
             labels=dict(job.labels) | {"run.googleapis.com/job": job_id}, create_time=created, job=job_id,
             parallelism=job.template.parallelism, task_count=task_count, template=template, reconciling=True,
             conditions=[Condition(type_="Completed", state=State.CONDITION_PENDING, last_transition_time=created)],
-            log_uri=(self._cfg.log_dir / "executions" / f"{job_id}.log").resolve().as_uri(), etag=short_id(12),
+            # GCP: a Cloud Console link; here the execution's own log file, served (log_files.py)
+            log_uri=self._logs.url("executions", execution_id), etag=short_id(12),
         )
 
     # -- executions ------------------------------------------------------------------
@@ -221,7 +225,7 @@ class JobsService:
                               "CLOUD_RUN_TASK_INDEX": str(index), "CLOUD_RUN_TASK_COUNT": str(execution.task_count)}
             result = self._supervisor.run(
                 argv, cwd=self._cfg.workspace / (container.working_dir or ""), env=child_env(task_env),
-                log_path=self._cfg.log_dir / "executions" / f"{execution_id}.log",
+                log_path=self._logs.path("executions", execution_id),
                 timeout_s=timeout.total_seconds(), cancel=cancel,
             )
             if result.cancelled:

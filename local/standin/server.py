@@ -24,6 +24,7 @@ from local.standin.iam_admin import IamAdminService
 from local.standin.iam_guard import IamGuard
 from local.standin.identity import KeyRing
 from local.standin.jobs import JobsService
+from local.standin.log_files import LogFiles
 from local.standin.logging_api import LoggingService
 from local.standin.monitoring_api import MetricService, MetricTiming, RequestRecorder, ServedRequest
 from local.standin.notifications import BuildNotifier
@@ -43,13 +44,14 @@ class StandIn:
         self._supervisor = Supervisor()
         self._operations = OperationStore(f"projects/{config.project}/locations/{config.region}")
         self._notifier = BuildNotifier(config.pubsub_emulator_host, config.project, config.builds_topic)
+        self.logs = LogFiles(config.log_dir, config.log_port)  # served over HTTP: the log links
         self._artifacts = ArtifactRegistryService()
         self._builds = CloudBuildService(config, self._operations, self._outcomes, self._supervisor,
-                                         self._on_build_update)
-        self._jobs = JobsService(config, self._operations, self._outcomes, self._supervisor)
+                                         self._on_build_update, self.logs)
+        self._jobs = JobsService(config, self._operations, self._outcomes, self._supervisor, self.logs)
         self.requests = RequestRecorder()
         self._services = ServicesService(config, self._operations, self._outcomes, self._supervisor,
-                                         self._on_served)
+                                         self._on_served, self.logs)
         self.monitoring = MetricService(config.project, config.region, self.requests,
                                         MetricTiming(config.metric_sample_s, config.metric_delay_s))
         self.logging = LoggingService(config.project, config.region, self.requests, self._revision_ids,
@@ -66,6 +68,7 @@ class StandIn:
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> "StandIn":
         self.config.log_dir.mkdir(parents=True, exist_ok=True)
+        self.logs.start()
         self._notifier.start()
         registry = Registry(self._faults, guard=self.guard.check)
         for service in (self._builds, self._jobs, self._services, self._iam, self._artifacts, self._tasks,
@@ -100,6 +103,7 @@ class StandIn:
         self._supervisor.stop_all()
         self._services.stop()
         self._notifier.stop()
+        self.logs.stop()
 
     def __enter__(self) -> "StandIn":
         return self.start()

@@ -20,6 +20,7 @@ from google.longrunning.operations_pb2 import Operation
 
 from local.standin.common import ApiError, OperationStore, OutcomeRules, StandInConfig, clone, image_is_local, now, short_id
 from local.standin.jobs import Condition, State, ready_condition
+from local.standin.log_files import LogFiles
 from local.standin.processes import Supervisor, child_env, wait_answering
 from local.standin.router import Backend, Router
 
@@ -31,8 +32,10 @@ BY_REVISION = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_
 
 class ServicesService:
     def __init__(self, config: StandInConfig, operations: OperationStore, outcomes: OutcomeRules,
-                 supervisor: Supervisor, on_served: Callable[[str, str, int, float], None] | None = None) -> None:
+                 supervisor: Supervisor, on_served: Callable[[str, str, int, float], None] | None,
+                 logs: LogFiles) -> None:
         self._cfg = config
+        self._logs = logs
         self._on_served = on_served  # (service, revision, status, latency ms): what Cloud Run's metrics count
         self._ops = operations
         self._outcomes = outcomes
@@ -190,7 +193,7 @@ class ServicesService:
             scaling=template.scaling, containers=list(template.containers), timeout=template.timeout,
             service_account=template.service_account, observed_generation=1, etag=short_id(12),
             max_instance_request_concurrency=template.max_instance_request_concurrency,
-            log_uri=(self._cfg.log_dir / "revisions" / f"{revision_id}.log").resolve().as_uri(),
+            log_uri=self._logs.url("revisions", revision_id),  # GCP: a console link; here the served file
         )
         self._revisions[name] = revision
         self._templates[name] = template
@@ -207,7 +210,7 @@ class ServicesService:
             env = {e.name: e.value for e in container.env} | {
                 "PORT": str(port), "REVISION": revision_id, "K_SERVICE": service_id, "K_REVISION": revision_id}
             proc = self._supervisor.spawn(argv, cwd=self._cfg.workspace, env=child_env(env),
-                                          log_path=self._cfg.log_dir / "revisions" / f"{revision_id}.log")
+                                          log_path=self._logs.path("revisions", revision_id))
             # A revision that never answers is served anyway: the check stage must see it fail.
             wait_answering(port, proc, self._cfg.revision_ready_timeout_s)
             self._backends[revision.name] = Backend(revision_id, port)

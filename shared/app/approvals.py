@@ -360,21 +360,24 @@ class ApprovalService:
             prod_runs=self.prod_runs(release),
         )
 
-    def _stage_rows(self, release: ReleaseState, approval: Stage) -> list[tuple[str, str, str]]:
+    def _stage_rows(self, release: ReleaseState, approval: Stage) -> list[tuple[str, str, str, str]]:
         """The stages before the approval that ran, in pipeline order, each with its evidence in
-        words (test counts, answers and latencies, the failure reason) rather than the raw result."""
+        words (test counts, answers and latencies, the failure reason) rather than the raw result,
+        and the link to its log (builds and jobs)."""
         from shared.ui.dashboard import stage_detail
+        from shared.ui.notes import log_link
 
         if self.get_pipeline is None:
-            return [(stage_id, st.status.value, st.reason[:200]) for stage_id, st in release.stages.items()
-                    if st.attempt and stage_id != approval.id]
+            return [(stage_id, st.status.value, st.reason[:200], log_link(st.result))
+                    for stage_id, st in release.stages.items() if st.attempt and stage_id != approval.id]
         pipeline = self.get_pipeline(release)
         rows = []
         for stage in pipeline.stages[:pipeline.index(approval.id)]:
             st = release.stages.get(stage.id)
             if st is None or stage.optional or not st.attempt:
                 continue
-            rows.append((f"{stage.number} {stage.name}", st.status.value, stage_detail(stage, st, release, pipeline)[:300]))
+            rows.append((f"{stage.number} {stage.name}", st.status.value,
+                         stage_detail(stage, st, release, pipeline)[:300], log_link(st.result)))
         return rows
 
     def _chaos(self, release: ReleaseState) -> dict[str, Any] | None:

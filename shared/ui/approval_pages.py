@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Iterable, Mapping
 
+from shared.ui.notes import safe_url
 from shared.ui.render import page
 
 STYLE = """
@@ -95,7 +96,7 @@ def confirm_page(
     stage_label: str,
     approver: str,
     expires_at: float,
-    stage_rows: Iterable[tuple[str, str, str]],
+    stage_rows: Iterable[tuple[str, str, str, str]],
     chaos: dict[str, Any] | None,
     token: str,
     digest: str = "",
@@ -106,7 +107,8 @@ def confirm_page(
         "approval_confirm.html",
         title=f"Approve {release.release_id}?", css=STYLE, refresh_s=0, script="", nonce="",
         release=release, stage_label=stage_label, approver=approver, expires=_when(expires_at),
-        evidence=[{"label": label, "status": status, "summary": summary} for label, status, summary in stage_rows],
+        evidence=[{"label": label, "status": status, "summary": summary, "log": safe_url(log)}
+                  for label, status, summary, log in stage_rows],
         chaos_text=chaos_text(chaos), token=token, digest=digest, prod_runs=prod_runs,
         commits=[c for c in changes.get("commits") or [] if isinstance(c, Mapping)],
         before=str(changes.get("before") or "").strip("0"), total=int(changes.get("total") or 0),

@@ -33,8 +33,8 @@ from shared.ui.notes import (
     junit_counts,
     junit_text,
     load_release,
+    log_link,
     render,
-    safe_url,
     timeline_text,
     traffic_percent,
     waiting_text,
@@ -139,7 +139,7 @@ def stage_view(stage: Stage, st: StageState, state: ReleaseState, pipeline: Pipe
         "attempt": st.attempt, "started_at": st.started_at, "finished_at": st.finished_at,
         "duration_s": st.duration_s, "reason": st.reason, "meta": meta,
         "detail": stage_detail(stage, st, state, pipeline),
-        "log_url": safe_url(st.result.get("log_url") or st.result.get("log_uri")),  # builds: log_url; jobs: log_uri
+        "log_url": log_link(st.result),
         "traffic_percent": traffic_percent(stage, st) if is_prod_traffic_stage(stage) else None,
         "result": st.result,
     }

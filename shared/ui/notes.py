@@ -69,6 +69,12 @@ def safe_url(value: Any) -> str:
     return text if urllib.parse.urlsplit(text).scheme in ("http", "https") else ""
 
 
+def log_link(result: dict[str, Any]) -> str:
+    """The http(s) link to a stage's log: a build's ``log_url`` or a job execution's ``log_uri``
+    (on GCP console pages; in the local stack the stand-in serves its log files), else ""."""
+    return safe_url(result.get("log_url") or result.get("log_uri"))
+
+
 def junit_counts(result: dict[str, Any]) -> dict[str, int] | None:
     """The JUnit summary a test stage reported, or None when it reported none."""
     if not isinstance(result.get("tests"), (int, float)) or isinstance(result.get("tests"), bool):
@@ -173,8 +179,8 @@ def _stage_detail(st: StageState) -> str:
     earlier = [f"attempt {a.attempt} {a.status}" + (f": {a.reason}" if a.reason else "") for a in st.history]
     if earlier:
         parts.append("earlier: " + "; ".join(earlier))
-    if safe_url(st.result.get("log_url")):
-        parts.append(f"log: {safe_url(st.result['log_url'])}")
+    if log_link(st.result):
+        parts.append(f"log: {log_link(st.result)}")
     return " — ".join(parts)
 
 

@@ -116,6 +116,27 @@ def test_dashboard_function_of_the_stack_shows_the_release_as_firestore_holds_it
     assert page.errors == []
 
 
+@pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)")
+def test_the_dashboards_log_links_of_a_build_and_a_job_open_their_logs(stack, page):
+    """Issue 15: the dashboard links each build's and job's log; in the local stack the stand-in
+    serves the log files it wrote over HTTP on loopback, so the link opens in the browser."""
+    from google.cloud import firestore
+
+    store = FirestoreStore(firestore.Client(project=PROJECT), Settings(project=PROJECT))
+    release = next(r for r in store.list_releases(limit=20) if r.status is ReleaseStatus.SUCCEEDED)
+    page.goto(f"{stack.urls['dashboard']}/release/{release.release_id}")
+    page.wait_for_selector("[data-stage]")
+    build_link = page.get_attribute('tr[data-row="unit"] a[data-field="log"]', "href")
+    job_link = page.get_attribute('[data-stage="staging-migrate"] a[data-field="log"]', "href")
+    for link in (build_link, job_link):
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/logs/(builds|executions)/[\w.-]+", link or ""), link
+    page.click('tr[data-row="unit"] a[data-field="log"]')  # the table's link opens in the same tab
+    page.wait_for_url(build_link)
+    assert "Step #0 (" in page.inner_text("body")  # what the stand-in wrote before the step's own output
+    page.goto(job_link)
+    assert "migrate: applied" in page.inner_text("body")  # the job's own stdout (sample_app/migrate.py)
+
+
 def test_the_stack_enforces_deploys_iam_bindings(stack):
     """The release above ran with IAM enforced: the stand-in refuses an unauthenticated call and
     a call of an account deploy/ grants nothing (issue 12: the whole release passes with deploy/'s

@@ -59,7 +59,7 @@ def test_every_status_change_is_published_in_the_real_format(setup):
     # proto3 JSON like Cloud Build: camelCase, enum names, RFC 3339 times, unset fields left out.
     assert final["id"] == build.id and final["status"] == "SUCCESS"
     assert final["tags"] == ["rel-r1", f"run-{run_id}"]
-    assert final["projectId"] == standin.config.project and final["logUrl"].startswith("file://")
+    assert final["projectId"] == standin.config.project and final["logUrl"].startswith("http://127.0.0.1:")
     assert final["finishTime"].endswith("Z") and "statusDetail" not in final
     assert final["steps"][0]["name"] == "local"
     # The orchestrator's translation accepts it.

@@ -69,6 +69,12 @@ def wait(builds, build_id: str, timeout_s: float = 30) -> cloudbuild_v1.Build:
     ({"substitutions": {"_UNUSED": "x"}}, 'key "_UNUSED" in the substitution data is not matched in the template'),
     ({"steps": [step(secret_env=["DATABASE_URL"])]}, 'secretEnv "DATABASE_URL", which is not defined in availableSecrets'),
     ({"service_account": SA}, "if 'build.service_account' is specified"),
+    # Build.service_account: "projects/{PROJECT_ID}/serviceAccounts/{ACCOUNT}", ACCOUNT an e-mail or uniqueId
+    *[({"service_account": bad, "options": cloudbuild_v1.BuildOptions(logging=Logging.CLOUD_LOGGING_ONLY)},
+       "must be of the format projects/{PROJECT_ID}/serviceAccounts/{ACCOUNT}")
+      for bad in (f"pipeline@{PROJECT}.iam.gserviceaccount.com", f"serviceAccount:pipeline@{PROJECT}.iam.gserviceaccount.com",
+                  f"projects/{PROJECT}/serviceAccounts/pipeline", f"projects/{PROJECT}/serviceAccounts/",
+                  f"projects/{PROJECT}/serviceAccounts/a@b.c/keys/1", f"projects/{PROJECT}/serviceaccounts/a@{PROJECT}.iam.gserviceaccount.com")],
     ({"tags": ["release/v1 2"]}, 'invalid build tag "release/v1 2"'),
     ({"tags": ["-leading-dash"]}, "invalid build tag"),
     ({"tags": ["x" * 129]}, "invalid build tag"),
@@ -88,6 +94,37 @@ def test_what_cloud_build_accepts_passes(builds):
             env="DATABASE_URL", version_name=f"projects/{PROJECT}/secrets/db/versions/latest")]),
         steps=[step("import sys; sys.exit(0 if '$$HOME' == '$' + 'HOME' else 1)", secret_env=["DATABASE_URL"])])
     assert wait(builds, build.id).status == Status.SUCCESS
+
+
+def test_a_service_account_named_by_its_unique_id_is_accepted(builds):
+    build = create(builds, service_account=f"projects/{PROJECT}/serviceAccounts/112233445566778899001",
+                   options=cloudbuild_v1.BuildOptions(logging=Logging.CLOUD_LOGGING_ONLY))
+    assert build.service_account.endswith("/112233445566778899001")
+    # The stand-in knows accounts (their keys) by e-mail only, so it cannot run such a build; it says so.
+    assert "knows service accounts by e-mail only" in wait(builds, build.id).status_detail
+
+
+def test_a_build_exists_only_in_the_location_it_was_created_in(builds):
+    """projects.locations.builds.get: the legacy path projects/{projectId}/builds/{id} "only gets
+    builds in the "global" region"; a regional build is found under its own location only."""
+    regional = builds.create_build(parent=PARENT, project_id=PROJECT, build=cloudbuild_v1.Build(
+        steps=[step()], tags=["where-a"])).metadata.build
+    assert regional.name == f"{PARENT}/builds/{regional.id}"
+    assert builds.get_build(name=regional.name).id == regional.id
+    elsewhere = f"projects/{PROJECT}/locations/us-central1"
+    for request in ({"name": f"{elsewhere}/builds/{regional.id}"}, {"project_id": PROJECT, "id": regional.id},
+                    {"name": f"projects/other-project/locations/europe-west3/builds/{regional.id}"}):
+        with pytest.raises(exceptions.NotFound):
+            builds.get_build(request=request, retry=None)
+        with pytest.raises(exceptions.NotFound):
+            builds.cancel_build(request=request, retry=None)
+    tagged = 'tags="where-a"'
+    listed = builds.list_builds(request={"parent": PARENT, "project_id": PROJECT, "filter": tagged})
+    assert [b.id for b in listed] == [regional.id]
+    assert list(builds.list_builds(request={"parent": elsewhere, "project_id": PROJECT, "filter": tagged})) == []
+    assert list(builds.list_builds(project_id=PROJECT, filter=tagged)) == []  # the legacy path: "global" only
+    with pytest.raises(exceptions.InvalidArgument):
+        builds.get_build(name=f"{PARENT}/builds", retry=None)
 
 
 def test_substitutions_are_filled_in_steps(builds, tmp_path):

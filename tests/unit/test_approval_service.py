@@ -207,6 +207,18 @@ def test_confirm_page_shows_evidence_in_words_and_the_pushed_commits(world):
     assert html.index("Image digest") < html.index("Staging evidence") < html.index("Your decision")
 
 
+def test_confirm_page_links_each_build_and_job_log_and_drops_other_schemes(world):
+    ran = [sid for sid, st in world.release.stages.items() if st.attempt and sid != "approval"]
+    build, job, bad = ran[0], ran[1], ran[2]
+    world.release.stages[build].result["log_url"] = "http://127.0.0.1:4711/logs/builds/b-1"
+    world.release.stages[job].result["log_uri"] = "https://console.cloud.google.com/run/jobs/executions/details/x"
+    world.release.stages[bad].result["log_url"] = "javascript:alert(1)"
+    _, html, _ = world.get(world.send_links()[APPROVER])
+    assert 'href="http://127.0.0.1:4711/logs/builds/b-1"' in html
+    assert 'href="https://console.cloud.google.com/run/jobs/executions/details/x"' in html
+    assert "javascript:" not in html and html.count("data-log") == 2
+
+
 def test_reject_without_a_reason_is_refused_and_the_link_stays_usable(world):
     token = world.send_links()[APPROVER]
     status, html, _ = world.post(token, "reject", reason="  ")

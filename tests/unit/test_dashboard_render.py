@@ -7,7 +7,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from shared.ui.dashboard import handle, safe_url, wsgi_app
+from shared.ui.dashboard import handle, wsgi_app
+from shared.ui.notes import safe_url
 from shared.testing.fakes import FakeStore
 from shared.domain.state import ReleaseStatus, StageStatus, new_release
 from tests.unit.test_notes import PIPELINE, T0, succeeded_release
