@@ -243,12 +243,42 @@ def parse_query(text: str) -> Callable[[dict[str, Any]], bool]:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"expected a comparison after {field!r}, got {op!r}")
         raw = take()
         value = shlex.split(raw)[0] if raw.startswith('"') else raw
+        if op in ("=~", "!~"):
+            pattern = re2_pattern(value)
+            return lambda f: _matches(_lookup(f, field), op == "=~", pattern)
         return lambda f: _compare(_lookup(f, field), op, value, field)
 
     predicate = conjunction()
     if position != len(tokens):
         raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {tokens[position]!r} in the filter")
     return predicate
+
+
+def re2_pattern(text: str) -> Any:
+    """The pattern of ``=~``/``!~`` compiled as Logging compiles it: RE2, not Python's ``re``.
+
+    https://cloud.google.com/logging/docs/view/logging-query-language#regular-expressions: the
+    query language's regular expressions use RE2 syntax (https://github.com/google/re2/wiki/Syntax),
+    which has no lookaround, backreferences, possessive quantifiers or atomic groups; Logging
+    refuses a query whose pattern RE2 cannot compile as an invalid argument (INVALID_ARGUMENT).
+    The google-re2 package is RE2 itself, so what it refuses is what Logging's parser refuses.
+    """
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False
+    try:
+        return re2.compile(text, options)
+    except re2.error as exc:
+        reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"invalid regular expression {text!r} (RE2 syntax): {reason}") from None
+
+
+def _matches(actual: Any, wanted: bool, pattern: Any) -> bool:
+    if actual is None:
+        return not wanted  # a missing field matches no pattern
+    return (pattern.search(str(actual)) is not None) is wanted
 
 
 def _lookup(fields: dict[str, Any], path: str) -> Any:
@@ -278,10 +308,6 @@ def _compare(actual: Any, op: str, wanted: str, field: str) -> bool:
             return False
     else:
         actual, other = str(actual), wanted
-    if op == "=~":
-        return re.search(wanted, str(actual)) is not None
-    if op == "!~":
-        return re.search(wanted, str(actual)) is None
     if op == ":":
         return str(other).lower() in str(actual).lower()
     return {"=": actual == other, "!=": actual != other, "<": actual < other, "<=": actual <= other,

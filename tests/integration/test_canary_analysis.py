@@ -203,6 +203,24 @@ def test_the_apis_refuse_what_google_refuses(settings):
         list(logs.list_log_entries(request=ListLogEntriesRequest(filter="severity>=ERROR")))
 
 
+@pytest.mark.parametrize("pattern", [r"Trace(?=back)", r"(?<!no )error", r"(a)\\1", r"a++", r"(?>a)", r"(a"])
+def test_logging_refuses_a_pattern_re2_refuses(settings, pattern):
+    """Logging's =~ and !~ take RE2 (logging-query-language#regular-expressions): Python-only
+    constructs (lookaround, backreferences, possessive, atomic) are INVALID_ARGUMENT, as on GCP."""
+    logs = gcp_clients.logging_entries(settings)
+    for op in ("=~", "!~"):
+        with pytest.raises(exceptions.InvalidArgument, match="RE2"):
+            list(logs.list_log_entries(request=ListLogEntriesRequest(
+                resource_names=[f"projects/{PROJECT}"], filter=f'textPayload {op} "{pattern}"')))
+
+
+def test_logging_accepts_re2_patterns(settings):
+    logs = gcp_clients.logging_entries(settings)
+    for pattern in (r"Trace\\w+", r"(?i)traceback", r"^ERROR|panic:", r"(?P<kind>Error)[[:space:]]"):
+        list(logs.list_log_entries(request=ListLogEntriesRequest(
+            resource_names=[f"projects/{PROJECT}"], filter=f'textPayload =~ "{pattern}"')))
+
+
 # --- the bake: one analysis per probe interval, through the probe mechanism -------------------
 
 class Traffic:
