@@ -133,6 +133,10 @@ class Faults:
                 _Fault(code, message or f"stand-in injected {code.name} for {name}", times)
             )
 
+    def clear(self) -> None:
+        with self._lock:
+            self._pending.clear()
+
     def take(self, method: str) -> _Fault | None:
         with self._lock:
             queue = self._pending.get(method)

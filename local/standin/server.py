@@ -122,6 +122,10 @@ class StandIn:
         """The next ``times`` calls of ``method`` (e.g. "CreateBuild") answer ``code`` with ``message``."""
         self._faults.fail_next(method, code, times, message)
 
+    def clear_faults(self) -> None:
+        """Forget every fault fail_next set that has not happened yet."""
+        self._faults.clear()
+
     def set_iam_policy(self, bindings: dict[str, list[str]]) -> None:
         self._iam.set_bindings(bindings)
 

@@ -5,6 +5,11 @@ schedule times (Cloud Scheduler's finest grain is one minute), de-duplication by
 id (a repeated start or a redelivered probe schedules nothing twice: ALREADY_EXISTS),
 retries with backoff when the probe answers non-2xx, and OIDC tokens so the probe
 function stays private. The body is signed as well (shared/domain/probes.py).
+
+Errors go through the executors' one mapping (``ApiCaller``): UNAVAILABLE and DEADLINE_EXCEEDED are
+retried briefly, then TransientError; a refused task (PERMISSION_DENIED naming the permission,
+INVALID_ARGUMENT) is an ExecutorError, so the stage it would follow fails with that reason; a
+missing queue is a ConfigError (the deployment is wrong, every stage would meet it).
 """
 from __future__ import annotations
 
@@ -15,17 +20,18 @@ from google.api_core import exceptions as gexc
 
 from shared.app.config import Settings
 from shared.domain.approval_tokens import Keyring
-from shared.domain.errors import ConfigError, TransientError
+from shared.domain.errors import ConfigError
 from shared.domain.probes import PROBE_SIGNATURE_HEADER, ProbeTask, encode_task
 
 CALL_TIMEOUT_S = 10.0
 
 
 class CloudTasksScheduler:
-    def __init__(self, settings: Settings, client: Any = None, keyring: Keyring | None = None):
+    def __init__(self, settings: Settings, client: Any = None, keyring: Keyring | None = None, caller: Any = None):
         self.settings = settings
         self._client = client
         self._keyring = keyring
+        self._caller = caller  # an ApiCaller; made on first use (its module imports the executors)
 
     @property
     def client(self) -> Any:
@@ -56,14 +62,23 @@ class CloudTasksScheduler:
         when = timestamp_pb2.Timestamp()
         when.FromDatetime(dt.datetime.fromtimestamp(at, dt.timezone.utc))
         request = tasks_v2.Task(name=f"{self.queue}/tasks/{task.task_id}", http_request=http, schedule_time=when)
-        try:
-            self.client.create_task(parent=self.queue, task=request, timeout=CALL_TIMEOUT_S)
-            return True
-        except gexc.AlreadyExists:
-            return False
-        except gexc.NotFound as exc:
-            raise ConfigError(f"Cloud Tasks queue {self.queue} does not exist ({exc.message})") from None
-        except (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError,
-                gexc.TooManyRequests) as exc:
-            raise TransientError(f"scheduling probe {task.task_id} failed: {exc}", release_id=task.release_id,
-                                 stage=task.stage) from None
+
+        def create() -> bool:
+            try:
+                self.client.create_task(parent=self.queue, task=request, timeout=CALL_TIMEOUT_S)
+                return True
+            except gexc.AlreadyExists:  # the same probe again (a redelivered start): scheduled once
+                return False
+            except gexc.NotFound as exc:
+                raise ConfigError(f"Cloud Tasks queue {self.queue} does not exist ({exc.message})") from None
+
+        return self.caller.call(f"scheduling probe {task.task_id} in {self.queue}", create,
+                                release_id=task.release_id, stage=task.stage)
+
+    @property
+    def caller(self) -> Any:
+        if self._caller is None:
+            from shared.adapters.executors.calls import ApiCaller, RetryPolicy
+
+            self._caller = ApiCaller(RetryPolicy(call_timeout_s=CALL_TIMEOUT_S))
+        return self._caller

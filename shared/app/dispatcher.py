@@ -262,9 +262,13 @@ class Dispatcher:
             if command.kind == CHECK_KIND:
                 self._publish_finish(command, Outcome.FAILED, "no probe scheduler is configured to run checks", {})
             return
-        follow(self.probes, release_id=command.release_id, stage=command.stage, stage_run_id=command.stage_run_id,
-               kind=command.kind, pipeline_digest=pipeline.digest, timeout_s=pipeline.stage(command.stage).timeout_s,
-               handle=handle, now=self.clock.now())
+        try:
+            follow(self.probes, release_id=command.release_id, stage=command.stage,
+                   stage_run_id=command.stage_run_id, kind=command.kind, pipeline_digest=pipeline.digest,
+                   timeout_s=pipeline.stage(command.stage).timeout_s, handle=handle, now=self.clock.now())
+        except ExecutorError as exc:  # the probe was refused (e.g. no cloudtasks.tasks.create): nothing follows it
+            log.warning("%s", exc)
+            self._publish_finish(command, Outcome.FAILED, f"the stage cannot be followed: {exc}", {})
 
     def _publish_finish(self, command: StartStage, outcome: Outcome, reason: str, result: dict) -> None:
         self.publisher.publish(self.settings.events_topic, StageFinished(

@@ -15,7 +15,8 @@ from shared.adapters import gcp_clients
 from shared.adapters.cloud_tasks import CloudTasksScheduler
 from shared.app.config import Settings
 from shared.domain.approval_tokens import Keyring
-from shared.domain.errors import ConfigError, TransientError
+from shared.adapters.executors.calls import ApiCaller, RetryPolicy
+from shared.domain.errors import ConfigError, ExecutorError, TransientError
 from shared.domain.probes import PROBE_SIGNATURE_HEADER, decode_task, first_probe_task
 
 PROJECT, REGION = "tasks-project", "europe-west3"
@@ -55,10 +56,13 @@ def standin(tmp_path_factory):
         yield running
 
 
+FAST = ApiCaller(RetryPolicy(initial_s=0.01, maximum_s=0.02, timeout_s=0.3, call_timeout_s=5))
+
+
 def scheduler(standin, url, **overrides) -> CloudTasksScheduler:
     settings = Settings(project=PROJECT, region=REGION, cloud_tasks_endpoint=standin.endpoint, probe_url=url,
                         **overrides)
-    return CloudTasksScheduler(settings, keyring=KEYS)
+    return CloudTasksScheduler(settings, keyring=KEYS, caller=FAST)
 
 
 def a_task(run: str, **changes):
@@ -107,10 +111,22 @@ def test_a_missing_queue_is_a_configuration_error(standin, receiver):
         scheduler(standin, receiver[0], probe_queue="nope").schedule(a_task("a3"), time.time())
 
 
-def test_an_unavailable_api_is_transient(standin, receiver):
+def test_an_unavailable_api_is_retried_then_transient(standin, receiver):
     standin.fail_next("CreateTask", grpc.StatusCode.UNAVAILABLE)
-    with pytest.raises(TransientError, match="scheduling probe"):
-        scheduler(standin, receiver[0]).schedule(a_task("a4"), time.time())
+    assert scheduler(standin, receiver[0]).schedule(a_task("a4"), time.time() + 60) is True  # one blip: retried
+    standin.fail_next("CreateTask", grpc.StatusCode.UNAVAILABLE, times=1000)
+    try:
+        with pytest.raises(TransientError, match="scheduling probe .* still failing after retries"):
+            scheduler(standin, receiver[0]).schedule(a_task("a5"), time.time() + 60)
+    finally:
+        standin.clear_faults()
+
+
+def test_a_refused_task_is_an_executor_error_naming_the_reason(standin, receiver):
+    """Cloud Tasks refuses a task whose url is not http(s) (INVALID_ARGUMENT): our error, not Google's."""
+    with pytest.raises(ExecutorError, match=r"release r, stage migrate: scheduling probe .*InvalidArgument.*"
+                                            r"http:// or https://"):
+        scheduler(standin, "ftp://127.0.0.1/probe").schedule(a_task("a6"), time.time() + 60)
 
 
 def test_the_stand_in_refuses_what_cloud_tasks_refuses(standin, receiver):

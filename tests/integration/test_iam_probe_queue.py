@@ -1,13 +1,12 @@
 """The probe queue's grants, shown: with deploy/'s bindings the runtime account schedules a
 probe whose task carries the invoker account's OIDC token; without the enqueuer role on the
 queue, or without actAs on the invoker account, Cloud Tasks answers PERMISSION_DENIED naming
-the permission (the stand-in enforces what deploy/ grants, as for the other APIs)."""
+the permission, which the adapter turns into our ExecutorError naming it (the stand-in enforces what deploy/ grants, as for the other APIs)."""
 from __future__ import annotations
 
 import time
 
 import pytest
-from google.api_core import exceptions
 
 from deploy.config import DeployConfig
 from deploy.iam_policy import policies
@@ -17,6 +16,7 @@ from local.standin.server import StandIn, StandInConfig
 from shared.adapters.cloud_tasks import CloudTasksScheduler
 from shared.app.config import Settings
 from shared.domain.approval_tokens import Keyring
+from shared.domain.errors import ExecutorError
 from shared.domain.probes import first_probe_task
 from tests.integration.test_iam_least_privilege import NUMBER, PIPELINE, PROJECT, REGION, RUNTIME
 
@@ -56,7 +56,7 @@ def test_deploys_bindings_let_the_runtime_account_schedule_probes_as_the_invoker
 def test_without_the_enqueuer_role_on_the_queue_scheduling_is_denied(setup):
     standin, found, scheduler = setup
     standin.enforce_iam(found.accounts, found.custom_roles, {})
-    with pytest.raises(exceptions.PermissionDenied, match="cloudtasks.tasks.create"):
+    with pytest.raises(ExecutorError, match="scheduling probe .*: missing permission cloudtasks.tasks.create"):
         scheduler.schedule(task("a2"), time.time() + 60)
 
 
@@ -64,5 +64,5 @@ def test_without_act_as_on_the_invoker_account_a_task_with_its_token_is_denied(s
     standin, found, scheduler = setup
     accounts = {account: roles for account, roles in found.accounts.items() if account != INVOKER}
     standin.enforce_iam(accounts, found.custom_roles, found.queues)
-    with pytest.raises(exceptions.PermissionDenied, match="iam.serviceAccounts.actAs"):
+    with pytest.raises(ExecutorError, match="missing permission iam.serviceAccounts.actAs"):
         scheduler.schedule(task("a3"), time.time() + 60)

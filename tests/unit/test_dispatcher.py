@@ -7,8 +7,8 @@ import pytest
 from shared.app.config import Settings
 from shared.app.dispatcher import IN_FLIGHT_WAIT_S, Dispatcher
 from shared.app.locks import EnvironmentLocks
-from shared.domain.errors import TransientError
-from shared.domain.events import Outcome, ReleaseStarted, StageFinished, Tick
+from shared.domain.errors import ExecutorError, TransientError
+from shared.domain.events import LockGranted, Outcome, ReleaseStarted, StageFinished, Tick
 from shared.domain.gate import GateOutcome
 from shared.domain.state import StageStatus, new_release
 from shared.testing.fakes import (
@@ -146,3 +146,27 @@ def test_a_completion_for_the_running_stage_moves_on_and_a_duplicate_of_it_chang
     assert dispatcher.handle(finished).outcome is GateOutcome.DUPLICATE
     assert dispatcher.store.writes == writes
     assert dispatcher.executors["build"].starts == {f"{rid}.lint.a1": 1, f"{rid}.unit.a1": 1}
+
+
+class RefusingScheduler:
+    """Cloud Tasks refusing the probe (the adapter raises ExecutorError, as for PERMISSION_DENIED)."""
+
+    def schedule(self, task, at):
+        raise ExecutorError("scheduling probe: missing permission cloudtasks.tasks.create", release_id=task.release_id,
+                            stage=task.stage)
+
+
+def test_a_refused_probe_fails_the_stage_it_would_follow_naming_why():
+    dispatcher = make()
+    dispatcher.probes = RefusingScheduler()
+    rid = started(dispatcher)
+    dispatcher.handle(ReleaseStarted("e1", rid))
+    dispatcher.handle(StageFinished("f1", rid, "lint", f"{rid}.lint.a1", Outcome.SUCCEEDED))
+    dispatcher.handle(StageFinished("f2", rid, "unit", f"{rid}.unit.a1", Outcome.SUCCEEDED))
+    (grant,) = [data for _, data, _ in dispatcher.publisher.messages if data.get("type") == "lock.granted"]
+    dispatcher.handle(LockGranted("g1", rid, grant["environment"]))
+    assert dispatcher.executors["job"].starts[f"{rid}.staging-migrate.a1"] == 1  # started, then not followable
+    (failed,) = [data for topic, data, _ in dispatcher.publisher.messages
+                 if data.get("type") == "stage.finished" and data.get("stage") == "staging-migrate"]
+    assert failed["outcome"] == "failed"
+    assert "cannot be followed" in failed["reason"] and "cloudtasks.tasks.create" in failed["reason"]
