@@ -24,6 +24,8 @@ REGION = re.compile(r"^[a-z]+-[a-z]+\d+$")
 GITHUB_REPOSITORY = re.compile(r"^[A-Za-z0-9-]{1,39}/[A-Za-z0-9._-]{1,100}$")
 SECRET_ID = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 PROJECT_NUMBER = re.compile(r"^\d{6,20}$")
+DEFAULT_COMPUTE = re.compile(r"^\d+-compute@developer\.gserviceaccount\.com$")
+SERVICE_ACCOUNT = re.compile(r"^[a-z0-9-]+@[a-z0-9.-]+\.gserviceaccount\.com$")
 # The entry points functions/main.py must define (the deploy names them).
 ENTRY_POINTS = ("on_push", "dispatch", "on_approval", "sweep", "dashboard", "operator")
 DEFAULT_PIPELINE_SA_ID = "release-pipeline"
@@ -63,13 +65,13 @@ class DeployConfig:
     dead_letter_topic: str = "pipeline-dead-letter"
     scheduler_job: str = "pipeline-tick"
     source_dir: str = str(REPO_ROOT / "build" / "function-source")
-    # Accounts the app's Cloud Run services run as (deploying needs actAs on each); empty: the
-    # project's default compute account, which a service without its own account uses.
+    # Accounts the app's Cloud Run services and jobs run as (deploying needs actAs on each). They must
+    # be dedicated accounts: --check refuses none, and refuses the project's default compute account.
     app_service_account_list: tuple[str, ...] = ()
 
     @property
     def app_service_accounts(self) -> tuple[str, ...]:
-        return self.app_service_account_list or (f"{self.number}-compute@developer.gserviceaccount.com",)
+        return self.app_service_account_list
 
     @property
     def project(self) -> str:
@@ -180,6 +182,19 @@ def setup_check(config: DeployConfig, repo_root: Path = REPO_ROOT) -> list[Findi
                 "accepts that); the password comes from the secret release-smtp-password")
     if s.mail_from.endswith("@localhost"):
         error(f"RELEASE_MAIL_FROM {s.mail_from!r} is not an address a relay will send from")
+    # https://cloud.google.com/run/docs/securing/service-identity: the default compute account "has the
+    # Editor role, which grants broad access"; Google recommends a user-managed account per service.
+    if not config.app_service_account_list:
+        error("DEPLOY_APP_SERVICE_ACCOUNTS is empty: name the dedicated account(s) the app's Cloud Run services "
+              "run as (e.g. noesis2-app@PROJECT.iam.gserviceaccount.com); without one they would run as the "
+              "project's default compute account, which holds Editor on the project, and the functions would "
+              "need actAs on it")
+    for account in config.app_service_account_list:
+        if DEFAULT_COMPUTE.match(account):
+            error(f"DEPLOY_APP_SERVICE_ACCOUNTS names {account}, the project's default compute account (Editor on "
+                  "the project): create a dedicated account for the app's services and name that instead")
+        elif not SERVICE_ACCOUNT.match(account):
+            error(f"DEPLOY_APP_SERVICE_ACCOUNTS: {account!r} is not a service account e-mail address")
     if config.project_number and not PROJECT_NUMBER.match(config.project_number):
         error(f"DEPLOY_PROJECT_NUMBER {config.project_number!r} is not a project number (digits only)")
     for name in ("cloud_build_endpoint", "cloud_run_endpoint", "iam_endpoint"):

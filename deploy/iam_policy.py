@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from deploy.model import PREFLIGHT_READER_PERMISSIONS, PREFLIGHT_READER_ROLE_ID, Plan
+from deploy.model import CUSTOM_ROLES, Plan
 
 
 @dataclass(frozen=True)
@@ -21,8 +21,8 @@ class Policies:
 
 
 def policies(plan: Plan) -> Policies:
-    result = Policies(custom_roles={f"projects/{plan.project}/roles/{PREFLIGHT_READER_ROLE_ID}":
-                                    list(PREFLIGHT_READER_PERMISSIONS)})
+    result = Policies(custom_roles={f"projects/{plan.project}/roles/{role_id}": list(permissions)
+                                    for role_id, permissions in CUSTOM_ROLES.items()})
     for binding in plan.bindings:
         if binding.scope == "project":
             result.project.setdefault(binding.role, []).append(binding.member)

@@ -29,6 +29,15 @@ APIS = (
 )
 PREFLIGHT_READER_ROLE_ID = "releasePreflightReader"
 PREFLIGHT_READER_PERMISSIONS = ("resourcemanager.projects.getIamPolicy", "secretmanager.secrets.getIamPolicy")
+# The canary analysis reads log entries and time series, nothing else: instead of roles/logging.viewer
+# and roles/monitoring.viewer (which also read sinks, metrics, dashboards, alert policies, uptime checks
+# ...), a custom role with exactly the two permissions its calls need (shared/domain/iam_roles.py,
+# local/standin/iam_guard.py: ListLogEntries, ListTimeSeries). Both may be used in custom roles
+# (https://cloud.google.com/iam/docs/custom-roles-permissions-support).
+CANARY_READER_ROLE_ID = "releaseCanaryReader"
+CANARY_READER_PERMISSIONS = ("logging.logEntries.list", "monitoring.timeSeries.list")
+# Custom role id -> its permissions: created by the plan, enforced by the local stand-in.
+CUSTOM_ROLES = {PREFLIGHT_READER_ROLE_ID: PREFLIGHT_READER_PERMISSIONS, CANARY_READER_ROLE_ID: CANARY_READER_PERMISSIONS}
 # Pub/Sub redelivers a failing push with backoff; after this many attempts the message goes to
 # the dead-letter topic instead of being retried for the 24 h an event function retries.
 MAX_DELIVERY_ATTEMPTS = 10
@@ -39,7 +48,18 @@ PYTHON_RUNTIME = "python311"
 # while it runs (Subscription.ack_deadline_seconds: "the maximum ... is 600 seconds"); dispatch
 # may run 120 s (checks run as probes now), and the longest deadline costs nothing.
 PUSH_ACK_DEADLINE_S = 600
-BUILDER_ROLES = ("roles/cloudbuild.builds.builder",)
+# The build account of `gcloud functions deploy --build-service-account` and of the release-tools build:
+# instead of roles/cloudbuild.builds.builder on the project (storage admin on every bucket, writer on
+# every repository, Pub/Sub publish ...), the grants Google lists for a custom build service account
+# (https://cloud.google.com/functions/docs/securing/build-custom-sa, "Grant permissions"):
+# roles/logging.logWriter "for storing build logs in Cloud Logging"; roles/artifactregistry.writer
+# "for storing build images in Artifact Registry", which "you can set ... on the repository's IAM policy"
+# (so: on our two repositories only, the functions' one passed as --docker-repository);
+# roles/storage.objectViewer to read the uploaded source (the staging buckets are made by the upload
+# itself, so no bucket-level grant can exist before it: project, read-only).
+BUILDER_PROJECT_ROLES = ("roles/logging.logWriter", "roles/storage.objectViewer")
+BUILDER_REPOSITORY_ROLE = "roles/artifactregistry.writer"
+FUNCTIONS_REPOSITORY = "release-functions"  # the functions' images (gcloud functions deploy --docker-repository)
 
 
 @dataclass(frozen=True)
@@ -243,12 +263,18 @@ def build_plan(config: DeployConfig) -> Plan:
                               ("iam", "service-accounts", "describe", email, proj),
                               ("iam", "service-accounts", "create", account_id, f"--display-name={account_id}", proj),
                               why))
-    steps.append(Resource(
-        "identity", "custom-role", f"projects/{p}/roles/{PREFLIGHT_READER_ROLE_ID}",
-        ("iam", "roles", "describe", PREFLIGHT_READER_ROLE_ID, proj),
-        ("iam", "roles", "create", PREFLIGHT_READER_ROLE_ID, proj, "--title=Release preflight reader",
-         f"--permissions={','.join(PREFLIGHT_READER_PERMISSIONS)}", "--stage=GA"),
-        "read (only) the IAM policies the preflight stage checks; roles/iam.securityReviewer would read every policy"))
+    for role_id, title, why in (
+        (PREFLIGHT_READER_ROLE_ID, "Release preflight reader",
+         "read (only) the IAM policies the preflight stage checks; roles/iam.securityReviewer would read every policy"),
+        (CANARY_READER_ROLE_ID, "Release canary reader",
+         "list (only) log entries and time series for the canary analysis; the viewer roles read far more"),
+    ):
+        steps.append(Resource(
+            "identity", "custom-role", f"projects/{p}/roles/{role_id}",
+            ("iam", "roles", "describe", role_id, proj),
+            ("iam", "roles", "create", role_id, proj, f"--title={title}",
+             f"--permissions={','.join(CUSTOM_ROLES[role_id])}", "--stage=GA"),
+            why))
     repo = config.github_repository
     steps.append(Resource(
         "identity", "wif-pool", config.wif_pool,
@@ -328,6 +354,20 @@ def build_plan(config: DeployConfig) -> Plan:
                              *(f"--field-config=field-path={f},order={o}" for f, o in index.fields),
                              "--database=(default)", proj),
                             "a query of the code needs it (deploy/firestore.py)"))
+    builder_member = sa_member(config.builder_sa)  # granted before the first build that runs as it
+    steps.append(_project_binding(p, "roles/logging.logWriter", builder_member,
+                                  "the functions' and release-tools builds write their logs to Cloud Logging"))
+    steps.append(_project_binding(p, "roles/storage.objectViewer", builder_member,
+                                  "the builds read the uploaded source (read-only; the staging buckets are created "
+                                  "by the upload, so no bucket-level grant can precede them)"))
+    steps.append(Resource("data", "artifact-repository", f"projects/{p}/locations/{r}/repositories/{FUNCTIONS_REPOSITORY}",
+                          ("artifacts", "repositories", "describe", FUNCTIONS_REPOSITORY, f"--location={r}", proj),
+                          ("artifacts", "repositories", "create", FUNCTIONS_REPOSITORY, "--repository-format=docker",
+                           f"--location={r}", proj),
+                          "the functions' images (--docker-repository: the build account writes here, not to every "
+                          "repository of the project)"))
+    steps.append(_repository_binding(p, FUNCTIONS_REPOSITORY, r, BUILDER_REPOSITORY_ROLE, builder_member,
+                                     "the functions' builds push their images here, and only here"))
     registry = s.artifact_registry
     if registry:
         repo_host, _, repo_name = registry.partition(f"/{p}/")
@@ -337,6 +377,8 @@ def build_plan(config: DeployConfig) -> Plan:
                               ("artifacts", "repositories", "create", repo_name, "--repository-format=docker",
                                f"--location={location}", proj),
                               "images of the released app, tagged vX.Y.Z-<sha>"))
+        steps.append(_repository_binding(p, repo_name, location, BUILDER_REPOSITORY_ROLE, builder_member,
+                                         "the release-tools build pushes its image to this repository"))
         steps.append(Action("data", "image", f"{registry}/release-tools",
                             ("builds", "submit", ".", "--config=deploy/release-tools/cloudbuild.yaml",
                              f"--substitutions=_IMAGE={registry}/release-tools", f"--region={config.build_region}",
@@ -363,8 +405,8 @@ def build_plan(config: DeployConfig) -> Plan:
         ("roles/cloudbuild.builds.editor", "create and read the stage builds"),
         ("roles/run.developer", "run the stage jobs and update the services and traffic the stages drive"),
         (f"projects/{p}/roles/{PREFLIGHT_READER_ROLE_ID}", "the preflight stage reads the pipeline account's roles"),
-        ("roles/logging.viewer", "the canary analysis lists the checked revision's log entries (no private logs)"),
-        ("roles/monitoring.viewer", "the canary analysis reads Cloud Run's request count and latency series"),
+        (f"projects/{p}/roles/{CANARY_READER_ROLE_ID}", "the canary analysis lists the checked revision's log "
+         "entries and reads Cloud Run's request count and latency series (logEntries.list, timeSeries.list only)"),
     ):
         steps.append(_project_binding(p, role, runtime_member, why))
     for topic in (s.events_topic, s.updates_topic):
@@ -387,10 +429,6 @@ def build_plan(config: DeployConfig) -> Plan:
     for secret in (config.webhook_secret, config.approval_keys_secret, config.smtp_password_secret):
         steps.append(_secret_binding(p, secret, SECRET_ACCESSOR_ROLE, runtime_member,
                                      "the functions read their own secrets, no others"))
-    builder_member = sa_member(config.builder_sa)
-    for role in BUILDER_ROLES:
-        steps.append(_project_binding(p, role, builder_member, "builds the functions and the release-tools image: "
-                                      "reads the source, writes the image and the build logs"))
     steps.append(Binding("bindings", "tasks-queue", s.probe_queue, "roles/cloudtasks.enqueuer", runtime_member,
                          ("tasks", "queues", "add-iam-policy-binding", s.probe_queue, f"--location={r}",
                           f"--member={runtime_member}", "--role=roles/cloudtasks.enqueuer", proj),
@@ -420,7 +458,8 @@ def build_plan(config: DeployConfig) -> Plan:
         command = ["functions", "deploy", fn.name, "--gen2", f"--runtime={PYTHON_RUNTIME}", f"--region={r}",
                    f"--source={config.source_dir}", f"--entry-point={fn.entry_point}",
                    f"--service-account={config.runtime_sa}", f"--set-env-vars={env}", f"--timeout={fn.timeout_s}s",
-                   f"--build-service-account=projects/{p}/serviceAccounts/{config.builder_sa}"]
+                   f"--build-service-account=projects/{p}/serviceAccounts/{config.builder_sa}",
+                   f"--docker-repository=projects/{p}/locations/{r}/repositories/{FUNCTIONS_REPOSITORY}"]
         if fn.secrets:
             command.append("--set-secrets=" + ",".join(f"{var}={secret}:latest" for var, secret in fn.secrets))
         if fn.trigger_topic:
@@ -496,6 +535,12 @@ def _project_binding(project: str, role: str, member: str, why: str) -> Binding:
     return Binding("bindings", "project", project, role, member,
                    ("projects", "add-iam-policy-binding", project, f"--member={member}", f"--role={role}",
                     "--condition=None"), why)
+
+
+def _repository_binding(project: str, repository: str, location: str, role: str, member: str, why: str) -> Binding:
+    return Binding("bindings", "artifact-repository", repository, role, member,
+                   ("artifacts", "repositories", "add-iam-policy-binding", repository, f"--location={location}",
+                    f"--member={member}", f"--role={role}", f"--project={project}"), why)
 
 
 def _secret_binding(project: str, secret: str, role: str, member: str, why: str) -> Binding:

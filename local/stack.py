@@ -29,6 +29,7 @@ PROJECT = "local-project"
 REGION = "europe-west3"
 PIPELINE_SA = f"pipeline@{PROJECT}.iam.gserviceaccount.com"
 RUNTIME_SA = f"release-runtime@{PROJECT}.iam.gserviceaccount.com"
+APP_SA = f"sample-app@{PROJECT}.iam.gserviceaccount.com"  # what the sample app's services run as
 PROJECT_NUMBER = "123456789012"
 BASE_VERSION = "0.9.0"
 
@@ -233,7 +234,8 @@ class LocalStack:
             "jobs": self._sample_jobs(),
             "services": [
                 {"name": name, "image": f"local/sample-app:v{BASE_VERSION}-base",
-                 "env": {"VERSION": BASE_VERSION, "WORK_MS": "50"}, "labels": {"version": BASE_VERSION.replace(".", "-"), "commit": "base"}}
+                 "env": {"VERSION": BASE_VERSION, "WORK_MS": "50"}, "labels": {"version": BASE_VERSION.replace(".", "-"), "commit": "base"},
+                 "service_account": APP_SA}  # a dedicated account, as deploy/ --check requires
                 for name in ("sample-web-staging", "sample-web")
             ],
         }
@@ -330,5 +332,6 @@ def deploy_policies(pipeline_file: Path):
     pipeline = load_pipeline(pipeline_file)
     settings = Settings(project=PROJECT, region=REGION, pipeline_file=str(pipeline_file))
     config = DeployConfig(settings=settings, pipeline=pipeline, github_repository="example/sample-app",
-                          project_number=PROJECT_NUMBER, pipeline_sa_id=PIPELINE_SA.split("@")[0])
+                          project_number=PROJECT_NUMBER, pipeline_sa_id=PIPELINE_SA.split("@")[0],
+                          app_service_account_list=(APP_SA,))
     return policies(build_plan(config))

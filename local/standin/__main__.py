@@ -11,7 +11,8 @@ FILE (JSON or YAML) holds the StandInConfig fields plus what to create at start:
     log_dir: .local-stack/logs/standin
     port: 0
     jobs:     [{name: noesis2-migrate, image: local, command: [python, -m, sample_app.migrate], env: {DATA_DIR: ...}}]
-    services: [{name: noesis2-web, image: local, env: {VERSION: "0.0.0"}, labels: {version: "0.0.0"}}]
+    services: [{name: noesis2-web, image: local, env: {VERSION: "0.0.0"}, labels: {version: "0.0.0"},
+                service_account: app@local-project.iam.gserviceaccount.com}]
     iam_bindings: {roles/run.developer: [serviceAccount:deployer@local-project.iam.gserviceaccount.com]}
     enforce_iam: true                 # after seeding: every call needs a token of a key in key_dir
     key_dir: .local-stack/keys
@@ -80,7 +81,8 @@ def seed(standin: StandIn, raw: dict[str, Any]) -> None:
         job = run_v2.Job(template=run_v2.ExecutionTemplate(template=run_v2.TaskTemplate(containers=[container])))
         run_jobs(settings).create_job(parent=parent, job=job, job_id=spec["name"]).result(30)
     for spec in raw.get("services", []):
-        template = run_v2.RevisionTemplate(containers=[_container(run_v2, spec)], labels=spec.get("labels", {}))
+        template = run_v2.RevisionTemplate(containers=[_container(run_v2, spec)], labels=spec.get("labels", {}),
+                                           service_account=spec.get("service_account", ""))
         run_services(settings).create_service(
             parent=parent, service=run_v2.Service(template=template), service_id=spec["name"]
         ).result(60)

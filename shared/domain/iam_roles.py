@@ -53,6 +53,9 @@ ROLE_PERMISSIONS: Mapping[str, frozenset[str]] = {
     # https://cloud.google.com/iam/docs/roles-permissions/logging#logging.logWriter
     # "Logs Writer (roles/logging.logWriter): Provides the permissions to write log entries."
     "roles/logging.logWriter": frozenset({"logging.logEntries.create"}),
+    # The two viewer rows below are kept for the preflight's reading of a policy; deploy/ grants neither:
+    # the runtime account gets the custom role releaseCanaryReader with exactly logging.logEntries.list
+    # and monitoring.timeSeries.list (deploy/model.py CUSTOM_ROLES; custom roles are passed as ``custom``).
     # https://cloud.google.com/iam/docs/roles-permissions/logging#logging.viewer
     # "Logs Viewer (roles/logging.viewer): Provides access to view logs." (logging.logEntries.list, ...)
     "roles/logging.viewer": frozenset({"logging.logEntries.list"}),

@@ -16,10 +16,13 @@ from deploy.model import build_plan
 pytestmark = pytest.mark.skipif(shutil.which("gcloud") is None, reason="needs the Cloud SDK (gcloud) on PATH")
 CHANGED = {("functions", "deploy"), ("builds", "submit"), ("pubsub", "subscriptions", "update"),
            ("iam", "workload-identity-pools", "providers", "create-oidc"),
-           ("iam", "service-accounts", "add-iam-policy-binding")}
+           ("iam", "service-accounts", "add-iam-policy-binding"),
+           ("artifacts", "repositories", "add-iam-policy-binding"), ("artifacts", "repositories", "create"),
+           ("iam", "roles", "create")}
 ENV = {"RELEASE_PROJECT": "acme-release", "RELEASE_BUILD_REGION": "europe-west1",
        "RELEASE_ARTIFACT_REGISTRY": "europe-west3-docker.pkg.dev/acme-release/noesis2",
-       "DEPLOY_GITHUB_REPOSITORY": "acme/noesis2", "DEPLOY_GITHUB_REPOSITORY_ID": "1"}
+       "DEPLOY_GITHUB_REPOSITORY": "acme/noesis2", "DEPLOY_GITHUB_REPOSITORY_ID": "1",
+       "DEPLOY_APP_SERVICE_ACCOUNTS": "noesis2-app@acme-release.iam.gserviceaccount.com"}
 
 
 def test_changed_deploy_commands_and_the_teardown_exist_with_their_flags():

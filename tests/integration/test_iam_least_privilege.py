@@ -30,7 +30,7 @@ from shared.domain.pipeline import parse_pipeline
 PROJECT, REGION, NUMBER = "local-project", "europe-west3", "123456789012"
 RUNTIME = f"release-runtime@{PROJECT}.iam.gserviceaccount.com"
 PIPELINE_SA = f"pipeline@{PROJECT}.iam.gserviceaccount.com"
-COMPUTE = f"{NUMBER}-compute@developer.gserviceaccount.com"
+APP_SA = f"app@{PROJECT}.iam.gserviceaccount.com"  # the dedicated account deploy/ requires for the services
 IMAGE = f"{REGION}-docker.pkg.dev/{PROJECT}/app/app:v1.0.0-abc1234"
 WRITE_IMAGE = f"import os; open(os.environ['STANDIN_DOCKER_IMAGES'], 'a').write({IMAGE!r} + '\\n')"
 PIPELINE = parse_pipeline({"name": "app", "image": "app", "stages": [
@@ -47,7 +47,7 @@ PIPELINE = parse_pipeline({"name": "app", "image": "app", "stages": [
 def deploy_policies():
     settings = Settings(project=PROJECT, region=REGION)
     config = DeployConfig(settings=settings, pipeline=PIPELINE, github_repository="acme/app",
-                          project_number=NUMBER, pipeline_sa_id="pipeline")
+                          project_number=NUMBER, pipeline_sa_id="pipeline", app_service_account_list=(APP_SA,))
     return policies(build_plan(config))
 
 
@@ -64,7 +64,8 @@ def standin(tmp_path, monkeypatch):
         gcp_clients.run_jobs(settings).create_job(parent=parent, job_id="migrate", job=run_v2.Job(
             template=run_v2.ExecutionTemplate(template=run_v2.TaskTemplate(containers=[container])))).result(30)
         gcp_clients.run_services(settings).create_service(parent=parent, service_id="web", service=run_v2.Service(
-            template=run_v2.RevisionTemplate(containers=[run_v2.Container(image="local")]))).result(60)
+            template=run_v2.RevisionTemplate(containers=[run_v2.Container(image="local")],
+                                             service_account=APP_SA))).result(60)
         found = deploy_policies()
         running.set_iam_policy(found.project)
         running.enforce_iam(found.accounts, found.custom_roles)  # from here on, as the runtime account
@@ -100,7 +101,7 @@ GRANTS = [
     (RUNTIME, "roles/iam.serviceAccountUser", PIPELINE_SA, "unit", "iam.serviceAccounts.actAs"),
     (RUNTIME, "roles/run.developer", "", "migrate", "run.executions.list"),
     (RUNTIME, "roles/run.developer", "", "deploy", "run.services.get"),
-    (RUNTIME, "roles/iam.serviceAccountUser", COMPUTE, "deploy", "iam.serviceAccounts.actAs"),
+    (RUNTIME, "roles/iam.serviceAccountUser", APP_SA, "deploy", "iam.serviceAccounts.actAs"),
     (RUNTIME, f"projects/{PROJECT}/roles/releasePreflightReader", "", "preflight",
      "resourcemanager.projects.getIamPolicy"),
 ]
@@ -145,15 +146,19 @@ def test_build_steps_act_as_the_builds_service_account(standin, tmp_path):
 
 
 def test_deploying_a_service_needs_act_as_on_its_runtime_account(standin):
-    """Through the real client: the runtime account may deploy services that run as the default
-    compute account (deploy/ grants actAs on it), not ones that run as another account."""
+    """Through the real client: the runtime account may deploy services that run as the app's
+    dedicated account (deploy/ grants actAs on it), not ones that run as another account, nor as the
+    project's default compute account (deploy/ grants nothing on it)."""
     settings = Settings(project=PROJECT, region=REGION, cloud_run_endpoint=standin.endpoint)
     services = gcp_clients.run_services(settings)
     service = services.get_service(name=f"projects/{PROJECT}/locations/{REGION}/services/web")
     service.template.service_account = f"other@{PROJECT}.iam.gserviceaccount.com"
     with pytest.raises(exceptions.PermissionDenied, match="iam.serviceAccounts.actAs"):
         services.update_service(service=service)
-    service.template.service_account = ""
+    service.template.service_account = ""  # a service without its own account runs as the default compute one
+    with pytest.raises(exceptions.PermissionDenied, match="iam.serviceAccounts.actAs"):
+        services.update_service(service=service)
+    service.template.service_account = APP_SA
     service.template.labels = {"version": "1-0-1"}
     assert services.update_service(service=service).result(30).latest_ready_revision
 
@@ -166,3 +171,34 @@ def test_preflight_checks_act_as_on_the_account_builds_run_as(standin):
     failed = start(standin, "preflight").finished
     assert failed.outcome.value == "failed"
     assert PIPELINE_SA in failed.reason and "iam.serviceAccounts.actAs" in failed.reason
+
+
+def test_the_canary_analysis_reads_through_the_custom_role_only(standin):
+    """deploy/ grants the runtime account a custom role with logging.logEntries.list and
+    monitoring.timeSeries.list instead of the project-wide viewer roles; without it both reads fail."""
+    from datetime import datetime, timezone
+
+    from google.cloud import monitoring_v3
+    from google.cloud.logging_v2.types import ListLogEntriesRequest
+
+    settings = Settings(project=PROJECT, region=REGION, logging_endpoint=standin.endpoint,
+                        monitoring_endpoint=standin.endpoint)
+    logs, metrics = gcp_clients.logging_entries(settings), gcp_clients.monitoring_metrics(settings)
+
+    def read_logs():
+        return list(logs.list_log_entries(request=ListLogEntriesRequest(
+            resource_names=[f"projects/{PROJECT}"], filter='resource.type = "cloud_run_revision"'), retry=None))
+
+    def read_metrics():
+        return list(metrics.list_time_series(request=monitoring_v3.ListTimeSeriesRequest(
+            name=f"projects/{PROJECT}", filter='metric.type = "run.googleapis.com/request_count"',
+            interval=monitoring_v3.TimeInterval(end_time=datetime.now(timezone.utc))), retry=None))
+
+    read_logs(), read_metrics()
+    found = deploy_policies()
+    assert not {"roles/logging.viewer", "roles/monitoring.viewer"} & set(found.project)
+    standin.revoke(f"serviceAccount:{RUNTIME}", f"projects/{PROJECT}/roles/releaseCanaryReader")
+    with pytest.raises(exceptions.PermissionDenied, match=r"logging\.logEntries\.list"):
+        read_logs()
+    with pytest.raises(exceptions.PermissionDenied, match=r"monitoring\.timeSeries\.list"):
+        read_metrics()

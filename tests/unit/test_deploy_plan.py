@@ -29,6 +29,7 @@ ENV = {
     "RELEASE_SMTP_PORT": "587",
     "RELEASE_SMTP_USER": "release-bot",
     "RELEASE_MAIL_FROM": "release-bot@example.com",
+    "DEPLOY_APP_SERVICE_ACCOUNTS": "noesis2-app@acme-release.iam.gserviceaccount.com",
     # Present in the operator's shell by mistake: must never reach the output.
     "RELEASE_WEBHOOK_SECRET": WEBHOOK_VALUE,
     "RELEASE_APPROVAL_KEYS": KEYS_VALUE,
@@ -188,9 +189,14 @@ def test_runtime_account_roles_are_the_documented_ones(monkeypatch):
     runtime = sa_member("release-runtime@acme-release.iam.gserviceaccount.com")
     assert plan.roles_of(runtime, "project") == {
         "roles/datastore.user", "roles/cloudbuild.builds.editor", "roles/run.developer",
-        "projects/acme-release/roles/releasePreflightReader", "roles/logging.viewer", "roles/monitoring.viewer"}
+        "projects/acme-release/roles/releasePreflightReader", "projects/acme-release/roles/releaseCanaryReader"}
     assert plan.roles_of(runtime, "topic") == {"roles/pubsub.publisher"}
     assert plan.roles_of(runtime, "service-account") == {"roles/iam.serviceAccountUser"}
+    act_as = {b.target for b in plan.bindings if b.member == runtime and b.scope == "service-account"}
+    assert act_as == {PIPELINE_SA, "release-invoker@acme-release.iam.gserviceaccount.com",
+                      "noesis2-app@acme-release.iam.gserviceaccount.com"}  # never the default compute account
+    (canary,) = [r for r in plan.resources if r.name.endswith("/roles/releaseCanaryReader")]
+    assert "--permissions=logging.logEntries.list,monitoring.timeSeries.list" in canary.create
     secret_targets = {b.target for b in plan.bindings if b.member == runtime and b.scope == "secret"}
     assert secret_targets == {"release-webhook-secret", "release-approval-keys", "release-smtp-password"}
 
@@ -287,8 +293,21 @@ def test_builds_have_their_own_account_region_and_push_subscriptions_wait_for_th
     updates = [c for c in commands if c[:3] == ["pubsub", "subscriptions", "update"]]
     assert len(updates) == 4 and all("--ack-deadline=600" in c for c in updates)  # finding 9: every trigger
     roles = {(s["member"], s["role"]) for s in plan["steps"] if s["type"] == "binding"}
-    assert ("serviceAccount:release-builder@acme-release.iam.gserviceaccount.com",
-            "roles/cloudbuild.builds.builder") in roles
+    builder_member = "serviceAccount:release-builder@acme-release.iam.gserviceaccount.com"
+    assert not any(role == "roles/cloudbuild.builds.builder" for _, role in roles)  # not project-wide any more
+    builder = {(s["scope"], s["target"], s["role"]) for s in plan["steps"]
+               if s["type"] == "binding" and s["member"] == builder_member}
+    assert builder == {("project", "acme-release", "roles/logging.logWriter"),
+                       ("project", "acme-release", "roles/storage.objectViewer"),
+                       ("artifact-repository", "release-functions", "roles/artifactregistry.writer"),
+                       ("artifact-repository", "noesis2", "roles/artifactregistry.writer")}
+    assert all("--docker-repository=projects/acme-release/locations/europe-west3/repositories/release-functions" in c
+               for c in deploys)
+    steps = plan["steps"]
+    first_deploy = min(i for i, st in enumerate(steps) if st.get("command", [])[:2] == ["functions", "deploy"])
+    submit_at = next(i for i, st in enumerate(steps) if st.get("command", [])[:2] == ["builds", "submit"])
+    granted = [i for i, st in enumerate(steps) if st["type"] == "binding" and st["member"] == builder_member]
+    assert max(granted) < min(first_deploy, submit_at)  # every grant of the build account precedes its builds
 
 
 def test_assembled_source_holds_the_packages_and_a_root_main(tmp_path):
@@ -331,3 +350,18 @@ def test_probes_have_a_queue_only_the_functions_may_fill_and_only_the_invoker_ma
     env = next(a for a in next(s for s in plan.actions if s.name == "dispatch").command if a.startswith("--set-env-vars="))
     assert "RELEASE_PROBE_SERVICE_ACCOUNT=release-invoker@acme-release.iam.gserviceaccount.com" in env
     assert "RELEASE_PROBE_URL=https://" in env
+
+
+@pytest.mark.parametrize("accounts, problem", [
+    ("", "DEPLOY_APP_SERVICE_ACCOUNTS is empty"),
+    ("123456789012-compute@developer.gserviceaccount.com", "the project's default compute account"),
+    ("web@acme-release.iam.gserviceaccount.com,987-compute@developer.gserviceaccount.com", "default compute account"),
+    ("not-an-account", "is not a service account e-mail address"),
+])
+def test_check_requires_a_dedicated_app_service_account(accounts, problem):
+    errors = [f.message for f in setup_check(load_config({**ENV, "DEPLOY_APP_SERVICE_ACCOUNTS": accounts}))
+              if f.level == "error"]
+    assert any(problem in m for m in errors), errors
+    if not accounts:  # nothing is granted on the default compute account in its place
+        plan = build_plan(load_config({**ENV, "DEPLOY_APP_SERVICE_ACCOUNTS": accounts}))
+        assert not any("-compute@developer" in b.target or "-compute@developer" in b.member for b in plan.bindings)
