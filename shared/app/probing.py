@@ -87,7 +87,8 @@ class ProbeService:
             self._publish(task, finish.outcome, finish.reason, dict(finish.result))
             return f"{task.stage_run_id}: {finish.outcome.value} (probe {task.seq})"
         nxt = task.next()
-        self.scheduler.schedule(nxt, now + poll_delay(nxt.seq))
+        if not self._schedule(task, nxt, now + poll_delay(nxt.seq)):
+            return f"{task.stage_run_id}: the next probe was refused; the stage failed"
         return f"{task.stage_run_id}: still running; probe {nxt.seq} scheduled"
 
     def _check(self, task: ProbeTask, now: float) -> str:
@@ -103,8 +104,20 @@ class ProbeService:
             self._publish(task, step.outcome, step.reason, dict(step.result))
             return f"{task.stage_run_id}: check {step.outcome.value} after probe {task.seq}"
         assert step.task is not None and step.at is not None
-        self.scheduler.schedule(step.task, step.at)
+        if not self._schedule(task, step.task, step.at):
+            return f"{task.stage_run_id}: the next probe was refused; the stage failed"
         return f"{task.stage_run_id}: check {step.task.check.get('phase', 'window')}, probe {step.task.seq} scheduled"
+
+    def _schedule(self, task: ProbeTask, nxt: ProbeTask, at: float) -> bool:
+        """Schedule the next probe; a refused one (ExecutorError: no permission, an invalid task) fails the
+        stage naming why, since nothing would follow it (a retry of this probe would be refused again)."""
+        try:
+            self.scheduler.schedule(nxt, at)
+            return True
+        except ExecutorError as exc:
+            log.warning("%s", exc)
+            self._publish(task, Outcome.FAILED, f"the stage cannot be followed: {exc}", {})
+            return False
 
     def _publish(self, task: ProbeTask, outcome: Outcome, reason: str, result: dict[str, Any]) -> None:
         self.publisher.publish(self.settings.events_topic, StageFinished(

@@ -192,3 +192,19 @@ def test_a_probe_after_the_stage_deadline_publishes_nothing(server):
     probing.clock.advance(11)
     assert "deadline" in probing.service.handle(task)
     assert probing.publisher.messages == [] and probing.scheduler.take_due(probing.clock.now() + 100) == [task]
+
+
+def test_a_refused_next_probe_fails_the_check_naming_why(server):
+    url, _ = server
+    probing = Probing({"url": url, "paths": ["/fail"], "window": "10s"})
+    first = probing.scheduler.schedule
+
+    def refuse_after_the_first(task, at):
+        if task.seq > 0:
+            raise ExecutorError("scheduling probe: missing permission cloudtasks.tasks.create")
+        return first(task, at)
+
+    probing.scheduler.schedule = refuse_after_the_first
+    finish = probing.run()
+    assert finish["outcome"] == "failed" and "cannot be followed" in finish["reason"]
+    assert "cloudtasks.tasks.create" in finish["reason"] and probing.probe_times == [0.0]
