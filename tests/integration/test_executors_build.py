@@ -114,7 +114,10 @@ def test_a_build_created_before_a_crash_is_found_by_its_tag(standin, settings, e
     standin.set_outcome("build", f"run-{cmd.stage_run_id}", "SUCCESS")
     client = gcp_clients.cloud_build(settings)
     built = build_from_params(settings, pipeline, pipeline.stage("lint"), cmd)
-    operation = client.create_build(project_id=PROJECT, build=built)  # the start that "crashed" afterwards
+    # The start that "crashed" afterwards created it where the executor creates builds: in its region
+    # (a build made under another location is not found there, as on the regional API).
+    parent = f"projects/{PROJECT}/locations/{settings.build_region or settings.region}"
+    operation = client.create_build(request={"parent": parent, "project_id": PROJECT, "build": built})
     assert isinstance(operation.metadata.build, cloudbuild_v1.Build)
     started = executor.start(pipeline, pipeline.stage("lint"), cmd)
     assert started.handle["build_id"] == operation.metadata.build.id
