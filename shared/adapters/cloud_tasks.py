@@ -31,7 +31,7 @@ class CloudTasksScheduler:
         self.settings = settings
         self._client = client
         self._keyring = keyring
-        self._caller = caller  # an ApiCaller; made on first use (its module imports the executors)
+        self._caller = caller  # an ApiCaller; made on first use (imported on first use)
 
     @property
     def client(self) -> Any:
@@ -78,7 +78,7 @@ class CloudTasksScheduler:
     @property
     def caller(self) -> Any:
         if self._caller is None:
-            from shared.adapters.executors.calls import ApiCaller, RetryPolicy
+            from shared.adapters.api_calls import ApiCaller, RetryPolicy
 
             self._caller = ApiCaller(RetryPolicy(call_timeout_s=CALL_TIMEOUT_S))
         return self._caller

@@ -15,7 +15,7 @@ from shared.adapters import gcp_clients
 from shared.adapters.cloud_tasks import CloudTasksScheduler
 from shared.app.config import Settings
 from shared.domain.approval_tokens import Keyring
-from shared.adapters.executors.calls import ApiCaller, RetryPolicy
+from shared.adapters.api_calls import ApiCaller, RetryPolicy
 from shared.domain.errors import ConfigError, ExecutorError, TransientError
 from shared.domain.probes import PROBE_SIGNATURE_HEADER, decode_task, first_probe_task
 
