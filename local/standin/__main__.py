@@ -10,6 +10,7 @@ FILE (JSON or YAML) holds the StandInConfig fields plus what to create at start:
     builds_topic: cloud-builds
     log_dir: .local-stack/logs/standin
     port: 0
+    log_port: 0                       # the log files are served on http://127.0.0.1:log_port/logs/...
     jobs:     [{name: noesis2-migrate, image: local, command: [python, -m, sample_app.migrate], env: {DATA_DIR: ...}}]
     services: [{name: noesis2-web, image: local, env: {VERSION: "0.0.0"}, labels: {version: "0.0.0"},
                 service_account: app@local-project.iam.gserviceaccount.com}]
@@ -53,6 +54,7 @@ def load_config(path: Path) -> tuple[StandInConfig, dict[str, Any]]:
         builds_topic=raw.get("builds_topic", "cloud-builds"),
         log_dir=resolve(raw.get("log_dir", "standin-logs")),
         port=int(raw.get("port", 0)),
+        log_port=int(raw.get("log_port", 0)),
         **{key: float(raw[key]) for key in ("metric_sample_s", "metric_delay_s", "log_delay_s") if key in raw},
         task_queues=tuple(raw.get("task_queues", ())),
         task_dispatch_delay_s=float(raw.get("task_dispatch_delay_s", 0.0)),
