@@ -25,7 +25,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
-from bench.common import APPROVAL_KEYS, PROJECT, CountingStore, Report, emulators, prefix, print_report, quiet
+from bench.common import APPROVAL_KEYS, PROJECT, CountingStore, bench_keyring, Report, emulators, prefix, print_report, quiet
 
 WAIT_S = 2 * 3600
 APPROVER = "approver@example.com"
@@ -119,6 +119,7 @@ def run(hosts: dict[str, str] | None = None) -> Report:
     from shared.app.sweeper import sweep
     from shared.domain.pipeline import load_pipeline
     from shared.domain.state import ReleaseStatus
+    from shared.app.signing_publisher import SigningPublisher
     from shared.testing.fakes import FakeClock, FakeNotifier, FakeProbeScheduler, FakePublisher
 
     quiet()
@@ -134,7 +135,7 @@ def run(hosts: dict[str, str] | None = None) -> Report:
         tally = {"reads": 0, "writes": 0}
         apps = Counted(FirestoreAppRecords(client, settings), tally)
         approval_store = Counted(FirestoreApprovalStore(client, settings), tally)
-        clock, publisher, scheduler, mail = FakeClock(time.time()), FakePublisher(), FakeProbeScheduler(), Mail()
+        clock, publisher, scheduler, mail = FakeClock(time.time()), SigningPublisher(FakePublisher(), bench_keyring), FakeProbeScheduler(), Mail()
         approvals = ApprovalService.from_settings(settings, store=approval_store, publisher=publisher, clock=clock,
                                                   releases=store, link_senders=[mail])
         services = SimpleNamespace(get_service=lambda **_: SimpleNamespace(
@@ -145,7 +146,7 @@ def run(hosts: dict[str, str] | None = None) -> Report:
         locks = EnvironmentLocks(apps, publisher, settings)
         dispatcher = Dispatcher(store, publisher, executors, approvals, FakeNotifier(), clock, settings, locks,
                                 Counted(FirestoreDeadLetters(client, settings), tally), roll_back=lambda service: {},
-                                probes=scheduler)
+                                probes=scheduler, completion_keys=bench_keyring())
         probes = ProbeService(store, executors, publisher, scheduler, RequestsProber(), clock, settings)
         push = PushService(store, publisher, pipeline, clock, settings, apps=apps)
 

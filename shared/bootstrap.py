@@ -27,10 +27,20 @@ def store():
 
 
 @functools.cache
-def publisher():
+def plain_publisher():
+    """Publishes what it is given as it is: the dead-letter re-drive, which must never sign a
+    completion that arrived unsigned."""
     from shared.adapters.pubsub_publisher import PubSubPublisher
 
     return PubSubPublisher(settings())
+
+
+@functools.cache
+def publisher():
+    from shared.app.signing_publisher import SigningPublisher
+
+    # Every stage.finished our code makes leaves signed with the link keys; the dispatcher believes no other.
+    return SigningPublisher(plain_publisher(), link_keyring)
 
 
 @functools.cache
@@ -88,7 +98,8 @@ def dispatcher():
 
     return Dispatcher(store(), publisher(), executors(), approvals(), notifier(), SystemClock(), settings(), locks,
                       dead_letter_store(), roll_back=lambda service, to=None: rollback(settings(), service, to),
-                      operator_requests=operator_requests(), probes=probe_scheduler())
+                      operator_requests=operator_requests(), probes=probe_scheduler(),
+                      completion_keys=link_keyring())
 
 
 @functools.cache
@@ -103,7 +114,7 @@ def dead_letters():
     """The dead-letter API (keep, drain, list, re-drive) over the one store."""
     from shared.app.dead_letters import DeadLetters
 
-    return DeadLetters(dead_letter_store(), publisher(), SystemClock(), settings())
+    return DeadLetters(dead_letter_store(), plain_publisher(), SystemClock(), settings())
 
 
 @functools.cache
@@ -118,11 +129,13 @@ def app_records():
 def probe_scheduler():
     from shared.adapters.cloud_tasks import CloudTasksScheduler
 
-    return CloudTasksScheduler(settings(), keyring=probe_keyring())
+    return CloudTasksScheduler(settings(), keyring=link_keyring())
 
 
 @functools.cache
-def probe_keyring():
+def link_keyring():
+    """The link keys (Secret Manager): approval links, probe tasks and completions each sign
+    with a key derived from them for that use alone."""
     from shared.domain.approval_tokens import Keyring
 
     return Keyring.from_setting(settings().approval_keys)

@@ -11,7 +11,7 @@ import time
 import uuid
 
 from shared.app.config import Settings
-from shared.testing.fakes import FakeApprovals, FakeNotifier, FakePublisher
+from shared.testing.fakes import FakeApprovals, FakeNotifier, FakePublisher, rig_keyring, signed_bytes, signing
 from shared.domain.pipeline import parse_pipeline
 from shared.domain.state import new_release
 
@@ -47,10 +47,11 @@ def dispatcher(store, executors, settings, clock=None, publisher=None):
     from shared.app.ports import SystemClock
     from shared.app.dispatcher import Dispatcher
 
-    publisher = publisher if publisher is not None else FakePublisher()
+    publisher = signing(publisher if publisher is not None else FakePublisher())
     locks = EnvironmentLocks(FirestoreAppRecords(store.client, settings), publisher, settings)
     return Dispatcher(store, publisher, executors, FakeApprovals(), FakeNotifier(), clock or SystemClock(),
-                      settings, locks, FirestoreDeadLetters(store.client, settings), roll_back=_no_roll_back)
+                      settings, locks, FirestoreDeadLetters(store.client, settings), roll_back=_no_roll_back,
+                      completion_keys=rig_keyring())
 
 
 def _no_roll_back(service: str, to: str | None = None):
@@ -77,9 +78,9 @@ def started(release_id: str) -> bytes:
 
 
 def finished(release_id: str, stage: str, attempt: int = 1, outcome: str = "succeeded") -> bytes:
-    return json.dumps({"type": "stage.finished", "release_id": release_id, "stage": stage,
-                       "stage_run_id": f"{release_id}.{stage}.a{attempt}", "outcome": outcome,
-                       "result": {"from": "completion"}}).encode()
+    return signed_bytes({"type": "stage.finished", "release_id": release_id, "stage": stage,
+                         "stage_run_id": f"{release_id}.{stage}.a{attempt}", "outcome": outcome,
+                         "result": {"from": "completion"}})
 
 
 def builds_for(standin, stage_run_id: str) -> list:

@@ -10,7 +10,7 @@ import pytest
 from google.cloud import firestore
 
 from shared.app.config import Settings
-from shared.testing.fakes import FakePublisher
+from shared.testing.fakes import FakePublisher, signed_bytes
 from shared.adapters.firestore_apps import FirestoreAppRecords
 from shared.app.locks import EnvironmentLocks
 from shared.domain.state import ReleaseStatus, StageStatus
@@ -92,7 +92,5 @@ def test_ten_releases_race_for_staging_through_the_dispatcher(emulators, unique_
 
 
 def _finished(rid, stage):
-    import json
-
-    return json.dumps({"type": "stage.finished", "release_id": rid, "stage": stage,
-                       "stage_run_id": f"{rid}.{stage}.a1", "outcome": "succeeded"}).encode()
+    return signed_bytes({"type": "stage.finished", "release_id": rid, "stage": stage,
+                         "stage_run_id": f"{rid}.{stage}.a1", "outcome": "succeeded"})
