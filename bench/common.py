@@ -258,7 +258,7 @@ def make_dispatcher(store, publisher, executors, settings, clock=None, approvals
     and a roll-back no bench pipeline asks for (none has a failing check)."""
     from shared.app.signing_publisher import SigningPublisher
     from shared.testing.fakes import FakeApprovals, FakeNotifier
-    from shared.adapters.firestore_apps import FirestoreAppRecords
+    from shared.adapters.firestore_apps import FirestoreAppRecords, service_lock_records
     from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
     from shared.app.locks import EnvironmentLocks
     from shared.app.ports import SystemClock
@@ -266,7 +266,8 @@ def make_dispatcher(store, publisher, executors, settings, clock=None, approvals
 
     inner = getattr(store, "inner", store)
     publisher = SigningPublisher(publisher, bench_keyring)  # completions signed and checked, as on GCP
-    locks = EnvironmentLocks(FirestoreAppRecords(inner.client, settings), publisher, settings)
+    locks = EnvironmentLocks(FirestoreAppRecords(inner.client, settings), publisher, settings,
+                             service_lock_records(inner.client, settings))
     return Dispatcher(store, publisher, executors, approvals or FakeApprovals(), notifier or FakeNotifier(),
                       clock or SystemClock(), settings, locks, FirestoreDeadLetters(inner.client, settings),
                       roll_back=lambda service, to=None: {"service": service, "note": "bench: nothing to roll back"},

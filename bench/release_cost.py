@@ -108,7 +108,7 @@ def run(hosts: dict[str, str] | None = None) -> Report:
     from shared.adapters.http_prober import RequestsProber
     from shared.adapters.firestore_approvals import FirestoreApprovalStore
     from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
-    from shared.adapters.firestore_apps import FirestoreAppRecords
+    from shared.adapters.firestore_apps import FirestoreAppRecords, service_lock_records
     from shared.adapters.firestore_store import FirestoreStore
     from shared.app.approvals import ApprovalService
     from shared.app.config import Settings
@@ -143,7 +143,7 @@ def run(hosts: dict[str, str] | None = None) -> Report:
         executors = {"build": Instant(True), "preflight": Instant(True), "job": Instant(False),
                      "deploy": Instant(False), "traffic": Instant(False),
                      "check": HttpCheckExecutor(settings, services)}
-        locks = EnvironmentLocks(apps, publisher, settings)
+        locks = EnvironmentLocks(apps, publisher, settings, service_lock_records(client, settings))
         dispatcher = Dispatcher(store, publisher, executors, approvals, FakeNotifier(), clock, settings, locks,
                                 Counted(FirestoreDeadLetters(client, settings), tally), roll_back=lambda service: {},
                                 probes=scheduler, completion_keys=bench_keyring())

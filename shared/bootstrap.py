@@ -93,7 +93,7 @@ def dispatcher():
 
     from shared.app.locks import EnvironmentLocks
 
-    locks = EnvironmentLocks(app_records(), publisher(), settings())
+    locks = EnvironmentLocks(app_records(), publisher(), settings(), service_lock_records())
     from shared.adapters.executors.run_services import rollback
 
     return Dispatcher(store(), publisher(), executors(), approvals(), notifier(), SystemClock(), settings(), locks,
@@ -123,6 +123,14 @@ def app_records():
     from shared.adapters.firestore_apps import FirestoreAppRecords
 
     return FirestoreAppRecords(store().client, settings())
+
+
+@functools.cache
+def service_lock_records():
+    """``service_locks/{service}``: Cloud Run services shared by applications take turns."""
+    from shared.adapters.firestore_apps import service_lock_records as records
+
+    return records(store().client, settings())
 
 
 @functools.cache
@@ -215,7 +223,7 @@ def operator():
     register_approval_actions(service, decisions)
     register_cancel(service, store(), publisher(), s.events_topic)
     register_dead_letter_actions(service, dead_letters())
-    register_freeze(service, EnvironmentLocks(app_records(), publisher(), s), pipeline().name)
+    register_freeze(service, EnvironmentLocks(app_records(), publisher(), s, service_lock_records()), pipeline().name)
     return register_release_actions(service, store(), publisher(), s)
 
 

@@ -255,7 +255,7 @@ class Dispatcher:
                 self.notifier.notify(state, command)
             elif isinstance(command, AcquireLock):
                 self.locks.acquire(state.pipeline_name, command.environment, command.release_id, command.created_at,
-                                   state.version)
+                                   state.version, pipeline.services_in(command.environment))
             elif isinstance(command, ReleaseLock):
                 self.locks.release(state.pipeline_name, command.environment, command.release_id)
             elif isinstance(command, RollBack):

@@ -114,6 +114,16 @@ class Pipeline:
                 return i
         return None
 
+    def services_in(self, environment: str) -> tuple[str, ...]:
+        """The Cloud Run services this pipeline changes in ``environment`` (deploys, their
+        background services, traffic changes), sorted: the order their locks are taken in."""
+        names: set[str] = set()
+        for stage in self.stages:
+            if stage.environment == environment and stage.kind in (StageKind.DEPLOY, StageKind.TRAFFIC):
+                names.update(stage.params.get("services") or ())
+                names.update(stage.params.get("background_services") or ())
+        return tuple(sorted(names))
+
     def needs_approval(self, stage_id: str) -> bool:
         gate = self.approval_index
         return gate is not None and self.index(stage_id) > gate

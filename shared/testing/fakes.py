@@ -394,14 +394,15 @@ class InMemoryApprovalStore:
 class InMemoryAppRecords:
     """The fake of ``apps/{app}``: the same contract as the Firestore records, in memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, empty: Callable[[], dict[str, Any]] = empty_app_record) -> None:
         self._lock = threading.Lock()
         self._docs: dict[str, tuple[dict[str, Any], int]] = {}
+        self._empty = empty
 
     def read(self, app: str) -> tuple[dict[str, Any], Any]:
         with self._lock:
             if app not in self._docs:
-                return empty_app_record(), None
+                return self._empty(), None
             data, version = self._docs[app]
             return copy.deepcopy(data), version
 

@@ -41,14 +41,15 @@ def firestore_store(project: str, settings: Settings):
 def dispatcher(store, executors, settings, clock=None, publisher=None):
     """The real Dispatcher, with environment locks over Firestore (no stage here names an
     environment, so none is taken) and a roll-back no check here ever asks for."""
-    from shared.adapters.firestore_apps import FirestoreAppRecords
+    from shared.adapters.firestore_apps import FirestoreAppRecords, service_lock_records
     from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
     from shared.app.locks import EnvironmentLocks
     from shared.app.ports import SystemClock
     from shared.app.dispatcher import Dispatcher
 
     publisher = signing(publisher if publisher is not None else FakePublisher())
-    locks = EnvironmentLocks(FirestoreAppRecords(store.client, settings), publisher, settings)
+    locks = EnvironmentLocks(FirestoreAppRecords(store.client, settings), publisher, settings,
+                             service_lock_records(store.client, settings))
     return Dispatcher(store, publisher, executors, FakeApprovals(), FakeNotifier(), clock or SystemClock(),
                       settings, locks, FirestoreDeadLetters(store.client, settings), roll_back=_no_roll_back,
                       completion_keys=rig_keyring())

@@ -21,7 +21,7 @@ from shared.testing.fakes import (
 from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
 from shared.adapters.firestore_store import FirestoreStore
 from shared.app.dead_letters import DeadLetters
-from shared.adapters.firestore_apps import FirestoreAppRecords
+from shared.adapters.firestore_apps import FirestoreAppRecords, service_lock_records
 from shared.app.locks import EnvironmentLocks
 from shared.domain.pipeline import StageKind
 from shared.app.dispatcher import Dispatcher
@@ -74,7 +74,8 @@ def make_rig(project, prefix) -> Rig:
     publisher = signing(FakePublisher())
     clock = FakeClock()
     executors = {kind.value: executor for kind in StageKind}
-    locks = EnvironmentLocks(FirestoreAppRecords(store.client, settings), publisher, settings)
+    locks = EnvironmentLocks(FirestoreAppRecords(store.client, settings), publisher, settings,
+                             service_lock_records(store.client, settings))
     rolled_back: list[str] = []
     requests = FakeOperatorRequests()
     letters = FirestoreDeadLetters(store.client, settings)

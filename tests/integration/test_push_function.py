@@ -102,7 +102,8 @@ def test_version_not_higher_than_the_last_released_is_409_naming_both(app):
     first = post(app, push_body(commit="d" * 40, version="1.4.0")).get_json()
     state, _ = bootstrap.store().get(first["release_id"])
     # It passes its approval and takes the prod lock: the floor of apps/{app} becomes 1.4.0.
-    locks = EnvironmentLocks(bootstrap.app_records(), bootstrap.publisher(), bootstrap.settings())
+    locks = EnvironmentLocks(bootstrap.app_records(), bootstrap.publisher(), bootstrap.settings(),
+                             bootstrap.service_lock_records())
     assert locks.acquire(state.pipeline_name, "prod", state.release_id, state.created_at, "1.4.0") == "granted"
     for version in ("1.4.0", "1.3.9"):
         response = post(app, push_body(commit="e" * 40, version=version), delivery=f"d-{version}")

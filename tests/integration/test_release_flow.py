@@ -25,7 +25,7 @@ from shared.testing.fakes import FakeApprovals, FakeNotifier, FakeProbeScheduler
 from shared.testing.probe_runner import run_due
 from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
 from shared.adapters.firestore_store import FirestoreStore
-from shared.adapters.firestore_apps import FirestoreAppRecords
+from shared.adapters.firestore_apps import FirestoreAppRecords, service_lock_records
 from shared.app.locks import EnvironmentLocks
 from shared.domain.events import ApprovalDecided, ReleaseStarted
 from shared.domain.pipeline import parse_pipeline
@@ -60,7 +60,8 @@ class Flow:
         self.dispatcher = Dispatcher(
             self.store, publisher, build_executors(settings, retry=FAST),
             FakeApprovals(), FakeNotifier(), self.clock, settings,
-            EnvironmentLocks(FirestoreAppRecords(self.store.client, settings), publisher, settings),
+            EnvironmentLocks(FirestoreAppRecords(self.store.client, settings), publisher, settings,
+                             service_lock_records(self.store.client, settings)),
             FirestoreDeadLetters(self.store.client, settings), roll_back=lambda service, to=None: rollback(settings, service, to),
             probes=FakeProbeScheduler(), completion_keys=rig_keyring(),
         )

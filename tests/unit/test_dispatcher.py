@@ -8,6 +8,7 @@ from shared.app.config import Settings
 from shared.app.dispatcher import IN_FLIGHT_WAIT_S, Dispatcher
 from shared.app.locks import EnvironmentLocks
 from shared.app.ports import StageFinish
+from shared.app.service_locks import empty_service_record
 from shared.domain.errors import TransientError
 from shared.domain.events import Outcome, ReleaseStarted, StageFinished, Tick
 from shared.domain.gate import GateOutcome
@@ -42,7 +43,7 @@ def make(executor: FakeExecutor | None = None) -> Dispatcher:
     executor = executor or FakeExecutor()
     return Dispatcher(store, publisher, {kind: executor for kind in ("build", "job", "deploy", "traffic", "check")},
                       FakeApprovals(), FakeNotifier(), clock, SETTINGS,
-                      EnvironmentLocks(InMemoryAppRecords(), publisher, SETTINGS), FakeDeadLetters(),
+                      EnvironmentLocks(InMemoryAppRecords(), publisher, SETTINGS, InMemoryAppRecords(empty_service_record)), FakeDeadLetters(),
                       roll_back=lambda service, to=None: {"service": service, "revision": to}, operator_requests=FakeOperatorRequests(),
                       sleep=ticks.sleep, monotonic=ticks.monotonic, completion_keys=rig_keyring())
 
