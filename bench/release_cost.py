@@ -116,6 +116,7 @@ def run(hosts: dict[str, str] | None = None) -> Report:
     from shared.app.locks import EnvironmentLocks
     from shared.app.probing import ProbeService
     from shared.app.push import PushService, signature_for
+    from shared.app.repositories import RepositoryMap
     from shared.app.sweeper import sweep
     from shared.domain.pipeline import load_pipeline
     from shared.domain.state import ReleaseStatus
@@ -148,7 +149,7 @@ def run(hosts: dict[str, str] | None = None) -> Report:
                                 Counted(FirestoreDeadLetters(client, settings), tally), roll_back=lambda service: {},
                                 probes=scheduler, completion_keys=bench_keyring())
         probes = ProbeService(store, executors, publisher, scheduler, RequestsProber(), clock, settings)
-        push = PushService(store, publisher, pipeline, clock, settings, apps=apps)
+        push = PushService(store, publisher, RepositoryMap([pipeline]), clock, settings, apps=apps)
 
         calls: dict[str, list[float]] = {"on_push": [], "dispatch": [], "probe": [], "sweep": [], "on_approval": []}
 

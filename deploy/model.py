@@ -210,6 +210,9 @@ def function_env(config: DeployConfig) -> dict[str, str]:
         env["RELEASE_BUILD_REGION"] = s.build_region
     if s.source_url:
         env["RELEASE_SOURCE_URL"] = s.source_url
+    extra = s.pipeline_paths()[1:]
+    if extra:  # more applications: on_push maps each repository to its file (copied like the first)
+        env["RELEASE_PIPELINE_FILES"] = ";".join(f"/workspace/pipelines/{_basename(f)}" for f in extra)
     return env
 
 

@@ -231,7 +231,11 @@ def operator():
 def push_service():
     from shared.app.push import PushService
 
-    return PushService(store(), publisher(), pipeline(), SystemClock(), settings(), apps=app_records())
+    from shared.app.repositories import RepositoryMap
+
+    s = settings()
+    pipelines = RepositoryMap.from_files(s.pipeline_paths())
+    return PushService(store(), publisher(), pipelines, SystemClock(), s, apps=app_records())
 
 
 def release_notes(release_id: str) -> str:

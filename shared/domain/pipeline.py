@@ -93,6 +93,7 @@ class Pipeline:
     stages: tuple[Stage, ...]
     digest: str  # sha256 of the canonical definition
     document: Mapping[str, Any]  # the parsed file, stored with releases that use it
+    repositories: tuple[str, ...] = ()  # whose pushes release it, case-folded (GitHub names are)
 
     def index(self, stage_id: str) -> int:
         for i, stage in enumerate(self.stages):
@@ -235,6 +236,7 @@ def parse_pipeline(document: Any) -> Pipeline:
         stages=stages,
         digest=hashlib.sha256(canonical.encode()).hexdigest(),
         document=_freeze(document),
+        repositories=tuple(r.casefold() for r in document.get("repositories") or ()),
     )
 
 
