@@ -52,7 +52,7 @@ FIRST_CALL = {
         "gcp_clients.run_executions(bootstrap.settings())",
     "dashboard (GET)": "from shared.ui.dashboard import handle; bootstrap.store()",
     "probe (one round of a check's GETs, next probe scheduled)":
-        "bootstrap.probe_service(); bootstrap.probe_keyring(); bootstrap.probe_scheduler().client",
+        "bootstrap.probe_service(); bootstrap.link_keyring(); bootstrap.probe_scheduler().client",
     "probe (a job poll)":
         "bootstrap.probe_service().store.load_pipeline; bootstrap.probe_scheduler().client; "
         "from shared.adapters import gcp_clients; gcp_clients.run_executions(bootstrap.settings())",

@@ -238,22 +238,40 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def bench_keyring():
+    """The link keys of every bench: the dispatcher checks completions against them."""
+    from shared.domain.approval_tokens import Keyring
+
+    return Keyring.from_setting(APPROVAL_KEYS)
+
+
+def signed(event):
+    """A completion as the functions publish it (signed with the bench's link keys)."""
+    from shared.domain.completions import sign_finish
+
+    return sign_finish(event, bench_keyring())
+
+
 def make_dispatcher(store, publisher, executors, settings, clock=None, approvals=None, notifier=None):
     """The real Dispatcher with fake approvals/notifier, environment locks over Firestore (no
     bench stage names an environment, so none is taken: the figures are the dispatcher's own)
     and a roll-back no bench pipeline asks for (none has a failing check)."""
+    from shared.app.signing_publisher import SigningPublisher
     from shared.testing.fakes import FakeApprovals, FakeNotifier
-    from shared.adapters.firestore_apps import FirestoreAppRecords
+    from shared.adapters.firestore_apps import FirestoreAppRecords, service_lock_records
     from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
     from shared.app.locks import EnvironmentLocks
     from shared.app.ports import SystemClock
     from shared.app.dispatcher import Dispatcher
 
     inner = getattr(store, "inner", store)
-    locks = EnvironmentLocks(FirestoreAppRecords(inner.client, settings), publisher, settings)
+    publisher = SigningPublisher(publisher, bench_keyring)  # completions signed and checked, as on GCP
+    locks = EnvironmentLocks(FirestoreAppRecords(inner.client, settings), publisher, settings,
+                             service_lock_records(inner.client, settings))
     return Dispatcher(store, publisher, executors, approvals or FakeApprovals(), notifier or FakeNotifier(),
                       clock or SystemClock(), settings, locks, FirestoreDeadLetters(inner.client, settings),
-                      roll_back=lambda service, to=None: {"service": service, "note": "bench: nothing to roll back"})
+                      roll_back=lambda service, to=None: {"service": service, "note": "bench: nothing to roll back"},
+                      completion_keys=bench_keyring())
 
 
 class CpuMeter:

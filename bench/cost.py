@@ -24,6 +24,7 @@ from bench.common import (
     Report,
     emulators,
     make_dispatcher,
+    signed,
     mixed_pipeline,
     new_commit,
     prefix,
@@ -66,7 +67,7 @@ def run(hosts: dict[str, str] | None = None) -> Report:
             counts[kind].append((r1 - r0, w1 - w0))
 
         def finished(stage: str, attempt: int = 1) -> StageFinished:
-            return StageFinished("", rid, stage, f"{rid}.{stage}.a{attempt}", Outcome.SUCCEEDED)
+            return signed(StageFinished("", rid, stage, f"{rid}.{stage}.a{attempt}", Outcome.SUCCEEDED))
 
         send("pipeline", "e0", ReleaseStarted("", rid))  # includes the definition read
         for i, stage in enumerate(pipeline.stages):

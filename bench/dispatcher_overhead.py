@@ -31,6 +31,7 @@ from bench.common import (
     flat_pipeline,
     log_dir,
     make_dispatcher,
+    signed,
     mixed_pipeline,
     prefix,
     print_report,
@@ -65,7 +66,7 @@ def _events(release_id: str, pipeline) -> list[tuple[str, bytes, dict[str, str]]
     out = [(f"{release_id}.{pipeline.stages[0].id}.a1", *encode(ReleaseStarted("", release_id)))]
     for i, stage in enumerate(pipeline.stages):
         nxt = pipeline.stages[i + 1].id if i + 1 < len(pipeline.stages) else ""
-        finished = StageFinished("", release_id, stage.id, f"{release_id}.{stage.id}.a1", Outcome.SUCCEEDED)
+        finished = signed(StageFinished("", release_id, stage.id, f"{release_id}.{stage.id}.a1", Outcome.SUCCEEDED))
         out.append((f"{release_id}.{nxt}.a1" if nxt else "", *encode(finished)))
     return out
 

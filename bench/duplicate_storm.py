@@ -25,6 +25,7 @@ from bench.common import (
     flat_pipeline,
     log_dir,
     make_dispatcher,
+    signed,
     new_commit,
     prefix,
     print_report,
@@ -71,7 +72,7 @@ def storm(h, standin, delay_s: float) -> dict:
     assert store.create(state)
     rid = state.release_id
     dispatcher.handle_message(f"{rid}-start", {}, encode(ReleaseStarted("", rid))[0])
-    completion, _ = encode(StageFinished("", rid, "s01", f"{rid}.s01.a1", Outcome.SUCCEEDED))
+    completion, _ = encode(signed(StageFinished("", rid, "s01", f"{rid}.s01.a1", Outcome.SUCCEEDED)))
     barrier = threading.Barrier(COPIES)
 
     def copy(_):

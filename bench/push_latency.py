@@ -37,7 +37,7 @@ def run(hosts: dict | None = None) -> Report:
             times, statuses = [], []
             for i in range(PUSHES):
                 body = json.dumps({
-                    "ref": "refs/heads/main", "after": new_commit(), "repository": {"full_name": "bench/app"},
+                    "ref": "refs/heads/main", "after": new_commit(), "repository": {"full_name": "acme/noesis2"},
                     "pusher": {"email": "dev@example.com"},
                     "head_commit": {"message": f"change\n\nRelease-Version: 1.{i}.0"}}).encode()
                 headers = {"X-GitHub-Event": "push", "X-GitHub-Delivery": f"d{i}",

@@ -25,7 +25,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
-from bench.common import APPROVAL_KEYS, PROJECT, CountingStore, Report, emulators, prefix, print_report, quiet
+from bench.common import APPROVAL_KEYS, PROJECT, CountingStore, bench_keyring, Report, emulators, prefix, print_report, quiet
 
 WAIT_S = 2 * 3600
 APPROVER = "approver@example.com"
@@ -108,7 +108,7 @@ def run(hosts: dict[str, str] | None = None) -> Report:
     from shared.adapters.http_prober import RequestsProber
     from shared.adapters.firestore_approvals import FirestoreApprovalStore
     from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
-    from shared.adapters.firestore_apps import FirestoreAppRecords
+    from shared.adapters.firestore_apps import FirestoreAppRecords, service_lock_records
     from shared.adapters.firestore_store import FirestoreStore
     from shared.app.approvals import ApprovalService
     from shared.app.config import Settings
@@ -116,9 +116,11 @@ def run(hosts: dict[str, str] | None = None) -> Report:
     from shared.app.locks import EnvironmentLocks
     from shared.app.probing import ProbeService
     from shared.app.push import PushService, signature_for
+    from shared.app.repositories import RepositoryMap
     from shared.app.sweeper import sweep
     from shared.domain.pipeline import load_pipeline
     from shared.domain.state import ReleaseStatus
+    from shared.app.signing_publisher import SigningPublisher
     from shared.testing.fakes import FakeClock, FakeNotifier, FakeProbeScheduler, FakePublisher
 
     quiet()
@@ -134,7 +136,7 @@ def run(hosts: dict[str, str] | None = None) -> Report:
         tally = {"reads": 0, "writes": 0}
         apps = Counted(FirestoreAppRecords(client, settings), tally)
         approval_store = Counted(FirestoreApprovalStore(client, settings), tally)
-        clock, publisher, scheduler, mail = FakeClock(time.time()), FakePublisher(), FakeProbeScheduler(), Mail()
+        clock, publisher, scheduler, mail = FakeClock(time.time()), SigningPublisher(FakePublisher(), bench_keyring), FakeProbeScheduler(), Mail()
         approvals = ApprovalService.from_settings(settings, store=approval_store, publisher=publisher, clock=clock,
                                                   releases=store, link_senders=[mail])
         services = SimpleNamespace(get_service=lambda **_: SimpleNamespace(
@@ -142,12 +144,12 @@ def run(hosts: dict[str, str] | None = None) -> Report:
         executors = {"build": Instant(True), "preflight": Instant(True), "job": Instant(False),
                      "deploy": Instant(False), "traffic": Instant(False),
                      "check": HttpCheckExecutor(settings, services)}
-        locks = EnvironmentLocks(apps, publisher, settings)
+        locks = EnvironmentLocks(apps, publisher, settings, service_lock_records(client, settings))
         dispatcher = Dispatcher(store, publisher, executors, approvals, FakeNotifier(), clock, settings, locks,
                                 Counted(FirestoreDeadLetters(client, settings), tally), roll_back=lambda service: {},
-                                probes=scheduler)
+                                probes=scheduler, completion_keys=bench_keyring())
         probes = ProbeService(store, executors, publisher, scheduler, RequestsProber(), clock, settings)
-        push = PushService(store, publisher, pipeline, clock, settings, apps=apps)
+        push = PushService(store, publisher, RepositoryMap([pipeline]), clock, settings, apps=apps)
 
         calls: dict[str, list[float]] = {"on_push": [], "dispatch": [], "probe": [], "sweep": [], "on_approval": []}
 

@@ -230,6 +230,9 @@ def function_env(config: DeployConfig) -> dict[str, str]:
         env["RELEASE_BUILD_REGION"] = s.build_region
     if s.source_url:
         env["RELEASE_SOURCE_URL"] = s.source_url
+    extra = s.pipeline_paths()[1:]
+    if extra:  # more applications: on_push maps each repository to its file (copied like the first)
+        env["RELEASE_PIPELINE_FILES"] = ";".join(f"/workspace/pipelines/{_basename(f)}" for f in extra)
     return env
 
 
@@ -306,7 +309,7 @@ def build_plan(config: DeployConfig) -> Plan:
     # -- secrets: created empty; the operator adds the values (never in the repo, never here)
     prod_secrets = prod_secret_names(config.pipeline)
     for secret, why in ((config.webhook_secret, "GitHub webhook secret (on_push)"),
-                        (config.approval_keys_secret, "approval link signing keys (dispatch, sweep, on_approval)"),
+                        (config.approval_keys_secret, "link keys: approval links, probe tasks and completions (dispatch, probe, sweep, on_approval)"),
                         (config.smtp_password_secret, "the mail relay's login password (approval links, notices)"),
                         *((name, "read by a prod stage of the pipeline") for name in prod_secrets),
                         *((name, "fetched by a build stage (params.available_secrets)")

@@ -42,10 +42,10 @@ def assemble_source(config: DeployConfig, repo_root: Path = REPO_ROOT) -> Path:
         shutil.copytree(repo_root / package, dest / package, ignore=IGNORED)
     for folder in NOT_DEPLOYED:
         shutil.rmtree(dest / folder, ignore_errors=True)
-    pipeline_file = Path(config.settings.pipeline_file)
-    target = dest / "pipelines" / pipeline_file.name
-    if not target.exists():
-        shutil.copy2(pipeline_file, target)
+    for pipeline_file in map(Path, config.settings.pipeline_paths()):
+        target = dest / "pipelines" / pipeline_file.name
+        if not target.exists():
+            shutil.copy2(pipeline_file, target)
     shutil.copy2(repo_root / "requirements.txt", dest / "requirements.txt")
     (dest / "main.py").write_text(ROOT_MAIN)
     return dest

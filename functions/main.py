@@ -61,7 +61,7 @@ def probe(request):
 
     body = request.get_data()
     try:
-        task = decode_task(body, request.headers.get(PROBE_SIGNATURE_HEADER, ""), bootstrap.probe_keyring())
+        task = decode_task(body, request.headers.get(PROBE_SIGNATURE_HEADER, ""), bootstrap.link_keyring())
     except MalformedEvent as exc:
         # Acknowledged (2xx), so Cloud Tasks does not retry what can never succeed.
         task_name = request.headers.get("X-CloudTasks-TaskName", "unnamed")

@@ -49,12 +49,12 @@ def commit_sha() -> str:
         return "0123456789abcdef0123456789abcdef01234567"
 
 
-def send_push(stack: LocalStack, commit: str) -> dict:
+def send_push(stack: LocalStack, commit: str, repo: str = DEMO_REPO) -> dict:
     body = json.dumps({
-        "ref": "refs/heads/main", "after": commit, "repository": {"full_name": DEMO_REPO},
+        "ref": "refs/heads/main", "after": commit, "repository": {"full_name": repo},
         "pusher": {"name": "dev", "email": PUSHER}, "sender": {"login": "dev"},
         "head_commit": {"id": commit, "message": f"Release the sample app\n\nRelease-Version: {SAMPLE_VERSION}"},
-        "before": "0" * 40, "compare": f"https://github.com/{DEMO_REPO}/commit/{commit[:12]}",
+        "before": "0" * 40, "compare": f"https://github.com/{repo}/commit/{commit[:12]}",
         "commits": [{"id": commit, "message": f"Release the sample app\n\nRelease-Version: {SAMPLE_VERSION}",
                      "author": {"name": "dev", "email": PUSHER}}],
     }).encode()

@@ -56,6 +56,8 @@ DEAD_LETTER_POLICY = {"max_delivery_attempts": 5}
 class LocalStack:
     workdir: Path = REPO_ROOT / ".local-stack"
     pipeline_file: Path = REPO_ROOT / "pipelines" / "sample.yaml"
+    # More applications: pipeline files on_push also maps repositories to (RELEASE_PIPELINE_FILES).
+    pipeline_files: tuple[Path, ...] = ()
     tick_every_s: float = 2.0
     # Cloud Tasks' dispatch latency on GCP, added by the stand-in (benchmarks set it).
     task_dispatch_delay_s: float = 0.0
@@ -165,6 +167,7 @@ class LocalStack:
             "PYTHONPATH": str(REPO_ROOT),
             "SAMPLE_STACK_DIR": str(self.workdir),  # where the sample app's steps keep files
             "RELEASE_PIPELINE_FILE": str(self.pipeline_file),
+            "RELEASE_PIPELINE_FILES": ";".join(str(p) for p in self.pipeline_files),
             "RELEASE_CLOUD_BUILD_ENDPOINT": self.standin_endpoint,
             "RELEASE_CLOUD_RUN_ENDPOINT": self.standin_endpoint,
             "RELEASE_IAM_ENDPOINT": self.standin_endpoint,

@@ -27,10 +27,20 @@ def store():
 
 
 @functools.cache
-def publisher():
+def plain_publisher():
+    """Publishes what it is given as it is: the dead-letter re-drive, which must never sign a
+    completion that arrived unsigned."""
     from shared.adapters.pubsub_publisher import PubSubPublisher
 
     return PubSubPublisher(settings())
+
+
+@functools.cache
+def publisher():
+    from shared.app.signing_publisher import SigningPublisher
+
+    # Every stage.finished our code makes leaves signed with the link keys; the dispatcher believes no other.
+    return SigningPublisher(plain_publisher(), link_keyring)
 
 
 @functools.cache
@@ -83,12 +93,13 @@ def dispatcher():
 
     from shared.app.locks import EnvironmentLocks
 
-    locks = EnvironmentLocks(app_records(), publisher(), settings())
+    locks = EnvironmentLocks(app_records(), publisher(), settings(), service_lock_records())
     from shared.adapters.executors.run_services import rollback
 
     return Dispatcher(store(), publisher(), executors(), approvals(), notifier(), SystemClock(), settings(), locks,
                       dead_letter_store(), roll_back=lambda service, to=None: rollback(settings(), service, to),
-                      operator_requests=operator_requests(), probes=probe_scheduler())
+                      operator_requests=operator_requests(), probes=probe_scheduler(),
+                      completion_keys=link_keyring())
 
 
 @functools.cache
@@ -103,7 +114,7 @@ def dead_letters():
     """The dead-letter API (keep, drain, list, re-drive) over the one store."""
     from shared.app.dead_letters import DeadLetters
 
-    return DeadLetters(dead_letter_store(), publisher(), SystemClock(), settings())
+    return DeadLetters(dead_letter_store(), plain_publisher(), SystemClock(), settings())
 
 
 @functools.cache
@@ -115,14 +126,24 @@ def app_records():
 
 
 @functools.cache
-def probe_scheduler():
-    from shared.adapters.cloud_tasks import CloudTasksScheduler
+def service_lock_records():
+    """``service_locks/{service}``: Cloud Run services shared by applications take turns."""
+    from shared.adapters.firestore_apps import service_lock_records as records
 
-    return CloudTasksScheduler(settings(), keyring=probe_keyring())
+    return records(store().client, settings())
 
 
 @functools.cache
-def probe_keyring():
+def probe_scheduler():
+    from shared.adapters.cloud_tasks import CloudTasksScheduler
+
+    return CloudTasksScheduler(settings(), keyring=link_keyring())
+
+
+@functools.cache
+def link_keyring():
+    """The link keys (Secret Manager): approval links, probe tasks and completions each sign
+    with a key derived from them for that use alone."""
     from shared.domain.approval_tokens import Keyring
 
     return Keyring.from_setting(settings().approval_keys)
@@ -202,7 +223,7 @@ def operator():
     register_approval_actions(service, decisions)
     register_cancel(service, store(), publisher(), s.events_topic)
     register_dead_letter_actions(service, dead_letters())
-    register_freeze(service, EnvironmentLocks(app_records(), publisher(), s), pipeline().name)
+    register_freeze(service, EnvironmentLocks(app_records(), publisher(), s, service_lock_records()), pipeline().name)
     return register_release_actions(service, store(), publisher(), s)
 
 
@@ -210,7 +231,11 @@ def operator():
 def push_service():
     from shared.app.push import PushService
 
-    return PushService(store(), publisher(), pipeline(), SystemClock(), settings(), apps=app_records())
+    from shared.app.repositories import RepositoryMap
+
+    s = settings()
+    pipelines = RepositoryMap.from_files(s.pipeline_paths())
+    return PushService(store(), publisher(), pipelines, SystemClock(), s, apps=app_records())
 
 
 def release_notes(release_id: str) -> str:

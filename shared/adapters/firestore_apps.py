@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from shared.app.config import Settings
+from typing import Callable
+
 from shared.app.ports import empty_app_record
 from shared.domain.errors import StaleWrite
 
@@ -16,15 +18,19 @@ def app_document_id(app: str) -> str:
 
 
 class FirestoreAppRecords:
-    def __init__(self, client, settings: Settings):
+    def __init__(self, client, settings: Settings, collection: str = "apps",
+                 empty: Callable[[], dict[str, Any]] = empty_app_record):
+        """``collection="service_locks"`` with ``empty=empty_service_record`` holds the locks of
+        Cloud Run services shared by applications (shared/app/service_locks.py), same contract."""
         self.client = client
-        self.collection = client.collection(settings.collection("apps"))
+        self.collection = client.collection(settings.collection(collection))
+        self._empty = empty
 
     def read(self, app: str) -> tuple[dict[str, Any], Any]:
         snapshot = self.collection.document(app_document_id(app)).get()
         if not snapshot.exists:
-            return empty_app_record(), None
-        return {**empty_app_record(), **snapshot.to_dict()}, snapshot.update_time
+            return self._empty(), None
+        return {**self._empty(), **snapshot.to_dict()}, snapshot.update_time
 
     def write(self, app: str, data: dict[str, Any], token: Any) -> None:
         from google.api_core import exceptions as gexc
@@ -37,3 +43,10 @@ class FirestoreAppRecords:
                 doc.update(data, option=self.client.write_option(last_update_time=token))
         except (gexc.AlreadyExists, gexc.FailedPrecondition):
             raise StaleWrite(f"application record {app} changed since it was read") from None
+
+
+def service_lock_records(client, settings: Settings) -> FirestoreAppRecords:
+    """``service_locks/{service}``: the locks of Cloud Run services (shared/app/service_locks.py)."""
+    from shared.app.service_locks import empty_service_record
+
+    return FirestoreAppRecords(client, settings, "service_locks", empty_service_record)

@@ -21,6 +21,9 @@ class Settings:
     project: str = "local-project"
     region: str = "europe-west3"
     pipeline_file: str = str(REPO_ROOT / "pipelines" / "noesis2.yaml")
+    # More pipeline files on_push may start, separated by ',' or ';' (gcloud's --set-env-vars
+    # splits on ','); each lists the repositories it releases.
+    pipeline_files: str = ""
     release_branch: str = "main"
     # Pub/Sub topics (short names; the publisher adds the project).
     events_topic: str = "pipeline-events"
@@ -92,6 +95,11 @@ class Settings:
             if project:
                 values["project"] = project
         return cls(**values)
+
+    def pipeline_paths(self) -> list[str]:
+        """Every pipeline file on_push knows: ``pipeline_file`` first, then ``pipeline_files``."""
+        extra = [p.strip() for p in self.pipeline_files.replace(";", ",").split(",") if p.strip()]
+        return list(dict.fromkeys([self.pipeline_file, *extra]))
 
     def require(self, name: str) -> str:
         value = getattr(self, name)

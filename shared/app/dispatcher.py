@@ -14,6 +14,7 @@ starts nothing twice. Cost per transition: one read, two writes.
 """
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from dataclasses import dataclass
@@ -61,10 +62,12 @@ from shared.app.ports import (
     StageExecutor,
 )
 from shared.app.probing import follow
+from shared.domain.approval_tokens import Keyring
+from shared.domain.completions import unsigned_reason
 from shared.domain.dead_letters import DeadLetter
 from shared.domain.probes import CHECK_KIND
 from shared.domain.wake import next_wake
-from shared.domain.state import ReleaseState
+from shared.domain.state import ReleaseState, StageStatus
 from shared.domain.wire import decode_event, encode
 
 log = logging.getLogger(__name__)
@@ -94,6 +97,9 @@ class Dispatcher:
     # (shared/app/probing.py). Without one, only the sweeper's tick notices completions
     # and a check cannot run at all.
     probes: ProbeScheduler | None = None
+    # The link keys: a stage.finished on the events topic counts only when signed with one of
+    # them (shared/domain/completions.py). None refuses every such completion (fails closed).
+    completion_keys: Keyring | None = None
 
     # -- entry ----------------------------------------------------------------
     def handle_message(self, event_id: str, attributes: Mapping[str, str], data: bytes) -> Decision:
@@ -102,9 +108,17 @@ class Dispatcher:
         event = decode_event(event_id, attributes, data)
         if event is None:
             return Decision(GateOutcome.IGNORED, "not a terminal status of a pipeline build")
+        if attributes.get("buildId"):
+            # Cloud Build's own notification: unsigned by nature, so checked against the build itself.
+            return self._confirm_build(event)
         return self.handle(event)
 
     def handle(self, event: Event) -> Decision:
+        """An event from the events topic: every claim it makes is checked before it is applied."""
+        if isinstance(event, StageFinished):
+            refused = unsigned_reason(event, self.completion_keys)
+            if refused:  # not published by our functions: whoever sent it, it decides nothing
+                return self._refuse_claim(event, refused)
         if isinstance(event, ApprovalDecided):
             refused = self.approvals.unconfirmed(event)
             if refused:
@@ -115,6 +129,38 @@ class Dispatcher:
                        else unconfirmed_request(self.operator_requests, event))
             if refused:
                 return self._refuse_claim(event, refused)
+        return self._apply(event)
+
+    def _confirm_build(self, event: StageFinished) -> Decision:
+        """A build notification counts only as what Cloud Build says of the build the stage
+        recorded: the build executor's own read of that build decides the outcome and the
+        result. A notification for another run or build, or before the build was recorded,
+        goes to the gate unread, which finds it stale (the poll decides those later)."""
+        got = self.store.get(event.release_id)
+        if got is None:
+            return self._unknown_release(event)
+        state, _ = got
+        st = state.stages.get(event.stage)
+        recorded = st.result.get("build_id") if st is not None else None
+        if (st is None or st.status is not StageStatus.RUNNING or not recorded or recorded != event.result.get("build_id")
+                or not hmac.compare_digest(st.stage_run_id.encode(), event.stage_run_id.encode())):
+            return self._apply(event)
+        pipeline = self.store.load_pipeline(state.pipeline_digest)
+        stage = pipeline.stage(event.stage)
+        try:
+            finish = self.executors[stage.kind.value].poll(pipeline, stage, st)
+        except ExecutorError as exc:  # unconfirmed, not forged: the sweeper's poll or the timeout decides
+            log.warning("notification of build %s not confirmed: %s", recorded, exc)
+            return Decision(GateOutcome.STALE, f"could not read build {recorded} to confirm its notification: {exc}")
+        if finish is None:
+            return self._refuse_claim(event, f"build {recorded} has not finished, whatever the notification says")
+        if finish.outcome is not event.outcome:
+            return self._refuse_claim(event, f"the notification says build {recorded} {event.outcome.value}; "
+                                             f"Cloud Build says {finish.outcome.value}")
+        return self._apply(StageFinished(event.id, event.release_id, event.stage, event.stage_run_id, finish.outcome,
+                                         finish.reason, {**dict(finish.result), "build_id": recorded}))
+
+    def _apply(self, event: Event) -> Decision:
         for _ in range(MAX_CONFLICT_RETRIES):
             got = self.store.get(event.release_id)
             if got is None:
@@ -209,7 +255,7 @@ class Dispatcher:
                 self.notifier.notify(state, command)
             elif isinstance(command, AcquireLock):
                 self.locks.acquire(state.pipeline_name, command.environment, command.release_id, command.created_at,
-                                   state.version)
+                                   state.version, pipeline.services_in(command.environment))
             elif isinstance(command, ReleaseLock):
                 self.locks.release(state.pipeline_name, command.environment, command.release_id)
             elif isinstance(command, RollBack):

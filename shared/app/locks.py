@@ -3,13 +3,17 @@
 Both live in the application's record ``apps/{app}`` (port ``AppRecords``), changed by
 conditional writes (update-time precondition) like the releases::
 
-    {"locks": {env: {holder, queue: [{release_id, created_at, version}], superseded: {id: {by, reason}}}},
+    {"locks": {env: {holder, services: [...],         # the holder's services (shared/app/service_locks.py)
+                     queue: [{release_id, created_at, version, services}], superseded: {id: {by, reason}}}},
      "version_floor": {"version", "release_id"},   # highest version that entered prod
      "stage_medians": {},                          # per-stage durations (shared/app/stage_medians.py)
      "freeze": {"by", "at", "reason"}}             # set: no release enters prod (relctl freeze)
 
 An application is what one pipeline file releases (its name). Releases of two
-applications never queue behind or supersede each other.
+applications never queue behind or supersede each other, except that two applications
+that deploy the same Cloud Run service take turns on that service, first come first
+served (per-service locks, shared/app/service_locks.py); the grant is published only
+once the release holds its application's lock and every one of its services' locks.
 
 Lock policy: a release that wants an environment another release of the same
 application holds joins the queue. When the holder gives it back, the NEWEST queued
@@ -35,6 +39,7 @@ import semver
 
 from shared.app.config import Settings
 from shared.app.ports import AppRecords, EventPublisher, empty_lock
+from shared.app.service_locks import ServiceLocks
 from shared.domain.errors import StaleWrite, TransientError
 from shared.domain.events import LockGranted, Superseded
 
@@ -58,13 +63,17 @@ def frozen(data: dict[str, Any], environment: str) -> bool:
 
 
 class EnvironmentLocks:
-    def __init__(self, records: AppRecords, publisher: EventPublisher, settings: Settings):
+    def __init__(self, records: AppRecords, publisher: EventPublisher, settings: Settings,
+                 service_records: AppRecords):
         self.records = records
         self.publisher = publisher
         self.settings = settings
+        self.services = ServiceLocks(service_records)  # ``service_locks/{service}``
 
-    def acquire(self, app: str, environment: str, release_id: str, created_at: float, version: str = "") -> str:
-        """'granted', 'queued' or 'superseded'; the matching event is published."""
+    def acquire(self, app: str, environment: str, release_id: str, created_at: float, version: str = "",
+                services: tuple[str, ...] = ()) -> str:
+        """'granted', 'queued' or 'superseded'; the matching event is published. ``services``:
+        the Cloud Run services the release changes in ``environment`` (their locks come too)."""
         for _ in range(MAX_CONFLICT_RETRIES):
             data, token = self.records.read(app)
             lock = data["locks"].setdefault(environment, empty_lock())
@@ -72,19 +81,21 @@ class EnvironmentLocks:
                 self._superseded(environment, release_id, lock["superseded"][release_id])
                 return "superseded"
             if lock["holder"] == release_id:
-                self._granted(environment, release_id)  # asked again: the first grant may be lost
-                return "granted"
+                # Asked again: the first grant may be lost, or a service lock not taken yet.
+                return self._take_services(app, environment, release_id, lock.get("services", []))
             below = self._below_floor(data, environment, release_id, version)
             if below:
                 self._supersede(lock, release_id, below)
                 outcome = "superseded"
             elif lock["holder"] == "" and not frozen(data, environment):
                 lock["holder"] = release_id
+                lock["services"] = sorted(set(services))
                 lock["queue"] = [q for q in lock["queue"] if q["release_id"] != release_id]
                 self._raise_floor(data, environment, release_id, version)
                 outcome = "granted"
             elif all(q["release_id"] != release_id for q in lock["queue"]):
-                lock["queue"].append({"release_id": release_id, "created_at": created_at, "version": version})
+                lock["queue"].append({"release_id": release_id, "created_at": created_at, "version": version,
+                                      "services": sorted(set(services))})
                 outcome = "queued"
             else:
                 return "queued"  # already waiting: nothing to write
@@ -93,8 +104,8 @@ class EnvironmentLocks:
             except StaleWrite:
                 continue
             if outcome == "granted":
-                self._granted(environment, release_id)
-            elif outcome == "superseded":
+                return self._take_services(app, environment, release_id, lock["services"])
+            if outcome == "superseded":
                 self._superseded(environment, release_id, below)
             return outcome
         raise TransientError(f"lock {app}/{environment}: too many concurrent changes", release_id=release_id)
@@ -105,6 +116,10 @@ class EnvironmentLocks:
             data, token = self.records.read(app)
             lock = data["locks"].setdefault(environment, empty_lock())
             superseded: dict[str, dict[str, str]] = {}
+            if lock["holder"] == release_id:
+                # The services first, while the application lock still says which they are.
+                for other, other_app in self.services.give_back(environment, release_id, lock.get("services", [])):
+                    self._carry_on(other_app, environment, other)
             if lock["holder"] != release_id:
                 queue = [q for q in lock["queue"] if q["release_id"] != release_id]
                 if queue == lock["queue"]:
@@ -112,7 +127,7 @@ class EnvironmentLocks:
                 lock["queue"] = queue
                 successor = None
             else:
-                lock["holder"] = ""
+                lock["holder"], lock["services"] = "", []
                 successor, superseded = self._hand_over(data, lock, environment)
             try:
                 self.records.write(app, data, token)
@@ -121,7 +136,7 @@ class EnvironmentLocks:
             for rid, why in superseded.items():
                 self._superseded(environment, rid, why)
             if successor:
-                self._granted(environment, successor)
+                self._take_services(app, environment, successor, lock["services"])
             return successor
         raise TransientError(f"lock {app}/{environment}: too many concurrent changes", release_id=release_id)
 
@@ -138,6 +153,7 @@ class EnvironmentLocks:
             below = self._below_floor(data, environment, rid, queued.get("version", ""))
             if successor is None and not below:
                 successor = rid
+                lock["services"] = list(queued.get("services", []))
                 self._raise_floor(data, environment, rid, queued.get("version", ""))
             else:
                 superseded[rid] = below or {"by": successor or "", "reason": ""}
@@ -164,7 +180,7 @@ class EnvironmentLocks:
             for rid, why in superseded.items():
                 self._superseded("prod", rid, why)
             if successor:
-                self._granted("prod", successor)
+                self._take_services(app, "prod", successor, lock["services"])
             return successor
         raise TransientError(f"freeze of {app}: too many concurrent changes")
 
@@ -175,7 +191,7 @@ class EnvironmentLocks:
         if isinstance(event, LockGranted):
             if lock["holder"] != event.release_id:
                 return f"{app}/{event.environment} is held by {lock['holder'] or 'nobody'}, not {event.release_id}"
-            return ""
+            return self.services.not_held(event.environment, event.release_id, lock.get("services", []))
         recorded = lock["superseded"].get(event.release_id)
         if recorded is None or recorded.get("by") != event.superseded_by:
             return f"{app}/{event.environment} records no supersession of {event.release_id} by {event.superseded_by}"
@@ -204,6 +220,22 @@ class EnvironmentLocks:
         lock["queue"] = [q for q in lock["queue"] if q["release_id"] != release_id]
         lock["superseded"][release_id] = why
         lock["superseded"] = dict(list(lock["superseded"].items())[-SUPERSEDED_KEPT:])
+
+    # -- the services' locks ----------------------------------------------------------
+    def _take_services(self, app: str, environment: str, release_id: str, services: list[str]) -> str:
+        """The application lock is held: take the services' locks in order; grant when all are held."""
+        waiting_for = self.services.take(app, environment, release_id, services)
+        if waiting_for:
+            log.info("release %s holds %s/%s and waits for service %s", release_id, app, environment, waiting_for)
+            return "queued"
+        self._granted(environment, release_id)
+        return "granted"
+
+    def _carry_on(self, app: str, environment: str, release_id: str) -> None:
+        """A service lock was handed to ``release_id`` (of ``app``): it takes the rest of its locks."""
+        lock = self.records.read(app)[0]["locks"].get(environment) or empty_lock()
+        if lock["holder"] == release_id:
+            self._take_services(app, environment, release_id, lock.get("services", []))
 
     # -- events -------------------------------------------------------------------------
     def _granted(self, environment: str, release_id: str) -> None:

@@ -155,7 +155,7 @@ class AppRecords(Protocol):
 
 
 def empty_lock() -> dict[str, Any]:
-    return {"holder": "", "queue": [], "superseded": {}}
+    return {"holder": "", "services": [], "queue": [], "superseded": {}}
 
 
 def empty_app_record() -> dict[str, Any]:

@@ -25,6 +25,7 @@ from shared.domain.events import ReleaseStarted
 from shared.domain.pipeline import Pipeline
 from shared.app.locks import higher
 from shared.app.ports import AppRecords, Clock, EventPublisher, ReleaseStore
+from shared.app.repositories import RepositoryMap
 from shared.domain.state import new_release, release_id_for
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def parse_push(payload: Any, release_branch: str) -> Push | None:
 class PushService:
     store: ReleaseStore
     publisher: EventPublisher
-    pipeline: Pipeline
+    pipelines: RepositoryMap  # which pipeline each repository releases (shared/app/repositories.py)
     clock: Clock
     settings: Settings
     # apps/{app}: its version floor (the highest version that entered prod) is the one
@@ -164,13 +165,14 @@ class PushService:
         return self._start_release(push, delivery)
 
     def _start_release(self, push: Push, delivery: str) -> tuple[int, dict[str, Any]]:
+        pipeline = self.pipelines.pipeline_for(push.repo)
         release_id = release_id_for(push.repo, push.commit)
         existing = self.store.get(release_id)
         if existing is None:
-            self._refuse_old_version(push)
-            self.store.save_pipeline(self.pipeline)
+            self._refuse_old_version(push, pipeline)
+            self.store.save_pipeline(pipeline)
             state = new_release(
-                self.pipeline, repo=push.repo, ref=push.ref, commit=push.commit,
+                pipeline, repo=push.repo, ref=push.ref, commit=push.commit,
                 version=push.version, pushed_by=push.pushed_by, now=self.clock.now(),
                 pusher=self.people.pusher(push.aliases),
                 run_key=secrets.token_hex(32),
@@ -188,10 +190,10 @@ class PushService:
         body = {"status": "created" if created else "exists", "release_id": release_id, "tag": state.tag}
         return (201 if created else 200), body
 
-    def _refuse_old_version(self, push: Push) -> None:
+    def _refuse_old_version(self, push: Push, pipeline: Pipeline) -> None:
         """A version not above the floor would be superseded at the prod lock (shared/app/locks.py):
         refuse it now, while the author can still bump it before the merge."""
-        floor = self.apps.read(self.pipeline.name)[0]["version_floor"]
+        floor = self.apps.read(pipeline.name)[0]["version_floor"]
         last = str(floor.get("version") or "")
         if last and not higher(push.version, last):
             raise WebhookRejected(

@@ -59,6 +59,9 @@ class StageFinished:
     outcome: Outcome
     reason: str = ""
     result: Mapping[str, Any] = field(default_factory=dict)
+    # ``<kid>.<hmac>`` from the function that published it (shared/domain/completions.py);
+    # empty for Cloud Build's own notifications, which are checked against the build instead.
+    signature: str = ""
     type = EventType.STAGE_FINISHED
 
 

@@ -93,6 +93,7 @@ class Pipeline:
     stages: tuple[Stage, ...]
     digest: str  # sha256 of the canonical definition
     document: Mapping[str, Any]  # the parsed file, stored with releases that use it
+    repositories: tuple[str, ...] = ()  # whose pushes release it, case-folded (GitHub names are)
 
     def index(self, stage_id: str) -> int:
         for i, stage in enumerate(self.stages):
@@ -113,6 +114,16 @@ class Pipeline:
             if stage.kind is StageKind.APPROVAL:
                 return i
         return None
+
+    def services_in(self, environment: str) -> tuple[str, ...]:
+        """The Cloud Run services this pipeline changes in ``environment`` (deploys, their
+        background services, traffic changes), sorted: the order their locks are taken in."""
+        names: set[str] = set()
+        for stage in self.stages:
+            if stage.environment == environment and stage.kind in (StageKind.DEPLOY, StageKind.TRAFFIC):
+                names.update(stage.params.get("services") or ())
+                names.update(stage.params.get("background_services") or ())
+        return tuple(sorted(names))
 
     def needs_approval(self, stage_id: str) -> bool:
         gate = self.approval_index
@@ -225,6 +236,7 @@ def parse_pipeline(document: Any) -> Pipeline:
         stages=stages,
         digest=hashlib.sha256(canonical.encode()).hexdigest(),
         document=_freeze(document),
+        repositories=tuple(r.casefold() for r in document.get("repositories") or ()),
     )
 
 

@@ -150,9 +150,20 @@ STAGE_FIELDS: dict[str, Field] = {
     "optional": Field(boolean),
     "params": Field(mapping),
 }
+REPOSITORY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}$")  # GitHub's owner/name
+
+
+def repository(value: Any) -> str | None:
+    if isinstance(value, str) and REPOSITORY.match(value):
+        return None
+    return f"must be a GitHub repository 'owner/name', got {value!r}"
+
+
 TOP_FIELDS: dict[str, Field] = {
     "name": Field(text),
     "image": Field(text),
+    # The repositories whose pushes release this pipeline (on_push maps each to one file).
+    "repositories": Field(list_of(repository, "repositories")),
     "stages": Field(lambda v: None if isinstance(v, list) and v else "must be a non-empty list", required=True),
 }
 COMMON_PARAMS: dict[str, Field] = {}

@@ -71,7 +71,7 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
     ReleaseNotice.type: ("release_id", "kind"),
 }
 _STRINGS = ("release_id", "stage", "stage_run_id", "replay_id", "requested_by", "nonce", "approver",
-            "environment", "superseded_by", "reason", "user_agent", "message", "request_id")
+            "environment", "superseded_by", "reason", "user_agent", "message", "request_id", "signature")
 
 
 def type_of(message: Message) -> str:

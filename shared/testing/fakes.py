@@ -170,6 +170,37 @@ class FakeDeadLetters:
             self.letters[letter_id] = replace(self.letters[letter_id], redriven_as=message_id, redriven_at=at)
 
 
+# The link keys of every test rig: what the dispatcher checks completions against.
+TEST_LINK_KEYS = "kt:test-link-keys-of-32-bytes-or-more"
+
+
+def rig_keyring():
+    from shared.domain.approval_tokens import Keyring
+
+    return Keyring.from_setting(TEST_LINK_KEYS)
+
+
+def signed(event):
+    """A stage.finished as our functions publish it: signed with the rigs' link keys."""
+    from shared.domain.completions import sign_finish
+
+    return sign_finish(event, rig_keyring())
+
+
+def signed_bytes(payload: Mapping[str, Any]) -> bytes:
+    """A stage.finished payload, written as a dict by a test, as signed bytes on the wire."""
+    from shared.domain.wire import from_payload
+
+    return encode(signed(from_payload("", dict(payload))))[0]
+
+
+def signing(publisher):
+    """``publisher`` behind the signer the functions use (shared/app/signing_publisher.py)."""
+    from shared.app.signing_publisher import SigningPublisher
+
+    return SigningPublisher(publisher, rig_keyring)
+
+
 class FakePublisher:
     """Keeps what is published, encoded by the one wire format like the real publisher,
     with ids like Pub/Sub's; ``fail = True`` makes it raise TransientError as an
@@ -363,14 +394,15 @@ class InMemoryApprovalStore:
 class InMemoryAppRecords:
     """The fake of ``apps/{app}``: the same contract as the Firestore records, in memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, empty: Callable[[], dict[str, Any]] = empty_app_record) -> None:
         self._lock = threading.Lock()
         self._docs: dict[str, tuple[dict[str, Any], int]] = {}
+        self._empty = empty
 
     def read(self, app: str) -> tuple[dict[str, Any], Any]:
         with self._lock:
             if app not in self._docs:
-                return empty_app_record(), None
+                return self._empty(), None
             data, version = self._docs[app]
             return copy.deepcopy(data), version
 

@@ -11,7 +11,7 @@ import time
 import uuid
 
 from shared.app.config import Settings
-from shared.testing.fakes import FakeApprovals, FakeNotifier, FakePublisher
+from shared.testing.fakes import FakeApprovals, FakeNotifier, FakePublisher, rig_keyring, signed_bytes, signing
 from shared.domain.pipeline import parse_pipeline
 from shared.domain.state import new_release
 
@@ -41,16 +41,18 @@ def firestore_store(project: str, settings: Settings):
 def dispatcher(store, executors, settings, clock=None, publisher=None):
     """The real Dispatcher, with environment locks over Firestore (no stage here names an
     environment, so none is taken) and a roll-back no check here ever asks for."""
-    from shared.adapters.firestore_apps import FirestoreAppRecords
+    from shared.adapters.firestore_apps import FirestoreAppRecords, service_lock_records
     from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
     from shared.app.locks import EnvironmentLocks
     from shared.app.ports import SystemClock
     from shared.app.dispatcher import Dispatcher
 
-    publisher = publisher if publisher is not None else FakePublisher()
-    locks = EnvironmentLocks(FirestoreAppRecords(store.client, settings), publisher, settings)
+    publisher = signing(publisher if publisher is not None else FakePublisher())
+    locks = EnvironmentLocks(FirestoreAppRecords(store.client, settings), publisher, settings,
+                             service_lock_records(store.client, settings))
     return Dispatcher(store, publisher, executors, FakeApprovals(), FakeNotifier(), clock or SystemClock(),
-                      settings, locks, FirestoreDeadLetters(store.client, settings), roll_back=_no_roll_back)
+                      settings, locks, FirestoreDeadLetters(store.client, settings), roll_back=_no_roll_back,
+                      completion_keys=rig_keyring())
 
 
 def _no_roll_back(service: str, to: str | None = None):
@@ -77,9 +79,9 @@ def started(release_id: str) -> bytes:
 
 
 def finished(release_id: str, stage: str, attempt: int = 1, outcome: str = "succeeded") -> bytes:
-    return json.dumps({"type": "stage.finished", "release_id": release_id, "stage": stage,
-                       "stage_run_id": f"{release_id}.{stage}.a{attempt}", "outcome": outcome,
-                       "result": {"from": "completion"}}).encode()
+    return signed_bytes({"type": "stage.finished", "release_id": release_id, "stage": stage,
+                         "stage_run_id": f"{release_id}.{stage}.a{attempt}", "outcome": outcome,
+                         "result": {"from": "completion"}})
 
 
 def builds_for(standin, stage_run_id: str) -> list:

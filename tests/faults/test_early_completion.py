@@ -16,7 +16,7 @@ import pytest
 
 from shared.app.config import Settings
 from shared.domain.events import Outcome
-from shared.testing.fakes import FakeClock, FakeExecutor, FakePublisher
+from shared.testing.fakes import FakeClock, FakeExecutor, FakePublisher, signing
 from shared.domain.gate import GateOutcome
 from shared.app.ports import StageFinish
 from shared.domain.state import StageStatus
@@ -95,11 +95,11 @@ def test_completion_of_a_run_not_yet_recorded_is_stale_and_the_sweeper_recovers_
 
     dispatcher.handle_message("s1-done", {}, rig.finished(rid, "s1"))
     executor.poll_results[f"{rid}.s2.a1"] = StageFinish(Outcome.SUCCEEDED, "", {"found_by": "poll"})
-    published = FakePublisher()
+    published = signing(FakePublisher())  # as the sweep function publishes: completions signed
     # the notification never came: the sweeper's safety net polls once the stage's wake time is there
     report = sweep(store, {"build": executor}, published, FakeClock(state.created_at + SAFETY_NET_S + 5), settings)
     (finish,) = [data for _, data, _ in published.messages if data["type"] == "stage.finished"]
-    assert [to_payload(e) for e in report.finished] == [finish] and finish["stage_run_id"] == f"{rid}.s2.a1"
+    assert [to_payload(e) for e in report.finished] == [{**finish, "signature": ""}] and finish["stage_run_id"] == f"{rid}.s2.a1"
     decision = dispatcher.handle_message("sweeper-1", {}, json.dumps(finish).encode())
     assert decision.outcome is GateOutcome.APPLIED
     state = store.get(rid)[0]

@@ -14,11 +14,14 @@ from shared.testing.fakes import (
     FakeNotifier,
     FakeOperatorRequests,
     FakePublisher,
+    rig_keyring,
+    signed_bytes,
+    signing,
 )
 from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
 from shared.adapters.firestore_store import FirestoreStore
 from shared.app.dead_letters import DeadLetters
-from shared.adapters.firestore_apps import FirestoreAppRecords
+from shared.adapters.firestore_apps import FirestoreAppRecords, service_lock_records
 from shared.app.locks import EnvironmentLocks
 from shared.domain.pipeline import StageKind
 from shared.app.dispatcher import Dispatcher
@@ -31,7 +34,7 @@ class Rig:
     dispatcher: Dispatcher
     store: FirestoreStore
     executor: FakeExecutor
-    publisher: FakePublisher
+    publisher: FakePublisher  # behind the signer, as the functions publish
     clock: FakeClock
     operator_requests: FakeOperatorRequests
     dead_letters: DeadLetters
@@ -44,8 +47,11 @@ class Rig:
         assert self.store.create(state)
         return state.release_id
 
-    def send(self, event_id, data):
-        decision = self.dispatcher.handle_message(event_id, {}, json.dumps(data).encode())
+    def send(self, event_id, data, *, sign=True):
+        """Deliver ``data`` as the events topic would; a stage.finished is signed as our functions
+        sign it unless ``sign=False`` (a forgery by someone else who may publish)."""
+        raw = signed_bytes(data) if sign and data.get("type") == "stage.finished" else json.dumps(data).encode()
+        decision = self.dispatcher.handle_message(event_id, {}, raw)
         self.deliver_lock_events()
         return decision
 
@@ -65,14 +71,15 @@ def make_rig(project, prefix) -> Rig:
     settings = Settings(project=project, collection_prefix=prefix)
     store = FirestoreStore(firestore.Client(project=project), settings)
     executor = FakeExecutor()
-    publisher = FakePublisher()
+    publisher = signing(FakePublisher())
     clock = FakeClock()
     executors = {kind.value: executor for kind in StageKind}
-    locks = EnvironmentLocks(FirestoreAppRecords(store.client, settings), publisher, settings)
+    locks = EnvironmentLocks(FirestoreAppRecords(store.client, settings), publisher, settings,
+                             service_lock_records(store.client, settings))
     rolled_back: list[str] = []
     requests = FakeOperatorRequests()
     letters = FirestoreDeadLetters(store.client, settings)
     dispatcher = Dispatcher(store, publisher, executors, FakeApprovals(), FakeNotifier(), clock, settings, locks,
                             letters, roll_back=lambda service, to=None: rolled_back.append(service) or {"service": service, "revision": to},
-                            operator_requests=requests)
+                            operator_requests=requests, completion_keys=rig_keyring())
     return Rig(dispatcher, store, executor, publisher, clock, requests, DeadLetters(letters, publisher, clock, settings))

@@ -5,6 +5,7 @@ each other, a forged lock grant putting two releases in staging, an older versio
 a newer one in prod."""
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -54,11 +55,16 @@ def run_until(rig, rid, stage):
     raise AssertionError(f"{rid} never reached {stage}: {rig.state(rid).status}")
 
 
+def app_doc(name: str, service: str) -> dict:
+    """The test pipeline as application ``name``, deploying the Cloud Run service ``service``."""
+    return json.loads(json.dumps({**DOC, "name": name}).replace('["web"]', json.dumps([service])))
+
+
 def test_twenty_applications_reach_staging_at_once_and_none_supersedes_another(rig):
     """Why: one locks/staging for all repositories; of 20 releases of 20 repos, 18 were superseded."""
     ids = []
     for i in range(20):
-        pipeline = parse_pipeline({**DOC, "name": f"app-{i}"})
+        pipeline = parse_pipeline(app_doc(f"app-{i}", f"web-{i}"))
         rig.clock.advance(1)
         ids.append(rig.new_release(commit=f"{i:02d}" + "a" * 14, pipeline=pipeline, repo=f"acme/app-{i}"))
         run_until(rig, ids[-1], "staging-migrate")
@@ -117,3 +123,37 @@ def test_a_rollback_does_not_lower_the_floor(rig):
     rig.clock.advance(1)
     next_one = rig.new_release(commit="7" * 16, version="3.0.1")
     assert run_until(rig, next_one, "prod-migrate").stages["prod-migrate"].status is StageStatus.RUNNING
+
+
+def test_two_applications_that_deploy_the_same_service_take_turns_on_it_and_never_supersede(rig):
+    """Two pipeline files (applications "shop" and "shop-admin") deploy the Cloud Run service
+    "storefront": they share its lock per environment, first come first served; a third
+    release of "shop" supersedes only the older "shop" release queued behind it."""
+    shop, admin = parse_pipeline(app_doc("shop", "storefront")), parse_pipeline(app_doc("shop-admin", "storefront"))
+    first = rig.new_release(commit="5" * 16, pipeline=shop, repo="acme/shop")
+    assert run_until(rig, first, "staging-migrate").status is ReleaseStatus.RUNNING
+    rig.clock.advance(1)
+    other = rig.new_release(commit="6" * 16, pipeline=admin, repo="acme/shop-admin")
+    state = run_until(rig, other, "staging-migrate")
+    assert state.status is ReleaseStatus.QUEUED and state.locks_held == [], "storefront is taken by the shop release"
+    forged = rig.send("forged-grant", {"type": "lock.granted", "release_id": other, "environment": "staging"})
+    assert forged.outcome is GateOutcome.REFUSED and "service storefront/staging is held by" in forged.reason
+    # The shop release passes staging and waits for approval: storefront goes to shop-admin.
+    for _ in range(3):
+        finish_running(rig, first)
+    assert rig.state(first).status is ReleaseStatus.AWAITING_APPROVAL
+    state = rig.state(other)
+    assert state.status is ReleaseStatus.RUNNING and state.locks_held == ["staging"]
+    assert state.stages["staging-migrate"].status is StageStatus.RUNNING
+    # A newer shop release queues behind shop-admin on storefront, not superseded by it.
+    rig.clock.advance(1)
+    newer = rig.new_release(commit="7" * 16, pipeline=shop, repo="acme/shop")
+    assert run_until(rig, newer, "staging-migrate").status is ReleaseStatus.QUEUED
+    assert rig.state(other).status is ReleaseStatus.RUNNING and rig.state(newer).status is ReleaseStatus.QUEUED
+
+
+def test_applications_that_share_no_service_do_not_wait_for_each_other(rig):
+    one = rig.new_release(commit="8" * 16, pipeline=parse_pipeline(app_doc("one", "web-one")), repo="acme/one")
+    two = rig.new_release(commit="9" * 16, pipeline=parse_pipeline(app_doc("two", "web-two")), repo="acme/two")
+    assert run_until(rig, one, "staging-migrate").status is ReleaseStatus.RUNNING
+    assert run_until(rig, two, "staging-migrate").status is ReleaseStatus.RUNNING

@@ -10,9 +10,10 @@ import pytest
 from google.cloud import firestore
 
 from shared.app.config import Settings
-from shared.testing.fakes import FakePublisher
-from shared.adapters.firestore_apps import FirestoreAppRecords
+from shared.testing.fakes import FakePublisher, signed_bytes
+from shared.adapters.firestore_apps import FirestoreAppRecords, service_lock_records
 from shared.app.locks import EnvironmentLocks
+from shared.domain.events import LockGranted
 from shared.domain.state import ReleaseStatus, StageStatus
 from tests.integration.dispatch_helpers import make_rig
 
@@ -25,7 +26,7 @@ def locks(emulators, unique_prefix):
     settings = Settings(project=emulators["project"], collection_prefix=unique_prefix)
     publisher = FakePublisher()
     docs = FirestoreAppRecords(firestore.Client(project=emulators["project"]), settings)
-    return EnvironmentLocks(docs, publisher, settings), publisher
+    return EnvironmentLocks(docs, publisher, settings, service_lock_records(docs.client, settings)), publisher
 
 
 def test_ten_concurrent_acquires_grant_exactly_one(locks):
@@ -92,7 +93,43 @@ def test_ten_releases_race_for_staging_through_the_dispatcher(emulators, unique_
 
 
 def _finished(rid, stage):
-    import json
+    return signed_bytes({"type": "stage.finished", "release_id": rid, "stage": stage,
+                         "stage_run_id": f"{rid}.{stage}.a1", "outcome": "succeeded"})
 
-    return json.dumps({"type": "stage.finished", "release_id": rid, "stage": stage,
-                       "stage_run_id": f"{rid}.{stage}.a1", "outcome": "succeeded"}).encode()
+
+def test_applications_whose_services_overlap_in_a_ring_never_deadlock(locks):
+    """Three applications each deploy two of three services, overlapping in a ring (the classic
+    deadlock: each could hold one service and wait for the next). Locks are taken in one order,
+    so from ten concurrent rounds someone always gets everything, and giving back hands on
+    until every release has run; nobody is superseded across applications."""
+    manager, publisher = locks
+    rings = {"app-a": ("svc-1", "svc-2"), "app-b": ("svc-2", "svc-3"), "app-c": ("svc-3", "svc-1")}
+    for round_ in range(5):
+        ids = {app: f"{app}-r{round_}" for app in rings}
+        with ThreadPoolExecutor(3) as pool:
+            outcomes = dict(zip(rings, pool.map(
+                lambda app: manager.acquire(app, "staging", ids[app], 1.0, "", rings[app]), rings)))
+        assert "superseded" not in outcomes.values()
+        running = [app for app, outcome in outcomes.items() if outcome == "granted"]
+        assert len(running) == 1, outcomes  # any two of the three share a service
+        ran = []
+        while running:
+            app = running.pop()
+            ran.append(app)
+            granted_before = len(publisher.of_type("lock.granted"))
+            manager.release(app, "staging", ids[app])
+            for grant in publisher.of_type("lock.granted")[granted_before:]:
+                running.append(next(a for a, rid in ids.items() if rid == grant["release_id"]))
+        assert sorted(ran) == sorted(rings), f"round {round_}: {ran} ran, the rest wait forever"
+    assert publisher.of_type("release.superseded") == []
+
+
+def test_a_grant_needs_every_service_lock_of_the_release(locks):
+    manager, publisher = locks
+    assert manager.acquire("shop", "prod", "s1", 1.0, "", ("web", "worker")) == "granted"
+    assert manager.acquire("admin", "prod", "a1", 2.0, "", ("worker",)) == "queued"
+    assert manager.confirms("admin", LockGranted("forged", "a1", "prod")) == "service worker/prod is held by s1, not a1"
+    assert manager.acquire("admin", "prod", "a1", 2.0, "", ("worker",)) == "queued", "asking again changes nothing"
+    manager.release("shop", "prod", "s1")
+    assert publisher.of_type("lock.granted")[-1] == {"type": "lock.granted", "release_id": "a1", "environment": "prod"}
+    assert manager.confirms("admin", LockGranted("g", "a1", "prod")) == ""

@@ -25,9 +25,9 @@ def app(emulators, unique_prefix, monkeypatch):
     bootstrap.reset()
 
 
-def push_body(commit="b" * 40, version="1.4.0", ref="refs/heads/main"):
+def push_body(commit="b" * 40, version="1.4.0", ref="refs/heads/main", repo="acme/noesis2"):
     return json.dumps({
-        "ref": ref, "after": commit, "repository": {"full_name": "acme/app"},
+        "ref": ref, "after": commit, "repository": {"full_name": repo},
         "pusher": {"name": "dev", "email": "dev@example.com"},
         "head_commit": {"message": f"Change\n\nRelease-Version: {version}"},
     }).encode()
@@ -78,7 +78,7 @@ def test_malformed_json_is_400(app):
 
 
 def test_push_without_semver_is_422_naming_what_is_missing(app):
-    body = json.dumps({"ref": "refs/heads/main", "after": "c" * 40, "repository": {"full_name": "acme/app"},
+    body = json.dumps({"ref": "refs/heads/main", "after": "c" * 40, "repository": {"full_name": "acme/noesis2"},
                        "head_commit": {"message": "no version here"}}).encode()
     response = post(app, body)
     assert response.status_code == 422
@@ -102,7 +102,8 @@ def test_version_not_higher_than_the_last_released_is_409_naming_both(app):
     first = post(app, push_body(commit="d" * 40, version="1.4.0")).get_json()
     state, _ = bootstrap.store().get(first["release_id"])
     # It passes its approval and takes the prod lock: the floor of apps/{app} becomes 1.4.0.
-    locks = EnvironmentLocks(bootstrap.app_records(), bootstrap.publisher(), bootstrap.settings())
+    locks = EnvironmentLocks(bootstrap.app_records(), bootstrap.publisher(), bootstrap.settings(),
+                             bootstrap.service_lock_records())
     assert locks.acquire(state.pipeline_name, "prod", state.release_id, state.created_at, "1.4.0") == "granted"
     for version in ("1.4.0", "1.3.9"):
         response = post(app, push_body(commit="e" * 40, version=version), delivery=f"d-{version}")
@@ -112,3 +113,40 @@ def test_version_not_higher_than_the_last_released_is_409_naming_both(app):
         assert first["release_id"] in error
     assert [r.release_id for r in stored_releases()] == [first["release_id"]]
     assert post(app, push_body(commit="e" * 40, version="1.5.0"), delivery="d-ok").status_code == 201
+
+
+def test_a_push_from_a_repository_no_pipeline_lists_is_refused_and_starts_nothing(app):
+    response = post(app, push_body(repo="acme/unmapped"))
+    assert response.status_code == 422
+    assert "repository acme/unmapped releases no pipeline" in response.get_json()["error"]
+    assert stored_releases() == [] and app.pull() == []
+
+
+def test_each_repository_releases_the_pipeline_that_lists_it(app, monkeypatch, tmp_path):
+    """Two pipeline files: a push of each repository starts a release of its own application."""
+    from shared.app.config import REPO_ROOT
+
+    sample = (REPO_ROOT / "pipelines" / "sample.yaml").read_text()
+    other = tmp_path / "shop.yaml"
+    other.write_text(sample.replace("name: sample-app", "name: shop").replace(
+        "repositories: [example/sample-app]", "repositories: [Acme/Shop]"))
+    monkeypatch.setenv("RELEASE_PIPELINE_FILES", str(other))
+    bootstrap.reset()
+    shop = post(app, push_body(repo="acme/shop", commit="c" * 40), delivery="d-shop")
+    noesis2 = post(app, push_body(repo="acme/noesis2", commit="d" * 40), delivery="d-noesis2")
+    assert (shop.status_code, noesis2.status_code) == (201, 201)
+    names = {r.repo: r.pipeline_name for r in stored_releases()}
+    assert names == {"acme/shop": "shop", "acme/noesis2": "noesis2"}
+
+
+def test_a_repository_listed_by_two_pipeline_files_is_a_setting_to_fix(app, monkeypatch, tmp_path):
+    from shared.app.config import REPO_ROOT
+
+    twin = tmp_path / "twin.yaml"
+    twin.write_text((REPO_ROOT / "pipelines" / "noesis2.yaml").read_text().replace("name: noesis2", "name: twin"))
+    monkeypatch.setenv("RELEASE_PIPELINE_FILES", str(twin))
+    bootstrap.reset()
+    from shared.domain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="acme/noesis2 is listed by two pipelines"):
+        bootstrap.push_service()

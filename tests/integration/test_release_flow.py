@@ -21,11 +21,11 @@ from shared.adapters.executors import RetryPolicy, build_executors
 from shared.adapters.executors.run_services import rollback
 from shared.adapters.http_prober import RequestsProber
 from shared.app.probing import ProbeService
-from shared.testing.fakes import FakeApprovals, FakeNotifier, FakeProbeScheduler
+from shared.testing.fakes import FakeApprovals, FakeNotifier, FakeProbeScheduler, rig_keyring, signing
 from shared.testing.probe_runner import run_due
 from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
 from shared.adapters.firestore_store import FirestoreStore
-from shared.adapters.firestore_apps import FirestoreAppRecords
+from shared.adapters.firestore_apps import FirestoreAppRecords, service_lock_records
 from shared.app.locks import EnvironmentLocks
 from shared.domain.events import ApprovalDecided, ReleaseStarted
 from shared.domain.pipeline import parse_pipeline
@@ -56,13 +56,14 @@ class Flow:
         self.standin = standin
         self.clock = ShiftClock()
         self.store = FirestoreStore(firestore.Client(project=PROJECT), settings)
-        publisher = PubSubPublisher(settings)
+        publisher = signing(PubSubPublisher(settings))
         self.dispatcher = Dispatcher(
             self.store, publisher, build_executors(settings, retry=FAST),
             FakeApprovals(), FakeNotifier(), self.clock, settings,
-            EnvironmentLocks(FirestoreAppRecords(self.store.client, settings), publisher, settings),
+            EnvironmentLocks(FirestoreAppRecords(self.store.client, settings), publisher, settings,
+                             service_lock_records(self.store.client, settings)),
             FirestoreDeadLetters(self.store.client, settings), roll_back=lambda service, to=None: rollback(settings, service, to),
-            probes=FakeProbeScheduler(),
+            probes=FakeProbeScheduler(), completion_keys=rig_keyring(),
         )
         self.executors = self.dispatcher.executors
         self.publisher = publisher

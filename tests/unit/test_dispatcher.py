@@ -7,6 +7,8 @@ import pytest
 from shared.app.config import Settings
 from shared.app.dispatcher import IN_FLIGHT_WAIT_S, Dispatcher
 from shared.app.locks import EnvironmentLocks
+from shared.app.ports import StageFinish
+from shared.app.service_locks import empty_service_record
 from shared.domain.errors import ExecutorError, TransientError
 from shared.domain.events import LockGranted, Outcome, ReleaseStarted, StageFinished, Tick
 from shared.domain.gate import GateOutcome
@@ -22,6 +24,9 @@ from shared.testing.fakes import (
     FakeStore,
     FakeTime,
     InMemoryAppRecords,
+    rig_keyring,
+    signed,
+    signing,
 )
 from tests.unit.gate_helpers import PIPELINE, PUSHER, T0
 
@@ -33,14 +38,14 @@ class Crash(BaseException):
 
 
 def make(executor: FakeExecutor | None = None) -> Dispatcher:
-    store, publisher, clock = FakeStore(), FakePublisher(), FakeClock(T0)
+    store, publisher, clock = FakeStore(), signing(FakePublisher()), FakeClock(T0)
     ticks = FakeTime()
     executor = executor or FakeExecutor()
     return Dispatcher(store, publisher, {kind: executor for kind in ("build", "job", "deploy", "traffic", "check")},
                       FakeApprovals(), FakeNotifier(), clock, SETTINGS,
-                      EnvironmentLocks(InMemoryAppRecords(), publisher, SETTINGS), FakeDeadLetters(),
+                      EnvironmentLocks(InMemoryAppRecords(), publisher, SETTINGS, InMemoryAppRecords(empty_service_record)), FakeDeadLetters(),
                       roll_back=lambda service, to=None: {"service": service, "revision": to}, operator_requests=FakeOperatorRequests(),
-                      sleep=ticks.sleep, monotonic=ticks.monotonic)
+                      sleep=ticks.sleep, monotonic=ticks.monotonic, completion_keys=rig_keyring())
 
 
 def started(dispatcher: Dispatcher) -> str:
@@ -116,7 +121,7 @@ def test_once_the_lease_runs_out_any_event_claims_the_batch_and_carries_it_out(r
     dispatcher, rid = crashed_after_the_state_write(executor)
     dispatcher.clock.advance(SETTINGS.outbox_lease_s)
     event = {"redelivery": ReleaseStarted("e1", rid), "tick": Tick("t1", rid),
-             "completion": StageFinished("f0", rid, "lint", f"{rid}.lint.a0", Outcome.SUCCEEDED)}[recovered_by]
+             "completion": signed(StageFinished("f0", rid, "lint", f"{rid}.lint.a0", Outcome.SUCCEEDED))}[recovered_by]
     dispatcher.handle(event)
     state = state_of(dispatcher, rid)
     assert state.outbox == []
@@ -140,7 +145,7 @@ def test_a_completion_for_the_running_stage_moves_on_and_a_duplicate_of_it_chang
     dispatcher = make()
     rid = started(dispatcher)
     dispatcher.handle(ReleaseStarted("e1", rid))
-    finished = StageFinished("f1", rid, "lint", f"{rid}.lint.a1", Outcome.SUCCEEDED)
+    finished = signed(StageFinished("f1", rid, "lint", f"{rid}.lint.a1", Outcome.SUCCEEDED))
     assert dispatcher.handle(finished).outcome is GateOutcome.APPLIED
     writes = dispatcher.store.writes
     assert dispatcher.handle(finished).outcome is GateOutcome.DUPLICATE
@@ -161,8 +166,8 @@ def test_a_refused_probe_fails_the_stage_it_would_follow_naming_why():
     dispatcher.probes = RefusingScheduler()
     rid = started(dispatcher)
     dispatcher.handle(ReleaseStarted("e1", rid))
-    dispatcher.handle(StageFinished("f1", rid, "lint", f"{rid}.lint.a1", Outcome.SUCCEEDED))
-    dispatcher.handle(StageFinished("f2", rid, "unit", f"{rid}.unit.a1", Outcome.SUCCEEDED))
+    dispatcher.handle(signed(StageFinished("f1", rid, "lint", f"{rid}.lint.a1", Outcome.SUCCEEDED)))
+    dispatcher.handle(signed(StageFinished("f2", rid, "unit", f"{rid}.unit.a1", Outcome.SUCCEEDED)))
     (grant,) = [data for _, data, _ in dispatcher.publisher.messages if data.get("type") == "lock.granted"]
     dispatcher.handle(LockGranted("g1", rid, grant["environment"]))
     assert dispatcher.executors["job"].starts[f"{rid}.staging-migrate.a1"] == 1  # started, then not followable
@@ -170,3 +175,73 @@ def test_a_refused_probe_fails_the_stage_it_would_follow_naming_why():
                  if data.get("type") == "stage.finished" and data.get("stage") == "staging-migrate"]
     assert failed["outcome"] == "failed"
     assert "cannot be followed" in failed["reason"] and "cloudtasks.tasks.create" in failed["reason"]
+# -- what is believed of a completion ---------------------------------------------------
+
+def running_lint(executor: FakeExecutor | None = None) -> tuple[Dispatcher, str]:
+    dispatcher = make(executor)
+    rid = started(dispatcher)
+    dispatcher.handle(ReleaseStarted("e1", rid))
+    return dispatcher, rid
+
+
+@pytest.mark.parametrize("forge", ["unsigned", "other key"])
+def test_a_completion_our_functions_did_not_sign_is_dead_lettered_and_changes_nothing(forge):
+    dispatcher, rid = running_lint()
+    claim = StageFinished("f1", rid, "lint", f"{rid}.lint.a1", Outcome.SUCCEEDED, "", {"tests": 1000})
+    if forge == "other key":
+        from shared.domain.approval_tokens import Keyring
+        from shared.domain.completions import sign_finish
+
+        claim = sign_finish(claim, Keyring.from_setting("kt:someone-elses-key-of-32-bytes!!"))
+    decision = dispatcher.handle(claim)
+    assert decision.outcome is GateOutcome.REFUSED
+    assert state_of(dispatcher, rid).stages["lint"].status is StageStatus.RUNNING
+    (letter,) = dispatcher.dead_letters.list()
+    assert letter.id == "f1" and "stage.finished refused" in letter.reason
+
+
+def build_notification(rid: str, status: str, build_id: str = "b-1") -> tuple[dict, bytes]:
+    import json
+
+    build = {"id": build_id, "status": status, "tags": [f"run-{rid}.lint.a1"]}
+    return {"buildId": build_id, "status": status}, json.dumps(build).encode()
+
+
+def with_recorded_build(dispatcher: Dispatcher, rid: str, build_id: str = "b-1") -> None:
+    state, token = dispatcher.store.get(rid)
+    state.stages["lint"].result["build_id"] = build_id
+    dispatcher.store.update(state, token)
+
+
+@pytest.mark.parametrize("says, build_is", [("SUCCESS", None), ("SUCCESS", Outcome.FAILED), ("FAILURE", Outcome.SUCCEEDED)])
+def test_a_build_notification_that_cloud_build_does_not_confirm_is_refused(says, build_is):
+    """Cloud Build's notifications carry no signature: the build executor's own read of the
+    recorded build decides, so a notification copied from the tags says nothing by itself."""
+    executor = FakeExecutor()
+    dispatcher, rid = running_lint(executor)
+    with_recorded_build(dispatcher, rid)
+    if build_is is not None:
+        executor.poll_results[f"{rid}.lint.a1"] = StageFinish(build_is, "", {"build_id": "b-1"})
+    decision = dispatcher.handle_message("n1", *build_notification(rid, says))
+    assert decision.outcome is GateOutcome.REFUSED
+    assert state_of(dispatcher, rid).stages["lint"].status is StageStatus.RUNNING
+
+
+def test_a_confirmed_build_notification_applies_what_cloud_build_says():
+    executor = FakeExecutor()
+    dispatcher, rid = running_lint(executor)
+    with_recorded_build(dispatcher, rid)
+    executor.poll_results[f"{rid}.lint.a1"] = StageFinish(Outcome.SUCCEEDED, "", {"build_id": "b-1", "tests": 7})
+    assert dispatcher.handle_message("n1", *build_notification(rid, "SUCCESS")).outcome is GateOutcome.APPLIED
+    lint = state_of(dispatcher, rid).stages["lint"]
+    assert lint.status is StageStatus.SUCCEEDED and lint.result["tests"] == 7
+
+
+def test_a_notification_of_another_build_is_stale_without_reading_any_build():
+    executor = FakeExecutor()
+    dispatcher, rid = running_lint(executor)
+    with_recorded_build(dispatcher, rid)
+    executor.poll_results[f"{rid}.lint.a1"] = StageFinish(Outcome.SUCCEEDED, "", {"build_id": "b-1"})
+    decision = dispatcher.handle_message("n1", *build_notification(rid, "SUCCESS", build_id="b-copy"))
+    assert decision.outcome is GateOutcome.STALE
+    assert state_of(dispatcher, rid).stages["lint"].status is StageStatus.RUNNING

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import re
+from pathlib import Path
 
 import pytest
 
@@ -193,3 +194,12 @@ def test_a_check_may_bake_longer_than_a_function_runs_as_long_as_its_timeout_cov
     doc["stages"][2]["timeout"] = "15m"
     with pytest.raises(DefinitionError, match="params.window \\+ params.bake is 960s, longer than the timeout"):
         parse_pipeline(doc)
+
+
+def test_the_services_a_pipeline_changes_per_environment_are_its_lock_keys():
+    from shared.domain.pipeline import load_pipeline
+
+    noesis2 = load_pipeline(Path(__file__).resolve().parents[2] / "pipelines" / "noesis2.yaml")
+    assert noesis2.services_in("prod") == ("noesis2-beat", "noesis2-litellm", "noesis2-web", "noesis2-worker")
+    assert noesis2.services_in("staging") == tuple(sorted(f"noesis2-{s}-staging" for s in ("web", "worker", "beat", "litellm")))
+    assert noesis2.services_in("build") == ()
