@@ -18,7 +18,7 @@ The sample's work is near zero (a one-second process, an instantly ready revisio
 Part B models what Part A cannot hold: on GCP a job runs for minutes and a rollout
 for tens of seconds, so the end falls anywhere in the poll schedule. 20,000 ends drawn
 uniformly from 5 s to 10 min after the start, polled by the schedule of
-shared/domain/probes.py (1, 1.5, 2.25, 3.4 s, then every 4 s), each poll dispatched
+shared/domain/probes.py (1, 1.5, 2.25 s, then every 3 s), each poll dispatched
 ``DISPATCH_DELAY_S`` late and answered in ``POLL_RPC_S`` (ASSUMED: one Cloud Run Admin
 API read), then one Pub/Sub hop to the dispatcher (``HOP_S``, DESIGN.md: p90 94 ms
 measured on the emulator; ASSUMED similar on GCP).
@@ -172,7 +172,7 @@ def _part_b(report: Report, samples: int = 20_000) -> None:
         delays.append(seen + HOP_S - end)
     report.add("8 GCP clock (model)", "job/deploy/traffic ending 5 s-10 min in: detection delay p50 / p95",
                f"{pct(delays, 50):.2f} / {pct(delays, 95):.2f} s", "p95 <= 5 s", pct(delays, 95) <= 5.0,
-               note=f"polls every <= 4 s; dispatch +{DISPATCH_DELAY_S} s, poll RPC {POLL_RPC_S} s, Pub/Sub hop "
+               note=f"polls every <= 3 s; dispatch +{DISPATCH_DELAY_S} s, poll RPC {POLL_RPC_S} s, Pub/Sub hop "
                     f"{HOP_S} s (assumed); the minute tick alone: p50 30 s, p95 57 s")
     polls = sum(1 for p in schedule if p <= 300)
     report.add("8 GCP clock (model)", "probes for a stage that runs 5 minutes", f"{polls}", "", None,
