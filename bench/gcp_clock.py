@@ -28,12 +28,14 @@ from __future__ import annotations
 import json
 import random
 import re
+import subprocess
 import time
 import urllib.parse
 import urllib.request
 import uuid
 
 from bench.common import Report, emulators, pct, print_report, quiet
+from shared.app.config import REPO_ROOT
 
 RELEASES = 2
 DISPATCH_DELAY_S = 0.5
@@ -48,7 +50,10 @@ def _push(stack, version: str) -> str:
     from local.demo import DEMO_REPO, PUSHER
     from shared.app.push import signature_for
 
-    commit = uuid.uuid4().hex + uuid.uuid4().hex[:8]
+    # The stand-in's Cloud Build fetches the source at the pushed revision, so each release
+    # needs a real commit of its own: HEAD's tree under a unique message (no ref moves).
+    commit = subprocess.run(["git", "commit-tree", "HEAD^{tree}", "-p", "HEAD", "-m", f"bench {uuid.uuid4().hex}"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
     body = json.dumps({
         "ref": "refs/heads/main", "after": commit, "repository": {"full_name": DEMO_REPO},
         "pusher": {"name": "dev", "email": PUSHER}, "sender": {"login": "dev"},
@@ -116,7 +121,9 @@ def _work_done_at(settings, kind: str, result: dict) -> float | None:
 def _part_a(hosts: dict, report: Report) -> dict[str, list[float]]:
     from google.cloud import firestore
 
+    from local.demo import service_url
     from local.mailbox import Mailbox
+    from local.traffic import TrafficSampler
     from local.stack import PROJECT, REGION, LocalStack
     from shared.adapters.firestore_store import FirestoreStore
     from shared.app.config import Settings
@@ -136,7 +143,9 @@ def _part_a(hosts: dict, report: Report) -> dict[str, list[float]]:
             release_id = _push(stack, f"3.{int(started)}.{n}")
             _wait(store, release_id, lambda s: s.status is ReleaseStatus.AWAITING_APPROVAL)
             _approve(_new_link(mailbox, used))
-            done = _wait(store, release_id, lambda s: s.status is ReleaseStatus.SUCCEEDED and not s.outbox)
+            # The prod smoke's canary analysis needs requests to judge (one client, as little CPU as it takes).
+            with TrafficSampler(service_url(stack, "sample-web"), threads=1):
+                done = _wait(store, release_id, lambda s: s.status is ReleaseStatus.SUCCEEDED and not s.outbox)
             totals.append(max(st.finished_at or 0 for st in done.stages.values()) - done.created_at)
             pipeline = pipeline or store.load_pipeline(done.pipeline_digest)
             for stage in pipeline.stages:
