@@ -12,15 +12,22 @@ Every figure comes from a fresh interpreter (median of RUNS):
 
 Also listed: which heavy client libraries each path imports, to check that clients
 only some events need (Pub/Sub publisher, Cloud Build, Cloud Run) stay unimported.
+
+``--against DIR`` measures another checkout (e.g. ``git archive <commit> | tar -x -C DIR``)
+with these same first-call paths, alternating one sample there and one here, so both see
+the same machine load; it prints the medians of wall time and of CPU time (the process's
+own user + system time, which other processes on a shared machine disturb far less).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 from bench.common import APPROVAL_KEYS, Report, print_report
 from shared.app.config import REPO_ROOT
@@ -33,6 +40,10 @@ HEAVY = {
     "google.cloud.run_v2": "run",
     "google.cloud.resourcemanager_v3": "resourcemanager",
     "google.cloud.tasks_v2": "tasks",
+    "google.cloud.logging_v2": "logging",
+    "google.cloud.monitoring_v3": "monitoring",
+    "google.cloud.iam_admin_v1": "iam",
+    "markdown_it": "markdown",
     "flask": "flask",
 }
 
@@ -60,26 +71,26 @@ FIRST_CALL = {
 
 CHILD = r"""
 import json, sys, time
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 import functions.main
 t1 = time.perf_counter()
 from shared import bootstrap
 {first_call}
-t2 = time.perf_counter()
-print(json.dumps({{"import_ms": (t1 - t0) * 1000, "first_call_ms": (t2 - t1) * 1000,
+t2, c2 = time.perf_counter(), time.process_time()
+print(json.dumps({{"import_ms": (t1 - t0) * 1000, "first_call_ms": (t2 - t1) * 1000, "cpu_ms": (c2 - c0) * 1000,
                   "heavy": sorted(n for n in {heavy!r} if n in sys.modules)}}))
 """
 
 
-def child_env() -> dict[str, str]:
+def child_env(root: Path = REPO_ROOT) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
-        "PYTHONPATH": str(REPO_ROOT), "PYTHONDONTWRITEBYTECODE": "0",
+        "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "0",
         # No server needed: nothing connects before a request; these keep clients off Google.
         "FIRESTORE_EMULATOR_HOST": "127.0.0.1:9", "PUBSUB_EMULATOR_HOST": "127.0.0.1:9",
         "GOOGLE_CLOUD_PROJECT": "cold-start", "RELEASE_PROJECT": "cold-start",
         "RELEASE_APPROVAL_KEYS": APPROVAL_KEYS, "RELEASE_WEBHOOK_SECRET": "cold-start-secret",
-        "RELEASE_PIPELINE_FILE": str(REPO_ROOT / "pipelines" / "noesis2.yaml"),
+        "RELEASE_PIPELINE_FILE": str(root / "pipelines" / "noesis2.yaml"),
         "RELEASE_CLOUD_BUILD_ENDPOINT": "127.0.0.1:9", "RELEASE_CLOUD_RUN_ENDPOINT": "127.0.0.1:9",
         "RELEASE_IAM_ENDPOINT": "127.0.0.1:9", "RELEASE_CLOUD_TASKS_ENDPOINT": "127.0.0.1:9",
         "RELEASE_PROBE_URL": "http://127.0.0.1:9/",
@@ -99,11 +110,14 @@ def importtime(module: str = "functions.main") -> dict[str, float]:
     return times
 
 
-def first_call(entry: str) -> dict:
+def first_call(entry: str, root: Path = REPO_ROOT) -> dict | None:
+    """One sample of ``entry`` in a fresh interpreter on the checkout at ``root`` (None: that
+    checkout has no such path)."""
     code = CHILD.format(first_call=FIRST_CALL[entry].replace("; ", "\n"), heavy=tuple(HEAVY))
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=child_env(), capture_output=True,
-                         text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=child_env(root), capture_output=True, text=True)
+    if done.returncode:
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def run(hosts: dict[str, str] | None = None) -> Report:
@@ -118,15 +132,49 @@ def run(hosts: dict[str, str] | None = None) -> Report:
         runs = [first_call(entry) for _ in range(RUNS)]
         imp = statistics.median(r["import_ms"] for r in runs)
         wire = statistics.median(r["first_call_ms"] for r in runs)
+        cpu = statistics.median(r["cpu_ms"] for r in runs)
         heavy = ", ".join(HEAVY[h] for h in runs[0]["heavy"])
         total = imp + wire
         report.add("6 cold start", f"{entry}: import + first-call wiring", f"{imp:.0f} + {wire:.0f} = {total:.0f} ms",
                    "<= 400 ms", total <= 400,
-                   f"{total - ff_ms:.0f} ms without functions_framework; loads: {heavy}")
+                   f"CPU {cpu:.0f} ms; {total - ff_ms:.0f} ms without functions_framework; loads: {heavy}")
     return report
 
 
-def main() -> None:
+def compare(before: Path, runs: int) -> Report:
+    """Each path measured ``runs`` times in ``before`` and here, one sample of each in turn."""
+    report = Report()
+    for root in (before, REPO_ROOT):  # compile .pyc first, as a deployed function has them
+        subprocess.run([sys.executable, "-c", "import functions.main"], cwd=root, env=child_env(root), check=True)
+    for entry in FIRST_CALL:
+        pairs = [(first_call(entry, before), first_call(entry, REPO_ROOT)) for _ in range(runs)]
+        if any(b is None for b, _ in pairs):
+            report.add("6 cold start", entry, "(not in the other checkout)", "", True, "")
+            continue
+
+        def medians(samples: list[dict]) -> tuple[float, float]:
+            return (statistics.median(s["import_ms"] + s["first_call_ms"] for s in samples),
+                    statistics.median(s["cpu_ms"] for s in samples))
+
+        (wall_b, cpu_b), (wall_a, cpu_a) = medians([b for b, _ in pairs]), medians([a for _, a in pairs])
+        report.add("6 cold start", f"{entry}: wall / CPU", f"{wall_b:.0f} / {cpu_b:.0f} -> {wall_a:.0f} / {cpu_a:.0f} ms",
+                   "<= 400 ms", wall_a <= 400,
+                   f"median of {runs} alternating samples; CPU {cpu_a - cpu_b:+.0f} ms; loads here: "
+                   + ", ".join(HEAVY[h] for h in pairs[0][1]["heavy"]))
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--against", type=Path, help="another checkout to measure alternately with this one")
+    parser.add_argument("--runs", type=int, default=RUNS)
+    args = parser.parse_args(argv)
+    if args.against:
+        before = args.against.resolve()
+        print(f"before: {before}  after: {REPO_ROOT}  load average: {os.getloadavg()}")
+        print_report("Benchmark 6: cold start, before -> after", compare(before, args.runs).rows)
+        print(f"load average after: {os.getloadavg()}")
+        return
     print_report("Benchmark 6: cold start", run().rows)
 
 

@@ -94,10 +94,16 @@ def dispatcher():
     from shared.app.locks import EnvironmentLocks
 
     locks = EnvironmentLocks(app_records(), publisher(), settings(), service_lock_records())
-    from shared.adapters.executors.run_services import rollback
 
-    return Dispatcher(store(), publisher(), executors(), approvals(), notifier(), SystemClock(), settings(), locks,
-                      dead_letter_store(), roll_back=lambda service, to=None: rollback(settings(), service, to),
+    def roll_back(service, to=None):
+        from shared.adapters.executors.run_services import rollback
+
+        return rollback(settings(), service, to)
+
+    # Approvals and notices (their pages, mail and webhooks) are wired when an event first needs them.
+    return Dispatcher(store(), publisher(), executors(), _OnFirstUse(approvals), _OnFirstUse(notifier), SystemClock(),
+                      settings(), locks,
+                      dead_letter_store(), roll_back=roll_back,
                       operator_requests=operator_requests(), probes=probe_scheduler(),
                       completion_keys=link_keyring())
 

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
-from shared.domain.analysis import AnalysisTarget, Criteria, Measurements
-from shared.domain.approval_record import ApprovalRecord
-from shared.domain.dead_letters import DeadLetter
-from shared.domain.commands import Notify, RequestApproval, StartStage
-from shared.domain.events import ApprovalDecided, Outcome
-from shared.domain.pipeline import Pipeline, Stage
-from shared.domain.probes import ProbeTask
-from shared.domain.state import ReleaseState, StageState
-from shared.domain.wire import Message
+if TYPE_CHECKING:  # annotations only: importing the domain here would put it on every function's cold start
+    from shared.domain.analysis import AnalysisTarget, Criteria, Measurements
+    from shared.domain.approval_record import ApprovalRecord
+    from shared.domain.dead_letters import DeadLetter
+    from shared.domain.commands import Notify, RequestApproval, StartStage
+    from shared.domain.events import ApprovalDecided, Outcome
+    from shared.domain.pipeline import Pipeline, Stage
+    from shared.domain.probes import ProbeTask
+    from shared.domain.state import ReleaseState, StageState
+    from shared.domain.wire import Message
 
 
 class Clock(Protocol):

@@ -1,25 +1,33 @@
 """Executors: carry out ``StartStage`` through the real Google client libraries.
 
 ``build_executors(settings)`` returns one executor per stage kind (the keys are
-``StageKind`` values, as ``StartStage.kind`` carries them). Clients are created on
-first use, because importing a client library costs hundreds of milliseconds and a
-function invocation usually needs one kind at most. Tests pass ``clients`` to share
-them, or let the settings point the clients at the local stand-in.
+``StageKind`` values, as ``StartStage.kind`` carries them). Executors and their clients
+are created on first use, because importing a client library costs hundreds of
+milliseconds and a function invocation usually needs one kind at most: the mapping
+imports a kind's module only when that kind is first looked up. Tests pass ``clients``
+to share them, or let the settings point the clients at the local stand-in.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+import importlib
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from shared.app.config import Settings
 from shared.adapters.executors.calls import ApiCaller, RetryPolicy
-from shared.adapters.executors.cloud_build import CloudBuildExecutor
-from shared.adapters.executors.http_check import HttpCheckExecutor
-from shared.adapters.executors.preflight import PreflightExecutor
-from shared.adapters.executors.registry_rollback import rollback_from_registry, rollback_to_tag
-from shared.adapters.executors.run_jobs import RunJobExecutor
-from shared.adapters.executors.run_services import DeployExecutor, TrafficExecutor, rollback
 from shared.domain.pipeline import StageKind
-from shared.app.ports import StageExecutor
+
+# What this package exports, and from which module: imported when first named.
+_EXPORTS = {
+    "CloudBuildExecutor": "cloud_build", "HttpCheckExecutor": "http_check", "PreflightExecutor": "preflight",
+    "RunJobExecutor": "run_jobs", "DeployExecutor": "run_services", "TrafficExecutor": "run_services",
+    "rollback": "run_services", "rollback_from_registry": "registry_rollback", "rollback_to_tag": "registry_rollback",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 CLIENT_NAMES = ("cloud_build", "jobs", "executions", "services", "revisions")
 
@@ -56,28 +64,52 @@ def default_clients(settings: Settings, names: Iterable[str] = CLIENT_NAMES) -> 
     return {name: _LazyClient(lambda f=factories[name]: f(settings)) for name in names}
 
 
+class _ByKind(Mapping):
+    """kind -> executor, each built (and its module imported) when first looked up."""
+
+    def __init__(self, factories: Mapping[str, Callable[[], Any]]):
+        self._factories = dict(factories)
+        self._built: dict[str, Any] = {}
+
+    def __getitem__(self, kind: str) -> Any:
+        if kind not in self._built:
+            self._built[kind] = self._factories[kind]()
+        return self._built[kind]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._factories)
+
+    def __len__(self) -> int:
+        return len(self._factories)
+
+
 def build_executors(
     settings: Settings,
     clients: Mapping[str, Any] | None = None,
     *,
     retry: RetryPolicy | None = None,
-) -> dict[str, StageExecutor]:
-    """One executor per executable kind. ``approval`` is not here: the dispatcher sends
-    approval requests itself. ``clients`` may hold cloud_build, jobs, executions, services,
-    revisions (and projects for the preflight); missing ones are created from settings."""
+) -> Mapping[str, Any]:
+    """One executor per executable kind (``StageExecutor``s). ``approval`` is not here: the
+    dispatcher sends approval requests itself. ``clients`` may hold cloud_build, jobs,
+    executions, services, revisions (and projects for the preflight); missing ones are
+    created from settings."""
     given = dict(clients or {})
     missing = [n for n in CLIENT_NAMES if n not in given]
-    all_clients = {**default_clients(settings, missing), **given} if missing else given
+    c = {**default_clients(settings, missing), **given} if missing else given
     caller = ApiCaller(retry or RetryPolicy())
-    return {
-        StageKind.BUILD.value: CloudBuildExecutor(settings, all_clients["cloud_build"], caller),
-        StageKind.JOB.value: RunJobExecutor(settings, all_clients["jobs"], all_clients["executions"], caller),
-        StageKind.DEPLOY.value: DeployExecutor(settings, all_clients["services"], all_clients["revisions"], caller),
-        StageKind.TRAFFIC.value: TrafficExecutor(settings, all_clients["services"], all_clients["revisions"], caller),
-        StageKind.CHECK.value: HttpCheckExecutor(settings, all_clients["services"], caller),
+
+    def make(name: str, *args: Any, **kwargs: Any) -> Callable[[], Any]:
+        return lambda: __getattr__(name)(settings, *args, **kwargs)
+
+    return _ByKind({
+        StageKind.BUILD.value: make("CloudBuildExecutor", c["cloud_build"], caller),
+        StageKind.JOB.value: make("RunJobExecutor", c["jobs"], c["executions"], caller),
+        StageKind.DEPLOY.value: make("DeployExecutor", c["services"], c["revisions"], caller),
+        StageKind.TRAFFIC.value: make("TrafficExecutor", c["services"], c["revisions"], caller),
+        StageKind.CHECK.value: make("HttpCheckExecutor", c["services"], caller),
         # Builds its IAM clients on first use; "projects" in ``clients`` replaces the default.
-        StageKind.PREFLIGHT.value: PreflightExecutor(settings, projects_client=given.get("projects"), caller=caller),
-    }
+        StageKind.PREFLIGHT.value: make("PreflightExecutor", projects_client=given.get("projects"), caller=caller),
+    })
 
 
 __all__ = [
