@@ -190,48 +190,7 @@ def _changes(state: ReleaseState, pipeline: Pipeline, seen: dict) -> list[tuple[
     return lines
 
 
-# -- commands against Cloud Run / IAM / files --------------------------------------
-FAILED_LOOKBACK = 200  # recent releases whose rollbacks say which revisions failed their checks
-
-
-def failed_revisions(states) -> dict[str, str]:
-    """Revision -> why, for every revision a rollback moved traffic away from (it failed a check)."""
-    failed: dict[str, str] = {}
-    for state in states:
-        for st in state.stages.values():
-            for result in [a.result for a in st.history] + [st.result]:
-                for r in result.get("rolled_back") or []:
-                    if r.get("from"):
-                        failed.setdefault(str(r["from"]), f"release {state.release_id}: {r.get('why') or 'rolled back'}")
-    return failed
-
-
-def cmd_rollback(args, ctx: Context) -> int:
-    from shared.adapters.executors.registry_rollback import rollback_from_registry, rollback_to_tag
-    from shared.adapters.executors.run_services import rollback
-
-    if args.image and not (args.to_tag or args.from_registry):
-        raise UsageError("--image goes with --to-tag or --from-registry")
-    if args.to_revision and not args.force:
-        failed = failed_revisions(ctx.store.list_releases(FAILED_LOOKBACK)).get(args.to_revision.rsplit("/", 1)[-1])
-        if failed:
-            raise PipelineError(f"revision {args.to_revision} failed its checks ({failed}); "
-                                "pass --force to send all traffic to it anyway")
-    if args.to_tag or args.from_registry:
-        moved = (rollback_to_tag(ctx.settings, args.service, args.to_tag, image=args.image) if args.to_tag
-                 else rollback_from_registry(ctx.settings, args.service, image=args.image))
-        how = f"new revision from {moved['image']}" if moved["created"] else f"existing revision running {moved['image']}"
-        ctx.emit(moved, f"rolled back {moved['service']}: 100 % to {moved['revision']} ({how}; tag {moved['tag']}, "
-                  f"version {moved['version']}, commit {moved['commit']}), was {moved.get('from') or '?'}; "
-                  f"operation {moved.get('operation') or '-'}")
-        return EXIT_OK
-    moved = rollback(ctx.settings, args.service, args.to_revision)
-    ctx.emit(moved, f"rolled back {moved['service']}: 100 % to {moved['revision']} "
-              f"(version {moved.get('version') or '?'}, commit {moved.get('commit') or '?'}), "
-              f"was {moved.get('from') or '?'}; operation {moved.get('operation') or '-'}")
-    return EXIT_OK
-
-
+# -- commands against IAM / files -----------------------------------------------------
 def cmd_validate(args, ctx: Context) -> int:
     from shared.domain.pipeline import load_pipeline
 
@@ -302,16 +261,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=0, help="give up after this many seconds (exit 3); 0 = never")
     p.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
     add_operator_commands(command)
-    p = command("rollback", cmd_rollback, "move all of a service's traffic to an earlier revision")
-    p.add_argument("service")
-    target = p.add_mutually_exclusive_group()
-    target.add_argument("--to-revision", help="the revision (default: the last ready one deployed from a tag)")
-    target.add_argument("--to-tag", metavar="TAG", help="the release tag vX.Y.Z-<sha> to serve; its image is "
-                        "deployed from the registry unless a revision still runs it")
-    target.add_argument("--from-registry", action="store_true",
-                        help="serve the newest release tag in Artifact Registry older than the one served now")
-    p.add_argument("--image", help="image name under RELEASE_ARTIFACT_REGISTRY (default: the one the service runs)")
-    p.add_argument("--force", action="store_true", help="roll back to a revision even though it failed its checks")
     p = command("validate", cmd_validate, "check a pipeline file; exit 2 naming the stage and field when invalid")
     p.add_argument("file")
     p = command("notes", cmd_notes, "print the release notes (Markdown)")
