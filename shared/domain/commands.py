@@ -97,7 +97,6 @@ class NoticeKind(str, Enum):
     REFUSED = "refused"
     SUPERSEDED = "superseded"  # a newer release took over while this one was queued: nothing to replay
     ROLLED_BACK = "rolled_back"  # an operator moved traffic back by hand (relctl rollback)
-    STALLED = "stalled"  # a release has not moved for longer than its stage's timeout
 
 
 @dataclass(frozen=True)

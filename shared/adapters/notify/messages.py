@@ -23,10 +23,6 @@ NEXT_STEP = {
         "Next: check that the service answers as it should, then fix the cause in a new release:\n"
         "  relctl show {release}"
     ),
-    NoticeKind.STALLED: (
-        "Next: look at the stage's log; if it is stuck, run one of:\n"
-        "  relctl replay {release} {stage} --reason \"stalled\"    or    relctl cancel {release} --reason \"stalled\""
-    ),
 }
 SUBJECT = {
     NoticeKind.STAGE_FAILED: "Release {release} stopped at stage {stage}",
@@ -35,7 +31,6 @@ SUBJECT = {
     NoticeKind.REFUSED: "Release {release}: request refused",
     NoticeKind.SUPERSEDED: "Release {release} superseded",
     NoticeKind.ROLLED_BACK: "Release {release}: rolled back by hand",
-    NoticeKind.STALLED: "Release {release} has not moved at stage {stage}",
 }
 
 
