@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from shared.app.operator import Caller, OperatorService
 from shared.app.ports import EventPublisher, ReleaseStore
-from shared.domain.errors import ExecutorError, RequestRefused
+from shared.domain.errors import ConfigError, ExecutorError, RequestRefused
 from shared.domain.events import RolledBack
 from shared.domain.state import ReleaseState
 
@@ -75,6 +75,8 @@ def register_rollback(service: OperatorService, store: ReleaseStore, publisher: 
             moved = dict(mover(name, how))
         except ExecutorError as exc:  # no such revision, nothing to go back to: retrying will not help
             raise RequestRefused(409, str(exc)) from None
+        except ConfigError as exc:  # a setting of the operator function that its deployer must fix
+            raise RequestRefused(503, f"{exc} (a setting of the operator function)") from None
         found = deploying_release(recent, name)
         answer = {**moved, "recorded_on": "", "stage": ""}
         if found is not None:

@@ -21,8 +21,8 @@ import os
 import sys
 
 from shared.domain.errors import DefinitionError, PipelineError
-from shared.ui.cli_context import (positive_int, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, Context,
-                                   UsageError)
+from shared.ui.cli_context import (positive_int, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE,
+                                   CommandFailed, Context, UsageError)
 from shared.ui.cli_format import EPILOG, dumps, iso_times, paint
 from shared.ui.cli_operator import add_commands as add_operator_commands
 from shared.ui.notes import (duration_text, iso, load_release, render, timeline_text,
@@ -157,9 +157,8 @@ def cmd_watch(args, ctx: Context) -> int:
             _line(ctx, final, f"release {state.release_id} was {state.reason or 'superseded by a newer release'}")
             return EXIT_FAILED
         if deadline is not None and ctx.monotonic() >= deadline:
-            print(f"relctl: release {state.release_id} still {state.status.value} after {args.timeout:g}s",
-                  file=sys.stderr)
-            return EXIT_TIMEOUT
+            raise CommandFailed(f"release {state.release_id} still {state.status.value} after {args.timeout:g}s",
+                                EXIT_TIMEOUT)
         ctx.sleep(args.interval)
 
 
@@ -199,10 +198,10 @@ def cmd_validate(args, ctx: Context) -> int:
     except DefinitionError as exc:
         print(f"relctl: invalid pipeline: {exc}", file=sys.stderr)
         if ctx.json:
-            ctx.print(dumps({"file": args.file, "valid": False, "error": str(exc)}))
+            ctx.print(dumps({"file": args.file, "valid": False, "error": str(exc), "exit": EXIT_USAGE}))
         return EXIT_USAGE
     stages = ", ".join(f"{s.number} {s.id}" + (" (optional)" if s.optional else "") for s in pipeline.stages)
-    ctx.emit({"file": args.file, "valid": True, "pipeline": pipeline.name, "digest": pipeline.digest,
+    ctx.emit({"file": args.file, "valid": True, "exit": EXIT_OK, "pipeline": pipeline.name, "digest": pipeline.digest,
               "stages": [{"number": s.number, "id": s.id, "kind": s.kind.value, "optional": s.optional}
                          for s in pipeline.stages]},
              f"OK {args.file}: pipeline {pipeline.name}, {len(pipeline.stages)} stages: {stages}\ndigest {pipeline.digest}")
@@ -294,10 +293,12 @@ def main(argv: list[str] | None = None) -> int:
         message, code = describe_error(exc)
         if isinstance(exc, UsageError):
             print(f"{build_parser().prog} {args.command}: error: {message}", file=sys.stderr)
+        elif isinstance(exc, DefinitionError):
+            print(f"relctl: invalid pipeline: {message}", file=sys.stderr)
         else:
-            print(f"relctl: {message}", file=sys.stderr)
-        if ctx.json:
-            ctx.print(dumps({"error": message, "exit": code}))
+            print(f"relctl: error: {message}", file=sys.stderr)
+        if ctx.json:  # one line, so it also ends watch's JSON Lines
+            ctx.print(json.dumps({"error": message, "exit": code}, sort_keys=True))
         return code
 
 
@@ -308,24 +309,23 @@ def describe_error(exc: Exception) -> tuple[str, int]:
     from google.auth import exceptions as auth_exc
 
     one_line = " ".join(str(exc).split())
-    if isinstance(exc, UsageError):
+    if isinstance(exc, CommandFailed):
+        return one_line, exc.exit_code
+    if isinstance(exc, (UsageError, DefinitionError)):
         return one_line, EXIT_USAGE
-    if isinstance(exc, DefinitionError):
-        return f"invalid pipeline: {one_line}", EXIT_USAGE
     if isinstance(exc, PipelineError):
-        return f"error: {one_line}", EXIT_FAILED
+        return one_line, EXIT_FAILED
     if isinstance(exc, gexc.GoogleAPIError):
         detail = " ".join(str(getattr(exc, "message", "") or exc).split())
-        return f"error: Google API call failed: {type(exc).__name__}: {detail[:300]}", EXIT_FAILED
+        return f"Google API call failed: {type(exc).__name__}: {detail[:300]}", EXIT_FAILED
     if isinstance(exc, auth_exc.GoogleAuthError):
-        return ("error: no Google credentials (set FIRESTORE_EMULATOR_HOST and PUBSUB_EMULATOR_HOST for the "
+        return ("no Google credentials (set FIRESTORE_EMULATOR_HOST and PUBSUB_EMULATOR_HOST for the "
                 f"emulators, or run `gcloud auth application-default login`): {one_line[:200]}"), EXIT_FAILED
     if isinstance(exc, FutureTimeout):
-        return "error: Pub/Sub did not confirm the publish within 30 s", EXIT_FAILED
+        return "Pub/Sub did not confirm the publish within 30 s", EXIT_FAILED
     if isinstance(exc, OSError):
-        return f"error: {type(exc).__name__}: {one_line[:300]}", EXIT_FAILED
-    return f"unexpected error: {type(exc).__name__}: {one_line[:300]} (RELCTL_DEBUG=1 shows the traceback)", EXIT_FAILED
-
+        return f"{type(exc).__name__}: {one_line[:300]}", EXIT_FAILED
+    return f"unexpected {type(exc).__name__}: {one_line[:300]} (RELCTL_DEBUG=1 shows the traceback)", EXIT_FAILED
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,12 +4,11 @@ caller's Google ID token and records who asked."""
 from __future__ import annotations
 
 import argparse
-import sys
 
 from shared.domain.errors import PipelineError
 from shared.domain.pipeline_schema import suggestion
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
-from shared.ui.cli_context import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, Context, UsageError, positive_int
+from shared.ui.cli_context import EXIT_OK, EXIT_TIMEOUT, CommandFailed, Context, UsageError, positive_int
 from shared.ui.cli_format import dumps
 from shared.ui.notes import iso, load_release
 
@@ -48,8 +47,7 @@ def ask_and_wait(ctx: Context, args, action: str, params: dict, asked, answered,
         return answer, None, EXIT_OK
     got = await_release(ctx, params["release_id"], args.wait, lambda now: answered(now, answer))
     if got is None:
-        print(f"relctl: {not_seen(answer)} within {args.wait:g}s ({hint})", file=sys.stderr)
-        return answer, None, EXIT_TIMEOUT
+        raise CommandFailed(f"{not_seen(answer)} within {args.wait:g}s ({hint})", EXIT_TIMEOUT)
     return answer, got, None
 
 
@@ -64,8 +62,7 @@ def publish_replay(ctx: Context, state: ReleaseState, stage: str, reason: str, a
     replay_id = answer["replay_id"]
     now, record = got
     if not record.get("accepted"):
-        print(f"relctl: replay {replay_id} refused: {record.get('reason', '')}", file=sys.stderr)
-        return EXIT_FAILED
+        raise CommandFailed(f"replay {replay_id} refused: {record.get('reason', '')}")
     st = now.stages[stage]
     ctx.emit({**answer, "accepted": True, "stage_status": st.status.value, "attempt": st.attempt,
               "release_status": now.status.value},

@@ -89,17 +89,26 @@ def test_every_command_speaks_json_with_iso_times(cli, tmp_path):
     assert watched[-1] == {"release_id": done, "final": True, "status": "succeeded", "reason": ""}
     assert all(ISO.match(w["finished_at"]) for w in watched if w.get("stage") and w["status"] == "succeeded")
     code, out, _ = cli.run("validate", "pipelines/sample.yaml", "--json")
-    assert code == 0 and json.loads(out)["stages"][11] == {"number": "10a", "id": "chaos", "kind": "build",
+    assert code == 0 and json.loads(out)["exit"] == 0 and json.loads(out)["stages"][11] == {"number": "10a", "id": "chaos", "kind": "build",
                                                            "optional": True}
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nstages: [{id: a, kind: jbo, timeout: 1m}]\n")
     code, out, err = cli.run("validate", str(bad), "--json")
     assert code == 2 and json.loads(out) == {
-        "file": str(bad), "valid": False,
+        "file": str(bad), "valid": False, "exit": 2,
         "error": f"{bad}:2: stage 'a': kind: unknown kind 'jbo' (did you mean 'job'?) "
                  "(one of build, job, deploy, traffic, check, approval, preflight)"}
     code, out, err = cli.run("show", "no-such-release", "--json")
-    assert code == 1 and json.loads(out) == {"error": "error: unknown release 'no-such-release'", "exit": 1}
+    assert code == 1 and json.loads(out) == {"error": "unknown release 'no-such-release'", "exit": 1}
+    assert err == "relctl: error: unknown release 'no-such-release'\n"  # the prefix is the text's, not the JSON's
+    code, out, err = cli.run("watch", listing[0]["release_id"], "--json")
+    assert code == 0
+    rid = release_at(cli.rig, "unit")
+    code, out, err = cli.run("watch", rid, "--timeout", "0.5", "--json")  # a timeout says so in JSON too
+    assert code == 3 and json.loads(out.splitlines()[-1]) == {
+        "error": f"release {rid} still running after 0.5s", "exit": 3}
+    code, out, err = cli.run("replay", rid, "lint", "--reason", "x", "--wait", "1", "--json")  # not handled
+    assert code == 3 and json.loads(out.splitlines()[-1])["exit"] == 3, (out, err)
 
 
 @pytest.mark.parametrize("args, words", [
