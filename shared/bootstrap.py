@@ -219,8 +219,9 @@ def operator():
                                      tuple(i.strip() for i in s.operator_issuers.split(",")))
     from shared.app.approvals import ApprovalService
     from shared.app.locks import EnvironmentLocks
+    from shared.app.manual_rollback import register_rollback
     from shared.app.operator_actions import (register_approval_actions, register_cancel,
-                                             register_dead_letter_actions, register_freeze)
+                                             register_dead_letter_actions, register_freeze, register_skip_bake)
 
     service = OperatorService.from_settings(s, verifier, operator_requests(), SystemClock())
     # approve / reject by identity: same store and rules as the links, but no signing key here.
@@ -230,7 +231,21 @@ def operator():
     register_cancel(service, store(), publisher(), s.events_topic)
     register_dead_letter_actions(service, dead_letters())
     register_freeze(service, EnvironmentLocks(app_records(), publisher(), s, service_lock_records()), pipeline().name)
+    register_skip_bake(service, store(), publisher(), s.events_topic)
+    register_rollback(service, store(), publisher(), s.events_topic, move_traffic_back)
     return register_release_actions(service, store(), publisher(), s)
+
+
+def move_traffic_back(service: str, how) -> dict:
+    """The manual rollback's traffic move (the operator function's action ``rollback``)."""
+    from shared.adapters.executors.registry_rollback import rollback_from_registry, rollback_to_tag
+    from shared.adapters.executors.run_services import rollback
+
+    if how.get("to_tag"):
+        return rollback_to_tag(settings(), service, how["to_tag"], image=how.get("image"))
+    if how.get("from_registry"):
+        return rollback_from_registry(settings(), service, image=how.get("image"))
+    return rollback(settings(), service, how.get("to_revision"))
 
 
 @functools.cache

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 from shared.domain.commands import (
     AcquireLock,
     Command,
+    EndBakeEarly,
     NoticeKind,
     Notify,
     RecordDurations,
@@ -34,6 +35,7 @@ from shared.domain.commands import (
     command_to_dict,
 )
 from shared.app.config import Settings
+from shared.domain.bake_skip import skip_probe_task
 from shared.domain.errors import DocumentTooLarge, ExecutorError, StaleWrite, TransientError
 from shared.domain.events import (
     ApprovalDecided,
@@ -260,6 +262,8 @@ class Dispatcher:
                 self.locks.release(state.pipeline_name, command.environment, command.release_id)
             elif isinstance(command, RollBack):
                 handles[command.stage] = {"stage_run_id": command.stage_run_id, **self._roll_back(command)}
+            elif isinstance(command, EndBakeEarly):
+                self._end_bake_early(pipeline, state, command)
             elif isinstance(command, RecordDurations):
                 record_durations(self.locks.records, state.pipeline_name, command.release_id, command.durations)
         return handles
@@ -315,6 +319,13 @@ class Dispatcher:
         except ExecutorError as exc:  # the probe was refused (e.g. no cloudtasks.tasks.create): nothing follows it
             log.warning("%s", exc)
             self._publish_finish(command, Outcome.FAILED, f"the stage cannot be followed: {exc}", {})
+
+    def _end_bake_early(self, pipeline: Pipeline, state: ReleaseState, command: EndBakeEarly) -> None:
+        """The skip probe, at once (idempotent by its task id); its finish decides through the gate."""
+        st = state.stages.get(command.stage)
+        if self.probes is None or st is None or st.stage_run_id != command.stage_run_id:
+            return
+        self.probes.schedule(skip_probe_task(state.release_id, command.stage, st, pipeline.digest), self.clock.now())
 
     def _publish_finish(self, command: StartStage, outcome: Outcome, reason: str, result: dict) -> None:
         self.publisher.publish(self.settings.events_topic, StageFinished(

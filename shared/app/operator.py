@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 from shared.app.config import Settings
 from shared.app.ports import Clock, EventPublisher, OperatorRequestLog, ReleaseStore, TokenVerifier
 from shared.domain.errors import RequestRefused, TransientError
-from shared.domain.events import CancelRequested, ChaosRequested, Event, StageReplay
+from shared.domain.events import BakeSkipRequested, CancelRequested, ChaosRequested, Event, RolledBack, StageReplay
 from shared.domain.identity import People, normalise
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class OperatorService:
         """Record the request before acting; a repeated id must repeat the same request."""
         record = {"action": action, "requested_by": caller.email, "subject": caller.subject, "at": caller.at,
                   "release_id": str(params.get("release_id", "")), "stage": str(params.get("stage", "")),
-                  "reason": str(params.get("reason", ""))[:500]}
+                  "reason": str(params.get("reason", ""))[:500], "service": str(params.get("service", ""))}
         if self.requests.record(caller.request_id, record):
             return
         before = self.requests.get(caller.request_id) or {}
@@ -141,7 +141,8 @@ class OperatorService:
 
 
 # -- the dispatcher's check ----------------------------------------------------------
-OPERATOR_EVENTS = {StageReplay: "replay", ChaosRequested: "chaos", CancelRequested: "cancel"}
+OPERATOR_EVENTS = {StageReplay: "replay", ChaosRequested: "chaos", CancelRequested: "cancel",
+                   BakeSkipRequested: "skip-bake", RolledBack: "rollback"}
 
 
 def request_id_of(event: Event) -> str:
@@ -158,8 +159,11 @@ def unconfirmed_request(requests: OperatorRequestLog, event: Event) -> str:
     if record is None:
         return f"no operator request {request_id!r} was recorded (send it with relctl, through the operator function)"
     expected = {"action": action, "release_id": event.release_id, "requested_by": event.requested_by}
-    if isinstance(event, StageReplay):
+    if isinstance(event, (StageReplay, BakeSkipRequested)):
         expected["stage"] = event.stage
+    if isinstance(event, RolledBack):
+        # A rollback names a service; the operator function found the release that deployed it.
+        expected = {"action": action, "requested_by": event.requested_by, "service": event.service}
     wrong = [k for k, v in expected.items() if record.get(k) != v]
     if wrong:
         return f"operator request {request_id} does not match the event ({', '.join(wrong)})"

@@ -6,6 +6,9 @@
 (shared/app/dead_letters.py; the gate decides on it like on the original delivery).
 ``cancel``: publishes CancelRequested carrying the request id; the gate stops the release
 for good (shared/domain/gate.py ``on_cancel``) once the dispatcher found the request recorded.
+``skip-bake``: an approver of the release ends a running bake early (shared/domain/bake_skip.py):
+refused here at once when the rules say no, then BakeSkipRequested, which the gate records
+and answers with the one probe whose verdict ends the bake (or fails the stage).
 The operator function has already checked the ID token and the operator list and
 recorded the request; a handler only answers for its own rules.
 """
@@ -19,7 +22,8 @@ from shared.app.locks import EnvironmentLocks
 from shared.app.operator import Caller, OperatorService
 from shared.app.ports import EventPublisher, ReleaseStore
 from shared.domain.errors import PipelineError, RequestRefused
-from shared.domain.events import CancelRequested
+from shared.domain.bake_skip import skip_refusal
+from shared.domain.events import BakeSkipRequested, CancelRequested
 from shared.domain.ids import valid_release_id
 
 
@@ -66,6 +70,30 @@ def register_cancel(service: OperatorService, store: ReleaseStore, publisher: Ev
         return {"release_id": release_id, "message_id": message_id}
 
     service.register("cancel", cancel)
+    return service
+
+
+def register_skip_bake(service: OperatorService, store: ReleaseStore, publisher: EventPublisher,
+                       events_topic: str) -> OperatorService:
+    def skip_bake(caller: Caller, params: Mapping[str, Any]) -> Mapping[str, Any]:
+        release_id = _release_id(params)
+        stage, reason = params.get("stage"), params.get("reason") or ""
+        if not isinstance(stage, str) or not stage:
+            raise RequestRefused(400, "params.stage is required (the check whose bake ends)")
+        if not isinstance(reason, str):
+            raise RequestRefused(400, "params.reason must be text")
+        got = store.get(release_id)
+        if got is None:
+            raise RequestRefused(404, f"no release {release_id}")
+        state = got[0]
+        status, why = skip_refusal(store.load_pipeline(state.pipeline_digest), state, stage, caller.email)
+        if status:
+            raise RequestRefused(status, why)
+        message_id = publisher.publish(events_topic, BakeSkipRequested(
+            "", release_id, stage, caller.email, reason.strip()[:500], caller.request_id))
+        return {"release_id": release_id, "stage": stage, "message_id": message_id}
+
+    service.register("skip-bake", skip_bake)
     return service
 
 

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from shared.app.config import Settings
 from shared.app.ports import Clock, EventPublisher, HttpProber, ProbeScheduler, ReleaseStore, StageExecutor, StageFinish
+from shared.domain.bake_skip import SKIP_PHASE, skip_step
 from shared.domain.errors import ExecutorError, PipelineError
 from shared.domain.events import Outcome, StageFinished
 from shared.domain.probes import (
@@ -99,11 +100,13 @@ class ProbeService:
             answer = dict(self.prober.get(base + "/" + path.lstrip("/"), PROBE_REQUEST_TIMEOUT_S))
             probes.append({"path": path, "status": answer.get("status"), "latency_ms": answer.get("latency_ms"),
                            **({"error": answer["error"]} if answer.get("error") else {})})
-        step = check_step(task, probes, self.clock.now(), self.analyse)
+        skip = task.check.get("phase") == SKIP_PHASE  # an approver asked to end the bake early
+        step = (skip_step if skip else check_step)(task, probes, self.clock.now(), self.analyse)
         if step.outcome is not None:
             self._publish(task, step.outcome, step.reason, dict(step.result))
             return f"{task.stage_run_id}: check {step.outcome.value} after probe {task.seq}"
-        assert step.task is not None and step.at is not None
+        if step.task is None or step.at is None:
+            return f"{task.stage_run_id}: the bake stayed inconclusive; its own probes decide"
         if not self._schedule(task, step.task, step.at):
             return f"{task.stage_run_id}: the next probe was refused; the stage failed"
         return f"{task.stage_run_id}: check {step.task.check.get('phase', 'window')}, probe {step.task.seq} scheduled"

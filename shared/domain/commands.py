@@ -77,12 +77,26 @@ class RecordDurations:
     name = "record_durations"
 
 
+@dataclass(frozen=True)
+class EndBakeEarly:
+    """Send the one probe that judges a check's bake so far and, if it passes, ends it early
+    (an approver's ``relctl skip-bake``). The probe's ``stage.finished`` decides, not this."""
+
+    release_id: str
+    stage: str
+    stage_run_id: str
+    requested_by: str
+    reason: str = ""
+    name = "end_bake_early"
+
+
 class NoticeKind(str, Enum):
     STAGE_FAILED = "stage_failed"
     APPROVAL_NEEDED = "approval_needed"
     RELEASE_FINISHED = "release_finished"
     REFUSED = "refused"
     SUPERSEDED = "superseded"  # a newer release took over while this one was queued: nothing to replay
+    ROLLED_BACK = "rolled_back"  # an operator moved traffic back by hand (relctl rollback)
 
 
 @dataclass(frozen=True)
@@ -94,9 +108,10 @@ class Notify:
     name = "notify"
 
 
-Command = StartStage | RequestApproval | Notify | AcquireLock | ReleaseLock | RollBack | RecordDurations
+Command = (StartStage | RequestApproval | Notify | AcquireLock | ReleaseLock | RollBack | RecordDurations
+           | EndBakeEarly)
 _BY_NAME = {cls.name: cls for cls in (StartStage, RequestApproval, Notify, AcquireLock, ReleaseLock, RollBack,
-                                      RecordDurations)}
+                                      RecordDurations, EndBakeEarly)}
 
 
 def command_to_dict(command: Command) -> dict[str, Any]:

@@ -34,6 +34,8 @@ class EventType(str, Enum):
     LOCK_GRANTED = "lock.granted"
     SUPERSEDED = "release.superseded"
     CANCEL_REQUESTED = "release.cancel_requested"
+    BAKE_SKIP_REQUESTED = "stage.bake_skip_requested"
+    ROLLED_BACK = "release.rolled_back"
 
 
 class Outcome(str, Enum):
@@ -145,8 +147,41 @@ class CancelRequested:
     type = EventType.CANCEL_REQUESTED
 
 
+@dataclass(frozen=True)
+class BakeSkipRequested:
+    """An approver ends a check's bake early (``relctl skip-bake``); carries their recorded request.
+    The gate records it and sends one more probe that judges the bake so far; only that probe's
+    ``stage.finished`` ends the stage (shared/domain/bake_skip.py)."""
+
+    id: str
+    release_id: str
+    stage: str
+    requested_by: str
+    reason: str
+    request_id: str = ""  # the operator request it carries out (operator_requests/{id})
+    type = EventType.BAKE_SKIP_REQUESTED
+
+
+@dataclass(frozen=True)
+class RolledBack:
+    """An operator moved a service's traffic back by hand (``relctl rollback``, done by the operator
+    function); recorded on the release whose deploy stage last deployed that service, even a
+    finished one, so show, notes, dashboard and mail tell it like an automatic rollback."""
+
+    id: str
+    release_id: str
+    stage: str  # the deploy stage that deployed the service
+    service: str
+    from_revision: str
+    to_revision: str
+    requested_by: str
+    reason: str
+    request_id: str = ""  # the operator request it carries out (operator_requests/{id})
+    type = EventType.ROLLED_BACK
+
+
 Event = (ReleaseStarted | StageFinished | ApprovalDecided | ChaosRequested | StageReplay | Tick | LockGranted
-         | Superseded | CancelRequested)
+         | Superseded | CancelRequested | BakeSkipRequested | RolledBack)
 
 
 @dataclass(frozen=True)

@@ -50,9 +50,11 @@ import hmac
 from dataclasses import dataclass, field
 from enum import Enum
 
+from shared.domain.bake_skip import skip_refusal
 from shared.domain.commands import (
     AcquireLock,
     Command,
+    EndBakeEarly,
     NoticeKind,
     Notify,
     RecordDurations,
@@ -63,12 +65,14 @@ from shared.domain.commands import (
 )
 from shared.domain.events import (
     ApprovalDecided,
+    BakeSkipRequested,
     CancelRequested,
     ChaosRequested,
     Event,
     LockGranted,
     Outcome,
     ReleaseStarted,
+    RolledBack,
     StageFinished,
     StageReplay,
     Superseded,
@@ -132,7 +136,7 @@ def decide(pipeline: Pipeline, state: ReleaseState, event: Event, now: float) ->
         return Decision(GateOutcome.DUPLICATE, f"event {event.id} was already applied")
     if isinstance(event, StageReplay) and any(r["replay_id"] == event.replay_id for r in state.replays):
         return Decision(GateOutcome.DUPLICATE, f"replay {event.replay_id} was already handled")
-    if state.status.terminal:
+    if state.status.terminal and not isinstance(event, RolledBack):  # a later rollback is still its history
         reason = f"release {state.release_id} is {state.status.value}"
         if isinstance(event, LockGranted):
             # A lock handed to a finished release (it was still in the queue) goes straight back,
@@ -202,6 +206,8 @@ class _Run:
             LockGranted: self.on_lock_granted,
             Superseded: self.on_superseded,
             CancelRequested: self.on_cancel,
+            BakeSkipRequested: self.on_bake_skip,
+            RolledBack: self.on_rolled_back,
         }[type(event)]
         return handler(event)
 
@@ -227,6 +233,12 @@ class _Run:
         if stage.kind is StageKind.APPROVAL:  # never RUNNING today; kept so it can never finish this way
             raise _Refusal(GateOutcome.REFUSED, f"{stage.label} finishes only through a signed approval")
         st.result = {**st.result, **dict(event.result)}
+        bake = event.result.get("bake")
+        early = bake.get("ended_early") if isinstance(bake, dict) else None
+        if isinstance(early, dict):  # the skip probe's verdict (relctl skip-bake): on the timeline either way
+            passed = event.outcome is Outcome.SUCCEEDED
+            self.record("bake ended early" if passed else "bake not ended early", str(early.get("by", "")), stage.id,
+                        str(early.get("reason", "")) if passed else event.reason)
         if event.outcome is Outcome.SUCCEEDED:
             self.finish(stage, StageStatus.SUCCEEDED)
             self.advance(self.pipeline.index(stage.id) + 1)
@@ -378,6 +390,42 @@ class _Run:
         self.notify(NoticeKind.STAGE_FAILED, state.stopped_at_stage, f"{self.title()} was {why}. Nothing runs any more; "
                     "prod keeps what served before.")
         return GateOutcome.APPLIED, why
+
+    def on_bake_skip(self, event: BakeSkipRequested) -> tuple[GateOutcome, str]:
+        """Record an approver's wish to end a bake early and send the probe that judges it; that
+        probe's finish decides (shared/domain/bake_skip.py), so a failing check never passes."""
+        stage, st = self.known_stage(event.stage)
+        status, why = skip_refusal(self.pipeline, self.state, stage.id, event.requested_by)
+        if status:
+            raise _Refusal(GateOutcome.REFUSED, why)
+        st.result = {**st.result, "bake_skip": {"by": event.requested_by, "at": self.now, "reason": event.reason,
+                                                "request": event.request_id}}
+        self.record("bake skip requested", event.requested_by, stage.id, event.reason, request=event.request_id)
+        self.commands.append(EndBakeEarly(self.state.release_id, stage.id, st.stage_run_id, event.requested_by,
+                                          event.reason))
+        return GateOutcome.APPLIED, f"end of the bake of {stage.label} asked by {event.requested_by}"
+
+    def on_rolled_back(self, event: RolledBack) -> tuple[GateOutcome, str]:
+        """A rollback done by hand through the operator function, recorded on the deploy stage that
+        deployed the service (finished releases too) like the gate's own, and announced."""
+        stage, st = self.known_stage(event.stage)
+        if stage.kind is not StageKind.DEPLOY:
+            raise _Refusal(GateOutcome.REFUSED, f"{stage.label} is not a deploy stage")
+        done = st.result.get("rolled_back") or []
+        if any(r.get("request") == event.request_id for r in done):
+            return GateOutcome.IGNORED, f"rollback {event.request_id} is already recorded"
+        entry = {"service": event.service, "revision": event.to_revision, "from": event.from_revision,
+                 "at": self.now, "by": event.requested_by, "why": event.reason, "manual": True,
+                 "request": event.request_id}
+        st.result = {**st.result, "rolled_back": [*done, entry]}
+        moved = f"{event.service} from {event.from_revision or '?'} to {event.to_revision}"
+        self.record("rolled back", event.requested_by, stage.id, moved + (f" ({event.reason})" if event.reason else ""),
+                    request=event.request_id)
+        self.notify(NoticeKind.ROLLED_BACK, stage.id,
+                    f"{self.title()}: {event.requested_by} rolled back {moved} by hand"
+                    + (f": {event.reason}" if event.reason else "") + f". All traffic of {event.service} now goes "
+                    f"to {event.to_revision}.")
+        return GateOutcome.APPLIED, f"rolled back {moved}"
 
     def on_superseded(self, event: Superseded) -> tuple[GateOutcome, str]:
         state = self.state

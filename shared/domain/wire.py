@@ -25,6 +25,7 @@ from shared.domain.commands import NoticeKind
 from shared.domain.errors import MalformedEvent
 from shared.domain.events import (
     ApprovalDecided,
+    BakeSkipRequested,
     CancelRequested,
     ChaosRequested,
     Event,
@@ -33,6 +34,7 @@ from shared.domain.events import (
     Outcome,
     ReleaseNotice,
     ReleaseStarted,
+    RolledBack,
     StageFinished,
     StageReplay,
     Superseded,
@@ -52,6 +54,8 @@ _CLASSES: dict[str, type] = {
     EventType.LOCK_GRANTED.value: LockGranted,
     EventType.SUPERSEDED.value: Superseded,
     EventType.CANCEL_REQUESTED.value: CancelRequested,
+    EventType.BAKE_SKIP_REQUESTED.value: BakeSkipRequested,
+    EventType.ROLLED_BACK.value: RolledBack,
     ReleaseNotice.type: ReleaseNotice,
 }
 TYPES = frozenset(_CLASSES)  # every ``type`` that travels (the payload-literal test uses it)
@@ -68,10 +72,13 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
     EventType.LOCK_GRANTED.value: ("release_id", "environment"),
     EventType.SUPERSEDED.value: ("release_id", "environment", "superseded_by"),
     EventType.CANCEL_REQUESTED.value: ("release_id", "requested_by", "reason"),
+    EventType.BAKE_SKIP_REQUESTED.value: ("release_id", "stage", "requested_by", "request_id"),
+    EventType.ROLLED_BACK.value: ("release_id", "stage", "service", "to_revision", "requested_by", "request_id"),
     ReleaseNotice.type: ("release_id", "kind"),
 }
 _STRINGS = ("release_id", "stage", "stage_run_id", "replay_id", "requested_by", "nonce", "approver",
-            "environment", "superseded_by", "reason", "user_agent", "message", "request_id", "signature")
+            "environment", "superseded_by", "reason", "user_agent", "message", "request_id", "signature",
+            "service", "from_revision", "to_revision")
 
 
 def type_of(message: Message) -> str:

@@ -21,8 +21,8 @@ import os
 import sys
 
 from shared.domain.errors import DefinitionError, PipelineError
-from shared.ui.cli_context import (positive_int, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, Context,
-                                   UsageError)
+from shared.ui.cli_context import (positive_int, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE,
+                                   CommandFailed, Context, UsageError)
 from shared.ui.cli_format import EPILOG, dumps, iso_times, paint
 from shared.ui.cli_operator import add_commands as add_operator_commands
 from shared.ui.notes import (duration_text, iso, load_release, render, timeline_text,
@@ -157,9 +157,8 @@ def cmd_watch(args, ctx: Context) -> int:
             _line(ctx, final, f"release {state.release_id} was {state.reason or 'superseded by a newer release'}")
             return EXIT_FAILED
         if deadline is not None and ctx.monotonic() >= deadline:
-            print(f"relctl: release {state.release_id} still {state.status.value} after {args.timeout:g}s",
-                  file=sys.stderr)
-            return EXIT_TIMEOUT
+            raise CommandFailed(f"release {state.release_id} still {state.status.value} after {args.timeout:g}s",
+                                EXIT_TIMEOUT)
         ctx.sleep(args.interval)
 
 
@@ -190,48 +189,7 @@ def _changes(state: ReleaseState, pipeline: Pipeline, seen: dict) -> list[tuple[
     return lines
 
 
-# -- commands against Cloud Run / IAM / files --------------------------------------
-FAILED_LOOKBACK = 200  # recent releases whose rollbacks say which revisions failed their checks
-
-
-def failed_revisions(states) -> dict[str, str]:
-    """Revision -> why, for every revision a rollback moved traffic away from (it failed a check)."""
-    failed: dict[str, str] = {}
-    for state in states:
-        for st in state.stages.values():
-            for result in [a.result for a in st.history] + [st.result]:
-                for r in result.get("rolled_back") or []:
-                    if r.get("from"):
-                        failed.setdefault(str(r["from"]), f"release {state.release_id}: {r.get('why') or 'rolled back'}")
-    return failed
-
-
-def cmd_rollback(args, ctx: Context) -> int:
-    from shared.adapters.executors.registry_rollback import rollback_from_registry, rollback_to_tag
-    from shared.adapters.executors.run_services import rollback
-
-    if args.image and not (args.to_tag or args.from_registry):
-        raise UsageError("--image goes with --to-tag or --from-registry")
-    if args.to_revision and not args.force:
-        failed = failed_revisions(ctx.store.list_releases(FAILED_LOOKBACK)).get(args.to_revision.rsplit("/", 1)[-1])
-        if failed:
-            raise PipelineError(f"revision {args.to_revision} failed its checks ({failed}); "
-                                "pass --force to send all traffic to it anyway")
-    if args.to_tag or args.from_registry:
-        moved = (rollback_to_tag(ctx.settings, args.service, args.to_tag, image=args.image) if args.to_tag
-                 else rollback_from_registry(ctx.settings, args.service, image=args.image))
-        how = f"new revision from {moved['image']}" if moved["created"] else f"existing revision running {moved['image']}"
-        ctx.emit(moved, f"rolled back {moved['service']}: 100 % to {moved['revision']} ({how}; tag {moved['tag']}, "
-                  f"version {moved['version']}, commit {moved['commit']}), was {moved.get('from') or '?'}; "
-                  f"operation {moved.get('operation') or '-'}")
-        return EXIT_OK
-    moved = rollback(ctx.settings, args.service, args.to_revision)
-    ctx.emit(moved, f"rolled back {moved['service']}: 100 % to {moved['revision']} "
-              f"(version {moved.get('version') or '?'}, commit {moved.get('commit') or '?'}), "
-              f"was {moved.get('from') or '?'}; operation {moved.get('operation') or '-'}")
-    return EXIT_OK
-
-
+# -- commands against IAM / files -----------------------------------------------------
 def cmd_validate(args, ctx: Context) -> int:
     from shared.domain.pipeline import load_pipeline
 
@@ -240,10 +198,10 @@ def cmd_validate(args, ctx: Context) -> int:
     except DefinitionError as exc:
         print(f"relctl: invalid pipeline: {exc}", file=sys.stderr)
         if ctx.json:
-            ctx.print(dumps({"file": args.file, "valid": False, "error": str(exc)}))
+            ctx.print(dumps({"file": args.file, "valid": False, "error": str(exc), "exit": EXIT_USAGE}))
         return EXIT_USAGE
     stages = ", ".join(f"{s.number} {s.id}" + (" (optional)" if s.optional else "") for s in pipeline.stages)
-    ctx.emit({"file": args.file, "valid": True, "pipeline": pipeline.name, "digest": pipeline.digest,
+    ctx.emit({"file": args.file, "valid": True, "exit": EXIT_OK, "pipeline": pipeline.name, "digest": pipeline.digest,
               "stages": [{"number": s.number, "id": s.id, "kind": s.kind.value, "optional": s.optional}
                          for s in pipeline.stages]},
              f"OK {args.file}: pipeline {pipeline.name}, {len(pipeline.stages)} stages: {stages}\ndigest {pipeline.digest}")
@@ -302,16 +260,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=0, help="give up after this many seconds (exit 3); 0 = never")
     p.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
     add_operator_commands(command)
-    p = command("rollback", cmd_rollback, "move all of a service's traffic to an earlier revision")
-    p.add_argument("service")
-    target = p.add_mutually_exclusive_group()
-    target.add_argument("--to-revision", help="the revision (default: the last ready one deployed from a tag)")
-    target.add_argument("--to-tag", metavar="TAG", help="the release tag vX.Y.Z-<sha> to serve; its image is "
-                        "deployed from the registry unless a revision still runs it")
-    target.add_argument("--from-registry", action="store_true",
-                        help="serve the newest release tag in Artifact Registry older than the one served now")
-    p.add_argument("--image", help="image name under RELEASE_ARTIFACT_REGISTRY (default: the one the service runs)")
-    p.add_argument("--force", action="store_true", help="roll back to a revision even though it failed its checks")
     p = command("validate", cmd_validate, "check a pipeline file; exit 2 naming the stage and field when invalid")
     p.add_argument("file")
     p = command("notes", cmd_notes, "print the release notes (Markdown)")
@@ -345,10 +293,12 @@ def main(argv: list[str] | None = None) -> int:
         message, code = describe_error(exc)
         if isinstance(exc, UsageError):
             print(f"{build_parser().prog} {args.command}: error: {message}", file=sys.stderr)
+        elif isinstance(exc, DefinitionError):
+            print(f"relctl: invalid pipeline: {message}", file=sys.stderr)
         else:
-            print(f"relctl: {message}", file=sys.stderr)
-        if ctx.json:
-            ctx.print(dumps({"error": message, "exit": code}))
+            print(f"relctl: error: {message}", file=sys.stderr)
+        if ctx.json:  # one line, so it also ends watch's JSON Lines
+            ctx.print(json.dumps({"error": message, "exit": code}, sort_keys=True))
         return code
 
 
@@ -359,24 +309,23 @@ def describe_error(exc: Exception) -> tuple[str, int]:
     from google.auth import exceptions as auth_exc
 
     one_line = " ".join(str(exc).split())
-    if isinstance(exc, UsageError):
+    if isinstance(exc, CommandFailed):
+        return one_line, exc.exit_code
+    if isinstance(exc, (UsageError, DefinitionError)):
         return one_line, EXIT_USAGE
-    if isinstance(exc, DefinitionError):
-        return f"invalid pipeline: {one_line}", EXIT_USAGE
     if isinstance(exc, PipelineError):
-        return f"error: {one_line}", EXIT_FAILED
+        return one_line, EXIT_FAILED
     if isinstance(exc, gexc.GoogleAPIError):
         detail = " ".join(str(getattr(exc, "message", "") or exc).split())
-        return f"error: Google API call failed: {type(exc).__name__}: {detail[:300]}", EXIT_FAILED
+        return f"Google API call failed: {type(exc).__name__}: {detail[:300]}", EXIT_FAILED
     if isinstance(exc, auth_exc.GoogleAuthError):
-        return ("error: no Google credentials (set FIRESTORE_EMULATOR_HOST and PUBSUB_EMULATOR_HOST for the "
+        return ("no Google credentials (set FIRESTORE_EMULATOR_HOST and PUBSUB_EMULATOR_HOST for the "
                 f"emulators, or run `gcloud auth application-default login`): {one_line[:200]}"), EXIT_FAILED
     if isinstance(exc, FutureTimeout):
-        return "error: Pub/Sub did not confirm the publish within 30 s", EXIT_FAILED
+        return "Pub/Sub did not confirm the publish within 30 s", EXIT_FAILED
     if isinstance(exc, OSError):
-        return f"error: {type(exc).__name__}: {one_line[:300]}", EXIT_FAILED
-    return f"unexpected error: {type(exc).__name__}: {one_line[:300]} (RELCTL_DEBUG=1 shows the traceback)", EXIT_FAILED
-
+        return f"{type(exc).__name__}: {one_line[:300]}", EXIT_FAILED
+    return f"unexpected {type(exc).__name__}: {one_line[:300]} (RELCTL_DEBUG=1 shows the traceback)", EXIT_FAILED
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,6 +20,15 @@ class UsageError(PipelineError):
     """The command line asks for something that cannot exist (exit 2, like argparse's own errors)."""
 
 
+class CommandFailed(PipelineError):
+    """A command that ran but did not get what it asked for: refused (exit 1) or timed out (exit 3).
+    Raised, not printed, so every exit says it the same way (one line; under --json ``{"error", "exit"}``)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 @dataclass
 class Context:
     """What the commands need, built on first use (a `validate` never touches Google)."""

@@ -1,14 +1,14 @@
 """``relctl`` commands that act through the operator function (replay, resend-approval, chaos,
-approve, reject): the function checks the caller's Google ID token and records who asked."""
+approve, reject, cancel, skip-bake, rollback, freeze, dead letters): the function checks the
+caller's Google ID token and records who asked."""
 from __future__ import annotations
 
 import argparse
-import sys
 
 from shared.domain.errors import PipelineError
 from shared.domain.pipeline_schema import suggestion
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
-from shared.ui.cli_context import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, Context, UsageError, positive_int
+from shared.ui.cli_context import EXIT_OK, EXIT_TIMEOUT, CommandFailed, Context, UsageError, positive_int
 from shared.ui.cli_format import dumps
 from shared.ui.notes import iso, load_release
 
@@ -47,8 +47,7 @@ def ask_and_wait(ctx: Context, args, action: str, params: dict, asked, answered,
         return answer, None, EXIT_OK
     got = await_release(ctx, params["release_id"], args.wait, lambda now: answered(now, answer))
     if got is None:
-        print(f"relctl: {not_seen(answer)} within {args.wait:g}s ({hint})", file=sys.stderr)
-        return answer, None, EXIT_TIMEOUT
+        raise CommandFailed(f"{not_seen(answer)} within {args.wait:g}s ({hint})", EXIT_TIMEOUT)
     return answer, got, None
 
 
@@ -63,8 +62,7 @@ def publish_replay(ctx: Context, state: ReleaseState, stage: str, reason: str, a
     replay_id = answer["replay_id"]
     now, record = got
     if not record.get("accepted"):
-        print(f"relctl: replay {replay_id} refused: {record.get('reason', '')}", file=sys.stderr)
-        return EXIT_FAILED
+        raise CommandFailed(f"replay {replay_id} refused: {record.get('reason', '')}")
     st = now.stages[stage]
     ctx.emit({**answer, "accepted": True, "stage_status": st.status.value, "attempt": st.attempt,
               "release_status": now.status.value},
@@ -146,6 +144,58 @@ def cmd_cancel(args, ctx: Context) -> int:
     return EXIT_OK
 
 
+def cmd_skip_bake(args, ctx: Context) -> int:
+    """An approver ends a running bake early; one more probe judges the bake so far and ends it."""
+    from shared.domain.bake_skip import baking_stage
+
+    state, pipeline = load_release(ctx.store, args.release)
+    stage = pipeline.stage(args.stage) if args.stage and pipeline.has_stage(args.stage) else None
+    if args.stage and stage is None:
+        ids = [s.id for s in pipeline.stages]
+        raise UsageError(f"release {state.release_id} has no stage {args.stage!r}{suggestion(args.stage, ids)}")
+    stage = stage or baking_stage(pipeline, state)
+    if stage is None:
+        raise PipelineError(f"release {state.release_id} has no bake running (it is {state.status.value})")
+    run = state.stages[stage.id].stage_run_id
+    answer, got, done = ask_and_wait(
+        ctx, args, "skip-bake", {"release_id": state.release_id, "stage": stage.id, "reason": args.reason or ""},
+        lambda a: f"end of the bake of {stage.id}: release {state.release_id}",
+        lambda now, a: (now.stages[stage.id] if now.stages[stage.id].stage_run_id != run
+                        or now.stages[stage.id].status is not StageStatus.RUNNING else None),
+        lambda a: f"the bake of {stage.id} not ended", "the probe asks again each interval while the analysis "
+                                                        "cannot judge; relctl show tells")
+    if done is not None:
+        return done
+    now, st = got
+    if st.status is not StageStatus.SUCCEEDED:
+        raise PipelineError(f"the bake of {stage.id} was not ended early: the stage {st.status.value}: {st.reason}")
+    ctx.emit({**answer, "stage_status": st.status.value, "release_status": now.status.value},
+             f"ended early: stage {stage.id} succeeded; release {now.status.value}")
+    return EXIT_OK
+
+
+def cmd_rollback(args, ctx: Context) -> int:
+    """Through the operator function, which moves the traffic and records it on the release that deployed it."""
+    if args.image and not (args.to_tag or args.from_registry):
+        raise UsageError("--image goes with --to-tag or --from-registry")
+    moved = operator_call(ctx, args, "rollback", {
+        "service": args.service, "to_revision": args.to_revision or "", "to_tag": args.to_tag or "",
+        "from_registry": bool(args.from_registry), "image": args.image or "", "force": bool(args.force),
+        "reason": args.reason or ""})
+    if moved.get("tag"):
+        how = f"new revision from {moved['image']}" if moved.get("created") else f"existing revision running {moved['image']}"
+        text = (f"rolled back {moved['service']}: 100 % to {moved['revision']} ({how}; tag {moved['tag']}, "
+                f"version {moved['version']}, commit {moved['commit']}), was {moved.get('from') or '?'}")
+    else:
+        text = (f"rolled back {moved['service']}: 100 % to {moved['revision']} (version {moved.get('version') or '?'}, "
+                f"commit {moved.get('commit') or '?'}), was {moved.get('from') or '?'}")
+    text += f"; operation {moved.get('operation') or '-'}; by {moved['requested_by']}"
+    text += (f"; recorded on release {moved['recorded_on']} (stage {moved['stage']})" if moved.get("recorded_on")
+             else f"; no recent release deployed {moved['service']}: kept as operator request {moved['request_id']}")
+    ctx.emit(moved, text)
+    return EXIT_OK
+
+
 def cmd_dead_letters(args, ctx: Context) -> int:
     answer = operator_call(ctx, args, "dead-letters", {"limit": args.limit})
     letters = answer["letters"]
@@ -191,6 +241,7 @@ def add_commands(command) -> None:
         ("approve", cmd_decide, "approve a release that waits for you (as your Google identity)"),
         ("reject", cmd_decide, "reject a release that waits for you, with a reason"),
         ("cancel", cmd_cancel, "stop a release for good: locks given back, prod keeps what served before"),
+        ("skip-bake", cmd_skip_bake, "end a running bake early (an approver of the release; recorded)"),
     ):
         p = command(name, func, help)
         p.add_argument("release")
@@ -201,6 +252,9 @@ def add_commands(command) -> None:
             p.add_argument("--reason", default="approval links re-sent with relctl")
         elif name == "cancel":
             p.add_argument("--reason", required=True, help="why (recorded on the release's timeline)")
+        elif name == "skip-bake":
+            p.add_argument("--stage", help="the check whose bake ends (default: the one baking now)")
+            p.add_argument("--reason", help="why (recorded on the release's timeline)")
         elif name in ("approve", "reject"):
             p.add_argument("--reason", help="kept with the decision" + ("; required" if name == "reject" else ""))
         if name in ("replay", "resend-approval"):
@@ -211,6 +265,19 @@ def add_commands(command) -> None:
         if name not in ("approve", "reject"):
             p.add_argument("--wait", type=float, default=10, metavar="SECONDS",
                            help="wait this long for the dispatcher's answer (0: do not wait)")
+    p = command("rollback", cmd_rollback, "move all of a service's traffic to an earlier revision (recorded on "
+                "the release that deployed it)")
+    p.add_argument("service")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--to-revision", help="the revision (default: the last ready one deployed from a tag)")
+    target.add_argument("--to-tag", metavar="TAG", help="the release tag vX.Y.Z-<sha> to serve; its image is "
+                        "deployed from the registry unless a revision still runs it")
+    target.add_argument("--from-registry", action="store_true",
+                        help="serve the newest release tag in Artifact Registry older than the one served now")
+    p.add_argument("--image", help="image name under RELEASE_ARTIFACT_REGISTRY (default: the one the service runs)")
+    p.add_argument("--force", action="store_true", help="roll back to a revision even though it failed its checks")
+    p.add_argument("--reason", help="why (recorded with the rollback)")
+    p.add_argument("--as", dest="as_", metavar="WHO", help=argparse.SUPPRESS)
     p = command("dead-letters", cmd_dead_letters, "list dead letters: messages kept instead of applied, with why")
     p.add_argument("--limit", type=positive_int, default=50, help="at most this many (1-500)")
     p.add_argument("--as", dest="as_", metavar="WHO", help=argparse.SUPPRESS)

@@ -6,6 +6,7 @@ to that dispatcher, so a replay is followed from the command line to the gate's 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -47,16 +48,16 @@ def token_issuer():
     issuer.stop()
 
 
-@pytest.fixture
-def operator_function(emulators, unique_prefix, token_issuer, tmp_path):
+@contextlib.contextmanager
+def running_operator_function(emulators, unique_prefix, token_issuer, log, **extra):
     """The operator function in its own functions-framework process, trusting the local token issuer."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     topic_id = f"events-{unique_prefix.strip('_')}"
     env = relctl_env(emulators, unique_prefix, topic_id, PYTHONPATH=str(REPO_ROOT), RELEASE_OPERATOR_AUDIENCE=url,
                      RELEASE_OPERATOR_CERTS_URL=token_issuer.certs_url, RELEASE_OPERATOR_ISSUERS=token_issuer.issuer,
-                     RELEASE_OPERATORS="ops-user@example.com,alice@example.com,qa@example.com,boss@example.com,dev@example.com")
-    log = tmp_path / "operator.log"
+                     RELEASE_OPERATORS="ops-user@example.com,alice@example.com,qa@example.com,boss@example.com,dev@example.com",
+                     **extra)
     with log.open("w") as out:
         proc = subprocess.Popen([str(RELCTL.parent / "functions-framework"), "--target", "operator", "--source",
                                  str(REPO_ROOT / "functions" / "main.py"), "--host", "127.0.0.1", "--port", str(port)],
@@ -68,6 +69,12 @@ def operator_function(emulators, unique_prefix, token_issuer, tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture
+def operator_function(emulators, unique_prefix, token_issuer, tmp_path):
+    with running_operator_function(emulators, unique_prefix, token_issuer, tmp_path / "operator.log") as env:
+        yield env
 
 
 @pytest.fixture
@@ -401,52 +408,111 @@ def deploy(settings, version, commit):
     raise AssertionError("deploy did not finish")
 
 
-def test_rollback_moves_traffic_back_to_the_last_tagged_revision(cli, standin):
+@pytest.fixture
+def rollback_cli(cli, emulators, unique_prefix, token_issuer, standin, tmp_path):
+    """relctl against an operator function that reaches the Cloud Run stand-in (project local-project),
+    with a dispatcher rig and a subscription there, so a rollback's record can be followed to the gate."""
+    from google.cloud import pubsub_v1
+
+    project, topic_id = "local-project", f"events-{unique_prefix.strip('_')}"
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    topic = publisher.create_topic(name=publisher.topic_path(project, topic_id)).name
+    subscription = subscriber.create_subscription(
+        name=subscriber.subscription_path(project, topic_id + "-sub"), topic=topic).name
+    rig = make_rig(project, unique_prefix)
+    rig.dispatcher.operator_requests = bootstrap_requests(project, unique_prefix)
+    extra = {"RELEASE_PROJECT": project, "GOOGLE_CLOUD_PROJECT": project,
+             "RELEASE_CLOUD_RUN_ENDPOINT": standin.endpoint}
+    with running_operator_function(emulators, unique_prefix, token_issuer, tmp_path / "rollback-operator.log",
+                                   **extra) as env:
+        class RollbackCli:
+            def __init__(self):
+                self.rig = rig
+
+            def run(self, *args):
+                return cli.run(*args, **extra, **env)
+
+            def pull(self):
+                answer = subscriber.pull(request={"subscription": subscription, "max_messages": 10}, timeout=20)
+                subscriber.acknowledge(request={"subscription": subscription,
+                                                "ack_ids": [m.ack_id for m in answer.received_messages]})
+                return [m.message for m in answer.received_messages]
+
+        yield RollbackCli()
+
+
+def test_rollback_moves_traffic_back_to_the_last_tagged_revision(rollback_cli, standin):
     from shared.app.config import Settings
 
     settings = Settings(project="local-project", region="europe-west3", cloud_run_endpoint=standin.endpoint)
     first, second = deploy(settings, "1.0.0", "aaaaaaa"), deploy(settings, "1.1.0", "bbbbbbb")
-    extra = {"RELEASE_PROJECT": "local-project", "RELEASE_CLOUD_RUN_ENDPOINT": standin.endpoint}
-    code, out, err = cli.run("rollback", "cli-web", **extra)
+    code, out, err = rollback_cli.run("rollback", "cli-web")
     assert code == 0, err
     assert f"rolled back cli-web: 100 % to {first} (version 1-0-0, commit aaaaaaa), was {second}" in out
+    assert "by ops-user@example.com; no recent release deployed cli-web" in out
     web = next(s for s in standin.services if s.name.endswith("/services/cli-web"))
     assert {t.revision: t.percent for t in web.traffic} == {first: 100}
-    code, out, err = cli.run("rollback", "cli-web", "--to-revision", "cli-web-nonexistent", **extra)
+    code, out, err = rollback_cli.run("rollback", "cli-web", "--to-revision", "cli-web-nonexistent")
     assert code == 1
     assert_one_line_error(err, "revision cli-web-nonexistent of cli-web does not exist")
 
 
-def test_rollback_refuses_a_revision_that_failed_its_checks_unless_forced(cli, standin):
+def test_rollback_refuses_a_revision_that_failed_its_checks_unless_forced(rollback_cli, standin):
     """Why: `relctl rollback` reported success and left prod on a canary that had failed its checks."""
     from shared.app.config import Settings
 
     settings = Settings(project="local-project", region="europe-west3", cloud_run_endpoint=standin.endpoint)
     canary, good = deploy(settings, "2.0.0", "ccccccc"), deploy(settings, "2.0.1", "ddddddd")
-    # The release lives where relctl looks: the project the Cloud Run stand-in serves.
-    from google.cloud import firestore
-
-    from shared.adapters.firestore_store import FirestoreStore
-    from shared.domain.state import new_release
-    from tests.unit.gate_helpers import PIPELINE
-
-    store = FirestoreStore(firestore.Client(project="local-project"),
-                           Settings(project="local-project", collection_prefix=cli.env["RELEASE_COLLECTION_PREFIX"]))
-    state = new_release(PIPELINE, repo="acme/app", ref="refs/heads/main", commit=uuid.uuid4().hex[:16],
-                        version="2.0.0", pushed_by="dev@example.com", now=0)
+    rig = rollback_cli.rig
+    rid = rig.new_release(uuid.uuid4().hex[:16], version="2.0.0")
+    state, token = rig.store.get(rid)
     state.stages["prod-deploy"].result = {"rolled_back": [
         {"service": "cli-web", "from": canary, "revision": good, "at": 0, "by": "the gate",
          "why": "stage 'prod-smoke' failed: 500"}]}
-    store.save_pipeline(PIPELINE)
-    assert store.create(state)
-    extra = {"RELEASE_PROJECT": "local-project", "RELEASE_CLOUD_RUN_ENDPOINT": standin.endpoint}
-    code, _, err = cli.run("rollback", "cli-web", "--to-revision", canary, **extra)
+    rig.store.update(state, token)
+    code, _, err = rollback_cli.run("rollback", "cli-web", "--to-revision", canary)
     assert code == 1, (_, err)
     assert_one_line_error(err, f"revision {canary} failed its checks", "--force")
     web = next(s for s in standin.services if s.name.endswith("/services/cli-web"))
     assert {t.revision: t.percent for t in web.traffic if t.percent}.get(canary) is None
-    code, out, err = cli.run("rollback", "cli-web", "--to-revision", canary, "--force", **extra)
+    code, out, err = rollback_cli.run("rollback", "cli-web", "--to-revision", canary, "--force")
     assert code == 0 and f"100 % to {canary}" in out, err
+
+
+def test_a_rollback_by_hand_is_recorded_on_the_release_that_deployed_the_service(rollback_cli, standin):
+    """Why: a manual rollback moved traffic with the operator's own credentials and recorded nothing."""
+    from shared.app.config import Settings
+
+    settings = Settings(project="local-project", region="europe-west3", cloud_run_endpoint=standin.endpoint)
+    old, new = deploy(settings, "3.0.0", "eeeeeee"), deploy(settings, "3.1.0", "fffffff")
+    rig = rollback_cli.rig
+    rid = finished_release(rig)
+    state, token = rig.store.get(rid)
+    state.stages["prod-deploy"].result = {**state.stages["prod-deploy"].result,
+                                          "revisions": [{"service": "cli-web", "revision": new}]}
+    rig.store.update(state, token)
+    code, out, err = rollback_cli.run("rollback", "cli-web", "--to-revision", old, "--reason", "pages slow")
+    assert code == 0, err
+    assert f"recorded on release {rid} (stage prod-deploy)" in out
+    (message,) = rollback_cli.pull()
+    decision = rig.dispatcher.handle_message(message.message_id, dict(message.attributes), message.data)
+    assert decision.outcome.value == "applied", decision.reason
+    code, out, err = rollback_cli.run("show", rid)
+    assert code == 0, err
+    assert f"rolled back cli-web from {new} to {old}" in out and "by ops-user@example.com: pages slow" in out
+    assert re.search(rf"\S+Z  rolled back prod-deploy by ops-user@example.com: cli-web from {new} to {old} "
+                     r"\(pages slow\)", out), out
+    notes = rollback_cli.run("notes", rid)[1]
+    assert f"rolled back cli-web from {new} to {old}" in notes
+    notices = rig.publisher.of_type("release.notice")
+    assert any(n["kind"] == "rolled_back" and "ops-user@example.com rolled back cli-web" in n["message"]
+               for n in notices), notices
+    # A forged record (no operator request behind it) is refused.
+    from shared.domain.events import RolledBack
+
+    forged = RolledBack(uuid.uuid4().hex, rid, "prod-deploy", "cli-web", old, new, "mallory@example.com", "x",
+                        "no-such-request")
+    assert rig.dispatcher.handle(forged).outcome.value != "applied"
 
 
 def test_preflight_reads_the_actual_policy(cli, standin):

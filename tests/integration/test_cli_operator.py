@@ -89,17 +89,26 @@ def test_every_command_speaks_json_with_iso_times(cli, tmp_path):
     assert watched[-1] == {"release_id": done, "final": True, "status": "succeeded", "reason": ""}
     assert all(ISO.match(w["finished_at"]) for w in watched if w.get("stage") and w["status"] == "succeeded")
     code, out, _ = cli.run("validate", "pipelines/sample.yaml", "--json")
-    assert code == 0 and json.loads(out)["stages"][11] == {"number": "10a", "id": "chaos", "kind": "build",
+    assert code == 0 and json.loads(out)["exit"] == 0 and json.loads(out)["stages"][11] == {"number": "10a", "id": "chaos", "kind": "build",
                                                            "optional": True}
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nstages: [{id: a, kind: jbo, timeout: 1m}]\n")
     code, out, err = cli.run("validate", str(bad), "--json")
     assert code == 2 and json.loads(out) == {
-        "file": str(bad), "valid": False,
+        "file": str(bad), "valid": False, "exit": 2,
         "error": f"{bad}:2: stage 'a': kind: unknown kind 'jbo' (did you mean 'job'?) "
                  "(one of build, job, deploy, traffic, check, approval, preflight)"}
     code, out, err = cli.run("show", "no-such-release", "--json")
-    assert code == 1 and json.loads(out) == {"error": "error: unknown release 'no-such-release'", "exit": 1}
+    assert code == 1 and json.loads(out) == {"error": "unknown release 'no-such-release'", "exit": 1}
+    assert err == "relctl: error: unknown release 'no-such-release'\n"  # the prefix is the text's, not the JSON's
+    code, out, err = cli.run("watch", listing[0]["release_id"], "--json")
+    assert code == 0
+    rid = release_at(cli.rig, "unit")
+    code, out, err = cli.run("watch", rid, "--timeout", "0.5", "--json")  # a timeout says so in JSON too
+    assert code == 3 and json.loads(out.splitlines()[-1]) == {
+        "error": f"release {rid} still running after 0.5s", "exit": 3}
+    code, out, err = cli.run("replay", rid, "lint", "--reason", "x", "--wait", "1", "--json")  # not handled
+    assert code == 3 and json.loads(out.splitlines()[-1])["exit"] == 3, (out, err)
 
 
 @pytest.mark.parametrize("args, words", [
@@ -251,3 +260,54 @@ def test_a_freeze_holds_every_release_out_of_prod_until_it_is_lifted(cli):
     cli.dispatch(message)
     assert cli.rig.state(rid).stages["prod-migrate"].status.value == "running"
     assert "FROZEN" not in cli.run("show", rid)[1]
+
+
+def test_skip_bake_is_for_approvers_and_the_probes_verdict_ends_the_bake(cli):
+    """relctl skip-bake through the operator function: refused for a non-approver, recorded for an
+    approver; the skip probe's verdict, not the request, ends the stage (through the gate)."""
+    from shared.domain.bake_skip import skip_probe_task, skip_step
+    from shared.domain.probes import IntervalVerdict, ProbeVerdict
+    from tests.unit.test_bake_skip import PIPELINE as BAKE
+
+    rig = cli.rig
+    rid = rig.new_release(uuid.uuid4().hex[:16], pipeline=BAKE)
+    rig.send(uuid.uuid4().hex, {"type": "release.started", "release_id": rid})
+    for _ in range(40):  # bounded: a refused step must fail the test, not hang it
+        state = rig.state(rid)
+        stage = next(s.id for s in BAKE.stages if state.stages[s.id].status.value in ("running", "waiting"))
+        if stage == "prod-smoke":
+            break
+        st = state.stages[stage]
+        if stage == "approval":
+            nonce = uuid.uuid4().hex
+            rig.dispatcher.approvals.confirm(nonce)
+            rig.send(uuid.uuid4().hex, {"type": "approval.decided", "release_id": rid, "stage": stage,
+                                        "attempt": st.attempt, "nonce": nonce, "approver": APPROVER,
+                                        "approve": True, "expires_at": st.deadline, "reason": "ok"})
+        else:
+            rig.send(uuid.uuid4().hex, {"type": "stage.finished", "release_id": rid, "stage": stage,
+                                        "stage_run_id": st.stage_run_id, "outcome": "succeeded", "result": {}})
+    code, out, err = cli.run("skip-bake", rid, "--wait", "0")  # ops-user: an operator, not an approver
+    assert code == 1
+    assert_one_line_error(err, "refused skip-bake (403)", "only an approver")
+    code, out, err = cli.run("skip-bake", rid, "--as", APPROVER, "--reason", "canary is fine", "--wait", "0",
+                             "--json")
+    assert code == 0, err
+    assert json.loads(out)["stage"] == "prod-smoke"
+    (message,) = cli.pull()
+    assert cli.dispatch(message).outcome.value == "applied"
+    state = rig.state(rid)
+    assert state.stages["prod-smoke"].status.value == "running"
+    code, out, err = cli.run("skip-bake", rid, "--as", APPROVER, "--wait", "0")
+    assert code == 1 and "already asked" in err
+    task = skip_probe_task(rid, "prod-smoke", state.stages["prod-smoke"], BAKE.digest)
+    step_ = skip_step(task, [{"path": "/", "status": 200, "latency_ms": 2}], rig.clock.now(),
+                      lambda config, interval: IntervalVerdict(ProbeVerdict.PASS, "clean"))
+    rig.send(uuid.uuid4().hex, {"type": "stage.finished", "release_id": rid, "stage": "prod-smoke",
+                                "stage_run_id": task.stage_run_id, "outcome": step_.outcome.value,
+                                "reason": step_.reason, "result": dict(step_.result)})
+    code, out, err = cli.run("show", rid)
+    assert code == 0, err
+    assert re.search(r"\S+Z  bake skip requested prod-smoke by boss@example.com: canary is fine\n"
+                     r"    \S+Z  bake ended early prod-smoke by boss@example.com: canary is fine", out), out
+    assert "bake ended early" in cli.run("notes", rid)[1]

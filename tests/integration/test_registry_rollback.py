@@ -17,7 +17,7 @@ from local.standin.server import StandIn, StandInConfig
 from shared.adapters import gcp_clients
 from shared.domain.commands import StartStage
 from shared.app.config import REPO_ROOT, Settings
-from shared.domain.errors import ExecutorError
+from shared.domain.errors import ConfigError, ExecutorError
 from shared.adapters.executors import RetryPolicy, build_executors, rollback_from_registry, rollback_to_tag
 from shared.adapters.executors.registry import last_good_tag, package_path
 from shared.domain.pipeline import load_pipeline
@@ -180,20 +180,36 @@ def test_a_rollback_needs_a_release_tag_the_registry_holds(standin, settings):
         rollback_to_tag(settings, "reg-other", "v0.0.1-0000000")
 
 
-def relctl(settings, *args, **env):
-    full = {"PATH": str(Path(sys.executable).parent), "HOME": str(REPO_ROOT), "RELEASE_PROJECT": PROJECT,
-            "RELEASE_REGION": REGION, "RELEASE_CLOUD_RUN_ENDPOINT": settings.cloud_run_endpoint,
-            "RELEASE_ARTIFACT_REGISTRY_ENDPOINT": settings.artifact_registry_endpoint,
-            "RELEASE_ARTIFACT_REGISTRY": REGISTRY, "RELEASE_PIPELINE_FILE": settings.pipeline_file, **env}
-    proc = subprocess.run([str(RELCTL), "rollback", *args], capture_output=True, text=True, timeout=60,
-                          env=full, cwd=REPO_ROOT)
-    return proc.returncode, proc.stdout, proc.stderr
+@pytest.fixture
+def relctl(emulators, unique_prefix, tmp_path, settings):
+    """The installed relctl rollback, through an operator function that reaches the stand-in and the registry."""
+    from local.token_issuer import LocalTokenIssuer
+    from tests.integration.test_cli import relctl_env, running_operator_function
+
+    extra = {"RELEASE_PROJECT": PROJECT, "GOOGLE_CLOUD_PROJECT": PROJECT, "RELEASE_REGION": REGION,
+             "RELEASE_CLOUD_RUN_ENDPOINT": settings.cloud_run_endpoint,
+             "RELEASE_ARTIFACT_REGISTRY_ENDPOINT": settings.artifact_registry_endpoint,
+             "RELEASE_ARTIFACT_REGISTRY": REGISTRY, "RELEASE_PIPELINE_FILE": settings.pipeline_file}
+    issuer = LocalTokenIssuer().start()
+    try:
+        with running_operator_function(emulators, unique_prefix, issuer, tmp_path / "operator.log", **extra) as op:
+            env = relctl_env(emulators, unique_prefix, f"events-{unique_prefix.strip('_')}", **extra, **op)
+
+            def run(*args):
+                proc = subprocess.run([str(RELCTL), "rollback", *args], capture_output=True, text=True, timeout=60,
+                                      env=env, cwd=REPO_ROOT)
+                return proc.returncode, proc.stdout, proc.stderr
+
+            yield run
+    finally:
+        issuer.stop()
 
 
-def test_relctl_rollback_from_registry(standin, settings):
+@pytest.mark.emulators
+def test_relctl_rollback_from_registry(standin, settings, relctl):
     assert RELCTL.exists(), f"{RELCTL} missing: run .venv/bin/pip install --no-deps -e ."
     newest = deploy(settings, "deploy-cli", TAGS[2])
-    code, out, err = relctl(settings, "reg-cli", "--from-registry", "--image", "noesis2")
+    code, out, err = relctl("reg-cli", "--from-registry", "--image", "noesis2")
     assert code == 0, err
     web = service_of(standin, "reg-cli")
     (revision,) = served(web)
@@ -202,12 +218,12 @@ def test_relctl_rollback_from_registry(standin, settings):
     assert requests.get(web.uri + "/", timeout=5).json()["version"] == "1.1.0"
 
     for args, code_wanted, message in (
-        (("--to-tag", "v9.9.9-9999999"), 1, f"relctl: error: {REGISTRY}/noesis2:v9.9.9-9999999 is not in the registry"),
+        (("--to-tag", "v9.9.9-9999999"), 1, f"{REGISTRY}/noesis2:v9.9.9-9999999 is not in the registry"),
         (("--image", "noesis2"), 2, "relctl rollback: error: --image goes with --to-tag or --from-registry"),
     ):
-        code, out, err = relctl(settings, "reg-cli", *args)
-        assert code == code_wanted and err.startswith(message) and err.count("\n") == 1, err
-    code, _, err = relctl(settings, "reg-cli", "--from-registry", RELEASE_ARTIFACT_REGISTRY="local")
-    assert code == 1 and err == ("relctl: error: RELEASE_ARTIFACT_REGISTRY='local' is not "
-                                 "LOCATION-docker.pkg.dev/PROJECT/REPOSITORY; a rollback from the registry needs an "
-                                 "Artifact Registry docker repository\n")
+        code, out, err = relctl("reg-cli", *args)
+        assert code == code_wanted and message in err and err.count("\n") == 1, err
+    local = Settings(**{**settings.__dict__, "artifact_registry": "local"})
+    with pytest.raises(ConfigError, match="RELEASE_ARTIFACT_REGISTRY='local' is not "
+                                            "LOCATION-docker.pkg.dev/PROJECT/REPOSITORY"):
+        rollback_from_registry(local, "reg-cli")

@@ -110,7 +110,7 @@ def test_the_dashboard_and_the_failure_notice_say_rolled_back():
 
 
 def test_relctl_knows_which_revisions_failed_their_checks():
-    from shared.ui.cli import failed_revisions
+    from shared.app.manual_rollback import failed_revisions
 
     state = new_release(PIPELINE, repo="acme/app", ref="refs/heads/main", commit="abcdef1234567890",
                         version="1.2.3", pushed_by="dev@example.com", now=T0)

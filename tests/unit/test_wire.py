@@ -29,6 +29,8 @@ EVERY_MESSAGE = [
     ev.LockGranted("", "r-1", "staging"),
     ev.Superseded("", "r-1", "prod", "r-2"),
     ev.CancelRequested("", "r-1", "ops@example.com", "wrong build", "req-1"),
+    ev.BakeSkipRequested("", "r-1", "prod-smoke", "boss@example.com", "canary looks fine", "req-2"),
+    ev.RolledBack("", "r-1", "prod-deploy", "web", "web-002", "web-001", "ops@example.com", "slow", "req-3"),
     ev.ReleaseNotice("r-1", NoticeKind.STAGE_FAILED, "lint", "lint failed: exit 1"),
 ]
 

@@ -19,6 +19,10 @@ NEXT_STEP = {
     NoticeKind.RELEASE_FINISHED: "Nothing left to do: the release is complete.",
     NoticeKind.REFUSED: "Next: read the reason above; fix it and send the request again.",
     NoticeKind.SUPERSEDED: "Nothing to do: the newer release carries these changes; this one is not replayed.",
+    NoticeKind.ROLLED_BACK: (
+        "Next: check that the service answers as it should, then fix the cause in a new release:\n"
+        "  relctl show {release}"
+    ),
 }
 SUBJECT = {
     NoticeKind.STAGE_FAILED: "Release {release} stopped at stage {stage}",
@@ -26,6 +30,7 @@ SUBJECT = {
     NoticeKind.RELEASE_FINISHED: "Release {release} is complete",
     NoticeKind.REFUSED: "Release {release}: request refused",
     NoticeKind.SUPERSEDED: "Release {release} superseded",
+    NoticeKind.ROLLED_BACK: "Release {release}: rolled back by hand",
 }
 
 
