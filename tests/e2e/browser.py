@@ -1,12 +1,38 @@
 """Debian's Chromium for the browser tests: where it is, how it starts, what a page shows."""
 from __future__ import annotations
 
+import contextlib
+import threading
 from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import Iterator
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 CHROMIUM = "/usr/bin/chromium"
 OUTPUT = Path(__file__).resolve().parents[2] / "test-output"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a page's parallel requests (refresh script, assets) are served at once
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args):  # the browser's requests would flood the test output
+        pass
+
+
+@contextlib.contextmanager
+def served_on_loopback(app) -> Iterator[str]:
+    """Serve a WSGI app on a free loopback port for the browser; yields its base URL."""
+    server = make_server("127.0.0.1", 0, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def page_statuses(page) -> dict[str, str]:

@@ -6,22 +6,15 @@ through a small WSGI app on loopback, so the browser sends the real GET and POST
 from __future__ import annotations
 
 import os
-import threading
 import urllib.parse
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
 
-from tests.e2e.browser import CHROMIUM, OUTPUT, page_width
+from tests.e2e.browser import CHROMIUM, OUTPUT, page_width, served_on_loopback
 from tests.unit.test_approval_service import APPROVER, World
 
 pytestmark = pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK),
                                 reason=f"{CHROMIUM} is missing (apt-get install -y chromium)")
-
-
-class QuietHandler(WSGIRequestHandler):
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture
@@ -51,12 +44,9 @@ def served():
         start_response(f"{status} X", list(answer_headers.items()))
         return [body.encode()]
 
-    server = make_server("127.0.0.1", 0, app, handler_class=QuietHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     token = world.send_links()[APPROVER]
-    yield world, f"http://127.0.0.1:{server.server_port}/?token={urllib.parse.quote(token)}", token
-    server.shutdown()
-    server.server_close()
+    with served_on_loopback(app) as base:
+        yield world, f"{base}/?token={urllib.parse.quote(token)}", token
 
 
 @pytest.mark.parametrize("width", [1400, 400])

@@ -8,17 +8,14 @@ itself (its refresh script), without a reload.
 from __future__ import annotations
 
 import os
-import threading
 import uuid
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 
 from shared.ui.dashboard import wsgi_app
 from shared.domain.state import ReleaseStatus, StageStatus
 from tests.integration.dispatch_helpers import make_rig
-from tests.e2e.browser import CHROMIUM, OUTPUT, contrast_ratios, page_statuses, page_width
+from tests.e2e.browser import CHROMIUM, OUTPUT, contrast_ratios, page_statuses, page_width, served_on_loopback
 from tests.integration.test_cli import current, release_at, step
 
 pytestmark = [
@@ -28,15 +25,6 @@ pytestmark = [
 ]
 
 
-class QuietThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class QuietHandler(WSGIRequestHandler):
-    def log_message(self, *args):  # the browser's requests would flood the test output
-        pass
-
-
 @pytest.fixture
 def rig(emulators, unique_prefix):
     return make_rig(emulators["project"], unique_prefix)
@@ -44,13 +32,8 @@ def rig(emulators, unique_prefix):
 
 @pytest.fixture
 def dashboard_url(rig):
-    server = make_server("127.0.0.1", 0, wsgi_app(rig.store), server_class=QuietThreadingServer,
-                         handler_class=QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    with served_on_loopback(wsgi_app(rig.store)) as url:
+        yield url
 
 
 def stored_statuses(rig, release_id) -> dict[str, str]:
