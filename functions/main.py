@@ -91,7 +91,9 @@ def sweep(cloud_event):
     from shared.app.sweeper import sweep as run_sweep
 
     s = bootstrap
-    report = run_sweep(s.store(), s.executors(), s.publisher(), s.SystemClock(), s.settings())
+    # The notifiers are built only when a stall is to be announced (cold start).
+    report = run_sweep(s.store(), s.executors(), s.publisher(), s.SystemClock(), s.settings(),
+                       notifier=s.lazy_notifier())
     log.info("sweep: %s", report)
 
 

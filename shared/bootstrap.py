@@ -65,6 +65,11 @@ def notifier():
     return build_notifier(settings(), recipients=recipients)
 
 
+def lazy_notifier():
+    """The notifiers, built when a notice is first sent (the sweep seldom sends one)."""
+    return _OnFirstUse(notifier)
+
+
 @functools.cache
 def approvals():
     from shared.app.approvals import ApprovalService

@@ -18,7 +18,13 @@ release waiting hours for an approval costs no read until its approval expires.
 Releases of one page are swept in parallel; the sweep stops taking new pages when its
 time budget is spent, and the next tick starts again from the earliest.
 
-It never writes release state besides ``wake_at``; everything goes through the dispatcher.
+* A release that has not moved for longer than its stage's timeout (shared/domain/stall.py)
+  gets one ``stalled`` notice through the notifiers (and on ``release-updates``): the
+  sweep records ``stall_announced_for`` in the same conditional write as ``wake_at``,
+  and sends only once that write went through, so two overlapping sweeps send one.
+
+It never writes release state besides ``wake_at`` and ``stall_announced_for`` (neither
+moves ``updated_at``, which a stall is measured from); everything goes through the dispatcher.
 """
 from __future__ import annotations
 
@@ -31,8 +37,9 @@ from typing import Any, Callable, Mapping
 
 from shared.app.config import Settings
 from shared.domain.errors import ExecutorError, PipelineError, StaleWrite
-from shared.domain.events import Outcome, StageFinished, Tick
-from shared.app.ports import Clock, EventPublisher, ReleaseStore, StageExecutor, StageFinish
+from shared.domain.events import Outcome, ReleaseNotice, StageFinished, Tick
+from shared.app.ports import Clock, EventPublisher, Notifier, ReleaseStore, StageExecutor, StageFinish
+from shared.domain.stall import Stall, stall_notice, stall_to_announce
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
 from shared.domain.wake import next_wake
 
@@ -52,6 +59,7 @@ class SweepReport:
     pages: int = 0
     finished: list[StageFinished] = field(default_factory=list)  # published stage.finished events
     ticks: list[str] = field(default_factory=list)  # release ids that got a release.tick
+    stalled: list[str] = field(default_factory=list)  # release ids whose stall was announced
     errors: list[str] = field(default_factory=list)  # what could not be checked this time
     out_of_time: bool = False  # pages were left for the next tick
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -76,8 +84,11 @@ def sweep(
     workers: int = WORKERS,
     budget_s: float = BUDGET_S,
     monotonic: Callable[[], float] = time.monotonic,
+    notifier: Notifier | None = None,
 ) -> SweepReport:
-    """One pass over the due releases; one failing release never stops the others."""
+    """One pass over the due releases; one failing release never stops the others.
+
+    Without a ``notifier`` stalls are announced on ``release-updates`` only."""
     report = SweepReport()
     now = clock.now()
     began = monotonic()
@@ -86,8 +97,8 @@ def sweep(
         while True:
             page, cursor = store.list_due(now, page_size, cursor)
             report.pages += 1
-            for done in [pool.submit(_sweep_one, release, token, store, executors, publisher, settings, now, report)
-                         for release, token in page]:
+            for done in [pool.submit(_sweep_one, release, token, store, executors, publisher, settings, now, report,
+                                     notifier) for release, token in page]:
                 done.result()
             if cursor is None:
                 break
@@ -98,26 +109,49 @@ def sweep(
 
 
 def _sweep_one(release: ReleaseState, token: Any, store: ReleaseStore, executors: Mapping[str, StageExecutor],
-               publisher: EventPublisher, settings: Settings, now: float, report: SweepReport) -> None:
+               publisher: EventPublisher, settings: Settings, now: float, report: SweepReport,
+               notifier: Notifier | None) -> None:
     report.add("releases", 1)
+    stalled: Stall | None = None
     try:
-        _sweep_release(release, store, executors, publisher, settings, now, report)
+        stalled = _sweep_release(release, store, executors, publisher, settings, now, report)
     except Exception as exc:  # noqa: BLE001 - keep sweeping the other releases
         log.exception("sweeping release %s failed", release.release_id)
         report.add("errors", f"release {release.release_id}: {exc}")
     live = [b for b in release.outbox if b["lease_until"] > now]  # expired ones: the tick recovers them
+    fields: dict[tuple[str, ...], Any] = {("wake_at",): next_wake(release, now, live)}
+    if stalled is not None:
+        fields[("stall_announced_for",)] = stalled.key
     try:
-        store.update_fields(release.release_id, {("wake_at",): next_wake(release, now, live)}, token)
+        store.update_fields(release.release_id, fields, token)
     except StaleWrite:
-        pass  # the release moved meanwhile; its write set a fresh wake_at
+        return  # the release moved meanwhile (no stall any more); its write set a fresh wake_at
     except PipelineError as exc:
         report.add("errors", f"release {release.release_id}: wake_at not moved: {exc}")
+        return
+    if stalled is not None:
+        _announce(release, stalled, publisher, notifier, settings, report)
+
+
+def _announce(release: ReleaseState, stalled: Stall, publisher: EventPublisher, notifier: Notifier | None,
+              settings: Settings, report: SweepReport) -> None:
+    """Sent after the marker is written: a notice lost here is logged, never sent twice."""
+    notice = stall_notice(release, stalled)
+    report.add("stalled", release.release_id)
+    try:
+        publisher.publish(settings.updates_topic, ReleaseNotice.of(notice))
+        if notifier is not None:
+            notifier.notify(release, notice)
+    except Exception as exc:  # noqa: BLE001 - the other releases are still swept
+        log.exception("stall notice for release %s not sent", release.release_id)
+        report.add("errors", f"release {release.release_id}: stall notice not sent: {exc}")
 
 
 def _sweep_release(
     release: ReleaseState, store: ReleaseStore, executors: Mapping[str, StageExecutor],
     publisher: EventPublisher, settings: Settings, now: float, report: SweepReport,
-) -> None:
+) -> Stall | None:
+    """Polls, ticks; returns the stall to announce, if any."""
     pipeline = store.load_pipeline(release.pipeline_digest)
     overdue = False
     for stage in pipeline.stages:
@@ -150,6 +184,7 @@ def _sweep_release(
     if overdue or orphaned or release.status is ReleaseStatus.QUEUED:  # queued: ask for the lock again
         publisher.publish(settings.events_topic, Tick("", release.release_id))
         report.add("ticks", release.release_id)
+    return stall_to_announce(release, pipeline, now)
 
 
 def is_overdue(release: ReleaseState, status: StageStatus, deadline: float | None, now: float) -> bool:

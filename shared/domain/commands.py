@@ -97,6 +97,7 @@ class NoticeKind(str, Enum):
     REFUSED = "refused"
     SUPERSEDED = "superseded"  # a newer release took over while this one was queued: nothing to replay
     ROLLED_BACK = "rolled_back"  # an operator moved traffic back by hand (relctl rollback)
+    STALLED = "stalled"  # not moved for longer than its stage's timeout (sent once per stall by the sweeper)
 
 
 @dataclass(frozen=True)

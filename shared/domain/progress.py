@@ -12,11 +12,11 @@ import statistics
 from typing import Any, Mapping
 
 from shared.domain.pipeline import Pipeline, StageKind
+from shared.domain.stall import current_stage, stall
 from shared.domain.state import ReleaseState, StageStatus
 
 KEPT = 20  # durations per stage the median is taken over
 COUNTED_KEY = "_releases"  # release ids already counted (stage ids cannot start with "_")
-ACTIVE = (StageStatus.RUNNING, StageStatus.WAITING, StageStatus.QUEUED)
 
 
 def succeeded_durations(state: ReleaseState, pipeline: Pipeline) -> dict[str, float]:
@@ -49,7 +49,7 @@ def progress(state: ReleaseState, pipeline: Pipeline, medians: Mapping[str, Any]
 
     ``remaining_s`` is None when a stage still to run has no history; ``waits_for_human``
     is set while (or before) an approval, whose duration is never estimated."""
-    current = next((s for s in pipeline.stages if state.stages[s.id].status in ACTIVE), None)
+    current = current_stage(state, pipeline)
     end = state.updated_at if state.status.terminal else now
     result: dict[str, Any] = {
         "stage": current.id if current else "", "stage_status": state.stages[current.id].status.value if current else "",
@@ -62,10 +62,10 @@ def progress(state: ReleaseState, pipeline: Pipeline, medians: Mapping[str, Any]
     if st.started_at is not None:
         result["stage_elapsed_s"] = round(max(0.0, now - st.started_at), 1)
     # Not moved for longer than the stage may take: the sweeper should have acted (or a lock never came).
-    idle = now - (state.updated_at or state.created_at)
     result["timeout_s"] = current.timeout_s
-    if idle > current.timeout_s:
-        result["stalled_s"] = round(idle, 1)
+    stalled = stall(state, pipeline, now)
+    if stalled is not None:
+        result["stalled_s"] = stalled.idle_s
     remaining, known = 0.0, True
     for stage in pipeline.stages[pipeline.index(current.id):]:
         later = state.stages[stage.id]

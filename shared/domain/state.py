@@ -132,6 +132,9 @@ class ReleaseState:
     # (epoch seconds; see shared/domain/wake.py). None: never.
     wake_at: float | None = None
     expire_at: float | None = None
+    # The stall already announced (shared/domain/stall.py); written by the sweeper alone, with a
+    # field write that leaves ``updated_at`` (what a stall is measured from) as it was.
+    stall_announced_for: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -117,6 +117,23 @@ def test_mail_notice_names_release_stage_and_next_step(smtp, release):
     assert inbox.envelopes[0][1] == ["ops@example.com", "dev@example.com"]
 
 
+def test_stalled_notice_names_the_relctl_commands_and_the_dashboard(smtp, receiver, release):
+    port, inbox = smtp
+    notice = Notify(release.release_id, NoticeKind.STALLED, "approval",
+                    f"release {release.release_id} has not moved for 1450 min: stage approval is waiting, longer "
+                    "than its timeout of 1440 min")
+    EmailNotifier("127.0.0.1", port, "bot@localhost", ["ops@example.com"],
+                  dashboard_url="http://127.0.0.1:8090").notify(release, notice)
+    ChatNotifier(receiver.url(), dashboard_url="http://127.0.0.1:8090").notify(release, notice)
+    (message,) = inbox.messages
+    assert message["Subject"].strip() == f"Release {release.release_id} has not moved at stage approval ({release.tag})"
+    for text in (message.get_content(), receiver.bodies[0]["text"]):
+        assert "has not moved for 1450 min" in text
+        assert f"relctl show {release.release_id}" in text
+        assert f'relctl cancel {release.release_id} --reason "stalled at approval"' in text
+        assert f"http://127.0.0.1:8090/release/{release.release_id}" in text
+
+
 def test_mail_to_a_closed_port_is_a_notify_error():
     with pytest.raises(NotifyError, match="ConnectionRefusedError"):
         EmailNotifier("127.0.0.1", free_port(), "bot@localhost", timeout_s=2).send(["a@example.com"], "s", "t")

@@ -23,6 +23,12 @@ NEXT_STEP = {
         "Next: check that the service answers as it should, then fix the cause in a new release:\n"
         "  relctl show {release}"
     ),
+    NoticeKind.STALLED: (
+        "Next: see what the stage waits for (its log, the lock queue, a freeze), then let it go on\n"
+        "or stop it for good (locks given back, prod keeps what served before):\n"
+        "  relctl show {release}\n"
+        "  relctl cancel {release} --reason \"stalled at {stage}\""
+    ),
 }
 SUBJECT = {
     NoticeKind.STAGE_FAILED: "Release {release} stopped at stage {stage}",
@@ -31,6 +37,7 @@ SUBJECT = {
     NoticeKind.REFUSED: "Release {release}: request refused",
     NoticeKind.SUPERSEDED: "Release {release} superseded",
     NoticeKind.ROLLED_BACK: "Release {release}: rolled back by hand",
+    NoticeKind.STALLED: "Release {release} has not moved at stage {stage}",
 }
 
 
