@@ -19,12 +19,13 @@ one application, in its own record). Each change is one conditional write, like 
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from shared.app.ports import AppRecords
 from shared.domain.errors import StaleWrite, TransientError
 
 MAX_CONFLICT_RETRIES = 20
+T = TypeVar("T")
 
 
 def empty_service_record() -> dict[str, Any]:
@@ -47,27 +48,20 @@ class ServiceLocks:
         return ""
 
     def _take_one(self, app: str, environment: str, release_id: str, service: str) -> bool:
-        for _ in range(MAX_CONFLICT_RETRIES):
-            data, token = self.records.read(service)
-            lock = _lock(data, environment)
-            if lock["holder"] == release_id:
-                return True
+        def take(lock: dict[str, Any]) -> tuple[bool, bool]:
             queue = lock["queue"]
+            if lock["holder"] == release_id:
+                return False, True
             first_waiting = not queue or queue[0]["release_id"] == release_id
             if lock["holder"] == "" and first_waiting:
                 lock.update(holder=release_id, app=app, queue=[q for q in queue if q["release_id"] != release_id])
-                held = True
-            elif all(q["release_id"] != release_id for q in queue):
+                return True, True
+            if all(q["release_id"] != release_id for q in queue):
                 queue.append({"release_id": release_id, "app": app})
-                held = False
-            else:
-                return False  # already waiting: nothing to write
-            try:
-                self.records.write(service, data, token)
-            except StaleWrite:
-                continue
-            return held
-        raise TransientError(f"service lock {service}/{environment}: too many concurrent changes", release_id=release_id)
+                return True, False
+            return False, False  # already waiting: nothing to write
+
+        return self._change(service, environment, release_id, take)
 
     def give_back(self, environment: str, release_id: str, services: Iterable[str]) -> list[tuple[str, str]]:
         """Give back (or stop waiting for) each service; returns (release, app) of every release
@@ -80,23 +74,32 @@ class ServiceLocks:
         return successors
 
     def _give_back_one(self, environment: str, release_id: str, service: str) -> tuple[str, str] | None:
-        for _ in range(MAX_CONFLICT_RETRIES):
-            data, token = self.records.read(service)
-            lock = _lock(data, environment)
-            successor = None
+        def give_back(lock: dict[str, Any]) -> tuple[bool, tuple[str, str] | None]:
             if lock["holder"] == release_id:
                 nxt = lock["queue"].pop(0) if lock["queue"] else None
                 lock.update(holder=nxt["release_id"] if nxt else "", app=nxt["app"] if nxt else "")
-                successor = (nxt["release_id"], nxt["app"]) if nxt else None
-            elif any(q["release_id"] == release_id for q in lock["queue"]):
+                return True, (nxt["release_id"], nxt["app"]) if nxt else None
+            if any(q["release_id"] == release_id for q in lock["queue"]):
                 lock["queue"] = [q for q in lock["queue"] if q["release_id"] != release_id]
-            else:
-                return None  # neither held nor waited for: a repeated give-back
+                return True, None
+            return False, None  # neither held nor waited for: a repeated give-back
+
+        return self._change(service, environment, release_id, give_back)
+
+    def _change(self, service: str, environment: str, release_id: str,
+                change: Callable[[dict[str, Any]], tuple[bool, T]]) -> T:
+        """Read the service's record, let ``change`` edit its lock for ``environment`` (answering
+        whether to write, and the result), write it conditionally; again on a concurrent change."""
+        for _ in range(MAX_CONFLICT_RETRIES):
+            data, token = self.records.read(service)
+            write, result = change(_lock(data, environment))
+            if not write:
+                return result
             try:
                 self.records.write(service, data, token)
             except StaleWrite:
                 continue
-            return successor
+            return result
         raise TransientError(f"service lock {service}/{environment}: too many concurrent changes", release_id=release_id)
 
     def not_held(self, environment: str, release_id: str, services: Iterable[str]) -> str:

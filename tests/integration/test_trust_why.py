@@ -38,7 +38,7 @@ SECRET = "test-webhook-secret"
 def local(emulators, unique_prefix, monkeypatch, tmp_path):
     """push(email, name): a signed push through on_push, answering the release id; rig: the dispatcher."""
     pipeline_file = tmp_path / "mini.yaml"
-    pipeline_file.write_text(json.dumps(DOC))  # JSON is YAML: the gate tests' small pipeline
+    pipeline_file.write_text(json.dumps({**DOC, "repositories": ["acme/app"]}))  # JSON is YAML: the gate tests' small pipeline
     topic = f"{unique_prefix}events"
     pubsub_v1.PublisherClient().create_topic(name=f"projects/{emulators['project']}/topics/{topic}")
     for key, value in {"RELEASE_WEBHOOK_SECRET": SECRET, "RELEASE_COLLECTION_PREFIX": unique_prefix,
@@ -76,8 +76,11 @@ def test_a_forged_stage_finished_completes_nothing(local):
     rid = local.push("dev@example.com", "dev")
     rig.send("start", {"type": "release.started", "release_id": rid})
     assert rig.state(rid).stages["lint"].status is StageStatus.RUNNING
-    forged = rig.send("forged", stage_finished(rid, "lint", f"{rid}.lint.a1", result={"tests": 1000}))
+    forged = rig.send("forged", stage_finished(rid, "lint", f"{rid}.lint.a1", result={"tests": 1000}), sign=False)
     assert forged.outcome is not GateOutcome.APPLIED, forged.reason
+    # Even signed (a publisher holding our key), the guessable id is not the running one: its secret is missing.
+    guessed = rig.send("guessed", stage_finished(rid, "lint", f"{rid}.lint.a1", result={"tests": 1000}))
+    assert guessed.outcome is not GateOutcome.APPLIED, guessed.reason
     state = rig.state(rid)
     assert state.stages["lint"].status is StageStatus.RUNNING and "tests" not in state.stages["lint"].result
     # What the executor reports for the run the orchestrator started still counts.
