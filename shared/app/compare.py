@@ -52,4 +52,4 @@ def compared_changes(release: ReleaseState, comparer: Comparer, base: str) -> di
         return {**own, "note": f"GitHub compare unavailable: {why}"}
     return {"commits": listed, "total": total if isinstance(total, int) else len(commits),
             "compare_url": html_url if html_url.startswith("https://") else str(own.get("compare_url") or ""),
-            "before": base[:40], "source": "github compare", "status": str(body.get("status") or "")[:20]}
+            "before": base[:40], "source": "github compare"}
