@@ -61,6 +61,9 @@ class DeployConfig:
     wif_provider: str = "github-oidc"
     webhook_secret: str = "release-webhook-secret"
     approval_keys_secret: str = "release-approval-keys"
+    # The GitHub token for the approval page's compare (RELEASE_GITHUB_TOKEN); "" (the default):
+    # no secret, no grant, the page shows the push's own commits. DEPLOY_GITHUB_TOKEN_SECRET names it.
+    github_token_secret: str = ""
     tick_topic: str = "pipeline-tick"
     dead_letter_topic: str = "pipeline-dead-letter"
     scheduler_job: str = "pipeline-tick"
@@ -138,6 +141,7 @@ def load_config(
         github_repository=github_repository or env.get("DEPLOY_GITHUB_REPOSITORY", ""),
         github_repository_id=env.get("DEPLOY_GITHUB_REPOSITORY_ID", ""),
         project_number=project_number or env.get("DEPLOY_PROJECT_NUMBER", ""),
+        github_token_secret=env.get("DEPLOY_GITHUB_TOKEN_SECRET", "").strip(),
         app_service_account_list=tuple(a.strip() for a in env.get("DEPLOY_APP_SERVICE_ACCOUNTS", "").split(",")
                                        if a.strip()),
         **extra,

@@ -156,14 +156,16 @@ def functions(config: DeployConfig) -> tuple[FunctionSpec, ...]:
     webhook = ("RELEASE_WEBHOOK_SECRET", config.webhook_secret)
     keys = ("RELEASE_APPROVAL_KEYS", config.approval_keys_secret)
     mail = ("RELEASE_SMTP_PASSWORD", config.smtp_password_secret)  # the functions that send mail
+    # The functions that carry out approval requests ask GitHub's compare with it (when one is named).
+    compare = (("RELEASE_GITHUB_TOKEN", config.github_token_secret),) if config.github_token_secret else ()
     return (
         FunctionSpec("on-push", "on_push", public=True, secrets=(webhook,),
                      why="GitHub webhook; public, every request must carry a valid X-Hub-Signature-256"),
         # Every call of dispatch is short now (checks run as probes); 120 s leaves room for retries of API calls.
-        FunctionSpec("dispatch", "dispatch", trigger_topic=s.events_topic, retry=True, secrets=(keys, mail),
+        FunctionSpec("dispatch", "dispatch", trigger_topic=s.events_topic, retry=True, secrets=(keys, mail, *compare),
                      why="pipeline events; retry on (transient errors redeliver), malformed events are acked",
                      timeout_s=120),
-        FunctionSpec("dispatch-builds", "dispatch", trigger_topic=s.builds_topic, retry=True, secrets=(keys, mail),
+        FunctionSpec("dispatch-builds", "dispatch", trigger_topic=s.builds_topic, retry=True, secrets=(keys, mail, *compare),
                      why="Cloud Build status messages; same entry point, a gen2 function has one trigger",
                      timeout_s=120),
         FunctionSpec("probe", "probe", public=False, secrets=(keys,),
@@ -175,7 +177,7 @@ def functions(config: DeployConfig) -> tuple[FunctionSpec, ...]:
         FunctionSpec("drain-dead-letters", "drain_dead_letters", trigger_topic=config.dead_letter_topic, retry=True,
                      why="what Pub/Sub gave up on joins the one dead-letter store (dead_letters/), where "
                          "relctl lists and re-drives it; retry on, and no dead-letter policy of its own"),
-        FunctionSpec("sweep", "sweep", trigger_topic=config.tick_topic, retry=False, secrets=(keys, mail),
+        FunctionSpec("sweep", "sweep", trigger_topic=config.tick_topic, retry=False, secrets=(keys, mail, *compare),
                      why="every minute; no retry, the next tick comes in a minute anyway"),
         FunctionSpec("dashboard", "dashboard", public=False,
                      why="read-only status page; IAM-protected, grant roles/run.invoker to the team"),
@@ -311,6 +313,8 @@ def build_plan(config: DeployConfig) -> Plan:
     for secret, why in ((config.webhook_secret, "GitHub webhook secret (on_push)"),
                         (config.approval_keys_secret, "link keys: approval links, probe tasks and completions (dispatch, probe, sweep, on_approval)"),
                         (config.smtp_password_secret, "the mail relay's login password (approval links, notices)"),
+                        *(((config.github_token_secret, "GitHub token: the approval page's compare (dispatch, sweep)"),)
+                          if config.github_token_secret else ()),
                         *((name, "read by a prod stage of the pipeline") for name in prod_secrets),
                         *((name, "fetched by a build stage (params.available_secrets)")
                           for name in build_secret_names(config.pipeline) if name not in prod_secrets)):
@@ -429,7 +433,8 @@ def build_plan(config: DeployConfig) -> Plan:
                               f"--member={runtime_member}", "--role=roles/iam.serviceAccountUser",
                               "--condition=None", proj),
                              "deploying a Cloud Run service needs actAs on the account its revisions run as"))
-    for secret in (config.webhook_secret, config.approval_keys_secret, config.smtp_password_secret):
+    for secret in (config.webhook_secret, config.approval_keys_secret, config.smtp_password_secret,
+                   *((config.github_token_secret,) if config.github_token_secret else ())):
         steps.append(_secret_binding(p, secret, SECRET_ACCESSOR_ROLE, runtime_member,
                                      "the functions read their own secrets, no others"))
     steps.append(Binding("bindings", "tasks-queue", s.probe_queue, "roles/cloudtasks.enqueuer", runtime_member,

@@ -80,6 +80,13 @@ def approvals():
                                             clock=SystemClock(), releases=store(),
                                             dead_letters=dead_letter_store())
     service.prod_runs = lambda release: prod_runs_text(app_records(), release.pipeline_name)
+    if settings().github_token:
+        from shared.adapters.github_compare import GitHubCompare
+        from shared.app.compare import compared_changes, prod_commit
+
+        comparer = GitHubCompare(settings().github_token, settings().github_api_url)
+        service.compare_changes = lambda release: compared_changes(
+            release, comparer, prod_commit(app_records(), store(), release.pipeline_name))
     return service
 
 

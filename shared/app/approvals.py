@@ -105,6 +105,9 @@ class ApprovalService:
         self.dead_letters = dead_letters  # where a decision that could not be published waits for a re-drive
         # What prod runs now, in words, for the confirm page (set by the wiring; '' when unknown).
         self.prod_runs: Callable[[ReleaseState], str] = lambda release: ""
+        # What the release brings since prod's commit (shared/app/compare.py), asked once per
+        # approval request and kept on the release by the dispatcher; None: the push's own list.
+        self.compare_changes: Callable[[ReleaseState], dict[str, Any]] | None = None
 
     @classmethod
     def from_settings(
@@ -143,6 +146,7 @@ class ApprovalService:
         request for the same approver and attempt is reused and its link sent again."""
         if not self.link_senders:
             raise ConfigError("approval links need a personal channel: set RELEASE_SMTP_HOST")
+        changes = self.compare_changes(release) if self.compare_changes else None
         sent = 0
         for approver in command.approvers:
             record = self.store.find_open(command.release_id, command.stage, command.attempt, approver)
@@ -164,7 +168,7 @@ class ApprovalService:
                 sent += 1
         if command.approvers and not sent:
             raise TransientError("no approval link could be delivered", release_id=command.release_id, stage=command.stage)
-        return {"links_sent": sent}
+        return {"links_sent": sent, **({"changes": changes} if changes is not None else {})}
 
     def unconfirmed(self, event: ApprovalDecided) -> str:
         record = self.store.get(event.nonce)

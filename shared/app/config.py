@@ -63,6 +63,10 @@ class Settings:
     slack_webhook_url: str = field(default="", repr=False)
     chat_webhook_url: str = field(default="", repr=False)
     outbox_lease_s: int = 60
+    # GitHub's compare API for the approval page (shared/app/compare.py): a token that may read
+    # the repositories' contents; empty means the push's own commits and a compare link.
+    github_token: str = field(default="", repr=False)  # from Secret Manager (deploy/: --set-secrets)
+    github_api_url: str = "https://api.github.com"
     # The operator function (shared/app/operator.py): who may call it and how tokens are checked.
     operator_url: str = ""  # where relctl sends operator requests
     operator_audience: str = ""  # the audience ID tokens must name (the function's URL on GCP)

@@ -242,16 +242,21 @@ class Dispatcher:
     def _carry_out(
         self, pipeline: Pipeline, state: ReleaseState, token: Any, batch_id: str, commands: tuple[Command, ...]
     ) -> None:
-        handles = self._execute(pipeline, state, commands)
-        self._complete(state, token, batch_id, handles)
-
-    def _execute(self, pipeline: Pipeline, state: ReleaseState, commands: tuple[Command, ...]) -> dict[str, dict[str, Any]]:
         handles: dict[str, dict[str, Any]] = {}
+        changes = self._execute(pipeline, state, commands, handles)
+        self._complete(state, token, batch_id, handles, changes)
+
+    def _execute(self, pipeline: Pipeline, state: ReleaseState, commands: tuple[Command, ...],
+                 handles: dict[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
+        """Carry out ``commands``, the executors' handles into ``handles``; returns what the
+        approval request learnt of the release's changes (GitHub's compare), None if nothing."""
+        handles = {} if handles is None else handles
+        changes = None
         for command in commands:
             if isinstance(command, StartStage):
                 handles[command.stage] = self._start(pipeline, command)
             elif isinstance(command, RequestApproval):
-                self.approvals.request(state, command)
+                changes = self.approvals.request(state, command).get("changes") or changes
             elif isinstance(command, Notify):
                 self.publisher.publish(self.settings.updates_topic, ReleaseNotice.of(command))
                 self.notifier.notify(state, command)
@@ -266,7 +271,7 @@ class Dispatcher:
                 self._end_bake_early(pipeline, state, command)
             elif isinstance(command, RecordDurations):
                 record_durations(self.locks.records, state.pipeline_name, command.release_id, command.durations)
-        return handles
+        return changes
 
     @property
     def _lease_s(self) -> float:
@@ -331,7 +336,8 @@ class Dispatcher:
         self.publisher.publish(self.settings.events_topic, StageFinished(
             "", command.release_id, command.stage, command.stage_run_id, outcome, reason, result))
 
-    def _complete(self, state: ReleaseState, token: Any, batch_id: str, handles: dict[str, dict[str, Any]]) -> None:
+    def _complete(self, state: ReleaseState, token: Any, batch_id: str, handles: dict[str, dict[str, Any]],
+                  changes: dict[str, Any] | None = None) -> None:
         """Remove the carried-out batch and record the executors' handles on their stages.
 
         The first try reuses the state just written (no read); only when another event
@@ -351,6 +357,8 @@ class Dispatcher:
                 st = state.stages.get(stage_id)
                 if st is not None and st.stage_run_id == handle["stage_run_id"]:
                     fields[("stages", stage_id, "result")] = {**handle, **st.result}
+            if changes is not None:
+                fields[("changes",)] = changes
             try:
                 self.store.update_fields(release_id, fields, token)
                 return

@@ -60,12 +60,18 @@ class Push:
 MAX_LISTED_COMMITS = 20
 
 
+def listed_commit(sha: Any, message: Any, author: Any) -> dict[str, str]:
+    """One commit as the approval page lists it: id, first line of the message, author; bounded."""
+    text = str(message or "").strip()
+    return {"id": str(sha or "")[:40], "message": text.splitlines()[0][:200] if text else "",
+            "author": str(author or "")[:100]}
+
+
 def push_changes(payload: Mapping[str, Any]) -> dict[str, Any]:
     """The push's own list of commits and GitHub's compare link, bounded (1 MiB per release document)."""
     commits = [c for c in payload.get("commits") or [] if isinstance(c, Mapping)]
-    listed = [{"id": str(c.get("id", ""))[:40],
-               "message": str(c.get("message", "")).strip().splitlines()[0][:200] if c.get("message") else "",
-               "author": str((c.get("author") or {}).get("name") or (c.get("author") or {}).get("email") or "")[:100]}
+    listed = [listed_commit(c.get("id"), c.get("message"),
+                            (c.get("author") or {}).get("name") or (c.get("author") or {}).get("email"))
               for c in commits[-MAX_LISTED_COMMITS:]]
     compare = str(payload.get("compare") or "")
     return {"commits": listed, "total": len(commits),

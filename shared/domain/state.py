@@ -112,8 +112,10 @@ class ReleaseState:
     waiting_for: str = ""  # the environment whose lock the release is queued for
     superseded_by: str = ""
     approval: dict[str, Any] = field(default_factory=dict)  # the accepted decision
-    # What the push brought: {"commits": [{id, message, author}], "compare_url", "before"} (at most
-    # MAX_LISTED_COMMITS commits, first lines only), shown on the approval page.
+    # What the push brought: {"commits": [{id, message, author}], "total", "compare_url", "before"} (at most
+    # MAX_LISTED_COMMITS commits, first lines only), shown on the approval page. When the approval is
+    # requested, GitHub's compare since prod's commit replaces it ("source": "github compare"), or
+    # "note" says why it could not (shared/app/compare.py).
     changes: dict[str, Any] = field(default_factory=dict)
     # Every human decision and operator action, in order: {at, kind, by, stage, attempt, reason, ...}
     # (approved/rejected, approval expired, replay/resend accepted or refused, chaos, cancel). The last

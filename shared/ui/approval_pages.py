@@ -103,6 +103,7 @@ def confirm_page(
     prod_runs: str = "",
 ) -> str:
     changes = getattr(release, "changes", None) or {}
+    before = str(changes.get("before") or "")
     return page(
         "approval_confirm.html",
         title=f"Approve {release.release_id}?", css=STYLE, refresh_s=0, script="", nonce="",
@@ -111,6 +112,7 @@ def confirm_page(
                   for label, status, summary, log in stage_rows],
         chaos_text=chaos_text(chaos), token=token, digest=digest, prod_runs=prod_runs,
         commits=[c for c in changes.get("commits") or [] if isinstance(c, Mapping)],
-        before=str(changes.get("before") or "").strip("0"), total=int(changes.get("total") or 0),
+        before=before if before.strip("0") else "", total=int(changes.get("total") or 0),
+        compare_note=str(changes.get("note") or "")[:200], compared=changes.get("source") == "github compare",
         compare_url=changes.get("compare_url") if str(changes.get("compare_url", "")).startswith("https://") else "",
     )

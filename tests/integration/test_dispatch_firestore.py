@@ -153,3 +153,31 @@ def test_replay_and_chaos_published_directly_are_refused_unless_the_operator_fun
                                          "requested_by": "qa@example.com"})
     assert rig.send("real-chaos", {**forged_chaos, "request_id": "c-1"}).outcome is GateOutcome.APPLIED
     assert rig.state(rid).chaos_requested_by == "qa@example.com"
+
+
+def test_the_approval_request_keeps_githubs_comparison_on_the_release_document(rig):
+    """One compare per approval request, through the real adapter and ApprovalService, and the
+    dispatcher's write of it into the release document in Firestore (what the page reads)."""
+    from shared.adapters.github_compare import GitHubCompare
+    from shared.app.approvals import ApprovalService
+    from shared.app.compare import compared_changes
+    from shared.domain.approval_tokens import Keyring
+    from shared.testing.fakes import FakeLinkSender, InMemoryApprovalStore
+    from tests.github_compare_server import CompareServer
+
+    prod, head = "1" * 40, "abcdef1234567890"
+    server = CompareServer("t0ken", "acme/app", [(prod, "prod", "Ops"), ("2" * 40, "Fix it\n\nwhy", "Dev"),
+                                                (head, "Release", "Rel")])
+    try:
+        approvals = ApprovalService(rig.dispatcher.settings, InMemoryApprovalStore(),
+                                    Keyring.from_setting("k1:first-secret-0123456789abcdef"), rig.publisher,
+                                    rig.clock, [FakeLinkSender()])
+        approvals.compare_changes = lambda release: compared_changes(
+            release, GitHubCompare("t0ken", server.url), prod)
+        rig.dispatcher.approvals = approvals
+        rid, waiting = drive_to_approval(rig)
+        assert len(server.requests) == 1
+        assert waiting.changes["total"] == 2 and waiting.changes["before"] == prod
+        assert [c["message"] for c in waiting.changes["commits"]] == ["Fix it", "Release"]
+    finally:
+        server.close()

@@ -365,3 +365,22 @@ def test_check_requires_a_dedicated_app_service_account(accounts, problem):
     if not accounts:  # nothing is granted on the default compute account in its place
         plan = build_plan(load_config({**ENV, "DEPLOY_APP_SERVICE_ACCOUNTS": accounts}))
         assert not any("-compute@developer" in b.target or "-compute@developer" in b.member for b in plan.bindings)
+
+
+def test_a_github_token_secret_is_read_by_the_approval_requesting_functions_only(monkeypatch):
+    runtime = sa_member("release-runtime@acme-release.iam.gserviceaccount.com")
+
+    def compare_wiring(plan):
+        deploys = {s["name"]: s["command"] for s in plan["steps"] if s["type"] == "action" and s["kind"] == "function"}
+        readers = {name for name, command in deploys.items()
+                   if any(a.startswith("--set-secrets=") and "RELEASE_GITHUB_TOKEN=release-github-token:latest" in a
+                          for a in command)}
+        grants = [(s["member"], s["role"]) for s in plan["steps"]
+                  if s["type"] == "binding" and s["target"] == "release-github-token"]
+        created = [s for s in plan["steps"] if s["type"] == "resource" and s["name"] == "release-github-token"]
+        return readers, grants, len(created)
+
+    assert compare_wiring(dry_run_json(monkeypatch)) == (set(), [], 0)  # not named: nothing
+    plan = dry_run_json(monkeypatch, {**ENV, "DEPLOY_GITHUB_TOKEN_SECRET": "release-github-token"})
+    assert compare_wiring(plan) == ({"dispatch", "dispatch-builds", "sweep"},
+                                    [(runtime, "roles/secretmanager.secretAccessor")], 1)
