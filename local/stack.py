@@ -176,7 +176,9 @@ class LocalStack:
             "RELEASE_LOGGING_ENDPOINT": self.standin_endpoint,
             "RELEASE_MONITORING_ENDPOINT": self.standin_endpoint,
             "RELEASE_PROBE_URL": self.urls.get("probe", ""),
-            "RELEASE_ARTIFACT_REGISTRY": "local",
+            # The stand-in's Artifact Registry: builds push the release's image here, and jobs
+            # and revisions run the code of the image their template names (local/standin/images.py).
+            "RELEASE_ARTIFACT_REGISTRY": f"{REGION}-docker.pkg.dev/{PROJECT}/sample",
             "RELEASE_WEBHOOK_SECRET": self.webhook_secret,
             "RELEASE_APPROVAL_KEYS": self.approval_keys,
             "RELEASE_APPROVAL_BASE_URL": self.urls.get("on_approval", ""),
@@ -263,11 +265,11 @@ class LocalStack:
         data = self.workdir / "data"
         return [
             {"name": "sample-migrate-staging", "image": "local", "command": [sys.executable, "-m", "sample_app.migrate"],
-             "env": {"DATA_DIR": str(data / "staging")}},
+             "env": {"DATA_DIR": str(data / "staging")}, "service_account": APP_SA},
             {"name": "sample-ingestion-smoke", "image": "local", "command": [sys.executable, "-m", "local.sample_ci", "ingest"],
-             "env": {"DATA_DIR": str(data / "staging")}},
+             "env": {"DATA_DIR": str(data / "staging")}, "service_account": APP_SA},
             {"name": "sample-migrate-prod", "image": "local", "command": [sys.executable, "-m", "sample_app.migrate"],
-             "env": {"DATA_DIR": str(data / "prod")}},
+             "env": {"DATA_DIR": str(data / "prod")}, "service_account": APP_SA},
         ]
 
     def _start_function(self, name: str) -> None:

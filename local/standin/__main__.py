@@ -80,7 +80,8 @@ def seed(standin: StandIn, raw: dict[str, Any]) -> None:
         standin.set_iam_policy(raw["iam_bindings"])
     for spec in raw.get("jobs", []):
         container = _container(run_v2, spec)
-        job = run_v2.Job(template=run_v2.ExecutionTemplate(template=run_v2.TaskTemplate(containers=[container])))
+        job = run_v2.Job(template=run_v2.ExecutionTemplate(template=run_v2.TaskTemplate(
+            containers=[container], service_account=spec.get("service_account", ""))))
         run_jobs(settings).create_job(parent=parent, job=job, job_id=spec["name"]).result(30)
     for spec in raw.get("services", []):
         template = run_v2.RevisionTemplate(containers=[_container(run_v2, spec)], labels=spec.get("labels", {}),

@@ -543,6 +543,9 @@ class _Run:
             "commit": self.state.commit,
             "repo": self.state.repo,
         }
+        digest = self.image_digest(stage)
+        if digest:  # the image this release built: deploys and jobs run it by digest
+            inputs["digest"] = digest
         self.commands.append(StartStage(self.state.release_id, stage.id, st.stage_run_id, st.attempt, stage.kind.value, inputs))
 
     def request_approval(self, stage: Stage) -> None:

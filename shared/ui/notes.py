@@ -213,6 +213,7 @@ def render(state: ReleaseState, pipeline: Pipeline) -> str:
     out += _table(("#", "Stage", "Result", "Attempts", "Started", "Duration", "Detail"), rows)
 
     out += _tests_section(state, pipeline)
+    out += _images_section(state, pipeline)
     out += _schema_section(state, pipeline)
     out += _smoke_section(state, pipeline)
     out += _analysis_section(state, pipeline)
@@ -241,6 +242,20 @@ def _tests_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
     if not rows:
         return []
     return ["", "## Tests", ""] + _table(("Suite", "Tests", "Failures", "Errors", "Skipped"), rows)
+
+
+def _images_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
+    """What each job execution and each deploy's revisions ran: the image by digest, as the
+    executors recorded it (a job from its execution's template)."""
+    rows = []
+    for stage in pipeline.stages:
+        st = state.stages.get(stage.id)
+        if st is None or stage.kind not in (StageKind.JOB, StageKind.DEPLOY) or not st.result.get("image"):
+            continue
+        ran_in = st.result.get("execution") or ", ".join(
+            f"{t.get('service')}/{t.get('revision')}" for t in st.result.get("revisions") or [])
+        rows.append((stage.name, st.status.value, _code(st.result["image"]), _code(str(ran_in).rsplit("/jobs/", 1)[-1])))
+    return ["", "## Images", ""] + _table(("Stage", "Result", "Image", "Ran as"), rows) if rows else []
 
 
 def _schema_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:

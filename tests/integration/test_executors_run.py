@@ -80,9 +80,11 @@ def create_job(jobs_client, job_id: str, image: str, command: list[str] | None =
 
 
 @pytest.fixture(scope="module", autouse=True)
-def jobs(jobs_client):
+def jobs(standin, jobs_client):
+    image = "europe-west3-docker.pkg.dev/local-project/noesis2/noesis2:latest"
+    standin.push_image(image)  # Cloud Run refuses a job naming an image the registry does not hold
     for job_id in ("noesis2-migrate", "noesis2-migrate-prod", "noesis2-ingestion-smoke"):
-        create_job(jobs_client, job_id, "europe-west3-docker.pkg.dev/local-project/noesis2/noesis2:latest")
+        create_job(jobs_client, job_id, image)
 
 
 def run_check(settings, executors, pipeline, command):
