@@ -71,6 +71,8 @@ class LocalStack:
     smtp_port: int = 0
     # {"firestore": host, "pubsub": host} of emulators someone else runs (the test session).
     reuse_emulators: dict[str, str] | None = None
+    # The "GitHub" builds fetch pushed commits from: this checkout, unless a test names a clone.
+    source_url: str = ""
     emulators: list[Emulator] = field(default_factory=list)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     urls: dict[str, str] = field(default_factory=dict)
@@ -185,7 +187,7 @@ class LocalStack:
             "RELEASE_PUBLIC_BASE_URL": self.urls.get("dashboard", ""),
             "RELEASE_PIPELINE_SERVICE_ACCOUNT": PIPELINE_SA,
             # The "GitHub" of the local stack: builds fetch the pushed commit from this checkout.
-            "RELEASE_SOURCE_URL": str(REPO_ROOT),
+            "RELEASE_SOURCE_URL": self.source_url or str(REPO_ROOT),
             "RELEASE_SMTP_HOST": "127.0.0.1" if self.smtp_port else "",
             "RELEASE_SMTP_PORT": str(self.smtp_port or 25),
             "RELEASE_NOTIFY_EMAILS": "release-team@example.com",

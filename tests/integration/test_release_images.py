@@ -30,28 +30,18 @@ from shared.domain.errors import ExecutorError
 from shared.domain.events import RUN_SECRET_CHARS, Outcome, stage_run_id
 from shared.domain.pipeline import parse_pipeline
 from shared.domain.state import StageState, StageStatus
+from tests.sample_commits import two_commits
 
 PROJECT, REGION = "local-project", "europe-west3"
 REGISTRY = f"{REGION}-docker.pkg.dev/{PROJECT}/sample"
 PARENT = f"projects/{PROJECT}/locations/{REGION}"
 FAST = RetryPolicy(initial_s=0.01, maximum_s=0.05, timeout_s=0.5, call_timeout_s=10)
-MIGRATION = "sample_app/migrations/0001_feature_flags.sql"
 WRITE_IMAGE = "import os, sys; open(os.environ['STANDIN_DOCKER_IMAGES'], 'a').write(sys.argv[1] + '\\n')"
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> dict[str, str]:
-    """A clone of this repository with two commits: OLD without the migration, NEW with it."""
-    repo = tmp_path_factory.mktemp("source") / "repo"
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-C", str(repo)]
-    subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO_ROOT), str(repo)], check=True)
-    assert (repo / MIGRATION).is_file(), "HEAD must carry the migration (commit your work first)"
-    subprocess.run(git + ["rm", "--quiet", MIGRATION], check=True)
-    subprocess.run(git + ["commit", "--quiet", "-m", "old: before the migration"], check=True)
-    old = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    subprocess.run(git + ["revert", "--no-edit", "--quiet", "HEAD"], check=True)
-    new = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    return {"url": str(repo), "old": old, "new": new}
+    return two_commits(tmp_path_factory.mktemp("source") / "repo")
 
 
 @pytest.fixture(scope="module")
