@@ -129,17 +129,19 @@ def test_each_stage_runs_its_release_image_and_a_replay_runs_the_older_one(stack
     store = FirestoreStore(firestore.Client(project=PROJECT), Settings(project=PROJECT))
     old_answer = push(stack, stack.source["old"])
     old = wait_for(store, old_answer["release_id"], lambda s: s.status is ReleaseStatus.AWAITING_APPROVAL)
-    assert old.stages["staging-migrate"].result["image"] == image_of(old)
     assert query(stack, "staging", f"SELECT carried FROM migrate_runs WHERE release_id = '{old.release_id}'") == [("",)]
     assert query(stack, "staging", "SELECT name FROM schema_migrations") == []
 
     new_answer = push(stack, stack.source["new"])
     new = wait_for(store, new_answer["release_id"], lambda s: s.status is ReleaseStatus.AWAITING_APPROVAL)
+    applied = query(stack, "staging", "SELECT release_id, applied_at, name FROM schema_migrations")
+    ran = query(stack, "staging", f"SELECT carried FROM migrate_runs WHERE release_id = '{new.release_id}'")
+    assert [row[0] for row in applied] == [new.release_id], (
+        f"NEW's staging migrate did not apply {MIGRATION}, which NEW carries: its run carried {ran}")
+    assert new.stages["staging-migrate"].started_at <= applied[0][1] <= new.stages["staging-deploy"].started_at
     assert image_of(new) != image_of(old)
+    assert old.stages["staging-migrate"].result["image"] == image_of(old)
     assert new.stages["staging-migrate"].result["image"] == image_of(new)
-    [(release, applied_at)] = query(stack, "staging", "SELECT release_id, applied_at FROM schema_migrations")
-    assert release == new.release_id
-    assert new.stages["staging-migrate"].started_at <= applied_at <= new.stages["staging-deploy"].started_at
 
     with TrafficSampler(service_url(stack, "sample-web")):  # the prod bake judges real traffic
         approve(stack, new.release_id)
