@@ -248,3 +248,19 @@ def test_another_writer_changing_the_image_between_update_and_run_fails_the_stag
     finish = plain.poll(pipeline, pipeline.stage("migrate"), state)
     assert finish.outcome is Outcome.FAILED and new["digest"] in finish.reason and old["digest"] in finish.reason
     assert finish.result == {}
+
+
+def test_a_template_naming_a_tag_runs_the_image_the_tag_points_at(settings, builds, source, tmp_path):
+    """As Cloud Run resolves a tag when it deploys: the code run is the image the tag names now."""
+    jobs = gcp_clients.run_jobs(settings)
+    for which in ("old", "new"):
+        image = f"{REGISTRY}/sample-app:v1.0.0-{source[which][:7]}"
+        container = run_v2.Container(image=image, command=[sys.executable, "-m", "sample_app.migrate"],
+                                     env=[run_v2.EnvVar(name="DATA_DIR", value=str(tmp_path / which))])
+        job = run_v2.Job(template=run_v2.ExecutionTemplate(template=run_v2.TaskTemplate(containers=[container])))
+        jobs.create_job(parent=PARENT, job_id=f"tag-{which}", job=job).result(10)
+        execution = jobs.run_job(name=f"{PARENT}/jobs/tag-{which}").result(60)
+        assert execution.template.containers[0].image == image  # the string the template names
+        with sqlite3.connect(tmp_path / which / "app.sqlite3") as conn:
+            carried = conn.execute("SELECT carried FROM migrate_runs").fetchone()[0]
+        assert carried == ("" if which == "old" else "0001_feature_flags.sql")
