@@ -11,7 +11,8 @@ FILE (JSON or YAML) holds the StandInConfig fields plus what to create at start:
     log_dir: .local-stack/logs/standin
     port: 0
     log_port: 0                       # the log files are served on http://127.0.0.1:log_port/logs/...
-    jobs:     [{name: noesis2-migrate, image: local, command: [python, -m, sample_app.migrate], env: {DATA_DIR: ...}}]
+    jobs:     [{name: noesis2-migrate, image: local, command: [python, -m, sample_app.migrate], env: {DATA_DIR: ...},
+                service_account: app@local-project.iam.gserviceaccount.com}]
     services: [{name: noesis2-web, image: local, env: {VERSION: "0.0.0"}, labels: {version: "0.0.0"},
                 service_account: app@local-project.iam.gserviceaccount.com}]
     iam_bindings: {roles/run.developer: [serviceAccount:deployer@local-project.iam.gserviceaccount.com]}
