@@ -210,7 +210,7 @@ class ServicesService:
         try:
             code = locate(container.image, self._cfg.local_images, self._cfg.workspace, self._images).root
         except ImageNotFound as missing:
-            code, outcome = None, f"Revision '{revision_id}' is not ready and cannot serve traffic. {missing}"
+            outcome = f"Revision '{revision_id}' is not ready and cannot serve traffic. {missing}"
             revision.conditions = [Condition(type_="Ready", state=State.CONDITION_FAILED, message=outcome,
                                              reason=Condition.CommonReason.CONTAINER_MISSING,
                                              last_transition_time=now())]
