@@ -26,8 +26,6 @@ SECRET_ID = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 PROJECT_NUMBER = re.compile(r"^\d{6,20}$")
 DEFAULT_COMPUTE = re.compile(r"^\d+-compute@developer\.gserviceaccount\.com$")
 SERVICE_ACCOUNT = re.compile(r"^[a-z0-9-]+@[a-z0-9.-]+\.gserviceaccount\.com$")
-# The entry points functions/main.py must define (the deploy names them).
-ENTRY_POINTS = ("on_push", "dispatch", "on_approval", "sweep", "dashboard", "operator")
 DEFAULT_PIPELINE_SA_ID = "release-pipeline"
 
 
@@ -220,8 +218,10 @@ def setup_check(config: DeployConfig, repo_root: Path = REPO_ROOT) -> list[Findi
     if not main.exists():
         error(f"{main} is missing: the functions' entry points live there")
     else:
+        from deploy.model import entry_points  # the plan's functions name them
+
         text = main.read_text()
-        for entry in ENTRY_POINTS:
+        for entry in entry_points(config):
             if not re.search(rf"^(def {entry}\(|{entry}\s*=)", text, re.M):
                 error(f"{main}: entry point {entry}() not found")
     if not (repo_root / "requirements.txt").exists():
