@@ -35,7 +35,16 @@ PERMISSIONS: Mapping[str, Callable[[Any], str] | str] = {
     "CancelExecution": "run.executions.cancel",
     "CreateService": "run.services.create", "GetService": "run.services.get", "UpdateService": "run.services.update",
     "ListServices": "run.services.list", "GetRevision": "run.revisions.get", "ListRevisions": "run.revisions.list",
-    "GetIamPolicy": "resourcemanager.projects.getIamPolicy", "SetIamPolicy": "resourcemanager.projects.setIamPolicy",
+    # A secret's policy (Secret Manager) or the project's (Resource Manager): the same method name.
+    "GetIamPolicy": lambda r: "secretmanager.secrets.getIamPolicy" if "/secrets/" in r.resource
+    else "resourcemanager.projects.getIamPolicy",
+    "SetIamPolicy": "resourcemanager.projects.setIamPolicy",
+    # https://cloud.google.com/secret-manager/docs/access-control: one permission per call.
+    "CreateSecret": "secretmanager.secrets.create", "GetSecret": "secretmanager.secrets.get",
+    "DeleteSecret": "secretmanager.secrets.delete", "AddSecretVersion": "secretmanager.versions.add",
+    "GetSecretVersion": "secretmanager.versions.get", "ListSecretVersions": "secretmanager.versions.list",
+    "AccessSecretVersion": "secretmanager.versions.access", "DisableSecretVersion": "secretmanager.versions.disable",
+    "EnableSecretVersion": "secretmanager.versions.enable", "DestroySecretVersion": "secretmanager.versions.destroy",
     "ListDockerImages": "artifactregistry.dockerimages.list", "GetDockerImage": "artifactregistry.dockerimages.get",
     "ListTags": "artifactregistry.tags.list", "GetTag": "artifactregistry.tags.get",
     # https://cloud.google.com/tasks/docs/reference-access-control: "cloudtasks.tasks.create: Create tasks";
@@ -61,6 +70,8 @@ class IamGuard:
         self._account_bindings: dict[str, dict[str, list[str]]] = {}  # account -> role -> members
         self._custom: dict[str, list[str]] = {}
         self._queue_bindings: dict[str, dict[str, list[str]]] = {}  # queue id -> role -> members
+        # (secret id, member) -> roles granted on that secret (the Secret Manager stand-in's policies)
+        self.secret_roles: Callable[[str, str], list[str]] = lambda secret, member: []
         self._enforcing = False
         self._lock = threading.Lock()
         self._local = threading.local()  # the caller of the call this server thread serves
@@ -102,8 +113,11 @@ class IamGuard:
         permission = rule(request) if callable(rule) else rule
         member = f"serviceAccount:{caller}"
         queue = _queue_of(method, request)
-        if not (self.holds(member, permission) or (queue and self.holds_on_queue(member, permission, queue))):
-            raise denied(permission, f"projects/{self._project}" + (f"/locations/-/queues/{queue}" if queue else ""))
+        secret = _secret_of(request) if permission.startswith("secretmanager.") else ""
+        if not (self.holds(member, permission) or (queue and self.holds_on_queue(member, permission, queue))
+                or (secret and grants(self.secret_roles(secret, member), permission, self._custom))):
+            raise denied(permission, f"projects/{self._project}" + (f"/locations/-/queues/{queue}" if queue else "")
+                         + (f"/secrets/{secret}" if secret else ""))
         account = self.runs_as(method, request)
         if account and not self.holds(member, ACT_AS, account):
             raise denied(ACT_AS, f"projects/-/serviceAccounts/{account}")
@@ -143,6 +157,15 @@ def _queue_of(method: str, request: Any) -> str:
         return request.parent.rsplit("/queues/", 1)[-1] if "/queues/" in request.parent else ""
     if method in ("GetTask", "DeleteTask"):
         return request.name.split("/queues/", 1)[-1].split("/", 1)[0] if "/queues/" in request.name else ""
+    return ""
+
+
+def _secret_of(request: Any) -> str:
+    """The secret id a Secret Manager call is about (its name, parent or resource)."""
+    for attribute in ("name", "parent", "resource"):
+        value = getattr(request, attribute, "")
+        if isinstance(value, str) and "/secrets/" in value:
+            return value.split("/secrets/", 1)[1].split("/", 1)[0]
     return ""
 
 

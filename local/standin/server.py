@@ -29,6 +29,7 @@ from local.standin.logging_api import LoggingService
 from local.standin.monitoring_api import MetricService, MetricTiming, RequestRecorder, ServedRequest
 from local.standin.notifications import BuildNotifier
 from local.standin.processes import Supervisor
+from local.standin.secrets import SecretManagerService
 from local.standin.services import ServicesService
 from local.standin.tasks import CloudTasksService
 
@@ -62,6 +63,8 @@ class StandIn:
             self._tasks.add_queue(queue)
         self.guard = IamGuard(KeyRing(config.key_dir), config.project, config.project_number, self._iam.roles_of)
         self._builds.guard = self.guard
+        self.secrets = SecretManagerService(config.project, config.project_number)
+        self.guard.secret_roles = self.secrets.roles_on
         self._server: grpc.Server | None = None
         self._port = 0
 
@@ -72,7 +75,7 @@ class StandIn:
         self._notifier.start()
         registry = Registry(self._faults, guard=self.guard.check)
         for service in (self._builds, self._jobs, self._services, self._iam, self._artifacts, self._tasks,
-                        IamAdminService(self.guard), self.monitoring, self.logging):
+                        IamAdminService(self.guard), self.monitoring, self.logging, self.secrets):
             service.register(registry)
         registry.add(OPERATIONS, "GetOperation", self._get_operation, operations_pb2.GetOperationRequest,
                      operations_pb2.Operation)

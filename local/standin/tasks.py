@@ -81,9 +81,12 @@ class CloudTasksService:
         registry.add(SERVICE, "DeleteTask", self.delete_task, tasks_v2.DeleteTaskRequest, empty_pb2.Empty)
 
     # -- queues ---------------------------------------------------------------------------
-    def add_queue(self, name: str) -> None:
+    def add_queue(self, name: str, queue: tasks_v2.Queue | None = None) -> None:
+        """A queue that exists, with the retry and rate settings it was created with (kept, shown by GetQueue)."""
+        stored = clone(queue) if queue is not None else tasks_v2.Queue()
+        stored.name, stored.state = name, tasks_v2.Queue.State.RUNNING
         with self._lock:
-            self._queues.setdefault(name, tasks_v2.Queue(name=name, state=tasks_v2.Queue.State.RUNNING))
+            self._queues.setdefault(name, stored)
 
     def create_queue(self, request: tasks_v2.CreateQueueRequest) -> tasks_v2.Queue:
         name = request.queue.name
@@ -92,7 +95,7 @@ class CloudTasksService:
         with self._lock:
             if name in self._queues:
                 raise ApiError(grpc.StatusCode.ALREADY_EXISTS, f"queue {name} already exists")
-        self.add_queue(name)
+        self.add_queue(name, request.queue)
         return self.get_queue(tasks_v2.GetQueueRequest(name=name))
 
     def get_queue(self, request: tasks_v2.GetQueueRequest) -> tasks_v2.Queue:
