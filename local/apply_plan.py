@@ -164,10 +164,13 @@ class LocalDifferences:
 
 
 # -- applying ------------------------------------------------------------------------------------
-def standin_seed(plan: Plan, secret_values: dict[str, str]) -> dict:
+def standin_seed(plan: Plan, secret_values: dict[str, str], owner: str = "") -> dict:
     """What the stand-in creates before it enforces IAM: the plan's queue, secrets (with the
-    versions the local operator adds) and every IAM policy, as stand-in config entries."""
+    versions the local operator adds) and every IAM policy, as stand-in config entries;
+    ``owner`` (the one local grant the plan does not make) holds roles/owner on the project."""
     found = policies(plan)
+    if owner:
+        found.project.setdefault("roles/owner", []).append(owner)
     secrets = {r.name: ([secret_values[r.name]] if r.name in secret_values else []) for r in resources(plan, "secret")}
     return {
         "iam_bindings": found.project, "iam_account_bindings": found.accounts, "custom_roles": found.custom_roles,

@@ -37,6 +37,9 @@ PROJECT_NUMBER = "123456789012"
 APP_SA = f"sample-app@{PROJECT}.iam.gserviceaccount.com"  # what the sample app's services run as
 BASE_VERSION = "0.9.0"
 LOCAL_OPERATORS = ("operator@example.com", "qa@example.com")
+# Whoever runs `deploy --apply` owns the project on GCP; locally this account (tests read the applied
+# world back as it). Its binding is the one grant in the stand-in that the plan does not make.
+LOCAL_OWNER = f"local-owner@{PROJECT}.iam.gserviceaccount.com"
 
 
 @dataclass
@@ -215,6 +218,7 @@ class LocalStack:
 
         # This process (demo, tests, relctl) calls as the runtime account, with a key the stand-in (as IAM) knows.
         mint_key(self.workdir / "keys", f"release-runtime@{PROJECT}.iam.gserviceaccount.com")
+        mint_key(self.workdir / "keys", LOCAL_OWNER)
         config = {
             "project": PROJECT, "region": REGION, "workspace": str(REPO_ROOT),
             "local_images": ["local", "local/sample-app"],
@@ -224,7 +228,7 @@ class LocalStack:
             "metric_sample_s": self.metric_sample_s, "metric_delay_s": self.metric_delay_s,
             "log_delay_s": self.log_delay_s,
             # The plan's queue, secrets (with the local operator's versions) and IAM policies.
-            **apply_plan.standin_seed(plan, secret_values),
+            **apply_plan.standin_seed(plan, secret_values, owner=f"serviceAccount:{LOCAL_OWNER}"),
             "enforce_iam": True, "key_dir": str(self.workdir / "keys"),
             "project_number": PROJECT_NUMBER,
             "jobs": self._sample_jobs(),

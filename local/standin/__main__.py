@@ -102,12 +102,12 @@ def seed(standin: StandIn, raw: dict[str, Any]) -> None:
     for secret_id, versions in (raw.get("secrets") or {}).items():
         from google.cloud import secretmanager_v1 as sm
 
-        parent = f"projects/{cfg.project}"
-        standin.secrets.create_secret(sm.CreateSecretRequest(parent=parent, secret_id=secret_id, secret=sm.Secret(
+        project = f"projects/{cfg.project}"
+        standin.secrets.create_secret(sm.CreateSecretRequest(parent=project, secret_id=secret_id, secret=sm.Secret(
             replication=sm.Replication(automatic=sm.Replication.Automatic()))))
         for value in versions:
             standin.secrets.add_secret_version(sm.AddSecretVersionRequest(
-                parent=f"{parent}/secrets/{secret_id}", payload=sm.SecretPayload(data=value.encode())))
+                parent=f"{project}/secrets/{secret_id}", payload=sm.SecretPayload(data=value.encode())))
     for secret_id, bindings in (raw.get("iam_secret_bindings") or {}).items():
         standin.secrets.set_bindings(secret_id, bindings)
     for spec in raw.get("services", []):
