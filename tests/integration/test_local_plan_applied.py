@@ -93,7 +93,7 @@ def test_the_running_local_world_is_the_plan(emulators, tmp_path, pipeline, monk
         secrets = apply_plan.secret_client(endpoint, stack.workdir / "keys" / f"{LOCAL_OWNER}.json")
         for secret in apply_plan.resources(plan, "secret"):
             path = f"projects/{PROJECT}/secrets/{secret.name}"
-            got = {(b.role, m) for b in secrets.get_iam_policy(resource=path).bindings for m in b.members}
+            got = {(b.role, m) for b in secrets.get_iam_policy(request={"resource": path}).bindings for m in b.members}
             assert got == {(b.role, b.member) for b in plan.bindings if b.scope == "secret" and b.target == secret.name}
             versions = list(secrets.list_secret_versions(parent=path))
             mounted = {s for fn in functions(config) for _, s in fn.secrets}
