@@ -175,6 +175,7 @@ def standin_seed(plan: Plan, secret_values: dict[str, str], owner: str = "") -> 
     return {
         "iam_bindings": found.project, "iam_account_bindings": found.accounts, "custom_roles": found.custom_roles,
         "iam_queue_bindings": found.queues, "iam_secret_bindings": secret_bindings(plan),
+        "iam_repository_bindings": found.repositories,
         "queues": [dict(queue_settings(r), name=f"projects/{plan.project}/locations/{_location(r)}/queues/{r.name}")
                    for r in resources(plan, "tasks-queue")],
         "secrets": secrets,

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         seed(standin, raw)  # as the project's owner, before IAM is enforced
         if raw.get("enforce_iam"):
             standin.enforce_iam(raw.get("iam_account_bindings") or {}, raw.get("custom_roles") or {},
-                                raw.get("iam_queue_bindings") or {})
+                                raw.get("iam_queue_bindings") or {}, raw.get("iam_repository_bindings") or {})
         print(f"STANDIN_READY {standin.endpoint}", flush=True)
         stopping.wait()
     finally:

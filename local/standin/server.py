@@ -134,16 +134,17 @@ class StandIn:
 
     def enforce_iam(self, account_bindings: dict[str, dict[str, list[str]]] | None = None,
                     custom_roles: dict[str, list[str]] | None = None,
-                    queue_bindings: dict[str, dict[str, list[str]]] | None = None) -> None:
+                    queue_bindings: dict[str, dict[str, list[str]]] | None = None,
+                    repository_bindings: dict[str, dict[str, list[str]]] | None = None) -> None:
         """From now on every call needs a valid token and the permission, against the project
         policy (set_iam_policy), ``account_bindings`` (account -> role -> members, e.g. who may
         act as it) and ``custom_roles`` (role name -> permissions)."""
-        self.guard.enforce(account_bindings, custom_roles, queue_bindings)
+        self.guard.enforce(account_bindings, custom_roles, queue_bindings, repository_bindings)
 
-    def revoke(self, member: str, role: str, account: str = "") -> None:
-        """Remove ``role`` from ``member`` on the project, or on ``account`` when given."""
-        if account:
-            self.guard.revoke(member, role, account)
+    def revoke(self, member: str, role: str, account: str = "", repository: str = "") -> None:
+        """Remove ``role`` from ``member`` on the project, or on ``account`` / ``repository`` when given."""
+        if account or repository:
+            self.guard.revoke(member, role, account, repository)
         else:
             self._iam.revoke(member, role)
 
