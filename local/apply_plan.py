@@ -282,9 +282,15 @@ def function_argv(fn: DeployedFunction, source_dir: Path, port: str) -> list[str
             "--host", "127.0.0.1", "--port", port]
 
 
-def start_functions(plan: Plan, local: LocalDifferences, urls: dict[str, str],
+def invokers(plan: Plan, function: str) -> set[str]:
+    """Who the plan lets call ``function`` (its roles/run.invoker bindings)."""
+    return {b.member for b in plan.bindings
+            if b.scope == "function" and b.target == function and b.role == "roles/run.invoker"}
+
+
+def start_functions(plan: Plan, local: LocalDifferences, ports: dict[str, int],
                     spawn: Callable[[str, list[str], dict[str, str], Path], object]) -> dict[str, dict[str, str]]:
-    """Resolve each function's secrets, then start it; returns the environment each got."""
+    """Resolve each function's secrets, then start it on its port; returns the environment each got."""
     from local.standin.identity import mint_key
 
     started = {}
@@ -292,6 +298,6 @@ def start_functions(plan: Plan, local: LocalDifferences, urls: dict[str, str],
         key = mint_key(local.key_dir, fn.service_account)
         env = {**os.environ, **local.env_for(fn)}
         env.update(resolve_secrets(fn, plan.project, local.standin_endpoint, key))
-        spawn(fn.name, function_argv(fn, local.source_dir, urls[fn.name].rsplit(":", 1)[1]), env, local.source_dir)
+        spawn(fn.name, function_argv(fn, local.source_dir, str(ports[fn.name])), env, local.source_dir)
         started[fn.name] = env
     return started

@@ -24,6 +24,7 @@ from deploy.config import DeployConfig, pipeline_account_id
 from deploy.model import Plan, build_plan
 from deploy.source import assemble_source
 from local import apply_plan
+from local.invoker_front import InvokerFront
 from local.emulators import Emulator, free_port, start_emulator, wait_port
 from local.token_issuer import LocalTokenIssuer
 from shared.app.config import REPO_ROOT, Settings
@@ -40,6 +41,9 @@ LOCAL_OPERATORS = ("operator@example.com", "qa@example.com")
 # Whoever runs `deploy --apply` owns the project on GCP; locally this account (tests read the applied
 # world back as it). Its binding is the one grant in the stand-in that the plan does not make.
 LOCAL_OWNER = f"local-owner@{PROJECT}.iam.gserviceaccount.com"
+# Private HTTP functions are reached through Cloud Run's invoker check (local/invoker_front.py), except:
+OPEN_LOCALLY = {"dashboard": "the plan grants run.invoker on it to no one (the team is added by hand, "
+                             "deploy/README.md); the browser tests open it without a token"}
 
 
 @dataclass
@@ -66,6 +70,7 @@ class LocalStack:
     urls: dict[str, str] = field(default_factory=dict)  # the plan's function name -> its loopback URL
     started_env: dict[str, dict[str, str]] = field(default_factory=dict)  # function -> its environment
     plan: Plan | None = None  # what was applied
+    fronts: list[InvokerFront] = field(default_factory=list)
     standin_endpoint: str = ""
     token_issuer: LocalTokenIssuer | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -101,14 +106,19 @@ class LocalStack:
         plan = self.plan = build_plan(config)
         apply_plan.create_topics(plan)
         source_dir = assemble_source(config)
+        # Google's ID-token issuer, played locally: the operator function and the invoker fronts verify
+        # its tokens; the stand-in (as Cloud Tasks) asks it for the probe tasks' OIDC tokens.
+        self.token_issuer = LocalTokenIssuer().start()
         log("starting the Google API stand-in …")
         self._start_standin(plan, self.secret_values(config))
-        # Google's ID-token issuer, played locally: the operator function verifies its tokens.
-        self.token_issuer = LocalTokenIssuer().start()
         log("starting the functions …")
         functions = apply_plan.deployed_functions(plan)
-        # Every URL first: functions link to each other (approval links, dashboard).
-        self.urls = {fn.name: f"http://127.0.0.1:{free_port()}" for fn in functions}
+        # Every URL first: functions link to each other (approval links, dashboard). A private HTTP
+        # function's URL is its invoker front's; the function itself listens behind it.
+        ports = {fn.name: free_port() for fn in functions}
+        fronted = [fn for fn in functions if not fn.public and not fn.trigger_topic and fn.name not in OPEN_LOCALLY]
+        front_ports = {fn.name: free_port() for fn in fronted}
+        self.urls = {fn.name: f"http://127.0.0.1:{front_ports.get(fn.name, ports[fn.name])}" for fn in functions}
         local = apply_plan.LocalDifferences(
             project=PROJECT, region=REGION, source_dir=source_dir, emulator_env=self._emulator_env(),
             standin_endpoint=self.standin_endpoint,
@@ -117,9 +127,9 @@ class LocalStack:
             extra_env={"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                        "SAMPLE_STACK_DIR": str(self.workdir)})
         self.started_env = apply_plan.start_functions(
-            plan, local, self.urls, lambda name, argv, env, cwd: self._spawn(name, argv, env, cwd))
+            plan, local, ports, lambda name, argv, env, cwd: self._spawn(name, argv, env, cwd))
         for fn in functions:
-            port = int(self.urls[fn.name].rsplit(":", 1)[1])
+            port = ports[fn.name]
             log_path = self.workdir / "logs" / f"{fn.name}.log"
             try:
                 wait_port("127.0.0.1", port, 60, self.processes[fn.name], log_path)
@@ -127,6 +137,8 @@ class LocalStack:
                 tail = log_path.read_text()[-600:] if log_path.exists() else ""
                 raise ConfigError(f"function {fn.name} (entry point {fn.entry_point}) did not start from "
                                   f"{source_dir}: {tail}") from None
+        self.fronts = [InvokerFront(fn.name, front_ports[fn.name], ports[fn.name], apply_plan.invokers(plan, fn.name),
+                                    self.token_issuer.certs_url, self.token_issuer.issuer) for fn in fronted]
         apply_plan.create_push_subscriptions(plan, self.urls)
         threading.Thread(target=self._tick, args=(config.tick_topic,), daemon=True, name="ticker").start()
 
@@ -141,6 +153,9 @@ class LocalStack:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
         self.processes.clear()
+        for front in self.fronts:
+            front.stop()
+        self.fronts.clear()
         for emulator in self.emulators:
             emulator.stop()
         self.emulators.clear()
@@ -230,7 +245,7 @@ class LocalStack:
             # The plan's queue, secrets (with the local operator's versions) and IAM policies.
             **apply_plan.standin_seed(plan, secret_values, owner=f"serviceAccount:{LOCAL_OWNER}"),
             "enforce_iam": True, "key_dir": str(self.workdir / "keys"),
-            "project_number": PROJECT_NUMBER,
+            "project_number": PROJECT_NUMBER, "id_token_url": self.token_issuer.token_url,
             "jobs": self._sample_jobs(),
             "services": [
                 {"name": name, "image": f"local/sample-app:v{BASE_VERSION}-base",

@@ -62,6 +62,7 @@ def load_config(path: Path) -> tuple[StandInConfig, dict[str, Any]]:
         **{key: float(raw[key]) for key in ("metric_sample_s", "metric_delay_s", "log_delay_s") if key in raw},
         task_queues=tuple(raw.get("task_queues", ())),
         task_dispatch_delay_s=float(raw.get("task_dispatch_delay_s", 0.0)),
+        id_token_url=raw.get("id_token_url", ""),
         project_number=str(raw.get("project_number", "123456789012")),
         key_dir=resolve(raw.get("key_dir", "standin-keys")),
     )

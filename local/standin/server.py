@@ -58,7 +58,7 @@ class StandIn:
         self.logging = LoggingService(config.project, config.region, self.requests, self._revision_ids,
                                       config.log_dir, config.log_delay_s)
         self._iam = ProjectsIamService()
-        self._tasks = CloudTasksService(config.task_dispatch_delay_s)
+        self._tasks = CloudTasksService(config.task_dispatch_delay_s, id_token_url=config.id_token_url)
         for queue in config.task_queues:
             self._tasks.add_queue(queue)
         self.guard = IamGuard(KeyRing(config.key_dir), config.project, config.project_number, self._iam.roles_of)

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+import requests
 from google.cloud import pubsub_v1
 
 import deploy.source
@@ -109,6 +110,20 @@ def test_the_running_local_world_is_the_plan(emulators, tmp_path, pipeline, monk
         assert queue.retry_config.min_backoff.total_seconds() == float(flags["min-backoff"].rstrip("s"))
         assert queue.retry_config.max_backoff.total_seconds() == float(flags["max-backoff"].rstrip("s"))
         assert queue.rate_limits.max_concurrent_dispatches == int(flags["max-concurrent-dispatches"])
+
+        # Private HTTP functions: Cloud Run's invoker check, with the plan's run.invoker bindings.
+        assert {f.function for f in stack.fronts} == {fn.name for fn in functions(config)
+                                                      if not fn.public and not fn.trigger_topic} - {"dashboard"}
+        probe = stack.urls["probe"]
+        assert requests.post(probe, data=b"{}", timeout=60).status_code == 401
+        token = stack.token_issuer.mint(config.runtime_sa, probe)  # valid, but not an invoker of probe
+        answer = requests.post(probe, data=b"{}", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        assert answer.status_code == 403 and "run.routes.invoke" in answer.text
+        token = stack.token_issuer.mint(config.invoker_sa, stack.urls["operator"])  # the wrong audience
+        assert requests.post(probe, data=b"{}", headers={"Authorization": f"Bearer {token}"}, timeout=60).status_code == 401
+        token = stack.token_issuer.mint(config.invoker_sa, probe)
+        answer = requests.post(probe, data=b"{}", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        assert answer.status_code not in (401, 403, 503)  # the function itself answered (the body is not signed)
 
 
 def test_the_stack_does_not_start_without_an_entry_point_the_plan_deploys(emulators, tmp_path, monkeypatch):
