@@ -110,7 +110,7 @@ class LocalStack:
         # its tokens; the stand-in (as Cloud Tasks) asks it for the probe tasks' OIDC tokens.
         self.token_issuer = LocalTokenIssuer().start()
         log("starting the Google API stand-in …")
-        self._start_standin(plan, self.secret_values(config))
+        self._start_standin(config, plan, self.secret_values(config))
         log("starting the functions …")
         functions = apply_plan.deployed_functions(plan)
         # Every URL first: functions link to each other (approval links, dashboard). A private HTTP
@@ -178,7 +178,7 @@ class LocalStack:
             "RELEASE_PROJECT": PROJECT,
             "RELEASE_REGION": REGION,
             # Who calls the stand-in from here: the functions' runtime account (the demo and relctl too).
-            "GOOGLE_APPLICATION_CREDENTIALS": str(self.workdir / "keys" / f"release-runtime@{PROJECT}.iam.gserviceaccount.com.json"),
+            "GOOGLE_APPLICATION_CREDENTIALS": str(self.workdir / "keys" / f"{self.deploy_config().runtime_sa}.json"),
         }
 
     def _emulator_env(self) -> dict[str, str]:
@@ -228,17 +228,17 @@ class LocalStack:
         self.processes[name] = proc
         return proc
 
-    def _start_standin(self, plan, secret_values: dict[str, str]) -> None:
+    def _start_standin(self, config: DeployConfig, plan: Plan, secret_values: dict[str, str]) -> None:
         from local.standin.identity import mint_key
 
         # This process (demo, tests, relctl) calls as the runtime account, with a key the stand-in (as IAM) knows.
-        mint_key(self.workdir / "keys", f"release-runtime@{PROJECT}.iam.gserviceaccount.com")
+        mint_key(self.workdir / "keys", config.runtime_sa)
         mint_key(self.workdir / "keys", LOCAL_OWNER)
         config = {
             "project": PROJECT, "region": REGION, "workspace": str(REPO_ROOT),
             "local_images": ["local", "local/sample-app"],
             "pubsub_emulator_host": self.base_env()["PUBSUB_EMULATOR_HOST"],
-            "builds_topic": "cloud-builds", "log_dir": str(self.workdir / "logs" / "standin"),
+            "builds_topic": config.settings.builds_topic, "log_dir": str(self.workdir / "logs" / "standin"),
             "task_dispatch_delay_s": self.task_dispatch_delay_s,
             "metric_sample_s": self.metric_sample_s, "metric_delay_s": self.metric_delay_s,
             "log_delay_s": self.log_delay_s,
