@@ -181,7 +181,7 @@ def setup_check(config: DeployConfig, repo_root: Path = REPO_ROOT) -> list[Findi
         error("RELEASE_SMTP_PORT is 25, which GCP blocks for external destinations: use the relay's 587 (STARTTLS)")
     elif not s.smtp_user:
         warning("RELEASE_SMTP_USER is empty: mail is sent without a login (only a relay that trusts the project "
-                "accepts that); the password comes from the secret release-smtp-password")
+                f"accepts that); no password is mounted, and {config.smtp_password_secret} is neither created nor read")
     if s.mail_from.endswith("@localhost"):
         error(f"RELEASE_MAIL_FROM {s.mail_from!r} is not an address a relay will send from")
     # https://cloud.google.com/run/docs/securing/service-identity: the default compute account "has the

@@ -71,8 +71,8 @@ def run_check(config: DeployConfig, out: TextIO) -> int:
         print(f"{f.level.upper():8} {f.message}", file=out)
     # No network here: these are what --apply will look for before its first step.
     for secret in function_secrets(config):
-        print(f"SECRET   {secret} must hold an enabled version before --apply "
-              f"(gcloud secrets versions add {secret} --data-file=- --project={config.project})", file=out)
+        print(f"SECRET   {secret} must hold an enabled version before --apply (gcloud secrets create {secret} "
+              f"--data-file=- --project={config.project}; versions add once it exists)", file=out)
     errors = [f for f in findings if f.level == "error"]
     print(f"setup check: {'FAILED' if errors else 'OK'} ({len(errors)} error(s), "
           f"{len(findings) - len(errors)} warning(s))", file=out)

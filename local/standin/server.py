@@ -1,4 +1,4 @@
-"""StandIn: one loopback gRPC server playing Cloud Build, Cloud Run v2, Resource Manager IAM,
+"""StandIn: one loopback gRPC server playing Cloud Build, Cloud Run v2, Resource Manager IAM, Secret Manager,
 IAM's testIamPermissions on service accounts, the docker part of Artifact Registry, Cloud Tasks
 (HTTP tasks), and Cloud Logging / Cloud Monitoring reads of the traffic the routers served.
 
