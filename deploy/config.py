@@ -26,8 +26,6 @@ SECRET_ID = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 PROJECT_NUMBER = re.compile(r"^\d{6,20}$")
 DEFAULT_COMPUTE = re.compile(r"^\d+-compute@developer\.gserviceaccount\.com$")
 SERVICE_ACCOUNT = re.compile(r"^[a-z0-9-]+@[a-z0-9.-]+\.gserviceaccount\.com$")
-# The entry points functions/main.py must define (the deploy names them).
-ENTRY_POINTS = ("on_push", "dispatch", "on_approval", "sweep", "dashboard", "operator")
 DEFAULT_PIPELINE_SA_ID = "release-pipeline"
 
 
@@ -183,7 +181,7 @@ def setup_check(config: DeployConfig, repo_root: Path = REPO_ROOT) -> list[Findi
         error("RELEASE_SMTP_PORT is 25, which GCP blocks for external destinations: use the relay's 587 (STARTTLS)")
     elif not s.smtp_user:
         warning("RELEASE_SMTP_USER is empty: mail is sent without a login (only a relay that trusts the project "
-                "accepts that); the password comes from the secret release-smtp-password")
+                f"accepts that); no password is mounted, and {config.smtp_password_secret} is neither created nor read")
     if s.mail_from.endswith("@localhost"):
         error(f"RELEASE_MAIL_FROM {s.mail_from!r} is not an address a relay will send from")
     # https://cloud.google.com/run/docs/securing/service-identity: the default compute account "has the
@@ -220,8 +218,10 @@ def setup_check(config: DeployConfig, repo_root: Path = REPO_ROOT) -> list[Findi
     if not main.exists():
         error(f"{main} is missing: the functions' entry points live there")
     else:
+        from deploy.model import entry_points  # the plan's functions name them
+
         text = main.read_text()
-        for entry in ENTRY_POINTS:
+        for entry in entry_points(config):
             if not re.search(rf"^(def {entry}\(|{entry}\s*=)", text, re.M):
                 error(f"{main}: entry point {entry}() not found")
     if not (repo_root / "requirements.txt").exists():

@@ -18,6 +18,7 @@ class Policies:
     accounts: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # account -> role -> members
     custom_roles: dict[str, list[str]] = field(default_factory=dict)  # role name -> permissions
     queues: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # Cloud Tasks queue -> role -> members
+    repositories: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # Artifact Registry repo -> role -> members
 
 
 def policies(plan: Plan) -> Policies:
@@ -30,4 +31,6 @@ def policies(plan: Plan) -> Policies:
             result.accounts.setdefault(binding.target, {}).setdefault(binding.role, []).append(binding.member)
         elif binding.scope == "tasks-queue":
             result.queues.setdefault(binding.target, {}).setdefault(binding.role, []).append(binding.member)
+        elif binding.scope == "artifact-repository":
+            result.repositories.setdefault(binding.target, {}).setdefault(binding.role, []).append(binding.member)
     return result

@@ -61,7 +61,7 @@ def executors():
 def notifier():
     from shared.adapters.notify import build_notifier
 
-    recipients = tuple(a.strip() for a in settings().notify_emails.split(",") if a.strip())
+    recipients = tuple(a.strip() for a in settings().notify_emails.replace(";", ",").split(",") if a.strip())
     return build_notifier(settings(), recipients=recipients)
 
 

@@ -22,7 +22,7 @@ import pytest
 
 from local.demo import LINK, send_push, service_url
 from local.mailbox import Mailbox
-from local.stack import PROJECT, REGION, RUNTIME_SA, LocalStack
+from local.stack import PROJECT, REGION, LocalStack
 from local.traffic import TrafficSampler
 from shared.adapters.executors.traffic import release_labels
 from shared.adapters.firestore_store import FirestoreStore
@@ -102,7 +102,8 @@ def cloud_run_images(stack) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     from shared.adapters import gcp_clients
 
     saved = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
-    os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = str(stack.workdir / "keys" / f"{RUNTIME_SA}.json")
+    runtime = stack.deploy_config().runtime_sa  # the functions' account: it may read jobs and revisions
+    os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = str(stack.workdir / "keys" / f"{runtime}.json")
     try:
         settings = Settings(project=PROJECT, region=REGION, cloud_run_endpoint=stack.standin_endpoint)
         executions, revisions = {}, {}

@@ -250,13 +250,37 @@ def test_apply_creates_once_and_a_second_apply_creates_nothing():
     assert any(call[:4] == ("pubsub", "subscriptions", "update", "eventarc-sub-dispatch-trg") for call in cloud.calls)
 
 
-def test_apply_stops_before_the_functions_when_the_secrets_are_empty():
+def test_apply_stops_before_its_first_step_naming_the_secrets_without_a_version():
     config = load_config(ENV)
     cloud = FakeCloud(secrets_have_values=False)
-    with pytest.raises(DeployError, match="release-webhook-secret, release-approval-keys have no value"):
+    with pytest.raises(DeployError, match="release-webhook-secret, release-approval-keys, release-smtp-password "
+                                          "have no enabled version"):
         apply_plan(build_plan(config), config, cloud, log=lambda line: None)
-    assert not any(call[:2] == ("functions", "deploy") for call in cloud.calls)
-    assert any(call[:2] == ("secrets", "create") for call in cloud.calls)
+    assert all(call[:3] == ("secrets", "versions", "list") for call in cloud.calls)  # nothing changed
+
+
+def test_check_lists_the_secrets_that_must_hold_a_version_and_smtp_only_with_a_login(monkeypatch):
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    out = io.StringIO()
+    main(["--check"], out=out)
+    listed = re.findall(r"^SECRET +(\S+)", out.getvalue(), re.M)
+    assert listed == ["release-webhook-secret", "release-approval-keys", "release-smtp-password"]
+    monkeypatch.setenv("RELEASE_SMTP_USER", "")
+    out = io.StringIO()
+    main(["--check"], out=out)
+    assert "release-smtp-password" not in re.findall(r"^SECRET +(\S+)", out.getvalue(), re.M)
+    plan = build_plan(load_config(dict(ENV, RELEASE_SMTP_USER="")))
+    assert "release-smtp-password" not in " ".join(" ".join(c) for c in plan.commands())
+
+
+def test_the_assembled_main_exports_every_entry_point_the_plan_deploys(tmp_path):
+    from deploy.model import functions
+
+    config = load_config(dict(ENV, DEPLOY_SOURCE_DIR=str(tmp_path / "src")))
+    text = (assemble_source(config) / "main.py").read_text()
+    exported = set(re.search(r"from functions.main import (.*?)  #", text).group(1).split(", "))
+    assert exported == {fn.entry_point for fn in functions(config)} >= {"probe", "drain_dead_letters"}
 
 
 def test_setup_check_names_what_to_fix():
