@@ -16,6 +16,7 @@ from typing import Iterator, Union
 
 from deploy.config import DeployConfig
 from deploy.firestore import COMPOSITE_INDEXES, TTL_POLICIES
+from deploy.wif import GITHUB_ISSUER
 from shared.domain.preflight import (
     BASE_ROLES, BUILD_LOG_ROLE, SECRET_ACCESSOR_ROLE, build_secret_names, prod_secret_names,
 )
@@ -281,6 +282,7 @@ def build_plan(config: DeployConfig) -> Plan:
              f"--permissions={','.join(CUSTOM_ROLES[role_id])}", "--stage=GA"),
             why))
     repo = config.github_repository
+    wif = config.wif_policy
     steps.append(Resource(
         "identity", "wif-pool", config.wif_pool,
         ("iam", "workload-identity-pools", "describe", config.wif_pool, "--location=global", proj),
@@ -293,20 +295,22 @@ def build_plan(config: DeployConfig) -> Plan:
          f"--workload-identity-pool={config.wif_pool}", "--location=global", proj),
         ("iam", "workload-identity-pools", "providers", "create-oidc", config.wif_provider,
          f"--workload-identity-pool={config.wif_pool}", "--location=global",
-         "--issuer-uri=https://token.actions.githubusercontent.com",
-         "--attribute-mapping=google.subject=assertion.sub,attribute.repository=assertion.repository,"
-         "attribute.repository_id=assertion.repository_id,"
-         "attribute.repository_owner=assertion.repository_owner,attribute.ref=assertion.ref",
-         f"--attribute-condition=assertion.repository_id == '{config.github_repository_id}'", proj),
+         f"--issuer-uri={GITHUB_ISSUER}",
+         f"--attribute-mapping={wif.mapping_flag()}",
+         f"--attribute-condition={config.wif_attribute_condition}", proj),
         f"only tokens of {repo} (repository id {config.github_repository_id}, which survives a rename or a "
-        "re-created repository of the same name) are exchanged"))
-    principal_set = (f"principalSet://iam.googleapis.com/projects/{config.number}/locations/global/"
-                     f"workloadIdentityPools/{config.wif_pool}/attribute.repository_id/{config.github_repository_id}")
-    steps.append(Binding(
-        "identity", "service-account", config.pipeline_sa, "roles/iam.workloadIdentityUser", principal_set,
-        ("iam", "service-accounts", "add-iam-policy-binding", config.pipeline_sa, "--role=roles/iam.workloadIdentityUser",
-         f"--member={principal_set}", "--condition=None", proj),
-        f"workflows of {repo} (and nothing else) may act as the pipeline account"))
+        f"re-created repository of the same name) for a push or dispatch of {wif.branch_ref}"
+        + (f" or a tag {wif.tag_prefix}*" if wif.tag_prefix else "")
+        + f" running {', '.join(wif.workflows)} are exchanged; other branches, workflows and pull requests are not"))
+    for value in wif.principal_values():
+        principal_set = (f"principalSet://iam.googleapis.com/projects/{config.number}/locations/global/"
+                         f"workloadIdentityPools/{config.wif_pool}/attribute.release_workflow/{value}")
+        steps.append(Binding(
+            "identity", "service-account", config.pipeline_sa, "roles/iam.workloadIdentityUser", principal_set,
+            ("iam", "service-accounts", "add-iam-policy-binding", config.pipeline_sa,
+             "--role=roles/iam.workloadIdentityUser", f"--member={principal_set}", "--condition=None", proj),
+            f"runs of {value.split(':', 2)[2]} on the release {value.split(':', 2)[1]} of {repo} (and nothing else) "
+            "may act as the pipeline account"))
 
     # -- secrets: created empty; the operator adds the values (never in the repo, never here)
     prod_secrets = prod_secret_names(config.pipeline)
