@@ -17,6 +17,7 @@ from typing import Iterator, Union
 from deploy.config import DeployConfig
 from deploy.firestore import COMPOSITE_INDEXES, TTL_POLICIES
 from deploy.wif import GITHUB_ISSUER
+from shared.domain.build_params import connected_repositories
 from shared.domain.preflight import (
     BASE_ROLES, BUILD_LOG_ROLE, SECRET_ACCESSOR_ROLE, build_secret_names, prod_secret_names,
 )
@@ -60,6 +61,7 @@ PUSH_ACK_DEADLINE_S = 600
 # itself, so no bucket-level grant can exist before it: project, read-only).
 BUILDER_PROJECT_ROLES = ("roles/logging.logWriter", "roles/storage.objectViewer")
 BUILDER_REPOSITORY_ROLE = "roles/artifactregistry.writer"
+READ_TOKEN_ROLE = "roles/cloudbuild.readTokenAccessor"  # builds from a connected (private) repository
 FUNCTIONS_REPOSITORY = "release-functions"  # the functions' images (gcloud functions deploy --docker-repository)
 
 
@@ -409,6 +411,17 @@ def build_plan(config: DeployConfig) -> Plan:
         if secret not in prod_secrets:
             steps.append(_secret_binding(p, secret, SECRET_ACCESSOR_ROLE, pipeline_member,
                                          "builds run as this account and fetch their availableSecrets"))
+
+    for repository in sorted(connected_repositories(config.pipeline)):
+        # repositories.accessReadToken needs cloudbuild.repositories.accessReadToken on the repository;
+        # roles/cloudbuild.readTokenAccessor holds it (with connections.get, repositories.get), on this
+        # connection only. The connection itself is made once by hand (deploy/README.md, "Private source").
+        name = repository.replace("${project}", p)
+        location, connection = name.split("/")[3], name.split("/")[5]
+        steps.append(Binding("bindings", "build-connection", connection, READ_TOKEN_ROLE, pipeline_member,
+                             ("builds", "connections", "add-iam-policy-binding", connection, f"--region={location}",
+                              f"--member={pipeline_member}", f"--role={READ_TOKEN_ROLE}", proj),
+                             f"builds run as this account and fetch {name} through the connection's read token"))
 
     # -- the runtime account: only what the functions call
     for role, why in (

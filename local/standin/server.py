@@ -144,6 +144,15 @@ class StandIn:
         else:
             self._iam.revoke(member, role)
 
+    def connect_repository(self, name: str, local_path: str, readers: tuple[str, ...] = ()) -> None:
+        """A 2nd-gen repository ``projects/P/locations/L/connections/C/repositories/R`` standing for the
+        local git repository ``local_path``; ``readers``: accounts holding accessReadToken on it."""
+        self._builds.connect_repository(name, local_path, readers)
+
+    def mark_private(self, url: str) -> None:
+        """``url`` needs credentials: an anonymous gitSource of it fails at fetch, as on Cloud Build."""
+        self._builds.mark_private(url)
+
     def push_image(self, image: str, digest: str = "") -> str:
         """Record ``LOCATION-docker.pkg.dev/PROJECT/REPO/IMAGE:TAG`` as pushed; returns its
         ``...@sha256:`` uri. The tag moves to this digest, as ``docker push`` moves it."""

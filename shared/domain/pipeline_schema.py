@@ -175,7 +175,8 @@ PARAMS: dict[str, dict[str, Field]] = {
         "record_runtime": Field(boolean),
         # what Cloud Build needs to run the stage for real (shared/domain/build_params.py checks them)
         "source": Field(lambda v: None if v == "git" or isinstance(v, Mapping)
-                        else f"must be 'git' or a mapping with url (and revision, dir), got {v!r}"),
+                        else f"must be 'git' or a mapping with url or connected_repository (and revision, dir), "
+                             f"got {v!r}"),
         "available_secrets": Field(scalar_mapping),
         "service_account": Field(text),
         "logging": Field(text),

@@ -432,3 +432,13 @@ def test_a_github_token_secret_is_read_by_the_approval_requesting_functions_only
     plan = dry_run_json(monkeypatch, {**ENV, "DEPLOY_GITHUB_TOKEN_SECRET": "release-github-token"})
     assert compare_wiring(plan) == ({"dispatch", "dispatch-builds", "sweep"},
                                     [(runtime, "roles/secretmanager.secretAccessor")], 1)
+
+
+def test_the_pipeline_account_reads_the_connected_repository_on_its_connection_only(monkeypatch):
+    """Issue 23: noesis2's builds fetch its private repository through a 2nd-gen connection."""
+    plan = dry_run_json(monkeypatch)
+    grants = [s for s in plan["steps"] if s["type"] == "binding" and s["scope"] == "build-connection"]
+    assert [(g["target"], g["role"], g["member"]) for g in grants] == [
+        ("github", "roles/cloudbuild.readTokenAccessor", sa_member(PIPELINE_SA))]
+    assert grants[0]["command"][:4] == ["builds", "connections", "add-iam-policy-binding", "github"]
+    assert "--region=europe-west3" in grants[0]["command"]
