@@ -232,7 +232,7 @@ def setup_check(config: DeployConfig, repo_root: Path = REPO_ROOT) -> list[Findi
             error(f"DEPLOY_APP_SERVICE_ACCOUNTS: {account!r} is not a service account e-mail address")
     if config.project_number and not PROJECT_NUMBER.match(config.project_number):
         error(f"DEPLOY_PROJECT_NUMBER {config.project_number!r} is not a project number (digits only)")
-    for name in ("cloud_build_endpoint", "cloud_run_endpoint", "iam_endpoint"):
+    for name in ("cloud_build_endpoint", "cloud_run_endpoint", "iam_endpoint", "id_token_url"):
         if getattr(s, name):
             error(f"RELEASE_{name.upper()} is set: on GCP the functions must use the public Google APIs; unset it")
     if not s.artifact_registry:

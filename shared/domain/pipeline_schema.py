@@ -215,6 +215,11 @@ PARAMS: dict[str, dict[str, Field]] = {
         "url": Field(lambda v: None if isinstance(v, str) and v.startswith(("http://", "https://"))
                      else f"must be an http(s) URL, got {v!r}"),
         "revision_tag": Field(text),
+        # A service that requires authentication: GETs carry a Google ID token of the account the
+        # checks run as, audience the service's URL (or ``audience``); deploy/ grants it run.invoker.
+        "auth": Field(one_of("none", "id_token")),
+        "audience": Field(lambda v: None if isinstance(v, str) and v.startswith(("http://", "https://"))
+                          else f"must be an http(s) URL, got {v!r}"),
         # Checks run as scheduled probes (shared/domain/probes.py): bounded by the stage's timeout only.
         "window": Field(duration(MAX_STAGE_TIMEOUT_S)),
         "bake": Field(duration(MAX_STAGE_TIMEOUT_S)),
