@@ -160,6 +160,10 @@ class StandIn:
     def grant_invoker(self, service_id: str, account: str) -> None:
         self._services.invokers.grant(service_id, account)
 
+    def remove_queue(self, name: str) -> None:
+        """Delete a Cloud Tasks queue: CreateTask on it is FAILED_PRECONDITION from now on."""
+        self._tasks.remove_queue(name)
+
     def mark_private(self, url: str) -> None:
         """``url`` needs credentials: an anonymous gitSource of it fails at fetch, as on Cloud Build."""
         self._builds.mark_private(url)
