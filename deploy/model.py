@@ -17,7 +17,7 @@ from typing import Iterator, Union
 from deploy.config import DeployConfig
 from deploy.firestore import COMPOSITE_INDEXES, TTL_POLICIES
 from deploy.wif import GITHUB_ISSUER
-from shared.domain.build_params import connected_repositories
+from shared.domain.build_params import connected_repositories, private_checked_services
 from shared.domain.preflight import (
     BASE_ROLES, BUILD_LOG_ROLE, SECRET_ACCESSOR_ROLE, build_secret_names, prod_secret_names,
 )
@@ -418,7 +418,8 @@ def build_plan(config: DeployConfig) -> Plan:
         # connection only. The connection itself is made once by hand (deploy/README.md, "Private source").
         name = repository.replace("${project}", p)
         location, connection = name.split("/")[3], name.split("/")[5]
-        steps.append(Binding("bindings", "build-connection", connection, READ_TOKEN_ROLE, pipeline_member,
+        steps.append(Binding("bindings", "build-connection", name.rsplit("/repositories/", 1)[0], READ_TOKEN_ROLE,
+                             pipeline_member,
                              ("builds", "connections", "add-iam-policy-binding", connection, f"--region={location}",
                               f"--member={pipeline_member}", f"--role={READ_TOKEN_ROLE}", proj),
                              f"builds run as this account and fetch {name} through the connection's read token"))
@@ -433,6 +434,13 @@ def build_plan(config: DeployConfig) -> Plan:
          "entries and reads Cloud Run's request count and latency series (logEntries.list, timeSeries.list only)"),
     ):
         steps.append(_project_binding(p, role, runtime_member, why))
+    for service in sorted(private_checked_services(config.pipeline)):
+        # the probe function runs as the runtime account; its ID token is admitted only with run.invoker
+        # (https://cloud.google.com/run/docs/securing/managing-access), on the checked service only
+        steps.append(Binding("bindings", "run-service", service, "roles/run.invoker", runtime_member,
+                             ("run", "services", "add-iam-policy-binding", service, f"--region={r}",
+                              f"--member={runtime_member}", "--role=roles/run.invoker", proj),
+                             "checks of this private service send the runtime account's ID token (auth: id_token)"))
     for topic in (s.events_topic, s.updates_topic):
         steps.append(Binding("bindings", "topic", topic, "roles/pubsub.publisher", runtime_member,
                              ("pubsub", "topics", "add-iam-policy-binding", topic, f"--member={runtime_member}",

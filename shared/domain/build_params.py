@@ -103,3 +103,10 @@ def connected_repositories(pipeline) -> set[str]:
         if isinstance(source, Mapping) and source.get("connected_repository"):
             names.add(str(source["connected_repository"]))
     return names
+
+
+def private_checked_services(pipeline) -> set[str]:
+    """Cloud Run services the pipeline's checks call with an ID token (``auth: id_token``): the account
+    the checks run as needs roles/run.invoker on each."""
+    return {str(stage.params["service"]) for stage in pipeline.stages
+            if stage.kind.value == "check" and stage.params.get("auth") == "id_token" and stage.params.get("service")}

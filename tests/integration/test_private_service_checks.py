@@ -9,6 +9,9 @@ import uuid
 import pytest
 import requests
 
+from deploy.config import DeployConfig
+from deploy.iam_policy import policies
+from deploy.model import build_plan
 from local.standin.server import StandIn, StandInConfig
 from local.token_issuer import LocalTokenIssuer
 from shared.adapters.executors import RetryPolicy, build_executors
@@ -57,9 +60,21 @@ def standin(tmp_path_factory, issuer):
                         log_dir=tmp_path_factory.mktemp("private-services"))
     with StandIn(cfg) as running:
         certs = lambda: {issuer.key_id: issuer.certificate.decode()}  # noqa: E731 - Google's keys, locally
-        for service in ("private-web-staging", "private-web"):
-            running.make_service_private(service, (RUNTIME,), certs)  # deploy/: run.invoker for the runtime account
+        for service, roles in invoker_grants().items():
+            invokers = tuple(m.removeprefix("serviceAccount:") for m in roles["roles/run.invoker"])
+            running.make_service_private(service, invokers, certs)
         yield running
+
+
+def invoker_grants() -> dict:
+    """What deploy/'s plan grants on the checked services: run.invoker for the runtime account, nothing else."""
+    config = DeployConfig(settings=Settings(project=PROJECT, region=REGION), pipeline=PIPELINE,
+                          github_repository="acme/app", project_number="123456789012",
+                          app_service_account_list=(f"app@{PROJECT}.iam.gserviceaccount.com",))
+    grants = policies(build_plan(config)).run_services
+    assert grants == {service: {"roles/run.invoker": [f"serviceAccount:{RUNTIME}"]}
+                      for service in ("private-web", "private-web-staging")}
+    return grants
 
 
 @pytest.fixture(scope="module")

@@ -89,3 +89,44 @@ def test_a_repository_no_connection_holds_fails_at_fetch(standin, private_repo, 
     build, finish = run_stage(standin, private_repo, {"connected_repository": f"projects/{PROJECT}/locations/"
                               "europe-west3/connections/github/repositories/other"}, tmp_path / "V", "acme-app-r3")
     assert finish.outcome is Outcome.FAILED and "repositories/other not found" in build.status_detail
+
+
+def test_the_build_account_reads_the_connection_only_with_deploys_grant(tmp_path, monkeypatch, private_repo):
+    """With IAM enforced from deploy/'s plan, the pipeline account's build fetches the connected repository;
+    without roles/cloudbuild.readTokenAccessor on the connection the fetch is denied, naming the permission."""
+    from deploy.config import DeployConfig
+    from deploy.iam_policy import policies
+    from deploy.model import build_plan
+    from local.standin.identity import mint_key
+    from shared.adapters.executors import RetryPolicy, build_executors
+
+    pipeline_sa = f"pipeline@{PROJECT}.iam.gserviceaccount.com"
+    runtime = f"release-runtime@{PROJECT}.iam.gserviceaccount.com"
+    flow = pipeline({"connected_repository": CONNECTED}, tmp_path / "VERSION")
+    config = DeployConfig(settings=Settings(project=PROJECT), pipeline=flow, github_repository="acme/app",
+                          project_number="123456789012", pipeline_sa_id="pipeline",
+                          app_service_account_list=(f"app@{PROJECT}.iam.gserviceaccount.com",))
+    found = policies(build_plan(config))
+    connection = CONNECTED.rsplit("/repositories/", 1)[0]
+    readers = tuple(m.removeprefix("serviceAccount:")
+                    for m in found.connections[connection]["roles/cloudbuild.readTokenAccessor"])
+    assert readers == (pipeline_sa,)
+    keys = tmp_path / "keys"
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(mint_key(keys, runtime)))
+    cfg = StandInConfig(project=PROJECT, project_number="123456789012", log_dir=tmp_path / "logs", key_dir=keys)
+    with StandIn(cfg) as running:
+        running.set_iam_policy(found.project)
+        running.enforce_iam(found.accounts, found.custom_roles)
+        settings = Settings(project=PROJECT, cloud_build_endpoint=running.endpoint, pipeline_service_account=pipeline_sa)
+        executor = build_executors(settings, retry=RetryPolicy(initial_s=0.01, maximum_s=0.05, timeout_s=2))["build"]
+        for granted in (readers, ()):
+            running.connect_repository(CONNECTED, str(private_repo[0]), readers=granted)
+            release = f"acme-app-iam{len(granted)}"
+            command = StartStage(release, "unit", f"{release}.unit.a1", 1, "build",
+                                 {"tag": "v1.0.0", "version": "1.0.0", "commit": private_repo[1], "repo": "acme/app"})
+            build = running.finished_build(executor.start(flow, flow.stage("unit"), command).handle["build_id"])
+            if granted:
+                assert build.status.name == "SUCCESS", build.status_detail
+            else:
+                assert build.status.name == "FAILURE"
+                assert "Permission 'cloudbuild.repositories.accessReadToken' denied" in build.status_detail

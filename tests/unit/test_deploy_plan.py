@@ -439,6 +439,22 @@ def test_the_pipeline_account_reads_the_connected_repository_on_its_connection_o
     plan = dry_run_json(monkeypatch)
     grants = [s for s in plan["steps"] if s["type"] == "binding" and s["scope"] == "build-connection"]
     assert [(g["target"], g["role"], g["member"]) for g in grants] == [
-        ("github", "roles/cloudbuild.readTokenAccessor", sa_member(PIPELINE_SA))]
+        ("projects/acme-release/locations/europe-west3/connections/github", "roles/cloudbuild.readTokenAccessor",
+         sa_member(PIPELINE_SA))]
     assert grants[0]["command"][:4] == ["builds", "connections", "add-iam-policy-binding", "github"]
     assert "--region=europe-west3" in grants[0]["command"]
+
+
+def test_private_checked_services_grant_run_invoker_to_the_runtime_account_only(monkeypatch, tmp_path):
+    """Issue 23: a check with `auth: id_token` sends the probe function's (runtime account's) ID token."""
+    document = yaml.safe_load((REPO_ROOT / "pipelines" / "noesis2.yaml").read_text())
+    for stage in document["stages"]:
+        if stage["id"] == "prod-smoke":
+            stage["params"]["auth"] = "id_token"
+    modified = tmp_path / "noesis2.yaml"
+    modified.write_text(yaml.safe_dump(document))
+    plan = dry_run_json(monkeypatch, ENV, "--pipeline-file", str(modified))
+    grants = [(s["target"], s["role"], s["member"]) for s in plan["steps"]
+              if s["type"] == "binding" and s["role"] == "roles/run.invoker" and s["scope"] == "run-service"]
+    assert grants == [("noesis2-web", "roles/run.invoker", "serviceAccount:release-runtime@acme-release.iam.gserviceaccount.com")]
+    assert not [s for s in dry_run_json(monkeypatch)["steps"] if s["type"] == "binding" and s["scope"] == "run-service"]
