@@ -107,7 +107,10 @@ class WifPolicy:
 
 def evaluate(expression: str, assertion: dict, attribute: dict | None = None):
     """One CEL expression of the provider on a token's claims, as IAM evaluates it (cel-python)."""
-    import celpy  # dev/local dependency: the deploy's --check and the local STS only
+    try:
+        import celpy  # dev/local dependency: the deploy's --check and the local STS only
+    except ImportError:
+        raise ConfigError("the WIF condition is checked with cel-python: pip install -r requirements-dev.txt") from None
 
     environment = celpy.Environment()
     try:
