@@ -18,7 +18,7 @@ CHANGED = {("functions", "deploy"), ("builds", "submit"), ("pubsub", "subscripti
            ("iam", "workload-identity-pools", "providers", "create-oidc"),
            ("iam", "service-accounts", "add-iam-policy-binding"),
            ("artifacts", "repositories", "add-iam-policy-binding"), ("artifacts", "repositories", "create"),
-           ("iam", "roles", "create")}
+           ("iam", "roles", "create"), ("builds", "connections", "add-iam-policy-binding")}
 ENV = {"RELEASE_PROJECT": "acme-release", "RELEASE_BUILD_REGION": "europe-west1",
        "RELEASE_ARTIFACT_REGISTRY": "europe-west3-docker.pkg.dev/acme-release/noesis2",
        "DEPLOY_GITHUB_REPOSITORY": "acme/noesis2", "DEPLOY_GITHUB_REPOSITORY_ID": "1",
