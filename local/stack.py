@@ -67,6 +67,8 @@ class LocalStack:
     reuse_emulators: dict[str, str] | None = None
     # The "GitHub" builds fetch pushed commits from: this checkout, unless a test names a clone.
     source_url: str = ""
+    # RELEASE_COLLECTION_PREFIX: a test sharing the session's emulators keeps its releases apart.
+    collection_prefix: str = ""
     emulators: list[Emulator] = field(default_factory=list)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     urls: dict[str, str] = field(default_factory=dict)  # the plan's function name -> its loopback URL
@@ -197,7 +199,7 @@ class LocalStack:
             artifact_registry=f"{REGION}-docker.pkg.dev/{PROJECT}/sample",
             # The "GitHub" of the local stack: builds fetch the pushed commit from this checkout,
             # unless a test names a clone.
-            source_url=self.source_url or str(REPO_ROOT),
+            source_url=self.source_url or str(REPO_ROOT), collection_prefix=self.collection_prefix,
             smtp_host="127.0.0.1" if self.smtp_port else "", smtp_port=self.smtp_port or 25,
             notify_emails="release-team@example.com", operators=",".join(LOCAL_OPERATORS))
         pipeline = load_pipeline(self.pipeline_file)

@@ -34,6 +34,8 @@ pytestmark = pytest.mark.emulators
 REGISTRY = f"{REGION}-docker.pkg.dev/{PROJECT}/sample"
 PARENT = f"projects/{PROJECT}/locations/{REGION}"
 MIGRATION = "0001_feature_flags.sql"
+# Its own collections: the session's other stacks release the same app (version floor, release lists).
+PREFIX = "images-e2e-"
 RELCTL = Path(sys.executable).parent / "relctl"
 
 
@@ -41,7 +43,7 @@ RELCTL = Path(sys.executable).parent / "relctl"
 def stack(emulators, tmp_path_factory):
     source = two_commits(tmp_path_factory.mktemp("source") / "repo")
     with Mailbox() as mailbox, LocalStack(workdir=tmp_path_factory.mktemp("stack"), smtp_port=mailbox.port,
-                                          source_url=source["url"],
+                                          source_url=source["url"], collection_prefix=PREFIX,
                                           reuse_emulators={"firestore": emulators["firestore"],
                                                            "pubsub": emulators["pubsub"]}) as running:
         running.mailbox = mailbox
@@ -127,7 +129,7 @@ def test_each_stage_runs_its_release_image_and_a_replay_runs_the_older_one(stack
 
     from shared.ui.notes import load_release, render
 
-    store = FirestoreStore(firestore.Client(project=PROJECT), Settings(project=PROJECT))
+    store = FirestoreStore(firestore.Client(project=PROJECT), Settings(project=PROJECT, collection_prefix=PREFIX))
     old_answer = push(stack, stack.source["old"])
     old = wait_for(store, old_answer["release_id"], lambda s: s.status is ReleaseStatus.AWAITING_APPROVAL)
     assert query(stack, "staging", f"SELECT carried FROM migrate_runs WHERE release_id = '{old.release_id}'") == [("",)]
