@@ -81,7 +81,7 @@ def operator(request):
 @functions_framework.http
 def on_approval(request):
     """Signed approval links: GET/HEAD show a confirm page, POST decides."""
-    answer = bootstrap.approvals().handle(request.method, request.args, request.form, request.headers)
+    answer = bootstrap.approval_pages().handle(request.method, request.args, request.form, request.headers)
     return answer.html, answer.status, answer.headers
 
 

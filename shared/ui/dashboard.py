@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 import urllib.parse
 from typing import Any, Mapping
 
+from shared.app.stage_medians import app_record
 from shared.domain.analysis import summary_line
 from shared.domain.errors import PipelineError
 from shared.ui.notes import (
@@ -185,10 +187,6 @@ def stage_detail(stage: Stage, st: StageState, state: ReleaseState, pipeline: Pi
 
 def release_progress(state: ReleaseState, pipeline: Pipeline, apps: Any, now: float | None) -> dict[str, Any]:
     """Elapsed times, the expected end from the app's stage medians, a stall notice (shared/domain/progress.py)."""
-    import time
-
-    from shared.app.stage_medians import app_record
-
     now = time.time() if now is None else now
     record = app_record(apps, state.pipeline_name)
     p = progress(state, pipeline, record.get("stage_medians") or {}, now)

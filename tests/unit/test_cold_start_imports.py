@@ -41,7 +41,7 @@ PATHS = {
     "on_push": ("bootstrap.push_service()", {"firestore"}),
     "dispatch": ("bootstrap.dispatcher()", {"firestore"}),
     "drain_dead_letters": ("bootstrap.dead_letters()", {"firestore"}),
-    "on_approval": ("bootstrap.approvals()", {"firestore", "notifiers"}),
+    "on_approval": ("bootstrap.approval_pages()", {"firestore", "notifiers"}),
     "sweep": ("from shared.app.sweeper import sweep\nbootstrap.store(); bootstrap.executors(); bootstrap.publisher()",
               {"firestore"}),
     "dashboard": ("from shared.ui.dashboard import handle\nbootstrap.store(); bootstrap.app_records()", {"firestore"}),

@@ -34,6 +34,7 @@ from shared.adapters.executors.traffic import (
 from shared.domain.pipeline import Pipeline, Stage
 from shared.app.ports import StageFinish, StartResult
 from shared.domain.state import StageState
+from shared.adapters.executors import default_clients
 
 DEFAULT_CANARY_TAG = "canary"
 
@@ -298,8 +299,6 @@ def rollback(settings: Settings, service: str, to_revision: str | None = None, *
     ``rollback_from_registry`` (the newest older release tag in Artifact Registry)
     first look for a revision running that image, and only then deploy it anew.
     """
-    from shared.adapters.executors import default_clients
-
     clients = clients or default_clients(settings, ("services", "revisions"))
     caller = caller or ApiCaller()
     name = service_path(settings, service)
