@@ -67,6 +67,7 @@ from shared.domain.approval_tokens import Keyring
 from shared.domain.completions import unsigned_reason
 from shared.domain.dead_letters import DeadLetter
 from shared.domain.probes import CHECK_KIND
+from shared.domain.stage_results import build_id_of
 from shared.domain.wake import next_wake
 from shared.domain.state import ReleaseState, StageStatus
 from shared.domain.wire import decode_event, encode
@@ -142,8 +143,8 @@ class Dispatcher:
             return self._unknown_release(event)
         state, _ = got
         st = state.stages.get(event.stage)
-        recorded = st.result.get("build_id") if st is not None else None
-        if (st is None or st.status is not StageStatus.RUNNING or not recorded or recorded != event.result.get("build_id")
+        recorded = build_id_of(st.result) if st is not None else None
+        if (st is None or st.status is not StageStatus.RUNNING or not recorded or recorded != build_id_of(event.result)
                 or not hmac.compare_digest(st.stage_run_id.encode(), event.stage_run_id.encode())):
             return self._apply(event)
         pipeline = self.store.load_pipeline(state.pipeline_digest)

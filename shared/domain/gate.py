@@ -84,6 +84,8 @@ from shared.domain.identity import approval_refusal, normalise
 from shared.domain.pipeline import Pipeline, Stage, StageKind
 from shared.domain.pipeline_order import is_protected
 from shared.domain.progress import succeeded_durations
+from shared.domain.stage_results import (BuildResult, CheckResult, build_id_of, result_of, results_of,
+                                         rolled_back_as_stored)
 from shared.domain.wake import expiry, next_wake
 from shared.domain.state import (
     APPLIED_EVENTS_KEPT,
@@ -175,12 +177,10 @@ def serving_before(deployed: StageState, services: tuple[str, ...]) -> dict[str,
     """Per service, the revision recorded as serving before the FIRST attempt of a deploy that
     recorded one: a replayed deploy after a failed canary must not go back to that canary."""
     found: dict[str, str] = {}
-    attempts = [a.result for a in deployed.history] + [deployed.result]
-    for result in attempts:
-        for target in result.get("revisions") or []:
-            service, before = str(target.get("service", "")), str(target.get("serving_before") or "")
-            if service in services and before and service not in found:
-                found[service] = before
+    for result in results_of(StageKind.DEPLOY, deployed):
+        for target in result.revisions:
+            if target.service in services and target.serving_before and target.service not in found:
+                found[target.service] = target.serving_before
     return found
 
 
@@ -222,7 +222,7 @@ class _Run:
         if not hmac.compare_digest(st.stage_run_id.encode(), event.stage_run_id.encode()):
             # The current run's id ends in its secret: a guessed or older id is not it.
             raise _Refusal(GateOutcome.STALE, f"{event.stage_run_id} is not the current run of {stage.label}")
-        reported, recorded = event.result.get("build_id"), st.result.get("build_id")
+        reported, recorded = build_id_of(event.result), build_id_of(st.result)
         if reported and reported != recorded:
             # A notification counts only for the build this run recorded; before the handle is
             # recorded it cannot be matched, and the executor's own poll decides.
@@ -233,12 +233,12 @@ class _Run:
         if stage.kind is StageKind.APPROVAL:  # never RUNNING today; kept so it can never finish this way
             raise _Refusal(GateOutcome.REFUSED, f"{stage.label} finishes only through a signed approval")
         st.result = {**st.result, **dict(event.result)}
-        bake = event.result.get("bake")
-        early = bake.get("ended_early") if isinstance(bake, dict) else None
-        if isinstance(early, dict):  # the skip probe's verdict (relctl skip-bake): on the timeline either way
+        finished = result_of(stage.kind, event.result)
+        early = finished.bake_ended_early if isinstance(finished, CheckResult) else None
+        if early is not None:  # the skip probe's verdict (relctl skip-bake): on the timeline either way
             passed = event.outcome is Outcome.SUCCEEDED
-            self.record("bake ended early" if passed else "bake not ended early", str(early.get("by", "")), stage.id,
-                        str(early.get("reason", "")) if passed else event.reason)
+            self.record("bake ended early" if passed else "bake not ended early", early.by, stage.id,
+                        early.reason if passed else event.reason)
         if event.outcome is Outcome.SUCCEEDED:
             self.finish(stage, StageStatus.SUCCEEDED)
             self.advance(self.pipeline.index(stage.id) + 1)
@@ -411,13 +411,12 @@ class _Run:
         stage, st = self.known_stage(event.stage)
         if stage.kind is not StageKind.DEPLOY:
             raise _Refusal(GateOutcome.REFUSED, f"{stage.label} is not a deploy stage")
-        done = st.result.get("rolled_back") or []
-        if any(r.get("request") == event.request_id for r in done):
+        if any(r.request == event.request_id for r in result_of(stage.kind, st.result).rolled_back):
             return GateOutcome.IGNORED, f"rollback {event.request_id} is already recorded"
         entry = {"service": event.service, "revision": event.to_revision, "from": event.from_revision,
                  "at": self.now, "by": event.requested_by, "why": event.reason, "manual": True,
                  "request": event.request_id}
-        st.result = {**st.result, "rolled_back": [*done, entry]}
+        st.result = {**st.result, "rolled_back": [*rolled_back_as_stored(st.result), entry]}
         moved = f"{event.service} from {event.from_revision or '?'} to {event.to_revision}"
         self.record("rolled back", event.requested_by, stage.id, moved + (f" ({event.reason})" if event.reason else ""),
                     request=event.request_id)
@@ -558,9 +557,9 @@ class _Run:
     def image_digest(self, before: Stage) -> str:
         """The digest the latest stage before ``before`` reported for the image (build, push)."""
         for earlier in reversed(self.pipeline.stages[: self.pipeline.index(before.id)]):
-            digest = self.state.stages[earlier.id].result.get("digest")
-            if digest:
-                return str(digest)
+            result = result_of(earlier.kind, self.state.stages[earlier.id].result)
+            if isinstance(result, BuildResult) and result.digest:
+                return result.digest
         return ""
 
     def finish(self, stage: Stage, status: StageStatus) -> None:

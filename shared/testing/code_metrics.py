@@ -130,6 +130,40 @@ def circles(found: list[Import], known: set[str] | None = None) -> list[list[str
     return groups
 
 
+# The wire/store modules: the only ones that read a stage result's keys (shared/domain/stage_results.py).
+RESULT_READERS = ("shared.domain.stage_results", "shared.domain.state", "shared.domain.wire",
+                  "shared.adapters.firestore_store")
+
+
+def _is_result(node: ast.AST | None) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == "result"
+
+
+def result_key_reads(root: Path = REPO_ROOT) -> list[str]:
+    """``x.result.get(...)`` and ``x.result[...]`` outside the wire/store modules: a key read of a
+    stage result (a StageState's, or a stage.finished event's, which becomes it)."""
+    found = []
+    for name, path in module_files(root).items():
+        if name in RESULT_READERS or name.startswith("shared.testing"):
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        # Names that hold a result: ``result = st.result``, ``for result in [a.result for a in ...]``.
+        aliases = {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign) and _is_result(node.value)
+                   for t in node.targets if isinstance(t, ast.Name)}
+        aliases |= {node.target.id for node in ast.walk(tree) if isinstance(node, (ast.For, ast.comprehension))
+                    and isinstance(node.target, ast.Name) and isinstance(node.iter, (ast.List, ast.ListComp, ast.BinOp))
+                    and any(_is_result(n) for n in ast.walk(node.iter))}
+        for node in ast.walk(tree):
+            target = None
+            if isinstance(node, ast.Subscript):
+                target = node.value
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+                target = node.func.value
+            if _is_result(target) or (isinstance(target, ast.Name) and target.id in aliases):
+                found.append(f"{name}:{node.lineno}: {ast.unparse(node)[:80]}")
+    return found
+
+
 def longest(root: Path = REPO_ROOT) -> dict[str, object]:
     """The longest module and class under shared/ (lines), the figures the issue's closing note compares."""
     module, module_lines, cls, cls_lines = "", 0, "", 0
@@ -152,6 +186,7 @@ def summary(root: Path = REPO_ROOT) -> dict[str, object]:
     return {
         **longest(root),
         "upward_imports": len(upward(found)),
+        "result_key_reads_outside_the_store": len(result_key_reads(root)),
         "circles": circles(found, set(module_files(root))),
         "imports_inside_functions": len(inside),
         "of_which_our_modules": len([i for i in inside if i.target.split(".")[0] in ("shared", "functions")]),

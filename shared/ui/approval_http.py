@@ -14,14 +14,12 @@ from typing import Any, Mapping, NamedTuple
 
 from shared.app.approvals import ApprovalRefused, ApprovalService, Checked
 from shared.domain.approval_tokens import TokenError
-from shared.domain.pipeline import Stage
-from shared.domain.state import ReleaseState, StageStatus
+from shared.domain.pipeline import Stage, StageKind
+from shared.domain.stage_results import BuildResult, ChaosVerdict, common_result, result_of
+from shared.domain.state import ReleaseState, StageState, StageStatus
 from shared.ui import approval_pages as pages
 from shared.ui.dashboard import stage_detail
 from shared.ui.notes import log_link
-
-
-VERDICT_KEYS = ("passed", "error_rate", "p95_ms", "max_error_rate", "max_p95_ms", "reasons")
 
 
 class HttpAnswer(NamedTuple):
@@ -89,7 +87,7 @@ class ApprovalPages:
         and the link to its log (builds and jobs)."""
         get_pipeline = self.service.get_pipeline
         if get_pipeline is None:
-            return [(stage_id, st.status.value, st.reason[:200], log_link(st.result))
+            return [(stage_id, st.status.value, st.reason[:200], log_link(common_result(st.result)))
                     for stage_id, st in release.stages.items() if st.attempt and stage_id != approval.id]
         pipeline = get_pipeline(release)
         rows = []
@@ -98,22 +96,29 @@ class ApprovalPages:
             if st is None or stage.optional or not st.attempt:
                 continue
             rows.append((f"{stage.number} {stage.name}", st.status.value,
-                         stage_detail(stage, st, release, pipeline)[:300], log_link(st.result)))
+                         stage_detail(stage, st, release, pipeline)[:300], log_link(result_of(stage.kind, st.result))))
         return rows
 
     def _chaos(self, release: ReleaseState) -> dict[str, Any] | None:
         """The optional chaos stage's outcome. The verdict of ``python -m shared.domain.chaos`` reaches
         the stage result through $BUILDER_OUTPUT (events.builder_output spreads its keys there)."""
+        # Without the pipeline, a stage named chaos or one carrying a verdict is taken as the chaos build.
         if self.service.get_pipeline is not None:
-            ids = [s.id for s in self.service.get_pipeline(release).stages if s.optional]
+            kinds = {s.id: s.kind for s in self.service.get_pipeline(release).stages if s.optional}
         else:
-            ids = [sid for sid, st in release.stages.items() if sid == "chaos" or "passed" in st.result]
-        for stage_id in ids:
+            kinds = {sid: StageKind.BUILD for sid, st in release.stages.items()
+                     if sid == "chaos" or _chaos_of(StageKind.BUILD, st) is not None}
+        for stage_id, kind in kinds.items():
             st = release.stages.get(stage_id)
             if st is not None and st.status not in (StageStatus.PENDING, StageStatus.SKIPPED):
-                verdict = {k: st.result[k] for k in VERDICT_KEYS if k in st.result}
-                return {"stage": stage_id, "status": st.status.value, **verdict}
+                chaos = _chaos_of(kind, st)
+                return {"stage": stage_id, "status": st.status.value, **(dict(chaos.stored) if chaos else {})}
         return None
+
+
+def _chaos_of(kind: StageKind, st: StageState) -> ChaosVerdict | None:
+    result = result_of(kind, st.result)
+    return result.chaos if isinstance(result, BuildResult) else None
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:

@@ -89,6 +89,22 @@ def test_the_layer_reader_sees_an_upward_import_a_circle_and_a_function_import(t
     assert [(i.source, i.inside_function) for i in found if i.inside_function] == [("shared.domain.b", "f")]
 
 
+def test_only_the_wire_and_store_modules_read_a_stage_results_keys():
+    """Everyone else reads fields of the types in shared/domain/stage_results.py."""
+    reads = code_metrics.result_key_reads()
+    assert not reads, "key reads of a stage result outside " + ", ".join(code_metrics.RESULT_READERS) + ":\n" + \
+        "\n".join(reads)
+
+
+def test_the_result_reader_sees_a_get_and_a_subscript(tmp_path):
+    (tmp_path / "shared/ui").mkdir(parents=True)
+    (tmp_path / "shared/ui/view.py").write_text(
+        "def f(st):\n    return st.result.get('url'), st.result['tests'], st.other['x']\n"
+        "def g(st):\n    result = st.result\n    return result.get('url')\n"
+        "def h(st):\n    for result in [a.result for a in st.history]:\n        result['x']\n")
+    assert sorted(line.split(":")[1] for line in code_metrics.result_key_reads(tmp_path)) == ["2", "2", "5", "8"]
+
+
 def test_print_the_figures_of_the_closing_note(capsys):
     figures = code_metrics.summary()
     with capsys.disabled():

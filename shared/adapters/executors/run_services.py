@@ -33,6 +33,7 @@ from shared.adapters.executors.traffic import (
 )
 from shared.domain.pipeline import Pipeline, Stage
 from shared.app.ports import StageFinish, StartResult
+from shared.domain.stage_results import revisions_as_stored
 from shared.domain.state import StageState
 from shared.adapters.executors import default_clients
 
@@ -108,7 +109,7 @@ class _ServiceStages:
         return operation.operation.name
 
     def poll(self, pipeline: Pipeline, stage: Stage, state: StageState) -> StageFinish | None:
-        targets = list(state.result.get("revisions") or []) or self._expected_targets(stage, state)
+        targets = revisions_as_stored(state.result) or self._expected_targets(stage, state)
         if not targets:
             return None  # nothing recorded and nothing to derive: the deadline decides
         urls: dict[str, str] = {}
