@@ -19,8 +19,6 @@ import argparse
 import json
 import os
 import sys
-from concurrent.futures import TimeoutError as FutureTimeout
-from importlib.metadata import PackageNotFoundError, version as installed
 
 from shared.domain.errors import DefinitionError, PipelineError
 from shared.ui.cli_context import (positive_int, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE,
@@ -261,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as installed  # 0.1 s of start-up otherwise
+
     try:
         return installed("release-orchestrator")
     except PackageNotFoundError:
@@ -291,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def describe_error(exc: Exception) -> tuple[str, int]:
+    from concurrent.futures import TimeoutError as FutureTimeout  # 0.1 s of start-up otherwise
+
     from google.api_core import exceptions as gexc
     from google.auth import exceptions as auth_exc
 

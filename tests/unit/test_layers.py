@@ -32,6 +32,8 @@ LIBRARIES_ALLOWED_INSIDE_FUNCTIONS = {
 PAIRS_ALLOWED_INSIDE_FUNCTIONS = {
     ("shared.domain.pipeline", "yaml"): COLD_START + ": dispatch reads stored pipelines (JSON); only a pipeline "
                                         "file needs PyYAML",
+    ("shared.ui.cli", "importlib.metadata"): COLD_START + ": 0.1 s of relctl's start-up, for `--version` only",
+    ("shared.ui.cli", "concurrent.futures"): COLD_START + ": 0.1 s of relctl's start-up, for an error's message only",
     ("shared.ui.cli", "shared.adapters.executors.preflight"): COLD_START + ": it imports google.auth, which only "
                                                               "`relctl preflight` needs",
     ("shared.ui.cli_context", "shared.adapters.firestore_store"): COLD_START + ": it imports the Firestore client, "
