@@ -12,7 +12,7 @@ approval, or a check before the deploy it checks, would do exactly that. Refused
 * a traffic change for a service no earlier deploy stage of its environment deployed.
 
 The gate enforces the first rule again at run time, whatever the file says
-(``gate._Run.start``): a protected stage never starts without a valid approval.
+(``gate_flow.start``): a protected stage never starts without a valid approval.
 """
 from __future__ import annotations
 
