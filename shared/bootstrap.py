@@ -279,6 +279,24 @@ def move_traffic_back(service: str, how) -> dict:
 
 
 @functools.cache
+def sweeper():
+    """The sweep function's one call: poll running stages, enforce deadlines, announce stalls."""
+    from shared.app.sweeper import sweep
+
+    # The notifiers are built only when a stall is to be announced (cold start).
+    return functools.partial(sweep, store(), executors(), publisher(), SystemClock(), settings(),
+                             notifier=lazy_notifier())
+
+
+@functools.cache
+def dashboard():
+    """The dashboard function: (method, path, query) -> (status, body, headers)."""
+    from shared.ui.dashboard import handle
+
+    return functools.partial(handle, store=store(), apps=app_records())
+
+
+@functools.cache
 def push_service():
     from shared.app.push import PushService
 

@@ -42,9 +42,9 @@ PATHS = {
     "dispatch": ("bootstrap.dispatcher()", {"firestore"}),
     "drain_dead_letters": ("bootstrap.dead_letters()", {"firestore"}),
     "on_approval": ("bootstrap.approval_pages()", {"firestore", "notifiers"}),
-    "sweep": ("from shared.app.sweeper import sweep\nbootstrap.store(); bootstrap.executors(); bootstrap.publisher()",
+    "sweep": ("bootstrap.sweeper()",
               {"firestore"}),
-    "dashboard": ("from shared.ui.dashboard import handle\nbootstrap.store(); bootstrap.app_records()", {"firestore"}),
+    "dashboard": ("bootstrap.dashboard()", {"firestore"}),
     "probe (a check's round)": ("bootstrap.probe_service(); bootstrap.link_keyring()", set()),
     "operator": ("bootstrap.operator()", {"firestore", "notifiers"}),  # approve / reject by identity
 }
