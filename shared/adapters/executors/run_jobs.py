@@ -24,8 +24,9 @@ from shared.domain.errors import ExecutorError
 from shared.domain.events import Outcome
 from shared.adapters.executors.calls import ApiCaller
 from shared.adapters.executors.substitute import image_digest_of, release_image, substitute, variables_for
-from shared.domain.pipeline import Pipeline, Stage
+from shared.domain.pipeline import Pipeline, Stage, StageKind
 from shared.app.ports import StageFinish, StartResult
+from shared.domain.stage_results import result_of
 from shared.domain.state import StageState
 
 RUN_ID_ENV = "STAGE_RUN_ID"
@@ -196,7 +197,7 @@ class RunJobExecutor:
         return StartResult(handle=handle)
 
     def poll(self, pipeline: Pipeline, stage: Stage, state: StageState) -> StageFinish | None:
-        name = str(state.result.get("execution") or "")
+        name = result_of(StageKind.JOB, state.result).execution
 
         def read():
             if name:
@@ -206,7 +207,7 @@ class RunJobExecutor:
         execution = self.caller.call(f"reading the execution of {state.stage_run_id}", read, stage=stage.id)
         if execution is None:
             return None
-        wanted = str(state.result.get("image") or "")  # recorded by start when the release has a digest
+        wanted = result_of(StageKind.JOB, state.result).image  # recorded by start when the release has a digest
         ran = execution_image(execution, str(stage.params.get("container") or ""))
         if wanted and ran != wanted:
             job = job_name(self.settings, str(stage.params["job"]))
