@@ -53,3 +53,31 @@ def test_locusts_failures_file_agrees_with_its_stats(run):
     stats = reports["locust"][0]
     assert stats.with_name("locust_failures.csv").exists()
     chaos.read_artifact("locust", stats)  # raises if the failures file counts other failures
+
+
+def test_the_sample_pipelines_chaos_steps_judge_what_the_tools_wrote(tmp_path):
+    """pipelines/sample.yaml stage 10a: `sample_ci chaos` loads the pushed image with the tools,
+    `sample_ci chaos-verdict` judges their reports and returns the verdict as step output."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SAMPLE_STACK_DIR": str(tmp_path / "stack"), "BUILDER_OUTPUT": str(tmp_path / "out")}
+    (tmp_path / "stack" / "registry").mkdir(parents=True)
+    (tmp_path / "stack" / "registry" / "credentials").write_text("token")
+
+    def step(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "local.sample_ci", *args], cwd=chaos_tools.ROOT, env=env,
+                              capture_output=True, text=True, timeout=180)
+
+    for command in ("build", "push", "chaos"):
+        assert step(command, "--tag", "v9.9.9").returncode == 0
+    verdict_step = step("chaos-verdict", "--tag", "v9.9.9")
+    verdict = json.loads((tmp_path / "out" / "output").read_text())
+    assert verdict_step.returncode == 0, verdict["reasons"]
+    assert {s["dialect"] for s in verdict["sources"]} == {"JUnit XML", "pytest-json-report", "Locust stats CSV",
+                                                          "Locust --json"}
+    assert len(verdict["sources"]) == 5  # pytest's and Node's JUnit, pytest-json-report, Locust's CSV and --json
+    assert verdict["passed"]
+    assert verdict["decided_by"]["p95_ms"].endswith(("(Locust --json)", "(Locust stats CSV)"))
