@@ -307,6 +307,9 @@ def _chaos_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
                 limits = f" (limits: < {result['max_error_rate']:.2%}, < {result['max_p95_ms']:.0f} ms)"
             out.append(f"- error rate {rate_text}, P95 {p95_text}, passed: {'yes' if result['passed'] else 'no'}{limits}")
             out += [f"- why: {reason}" for reason in result.get("reasons") or []]
+            decided = result.get("decided_by") or {}  # the worst report counts; say which it was
+            out += [f"- {label} from {decided[key]}" for key, label in (("error_rate", "error rate"), ("p95_ms", "P95"))
+                    if isinstance(decided.get(key), str)]
     return ["", "## Chaos smoke", ""] + out if out else []
 
 

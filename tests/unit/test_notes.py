@@ -125,6 +125,15 @@ def test_chaos_verdict_with_error_rate_p95_and_limits():
     assert "- error rate 1.25%, P95 412 ms, passed: yes (limits: < 5.00%, < 800 ms)" in notes
 
 
+def test_chaos_notes_name_the_report_that_decided():
+    state = succeeded_release()
+    state.stages["chaos"].result["decided_by"] = {"error_rate": "reports/locust.json (Locust --json)",
+                                                  "p95_ms": "reports/locust_stats.csv (Locust stats CSV)"}
+    notes = render(state, PIPELINE)
+    assert "- error rate from reports/locust.json (Locust --json)" in notes
+    assert "- P95 from reports/locust_stats.csv (Locust stats CSV)" in notes
+
+
 def test_chaos_not_requested_is_said_so():
     notes = render(succeeded_release(chaos=False), PIPELINE)
     assert "- Chaos smoke: not requested (skipped)" in notes
