@@ -81,12 +81,13 @@ def run_locust(base: str, prefix: Path, users: int = 4, seconds: int = 2) -> dic
     return {"stats": Path(f"{prefix}_stats.csv"), "failures": Path(f"{prefix}_failures.csv"), "json": json_path}
 
 
-def run_pytest(base: str, junit: Path, report: Path) -> int:
-    """The sample app's chaos tests with ``--junitxml`` and ``--json-report``."""
+def run_pytest(base: str, junit: Path, report: Path, extra: tuple[str, ...] = ()) -> int:
+    """The sample app's chaos tests with ``--junitxml`` and ``--json-report`` (and ``extra`` options,
+    e.g. pytest-rerunfailures' ``--reruns 1``)."""
     junit.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(CHAOS / "test_smoke.py"),
-         f"--junitxml={junit}", "--json-report", f"--json-report-file={report}", "--rootdir", str(CHAOS)],
+         f"--junitxml={junit}", "--json-report", f"--json-report-file={report}", "--rootdir", str(CHAOS), *extra],
         env={**os.environ, "CHAOS_BASE_URL": base}, cwd=CHAOS, capture_output=True, timeout=120).returncode
 
 

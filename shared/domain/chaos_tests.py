@@ -6,6 +6,8 @@ JUnit XML dialects read here, each as its tool writes it:
 * Node ``node --test --test-reporter=junit``: ``<testcase>`` directly under ``<testsuites>`` for
   top-level tests, ``describe`` blocks as nested ``<testsuite>`` whose ``tests`` counts its direct
   children (test cases and nested suites).
+* pytest-rerunfailures (``--reruns N``) adds one ``<testcase>`` per attempt, same classname and
+  name, the final one last: a test is counted once, by its last attempt (``tests`` counts tests).
 * Maven Surefire and others: ``tests`` counts every case below; re-runs are ``<rerunFailure>`` /
   ``<flakyFailure>`` children: a case with only flaky ones passed on a re-run, one with a
   ``<failure>`` failed every run.
@@ -13,8 +15,8 @@ The cases are counted, not the suites' totals (``<testsuites>`` may repeat them)
 declares must match its cases, so a corrupted count fails the report instead of being believed.
 
 pytest-json-report (``--json-report``): ``summary`` counts outcomes (passed, failed, error, skipped,
-xfailed, xpassed; ``rerun`` counts extra attempts) that must add up to ``total``, and, when the
-report lists ``tests``, match their outcomes. A plain ``{"requests", "errors", "p95_ms"}`` object
+xfailed, xpassed, and ``rerun`` for a test pytest-rerunfailures passed on a re-run) that must add up
+to ``total`` and, when the report lists ``tests``, match their outcomes. A plain ``{"requests", "errors", "p95_ms"}`` object
 is read as the request counts of a custom load script.
 """
 from __future__ import annotations
@@ -26,7 +28,9 @@ from typing import Any, Mapping
 from shared.domain.chaos_report import ArtifactError, Measurement, count, measurement, number, text_count
 
 FAILED = ("failure", "error")
-OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+# "rerun": pytest-rerunfailures' flaky test, failed first and then passed (one that failed every
+# attempt is "failed"); it counts towards total like any outcome.
+OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "rerun")
 PYTEST_INCOMPLETE = {2: "interrupted", 3: "an internal error", 4: "a usage error"}
 
 
@@ -44,10 +48,19 @@ def _declared(suite: ElementTree.Element, name: str, file: str) -> int | None:
     return None if raw is None else text_count(raw, file, f"<{suite.tag} name={suite.get('name')!r}> {name}")
 
 
+def _final_cases(suite: ElementTree.Element) -> list[ElementTree.Element]:
+    """A suite's cases, one per test: pytest-rerunfailures writes every attempt as its own
+    ``<testcase>`` with the same classname and name, the last attempt's outcome last."""
+    final: dict[tuple[str | None, str | None], ElementTree.Element] = {}
+    for case in suite.findall("testcase"):
+        final[(case.get("classname"), case.get("name"))] = case
+    return list(final.values())
+
+
 def _check_suite(suite: ElementTree.Element, file: str) -> None:
-    cases = suite.findall("testcase")
+    cases = _final_cases(suite)
     nested = suite.findall("testsuite")
-    below = list(suite.iter("testcase"))
+    below = [case for inner in suite.iter() if inner.tag in ("testsuite", "testsuites") for case in _final_cases(inner)]
     where = f"<{suite.tag} name={suite.get('name')!r}>"
     tests = _declared(suite, "tests", file)
     if tests is not None and tests not in {len(below), len(cases) + len(nested)}:
@@ -71,10 +84,11 @@ def parse_junit(text: str, file: str = "junit") -> Measurement:
         raise ArtifactError(f"{file}: not valid JUnit XML ({exc})") from None
     if root.tag not in ("testsuites", "testsuite"):
         raise ArtifactError(f"{file}: root element is <{root.tag}>, expected <testsuites> or <testsuite>")
-    cases = list(root.iter("testcase"))
+    suites = [root, *root.iter("testsuite")]
+    cases = [case for suite in suites for case in _final_cases(suite)]
     if not cases:  # totals without cases cannot be checked against anything
         raise ArtifactError(f"{file}: the JUnit report holds no <testcase>")
-    for suite in [root, *root.iter("testsuite")]:
+    for suite in suites:
         _check_suite(suite, file)
     outcomes = [_case_outcome(case) for case in cases]
     executed = len(outcomes) - outcomes.count("skipped")

@@ -35,6 +35,8 @@ REAL = [
     ("junit", "node_faulty_junit.xml", 12, 1, None, "JUnit XML"),
     ("json", "pytest_healthy_report.json", 22, 0, None, "pytest-json-report"),
     ("json", "pytest_faulty_report.json", 22, 2, None, "pytest-json-report"),
+    ("junit", "pytest_rerun_junit.xml", 22, 0, None, "JUnit XML"),
+    ("json", "pytest_rerun_report.json", 22, 0, None, "pytest-json-report"),
     ("json", "report_plain_pass.json", 1000, 10, 420.5, "JSON request counts"),
 ]
 
@@ -44,6 +46,16 @@ def test_each_real_report_is_read(kind, name, requests, errors, p95, dialect):
     m = chaos.read_artifact(kind, DATA / name)
     assert (m.kind, m.requests, m.errors, m.p95_ms, m.dialect) == (kind, requests, errors, p95, dialect)
     assert m.error_rate == pytest.approx(errors / requests)
+
+
+def test_a_test_re_run_by_pytest_rerunfailures_counts_once_by_its_last_attempt():
+    # Two `/` answers failed, and passed on their re-run: 25 <testcase> elements, 23 tests, 1 skipped.
+    text = (DATA / "pytest_rerun_junit.xml").read_text()
+    assert text.count("<testcase ") == 25 and 'tests="23"' in text
+    assert json.loads((DATA / "pytest_rerun_report.json").read_text())["summary"]["rerun"] == 2
+    for kind, name in (("junit", "pytest_rerun_junit.xml"), ("json", "pytest_rerun_report.json")):
+        m = chaos.read_artifact(kind, DATA / name)
+        assert (m.requests, m.errors) == (22, 0)
 
 
 def test_a_healthy_k6_summary_export_passes():

@@ -33,6 +33,8 @@ FIXTURES = {
     "node_faulty_junit.xml": "junit",
     "pytest_healthy_report.json": "json",
     "pytest_faulty_report.json": "json",
+    "pytest_rerun_junit.xml": "junit",
+    "pytest_rerun_report.json": "json",
 }
 # Limits between the healthy and the faulty runs' figures, so a changed number can flip a verdict.
 LIMITS = (0.05, 15.5)
