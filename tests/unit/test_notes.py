@@ -127,11 +127,12 @@ def test_chaos_verdict_with_error_rate_p95_and_limits():
 
 def test_chaos_notes_name_the_report_that_decided():
     state = succeeded_release()
-    state.stages["chaos"].result["decided_by"] = {"error_rate": "reports/locust.json (Locust --json)",
-                                                  "p95_ms": "reports/locust_stats.csv (Locust stats CSV)"}
+    # Firestore hands a map back in any order; the notes name error rate, then P95.
+    state.stages["chaos"].result["decided_by"] = {"p95_ms": "reports/locust_stats.csv (Locust stats CSV)",
+                                                  "error_rate": "reports/locust.json (Locust --json)"}
     notes = render(state, PIPELINE)
-    assert "- error rate from reports/locust.json (Locust --json)" in notes
-    assert "- P95 from reports/locust_stats.csv (Locust stats CSV)" in notes
+    assert ("- error rate from reports/locust.json (Locust --json)\n"
+            "- P95 from reports/locust_stats.csv (Locust stats CSV)") in notes
 
 
 def test_chaos_not_requested_is_said_so():
