@@ -42,7 +42,7 @@ from shared.domain.chaos_locust import check_failures, parse_locust
 from shared.domain.chaos_report import ArtifactError, Measurement
 from shared.domain.chaos_tests import parse_json_report, parse_junit
 
-__all__ = ["ArtifactError", "Measurement", "PARSERS", "compact", "evaluate", "judge", "main", "read_artifact",
+__all__ = ["ArtifactError", "Measurement", "PARSERS", "compact", "evaluate", "judge", "main", "parse_report", "read_artifact",
            "parse_json_report", "parse_junit", "parse_k6", "parse_locust"]
 
 MAX_OUTPUT_BYTES = 4000  # far below what Cloud Build keeps of a step's $BUILDER_OUTPUT/output ("the first 50KB")
@@ -65,9 +65,21 @@ def _read_text(path: Path, kind: str) -> str:
         raise ArtifactError(f"{path}: {kind} artifact is unreadable ({type(exc).__name__})") from None
 
 
+def parse_report(kind: str, text: str, file: str) -> Measurement:
+    """One report's measurement. The gate fails closed: a shape no parser foresaw is a named
+    failure of that report, never a crash of the verdict step or a pass."""
+    try:
+        return PARSERS[kind](text, file)
+    except ArtifactError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError) as exc:
+        raise ArtifactError(f"{file}: the {kind} report has a shape this gate does not read "
+                            f"({type(exc).__name__})") from None
+
+
 def read_artifact(kind: str, path: str | Path) -> Measurement:
     path = Path(path)
-    result = PARSERS[kind](_read_text(path, kind), str(path))
+    result = parse_report(kind, _read_text(path, kind), str(path))
     if kind == "locust" and path.name.endswith("_stats.csv"):
         failures = path.with_name(path.name.removesuffix("_stats.csv") + "_failures.csv")
         if failures.exists():  # Locust writes both at once; they must count the same failures

@@ -98,9 +98,10 @@ def parse_k6_stream(text: str, file: str = "k6") -> Measurement:
             raise ArtifactError(f"{file}: line {number_} is not a JSON object (a cut or corrupted k6 stream)") from None
         if not isinstance(entry, Mapping) or entry.get("type") not in ("Metric", "Point"):
             raise ArtifactError(f"{file}: line {number_} is neither a k6 Metric nor a Point")
-        if entry["type"] == "Point" and entry.get("metric") in samples:
+        metric = entry.get("metric")
+        if entry["type"] == "Point" and isinstance(metric, str) and metric in samples:
             data = mapping(entry.get("data"), file, f"line {number_} data")
-            samples[entry["metric"]].append(number(data.get("value"), file, f"line {number_} value"))
+            samples[metric].append(number(data.get("value"), file, f"line {number_} value"))
     reqs, failed, durations = samples["http_reqs"], samples["http_req_failed"], samples["http_req_duration"]
     if not failed:
         raise ArtifactError(f"{file}: {NO_HTTP}")

@@ -116,7 +116,7 @@ def parse_json_report(text: str, file: str = "json") -> Measurement:
 def _pytest_json_report(data: Mapping[str, Any], file: str) -> Measurement:
     summary = data["summary"]
     exitcode = data.get("exitcode")
-    if exitcode in PYTEST_INCOMPLETE:
+    if isinstance(exitcode, int) and exitcode in PYTEST_INCOMPLETE:
         raise ArtifactError(f"{file}: pytest stopped with exit code {exitcode} ({PYTEST_INCOMPLETE[exitcode]}); "
                             "the report is incomplete")
     outcomes = {key: count(summary.get(key, 0), file, f"summary.{key}") for key in OUTCOMES}

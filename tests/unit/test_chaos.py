@@ -293,3 +293,17 @@ def test_output_stays_under_four_kilobytes():
     assert len(text.encode()) <= 4000
     data = json.loads(text)
     assert data["passed"] is False and data["reasons"]
+
+
+def test_a_shape_no_parser_foresaw_fails_closed(monkeypatch):
+    # The exitcode of a pytest-json-report given as an object once crashed the step (found by the
+    # property test); whatever a parser did not foresee fails that report instead.
+    monkeypatch.setitem(chaos.PARSERS, "json", lambda text, file: {}["summary"])
+    verdict = chaos.evaluate({**PASSING}, 0.05, 800)
+    assert not verdict["passed"]
+    assert f"{PASSING['json']}: the json report has a shape this gate does not read (KeyError)" in verdict["reasons"]
+
+
+def test_an_exitcode_that_is_not_a_number_is_no_crash(tmp_path):
+    path = edited(tmp_path, "pytest_rerun_report.json", '"exitcode": 0', '"exitcode": {"code": 0}')
+    assert chaos.read_artifact("json", path).requests == 22  # the exit code is only read to refuse 2, 3 and 4

@@ -48,13 +48,13 @@ def judged(kind: str, name: str, text: str) -> tuple[dict, str]:
     """The verdict on ``text`` as if it were the report ``name``; parsers take content and a name,
     so no file is written."""
     try:
-        measurement = chaos.PARSERS[kind](text, name)
+        measurement = chaos.parse_report(kind, text, name)
     except chaos.ArtifactError as exc:
         return chaos.judge([], [str(exc)], *LIMITS), name
     return chaos.judge([measurement], [], *LIMITS), name
 
 
-UNCUT = {name: chaos.PARSERS[kind]((DATA / name).read_text(), name) for name, kind in FIXTURES.items()}
+UNCUT = {name: chaos.parse_report(kind, (DATA / name).read_text(), name) for name, kind in FIXTURES.items()}
 
 
 def assert_same_or_named_failure(kind: str, name: str, text: str) -> None:
