@@ -101,7 +101,21 @@ def _server():
     return httpd
 
 
-def run(hosts: dict[str, str] | None = None) -> Report:
+def _service(url: str):
+    """Cloud Run's GetService for any service of the flow, in the shape the check executor reads
+    (run_v2.Service): served at ``url``, the release's revision (00002) tagged ``canary`` with 10 %
+    beside the stable one (00001) with 90 %, as after the prod canary's traffic stage."""
+    def get_service(name: str, **_):
+        revision = f"{name.rsplit('/', 1)[-1]}-000"
+        return SimpleNamespace(
+            uri=url, latest_ready_revision=f"{name}/revisions/{revision}02",
+            traffic_statuses=[SimpleNamespace(revision=f"{revision}01", percent=90, tag="", uri=url),
+                              SimpleNamespace(revision=f"{revision}02", percent=10, tag="canary", uri=url)])
+    return get_service
+
+
+def run(hosts: dict[str, str] | None = None, quick: bool = False) -> Report:
+    """``quick`` changes nothing: the clock is fake, so the whole release takes seconds."""
     from google.cloud import firestore
 
     from shared.adapters.executors.http_check import HttpCheckExecutor
@@ -139,8 +153,7 @@ def run(hosts: dict[str, str] | None = None) -> Report:
         clock, publisher, scheduler, mail = FakeClock(time.time()), SigningPublisher(FakePublisher(), bench_keyring), FakeProbeScheduler(), Mail()
         approvals = ApprovalService.from_settings(settings, store=approval_store, publisher=publisher, clock=clock,
                                                   releases=store, link_senders=[mail])
-        services = SimpleNamespace(get_service=lambda **_: SimpleNamespace(
-            uri=url, traffic_statuses=[SimpleNamespace(tag="canary", uri=url)]))
+        services = SimpleNamespace(get_service=_service(url))
         executors = {"build": Instant(True), "preflight": Instant(True), "job": Instant(False),
                      "deploy": Instant(False), "traffic": Instant(False),
                      "check": HttpCheckExecutor(settings, services)}
