@@ -135,6 +135,19 @@ def emulator_push_latency(project: str, topic: str, n: int = 20) -> list[float]:
     return [received[k] - sent[k] for k in sent if k in received]
 
 
+def _where(state, standin, t0: float) -> str:
+    """What a release that did not finish got to: its last started stage and that stage's build."""
+    started = [(st.started_at, sid, st) for sid, st in state.stages.items() if st.started_at]
+    if not started:
+        return "no stage started"
+    at, sid, st = max(started)
+    builds = [b for b in standin.builds if f"run-{st.stage_run_id}" in b.tags]
+    ends = ", ".join(f"{b.status.name} at +{b.finish_time.timestamp() - t0:.1f} s" if b.finish_time
+                     else b.status.name for b in builds) or "no build"
+    return (f"{len(started)} stages started, the last {sid} ({st.status.value}) at +{at - t0:.1f} s, "
+            f"its build: {ends}; {len(standin.builds)} builds in all")
+
+
 def run(hosts: dict[str, str] | None = None, quick: bool = False) -> Report:
     releases = QUICK_RELEASES if quick else RELEASES
     from google.cloud import firestore, pubsub_v1
@@ -187,7 +200,8 @@ def run(hosts: dict[str, str] | None = None, quick: bool = False) -> Report:
                             break
                         time.sleep(0.05)
                     if final.status is not ReleaseStatus.SUCCEEDED:
-                        raise RuntimeError(f"release {state.release_id} ended {final.status.value}: see {logs}")
+                        raise RuntimeError(f"release {state.release_id} ended {final.status.value}: "
+                                           f"{_where(final, standin, t0)}; see {logs}")
                     if r == 0:
                         continue
                     totals.append(final.updated_at - t0)
