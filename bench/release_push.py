@@ -250,11 +250,11 @@ print(json.dumps([[r.what, r.value] for r in release_push.run({hosts!r}).rows]))
 """
 
 
-def _figures(rows: list[list[str]] | None, root: Path) -> dict[str, list[float]]:
+def _figures(rows: list[list[str]] | None) -> dict[str, list[float]] | None:
     """Per-release totals (s), the run's median hop and its calibration (ms), read from the rows
-    a run printed (the rows of 3f32399 and of today have the same names)."""
+    a run printed (the rows of 3f32399 and of today have the same names); None: the run failed."""
     if rows is None:
-        raise RuntimeError(f"benchmark 2 failed in {root} (its stderr is above)")
+        return None
 
     def number(value: str) -> float:
         return float(re.match(r"[\d.]+", value).group(0))
@@ -269,8 +269,12 @@ def compare(before: Path, runs: int, hosts: dict[str, str] | None = None) -> Rep
     report = Report()
     with emulators(hosts) as h:
         code = CHILD.format(hosts={"firestore": h["firestore"], "pubsub": h["pubsub"]})
-        sample = lambda root: _figures(in_checkout(root, code, timeout=600), root)  # noqa: E731
+        sample = lambda root: _figures(in_checkout(root, code, timeout=600))  # noqa: E731
         got_before, got_after = alternate(before, REPO_ROOT, sample, runs)
+    failed = {"before": got_before.count(None), "after": got_after.count(None)}
+    got_before, got_after = [g for g in got_before if g], [g for g in got_after if g]
+    if not got_before or not got_after:
+        raise RuntimeError(f"every run failed in one checkout ({failed}); their stderr is above")
 
     def pooled(samples: list[dict], key: str) -> list[float]:
         return [v for s in samples for v in s[key]]
@@ -281,8 +285,8 @@ def compare(before: Path, runs: int, hosts: dict[str, str] | None = None) -> Rep
                f"{median_b:.2f} ({min(totals_b):.2f}-{max(totals_b):.2f}) -> "
                f"{median_a:.2f} ({min(totals_a):.2f}-{max(totals_a):.2f}) s",
                "<= 1.1x before", median_a <= 1.1 * median_b,
-               f"{median_a / median_b:.2f}x; {len(totals_a)} releases each, {runs} alternating runs of "
-               f"{RELEASES - 1} (+1 warm-up)")
+               f"{median_a / median_b:.2f}x; {len(totals_b)} / {len(totals_a)} releases from {runs} alternating "
+               f"runs of {RELEASES - 1} (+1 warm-up); runs that crashed: {failed['before']} / {failed['after']}")
     hop_b, hop_a = statistics.median(pooled(got_before, "hop")), statistics.median(pooled(got_after, "hop"))
     cal = statistics.median(pooled(got_before, "calibration") + pooled(got_after, "calibration"))
     report.add("2 release", "median hop (median of the runs' medians)", f"{hop_b:.0f} -> {hop_a:.0f} ms",
