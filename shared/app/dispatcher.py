@@ -148,7 +148,7 @@ class Dispatcher:
             return self._unknown_release(event)
         batch_id = _batch_starting(got[0], event.stage_run_id, self.clock.now())
         if batch_id:
-            self._wait_for_batch(event.release_id, batch_id)
+            self._wait_for_batch(event.release_id, batch_id, poll_s=0.01)  # one write away: look often
             got = self.store.get(event.release_id)
             if got is None:
                 return self._unknown_release(event)
@@ -397,10 +397,10 @@ class Dispatcher:
             if batch["event_id"] == event_id:
                 self._wait_for_batch(state.release_id, event_id)
 
-    def _wait_for_batch(self, release_id: str, batch_id: str) -> None:
+    def _wait_for_batch(self, release_id: str, batch_id: str, poll_s: float = 0.05) -> None:
         deadline = self.monotonic() + IN_FLIGHT_WAIT_S
         while self.monotonic() < deadline:
-            self.sleep(0.05)
+            self.sleep(poll_s)
             got = self.store.get(release_id)
             if got is None or all(b["event_id"] != batch_id for b in got[0].outbox):
                 return
