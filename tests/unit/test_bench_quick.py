@@ -43,3 +43,22 @@ def test_the_bench_pipelines_pass_the_definition_rules(build):
     assert len(pipeline.stages) == 15
     locked = [s.id for s in pipeline.stages if s.environment in LOCKED_ENVIRONMENTS]
     assert locked == [], "a locked environment would add the locks' work to the dispatcher's figures"
+
+
+def test_another_checkout_is_measured_in_turn_with_this_one(tmp_path):
+    from bench.common import alternate
+
+    order = []
+    before, after = alternate(tmp_path / "b", tmp_path / "a", lambda root: order.append(root.name) or root.name, 3)
+    assert order == ["b", "a", "b", "a", "b", "a"], "one sample of each in turn, so both see the same load"
+    assert (before, after) == (["b"] * 3, ["a"] * 3)
+
+
+def test_a_checkout_run_gives_its_last_printed_line_as_json_or_none_when_it_fails(tmp_path, capsys):
+    from bench.common import in_checkout
+
+    (tmp_path / "marker.py").write_text("WHERE = 'the other checkout'\n")
+    assert in_checkout(tmp_path, "import json, marker; print('noise'); print(json.dumps(marker.WHERE))") == \
+        "the other checkout", "it runs on that checkout's code (its cwd and PYTHONPATH)"
+    assert in_checkout(tmp_path, "raise SystemExit('no such path here')") is None
+    assert "no such path here" in capsys.readouterr().err, "a failed run says why"
