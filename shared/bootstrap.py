@@ -61,7 +61,7 @@ def executors():
 def notifier():
     from shared.adapters.notify import build_notifier
 
-    recipients = tuple(a.strip() for a in settings().notify_emails.split(",") if a.strip())
+    recipients = tuple(a.strip() for a in settings().notify_emails.replace(";", ",").split(",") if a.strip())
     return build_notifier(settings(), recipients=recipients)
 
 
@@ -196,8 +196,19 @@ def probe_service():
     # The store and the executors are wired on first use: a check's probe (most probes) only
     # GETs and schedules, so it never imports the Firestore client or the executors' API
     # clients; a poll reads the pinned pipeline and asks its kind's executor.
-    return ProbeService(_OnFirstUse(store), _OnFirstUse(executors), publisher(), probe_scheduler(), RequestsProber(),
-                        SystemClock(), settings(), analyse=interval_analysis())
+    return ProbeService(_OnFirstUse(store), _OnFirstUse(executors), publisher(), probe_scheduler(),
+                        RequestsProber(id_tokens=id_token_source()), SystemClock(), settings(),
+                        analyse=interval_analysis())
+
+
+def id_token_source():
+    """ID tokens for checks of private services: the metadata server's on GCP, the local issuer's locally."""
+    from shared.adapters.id_token_source import google_id_tokens, local_issuer_id_tokens
+
+    config = settings()
+    if config.id_token_url:
+        return local_issuer_id_tokens(config.id_token_url, config.require("id_token_account"))
+    return google_id_tokens()
 
 
 class _OnFirstUse:

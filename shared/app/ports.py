@@ -122,8 +122,14 @@ class ProbeScheduler(Protocol):
 
 
 class HttpProber(Protocol):
-    def get(self, url: str, timeout_s: float) -> Mapping[str, Any]:
-        """One GET: {"status": int | None, "latency_ms": float | None, "error": str}."""
+    def get(self, url: str, timeout_s: float, audience: str = "") -> Mapping[str, Any]:
+        """One GET: {"status": int | None, "latency_ms": float | None, "error": str}. With an
+        ``audience`` the GET carries a Google ID token for it (a service that requires authentication)."""
+
+
+class IdTokenSource(Protocol):
+    def token(self, audience: str) -> str:
+        """A Google ID token of the account the checks run as, with ``audience``; TransientError if none."""
 
 
 class TokenVerifier(Protocol):
