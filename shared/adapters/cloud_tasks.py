@@ -28,6 +28,8 @@ from shared.app.config import Settings
 from shared.domain.approval_tokens import Keyring
 from shared.domain.errors import ConfigError, TransientError
 from shared.domain.probes import PROBE_SIGNATURE_HEADER, ProbeTask, encode_task
+from shared.adapters.gcp_clients import cloud_tasks
+from shared.adapters.api_calls import ApiCaller, RetryPolicy
 
 CALL_TIMEOUT_S = 10.0
 
@@ -37,13 +39,11 @@ class CloudTasksScheduler:
         self.settings = settings
         self._client = client
         self._keyring = keyring
-        self._caller = caller  # an ApiCaller; made on first use (imported on first use)
+        self._caller = caller  # an ApiCaller; made on first use
 
     @property
     def client(self) -> Any:
-        if self._client is None:  # imported on first use: most invocations schedule nothing
-            from shared.adapters.gcp_clients import cloud_tasks
-
+        if self._client is None:  # built on first use: most invocations schedule nothing
             self._client = cloud_tasks(self.settings)
         return self._client
 
@@ -89,7 +89,5 @@ class CloudTasksScheduler:
     @property
     def caller(self) -> Any:
         if self._caller is None:
-            from shared.adapters.api_calls import ApiCaller, RetryPolicy
-
             self._caller = ApiCaller(RetryPolicy(call_timeout_s=CALL_TIMEOUT_S))
         return self._caller

@@ -237,10 +237,11 @@ PARAMS: dict[str, dict[str, Field]] = {
     },
 }
 
+# Cloud Logging's LogSeverity, in order (google/logging/type/log_severity.proto); the analysis compares positions.
+SEVERITIES = ("DEFAULT", "DEBUG", "INFO", "NOTICE", "WARNING", "ERROR", "CRITICAL", "ALERT", "EMERGENCY")
+
 
 def severity(value: Any) -> str | None:
-    from shared.domain.analysis import SEVERITIES
-
     return None if value in SEVERITIES else f"{value!r} is not a Cloud Logging severity ({', '.join(SEVERITIES)})"
 
 

@@ -17,6 +17,7 @@ from shared.adapters.executors.calls import ApiCaller
 from shared.adapters.executors.substitute import substitute, variables_for
 from shared.domain.pipeline import Pipeline, Stage, parse_duration
 from shared.app.ports import StageFinish, StartResult
+from shared.domain.stage_results import build_id_of
 from shared.domain.state import StageState
 
 STEP_FIELDS = {"name", "entrypoint", "args", "env", "dir", "id", "waitFor", "secretEnv", "timeout", "allowFailure"}
@@ -181,7 +182,7 @@ class CloudBuildExecutor:
         """Fallback for a lost notification: read the build and translate a terminal one."""
         from google.cloud.devtools import cloudbuild_v1
 
-        build_id = str(state.result.get("build_id") or "")
+        build_id = build_id_of(state.result)
 
         def read():
             if build_id:
