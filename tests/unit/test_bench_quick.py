@@ -14,7 +14,7 @@ import pytest
 
 from bench import run_all
 from bench.common import flat_pipeline, mixed_pipeline
-from shared.domain.gate import LOCKED_ENVIRONMENTS
+from shared.domain.gate_run import LOCKED_ENVIRONMENTS
 
 BENCH_DIR = Path(run_all.__file__).parent
 NOT_BENCHMARKS = {"__init__", "common", "run_all"}
