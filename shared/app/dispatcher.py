@@ -136,17 +136,28 @@ class Dispatcher:
     def _confirm_build(self, event: StageFinished) -> Decision:
         """A build notification counts only as what Cloud Build says of the build the stage
         recorded: the build executor's own read of that build decides the outcome and the
-        result. A notification for another run or build, or before the build was recorded,
-        goes to the gate unread, which finds it stale (the poll decides those later)."""
+        result. A notification for another run or build goes to the gate unread, which finds
+        it stale (the poll decides those later).
+
+        A build that ends at once can be notified before the handler that started it has
+        recorded its id (its second write): that handler's batch is still in the outbox. The
+        notification then waits for that write (``_wait_for_batch``, bounded; a retry after)
+        instead of going stale, which would leave the stage to the sweeper's poll a minute later."""
         got = self.store.get(event.release_id)
         if got is None:
             return self._unknown_release(event)
+        batch_id = _batch_starting(got[0], event.stage_run_id, self.clock.now())
+        if batch_id:
+            self._wait_for_batch(event.release_id, batch_id, poll_s=0.01)  # one write away: look often
+            got = self.store.get(event.release_id)
+            if got is None:
+                return self._unknown_release(event)
         state, _ = got
         st = state.stages.get(event.stage)
         recorded = build_id_of(st.result) if st is not None else None
         if (st is None or st.status is not StageStatus.RUNNING or not recorded or recorded != build_id_of(event.result)
                 or not hmac.compare_digest(st.stage_run_id.encode(), event.stage_run_id.encode())):
-            return self._apply(event)
+            return self._apply(event, got)
         pipeline = self.store.load_pipeline(state.pipeline_digest)
         stage = pipeline.stage(event.stage)
         try:
@@ -160,11 +171,14 @@ class Dispatcher:
             return self._refuse_claim(event, f"the notification says build {recorded} {event.outcome.value}; "
                                              f"Cloud Build says {finish.outcome.value}")
         return self._apply(StageFinished(event.id, event.release_id, event.stage, event.stage_run_id, finish.outcome,
-                                         finish.reason, {**dict(finish.result), "build_id": recorded}))
+                                         finish.reason, {**dict(finish.result), "build_id": recorded}), got)
 
-    def _apply(self, event: Event) -> Decision:
-        for _ in range(MAX_CONFLICT_RETRIES):
-            got = self.store.get(event.release_id)
+    def _apply(self, event: Event, got: tuple[ReleaseState, Any] | None = None) -> Decision:
+        """Read, decide, write (conditionally), carry out. ``got``: the release as the caller just
+        read it, decided on without reading it again (a stale write reads it afresh)."""
+        for attempt in range(MAX_CONFLICT_RETRIES):
+            if attempt or got is None:
+                got = self.store.get(event.release_id)
             if got is None:
                 return self._unknown_release(event)
             state, token = got
@@ -365,10 +379,10 @@ class Dispatcher:
             if batch["event_id"] == event_id:
                 self._wait_for_batch(state.release_id, event_id)
 
-    def _wait_for_batch(self, release_id: str, batch_id: str) -> None:
+    def _wait_for_batch(self, release_id: str, batch_id: str, poll_s: float = 0.05) -> None:
         deadline = self.monotonic() + IN_FLIGHT_WAIT_S
         while self.monotonic() < deadline:
-            self.sleep(0.05)
+            self.sleep(poll_s)
             got = self.store.get(release_id)
             if got is None or all(b["event_id"] != batch_id for b in got[0].outbox):
                 return
@@ -446,3 +460,13 @@ COMMAND_HANDLERS: dict[type, Callable[[Dispatcher, _Batch, Any], None]] = {
     EndBakeEarly: _end_bake_early,
     RecordDurations: _record_durations,
 }
+
+
+def _batch_starting(state: ReleaseState, stage_run_id: str, now: float) -> str:
+    """The batch whose handler is starting ``stage_run_id`` and has not recorded its handle yet
+    ("" if none; a batch whose lease ran out has no handler left to wait for: it is recovered)."""
+    for batch in state.outbox:
+        if batch["lease_until"] > now and any(isinstance(c, StartStage) and hmac.compare_digest(c.stage_run_id.encode(), stage_run_id.encode())
+               for c in map(command_from_dict, batch["commands"])):
+            return batch["event_id"]
+    return ""
