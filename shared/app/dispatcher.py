@@ -61,8 +61,10 @@ from shared.app.ports import (
     OperatorRequestLog,
     ProbeScheduler,
     ReleaseStore,
+    RevisionHistories,
     StageExecutor,
 )
+from shared.app.revision_log import record_batch
 from shared.app.probing import follow
 from shared.domain.approval_tokens import Keyring
 from shared.domain.completions import unsigned_reason
@@ -102,6 +104,9 @@ class Dispatcher:
     # The link keys: a stage.finished on the events topic counts only when signed with one of
     # them (shared/domain/completions.py). None refuses every such completion (fails closed).
     completion_keys: Keyring | None = None
+    # One revision history per Cloud Run service (shared/app/revision_log.py): what each batch
+    # deployed, moved, rolled back, and the verdicts of ended releases. None records nothing.
+    histories: RevisionHistories | None = None
 
     # -- entry ----------------------------------------------------------------
     def handle_message(self, event_id: str, attributes: Mapping[str, str], data: bytes) -> Decision:
@@ -244,6 +249,8 @@ class Dispatcher:
     ) -> None:
         handles: dict[str, dict[str, Any]] = {}
         changes = self._execute(pipeline, state, commands, handles)
+        if self.histories is not None:
+            record_batch(self.histories, pipeline, state, commands, handles, self.clock.now())
         self._complete(state, token, batch_id, handles, changes)
 
     def _execute(self, pipeline: Pipeline, state: ReleaseState, commands: tuple[Command, ...],

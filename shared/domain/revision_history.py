@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Iterable, Mapping
 
-from shared.domain.errors import PipelineError
+from shared.domain.errors import ExecutorError
 
 MOVES_KEPT = 200  # Firestore: one document per service; 200 moves stay far below 1 MiB
 REVISIONS_KEPT = 300
@@ -38,7 +38,7 @@ VERDICT_TEXT = {Verdict.PENDING: "release in flight", Verdict.COMPLETED: "comple
                 Verdict.NEVER_SERVED: "never served"}
 
 
-class RollbackRefused(PipelineError):
+class RollbackRefused(ExecutorError):
     """A rollback the history says no to: a no-op, or a target that never completed a release."""
 
 
