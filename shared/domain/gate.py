@@ -367,6 +367,8 @@ class _Run:
         Cloud Build or Cloud Run ends on its own; its completion finds the release terminal."""
         state = self.state
         why = f"cancelled by {event.requested_by}" + (f": {event.reason}" if event.reason else "")
+        # A deploy still rolling out has already put its canary on the service: rolled back too.
+        rolling = {s.id for s in self.pipeline.stages if state.stages[s.id].status is StageStatus.RUNNING}
         for stage in self.pipeline.stages:
             st = state.stages[stage.id]
             if st.status in (StageStatus.RUNNING, StageStatus.WAITING):
@@ -378,7 +380,7 @@ class _Run:
             for stage in reversed(self.pipeline.stages):
                 st = state.stages[stage.id]
                 if (stage.kind is StageKind.DEPLOY and stage.environment == "prod"
-                        and st.status is StageStatus.SUCCEEDED):
+                        and (st.status is StageStatus.SUCCEEDED or stage.id in rolling)):
                     self.roll_back(stage, f"cancelled: {why}")
         state.stopped_at_stage = state.stopped_at_stage or next(
             (s.id for s in self.pipeline.stages if state.stages[s.id].reason == why), "")
@@ -425,7 +427,23 @@ class _Run:
                     f"{self.title()}: {event.requested_by} rolled back {moved} by hand"
                     + (f": {event.reason}" if event.reason else "") + f". All traffic of {event.service} now goes "
                     f"to {event.to_revision}.")
+        if self.state.status in (ReleaseStatus.RUNNING, ReleaseStatus.AWAITING_APPROVAL):
+            self.stop_rolled_back(event.requested_by, moved)
         return GateOutcome.APPLIED, f"rolled back {moved}"
+
+    def stop_rolled_back(self, by: str, moved: str) -> None:
+        """An operator took the traffic away from a release still in flight: it stops there (a replay
+        resumes it), or its next traffic stage would hand its canary everything again."""
+        state = self.state
+        why = f"rolled back by hand by {by}: {moved}"
+        for stage in self.pipeline.stages:
+            st = state.stages[stage.id]
+            if st.status in (StageStatus.RUNNING, StageStatus.WAITING):
+                st.reason = why
+                self.finish(stage, StageStatus.FAILED)
+                state.stopped_at_stage = stage.id
+        state.status, state.reason = ReleaseStatus.STOPPED, why
+        self.release_locks()
 
     def on_superseded(self, event: Superseded) -> tuple[GateOutcome, str]:
         state = self.state

@@ -255,7 +255,8 @@ class DeployExecutor(_ServiceStages):
                 parent=name.rsplit("/services/", 1)[0], service=fresh, service_id=service_id,
                 retry=None, timeout=self.caller.timeout,
             )
-            return {**target, "percent": 100, "operation": operation.operation.name, "created": True}
+            return {**target, "percent": 100, "operation": operation.operation.name, "created": True,
+                    "before": [], "after": [{"revision": revision, "percent": 100}]}
         if service.template.revision == revision or self._revision_exists(f"{name}/revisions/{revision}"):
             return {**target, "percent": _served(service, revision, percent), "reused": True}
         before = current_split(service)
