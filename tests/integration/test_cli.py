@@ -441,57 +441,115 @@ def rollback_cli(cli, emulators, unique_prefix, token_issuer, standin, tmp_path)
         yield RollbackCli()
 
 
-def test_rollback_moves_traffic_back_to_the_last_tagged_revision(rollback_cli, standin):
-    from shared.app.config import Settings
+def histories_of(unique_prefix):
+    """The operator function's revision histories (the same emulator and prefix)."""
+    from google.cloud import firestore
 
-    settings = Settings(project="local-project", region="europe-west3", cloud_run_endpoint=standin.endpoint)
-    first, second = deploy(settings, "1.0.0", "aaaaaaa"), deploy(settings, "1.1.0", "bbbbbbb")
-    code, out, err = rollback_cli.run("rollback", "cli-web")
+    from shared.adapters.firestore_revision_history import FirestoreRevisionHistories
+
+    return FirestoreRevisionHistories(firestore.Client(project="local-project"),
+                                      Settings(project="local-project", collection_prefix=unique_prefix))
+
+
+def verdicts(unique_prefix, service, **by_revision):
+    """Record in the service's history how each named revision's release ended."""
+    from shared.domain.revision_history import RevisionRecord, Verdict
+
+    def change(h):
+        for name, verdict in by_revision.items():
+            h = h.with_revision(RevisionRecord(name, "rel-" + name[-4:])).with_verdict(name, Verdict(verdict))
+        return h
+    histories_of(unique_prefix).change(service, change)
+
+
+def standin_settings(standin):
+    return Settings(project="local-project", region="europe-west3", cloud_run_endpoint=standin.endpoint)
+
+
+def test_rollback_goes_to_the_newest_revision_that_completed_a_release(rollback_cli, standin, unique_prefix):
+    """Why: a plain rollback took the newest earlier revision even when that one had failed its canary."""
+    settings = standin_settings(standin)
+    first, failed, second = (deploy(settings, "1.0.0", "aaaaaaa"), deploy(settings, "1.0.5", "abababa"),
+                             deploy(settings, "1.1.0", "bbbbbbb"))
+    verdicts(unique_prefix, "cli-web", **{first: "completed", failed: "failed", second: "completed"})
+    code, out, err = rollback_cli.run("rollback", "cli-web", "--reason", "slow pages", "--yes")
     assert code == 0, err
     assert f"rolled back cli-web: 100 % to {first} (version 1-0-0, commit aaaaaaa), was {second}" in out
     assert "by ops-user@example.com; no recent release deployed cli-web" in out
     web = next(s for s in standin.services if s.name.endswith("/services/cli-web"))
     assert {t.revision: t.percent for t in web.traffic} == {first: 100}
-    code, out, err = rollback_cli.run("rollback", "cli-web", "--to-revision", "cli-web-nonexistent")
+    (move,) = histories_of(unique_prefix).read("cli-web").moves
+    assert (move.before, move.after, move.by, move.why) == (((second, 100),), ((first, 100),),
+                                                            "ops-user@example.com", "slow pages")
+    code, out, err = rollback_cli.run("rollback", "cli-web", "--to-revision", "cli-web-nonexistent", "--force",
+                                      "--reason", "x", "--yes")
     assert code == 1
     assert_one_line_error(err, "revision cli-web-nonexistent of cli-web does not exist")
 
 
-def test_rollback_refuses_a_revision_that_failed_its_checks_unless_forced(rollback_cli, standin):
-    """Why: `relctl rollback` reported success and left prod on a canary that had failed its checks."""
-    from shared.app.config import Settings
-
-    settings = Settings(project="local-project", region="europe-west3", cloud_run_endpoint=standin.endpoint)
-    canary, good = deploy(settings, "2.0.0", "ccccccc"), deploy(settings, "2.0.1", "ddddddd")
-    rig = rollback_cli.rig
-    rid = rig.new_release(uuid.uuid4().hex[:16], version="2.0.0")
-    state, token = rig.store.get(rid)
-    state.stages["prod-deploy"].result = {"rolled_back": [
-        {"service": "cli-web", "from": canary, "revision": good, "at": 0, "by": "the gate",
-         "why": "stage 'prod-smoke' failed: 500"}]}
-    rig.store.update(state, token)
-    code, _, err = rollback_cli.run("rollback", "cli-web", "--to-revision", canary)
+def test_rollback_refuses_a_revision_that_failed_its_canary_unless_forced(rollback_cli, standin, unique_prefix):
+    """Why: `relctl rollback` sent all traffic to a canary that had failed its checks without --force,
+    and refused a revision whose release had succeeded as "failed its checks"."""
+    settings = standin_settings(standin)
+    good, canary, newest = (deploy(settings, "2.0.0", "ccccccc"), deploy(settings, "2.0.1", "ddddddd"),
+                            deploy(settings, "2.0.2", "e0e0e0e"))
+    verdicts(unique_prefix, "cli-web", **{good: "completed", canary: "failed", newest: "completed"})
+    code, _, err = rollback_cli.run("rollback", "cli-web", "--to-revision", canary, "--reason", "x", "--yes")
     assert code == 1, (_, err)
-    assert_one_line_error(err, f"revision {canary} failed its checks", "--force")
+    assert_one_line_error(err, f"revision {canary} of cli-web never completed a release (failed a canary)",
+                          "--force")
     web = next(s for s in standin.services if s.name.endswith("/services/cli-web"))
     assert {t.revision: t.percent for t in web.traffic if t.percent}.get(canary) is None
-    code, out, err = rollback_cli.run("rollback", "cli-web", "--to-revision", canary, "--force")
-    assert code == 0 and f"100 % to {canary}" in out, err
+    code, out, err = rollback_cli.run("rollback", "cli-web", "--to-revision", good, "--reason", "x", "--yes")
+    assert code == 0 and f"100 % to {good}" in out, err
+    code, out, err = rollback_cli.run("rollback", "cli-web", "--to-revision", canary, "--force", "--reason",
+                                      "its fix is there", "--yes")
+    assert code == 0 and f"100 % to {canary}" in out and "FORCED" in out, err
+    assert histories_of(unique_prefix).read("cli-web").moves[-1].forced
 
 
-def test_a_rollback_by_hand_is_recorded_on_the_release_that_deployed_the_service(rollback_cli, standin):
+def test_a_rollback_is_guarded_reason_confirmation_and_no_op(rollback_cli, standin, unique_prefix):
+    """Why: `relctl rollback sample-web` (no reason, no prompt) moved 100 % of prod at once, and run
+    again it reported a rollback "to X ... was X", a no-op shown as an action."""
+    settings = standin_settings(standin)
+    old, new = deploy(settings, "4.0.0", "1111111"), deploy(settings, "4.1.0", "2222222")
+    verdicts(unique_prefix, "cli-web", **{old: "completed", new: "completed"})
+
+    def serving():
+        web = next(s for s in standin.services if s.name.endswith("/services/cli-web"))
+        return {t.revision: t.percent for t in web.traffic if t.percent}
+
+    code, out, err = rollback_cli.run("rollback", "cli-web")
+    assert code == 2 and "--reason" in err and serving() == {new: 100}, err
+    code, out, err = rollback_cli.run("rollback", "cli-web", "--reason", " ")
+    assert code == 2 and "needs --reason" in err and serving() == {new: 100}, err
+    # No --yes and no terminal (stdin is a pipe here): shows what would move, then refuses to act.
+    code, out, err = rollback_cli.run("rollback", "cli-web", "--reason", "slow")
+    assert code == 1 and serving() == {new: 100}, (out, err)
+    assert f"cli-web serves now: {new} 100 %" in out and f"rollback sends 100 % to: {old}" in out
+    assert_one_line_error(err, "not confirmed", "--yes")
+    assert histories_of(unique_prefix).read("cli-web").moves == ()
+    code, out, err = rollback_cli.run("rollback", "cli-web", "--to-revision", old, "--reason", "slow", "--yes")
+    assert code == 0 and serving() == {old: 100}, err
+    code, out, err = rollback_cli.run("rollback", "cli-web", "--to-revision", old, "--reason", "slow", "--yes")
+    assert code == 1 and serving() == {old: 100}
+    assert_one_line_error(err, f"cli-web already sends 100 % of its traffic to {old}; nothing to roll back")
+    assert len(histories_of(unique_prefix).read("cli-web").moves) == 1
+
+
+def test_a_rollback_by_hand_is_recorded_on_the_release_that_deployed_the_service(rollback_cli, standin,
+                                                                                  unique_prefix):
     """Why: a manual rollback moved traffic with the operator's own credentials and recorded nothing."""
-    from shared.app.config import Settings
-
-    settings = Settings(project="local-project", region="europe-west3", cloud_run_endpoint=standin.endpoint)
+    settings = standin_settings(standin)
     old, new = deploy(settings, "3.0.0", "eeeeeee"), deploy(settings, "3.1.0", "fffffff")
+    verdicts(unique_prefix, "cli-web", **{old: "completed", new: "completed"})
     rig = rollback_cli.rig
     rid = finished_release(rig)
     state, token = rig.store.get(rid)
     state.stages["prod-deploy"].result = {**state.stages["prod-deploy"].result,
                                           "revisions": [{"service": "cli-web", "revision": new}]}
     rig.store.update(state, token)
-    code, out, err = rollback_cli.run("rollback", "cli-web", "--to-revision", old, "--reason", "pages slow")
+    code, out, err = rollback_cli.run("rollback", "cli-web", "--to-revision", old, "--reason", "pages slow", "--yes")
     assert code == 0, err
     assert f"recorded on release {rid} (stage prod-deploy)" in out
     (message,) = rollback_cli.pull()

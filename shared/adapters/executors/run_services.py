@@ -371,7 +371,7 @@ def rollback(settings: Settings, service: str, to_revision: str | None = None, *
             raise ExecutorError(f"revision {choice.revision} of {service} does not exist") from None
         answer = {
             "service": service, "revision": choice.revision, "forced": choice.forced,
-            "from": ", ".join(f"{r} ({p} %)" for r, p in serving if r != choice.revision),
+            "from": ", ".join(r for r, _ in sorted(serving, key=lambda t: -t[1]) if r != choice.revision),
             "before": split_record(before), "after": [{"revision": choice.revision, "percent": 100}],
             "version": chosen.labels.get("version", ""), "commit": chosen.labels.get("commit", ""),
             "verdict": (history.revision(choice.revision).verdict.value
