@@ -24,6 +24,7 @@ from shared.domain.commands import (
     AcquireLock,
     Command,
     EndBakeEarly,
+    FollowRollback,
     NoticeKind,
     Notify,
     RecordDurations,
@@ -69,7 +70,7 @@ from shared.app.probing import follow
 from shared.domain.approval_tokens import Keyring
 from shared.domain.completions import unsigned_reason
 from shared.domain.dead_letters import DeadLetter
-from shared.domain.probes import CHECK_KIND
+from shared.domain.probes import CHECK_KIND, ROLLBACK_FOLLOW_S, ROLLBACK_KIND
 from shared.domain.wake import next_wake
 from shared.domain.state import ReleaseState, StageStatus
 from shared.domain.wire import decode_event, encode
@@ -274,6 +275,8 @@ class Dispatcher:
                 self.locks.release(state.pipeline_name, command.environment, command.release_id)
             elif isinstance(command, RollBack):
                 handles[command.stage] = {"stage_run_id": command.stage_run_id, **self._roll_back(command)}
+            elif isinstance(command, FollowRollback):
+                self._follow_rollback(state, command)
             elif isinstance(command, EndBakeEarly):
                 self._end_bake_early(pipeline, state, command)
             elif isinstance(command, RecordDurations):
@@ -331,6 +334,20 @@ class Dispatcher:
         except ExecutorError as exc:  # the probe was refused (e.g. no cloudtasks.tasks.create): nothing follows it
             log.warning("%s", exc)
             self._publish_finish(command, Outcome.FAILED, f"the stage cannot be followed: {exc}", {})
+
+    def _follow_rollback(self, state: ReleaseState, command: FollowRollback) -> None:
+        """Probes follow a rollback by hand's rollout like any other (idempotent by task id)."""
+        if self.probes is None:
+            return
+        target = {"service": command.service, "revision": command.revision, "percent": 100,
+                  "operation": command.operation}
+        try:
+            follow(self.probes, release_id=command.release_id, stage=command.stage,
+                   stage_run_id=f"rollback.{command.request_id}", kind=ROLLBACK_KIND,
+                   pipeline_digest=state.pipeline_digest, timeout_s=ROLLBACK_FOLLOW_S,
+                   handle={"revisions": [target], "landed": dict(command.landed)}, now=self.clock.now())
+        except ExecutorError as exc:
+            log.warning("rollback %s cannot be followed: %s", command.request_id, exc)
 
     def _end_bake_early(self, pipeline: Pipeline, state: ReleaseState, command: EndBakeEarly) -> None:
         """The skip probe, at once (idempotent by its task id); its finish decides through the gate."""

@@ -74,9 +74,11 @@ def register_rollback(service: OperatorService, store: ReleaseStore, publisher: 
         answer = {**moved, "recorded_on": "", "stage": ""}
         if found is not None:
             state, stage = found
+            # A rollout still running is recorded as done only when the probes see it end.
             answer["message_id"] = publisher.publish(events_topic, RolledBack(
                 "", state.release_id, stage, name, str(moved.get("from") or ""), str(moved.get("revision") or ""),
-                caller.email, reason.strip()[:500], caller.request_id))
+                caller.email, reason.strip()[:500], caller.request_id, str(moved.get("operation") or ""),
+                landed=bool(moved.get("done"))))
             answer.update(recorded_on=state.release_id, stage=stage)
         return answer
 

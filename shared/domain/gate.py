@@ -55,6 +55,7 @@ from shared.domain.commands import (
     AcquireLock,
     Command,
     EndBakeEarly,
+    FollowRollback,
     NoticeKind,
     Notify,
     RecordDurations,
@@ -81,6 +82,7 @@ from shared.domain.events import (
     stage_run_id,
 )
 from shared.domain.identity import approval_refusal, normalise
+from shared.domain.wire import to_payload
 from shared.domain.pipeline import Pipeline, Stage, StageKind
 from shared.domain.pipeline_order import is_protected
 from shared.domain.progress import succeeded_durations
@@ -416,6 +418,13 @@ class _Run:
         done = st.result.get("rolled_back") or []
         if any(r.get("request") == event.request_id for r in done):
             return GateOutcome.IGNORED, f"rollback {event.request_id} is already recorded"
+        if not event.landed:  # the rollout runs on: recorded as done only when the probes see it end
+            self.record("rollback rolling out", event.requested_by, stage.id,
+                        f"{event.service} to {event.to_revision} (operation {event.operation})", request=event.request_id)
+            landed = {**to_payload(event), "landed": True}
+            self.commands.append(FollowRollback(self.state.release_id, stage.id, event.service, event.to_revision,
+                                                event.operation, event.request_id, landed))
+            return GateOutcome.APPLIED, f"following the rollout of rollback {event.request_id}"
         entry = {"service": event.service, "revision": event.to_revision, "from": event.from_revision,
                  "at": self.now, "by": event.requested_by, "why": event.reason, "manual": True,
                  "request": event.request_id}

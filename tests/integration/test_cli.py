@@ -379,11 +379,12 @@ def standin(tmp_path_factory):
                            local_images=frozenset(), log_dir=tmp_path_factory.mktemp("standin-cli-logs"))
     with StandIn(config) as running:
         running.set_outcome("service", "cli-web-", "SUCCESS")
+        running.set_outcome("service", "cli-slow-", "SUCCESS")
         yield running
 
 
-def deploy(settings, version, commit):
-    """A tagged revision of cli-web through the real deploy executor; returns its name."""
+def deploy(settings, version, commit, service="cli-web"):
+    """A tagged revision of ``service`` through the real deploy executor; returns its name."""
     from shared.domain.commands import StartStage
     from shared.adapters.executors import RetryPolicy, build_executors
     from shared.domain.pipeline import parse_pipeline
@@ -392,7 +393,7 @@ def deploy(settings, version, commit):
         {"id": "approval", "kind": "approval", "environment": "prod", "timeout": "1h",
          "params": {"approvers": ["boss@example.com"]}},
         {"id": "prod-deploy", "kind": "deploy", "environment": "prod", "timeout": "5m",
-         "params": {"services": ["cli-web"], "traffic_percent": 100}}]})
+         "params": {"services": [service], "traffic_percent": 100}}]})
     executor = build_executors(settings, retry=RetryPolicy(timeout_s=1, call_timeout_s=5))["deploy"]
     run_id = f"rel-{commit}.prod-deploy.a1"
     command = StartStage(f"rel-{commit}", "prod-deploy", run_id, 1, "deploy",
@@ -571,6 +572,65 @@ def test_a_rollback_by_hand_is_recorded_on_the_release_that_deployed_the_service
     forged = RolledBack(uuid.uuid4().hex, rid, "prod-deploy", "cli-web", old, new, "mallory@example.com", "x",
                         "no-such-request")
     assert rig.dispatcher.handle(forged).outcome.value != "applied"
+
+
+ROLLOUT_DELAY_S = float(os.environ.get("ROLLBACK_ROLLOUT_DELAY_S", "61"))  # past the operator function's 60 s
+
+
+def test_a_rollback_whose_rollout_takes_minutes_answers_at_once_and_lands_when_it_ends(rollback_cli, standin,
+                                                                                      unique_prefix):
+    """Why: a rollback that had to wait for its rollout waited up to 300 s inside the operator function,
+    whose timeout is 60 s. Now it answers with the operation; probes follow the rollout like any other,
+    and the move reaches the timeline when the rollout ends."""
+    from shared.adapters.executors import build_executors
+    from shared.app.probing import ProbeService
+    from shared.domain.wire import from_payload
+    from shared.testing.fakes import FakeProbeScheduler, FakePublisher
+    from shared.testing.probe_runner import run_due
+
+    settings = standin_settings(standin)
+    old, new = deploy(settings, "5.0.0", "5555555", "cli-slow"), deploy(settings, "5.1.0", "5656565", "cli-slow")
+    verdicts(unique_prefix, "cli-slow", **{old: "completed", new: "completed"})
+    rig = rollback_cli.rig
+    rid = finished_release(rig)
+    state, token = rig.store.get(rid)
+    state.stages["prod-deploy"].result = {**state.stages["prod-deploy"].result,
+                                          "revisions": [{"service": "cli-slow", "revision": new}]}
+    rig.store.update(state, token)
+    rig.dispatcher.probes = scheduler = FakeProbeScheduler()
+    standin.delay_rollouts("cli-slow", ROLLOUT_DELAY_S)
+
+    started = time.monotonic()
+    code, out, err = rollback_cli.run("rollback", "cli-slow", "--to-revision", old, "--reason", "slow", "--yes")
+    answered = time.monotonic() - started
+    assert code == 0, err
+    assert answered < 5, f"relctl rollback took {answered:.1f}s"
+    assert re.search(rf"100 % to {old} .*; operation \S+/operations/\S+; by ops-user@example.com; recorded on "
+                     rf"release {rid}", out), out
+    (message,) = rollback_cli.pull()
+    decision = rig.dispatcher.handle_message(message.message_id, dict(message.attributes), message.data)
+    assert decision.outcome.value == "applied", decision.reason
+    now = rig.state(rid)
+    assert now.timeline[-1]["kind"] == "rollback rolling out" and not now.stages["prod-deploy"].result.get(
+        "rolled_back"), now.timeline[-1]
+
+    probes = ProbeService(rig.store, build_executors(settings, retry=RetryPolicy(timeout_s=1, call_timeout_s=5)),
+                          FakePublisher(), scheduler, None, rig.clock, settings)
+    landed = None
+    while landed is None and time.monotonic() - started < ROLLOUT_DELAY_S + 30:
+        run_due(probes, scheduler, float("inf"))
+        found = probes.publisher.of_type("release.rolled_back")
+        landed = found[0] if found else None
+        if landed is None:
+            time.sleep(1)
+    ended = time.monotonic() - started
+    assert landed is not None, "the rollout never ended"
+    assert ended >= ROLLOUT_DELAY_S - 1, f"recorded after {ended:.1f}s, before the rollout ended"
+    assert rig.dispatcher.handle(from_payload(uuid.uuid4().hex, landed)).outcome.value == "applied"
+    (entry,) = rig.state(rid).stages["prod-deploy"].result["rolled_back"]
+    assert (entry["from"], entry["revision"], entry["why"]) == (new, old, "slow")
+    assert rig.state(rid).timeline[-1]["kind"] == "rolled back"
+    print(f"relctl answered in {answered:.2f}s; the rollout ended and was recorded after {ended:.1f}s")
 
 
 def test_preflight_reads_the_actual_policy(cli, standin):

@@ -381,7 +381,8 @@ def rollback(settings: Settings, service: str, to_revision: str | None = None, *
             return {**answer, "operation": ""}
         current.traffic = to_traffic_targets([Split(choice.revision, 100)])
         operation = clients["services"].update_service(service=current, retry=None, timeout=caller.timeout)
-        return {**answer, "operation": operation.operation.name}
+        # Not waited on: a rollout still running is followed by probes (the gate asks for them).
+        return {**answer, "operation": operation.operation.name, "done": bool(operation.operation.done)}
 
     return caller.call(f"rolling back {service}", move)
 
