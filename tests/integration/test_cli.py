@@ -582,7 +582,7 @@ def test_a_rollback_whose_rollout_takes_minutes_answers_at_once_and_lands_when_i
     """Why: a rollback that had to wait for its rollout waited up to 300 s inside the operator function,
     whose timeout is 60 s. Now it answers with the operation; probes follow the rollout like any other,
     and the move reaches the timeline when the rollout ends."""
-    from shared.adapters.executors import build_executors
+    from shared.adapters.executors import RetryPolicy, build_executors
     from shared.app.probing import ProbeService
     from shared.domain.wire import from_payload
     from shared.testing.fakes import FakeProbeScheduler, FakePublisher
