@@ -173,6 +173,17 @@ def rollback_target(history: ServiceHistory, serving: Split, to_revision: str = 
     return RollbackChoice(to_revision, forced=True)
 
 
+def automatic_target(history: ServiceHistory, serving: Split, served_before: str) -> RollbackChoice:
+    """Where the gate's rollback after a failed check (or a cancel) sends the traffic: back to what
+    served before the release, unless the history knows that revision never completed a release (then
+    the last that did). A revision the history does not know predates it: going back there beats
+    leaving a failed canary in prod. Nothing to go back to is RollbackRefused."""
+    record = history.revision(served_before) if served_before else None
+    if served_before and (record is None or record.verdict is Verdict.COMPLETED):
+        return RollbackChoice(served_before, forced=False)
+    return rollback_target(history, serving)
+
+
 # -- stored form ----------------------------------------------------------------------
 def _split_to_list(split: Split) -> list[dict[str, Any]]:
     return [{"revision": r, "percent": p} for r, p in split]

@@ -75,3 +75,13 @@ def test_the_stored_form_round_trips():
     h = H.with_move(TrafficMove("m1", T0, "deploy", split_of([("web-2", 100)]), split_of([("web-3", 10), ("web-2", 90)]),
                                 forced=True))
     assert history_from_dict(history_to_dict(h)) == h
+
+
+def test_the_gates_rollback_goes_back_to_what_served_before_unless_the_history_knows_it_failed():
+    from shared.domain.revision_history import automatic_target
+
+    serving = split_of([("web-2", 90), ("web-4", 10)])
+    assert automatic_target(H, serving, "web-2").revision == "web-2"
+    assert automatic_target(H, serving, "web-0").revision == "web-0"  # older than the history: still back there
+    assert automatic_target(H, serving, "web-3").revision == "web-2"  # it failed a canary: the last completed
+    assert automatic_target(H, split_of([("web-4", 100)]), "").revision == "web-2"

@@ -32,7 +32,7 @@ from shared.adapters.executors.traffic import (
     to_traffic_targets,
 )
 from shared.domain.pipeline import Pipeline, Stage
-from shared.domain.revision_history import ServiceHistory, Verdict, rollback_target, split_of
+from shared.domain.revision_history import ServiceHistory, automatic_target, rollback_target, split_of
 from shared.app.ports import StageFinish, StartResult
 from shared.domain.state import StageState
 
@@ -341,8 +341,8 @@ def rollback(settings: Settings, service: str, to_revision: str | None = None, *
     The choice is ``revision_history.rollback_target`` over the service's ``history``: without
     ``to_revision`` the newest completed revision not serving 100 % now; a named one must have
     completed a release unless ``force`` (with a reason); a move that changes nothing is refused.
-    ``automatic`` (the gate's rollback after a failed check) goes to ``to_revision`` when it
-    completed a release and to the last completed one otherwise. Refusals are RollbackRefused.
+    ``automatic`` (the gate's rollback after a failed check or a cancel) follows
+    ``revision_history.automatic_target``. Refusals are RollbackRefused.
     The answer carries the split before (read just before the move) and the one asked for, and
     the operation: the call does not wait for the rollout. ``dry_run`` answers without moving.
 
@@ -361,9 +361,8 @@ def rollback(settings: Settings, service: str, to_revision: str | None = None, *
         before = current_split(current)
         serving = split_of((s.revision, s.percent) for s in before)
         wanted = short_revision(to_revision or "")
-        if automatic and wanted and not _completed(history, wanted):
-            wanted = ""  # what served before the release never completed one: the last that did
-        choice = rollback_target(history, serving, wanted, force=force, reason=reason)
+        choice = (automatic_target(history, serving, wanted) if automatic
+                  else rollback_target(history, serving, wanted, force=force, reason=reason))
         try:
             chosen = clients["revisions"].get_revision(name=f"{name}/revisions/{choice.revision}", retry=None,
                                                        timeout=caller.timeout)
@@ -385,8 +384,3 @@ def rollback(settings: Settings, service: str, to_revision: str | None = None, *
         return {**answer, "operation": operation.operation.name, "done": bool(operation.operation.done)}
 
     return caller.call(f"rolling back {service}", move)
-
-
-def _completed(history: ServiceHistory, revision: str) -> bool:
-    record = history.revision(revision)
-    return record is not None and record.verdict is Verdict.COMPLETED
