@@ -145,6 +145,13 @@ def stage_view(stage: Stage, st: StageState, state: ReleaseState, pipeline: Pipe
     }
 
 
+def _rolled_back_since(state: ReleaseState, since: float | None) -> dict[str, Any] | None:
+    """The first rollback (the gate's or by hand) recorded on the release after ``since``."""
+    later = [r for st in state.stages.values() for r in st.result.get("rolled_back") or []
+             if isinstance(r, dict) and since is not None and float(r.get("at") or 0) >= since]
+    return min(later, key=lambda r: float(r.get("at") or 0)) if later else None
+
+
 def stage_detail(stage: Stage, st: StageState, state: ReleaseState, pipeline: Pipeline) -> str:
     result = st.result
     if stage.kind is StageKind.APPROVAL:
@@ -160,6 +167,10 @@ def stage_detail(stage: Stage, st: StageState, state: ReleaseState, pipeline: Pi
         reason = st.reason if len(st.reason) <= 160 else st.reason[:157] + "…"
         return reason + (f" ({summary_line(analysis)})" if analysis else "")
     if is_prod_traffic_stage(stage) and st.status is StageStatus.SUCCEEDED:
+        undone = _rolled_back_since(state, st.finished_at)
+        if undone:  # the traffic this stage moved no longer serves: say until when, and where it went
+            return (f"{traffic_percent(stage, st)} % traffic from {iso(st.finished_at)} until rolled back at "
+                    f"{iso(undone.get('at'))} to {undone.get('revision', '?')}")
         return f"{traffic_percent(stage, st)} % traffic since {iso(st.finished_at)}"
     counts = junit_counts(result)
     if counts is not None:
