@@ -33,6 +33,7 @@ from shared.adapters.executors.traffic import (
     Split, current_split, release_labels, revision_name, serving_most, short_revision, to_traffic_targets,
 )
 from shared.domain.pipeline import Pipeline, StageKind
+from shared.domain.revision_history import RollbackRefused
 
 CLIENTS = ("services", "revisions", "artifact_registry")
 DEFAULT_WAIT_S = 300.0  # a Cloud Run rollout of a known-good image takes well under this
@@ -90,6 +91,9 @@ def rollback_to_tag(settings: Settings, service: str, tag: str, *, image: str | 
 
     existing = caller.call(f"listing revisions of {service}", lambda: _ready_revision_of(clients, caller, name, ref))
     if existing:
+        if [(t.revision, t.percent) for t in before if t.percent] == [(existing, 100)]:
+            raise RollbackRefused(f"{service} already sends 100 % of its traffic to {existing} ({ref}); "
+                                  "nothing to roll back")
         answer["after"] = [{"revision": existing, "percent": 100}]
         if dry_run:
             return {**answer, "revision": existing, "operation": "", "created": False}
