@@ -251,7 +251,7 @@ class Dispatcher:
         handles: dict[str, dict[str, Any]] = {}
         changes = self._execute(pipeline, state, commands, handles)
         if self.histories is not None:
-            record_batch(self.histories, pipeline, state, commands, handles, self.clock.now())
+            record_batch(self.histories, pipeline, state, commands, handles, self.clock.now(), batch_id)
         self._complete(state, token, batch_id, handles, changes)
 
     def _execute(self, pipeline: Pipeline, state: ReleaseState, commands: tuple[Command, ...],

@@ -31,7 +31,9 @@ def _move(move_id: str, at: float, kind: str, target: Mapping[str, Any], **extra
 
 
 def record_batch(histories: RevisionHistories, pipeline: Pipeline, state: ReleaseState,
-                 commands: Iterable[Command], handles: Mapping[str, Mapping[str, Any]], now: float) -> None:
+                 commands: Iterable[Command], handles: Mapping[str, Mapping[str, Any]], now: float,
+                 batch_id: str = "") -> None:
+    """``batch_id`` (the event that made the batch) tells two rollbacks of one stage run apart."""
     changes: dict[str, list] = {}
 
     def later(service: str, change) -> None:
@@ -54,7 +56,8 @@ def record_batch(histories: RevisionHistories, pipeline: Pipeline, state: Releas
             cancelled = state.status is ReleaseStatus.CANCELLED
             for entry in handle.get("rolled_back") or []:
                 service = str(entry.get("service"))
-                move = _move(f"{command.stage_run_id}:rollback:{service}", now, "rollback", entry, by="the gate",
+                move = _move(f"{batch_id or command.stage_run_id}:rollback:{service}", now, "rollback", entry,
+                             by="the gate",
                              why=command.reason, release_id=state.release_id)
                 left = {r for r, _ in move.before} - {r for r, _ in move.after}
                 verdict = Verdict.ROLLED_BACK if cancelled else Verdict.FAILED

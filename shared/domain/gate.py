@@ -381,8 +381,11 @@ class _Run:
         if state.status is not ReleaseStatus.SUCCEEDED:
             for stage in reversed(self.pipeline.stages):
                 st = state.stages[stage.id]
+                # Not again when this attempt's traffic was already rolled back (by a failed check or by
+                # hand): that would undo what an operator chose since.
                 if (stage.kind is StageKind.DEPLOY and stage.environment == "prod"
-                        and (st.status is StageStatus.SUCCEEDED or stage.id in rolling)):
+                        and (st.status is StageStatus.SUCCEEDED or stage.id in rolling)
+                        and not st.result.get("rolled_back")):
                     self.roll_back(stage, f"cancelled: {why}")
         state.stopped_at_stage = state.stopped_at_stage or next(
             (s.id for s in self.pipeline.stages if state.stages[s.id].reason == why), "")

@@ -271,14 +271,16 @@ class World:
             assert not leaked, f"{revision.name} carries {sorted(leaked)} of a release that never completed: {where}"
 
 
-ACTIONS = st.one_of(
-    st.tuples(st.just("push")),
-    st.tuples(st.just("advance"), st.booleans()),
-    st.tuples(st.just("advance"), st.just(True)),
-    st.tuples(st.just("replay"), st.integers(0, 5), st.integers(0, 3)),
-    st.tuples(st.just("rollback"), st.one_of(st.none(), st.integers(0, 9)), st.booleans()),
-    st.tuples(st.just("cancel")),
-)
+STEP = {
+    "push": st.tuples(st.just("push")),
+    "advance": st.tuples(st.just("advance"), st.booleans()),
+    "replay": st.tuples(st.just("replay"), st.integers(0, 5), st.integers(0, 3)),
+    "rollback": st.tuples(st.just("rollback"), st.one_of(st.none(), st.integers(0, 9)), st.booleans()),
+    "cancel": st.tuples(st.just("cancel")),
+}
+# Moving releases on is the most common step, or few histories get past a canary.
+ACTIONS = st.sampled_from(["push"] * 2 + ["advance"] * 6 + ["replay", "rollback", "rollback", "cancel"]).flatmap(
+    lambda kind: STEP[kind])
 
 
 def run_history(standin, steps) -> None:
@@ -309,6 +311,6 @@ def run_history(standin, steps) -> None:
 
 @hsettings(max_examples=int(__import__('os').environ.get('ROLLBACK_EXAMPLES', '300')), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
-@given(steps=st.lists(ACTIONS, min_size=3, max_size=14))
+@given(steps=st.lists(ACTIONS, min_size=4, max_size=16))
 def test_rollbacks_are_right_over_any_history(standin, steps):
     run_history(standin, steps)
