@@ -69,7 +69,7 @@ def revision_histories():
 def notifier():
     from shared.adapters.notify import build_notifier
 
-    recipients = tuple(a.strip() for a in settings().notify_emails.split(",") if a.strip())
+    recipients = tuple(a.strip() for a in settings().notify_emails.replace(";", ",").split(",") if a.strip())
     return build_notifier(settings(), recipients=recipients)
 
 
@@ -79,23 +79,41 @@ def lazy_notifier():
 
 
 @functools.cache
+def link_senders():
+    """Personal channels for approval links: mail when RELEASE_SMTP_HOST is set."""
+    from shared.adapters.notify.multi import link_senders_from_settings
+
+    return tuple(link_senders_from_settings(settings()))
+
+
+@functools.cache
 def approvals():
     from shared.app.approvals import ApprovalService
-
     from shared.app.stage_medians import prod_runs_text
 
-    service = ApprovalService.from_settings(settings(), store=approval_store(), publisher=publisher(),
-                                            clock=SystemClock(), releases=store(),
-                                            dead_letters=dead_letter_store())
-    service.prod_runs = lambda release: prod_runs_text(app_records(), release.pipeline_name)
+    compare_changes = None
     if settings().github_token:
         from shared.adapters.github_compare import GitHubCompare
         from shared.app.compare import compared_changes, prod_commit
 
         comparer = GitHubCompare(settings().github_token, settings().github_api_url)
-        service.compare_changes = lambda release: compared_changes(
-            release, comparer, prod_commit(app_records(), store(), release.pipeline_name))
-    return service
+
+        def compare_changes(release):
+            return compared_changes(release, comparer, prod_commit(app_records(), store(), release.pipeline_name))
+
+    return ApprovalService.from_settings(settings(), store=approval_store(), publisher=publisher(),
+                                         clock=SystemClock(), releases=store(), link_senders=link_senders(),
+                                         dead_letters=dead_letter_store(),
+                                         prod_runs=lambda release: prod_runs_text(app_records(), release.pipeline_name),
+                                         compare_changes=compare_changes)
+
+
+@functools.cache
+def approval_pages():
+    """The on_approval function: its pages and request parsing around the approval service."""
+    from shared.ui.approval_http import ApprovalPages
+
+    return ApprovalPages(approvals())
 
 
 @functools.cache
@@ -205,8 +223,19 @@ def probe_service():
     # The store and the executors are wired on first use: a check's probe (most probes) only
     # GETs and schedules, so it never imports the Firestore client or the executors' API
     # clients; a poll reads the pinned pipeline and asks its kind's executor.
-    return ProbeService(_OnFirstUse(store), _OnFirstUse(executors), publisher(), probe_scheduler(), RequestsProber(),
-                        SystemClock(), settings(), analyse=interval_analysis())
+    return ProbeService(_OnFirstUse(store), _OnFirstUse(executors), publisher(), probe_scheduler(),
+                        RequestsProber(id_tokens=id_token_source()), SystemClock(), settings(),
+                        analyse=interval_analysis())
+
+
+def id_token_source():
+    """ID tokens for checks of private services: the metadata server's on GCP, the local issuer's locally."""
+    from shared.adapters.id_token_source import google_id_tokens, local_issuer_id_tokens
+
+    config = settings()
+    if config.id_token_url:
+        return local_issuer_id_tokens(config.id_token_url, config.require("id_token_account"))
+    return google_id_tokens()
 
 
 class _OnFirstUse:
@@ -272,6 +301,24 @@ def move_traffic_back(service: str, how) -> dict:
     return rollback(settings(), service, how.get("to_revision"), history=how.get("history"),
                     force=bool(how.get("force")), reason=str(how.get("reason") or ""),
                     dry_run=bool(how.get("dry_run")))
+
+
+@functools.cache
+def sweeper():
+    """The sweep function's one call: poll running stages, enforce deadlines, announce stalls."""
+    from shared.app.sweeper import sweep
+
+    # The notifiers are built only when a stall is to be announced (cold start).
+    return functools.partial(sweep, store(), executors(), publisher(), SystemClock(), settings(),
+                             notifier=lazy_notifier())
+
+
+@functools.cache
+def dashboard():
+    """The dashboard function: (method, path, query) -> (status, body, headers)."""
+    from shared.ui.dashboard import handle
+
+    return functools.partial(handle, store=store(), apps=app_records())
 
 
 @functools.cache

@@ -21,23 +21,24 @@ from shared.app.ports import Clock, EventPublisher, ReleaseStore, RevisionHistor
 from shared.app.revision_log import record_manual
 from shared.domain.errors import ConfigError, ExecutorError, RequestRefused
 from shared.domain.events import RolledBack
+from shared.domain.pipeline import StageKind
+from shared.domain.stage_results import DeployResult, results_of
 from shared.domain.state import ReleaseState
 
 LOOKBACK = 200  # recent releases searched for the one that deployed the service
 Mover = Callable[[str, Mapping[str, Any]], Mapping[str, Any]]  # (service, how) -> what moved
 
 
-def _results(state: ReleaseState, stage_id: str):
-    st = state.stages[stage_id]
-    return [a.result for a in st.history] + [st.result]
+def _results(state: ReleaseState, stage_id: str) -> list[DeployResult]:
+    # Read as a deploy's whatever the kind: only deploy and traffic stages record revisions and rollbacks.
+    return results_of(StageKind.DEPLOY, state.stages[stage_id])
 
 
 def deploying_release(states: Iterable[ReleaseState], service: str) -> tuple[ReleaseState, str] | None:
     """The newest release (and its deploy stage) that deployed ``service``."""
     for state in sorted(states, key=lambda s: s.created_at, reverse=True):
         for stage_id in state.stages:
-            if any(str(t.get("service")) == service for result in _results(state, stage_id)
-                   for t in result.get("revisions") or []):
+            if any(t.service == service for result in _results(state, stage_id) for t in result.revisions):
                 return state, stage_id
     return None
 

@@ -18,6 +18,7 @@ from shared.app.ports import RevisionHistories
 from shared.domain.commands import Command, RecordDurations, RollBack, StartStage
 from shared.domain.pipeline import Pipeline, StageKind
 from shared.domain.revision_history import (RevisionRecord, ServiceHistory, TrafficMove, Verdict, split_of)
+from shared.domain.stage_results import result_of
 from shared.domain.state import ReleaseState, ReleaseStatus
 
 
@@ -86,8 +87,8 @@ def _deployed(pipeline: Pipeline, state: ReleaseState) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for stage in pipeline.stages:
         if stage.kind is StageKind.DEPLOY:
-            for target in state.stages[stage.id].result.get("revisions") or []:
-                found.setdefault(str(target.get("service")), set()).add(str(target.get("revision")))
+            for target in result_of(stage.kind, state.stages[stage.id].result).revisions:
+                found.setdefault(target.service, set()).add(target.revision)
     return found
 
 

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 import urllib.parse
 from typing import Any, Mapping
 
+from shared.app.stage_medians import app_record
 from shared.domain.analysis import summary_line
 from shared.domain.errors import PipelineError
 from shared.ui.notes import (
@@ -40,6 +42,7 @@ from shared.ui.notes import (
     waiting_text,
 )
 from shared.domain.pipeline import Pipeline, Stage, StageKind
+from shared.domain.stage_results import BuildResult, CheckResult, result_of
 from shared.domain.state import ReleaseState, StageState, StageStatus
 from shared.domain.progress import progress, progress_text
 from shared.ui.render import markdown_html, page
@@ -139,21 +142,22 @@ def stage_view(stage: Stage, st: StageState, state: ReleaseState, pipeline: Pipe
         "attempt": st.attempt, "started_at": st.started_at, "finished_at": st.finished_at,
         "duration_s": st.duration_s, "reason": st.reason, "meta": meta,
         "detail": stage_detail(stage, st, state, pipeline),
-        "log_url": log_link(st.result),
+        "log_url": log_link(result_of(stage.kind, st.result)),
         "traffic_percent": traffic_percent(stage, st) if is_prod_traffic_stage(stage) else None,
         "result": st.result,
     }
 
 
-def _rolled_back_since(state: ReleaseState, since: float | None) -> dict[str, Any] | None:
+def _rolled_back_since(state: ReleaseState, pipeline: Pipeline, since: float | None):
     """The first rollback (the gate's or by hand) recorded on the release after ``since``."""
-    later = [r for st in state.stages.values() for r in st.result.get("rolled_back") or []
-             if isinstance(r, dict) and since is not None and float(r.get("at") or 0) >= since]
-    return min(later, key=lambda r: float(r.get("at") or 0)) if later else None
+    later = [r for stage in pipeline.stages if stage.kind is StageKind.DEPLOY
+             for r in result_of(stage.kind, state.stages[stage.id].result).rolled_back
+             if since is not None and (r.at or 0) >= since]
+    return min(later, key=lambda r: r.at or 0) if later else None
 
 
 def stage_detail(stage: Stage, st: StageState, state: ReleaseState, pipeline: Pipeline) -> str:
-    result = st.result
+    result = result_of(stage.kind, st.result)
     if stage.kind is StageKind.APPROVAL:
         decision = approval_decision(state, pipeline)
         if decision.get("approver") and st.status in (StageStatus.SUCCEEDED, StageStatus.FAILED):
@@ -162,33 +166,34 @@ def stage_detail(stage: Stage, st: StageState, state: ReleaseState, pipeline: Pi
             return "waiting for an approver"
     if st.status is StageStatus.QUEUED:
         return f"queued: another release holds {stage.environment}"
-    analysis = (result.get("analysis") or {}).get("latest") if isinstance(result.get("analysis"), dict) else None
+    analysis = result.analysis.latest if isinstance(result, CheckResult) and result.analysis else None
     if st.status is StageStatus.FAILED and st.reason:
         reason = st.reason if len(st.reason) <= 160 else st.reason[:157] + "…"
         return reason + (f" ({summary_line(analysis)})" if analysis else "")
     if is_prod_traffic_stage(stage) and st.status is StageStatus.SUCCEEDED:
-        undone = _rolled_back_since(state, st.finished_at)
+        undone = _rolled_back_since(state, pipeline, st.finished_at)
         if undone:  # the traffic this stage moved no longer serves: say until when, and where it went
             return (f"{traffic_percent(stage, st)} % traffic from {iso(st.finished_at)} until rolled back at "
-                    f"{iso(undone.get('at'))} to {undone.get('revision', '?')}")
+                    f"{iso(undone.at)} to {undone.revision or '?'}")
         return f"{traffic_percent(stage, st)} % traffic since {iso(st.finished_at)}"
     counts = junit_counts(result)
     if counts is not None:
         return junit_text(counts)
-    if "dry_run_ms" in result or "apply_ms" in result:
-        return f"dry run {result.get('dry_run_ms', '?')} ms, apply {result.get('apply_ms', '?')} ms"
-    if isinstance(result.get("checks"), list):
-        checks = [c for c in result["checks"] if isinstance(c, dict)]
-        good = sum(1 for c in checks if isinstance(c.get("status"), int) and 200 <= c["status"] < 300)
-        latencies = ", ".join(f"{c.get('path')} {c.get('status') or c.get('error') or '-'}"
-                              + (f" in {c['latency_ms']:.0f} ms" if isinstance(c.get("latency_ms"), (int, float)) else "")
+    if isinstance(result, BuildResult) and result.timed_schema:
+        return f"dry run {result.dry_run_ms} ms, apply {result.apply_ms} ms"
+    if isinstance(result, CheckResult) and result.checks is not None:
+        checks = result.checks
+        good = sum(1 for c in checks if c.status is not None and 200 <= c.status < 300)
+        latencies = ", ".join(f"{c.path or None} {c.status or c.error or '-'}"
+                              + (f" in {c.latency_ms:.0f} ms" if c.latency_ms is not None else "")
                               for c in checks)
         return (f"{good}/{len(checks)} paths answered 2xx" + (f" ({latencies})" if latencies else "")
                 + (f"; {summary_line(analysis)}" if analysis else ""))
-    if "passed" in result and isinstance(result.get("error_rate"), (int, float)):
-        p95 = result.get("p95_ms")
-        return (f"error rate {result['error_rate']:.2%}, P95 {p95:.0f} ms" if isinstance(p95, (int, float))
-                else f"error rate {result['error_rate']:.2%}") + (" — passed" if result["passed"] else " — failed")
+    chaos = result.chaos if isinstance(result, BuildResult) else None
+    if chaos is not None and chaos.error_rate is not None:
+        p95 = chaos.p95_ms
+        return (f"error rate {chaos.error_rate:.2%}, P95 {p95:.0f} ms" if p95 is not None
+                else f"error rate {chaos.error_rate:.2%}") + (" — passed" if chaos.passed else " — failed")
     if stage.optional and st.status is StageStatus.PENDING:
         return "optional: runs when requested"
     return ""
@@ -196,10 +201,6 @@ def stage_detail(stage: Stage, st: StageState, state: ReleaseState, pipeline: Pi
 
 def release_progress(state: ReleaseState, pipeline: Pipeline, apps: Any, now: float | None) -> dict[str, Any]:
     """Elapsed times, the expected end from the app's stage medians, a stall notice (shared/domain/progress.py)."""
-    import time
-
-    from shared.app.stage_medians import app_record
-
     now = time.time() if now is None else now
     record = app_record(apps, state.pipeline_name)
     p = progress(state, pipeline, record.get("stage_medians") or {}, now)
