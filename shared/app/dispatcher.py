@@ -24,6 +24,7 @@ from shared.domain.commands import (
     AcquireLock,
     Command,
     EndBakeEarly,
+    FollowRollback,
     NoticeKind,
     Notify,
     RecordDurations,
@@ -60,13 +61,15 @@ from shared.app.ports import (
     OperatorRequestLog,
     ProbeScheduler,
     ReleaseStore,
+    RevisionHistories,
     StageExecutor,
 )
+from shared.app.revision_log import record_batch
 from shared.app.probing import follow
 from shared.domain.approval_tokens import Keyring
 from shared.domain.completions import unsigned_reason
 from shared.domain.dead_letters import DeadLetter
-from shared.domain.probes import CHECK_KIND
+from shared.domain.probes import CHECK_KIND, ROLLBACK_FOLLOW_S, ROLLBACK_KIND
 from shared.domain.stage_results import build_id_of
 from shared.domain.wake import next_wake
 from shared.domain.state import ReleaseState, StageStatus
@@ -102,6 +105,9 @@ class Dispatcher:
     # The link keys: a stage.finished on the events topic counts only when signed with one of
     # them (shared/domain/completions.py). None refuses every such completion (fails closed).
     completion_keys: Keyring | None = None
+    # One revision history per Cloud Run service (shared/app/revision_log.py): what each batch
+    # deployed, moved, rolled back, and the verdicts of ended releases. None records nothing.
+    histories: RevisionHistories | None = None
 
     # -- entry ----------------------------------------------------------------
     def handle_message(self, event_id: str, attributes: Mapping[str, str], data: bytes) -> Decision:
@@ -258,6 +264,8 @@ class Dispatcher:
     ) -> None:
         handles: dict[str, dict[str, Any]] = {}
         changes = self._execute(pipeline, state, commands, handles)
+        if self.histories is not None:
+            record_batch(self.histories, pipeline, state, commands, handles, self.clock.now(), batch_id)
         self._complete(state, token, batch_id, handles, changes)
 
     def _execute(self, pipeline: Pipeline, state: ReleaseState, commands: tuple[Command, ...],
@@ -320,6 +328,20 @@ class Dispatcher:
         except ExecutorError as exc:  # the probe was refused (e.g. no cloudtasks.tasks.create): nothing follows it
             log.warning("%s", exc)
             self._publish_finish(command, Outcome.FAILED, f"the stage cannot be followed: {exc}", {})
+
+    def _follow_rollback(self, state: ReleaseState, command: FollowRollback) -> None:
+        """Probes follow a rollback by hand's rollout like any other (idempotent by task id)."""
+        if self.probes is None:
+            return
+        target = {"service": command.service, "revision": command.revision, "percent": 100,
+                  "operation": command.operation}
+        try:
+            follow(self.probes, release_id=command.release_id, stage=command.stage,
+                   stage_run_id=f"rollback.{command.request_id}", kind=ROLLBACK_KIND,
+                   pipeline_digest=state.pipeline_digest, timeout_s=ROLLBACK_FOLLOW_S,
+                   handle={"revisions": [target], "landed": dict(command.landed)}, now=self.clock.now())
+        except ExecutorError as exc:
+            log.warning("rollback %s cannot be followed: %s", command.request_id, exc)
 
     def _end_bake_early(self, pipeline: Pipeline, state: ReleaseState, command: EndBakeEarly) -> None:
         """The skip probe, at once (idempotent by its task id); its finish decides through the gate."""
@@ -442,6 +464,10 @@ def _roll_back(d: Dispatcher, batch: _Batch, command: RollBack) -> None:
     batch.handles[command.stage] = {"stage_run_id": command.stage_run_id, **d._roll_back(command)}
 
 
+def _follow_rollback(d: Dispatcher, batch: _Batch, command: FollowRollback) -> None:
+    d._follow_rollback(batch.state, command)
+
+
 def _end_bake_early(d: Dispatcher, batch: _Batch, command: EndBakeEarly) -> None:
     d._end_bake_early(batch.pipeline, batch.state, command)
 
@@ -457,6 +483,7 @@ COMMAND_HANDLERS: dict[type, Callable[[Dispatcher, _Batch, Any], None]] = {
     AcquireLock: _acquire_lock,
     ReleaseLock: _release_lock,
     RollBack: _roll_back,
+    FollowRollback: _follow_rollback,
     EndBakeEarly: _end_bake_early,
     RecordDurations: _record_durations,
 }
