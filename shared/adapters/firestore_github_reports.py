@@ -1,0 +1,53 @@
+"""What was reported to GitHub, per release, in Firestore: ``github_reports/{release_id}``.
+
+The lease is taken in a transaction (read, check ``lease_until``, write), so two handlers of the same
+release never report at once; one that finds the lease taken marks the record due (``retry_at`` now),
+so the sweeper's next tick syncs what the holder may have read too early.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from shared.adapters.firestore_store import doc_id
+from shared.app.config import Settings
+from shared.app.github_reporting import empty_record
+
+
+class FirestoreGitHubReports:
+    def __init__(self, client: Any, settings: Settings):
+        self.client = client
+        self.collection = client.collection(settings.collection("github_reports"))
+
+    def get(self, release_id: str) -> dict[str, Any] | None:
+        snapshot = self.collection.document(doc_id(release_id)).get()
+        return {**empty_record(), **snapshot.to_dict()} if snapshot.exists else None
+
+    def claim(self, release_id: str, now: float, lease_s: float) -> dict[str, Any] | None:
+        from google.cloud import firestore
+
+        ref = self.collection.document(doc_id(release_id))
+
+        @firestore.transactional
+        def take(transaction):
+            snapshot = ref.get(transaction=transaction)
+            record = {**empty_record(), **(snapshot.to_dict() or {})}
+            if (record.get("lease_until") or 0) > now:
+                if not record.get("retry_at") or record["retry_at"] > now:
+                    transaction.set(ref, {"retry_at": now}, merge=True)
+                return None
+            transaction.set(ref, {**record, "release_id": release_id, "lease_until": now + lease_s})
+            return record
+
+        record = take(self.client.transaction())
+        if record is not None:
+            record.pop("lease_until", None)
+        return record
+
+    def save(self, release_id: str, record: dict[str, Any]) -> None:
+        self.collection.document(doc_id(release_id)).set({**record, "release_id": release_id, "lease_until": 0})
+
+    def due(self, now: float, limit: int = 20) -> list[str]:
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        query = self.collection.where(filter=FieldFilter("retry_at", "<=", now)).limit(limit)
+        return [s.to_dict()["release_id"] for s in query.stream()]
