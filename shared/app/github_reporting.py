@@ -90,7 +90,7 @@ class GitHubReporting:
         if record.get("not_installed"):
             self.ledger.save(state.release_id, record)
             return "not installed"
-        sent = 0
+        sent, refused = 0, ""
         try:
             for report in reports:
                 if report.key in record["sent"]:
@@ -102,12 +102,12 @@ class GitHubReporting:
                     return "the App is not installed on the repository: nothing reported"
                 except GitHubRefused as exc:  # trying again would not help: recorded, shown, passed over
                     record["refused"] = [*record["refused"], f"{report.key}: {exc}"][-10:]
-                    record["last_error"] = str(exc)
+                    refused = str(exc)
                 record["sent"].append(report.key)
                 sent += 1
                 if self.on_sent:
                     self.on_sent(state.release_id, report.key)
-            record.update(failures=0, retry_at=None)
+            record.update(failures=0, retry_at=None, last_error=refused)
             return f"{sent} sent"
         except GitHubRetry as exc:
             record["failures"] = int(record.get("failures") or 0) + 1
