@@ -95,6 +95,8 @@ def sweep(cloud_event):
     report = run_sweep(s.store(), s.executors(), s.publisher(), s.SystemClock(), s.settings(),
                        notifier=s.lazy_notifier())
     log.info("sweep: %s", report)
+    if s.github_reporting() is not None:  # GitHub reports that wait for a retry, also of ended releases
+        log.info("sweep: GitHub reports retried for %d release(s)", s.github_reporting().retry_due(s.store()))
 
 
 @functions_framework.http
@@ -102,5 +104,6 @@ def dashboard(request):
     """Release list and one release as its pipeline of stages; refreshes while it runs."""
     from shared.ui.dashboard import handle
 
-    status, body, headers = handle(request.method, request.path, request.args, bootstrap.store(), bootstrap.app_records())
+    status, body, headers = handle(request.method, request.path, request.args, bootstrap.store(), bootstrap.app_records(),
+                                   github=bootstrap.github_reports())
     return body, status, headers

@@ -117,7 +117,29 @@ def dispatcher():
                       settings(), locks,
                       dead_letter_store(), roll_back=roll_back,
                       operator_requests=operator_requests(), probes=probe_scheduler(),
-                      completion_keys=link_keyring())
+                      completion_keys=link_keyring(), reporting=github_reporting())
+
+
+@functools.cache
+def github_reports():
+    """What reached GitHub per release (the dashboard reads it without the App's secrets)."""
+    from shared.adapters.firestore_github_reports import FirestoreGitHubReports
+
+    return FirestoreGitHubReports(store().client, settings())
+
+
+@functools.cache
+def github_reporting():
+    """GitHub deployments and commit statuses as the App, or None when no App is configured."""
+    if not (settings().github_app_id and settings().github_app_key):
+        return None
+    from shared.adapters.github_app import GitHubApp
+    from shared.app.github_reporting import GitHubReporting
+
+    repositories = tuple(r.strip().lower() for r in settings().github_report_repositories.split(",") if r.strip())
+    return GitHubReporting(GitHubApp(settings().github_app_id, settings().github_app_key, settings().github_api_url),
+                           github_reports(), SystemClock(),
+                           dashboard_url=settings().public_base_url, repositories=repositories)
 
 
 @functools.cache

@@ -6,11 +6,14 @@ so the sweeper's next tick syncs what the holder may have read too early.
 """
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from shared.adapters.firestore_store import doc_id
 from shared.app.config import Settings
 from shared.app.github_reporting import empty_record
+
+RETENTION_DAYS = 90  # as long as a finished release is kept
 
 
 class FirestoreGitHubReports:
@@ -20,7 +23,11 @@ class FirestoreGitHubReports:
 
     def get(self, release_id: str) -> dict[str, Any] | None:
         snapshot = self.collection.document(doc_id(release_id)).get()
-        return {**empty_record(), **snapshot.to_dict()} if snapshot.exists else None
+        if not snapshot.exists:
+            return None
+        record = {**empty_record(), **snapshot.to_dict()}
+        record.pop("expire_at", None)
+        return record
 
     def claim(self, release_id: str, now: float, lease_s: float) -> dict[str, Any] | None:
         from google.cloud import firestore
@@ -31,6 +38,7 @@ class FirestoreGitHubReports:
         def take(transaction):
             snapshot = ref.get(transaction=transaction)
             record = {**empty_record(), **(snapshot.to_dict() or {})}
+            record.pop("expire_at", None)
             if (record.get("lease_until") or 0) > now:
                 if not record.get("retry_at") or record["retry_at"] > now:
                     transaction.set(ref, {"retry_at": now}, merge=True)
@@ -44,7 +52,10 @@ class FirestoreGitHubReports:
         return record
 
     def save(self, release_id: str, record: dict[str, Any]) -> None:
-        self.collection.document(doc_id(release_id)).set({**record, "release_id": release_id, "lease_until": 0})
+        # a timestamp, the only type a TTL policy reads (deploy/firestore.py)
+        expire_at = datetime.now(timezone.utc) + timedelta(days=RETENTION_DAYS)
+        self.collection.document(doc_id(release_id)).set({**record, "release_id": release_id, "lease_until": 0,
+                                                          "expire_at": expire_at})
 
     def due(self, now: float, limit: int = 20) -> list[str]:
         from google.cloud.firestore_v1.base_query import FieldFilter

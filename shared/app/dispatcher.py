@@ -102,6 +102,9 @@ class Dispatcher:
     # The link keys: a stage.finished on the events topic counts only when signed with one of
     # them (shared/domain/completions.py). None refuses every such completion (fails closed).
     completion_keys: Keyring | None = None
+    # GitHub deployments and commit statuses (shared/app/github_reporting.py), synced after each
+    # written transition; None: nothing is reported.
+    reporting: Any = None
 
     # -- entry ----------------------------------------------------------------
     def handle_message(self, event_id: str, attributes: Mapping[str, str], data: bytes) -> Decision:
@@ -199,6 +202,8 @@ class Dispatcher:
             log.info("%s %s: %s", event.type.value, decision.outcome.value, decision.reason)
             if decision.commands:
                 self._carry_out(pipeline, new, token, event.id, decision.commands)
+            if self.reporting is not None:  # after the write and the commands: it never holds the release
+                self.reporting.sync(pipeline, new)
             return decision
         raise TransientError("too many concurrent updates; retry", release_id=event.release_id)
 

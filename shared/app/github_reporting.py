@@ -16,6 +16,7 @@ A deployment whose creation was interrupted before its id was recorded is found 
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -112,7 +113,7 @@ class GitHubReporting:
         except GitHubRetry as exc:
             record["failures"] = int(record.get("failures") or 0) + 1
             record["retry_at"] = now + backoff_s(record["failures"], exc.retry_after_s)
-            record["last_error"] = f"{exc} (try {record['failures']}; next at +{record['retry_at'] - now:.0f} s)"
+            record["last_error"] = f"{exc} (next try in {record['retry_at'] - now:.0f} s)"
             log.warning("release %s: GitHub reporting waits: %s", state.release_id, record["last_error"])
             return f"{sent} sent; waiting to retry"
         except PipelineError as exc:
@@ -135,3 +136,19 @@ class GitHubReporting:
             self.github.create_deployment_status(state.repo, int(deployment), report.body())
         elif isinstance(report, CommitStatus):
             self.github.create_commit_status(state.repo, report.sha, report.body())
+
+
+def reporting_text(record: dict[str, Any] | None) -> str:
+    """One line for the dashboard and ``relctl show``: what reached GitHub, and a call that keeps
+    failing (with when it is tried again). "" when nothing is reported (no App, not installed)."""
+    if not record or record.get("not_installed"):
+        return ""
+    sent = len(record.get("sent") or [])
+    envs = ", ".join(sorted(record.get("deployments") or {}))
+    text = f"GitHub: {sent} update(s) sent" + (f"; deployments: {envs}" if envs else "")
+    if record.get("failures"):
+        when = datetime.fromtimestamp(float(record["retry_at"] or 0), timezone.utc).strftime("%H:%M:%S UTC")
+        text += f"; NOT SENT YET, failing {record['failures']} time(s): {record.get('last_error', '')}; next try {when}"
+    elif record.get("last_error"):
+        text += f"; refused by GitHub: {record['last_error']}"
+    return text

@@ -427,3 +427,67 @@ class FakeTelemetry:
         if self.error is not None:
             raise self.error
         return self.measurements
+
+
+class FakeGitHubLedger:
+    """``github_reports/{id}`` in memory, leased like the Firestore one (shared/adapters/firestore_github_reports.py)."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, dict[str, Any]] = {}
+
+    def get(self, release_id: str) -> dict[str, Any] | None:
+        from shared.app.github_reporting import empty_record
+
+        found = self.records.get(release_id)
+        return None if found is None else {**empty_record(), **copy.deepcopy(found)}
+
+    def claim(self, release_id: str, now: float, lease_s: float) -> dict[str, Any] | None:
+        from shared.app.github_reporting import empty_record
+
+        record = {**empty_record(), **copy.deepcopy(self.records.get(release_id, {}))}
+        if (record.get("lease_until") or 0) > now:
+            self.records[release_id]["retry_at"] = min(record.get("retry_at") or now, now)
+            return None
+        self.records[release_id] = {**record, "lease_until": now + lease_s}
+        record.pop("lease_until", None)
+        return record
+
+    def save(self, release_id: str, record: dict[str, Any]) -> None:
+        self.records[release_id] = {**copy.deepcopy(record), "lease_until": 0}
+
+    def due(self, now: float, limit: int = 20) -> list[str]:
+        return [rid for rid, r in self.records.items() if r.get("retry_at") is not None and r["retry_at"] <= now][:limit]
+
+
+class FakeGitHub:
+    """GitHub's deployments and statuses in memory; ``down`` makes every call a 502."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.deployments: list[dict[str, Any]] = []
+        self.commit_statuses: list[dict[str, Any]] = []
+
+    def _up(self) -> None:
+        from shared.domain.errors import GitHubRetry
+
+        if self.down:
+            raise GitHubRetry("502", 0.0)
+
+    def find_deployment(self, repo: str, sha: str, environment: str, release_id: str) -> int | None:
+        self._up()
+        return next((d["id"] for d in self.deployments if (d["sha"], d["environment"], d["payload"].get("release_id"))
+                     == (sha, environment, release_id)), None)
+
+    def create_deployment(self, repo: str, body: Mapping[str, Any]) -> int:
+        self._up()
+        self.deployments.append({"id": len(self.deployments) + 1, "sha": body["ref"], "environment": body["environment"],
+                                 "payload": dict(body.get("payload") or {}), "statuses": []})
+        return len(self.deployments)
+
+    def create_deployment_status(self, repo: str, deployment_id: int, body: Mapping[str, Any]) -> None:
+        self._up()
+        self.deployments[deployment_id - 1]["statuses"].append(body["state"])
+
+    def create_commit_status(self, repo: str, sha: str, body: Mapping[str, Any]) -> None:
+        self._up()
+        self.commit_statuses.append(dict(body))

@@ -61,7 +61,11 @@ class Context:
     def progress(self, state, pipeline) -> dict:
         from shared.ui.dashboard import release_progress
 
-        return release_progress(state, pipeline, self.apps, time.time())
+        from shared.adapters.firestore_github_reports import FirestoreGitHubReports
+        from shared.ui.dashboard import with_github
+
+        github = FirestoreGitHubReports(self.store.client, self.settings)
+        return with_github(release_progress(state, pipeline, self.apps, time.time()), github, state)
 
     def print(self, *parts: Any) -> None:
         print(*parts, file=self.out, flush=True)

@@ -245,3 +245,23 @@ def test_a_notification_of_another_build_is_stale_without_reading_any_build():
     decision = dispatcher.handle_message("n1", *build_notification(rid, "SUCCESS", build_id="b-copy"))
     assert decision.outcome is GateOutcome.STALE
     assert state_of(dispatcher, rid).stages["lint"].status is StageStatus.RUNNING
+
+
+def test_github_down_holds_no_release_and_its_reports_follow_once_it_is_back():
+    from shared.app.github_reporting import GitHubReporting
+    from shared.testing.fakes import FakeGitHub, FakeGitHubLedger
+
+    dispatcher = make()
+    github, ledger = FakeGitHub(), FakeGitHubLedger()
+    dispatcher.reporting = GitHubReporting(github, ledger, dispatcher.clock)
+    github.down = True
+    rid = started(dispatcher)
+    assert dispatcher.handle(ReleaseStarted("e1", rid)).outcome is GateOutcome.APPLIED
+    assert state_of(dispatcher, rid).stages["lint"].status is StageStatus.RUNNING  # the release moved on
+    assert "502" in ledger.get(rid)["last_error"] and github.commit_statuses == []
+    github.down = False
+    dispatcher.clock.advance(5)
+    assert dispatcher.reporting.retry_due(dispatcher.store) == 1
+    assert [s["state"] for s in github.commit_statuses] == ["pending"]
+    dispatcher.handle(ReleaseStarted("e1", rid))  # redelivered: nothing twice
+    assert len(github.commit_statuses) == 1 and ledger.get(rid)["last_error"] == ""
