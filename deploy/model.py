@@ -262,6 +262,8 @@ def function_env(config: DeployConfig) -> dict[str, str]:
                                                 if a.strip())
     if s.build_region:
         env["RELEASE_BUILD_REGION"] = s.build_region
+    if s.github_report_repositories:  # ';' between names: gcloud's --set-env-vars splits on ','
+        env["RELEASE_GITHUB_REPORT_REPOSITORIES"] = s.github_report_repositories.replace(",", ";")
     if s.source_url:
         env["RELEASE_SOURCE_URL"] = s.source_url
     extra = s.pipeline_paths()[1:]

@@ -96,7 +96,9 @@ def sweep(cloud_event):
                        notifier=s.lazy_notifier())
     log.info("sweep: %s", report)
     if s.github_reporting() is not None:  # GitHub reports that wait for a retry, also of ended releases
-        log.info("sweep: GitHub reports retried for %d release(s)", s.github_reporting().retry_due(s.store()))
+        retried = s.github_reporting().retry_due(s.store())
+        if retried:
+            log.info("sweep: GitHub reports retried for %d release(s)", retried)
 
 
 @functions_framework.http

@@ -136,7 +136,7 @@ def github_reporting():
     from shared.adapters.github_app import GitHubApp
     from shared.app.github_reporting import GitHubReporting
 
-    repositories = tuple(r.strip().lower() for r in settings().github_report_repositories.split(",") if r.strip())
+    repositories = tuple(r.strip().lower() for r in settings().github_report_repositories.replace(";", ",").split(",") if r.strip())
     return GitHubReporting(GitHubApp(settings().github_app_id, settings().github_app_key, settings().github_api_url),
                            github_reports(), SystemClock(),
                            dashboard_url=settings().public_base_url, repositories=repositories)

@@ -66,6 +66,7 @@ class GitHubStandin:
         self.token_requests = 0
         self._failures: list[int] = []
         self._server: ThreadingHTTPServer | None = None
+        self.url = ""
 
     # -- the server --------------------------------------------------------------------------------
     def start(self, port: int = 0) -> str:
@@ -92,7 +93,8 @@ class GitHubStandin:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self.url
 
     def stop(self) -> None:
         if self._server:
