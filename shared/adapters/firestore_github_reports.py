@@ -27,6 +27,7 @@ class FirestoreGitHubReports:
             return None
         record = {**empty_record(), **snapshot.to_dict()}
         record.pop("expire_at", None)
+        record.pop("resync", None)
         return record
 
     def claim(self, release_id: str, now: float, lease_s: float) -> dict[str, Any] | None:
@@ -39,9 +40,9 @@ class FirestoreGitHubReports:
             snapshot = ref.get(transaction=transaction)
             record = {**empty_record(), **(snapshot.to_dict() or {})}
             record.pop("expire_at", None)
+            record.pop("resync", None)
             if (record.get("lease_until") or 0) > now:
-                if not record.get("retry_at") or record["retry_at"] > now:
-                    transaction.set(ref, {"retry_at": now}, merge=True)
+                transaction.set(ref, {"retry_at": now, "resync": True}, merge=True)
                 return None
             transaction.set(ref, {**record, "release_id": release_id, "lease_until": now + lease_s})
             return record
@@ -52,10 +53,23 @@ class FirestoreGitHubReports:
         return record
 
     def save(self, release_id: str, record: dict[str, Any]) -> None:
+        """Keeps a resync asked for by a handler that found the lease taken: the record stays due."""
+        from google.cloud import firestore
+
+        ref = self.collection.document(doc_id(release_id))
         # a timestamp, the only type a TTL policy reads (deploy/firestore.py)
         expire_at = datetime.now(timezone.utc) + timedelta(days=RETENTION_DAYS)
-        self.collection.document(doc_id(release_id)).set({**record, "release_id": release_id, "lease_until": 0,
-                                                          "expire_at": expire_at})
+
+        @firestore.transactional
+        def put(transaction):
+            stored = ref.get(transaction=transaction).to_dict() or {}
+            retry_at = record.get("retry_at")
+            if stored.get("resync"):
+                retry_at = min(retry_at, stored["retry_at"]) if retry_at is not None else stored["retry_at"]
+            transaction.set(ref, {**record, "release_id": release_id, "lease_until": 0, "resync": False,
+                                  "retry_at": retry_at, "expire_at": expire_at})
+
+        put(self.client.transaction())
 
     def due(self, now: float, limit: int = 20) -> list[str]:
         from google.cloud.firestore_v1.base_query import FieldFilter

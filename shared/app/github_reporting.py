@@ -81,7 +81,7 @@ class GitHubReporting:
         reports = reports_for(pipeline, state, self.dashboard_url)
         record = self.ledger.get(state.release_id)
         if record is not None and (record.get("not_installed") or (
-                not [r for r in reports if r.key not in record["sent"]])):
+                record.get("retry_at") is None and not [r for r in reports if r.key not in record["sent"]])):
             return "nothing new"
         if record is not None and record.get("failures") and (record.get("retry_at") or 0) > now:
             return "waiting to retry"

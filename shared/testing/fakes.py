@@ -439,21 +439,28 @@ class FakeGitHubLedger:
         from shared.app.github_reporting import empty_record
 
         found = self.records.get(release_id)
-        return None if found is None else {**empty_record(), **copy.deepcopy(found)}
+        if found is None:
+            return None
+        return {**empty_record(), **{k: v for k, v in copy.deepcopy(found).items() if k not in ("lease_until", "resync")}}
 
     def claim(self, release_id: str, now: float, lease_s: float) -> dict[str, Any] | None:
         from shared.app.github_reporting import empty_record
 
         record = {**empty_record(), **copy.deepcopy(self.records.get(release_id, {}))}
         if (record.get("lease_until") or 0) > now:
-            self.records[release_id]["retry_at"] = min(record.get("retry_at") or now, now)
+            self.records[release_id].update(retry_at=now, resync=True)
             return None
         self.records[release_id] = {**record, "lease_until": now + lease_s}
-        record.pop("lease_until", None)
+        for kept in ("lease_until", "resync"):
+            record.pop(kept, None)
         return record
 
     def save(self, release_id: str, record: dict[str, Any]) -> None:
-        self.records[release_id] = {**copy.deepcopy(record), "lease_until": 0}
+        stored = self.records.get(release_id, {})
+        retry_at = record.get("retry_at")
+        if stored.get("resync"):  # a handler found the lease taken: the record stays due
+            retry_at = stored["retry_at"] if retry_at is None else min(retry_at, stored["retry_at"])
+        self.records[release_id] = {**copy.deepcopy(record), "lease_until": 0, "resync": False, "retry_at": retry_at}
 
     def due(self, now: float, limit: int = 20) -> list[str]:
         return [rid for rid, r in self.records.items() if r.get("retry_at") is not None and r["retry_at"] <= now][:limit]

@@ -191,3 +191,18 @@ class FakeStoreWith(FakeStore):
         self.save_pipeline(PIPELINE)
         state.pipeline_digest = PIPELINE.digest
         self.create(state)
+
+
+def test_the_record_is_leased_so_two_handlers_never_report_the_same_release_at_once(ledger, clock):
+    now = clock.now()
+    first = ledger.claim("r1", now, 30)
+    assert first is not None and first["sent"] == []
+    assert ledger.claim("r1", now + 1, 30) is None  # the other handler backs off …
+    assert ledger.due(now + 1) == ["r1"]  # … and marks the record due, so the sweep syncs after it
+    first["sent"].append("commit/pending/started")
+    ledger.save("r1", first)
+    assert ledger.due(now + 2) == ["r1"], "the holder's save keeps the resync asked for meanwhile"
+    again = ledger.claim("r1", now + 2, 30)
+    assert again["sent"] == ["commit/pending/started"]
+    ledger.save("r1", {**again, "retry_at": None})
+    assert ledger.due(now + 3600) == []
