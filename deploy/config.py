@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from deploy.wif import DEFAULT_WORKFLOWS, WifPolicy, condition_findings
 from shared.app.config import REPO_ROOT, Settings
 from shared.domain.errors import ConfigError, PipelineError
 from shared.domain.pipeline import Pipeline, load_pipeline
@@ -57,6 +58,13 @@ class DeployConfig:
     smtp_password_secret: str = "release-smtp-password"
     wif_pool: str = "github"
     wif_provider: str = "github-oidc"
+    # Who may act as the pipeline account through WIF (deploy/wif.py): these workflow files, on the
+    # release branch (and tags starting with wif_tag_prefix, if set). DEPLOY_WIF_WORKFLOWS,
+    # DEPLOY_WIF_TAG_PREFIX; DEPLOY_WIF_CONDITION replaces the generated condition, and --check
+    # refuses one that does not pin ref, workflow and event as well as the repository id.
+    wif_workflows: tuple[str, ...] = DEFAULT_WORKFLOWS
+    wif_tag_prefix: str = ""
+    wif_condition: str = ""
     webhook_secret: str = "release-webhook-secret"
     approval_keys_secret: str = "release-approval-keys"
     # The GitHub token for the approval page's compare (RELEASE_GITHUB_TOKEN); "" (the default):
@@ -82,6 +90,15 @@ class DeployConfig:
     @property
     def project(self) -> str:
         return self.settings.project
+
+    @property
+    def wif_policy(self) -> WifPolicy:
+        return WifPolicy(self.github_repository, self.github_repository_id, self.settings.release_branch,
+                         self.wif_workflows, self.wif_tag_prefix)
+
+    @property
+    def wif_attribute_condition(self) -> str:
+        return self.wif_condition or self.wif_policy.attribute_condition()
 
     @property
     def region(self) -> str:
@@ -149,6 +166,10 @@ def load_config(
         github_app_key_secret=env.get("DEPLOY_GITHUB_APP_KEY_SECRET", "").strip(),
         app_service_account_list=tuple(a.strip() for a in env.get("DEPLOY_APP_SERVICE_ACCOUNTS", "").split(",")
                                        if a.strip()),
+        wif_workflows=tuple(w.strip() for w in env.get("DEPLOY_WIF_WORKFLOWS", "").split(",") if w.strip())
+        or DEFAULT_WORKFLOWS,
+        wif_tag_prefix=env.get("DEPLOY_WIF_TAG_PREFIX", "").strip(),
+        wif_condition=env.get("DEPLOY_WIF_CONDITION", "").strip(),
         **extra,
     )
 
@@ -184,6 +205,16 @@ def setup_check(config: DeployConfig, repo_root: Path = REPO_ROOT) -> list[Findi
     if bool(config.github_app_id_secret) != bool(config.github_app_key_secret):
         error("DEPLOY_GITHUB_APP_ID_SECRET and DEPLOY_GITHUB_APP_KEY_SECRET go together: name both secrets of the "
               "GitHub App (its id and its private key) or neither")
+    if GITHUB_REPOSITORY.match(config.github_repository) and config.github_repository_id.isdigit():
+        try:
+            wrong = condition_findings(config.wif_attribute_condition, config.wif_policy)
+        except ConfigError as exc:
+            error(str(exc))
+        else:
+            for finding in wrong:
+                error(f"the WIF attribute condition {finding}: only the release workflow(s) of the release branch "
+                      "(and release tags, if configured) may act as the pipeline account, which deploys to prod; "
+                      "see deploy/wif.py and DEPLOY_WIF_CONDITION")
     # No approval link is ever sent without a mail relay: the release would wait 24 h for nothing.
     if not s.smtp_host:
         error("RELEASE_SMTP_HOST is empty: approval links go by mail only, so no release could reach prod")
@@ -209,7 +240,7 @@ def setup_check(config: DeployConfig, repo_root: Path = REPO_ROOT) -> list[Findi
             error(f"DEPLOY_APP_SERVICE_ACCOUNTS: {account!r} is not a service account e-mail address")
     if config.project_number and not PROJECT_NUMBER.match(config.project_number):
         error(f"DEPLOY_PROJECT_NUMBER {config.project_number!r} is not a project number (digits only)")
-    for name in ("cloud_build_endpoint", "cloud_run_endpoint", "iam_endpoint"):
+    for name in ("cloud_build_endpoint", "cloud_run_endpoint", "iam_endpoint", "id_token_url"):
         if getattr(s, name):
             error(f"RELEASE_{name.upper()} is set: on GCP the functions must use the public Google APIs; unset it")
     if not s.artifact_registry:

@@ -16,6 +16,8 @@ from typing import Iterator, Union
 
 from deploy.config import DeployConfig
 from deploy.firestore import COMPOSITE_INDEXES, TTL_POLICIES
+from deploy.wif import GITHUB_ISSUER
+from shared.domain.build_params import connected_repositories, private_checked_services
 from shared.domain.preflight import (
     BASE_ROLES, BUILD_LOG_ROLE, SECRET_ACCESSOR_ROLE, build_secret_names, prod_secret_names,
 )
@@ -66,6 +68,7 @@ PUSH_ACK_DEADLINE_S = 600
 # itself, so no bucket-level grant can exist before it: project, read-only).
 BUILDER_PROJECT_ROLES = ("roles/logging.logWriter", "roles/storage.objectViewer")
 BUILDER_REPOSITORY_ROLE = "roles/artifactregistry.writer"
+READ_TOKEN_ROLE = "roles/cloudbuild.readTokenAccessor"  # builds from a connected (private) repository
 FUNCTIONS_REPOSITORY = "release-functions"  # the functions' images (gcloud functions deploy --docker-repository)
 
 
@@ -318,6 +321,7 @@ def build_plan(config: DeployConfig) -> Plan:
              f"--permissions={','.join(CUSTOM_ROLES[role_id])}", "--stage=GA"),
             why))
     repo = config.github_repository
+    wif = config.wif_policy
     steps.append(Resource(
         "identity", "wif-pool", config.wif_pool,
         ("iam", "workload-identity-pools", "describe", config.wif_pool, "--location=global", proj),
@@ -330,20 +334,22 @@ def build_plan(config: DeployConfig) -> Plan:
          f"--workload-identity-pool={config.wif_pool}", "--location=global", proj),
         ("iam", "workload-identity-pools", "providers", "create-oidc", config.wif_provider,
          f"--workload-identity-pool={config.wif_pool}", "--location=global",
-         "--issuer-uri=https://token.actions.githubusercontent.com",
-         "--attribute-mapping=google.subject=assertion.sub,attribute.repository=assertion.repository,"
-         "attribute.repository_id=assertion.repository_id,"
-         "attribute.repository_owner=assertion.repository_owner,attribute.ref=assertion.ref",
-         f"--attribute-condition=assertion.repository_id == '{config.github_repository_id}'", proj),
+         f"--issuer-uri={GITHUB_ISSUER}",
+         f"--attribute-mapping={wif.mapping_flag()}",
+         f"--attribute-condition={config.wif_attribute_condition}", proj),
         f"only tokens of {repo} (repository id {config.github_repository_id}, which survives a rename or a "
-        "re-created repository of the same name) are exchanged"))
-    principal_set = (f"principalSet://iam.googleapis.com/projects/{config.number}/locations/global/"
-                     f"workloadIdentityPools/{config.wif_pool}/attribute.repository_id/{config.github_repository_id}")
-    steps.append(Binding(
-        "identity", "service-account", config.pipeline_sa, "roles/iam.workloadIdentityUser", principal_set,
-        ("iam", "service-accounts", "add-iam-policy-binding", config.pipeline_sa, "--role=roles/iam.workloadIdentityUser",
-         f"--member={principal_set}", "--condition=None", proj),
-        f"workflows of {repo} (and nothing else) may act as the pipeline account"))
+        f"re-created repository of the same name) for a push or dispatch of {wif.branch_ref}"
+        + (f" or a tag {wif.tag_prefix}*" if wif.tag_prefix else "")
+        + f" running {', '.join(wif.workflows)} are exchanged; other branches, workflows and pull requests are not"))
+    for value in wif.principal_values():
+        principal_set = (f"principalSet://iam.googleapis.com/projects/{config.number}/locations/global/"
+                         f"workloadIdentityPools/{config.wif_pool}/attribute.release_workflow/{value}")
+        steps.append(Binding(
+            "identity", "service-account", config.pipeline_sa, "roles/iam.workloadIdentityUser", principal_set,
+            ("iam", "service-accounts", "add-iam-policy-binding", config.pipeline_sa,
+             "--role=roles/iam.workloadIdentityUser", f"--member={principal_set}", "--condition=None", proj),
+            f"runs of {value.split(':', 2)[2]} on the release {value.split(':', 2)[1]} of {repo} (and nothing else) "
+            "may act as the pipeline account"))
 
     # -- secrets: created empty; the operator adds the values (never in the repo, never here)
     s = config.settings
@@ -450,6 +456,18 @@ def build_plan(config: DeployConfig) -> Plan:
             steps.append(_secret_binding(p, secret, SECRET_ACCESSOR_ROLE, pipeline_member,
                                          "builds run as this account and fetch their availableSecrets"))
 
+    for repository in sorted(connected_repositories(config.pipeline)):
+        # repositories.accessReadToken needs cloudbuild.repositories.accessReadToken on the repository;
+        # roles/cloudbuild.readTokenAccessor holds it (with connections.get, repositories.get), on this
+        # connection only. The connection itself is made once by hand (deploy/README.md, "Private source").
+        name = repository.replace("${project}", p)
+        location, connection = name.split("/")[3], name.split("/")[5]
+        steps.append(Binding("bindings", "build-connection", name.rsplit("/repositories/", 1)[0], READ_TOKEN_ROLE,
+                             pipeline_member,
+                             ("builds", "connections", "add-iam-policy-binding", connection, f"--region={location}",
+                              f"--member={pipeline_member}", f"--role={READ_TOKEN_ROLE}", proj),
+                             f"builds run as this account and fetch {name} through the connection's read token"))
+
     # -- the runtime account: only what the functions call
     for role, why in (
         ("roles/datastore.user", "Firestore reads and conditional writes of release state"),
@@ -460,6 +478,13 @@ def build_plan(config: DeployConfig) -> Plan:
          "entries and reads Cloud Run's request count and latency series (logEntries.list, timeSeries.list only)"),
     ):
         steps.append(_project_binding(p, role, runtime_member, why))
+    for service in sorted(private_checked_services(config.pipeline)):
+        # the probe function runs as the runtime account; its ID token is admitted only with run.invoker
+        # (https://cloud.google.com/run/docs/securing/managing-access), on the checked service only
+        steps.append(Binding("bindings", "run-service", service, "roles/run.invoker", runtime_member,
+                             ("run", "services", "add-iam-policy-binding", service, f"--region={r}",
+                              f"--member={runtime_member}", "--role=roles/run.invoker", proj),
+                             "checks of this private service send the runtime account's ID token (auth: id_token)"))
     for topic in (s.events_topic, s.updates_topic):
         steps.append(Binding("bindings", "topic", topic, "roles/pubsub.publisher", runtime_member,
                              ("pubsub", "topics", "add-iam-policy-binding", topic, f"--member={runtime_member}",

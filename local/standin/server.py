@@ -148,6 +148,30 @@ class StandIn:
         else:
             self._iam.revoke(member, role)
 
+    def connect_repository(self, name: str, local_path: str, readers: tuple[str, ...] = ()) -> None:
+        """A 2nd-gen repository ``projects/P/locations/L/connections/C/repositories/R`` standing for the
+        local git repository ``local_path``; ``readers``: accounts holding accessReadToken on it."""
+        self._builds.connect_repository(name, local_path, readers)
+
+    def make_service_private(self, service_id: str, invokers: tuple[str, ...], certs) -> None:
+        """Service ``service_id`` requires authentication: an ID token (signed by a key of ``certs()``,
+        key id -> PEM) of one of ``invokers`` (the accounts holding roles/run.invoker on it)."""
+        self._services.invokers.make_private(service_id, invokers, certs)
+
+    def revoke_invoker(self, service_id: str, account: str) -> None:
+        self._services.invokers.revoke(service_id, account)
+
+    def grant_invoker(self, service_id: str, account: str) -> None:
+        self._services.invokers.grant(service_id, account)
+
+    def remove_queue(self, name: str) -> None:
+        """Delete a Cloud Tasks queue: CreateTask on it is FAILED_PRECONDITION from now on."""
+        self._tasks.remove_queue(name)
+
+    def mark_private(self, url: str) -> None:
+        """``url`` needs credentials: an anonymous gitSource of it fails at fetch, as on Cloud Build."""
+        self._builds.mark_private(url)
+
     def push_image(self, image: str, digest: str = "") -> str:
         """Record ``LOCATION-docker.pkg.dev/PROJECT/REPO/IMAGE:TAG`` as pushed; returns its
         ``...@sha256:`` uri. The tag moves to this digest, as ``docker push`` moves it."""

@@ -5,8 +5,13 @@ GetQueue, CreateTask, GetTask, DeleteTask. A task is POSTed to its URL at its
 schedule_time (plus ``dispatch_delay_s``, the benchmark's stand-in for GCP's dispatch
 latency); a non-2xx answer or no answer is retried with the queue's default backoff.
 Rules enforced, each as the API documents it:
-- CreateTask on a queue that does not exist is NOT_FOUND: "The queue must already exist."
-  https://cloud.google.com/tasks/docs/reference/rest/v2/projects.locations.queues.tasks/create
+- CreateTask on a queue that does not exist: "The queue must already exist."
+  (https://cloud.google.com/tasks/docs/reference/rest/v2/projects.locations.queues.tasks/create);
+  the service answers FAILED_PRECONDITION "Queue does not exist." (as clients report it, e.g.
+  stackkit/laravel-google-cloud-tasks-queue#103), and for a queue deleted recently FAILED_PRECONDITION
+  "The queue no longer exists, though a queue with this name existed recently."
+  (GoogleCloudPlatform/python-docs-samples#4034). A paused queue still takes tasks (Queue.State
+  PAUSED: "more tasks can still be added to it by the user"), so pausing is no error here.
 - A task id already used by a task that exists or ran in the last hour is ALREADY_EXISTS
   ("another task with the same name can't be created for ~1hour after the original task
   was deleted or executed"): CreateTaskRequest, same page.
@@ -69,6 +74,7 @@ class CloudTasksService:
         self._queues: dict[str, tasks_v2.Queue] = {}
         self._tasks: dict[str, tasks_v2.Task] = {}
         self._used: dict[str, float] = {}  # task name -> when it ran or was deleted (monotonic)
+        self._deleted: set[str] = set()  # queues deleted (tests: remove_queue)
         self._due: list[_Due] = []
         self._lock = threading.Condition()
         self._pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="standin-task")
@@ -102,6 +108,12 @@ class CloudTasksService:
         self.add_queue(name, request.queue)
         return self.get_queue(tasks_v2.GetQueueRequest(name=name))
 
+    def remove_queue(self, name: str) -> None:
+        """The queue is deleted (as by `gcloud tasks queues delete`); its name stays taken a while."""
+        with self._lock:
+            self._queues.pop(name, None)
+            self._deleted.add(name)
+
     def get_queue(self, request: tasks_v2.GetQueueRequest) -> tasks_v2.Queue:
         with self._lock:
             queue = self._queues.get(request.name)
@@ -123,7 +135,9 @@ class CloudTasksService:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "stand-in: tasks are delivered to loopback URLs only")
         with self._lock:
             if request.parent not in self._queues:
-                raise ApiError(grpc.StatusCode.NOT_FOUND, f"Queue does not exist: {request.parent}")
+                raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                               "The queue no longer exists, though a queue with this name existed recently."
+                               if request.parent in self._deleted else "Queue does not exist.")
             if task.name:
                 prefix = request.parent + "/tasks/"
                 if not task.name.startswith(prefix) or not TASK_ID.match(task.name[len(prefix):]):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime
 from typing import Any, Callable, Mapping
 
 import jwt
@@ -161,7 +162,6 @@ def _retry_after(response: Any, now: float) -> float | None:
 
 
 def _epoch(text: Any) -> float | None:
-    from datetime import datetime
     try:
         return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
     except ValueError:

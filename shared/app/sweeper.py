@@ -62,6 +62,7 @@ class SweepReport:
     stalled: list[str] = field(default_factory=list)  # release ids whose stall was announced
     errors: list[str] = field(default_factory=list)  # what could not be checked this time
     out_of_time: bool = False  # pages were left for the next tick
+    github_retried: int = 0  # releases whose GitHub reports were retried (shared/bootstrap.sweeper)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, name: str, value: Any) -> None:
@@ -188,7 +189,7 @@ def _sweep_release(
 
 
 def is_overdue(release: ReleaseState, status: StageStatus, deadline: float | None, now: float) -> bool:
-    """The gate's own rule (gate._Run.expire_overdue): past the deadline while running,
+    """The gate's own rule (gate_flow.expire_overdue): past the deadline while running,
     or while waiting for an approval the release is still waiting for."""
     if deadline is None or now <= deadline:
         return False

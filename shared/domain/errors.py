@@ -64,6 +64,11 @@ class RequestRefused(PipelineError):
         self.status = status
 
 
+class NotifyError(PipelineError):
+    """A channel could not deliver (the LinkSender and Notifier ports raise it). The message never
+    holds a webhook URL or secret."""
+
+
 # GitHub reporting (shared/app/github_reporting.py)
 class GitHubRetry(PipelineError):
     """A GitHub call worth trying again later (5xx, timeout, rate limit); ``retry_after_s`` is what

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Union
 
 from shared.domain.pipeline import Pipeline, StageKind
+from shared.domain.stage_results import result_of
 from shared.domain.state import ReleaseState, ReleaseStatus, StageState, StageStatus
 
 MAX_DESCRIPTION = 140
@@ -218,14 +219,12 @@ def _commit_statuses(pipeline: Pipeline, state: ReleaseState, context: str, log_
 
 
 def _service_url(pipeline: Pipeline, state: ReleaseState, env: str) -> str:
-    """The URL the environment's last finished deploy reported (its ``urls`` result): the one
-    read of a stage result here, kept in one place."""
+    """The service URL the environment's last finished deploy reported."""
     url = ""
     for stage in pipeline.stages:
         if stage.environment == env and stage.kind is StageKind.DEPLOY and stage.id in state.stages:
-            urls = state.stages[stage.id].result.get("urls") or {}
-            if isinstance(urls, Mapping) and urls:
-                url = str(next(iter(urls.values())) or url)
+            result = result_of(stage.kind, state.stages[stage.id].result)
+            url = next((u for _, u in getattr(result, "urls", ())), url)
     return url
 
 

@@ -46,6 +46,10 @@ COVERAGE = {
         "test: tests/integration/test_plan_bindings_enforced.py::test_a_private_function_admits_exactly_the_plans_invokers",
     ("function", "roles/run.invoker", "operator", "operator"):
         "test: tests/integration/test_plan_bindings_enforced.py::test_a_private_function_admits_exactly_the_plans_invokers",
+    ("build-connection", "roles/cloudbuild.readTokenAccessor", "pipeline", "connection"):
+        "test: tests/integration/test_private_source.py::test_the_build_account_reads_the_connection_only_with_deploys_grant",
+    ("run-service", "roles/run.invoker", "runtime", "checked-service"):
+        "test: tests/integration/test_private_service_checks.py::test_without_the_invoker_grant_the_check_fails_naming_the_403",
     # No local path: the reason is in deploy/README.md under this key.
     ("function", "roles/run.invoker", "invoker", "event-function"): "readme: run.invoker (invoker, event functions)",
     ("project", "roles/datastore.user", "runtime", "project"): "readme: datastore.user (runtime)",
@@ -88,7 +92,9 @@ def binding_keys(config) -> set[tuple[str, str, str, str]]:
                          "secret": lambda: "function-secret" if b.target in function_secrets else "pipeline-secret",
                          "function": lambda: "event-function" if b.target in event_functions else b.target,
                          "artifact-repository": lambda: "functions-repository" if b.target == "release-functions"
-                         else "release-repository"}[b.scope]()
+                         else "release-repository",
+                         "build-connection": lambda: "connection",
+                         "run-service": lambda: "checked-service"}[b.scope]()
         role = b.role.replace(f"projects/{config.project}/roles/", "custom:")
         keys.add((b.scope, role, principal, target))
     return keys
