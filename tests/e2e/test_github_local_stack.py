@@ -82,6 +82,14 @@ def _link_for(stack, rid: str) -> str:
     return ""
 
 
+def machine_time(state) -> float:
+    """The release's duration from its push to its last stage, less the approval's wait for a person
+    (the test's own mail polling is not what is compared)."""
+    approval = state.stages["approval"]
+    waited = (approval.finished_at or 0) - (approval.started_at or approval.finished_at or 0)
+    return max(st.finished_at or 0 for st in state.stages.values()) - state.created_at - waited
+
+
 def wait_github(stack, repo, expected, timeout_s=90):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -96,7 +104,8 @@ def commit_states(stack, repo):
 
 
 def test_a_release_leaves_two_successful_deployments_then_faults_delay_only_the_reports(stack, store):
-    done, clean_s = release(stack, store, "gh-ok")
+    done, _ = release(stack, store, "gh-ok")
+    clean_s = machine_time(done)
     assert done.status is ReleaseStatus.SUCCEEDED
     wait_github(stack, "example/gh-ok", {"staging": DONE, "prod": DONE})
     assert commit_states(stack, "example/gh-ok") == [("pending", "release/gh-ok")] * 2 + [("success", "release/gh-ok")]
@@ -113,7 +122,8 @@ def test_a_release_leaves_two_successful_deployments_then_faults_delay_only_the_
     assert tokens <= 3 < len(calls)
 
     stack.github.fail_next(502, 502, 403, 403)
-    faulted, faulted_s = release(stack, store, "gh-faults")
+    faulted, _ = release(stack, store, "gh-faults")
+    faulted_s = machine_time(faulted)
     assert faulted.status is ReleaseStatus.SUCCEEDED
     print(f"release while GitHub answered 502, 502, 403 (rate limit), 403: {faulted_s:.1f} s "
           f"(fault-free {clean_s:.1f} s)")
