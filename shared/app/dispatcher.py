@@ -202,6 +202,8 @@ class Dispatcher:
                 if decision.commands:  # idempotent ones (lock requests): nothing to record first
                     self._execute(pipeline, state, decision.commands)
                 self._recover(pipeline, state, token, event.id)
+                if self.reporting is not None:  # a redelivery after a crash before the report: one read
+                    self.reporting.sync(pipeline, state)
                 return decision
             new = decision.state
             if decision.commands:

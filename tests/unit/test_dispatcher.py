@@ -300,3 +300,16 @@ def test_github_down_holds_no_release_and_its_reports_follow_once_it_is_back():
     assert [s["state"] for s in github.commit_statuses] == ["pending"]
     dispatcher.handle(ReleaseStarted("e1", rid))  # redelivered: nothing twice
     assert len(github.commit_statuses) == 1 and ledger.get(rid)["last_error"] == ""
+
+
+def test_a_redelivered_event_sends_what_a_crash_after_the_write_left_unreported():
+    from shared.app.github_reporting import GitHubReporting
+    from shared.testing.fakes import FakeGitHub, FakeGitHubLedger
+
+    dispatcher = make()
+    rid = started(dispatcher)
+    dispatcher.handle(ReleaseStarted("e1", rid))  # no reporting wired yet: as if the process died before it
+    github = FakeGitHub()
+    dispatcher.reporting = GitHubReporting(github, FakeGitHubLedger(), dispatcher.clock)
+    assert dispatcher.handle(ReleaseStarted("e1", rid)).outcome is not GateOutcome.APPLIED  # the redelivery
+    assert [s["state"] for s in github.commit_statuses] == ["pending"]
