@@ -62,17 +62,6 @@ def wait_for(store, release_id, condition, timeout_s=240):
     raise AssertionError(f"timed out; release {release_id} is {store.get(release_id)[0].status}")
 
 
-def push(stack, commit: str) -> dict:
-    """The push webhook; on busy cores a cold on_push may answer after send_push's 10 s, so a
-    timed-out push is sent again (the same commit answers "exists" with the same release)."""
-    for _ in range(5):
-        try:
-            return send_push(stack, commit)
-        except (TimeoutError, urllib.error.URLError):
-            time.sleep(2)
-    return send_push(stack, commit)
-
-
 def query(stack, environment: str, sql: str) -> list[tuple]:
     with sqlite3.connect(stack.workdir / "data" / environment / "app.sqlite3") as conn:
         try:
@@ -130,12 +119,12 @@ def test_each_stage_runs_its_release_image_and_a_replay_runs_the_older_one(stack
     from shared.ui.notes import load_release, render
 
     store = FirestoreStore(firestore.Client(project=PROJECT), Settings(project=PROJECT, collection_prefix=PREFIX))
-    old_answer = push(stack, stack.source["old"])
+    old_answer = send_push(stack, stack.source["old"])
     old = wait_for(store, old_answer["release_id"], lambda s: s.status is ReleaseStatus.AWAITING_APPROVAL)
     assert query(stack, "staging", f"SELECT carried FROM migrate_runs WHERE release_id = '{old.release_id}'") == [("",)]
     assert query(stack, "staging", "SELECT name FROM schema_migrations") == []
 
-    new_answer = push(stack, stack.source["new"])
+    new_answer = send_push(stack, stack.source["new"])
     new = wait_for(store, new_answer["release_id"], lambda s: s.status is ReleaseStatus.AWAITING_APPROVAL)
     applied = query(stack, "staging", "SELECT release_id, applied_at, name FROM schema_migrations")
     ran = query(stack, "staging", f"SELECT carried FROM migrate_runs WHERE release_id = '{new.release_id}'")
