@@ -262,6 +262,7 @@ def make_dispatcher(store, publisher, executors, settings, clock=None, approvals
     from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
     from shared.app.locks import EnvironmentLocks
     from shared.app.ports import SystemClock
+    from shared.adapters.cloud_build_notification import decode_message
     from shared.app.dispatcher import Dispatcher
 
     inner = getattr(store, "inner", store)
@@ -271,7 +272,7 @@ def make_dispatcher(store, publisher, executors, settings, clock=None, approvals
     return Dispatcher(store, publisher, executors, approvals or FakeApprovals(), notifier or FakeNotifier(),
                       clock or SystemClock(), settings, locks, FirestoreDeadLetters(inner.client, settings),
                       roll_back=lambda service, to=None: {"service": service, "note": "bench: nothing to roll back"},
-                      completion_keys=bench_keyring())
+                      completion_keys=bench_keyring(), decode=decode_message)
 
 
 class CpuMeter:

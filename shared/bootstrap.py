@@ -119,6 +119,7 @@ def approval_store():
 
 @functools.cache
 def dispatcher():
+    from shared.adapters.cloud_build_notification import decode_message
     from shared.app.dispatcher import Dispatcher
 
     from shared.app.locks import EnvironmentLocks
@@ -135,7 +136,7 @@ def dispatcher():
                       settings(), locks,
                       dead_letter_store(), roll_back=roll_back,
                       operator_requests=operator_requests(), probes=probe_scheduler(),
-                      completion_keys=link_keyring())
+                      completion_keys=link_keyring(), decode=decode_message)
 
 
 @functools.cache
@@ -148,9 +149,10 @@ def dead_letter_store():
 @functools.cache
 def dead_letters():
     """The dead-letter API (keep, drain, list, re-drive) over the one store."""
+    from shared.adapters.cloud_build_notification import decode_message
     from shared.app.dead_letters import DeadLetters
 
-    return DeadLetters(dead_letter_store(), plain_publisher(), SystemClock(), settings())
+    return DeadLetters(dead_letter_store(), plain_publisher(), SystemClock(), settings(), decode_message)
 
 
 @functools.cache

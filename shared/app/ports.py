@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # annotations only: importing the domain here would put it on
     from shared.domain.approval_record import ApprovalRecord
     from shared.domain.dead_letters import DeadLetter
     from shared.domain.commands import Notify, RequestApproval, StartStage
-    from shared.domain.events import ApprovalDecided, LockGranted, Outcome, Superseded
+    from shared.domain.events import ApprovalDecided, BuildFinished, Event, LockGranted, Outcome, Superseded
     from shared.domain.pipeline import Pipeline, Stage
     from shared.domain.probes import ProbeTask
     from shared.domain.state import ReleaseState, StageState
@@ -169,6 +169,15 @@ class ServiceLockRecords(Protocol):
     def read(self, service: str) -> tuple[dict[str, Any], Any]: ...
 
     def write(self, service: str, data: dict[str, Any], token: Any) -> None: ...
+
+
+class MessageDecoder(Protocol):
+    """A Pub/Sub message as what the dispatcher handles, decoded once: ours by the wire format
+    (shared/domain/wire.py), Cloud Build's notification into a BuildFinished (its adapter,
+    shared/adapters/cloud_build_notification.py); None for a build notification that ends no
+    stage; MalformedEvent naming why when it cannot be decoded."""
+
+    def __call__(self, event_id: str, attributes: Mapping[str, str], data: bytes) -> Event | BuildFinished | None: ...
 
 
 class Locks(Protocol):

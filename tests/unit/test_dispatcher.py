@@ -7,6 +7,7 @@ import typing
 import pytest
 
 from shared.app.config import Settings
+from shared.adapters.cloud_build_notification import decode_message
 from shared.app.dispatcher import COMMAND_HANDLERS, IN_FLIGHT_WAIT_S, Dispatcher
 from shared.domain.commands import Command
 from shared.app.locks import EnvironmentLocks
@@ -48,7 +49,8 @@ def make(executor: FakeExecutor | None = None) -> Dispatcher:
                       FakeApprovals(), FakeNotifier(), clock, SETTINGS,
                       EnvironmentLocks(InMemoryAppRecords(), publisher, SETTINGS, in_memory_service_lock_records()), FakeDeadLetters(),
                       roll_back=lambda service, to=None: {"service": service, "revision": to}, operator_requests=FakeOperatorRequests(),
-                      sleep=ticks.sleep, monotonic=ticks.monotonic, completion_keys=rig_keyring())
+                      sleep=ticks.sleep, monotonic=ticks.monotonic, completion_keys=rig_keyring(),
+                      decode=decode_message)
 
 
 def started(dispatcher: Dispatcher) -> str:
