@@ -36,8 +36,6 @@ PAIRS_ALLOWED_INSIDE_FUNCTIONS = {
     ("shared.ui.cli", "concurrent.futures"): COLD_START + ": 0.1 s of relctl's start-up, for an error's message only",
     ("shared.ui.cli", "shared.adapters.executors.preflight"): COLD_START + ": it imports google.auth, which only "
                                                               "`relctl preflight` needs",
-    ("shared.ui.cli_context", "shared.adapters.firestore_store"): COLD_START + ": it imports the Firestore client, "
-                                                                  "which `relctl validate` and `--help` do not need",
 }
 
 
