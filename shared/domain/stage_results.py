@@ -57,6 +57,7 @@ class ChaosVerdict:
     max_p95_ms: float | None
     reasons: tuple[str, ...]
     stored: Mapping[str, Any]  # the verdict's own keys as stored, for the approval page's summary
+    decided_by: tuple[tuple[str, str], ...] = ()  # (figure, the report it came from): the worst report counts
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,9 @@ def _chaos(raw: Mapping[str, Any]) -> ChaosVerdict | None:
         return None
     return ChaosVerdict(bool(raw["passed"]), _number(raw.get("error_rate")), _number(raw.get("p95_ms")),
                         _number(raw.get("max_error_rate")), _number(raw.get("max_p95_ms")),
-                        tuple(str(r) for r in raw.get("reasons") or ()), {k: raw[k] for k in CHAOS_KEYS if k in raw})
+                        tuple(str(r) for r in raw.get("reasons") or ()), {k: raw[k] for k in CHAOS_KEYS if k in raw},
+                        tuple((str(k), v) for k, v in (raw.get("decided_by") or {}).items() if isinstance(v, str))
+                        if isinstance(raw.get("decided_by"), Mapping) else ())
 
 
 def _build_fields(raw: Mapping[str, Any]) -> dict[str, Any]:

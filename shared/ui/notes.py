@@ -310,6 +310,9 @@ def _chaos_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
                 limits = f" (limits: < {chaos.max_error_rate:.2%}, < {chaos.max_p95_ms:.0f} ms)"
             out.append(f"- error rate {rate_text}, P95 {p95_text}, passed: {'yes' if chaos.passed else 'no'}{limits}")
             out += [f"- why: {reason}" for reason in chaos.reasons]
+            decided = dict(chaos.decided_by)  # the worst report counts; say which it was
+            out += [f"- {label} from {decided[key]}" for key, label in (("error_rate", "error rate"), ("p95_ms", "P95"))
+                    if key in decided]
     return ["", "## Chaos smoke", ""] + out if out else []
 
 

@@ -125,6 +125,16 @@ def test_chaos_verdict_with_error_rate_p95_and_limits():
     assert "- error rate 1.25%, P95 412 ms, passed: yes (limits: < 5.00%, < 800 ms)" in notes
 
 
+def test_chaos_notes_name_the_report_that_decided():
+    state = succeeded_release()
+    # Firestore hands a map back in any order; the notes name error rate, then P95.
+    state.stages["chaos"].result["decided_by"] = {"p95_ms": "reports/locust_stats.csv (Locust stats CSV)",
+                                                  "error_rate": "reports/locust.json (Locust --json)"}
+    notes = render(state, PIPELINE)
+    assert ("- error rate from reports/locust.json (Locust --json)\n"
+            "- P95 from reports/locust_stats.csv (Locust stats CSV)") in notes
+
+
 def test_chaos_not_requested_is_said_so():
     notes = render(succeeded_release(chaos=False), PIPELINE)
     assert "- Chaos smoke: not requested (skipped)" in notes
