@@ -5,7 +5,7 @@ notes need (test counts, digest, run time) as JSON in ``$BUILDER_OUTPUT/output``
 the way a Cloud Build step returns output.
 
   python -m local.sample_ci unit --tag TAG
-  python -m local.sample_ci build --tag TAG
+  python -m local.sample_ci build --tag TAG [--image REF]
   python -m local.sample_ci push --tag TAG
   python -m local.sample_ci e2e --tag TAG
   python -m local.sample_ci schema
@@ -73,8 +73,12 @@ def cmd_build(args) -> int:
     with tarfile.open(image, "w:gz") as tar:
         tar.add("sample_app", filter=lambda i: None if any(part in i.name for part in ("__pycache__", "/tests", "/chaos"))
                 else i)
-    digest = "sha256:" + hashlib.sha256(image.read_bytes()).hexdigest()
-    output({"image": f"local/sample-app:{args.tag}", "digest": digest})
+    if args.image and os.environ.get("STANDIN_DOCKER_IMAGES"):
+        # What `docker build -t IMAGE .` leaves in the build's daemon (local/standin/workspace.py):
+        # Cloud Build then pushes it, and the registry reports its digest.
+        with open(os.environ["STANDIN_DOCKER_IMAGES"], "a") as daemon:
+            daemon.write(args.image + "\n")
+    output({"image": args.image or f"local/sample-app:{args.tag}"})
     return 0
 
 
@@ -243,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("unit", "build", "push", "e2e"):
         sub.add_parser(name).add_argument("--tag", required=True)
+    sub.choices["build"].add_argument("--image", default="", help="the reference the build's images push")
     sub.add_parser("schema")
     sub.add_parser("ingest")
     chaos = sub.add_parser("chaos")

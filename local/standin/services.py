@@ -2,8 +2,10 @@
 
 Each create/update whose template differs from the latest revision makes a new
 revision (an unchanged template, e.g. a traffic-only update, makes none, as on
-Cloud Run). Revisions of local images run as processes; the service URL and each
-traffic tag URL are small routers in front of them.
+Cloud Run). Revisions of images with code here (images.py: local images, and those
+a build pushed) run as processes in that code; the service URL and each traffic tag URL
+are small routers in front of them. A revision naming an Artifact Registry image the
+registry does not hold fails, as on Cloud Run ("Image '...' not found.").
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import grpc
 from google.cloud import run_v2
 from google.longrunning.operations_pb2 import Operation
 
-from local.standin.common import ApiError, OperationStore, OutcomeRules, StandInConfig, clone, image_is_local, now, short_id
+from local.standin.common import ApiError, OperationStore, OutcomeRules, StandInConfig, clone, now, short_id
+from local.standin.images import ImageNotFound, locate
 from local.standin.jobs import Condition, State, ready_condition
 from local.standin.log_files import LogFiles
 from local.standin.processes import Supervisor, child_env, wait_answering
@@ -34,8 +37,9 @@ BY_REVISION = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_
 class ServicesService:
     def __init__(self, config: StandInConfig, operations: OperationStore, outcomes: OutcomeRules,
                  supervisor: Supervisor, on_served: Callable[[str, str, int, float], None] | None,
-                 logs: LogFiles) -> None:
+                 logs: LogFiles, images=None) -> None:
         self._cfg = config
+        self._images = images  # the ArtifactRegistryService: which images exist, and their code
         self._logs = logs
         self._on_served = on_served  # (service, revision, status, latency ms): what Cloud Run's metrics count
         self._ops = operations
@@ -205,13 +209,23 @@ class ServicesService:
         """Returns READY, HANG, or the message of why the revision failed."""
         revision_id = revision.name.rsplit("/", 1)[-1]
         container = revision.containers[0] if revision.containers else run_v2.Container()
-        if image_is_local(container.image, self._cfg.local_images):
+        try:
+            code = locate(container.image, self._cfg.local_images, self._cfg.workspace, self._images).root
+        except ImageNotFound as missing:
+            outcome = f"Revision '{revision_id}' is not ready and cannot serve traffic. {missing}"
+            revision.conditions = [Condition(type_="Ready", state=State.CONDITION_FAILED, message=outcome,
+                                             reason=Condition.CommonReason.CONTAINER_MISSING,
+                                             last_transition_time=now())]
+            return outcome
+        if code is not None:
             port = _free_port()
             argv = list(container.command) + list(container.args) if container.command else [
                 sys.executable, "-m", "sample_app.server"]
             env = {e.name: e.value for e in container.env} | {
                 "PORT": str(port), "REVISION": revision_id, "K_SERVICE": service_id, "K_REVISION": revision_id}
-            proc = self._supervisor.spawn(argv, cwd=self._cfg.workspace, env=child_env(env),
+            if code != self._cfg.workspace:  # an image's code: it imports its own modules, not ours
+                env["PYTHONPATH"] = str(code)
+            proc = self._supervisor.spawn(argv, cwd=code, env=child_env(env),
                                           log_path=self._logs.path("revisions", revision_id))
             # A revision that never answers is served anyway: the check stage must see it fail.
             wait_answering(port, proc, self._cfg.revision_ready_timeout_s)

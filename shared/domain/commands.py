@@ -17,7 +17,8 @@ class StartStage:
     stage_run_id: str
     attempt: int
     kind: str
-    # Pinned inputs: identical for every attempt of the release (tag, version, commit).
+    # Pinned inputs: identical for every attempt of the release (tag, version, commit), and
+    # ``digest``, the image the release's build reported, once a stage before this one did.
     inputs: Mapping[str, Any] = field(default_factory=dict)
     name = "start_stage"
 

@@ -22,7 +22,7 @@ from shared.domain.analysis import evidence_lines
 from shared.domain.ids import valid_release_id
 from shared.domain.errors import PipelineError
 from shared.domain.pipeline import Pipeline, Stage, StageKind
-from shared.domain.stage_results import (ApprovalResult, BuildResult, CheckResult, DeployResult, JunitCounts,
+from shared.domain.stage_results import (ApprovalResult, BuildResult, CheckResult, DeployResult, JobResult, JunitCounts,
                                          StageResult, common_result, result_of, results_of)
 from shared.domain.state import ReleaseState, ReleaseStatus, StageState, StageStatus
 
@@ -214,6 +214,7 @@ def render(state: ReleaseState, pipeline: Pipeline) -> str:
     out += _table(("#", "Stage", "Result", "Attempts", "Started", "Duration", "Detail"), rows)
 
     out += _tests_section(state, pipeline)
+    out += _images_section(state, pipeline)
     out += _schema_section(state, pipeline)
     out += _smoke_section(state, pipeline)
     out += _analysis_section(state, pipeline)
@@ -242,6 +243,23 @@ def _tests_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
     if not rows:
         return []
     return ["", "## Tests", ""] + _table(("Suite", "Tests", "Failures", "Errors", "Skipped"), rows)
+
+
+def _images_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
+    """What each job execution and each deploy's revisions ran: the image by digest, as the
+    executors recorded it (a job from its execution's template)."""
+    rows = []
+    for stage in pipeline.stages:
+        st = state.stages.get(stage.id)
+        if st is None or stage.kind not in (StageKind.JOB, StageKind.DEPLOY):
+            continue
+        result = result_of(stage.kind, st.result)
+        if not result.image:
+            continue
+        ran_in = (result.execution.rsplit("/jobs/", 1)[-1] if isinstance(result, JobResult) else
+                  ", ".join(f"{t.service}/{t.revision}" for t in result.revisions))
+        rows.append((stage.name, st.status.value, _code(result.image), _code(ran_in)))
+    return ["", "## Images", ""] + _table(("Stage", "Result", "Image", "Ran as"), rows) if rows else []
 
 
 def _schema_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:

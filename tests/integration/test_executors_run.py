@@ -81,9 +81,14 @@ def create_job(jobs_client, job_id: str, image: str, command: list[str] | None =
 
 
 @pytest.fixture(scope="module", autouse=True)
-def jobs(jobs_client):
+def jobs(standin, jobs_client):
+    image = "europe-west3-docker.pkg.dev/local-project/noesis2/noesis2:latest"
+    # Cloud Run refuses a job or revision naming an image the registry does not hold: push the
+    # tags these tests deploy (pushed without a tree, so they follow the outcome rules).
+    for tag in ("latest", "v1.0.0-abc1234", "v1.2.3-abc1234", "v2.0.0-aaaaaaa", "v2.1.0-bbbbbbb"):
+        standin.push_image(image.replace(":latest", f":{tag}"))
     for job_id in ("noesis2-migrate", "noesis2-migrate-prod", "noesis2-ingestion-smoke"):
-        create_job(jobs_client, job_id, "europe-west3-docker.pkg.dev/local-project/noesis2/noesis2:latest")
+        create_job(jobs_client, job_id, image)
 
 
 def run_check(settings, executors, pipeline, command):

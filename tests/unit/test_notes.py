@@ -209,3 +209,14 @@ def test_superseded_release_says_by_whom_not_stopped():
     notes = render(state, PIPELINE)
     assert "## Superseded\n\nSuperseded by release acme-app-999 while queued for prod" in notes
     assert "## Stopped" not in notes
+
+
+def test_the_images_section_names_the_digest_each_deploy_ran():
+    state = succeeded_release()
+    image = "europe-west3-docker.pkg.dev/p/r/app@sha256:" + "cd" * 32
+    state.stages["prod-deploy"].result["image"] = image
+    notes = render(state, PIPELINE)
+    assert "## Images" in notes
+    assert f"| Prod deploy (10 % traffic) | succeeded | `{image}` | `web/web-0a1b2c3d4e` |" in notes
+    state.stages["prod-deploy"].result.pop("image")
+    assert "## Images" not in render(state, PIPELINE), "no section when no stage recorded an image"

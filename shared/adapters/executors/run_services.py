@@ -1,6 +1,7 @@
 """Stages of kind ``deploy`` and ``traffic`` on Cloud Run services, and ``rollback``.
 
-A deploy writes a new revision template (image ``registry/image:tag``, labels
+A deploy writes a new revision template (image ``registry/image@sha256:...``, the digest
+the release's build reported, or ``registry/image:tag`` when none did; labels
 ``version`` and ``commit``, env from params.env) under a revision name derived from
 service and stage-run id, together with the traffic split, in one UpdateService.
 Repeating the command finds that revision and changes nothing. The traffic stage
@@ -19,7 +20,7 @@ from shared.app.config import Settings
 from shared.domain.errors import ExecutorError
 from shared.domain.events import Outcome
 from shared.adapters.executors.calls import ApiCaller
-from shared.adapters.executors.substitute import substitute, variables_for
+from shared.adapters.executors.substitute import release_image, substitute, variables_for
 from shared.adapters.executors.traffic import (
     Split,
     current_split,
@@ -181,6 +182,8 @@ class DeployExecutor(_ServiceStages):
         tag = str(params.get("revision_tag") or (DEFAULT_CANARY_TAG if percent < 100 else ""))
         labels = release_labels(variables["version"], variables["commit"])
         env = dict(params.get("env") or {})
+        # By digest when the release's build reported one, so a moved tag changes nothing.
+        image = release_image(self.settings, pipeline, command) or variables["image"]
         targets = []
         # Services that serve no requests (workers, schedulers): a traffic split means nothing to
         # them, so their new revision takes everything at once, in this same gated stage.
@@ -191,13 +194,13 @@ class DeployExecutor(_ServiceStages):
 
             def deploy(service_id: str = service_id, revision: str = revision, share: int = share,
                        share_tag: str = share_tag) -> dict[str, Any]:
-                return self._deploy_one(service_id, revision, variables["image"], labels, env, share, share_tag)
+                return self._deploy_one(service_id, revision, image, labels, env, share, share_tag)
 
             targets.append(self.caller.call(
-                f"deploying {variables['image']} to {service_id}", deploy,
+                f"deploying {image} to {service_id}", deploy,
                 release_id=command.release_id, stage=stage.id,
             ))
-        return StartResult(handle={"revisions": targets, "image": variables["image"]})
+        return StartResult(handle={"revisions": targets, "image": image})
 
     def _deploy_one(self, service_id: str, revision: str, image: str, labels: Mapping[str, str],
                     env: Mapping[str, Any], percent: int, tag: str) -> dict[str, Any]:
