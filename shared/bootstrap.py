@@ -73,7 +73,15 @@ def pipeline():
 def executors():
     from shared.adapters.executors import build_executors
 
-    return build_executors(settings())
+    return build_executors(settings(), histories=revision_histories())
+
+
+@functools.cache
+def revision_histories():
+    """One revision history per Cloud Run service (``revision_history/{service}``)."""
+    from shared.adapters.firestore_revision_history import FirestoreRevisionHistories
+
+    return FirestoreRevisionHistories(store().client, settings())
 
 
 @functools.cache
@@ -137,17 +145,18 @@ def dispatcher():
     def roll_back(service, to=None):
         from shared.adapters.executors.run_services import rollback
 
-        return rollback(settings(), service, to)
+        # Only to a revision that completed a release: the one recorded as serving before, else the last.
+        return rollback(settings(), service, to, history=revision_histories().read(service), automatic=True)
 
     # Approvals and notices (their pages, mail and webhooks) are wired when an event first needs them.
     return make_dispatcher(store(), publisher(), executors(), settings(), approvals=Lazy(approvals),
                            notifier=Lazy(notifier), clock=SystemClock(), roll_back=roll_back,
                            operator_requests=operator_requests(), probes=probe_scheduler(),
-                           completion_keys=link_keyring())
+                           completion_keys=link_keyring(), histories=revision_histories())
 
 
 def make_dispatcher(store, publisher, executors, config: Settings, *, approvals, notifier, clock, roll_back,
-                    operator_requests=None, probes=None, completion_keys=None):
+                    operator_requests=None, probes=None, completion_keys=None, histories=None):
     """The dispatcher around a Firestore store: its locks, dead letters and message decoder on the
     store's client. The functions' ``dispatcher()`` passes the real parts; a benchmark passes its
     own store wrapper, executors, approvals, notifier, clock and roll-back."""
@@ -162,7 +171,7 @@ def make_dispatcher(store, publisher, executors, config: Settings, *, approvals,
     return Dispatcher(store, publisher, executors, approvals, notifier, clock, config, locks,
                       FirestoreDeadLetters(client, config), roll_back=roll_back,
                       operator_requests=operator_requests, probes=probes,
-                      completion_keys=completion_keys, decode=decode_message)
+                      completion_keys=completion_keys, histories=histories, decode=decode_message)
 
 
 @functools.cache
@@ -284,7 +293,8 @@ def operator():
     register_dead_letter_actions(service, dead_letters())
     register_freeze(service, EnvironmentLocks(app_records(), publisher(), s, service_lock_records()), pipeline().name)
     register_skip_bake(service, store(), publisher(), s.events_topic)
-    register_rollback(service, store(), publisher(), s.events_topic, move_traffic_back)
+    register_rollback(service, store(), publisher(), s.events_topic, move_traffic_back, revision_histories(),
+                      SystemClock())
     return register_release_actions(service, store(), publisher(), s)
 
 
@@ -294,10 +304,14 @@ def move_traffic_back(service: str, how) -> dict:
     from shared.adapters.executors.run_services import rollback
 
     if how.get("to_tag"):
-        return rollback_to_tag(settings(), service, how["to_tag"], image=how.get("image"))
+        return rollback_to_tag(settings(), service, how["to_tag"], image=how.get("image"), wait_s=0,
+                               dry_run=bool(how.get("dry_run")))
     if how.get("from_registry"):
-        return rollback_from_registry(settings(), service, image=how.get("image"))
-    return rollback(settings(), service, how.get("to_revision"))
+        return rollback_from_registry(settings(), service, image=how.get("image"), wait_s=0,
+                                      dry_run=bool(how.get("dry_run")))
+    return rollback(settings(), service, how.get("to_revision"), history=how.get("history"),
+                    force=bool(how.get("force")), reason=str(how.get("reason") or ""),
+                    dry_run=bool(how.get("dry_run")))
 
 
 @functools.cache

@@ -122,6 +122,10 @@ class StandIn:
         The most recently set matching rule wins."""
         self._outcomes.set(kind, match, outcome, detail)
 
+    def delay_rollouts(self, match: str, seconds: float) -> None:
+        """UpdateService of a service whose name contains ``match`` rolls out after ``seconds``."""
+        self._services.delay_rollouts(match, seconds)
+
     def fail_next(self, method: str, code: grpc.StatusCode, times: int = 1, message: str = "") -> None:
         """The next ``times`` calls of ``method`` (e.g. "CreateBuild") answer ``code`` with ``message``."""
         self._faults.fail_next(method, code, times, message)

@@ -52,6 +52,7 @@ class ServicesService:
         self._routers: dict[tuple[str, str], Router] = {}  # (service name, tag or "") -> router
         self.invokers = InvokerCheck()  # private services: ID token of a run.invoker holder, else 401/403
         self._counters: dict[str, int] = {}
+        self._delays: list[tuple[str, float]] = []  # (service id substring, seconds): slow rollouts
         self._lock = threading.RLock()
 
     def register(self, registry) -> None:
@@ -103,7 +104,42 @@ class ServicesService:
                 service = clone(request.service)
                 service.uid, service.create_time = previous.uid, previous.create_time
             service.generation = previous.generation
+            delay = next((seconds for match, seconds in reversed(self._delays) if match in name), 0.0)
+            if delay:
+                return self._apply_later(service, previous, delay)
             return self._apply(service, previous)
+
+    def delay_rollouts(self, match: str, seconds: float) -> None:
+        """Updates of services whose name contains ``match`` take ``seconds`` to roll out: the
+        operation stays running and the service reconciling, serving its old split, until then."""
+        with self._lock:
+            self._delays.append((match, float(seconds)))
+
+    def _apply_later(self, service: run_v2.Service, previous: run_v2.Service, delay: float) -> Operation:
+        pending = clone(previous)
+        pending.reconciling = True
+        self._services[previous.name] = pending
+        op = self._ops.create(pending)
+
+        def roll_out() -> None:
+            with self._lock:
+                try:
+                    done = self._apply(service, previous)
+                except ApiError as exc:
+                    self._services[previous.name] = previous
+                    self._ops.finish(op.name, error=(exc.code, str(exc)))
+                    return
+                if done.HasField("error"):
+                    self._ops.finish(op.name, metadata=self._services[previous.name],
+                                     error=(grpc.StatusCode.FAILED_PRECONDITION, done.error.message))
+                else:
+                    self._ops.finish(op.name, metadata=self._services[previous.name],
+                                     response=self._services[previous.name])
+
+        timer = threading.Timer(delay, roll_out)
+        timer.daemon = True
+        timer.start()
+        return op
 
     def get_service(self, request: run_v2.GetServiceRequest) -> run_v2.Service:
         with self._lock:

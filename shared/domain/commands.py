@@ -110,10 +110,25 @@ class Notify:
     name = "notify"
 
 
+@dataclass(frozen=True)
+class FollowRollback:
+    """Follow a rollback by hand whose rollout still runs with probes, like any rollout; when it
+    ends, the probe publishes ``landed`` (the RolledBack event, landed=True, as a JSON payload)."""
+
+    release_id: str
+    stage: str  # the deploy stage the rollback is recorded on
+    service: str
+    revision: str
+    operation: str
+    request_id: str
+    landed: Mapping[str, Any] = field(default_factory=dict)
+    name = "follow_rollback"
+
+
 Command = (StartStage | RequestApproval | Notify | AcquireLock | ReleaseLock | RollBack | RecordDurations
-           | EndBakeEarly)
+           | EndBakeEarly | FollowRollback)
 _BY_NAME = {cls.name: cls for cls in (StartStage, RequestApproval, Notify, AcquireLock, ReleaseLock, RollBack,
-                                      RecordDurations, EndBakeEarly)}
+                                      RecordDurations, EndBakeEarly, FollowRollback)}
 
 
 def command_to_dict(command: Command) -> dict[str, Any]:
