@@ -152,11 +152,13 @@ def dispatcher():
     return make_dispatcher(store(), publisher(), executors(), settings(), approvals=Lazy(approvals),
                            notifier=Lazy(notifier), clock=SystemClock(), roll_back=roll_back,
                            operator_requests=operator_requests(), probes=probe_scheduler(),
-                           completion_keys=link_keyring(), histories=revision_histories())
+                           completion_keys=link_keyring(), histories=revision_histories(),
+                           reporting=github_reporting())
 
 
 def make_dispatcher(store, publisher, executors, config: Settings, *, approvals, notifier, clock, roll_back,
-                    operator_requests=None, probes=None, completion_keys=None, histories=None):
+                    operator_requests=None, probes=None, completion_keys=None, histories=None,
+                    reporting=None):
     """The dispatcher around a Firestore store: its locks, dead letters and message decoder on the
     store's client. The functions' ``dispatcher()`` passes the real parts; a benchmark passes its
     own store wrapper, executors, approvals, notifier, clock and roll-back."""
@@ -171,7 +173,35 @@ def make_dispatcher(store, publisher, executors, config: Settings, *, approvals,
     return Dispatcher(store, publisher, executors, approvals, notifier, clock, config, locks,
                       FirestoreDeadLetters(client, config), roll_back=roll_back,
                       operator_requests=operator_requests, probes=probes,
-                      completion_keys=completion_keys, histories=histories, decode=decode_message)
+                      completion_keys=completion_keys, histories=histories, reporting=reporting,
+                      decode=decode_message)
+
+
+@functools.cache
+def github_reports():
+    """What reached GitHub per release (the dashboard reads it without the App's secrets)."""
+    return github_reports_on(store().client, settings())
+
+
+def github_reports_on(client, config: Settings):
+    """``github_reports/{release}`` on a Firestore client already made (relctl reads it on the store's)."""
+    from shared.adapters.firestore_github_reports import FirestoreGitHubReports
+
+    return FirestoreGitHubReports(client, config)
+
+
+@functools.cache
+def github_reporting():
+    """GitHub deployments and commit statuses as the App, or None when no App is configured."""
+    if not (settings().github_app_id and settings().github_app_key):
+        return None
+    from shared.adapters.github_app import GitHubApp
+    from shared.app.github_reporting import GitHubReporting
+
+    repositories = tuple(r.strip().lower() for r in settings().github_report_repositories.replace(";", ",").split(",") if r.strip())
+    return GitHubReporting(GitHubApp(settings().github_app_id, settings().github_app_key, settings().github_api_url),
+                           github_reports(), SystemClock(),
+                           dashboard_url=settings().public_base_url, repositories=repositories)
 
 
 @functools.cache
@@ -320,8 +350,19 @@ def sweeper():
     from shared.app.sweeper import sweep
 
     # The notifiers are built only when a stall is to be announced (cold start).
-    return functools.partial(sweep, store(), executors(), publisher(), SystemClock(), settings(),
-                             notifier=Lazy(notifier))
+    run = functools.partial(sweep, store(), executors(), publisher(), SystemClock(), settings(),
+                            notifier=Lazy(notifier))
+    reporting = github_reporting()
+    if reporting is None:
+        return run
+
+    def sweep_then_retry_github_reports():
+        report = run()
+        # GitHub reports that wait for a retry, also those of releases that have ended
+        report.github_retried = reporting.retry_due(store())
+        return report
+
+    return sweep_then_retry_github_reports
 
 
 @functools.cache
@@ -329,7 +370,7 @@ def dashboard():
     """The dashboard function: (method, path, query) -> (status, body, headers)."""
     from shared.ui.dashboard import handle
 
-    return functools.partial(handle, store=store(), apps=app_records())
+    return functools.partial(handle, store=store(), apps=app_records(), github=github_reports())
 
 
 @functools.cache

@@ -14,7 +14,7 @@ from shared import bootstrap
 from shared.app.config import Settings
 from shared.domain.errors import PipelineError
 from shared.ui.cli_format import colour_wanted, dumps
-from shared.ui.dashboard import release_progress
+from shared.ui.dashboard import release_progress, with_github
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -65,7 +65,8 @@ class Context:
         return bootstrap.app_records_on(self.store.client, self.settings)
 
     def progress(self, state, pipeline) -> dict:
-        return release_progress(state, pipeline, self.apps, time.time())
+        github = bootstrap.github_reports_on(self.store.client, self.settings)
+        return with_github(release_progress(state, pipeline, self.apps, time.time()), github, state)
 
     def print(self, *parts: Any) -> None:
         print(*parts, file=self.out, flush=True)
