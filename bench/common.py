@@ -263,22 +263,18 @@ def make_dispatcher(store, publisher, executors, settings, clock=None, approvals
     """The real Dispatcher with fake approvals/notifier, environment locks over Firestore (no
     bench stage names an environment, so none is taken: the figures are the dispatcher's own)
     and a roll-back no bench pipeline asks for (none has a failing check)."""
+    from shared import bootstrap
     from shared.app.signing_publisher import SigningPublisher
     from shared.testing.fakes import FakeApprovals, FakeNotifier
-    from shared.adapters.firestore_apps import FirestoreAppRecords, service_lock_records
-    from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
-    from shared.app.locks import EnvironmentLocks
     from shared.app.ports import SystemClock
-    from shared.app.dispatcher import Dispatcher
 
-    inner = getattr(store, "inner", store)
     publisher = SigningPublisher(publisher, bench_keyring)  # completions signed and checked, as on GCP
-    locks = EnvironmentLocks(FirestoreAppRecords(inner.client, settings), publisher, settings,
-                             service_lock_records(inner.client, settings))
-    return Dispatcher(store, publisher, executors, approvals or FakeApprovals(), notifier or FakeNotifier(),
-                      clock or SystemClock(), settings, locks, FirestoreDeadLetters(inner.client, settings),
-                      roll_back=lambda service, to=None: {"service": service, "note": "bench: nothing to roll back"},
-                      completion_keys=bench_keyring())
+    # The functions' own wiring (shared/bootstrap.py) around the parts a bench replaces.
+    return bootstrap.make_dispatcher(
+        store, publisher, executors, settings, approvals=approvals or FakeApprovals(),
+        notifier=notifier or FakeNotifier(), clock=clock or SystemClock(),
+        roll_back=lambda service, to=None: {"service": service, "note": "bench: nothing to roll back"},
+        completion_keys=bench_keyring())
 
 
 class CpuMeter:

@@ -127,6 +127,7 @@ def run(hosts: dict[str, str] | None = None, quick: bool = False) -> Report:
     from shared.app.approvals import ApprovalService
     from shared.ui.approval_http import ApprovalPages
     from shared.app.config import Settings
+    from shared.adapters.cloud_build_notification import decode_message
     from shared.app.dispatcher import Dispatcher
     from shared.app.locks import EnvironmentLocks
     from shared.app.probing import ProbeService
@@ -162,7 +163,7 @@ def run(hosts: dict[str, str] | None = None, quick: bool = False) -> Report:
         locks = EnvironmentLocks(apps, publisher, settings, service_lock_records(client, settings))
         dispatcher = Dispatcher(store, publisher, executors, approvals, FakeNotifier(), clock, settings, locks,
                                 Counted(FirestoreDeadLetters(client, settings), tally), roll_back=lambda service: {},
-                                probes=scheduler, completion_keys=bench_keyring())
+                                probes=scheduler, completion_keys=bench_keyring(), decode=decode_message)
         probes = ProbeService(store, executors, publisher, scheduler, RequestsProber(), clock, settings)
         push = PushService(store, publisher, RepositoryMap([pipeline]), clock, settings, apps=apps)
 

@@ -124,7 +124,6 @@ def approve_by_link(link: str) -> None:
 
 def run(args) -> int:
     from local.mailbox import Mailbox
-    from shared.adapters.firestore_store import FirestoreStore
     from shared.domain.pipeline import load_pipeline
 
     pipeline_file = bad_canary_pipeline() if args.bad_canary else REPO_ROOT / "pipelines" / "sample.yaml"
@@ -138,9 +137,9 @@ def run(args) -> int:
         print(f"  dashboard: {stack.urls['dashboard']}/")
         print("  relctl:    in another shell, paste this line, then run .venv/bin/relctl list")
         print(f"    {relctl_env_line(stack)}")
-        from google.cloud import firestore
+        from shared import bootstrap
 
-        store = FirestoreStore(firestore.Client(project=PROJECT), Settings(project=PROJECT))
+        store = bootstrap.firestore_store(Settings(project=PROJECT))
         release_id = send_push(stack, commit_sha())["release_id"]
         printer = Printer(pipeline)
         approved = chaos_requested = False

@@ -1,13 +1,20 @@
-"""The one place that wires real adapters to the service code.
+"""The composition root: the one place that wires real adapters to the service code.
 
-Everything is built on first use and kept for the life of the function instance:
-cold start pays only for what the invoked function needs (the HTTP push trigger
+Every entry point gets its object graph here: the functions (functions/main.py), relctl
+(shared/ui/cli_context.py: ``firestore_store``, ``app_records_on``), the local demo and the
+benchmarks (``firestore_store``, ``make_dispatcher``: the dispatcher's wiring around the parts
+they replace). Nothing is patched after construction.
+
+Each cached function builds its part once for the life of the function instance. What a path
+may never touch is handed out as ``Lazy(factory)`` (shared/adapters/lazy.py, the one laziness
+mechanism): cold start pays only for what the invoked function needs (the HTTP push trigger
 never imports the Cloud Build or Cloud Run clients, for instance).
 """
 from __future__ import annotations
 
 import functools
 
+from shared.adapters.lazy import Lazy
 from shared.app.config import Settings
 from shared.app.ports import SystemClock
 
@@ -19,11 +26,23 @@ def settings() -> Settings:
 
 @functools.cache
 def store():
+    return firestore_store(settings())
+
+
+def firestore_store(config: Settings):
+    """The release store on a new Firestore client (relctl and the demo build theirs here too)."""
     from google.cloud import firestore
 
     from shared.adapters.firestore_store import FirestoreStore
 
-    return FirestoreStore(firestore.Client(project=settings().project), settings())
+    return FirestoreStore(firestore.Client(project=config.project), config)
+
+
+def app_records_on(client, config: Settings):
+    """``apps/{app}`` on a Firestore client already made (the store's)."""
+    from shared.adapters.firestore_apps import FirestoreAppRecords
+
+    return FirestoreAppRecords(client, config)
 
 
 @functools.cache
@@ -73,11 +92,6 @@ def notifier():
     return build_notifier(settings(), recipients=recipients)
 
 
-def lazy_notifier():
-    """The notifiers, built when a notice is first sent (the sweep seldom sends one)."""
-    return _OnFirstUse(notifier)
-
-
 @functools.cache
 def link_senders():
     """Personal channels for approval links: mail when RELEASE_SMTP_HOST is set."""
@@ -103,6 +117,7 @@ def approvals():
 
     return ApprovalService.from_settings(settings(), store=approval_store(), publisher=publisher(),
                                          clock=SystemClock(), releases=store(), link_senders=link_senders(),
+                                         keyring=Lazy(link_keyring),
                                          dead_letters=dead_letter_store(),
                                          prod_runs=lambda release: prod_runs_text(app_records(), release.pipeline_name),
                                          compare_changes=compare_changes)
@@ -127,12 +142,6 @@ def approval_store():
 
 @functools.cache
 def dispatcher():
-    from shared.app.dispatcher import Dispatcher
-
-    from shared.app.locks import EnvironmentLocks
-
-    locks = EnvironmentLocks(app_records(), publisher(), settings(), service_lock_records())
-
     def roll_back(service, to=None):
         from shared.adapters.executors.run_services import rollback
 
@@ -140,20 +149,45 @@ def dispatcher():
         return rollback(settings(), service, to, history=revision_histories().read(service), automatic=True)
 
     # Approvals and notices (their pages, mail and webhooks) are wired when an event first needs them.
-    return Dispatcher(store(), publisher(), executors(), _OnFirstUse(approvals), _OnFirstUse(notifier), SystemClock(),
-                      settings(), locks,
-                      dead_letter_store(), roll_back=roll_back,
-                      operator_requests=operator_requests(), probes=probe_scheduler(),
-                      completion_keys=link_keyring(), histories=revision_histories(),
-                      reporting=github_reporting())
+    return make_dispatcher(store(), publisher(), executors(), settings(), approvals=Lazy(approvals),
+                           notifier=Lazy(notifier), clock=SystemClock(), roll_back=roll_back,
+                           operator_requests=operator_requests(), probes=probe_scheduler(),
+                           completion_keys=link_keyring(), histories=revision_histories(),
+                           reporting=github_reporting())
+
+
+def make_dispatcher(store, publisher, executors, config: Settings, *, approvals, notifier, clock, roll_back,
+                    operator_requests=None, probes=None, completion_keys=None, histories=None,
+                    reporting=None):
+    """The dispatcher around a Firestore store: its locks, dead letters and message decoder on the
+    store's client. The functions' ``dispatcher()`` passes the real parts; a benchmark passes its
+    own store wrapper, executors, approvals, notifier, clock and roll-back."""
+    from shared.adapters.cloud_build_notification import decode_message
+    from shared.adapters.firestore_apps import service_lock_records
+    from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
+    from shared.app.dispatcher import Dispatcher
+    from shared.app.locks import EnvironmentLocks
+
+    client = getattr(store, "inner", store).client  # a counting wrapper keeps the store as ``inner``
+    locks = EnvironmentLocks(app_records_on(client, config), publisher, config, service_lock_records(client, config))
+    return Dispatcher(store, publisher, executors, approvals, notifier, clock, config, locks,
+                      FirestoreDeadLetters(client, config), roll_back=roll_back,
+                      operator_requests=operator_requests, probes=probes,
+                      completion_keys=completion_keys, histories=histories, reporting=reporting,
+                      decode=decode_message)
 
 
 @functools.cache
 def github_reports():
     """What reached GitHub per release (the dashboard reads it without the App's secrets)."""
+    return github_reports_on(store().client, settings())
+
+
+def github_reports_on(client, config: Settings):
+    """``github_reports/{release}`` on a Firestore client already made (relctl reads it on the store's)."""
     from shared.adapters.firestore_github_reports import FirestoreGitHubReports
 
-    return FirestoreGitHubReports(store().client, settings())
+    return FirestoreGitHubReports(client, config)
 
 
 @functools.cache
@@ -180,17 +214,16 @@ def dead_letter_store():
 @functools.cache
 def dead_letters():
     """The dead-letter API (keep, drain, list, re-drive) over the one store."""
+    from shared.adapters.cloud_build_notification import decode_message
     from shared.app.dead_letters import DeadLetters
 
-    return DeadLetters(dead_letter_store(), plain_publisher(), SystemClock(), settings())
+    return DeadLetters(dead_letter_store(), plain_publisher(), SystemClock(), settings(), decode_message)
 
 
 @functools.cache
 def app_records():
     """``apps/{app}``: locks, version floor, stage medians (read by the dashboard for the ETA)."""
-    from shared.adapters.firestore_apps import FirestoreAppRecords
-
-    return FirestoreAppRecords(store().client, settings())
+    return app_records_on(store().client, settings())
 
 
 @functools.cache
@@ -246,7 +279,7 @@ def probe_service():
     # The store and the executors are wired on first use: a check's probe (most probes) only
     # GETs and schedules, so it never imports the Firestore client or the executors' API
     # clients; a poll reads the pinned pipeline and asks its kind's executor.
-    return ProbeService(_OnFirstUse(store), _OnFirstUse(executors), publisher(), probe_scheduler(),
+    return ProbeService(Lazy(store), Lazy(executors), publisher(), probe_scheduler(),
                         RequestsProber(id_tokens=id_token_source()), SystemClock(), settings(),
                         analyse=interval_analysis())
 
@@ -259,19 +292,6 @@ def id_token_source():
     if config.id_token_url:
         return local_issuer_id_tokens(config.id_token_url, config.require("id_token_account"))
     return google_id_tokens()
-
-
-class _OnFirstUse:
-    """Stands in for what ``factory`` builds until an attribute of it is first used."""
-
-    def __init__(self, factory):
-        self._factory = factory
-
-    def __getattr__(self, name: str):
-        return getattr(self._factory(), name)
-
-    def __getitem__(self, key):
-        return self._factory()[key]
 
 
 @functools.cache
@@ -290,17 +310,15 @@ def operator():
     s = settings()
     verifier = GoogleIdTokenVerifier(s.operator_audience, s.operator_certs_url,
                                      tuple(i.strip() for i in s.operator_issuers.split(",")))
-    from shared.app.approvals import ApprovalService
     from shared.app.locks import EnvironmentLocks
     from shared.app.manual_rollback import register_rollback
     from shared.app.operator_actions import (register_approval_actions, register_cancel,
                                              register_dead_letter_actions, register_freeze, register_skip_bake)
 
     service = OperatorService.from_settings(s, verifier, operator_requests(), SystemClock())
-    # approve / reject by identity: same store and rules as the links, but no signing key here.
-    decisions = ApprovalService.from_settings(s, store=approval_store(), publisher=publisher(), clock=SystemClock(),
-                                              releases=store(), link_senders=(), signing=False)
-    register_approval_actions(service, decisions)
+    # approve / reject by identity: the one approval service, the same store and rules as the links
+    # (this function is given no link key, RELEASE_APPROVAL_KEYS is empty here: it never signs).
+    register_approval_actions(service, approvals())
     register_cancel(service, store(), publisher(), s.events_topic)
     register_dead_letter_actions(service, dead_letters())
     register_freeze(service, EnvironmentLocks(app_records(), publisher(), s, service_lock_records()), pipeline().name)
@@ -333,7 +351,7 @@ def sweeper():
 
     # The notifiers are built only when a stall is to be announced (cold start).
     run = functools.partial(sweep, store(), executors(), publisher(), SystemClock(), settings(),
-                            notifier=lazy_notifier())
+                            notifier=Lazy(notifier))
     reporting = github_reporting()
     if reporting is None:
         return run

@@ -125,10 +125,12 @@ class ApprovalService:
         link_senders: Sequence[LinkSender] = (),
         dead_letters: DeadLetterStore | None = None,
         signing: bool = True,
+        keyring: Keyring | None = None,
         prod_runs: Callable[[ReleaseState], str] | None = None,
         compare_changes: Callable[[ReleaseState], dict[str, Any]] | None = None,
     ) -> "ApprovalService":
-        """Keys from RELEASE_APPROVAL_KEYS and the release readers from ``releases`` (needed by
+        """Keys from RELEASE_APPROVAL_KEYS (or ``keyring``: the composition root passes the link keys
+        read on first use, so the operator function, which holds none, shares this service) and the release readers from ``releases`` (needed by
         ``check_link``, not by ``request``). Links are bearer credentials and go to personal
         channels only (``link_senders``, built by shared/bootstrap.py); the gate's own Notify
         command tells the shared channels that an approval is needed."""
@@ -136,7 +138,7 @@ class ApprovalService:
         return cls(
             settings,
             store,
-            Keyring.from_setting(settings.approval_keys) if signing else None,
+            keyring if keyring is not None else Keyring.from_setting(settings.approval_keys) if signing else None,
             publisher,
             clock,
             link_senders,

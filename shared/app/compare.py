@@ -25,7 +25,7 @@ class Comparer(Protocol):
 
 def prod_commit(records: AppRecords, releases: ReleaseStore, app: str) -> str:
     """The commit of the release that entered prod last (the version floor's release), "" if none."""
-    release_id = str((records.read(app)[0].get("version_floor") or {}).get("release_id") or "")
+    release_id = records.read(app)[0].version_floor.release_id
     got = releases.get(release_id) if release_id else None
     return got[0].commit if got else ""
 

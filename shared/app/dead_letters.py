@@ -14,9 +14,10 @@ import logging
 from typing import Mapping
 
 from shared.app.config import Settings
-from shared.app.ports import Clock, DeadLetterStore, EventPublisher
+from shared.app.ports import Clock, DeadLetterStore, EventPublisher, MessageDecoder
 from shared.domain.dead_letters import PUBSUB_DEAD_LETTER_PREFIX, DeadLetter
 from shared.domain.errors import MalformedEvent, PipelineError
+from shared.domain.events import BuildFinished
 from shared.domain.wire import decode_event
 
 log = logging.getLogger(__name__)
@@ -28,11 +29,15 @@ class DeadLetterNotFound(PipelineError):
 
 
 class DeadLetters:
-    def __init__(self, store: DeadLetterStore, publisher: EventPublisher, clock: Clock, settings: Settings):
+    def __init__(self, store: DeadLetterStore, publisher: EventPublisher, clock: Clock, settings: Settings,
+                 decode: MessageDecoder = decode_event):
+        """``decode``: the dispatcher's decoder (the composition root wires the one that also parses
+        Cloud Build's notifications); the wire format's own knows only our messages."""
         self.store = store
         self.publisher = publisher
         self.clock = clock
         self.settings = settings
+        self.decode = decode
 
     def keep(self, letter_id: str, reason: str, source: str, data: bytes = b"",
              attributes: Mapping[str, str] | None = None) -> bool:
@@ -67,11 +72,13 @@ class DeadLetters:
         if letter.truncated:
             raise PipelineError(f"dead letter {letter_id} was kept truncated; it cannot be re-driven")
         try:
-            event = decode_event(letter_id, letter.original_attributes(), letter.data)
+            event = self.decode(letter_id, letter.original_attributes(), letter.data)
         except MalformedEvent as exc:
             raise PipelineError(f"dead letter {letter_id} still cannot be decoded: {exc}") from None
         if event is None:
             raise PipelineError(f"dead letter {letter_id} is a build notification that ends no stage")
+        if isinstance(event, BuildFinished):
+            event = event.finished  # the stage.finished it claims, unsigned (the dispatcher believes only signed ones)
         message_id = self.publisher.publish(self.settings.events_topic, event)
         self.store.mark_redriven(letter_id, message_id, self.clock.now())
         log.warning("dead letter %s re-driven as message %s", letter_id, message_id)

@@ -40,6 +40,7 @@ from shared.domain.bake_skip import skip_probe_task
 from shared.domain.errors import DocumentTooLarge, ExecutorError, StaleWrite, TransientError
 from shared.domain.events import (
     ApprovalDecided,
+    BuildFinished,
     Event,
     LockGranted,
     Outcome,
@@ -57,6 +58,7 @@ from shared.app.ports import (
     DeadLetterStore,
     EventPublisher,
     Locks,
+    MessageDecoder,
     Notifier,
     OperatorRequestLog,
     ProbeScheduler,
@@ -111,17 +113,21 @@ class Dispatcher:
     # GitHub deployments and commit statuses (shared/app/github_reporting.py), synced after each
     # written transition; None: nothing is reported.
     reporting: Any = None
+    # Decodes each message once. The wire format's decoder knows only our own messages; the
+    # composition root wires shared/adapters/cloud_build_notification.py's, which also parses
+    # Cloud Build's notifications on ``cloud-builds`` into a BuildFinished.
+    decode: MessageDecoder = decode_event
 
     # -- entry ----------------------------------------------------------------
     def handle_message(self, event_id: str, attributes: Mapping[str, str], data: bytes) -> Decision:
         """One Pub/Sub message. Raises MalformedEvent for one that cannot be decoded: whether
         that is acknowledged or retried is the edge's decision (shared/app/edge.py)."""
-        event = decode_event(event_id, attributes, data)
+        event = self.decode(event_id, attributes, data)
         if event is None:
             return Decision(GateOutcome.IGNORED, "not a terminal status of a pipeline build")
-        if attributes.get("buildId"):
+        if isinstance(event, BuildFinished):
             # Cloud Build's own notification: unsigned by nature, so checked against the build itself.
-            return self._confirm_build(event)
+            return self._confirm_build(event.finished)
         return self.handle(event)
 
     def handle(self, event: Event) -> Decision:

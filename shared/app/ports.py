@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 if TYPE_CHECKING:  # annotations only: importing the domain here would put it on every function's cold start
+    from shared.domain.app_record import AppRecord
     from shared.domain.analysis import AnalysisTarget, Criteria, Measurements
     from shared.domain.approval_record import ApprovalRecord
     from shared.domain.dead_letters import DeadLetter
     from shared.domain.commands import Notify, RequestApproval, StartStage
-    from shared.domain.events import ApprovalDecided, LockGranted, Outcome, Superseded
+    from shared.domain.events import ApprovalDecided, BuildFinished, Event, LockGranted, Outcome, Superseded
     from shared.domain.pipeline import Pipeline, Stage
     from shared.domain.probes import ProbeTask
     from shared.domain.revision_history import ServiceHistory
@@ -152,14 +153,32 @@ class OperatorRequestLog(Protocol):
 
 
 class AppRecords(Protocol):
-    """The per-application record ``apps/{app}``: its locks per environment, its version floor
-    and per-stage duration medians (shared/app/locks.py says what each holds)."""
+    """The per-application record ``apps/{app}`` (shared/domain/app_record.py): its locks per
+    environment, its version floor, freeze and per-stage duration medians."""
 
-    def read(self, app: str) -> tuple[dict[str, Any], Any]:
-        """The record (``empty_app_record()`` when never written) and a token for ``write``."""
+    def read(self, app: str) -> tuple[AppRecord, Any]:
+        """The record (the empty ``AppRecord()`` when never written) and a token for ``write``."""
 
-    def write(self, app: str, data: dict[str, Any], token: Any) -> None:
+    def write(self, app: str, record: AppRecord, token: Any) -> None:
         """Raise StaleWrite when the record changed since ``token`` (or exists, for None)."""
+
+
+class ServiceLockRecords(Protocol):
+    """``service_locks/{service}``: the locks of a Cloud Run service shared by applications, the
+    mapping shared/app/service_locks.py describes, with the same conditional write."""
+
+    def read(self, service: str) -> tuple[dict[str, Any], Any]: ...
+
+    def write(self, service: str, data: dict[str, Any], token: Any) -> None: ...
+
+
+class MessageDecoder(Protocol):
+    """A Pub/Sub message as what the dispatcher handles, decoded once: ours by the wire format
+    (shared/domain/wire.py), Cloud Build's notification into a BuildFinished (its adapter,
+    shared/adapters/cloud_build_notification.py); None for a build notification that ends no
+    stage; MalformedEvent naming why when it cannot be decoded."""
+
+    def __call__(self, event_id: str, attributes: Mapping[str, str], data: bytes) -> Event | BuildFinished | None: ...
 
 
 class Locks(Protocol):
@@ -179,15 +198,6 @@ class Locks(Protocol):
 
     def record_durations(self, app: str, release_id: str, durations: Mapping[str, float]) -> None:
         """A finished release's stage durations into the same record (the ETA's medians), once."""
-
-
-def empty_lock() -> dict[str, Any]:
-    return {"holder": "", "services": [], "queue": [], "superseded": {}}
-
-
-def empty_app_record() -> dict[str, Any]:
-    """What ``AppRecords.read`` returns for an application that was never written."""
-    return {"locks": {}, "version_floor": {"version": "", "release_id": ""}, "stage_medians": {}}
 
 
 class ApprovalStore(Protocol):

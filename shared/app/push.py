@@ -199,12 +199,12 @@ class PushService:
     def _refuse_old_version(self, push: Push, pipeline: Pipeline) -> None:
         """A version not above the floor would be superseded at the prod lock (shared/app/locks.py):
         refuse it now, while the author can still bump it before the merge."""
-        floor = self.apps.read(pipeline.name)[0]["version_floor"]
-        last = str(floor.get("version") or "")
+        floor = self.apps.read(pipeline.name)[0].version_floor
+        last = floor.version
         if last and not higher(push.version, last):
             raise WebhookRejected(
                 409,
                 f"version {push.version} of {push.commit[:7]} is not higher than the last released "
-                f"version {last} (release {floor.get('release_id', '?')} took it to prod); bump the version "
+                f"version {last} (release {floor.release_id or '?'} took it to prod); bump the version "
                 "before the merge",
             )

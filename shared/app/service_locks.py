@@ -21,15 +21,16 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, TypeVar
 
-from shared.app.ports import AppRecords
+from shared.app.ports import ServiceLockRecords
 from shared.domain.errors import StaleWrite, TransientError
 
 MAX_CONFLICT_RETRIES = 20
 T = TypeVar("T")
 
 
-def empty_service_record() -> dict[str, Any]:
-    return {"locks": {}}
+def service_record(doc: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The record from its stored document (None: never written)."""
+    return {"locks": {}, **(doc or {})}
 
 
 def _lock(data: dict[str, Any], environment: str) -> dict[str, Any]:
@@ -37,7 +38,7 @@ def _lock(data: dict[str, Any], environment: str) -> dict[str, Any]:
 
 
 class ServiceLocks:
-    def __init__(self, records: AppRecords):
+    def __init__(self, records: ServiceLockRecords):
         self.records = records
 
     def take(self, app: str, environment: str, release_id: str, services: Iterable[str]) -> str:

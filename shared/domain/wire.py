@@ -8,9 +8,10 @@ Pub/Sub message id, which a redelivery keeps.
 
 ``encode`` is the only way to turn a message into bytes (the publisher port takes
 typed messages only, so no payload is spelled out by hand anywhere else; a unit test
-greps for payload dict literals outside this module). ``decode`` is the only way back,
-for our own messages and for Cloud Build's notifications on ``cloud-builds``; what
-cannot be decoded raises MalformedEvent naming why.
+greps for payload dict literals outside this module). ``decode`` is the only way back
+for our own messages (Cloud Build's notifications on ``cloud-builds`` are not ours: their
+adapter, shared/adapters/cloud_build_notification.py, parses them); what cannot be decoded
+raises MalformedEvent naming why.
 """
 from __future__ import annotations
 
@@ -39,7 +40,6 @@ from shared.domain.events import (
     StageReplay,
     Superseded,
     Tick,
-    event_from_build_notification,
 )
 
 Message = Event | ReleaseNotice
@@ -150,16 +150,12 @@ def decode_json(raw: bytes, event_id: str) -> Any:
         raise MalformedEvent(f"event {event_id}: data is not JSON ({exc})") from None
 
 
-def decode(event_id: str, attributes: Mapping[str, str], data: bytes) -> Message | None:
-    """A Pub/Sub message as a typed value: ours (``pipeline-events``, ``release-updates``)
-    or Cloud Build's (``cloud-builds``, recognised by its ``buildId`` attribute; None for
-    a status that ends nothing or a build that is not ours)."""
-    if attributes.get("buildId"):
-        return event_from_build_notification(event_id, attributes, decode_json(data, event_id))
+def decode(event_id: str, attributes: Mapping[str, str], data: bytes) -> Message:
+    """One of our Pub/Sub messages (``pipeline-events``, ``release-updates``) as a typed value."""
     return from_payload(event_id, decode_json(data, event_id))
 
 
-def decode_event(event_id: str, attributes: Mapping[str, str], data: bytes) -> Event | None:
+def decode_event(event_id: str, attributes: Mapping[str, str], data: bytes) -> Event:
     """``decode`` for the dispatcher: a notice on the events topic is malformed there."""
     message = decode(event_id, attributes, data)
     if isinstance(message, ReleaseNotice):

@@ -164,6 +164,37 @@ def result_key_reads(root: Path = REPO_ROOT) -> list[str]:
     return found
 
 
+# The per-application record's keys (shared/domain/app_record.py) and the one module that reads them;
+# shared/app/service_locks.py reads its own document (``service_locks/{service}``), which shares three names.
+# ("services" is left out: pipeline params and executors' clients use it too.)
+APP_RECORD_KEYS = frozenset({"locks", "version_floor", "stage_medians", "freeze", "holder", "queue", "superseded"})
+APP_RECORD_READERS = ("shared.adapters.app_record_doc", "shared.app.service_locks")
+
+
+def _constant_key(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+        key = node.slice.value
+    elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("get", "setdefault")
+          and node.args and isinstance(node.args[0], ast.Constant)):
+        key = node.args[0].value
+    else:
+        return None
+    return key if isinstance(key, str) else None
+
+
+def app_record_key_reads(root: Path = REPO_ROOT) -> list[str]:
+    """``x["locks"]``, ``x.get("version_floor")``, ...: a key of the application's record read outside
+    its store, where ``AppRecord``'s fields are meant (no other document of ours uses these names)."""
+    found = []
+    for name, path in module_files(root).items():
+        if name in APP_RECORD_READERS or name.startswith("shared.testing"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if _constant_key(node) in APP_RECORD_KEYS:
+                found.append(f"{name}:{node.lineno}: {ast.unparse(node)[:80]}")
+    return found
+
+
 def longest(root: Path = REPO_ROOT) -> dict[str, object]:
     """The longest module and class under shared/ (lines), the figures the issue's closing note compares."""
     module, module_lines, cls, cls_lines = "", 0, "", 0
@@ -187,6 +218,7 @@ def summary(root: Path = REPO_ROOT) -> dict[str, object]:
         **longest(root),
         "upward_imports": len(upward(found)),
         "result_key_reads_outside_the_store": len(result_key_reads(root)),
+        "app_record_key_reads_outside_the_store": len(app_record_key_reads(root)),
         "circles": circles(found, set(module_files(root))),
         "imports_inside_functions": len(inside),
         "of_which_our_modules": len([i for i in inside if i.target.split(".")[0] in ("shared", "functions")]),

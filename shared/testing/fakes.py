@@ -21,8 +21,9 @@ from shared.domain.errors import DefinitionError, DocumentTooLarge, StaleWrite, 
 from shared.domain.pipeline import Pipeline, Stage, pipeline_from_stored, stored_pipeline
 from shared.app.config import Settings
 from shared.app.locks import EnvironmentLocks
-from shared.app.ports import StageFinish, StartResult, empty_app_record
-from shared.app.service_locks import empty_service_record
+from shared.adapters.app_record_doc import decode_app_record, encode_app_record
+from shared.app.ports import StageFinish, StartResult
+from shared.app.service_locks import service_record
 from shared.domain.dead_letters import MAX_KEPT_BYTES, DeadLetter
 from shared.domain.approval_record import ApprovalNotFound, ApprovalRecord, decision_fields
 from shared.domain.state import ReleaseState, StageState
@@ -395,26 +396,32 @@ class InMemoryApprovalStore:
 
 
 class InMemoryAppRecords:
-    """The fake of ``apps/{app}``: the same contract as the Firestore records, in memory."""
+    """The fake of ``apps/{app}`` (and, with ``service_record`` and ``dict``, of ``service_locks/{service}``):
+    the same contract as the Firestore records, in memory, through the same stored document."""
 
-    def __init__(self, empty: Callable[[], dict[str, Any]] = empty_app_record) -> None:
+    def __init__(self, decode: Callable[[Any], Any] = decode_app_record,
+                 encode: Callable[[Any], dict[str, Any]] = encode_app_record) -> None:
         self._lock = threading.Lock()
         self._docs: dict[str, tuple[dict[str, Any], int]] = {}
-        self._empty = empty
+        self._decode, self._encode = decode, encode
 
-    def read(self, app: str) -> tuple[dict[str, Any], Any]:
+    def read(self, app: str) -> tuple[Any, Any]:
         with self._lock:
             if app not in self._docs:
-                return self._empty(), None
+                return self._decode(None), None
             data, version = self._docs[app]
-            return copy.deepcopy(data), version
+            return self._decode(copy.deepcopy(data)), version
 
-    def write(self, app: str, data: dict[str, Any], token: Any) -> None:
+    def write(self, app: str, record: Any, token: Any) -> None:
         with self._lock:
             current = self._docs.get(app)
             if (current is None) != (token is None) or (current is not None and current[1] != token):
                 raise StaleWrite(f"application record {app} changed since it was read")
-            self._docs[app] = (copy.deepcopy(data), (current[1] if current else 0) + 1)
+            self._docs[app] = (copy.deepcopy(self._encode(record)), (current[1] if current else 0) + 1)
+
+
+def in_memory_service_lock_records() -> InMemoryAppRecords:
+    return InMemoryAppRecords(service_record, dict)
 
 
 class FakeLocks(EnvironmentLocks):
@@ -424,7 +431,7 @@ class FakeLocks(EnvironmentLocks):
 
     def __init__(self, publisher: Any = None, settings: Settings | None = None) -> None:
         super().__init__(InMemoryAppRecords(), publisher if publisher is not None else FakePublisher(),
-                         settings or Settings(), InMemoryAppRecords(empty_service_record))
+                         settings or Settings(), in_memory_service_lock_records())
 
 
 class FakeTelemetry:

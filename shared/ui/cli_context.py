@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, TextIO
 
-from shared.adapters.firestore_apps import FirestoreAppRecords
+from shared import bootstrap
 from shared.app.config import Settings
 from shared.domain.errors import PipelineError
 from shared.ui.cli_format import colour_wanted, dumps
@@ -55,22 +55,17 @@ class Context:
 
     @functools.cached_property
     def store(self):
-        from google.cloud import firestore
-
-        from shared.adapters.firestore_store import FirestoreStore
-
+        """Wired by the composition root (shared/bootstrap.py), like every entry point's."""
         require_emulator("FIRESTORE_EMULATOR_HOST")
-        return FirestoreStore(firestore.Client(project=self.settings.project), self.settings)
+        return bootstrap.firestore_store(self.settings)
 
     @functools.cached_property
     def apps(self):
         """``apps/{app}`` records (stage medians for the ETA), on the store's Firestore client."""
-        return FirestoreAppRecords(self.store.client, self.settings)
+        return bootstrap.app_records_on(self.store.client, self.settings)
 
     def progress(self, state, pipeline) -> dict:
-        from shared.adapters.firestore_github_reports import FirestoreGitHubReports
-
-        github = FirestoreGitHubReports(self.store.client, self.settings)
+        github = bootstrap.github_reports_on(self.store.client, self.settings)
         return with_github(release_progress(state, pipeline, self.apps, time.time()), github, state)
 
     def print(self, *parts: Any) -> None:

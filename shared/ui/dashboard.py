@@ -207,12 +207,12 @@ def release_progress(state: ReleaseState, pipeline: Pipeline, apps: Any, now: fl
     """Elapsed times, the expected end from the app's stage medians, a stall notice (shared/domain/progress.py)."""
     now = time.time() if now is None else now
     record = app_record(apps, state.pipeline_name)
-    p = progress(state, pipeline, record.get("stage_medians") or {}, now)
+    p = progress(state, pipeline, record.stage_medians, now)
     p["text"] = progress_text(p, duration_text)
     p["stalled_text"] = stalled_text(state, p)
-    freeze = record.get("freeze") or {}
-    p["freeze_text"] = (f"prod is frozen by {freeze.get('by', '?')} since {iso(freeze.get('at'))}: "
-                        f"{freeze.get('reason', '')}; no release enters prod until `relctl unfreeze`"
+    freeze = record.freeze
+    p["freeze_text"] = (f"prod is frozen by {freeze.by or '?'} since {iso(freeze.at)}: "
+                        f"{freeze.reason}; no release enters prod until `relctl unfreeze`"
                         if freeze and not state.status.terminal else "")
     return p
 

@@ -45,6 +45,7 @@ def dispatcher(store, executors, settings, clock=None, publisher=None):
     from shared.adapters.firestore_dead_letters import FirestoreDeadLetters
     from shared.app.locks import EnvironmentLocks
     from shared.app.ports import SystemClock
+    from shared.adapters.cloud_build_notification import decode_message
     from shared.app.dispatcher import Dispatcher
 
     publisher = signing(publisher if publisher is not None else FakePublisher())
@@ -52,7 +53,7 @@ def dispatcher(store, executors, settings, clock=None, publisher=None):
                              service_lock_records(store.client, settings))
     return Dispatcher(store, publisher, executors, FakeApprovals(), FakeNotifier(), clock or SystemClock(),
                       settings, locks, FirestoreDeadLetters(store.client, settings), roll_back=_no_roll_back,
-                      completion_keys=rig_keyring())
+                      completion_keys=rig_keyring(), decode=decode_message)
 
 
 def _no_roll_back(service: str, to: str | None = None):

@@ -24,6 +24,7 @@ from shared.app.dead_letters import DeadLetters
 from shared.adapters.firestore_apps import FirestoreAppRecords, service_lock_records
 from shared.app.locks import EnvironmentLocks
 from shared.domain.pipeline import StageKind
+from shared.adapters.cloud_build_notification import decode_message
 from shared.app.dispatcher import Dispatcher
 from shared.domain.state import new_release
 from tests.unit.gate_helpers import PIPELINE, PUSHER
@@ -81,5 +82,6 @@ def make_rig(project, prefix) -> Rig:
     letters = FirestoreDeadLetters(store.client, settings)
     dispatcher = Dispatcher(store, publisher, executors, FakeApprovals(), FakeNotifier(), clock, settings, locks,
                             letters, roll_back=lambda service, to=None: rolled_back.append(service) or {"service": service, "revision": to},
-                            operator_requests=requests, completion_keys=rig_keyring())
-    return Rig(dispatcher, store, executor, publisher, clock, requests, DeadLetters(letters, publisher, clock, settings))
+                            operator_requests=requests, completion_keys=rig_keyring(), decode=decode_message)
+    return Rig(dispatcher, store, executor, publisher, clock, requests,
+               DeadLetters(letters, publisher, clock, settings, decode_message))

@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from shared.domain.app_record import VersionFloor
 from shared.domain.gate import GateOutcome
 from shared.domain.pipeline import parse_pipeline
 from shared.domain.state import ReleaseStatus, StageStatus
@@ -115,7 +116,7 @@ def test_a_rollback_does_not_lower_the_floor(rig):
     finish_running(rig, first, outcome="failed")  # traffic 100 % fails: the release stops
     assert rig.state(first).status is ReleaseStatus.STOPPED
     record, _ = rig.dispatcher.locks.records.read(PIPELINE.name)
-    assert record["version_floor"] == {"version": "3.0.0", "release_id": first}
+    assert record.version_floor == VersionFloor("3.0.0", first)
     rig.clock.advance(1)
     same = rig.new_release(commit="6" * 16, version="3.0.0")
     run_until(rig, same, "prod-migrate")

@@ -72,6 +72,6 @@ def test_a_write_refused_for_size_stops_the_release_gives_back_its_locks_and_say
     assert state.status is ReleaseStatus.STOPPED and "1 MiB" in state.reason
     assert state.stages["staging-migrate"].status is StageStatus.FAILED and state.locks_held == []
     record, _ = rig.dispatcher.locks.records.read(state.pipeline_name)
-    assert record["locks"]["staging"]["holder"] == ""
+    assert record.lock("staging").holder == ""
     notices = rig.publisher.of_type("release.notice")
     assert any("1 MiB" in n["message"] for n in notices)

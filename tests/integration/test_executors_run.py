@@ -16,7 +16,8 @@ from shared.domain.commands import StartStage
 from shared.app.config import REPO_ROOT, Settings
 from shared.domain.errors import ExecutorError
 from shared.domain.events import Outcome
-from shared.adapters.executors import RetryPolicy, build_executors, rollback
+from shared.adapters.executors import RetryPolicy, build_executors
+from shared.adapters.executors.run_services import rollback
 from shared.adapters.http_prober import RequestsProber
 from shared.app.ports import SystemClock
 from shared.app.probing import ProbeService

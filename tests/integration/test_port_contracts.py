@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+from dataclasses import replace
 
 import pytest
 
@@ -169,18 +170,22 @@ def test_an_approval_request_is_consumed_exactly_once(approvals):
 # -- AppRecords ---------------------------------------------------------------------------
 
 def test_an_app_record_starts_empty_and_is_written_on_condition(apps):
+    from shared.domain.app_record import AppRecord, EnvironmentLock, Freeze, QueuedRelease, Supersession, VersionFloor
+
     data, token = apps.read("acme-app")
-    assert token is None and data["locks"] == {}
-    data["locks"]["staging"] = {"holder": "r-1", "queue": [], "superseded": {}}
+    assert token is None and data == AppRecord()
+    data = data.with_lock("staging", EnvironmentLock("r-1", ("web",), (QueuedRelease("r-2", T0, "1.0.1", ("web",)),),
+                                                     {"r-0": Supersession("r-1", "")}))
     apps.write("acme-app", data, None)
     with pytest.raises(StaleWrite):
         apps.write("acme-app", data, None)  # exists now
     again, token = apps.read("acme-app")
-    assert again["locks"]["staging"]["holder"] == "r-1" and token is not None
-    apps.write("acme-app", {**again, "version_floor": {"version": "1.2.3", "release_id": "r-1"}}, token)
+    assert again == data and token is not None, "every field reads back as written"
+    frozen = replace(again, version_floor=VersionFloor("1.2.3", "r-1"), freeze=Freeze("ops@example.com", T0, "close"))
+    apps.write("acme-app", frozen, token)
     with pytest.raises(StaleWrite):
         apps.write("acme-app", again, token)
-    assert apps.read("acme-app")[0]["version_floor"]["version"] == "1.2.3"
+    assert apps.read("acme-app")[0] == frozen
 
 
 # -- OperatorRequestLog -------------------------------------------------------------------
@@ -270,7 +275,7 @@ def test_stage_durations_are_counted_once_per_release(locks):
     locks.record_durations("acme-app", "r-1", {"lint": 10.0})
     locks.record_durations("acme-app", "r-1", {"lint": 10.0})  # a repeated batch
     locks.record_durations("acme-app", "r-2", {"lint": 20.0})
-    medians = app_record(locks.records, "acme-app")["stage_medians"]
+    medians = app_record(locks.records, "acme-app").stage_medians
     assert medians["lint"]["recent"] == [10.0, 20.0] and medians["lint"]["median_s"] == 15.0
 
 

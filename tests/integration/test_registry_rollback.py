@@ -18,7 +18,8 @@ from shared.adapters import gcp_clients
 from shared.domain.commands import StartStage
 from shared.app.config import REPO_ROOT, Settings
 from shared.domain.errors import ConfigError, ExecutorError
-from shared.adapters.executors import RetryPolicy, build_executors, rollback_from_registry, rollback_to_tag
+from shared.adapters.executors import RetryPolicy, build_executors
+from shared.adapters.executors.registry_rollback import rollback_from_registry, rollback_to_tag
 from shared.adapters.executors.registry import last_good_tag, package_path
 from shared.domain.pipeline import load_pipeline
 from shared.domain.state import StageState, StageStatus

@@ -30,6 +30,7 @@ from shared.app.locks import EnvironmentLocks
 from shared.domain.events import ApprovalDecided, ReleaseStarted
 from shared.domain.pipeline import parse_pipeline
 from shared.adapters.pubsub_publisher import PubSubPublisher
+from shared.adapters.cloud_build_notification import decode_message
 from shared.app.dispatcher import Dispatcher
 from shared.domain.state import ReleaseStatus, StageStatus, new_release
 from shared.app.sweeper import sweep
@@ -63,7 +64,7 @@ class Flow:
             EnvironmentLocks(FirestoreAppRecords(self.store.client, settings), publisher, settings,
                              service_lock_records(self.store.client, settings)),
             FirestoreDeadLetters(self.store.client, settings), roll_back=lambda service, to=None: rollback(settings, service, to, automatic=True),
-            probes=FakeProbeScheduler(), completion_keys=rig_keyring(),
+            probes=FakeProbeScheduler(), completion_keys=rig_keyring(), decode=decode_message,
         )
         self.executors = self.dispatcher.executors
         self.publisher = publisher

@@ -33,7 +33,6 @@ from shared.app.dispatcher import Dispatcher
 from shared.app.locks import EnvironmentLocks
 from shared.app.manual_rollback import register_rollback
 from shared.app.operator import Caller
-from shared.app.service_locks import empty_service_record
 from shared.domain.errors import RequestRefused
 from shared.domain.events import (ApprovalDecided, CancelRequested, Outcome, ReleaseStarted, StageFinished,
                                   StageReplay)
@@ -42,7 +41,8 @@ from shared.domain.revision_history import Verdict, split_of
 from shared.domain.state import ReleaseStatus, StageStatus, new_release
 from shared.testing.fakes import (FakeApprovals, FakeClock, FakeDeadLetters, FakeExecutor, FakeNotifier,
                                   FakeOperatorRequests, FakeProbeScheduler, FakePublisher, FakeRevisionHistories,
-                                  FakeStore, InMemoryAppRecords, rig_keyring, signed, signing)
+                                  FakeStore, InMemoryAppRecords, in_memory_service_lock_records, rig_keyring,
+                                  signed, signing)
 
 PROJECT, REGION = "local-project", "europe-west3"
 APPROVER, PUSHER, OPERATOR = "boss@example.com", "dev@example.com", "ops@example.com"
@@ -92,7 +92,7 @@ class World:
                                      self.histories)
         self.traffic = TrafficExecutor(self.settings, self.clients["services"], self.clients["revisions"], caller)
         locks = EnvironmentLocks(InMemoryAppRecords(), self.publisher, self.settings,
-                                 InMemoryAppRecords(empty_service_record))
+                                 in_memory_service_lock_records())
 
         def roll_back(service, to=None):
             return rollback(self.settings, service, to, clients=self.clients, caller=caller,

@@ -18,7 +18,8 @@ from shared.adapters import gcp_clients
 from shared.adapters.executors import RetryPolicy, build_executors
 from shared.adapters.executors.cloud_build import build_as_dict
 from shared.app.config import Settings
-from shared.domain.events import Outcome, ReleaseStarted, StageFinished, event_from_build_notification
+from shared.adapters.cloud_build_notification import event_from_build_notification
+from shared.domain.events import Outcome, ReleaseStarted, StageFinished
 from shared.domain.gate import GateOutcome, decide
 from shared.domain.pipeline import load_pipeline
 from shared.domain.state import StageStatus, new_release

@@ -13,7 +13,8 @@ from google.cloud.devtools import cloudbuild_v1
 from local.standin.server import StandIn, StandInConfig
 from shared.adapters import gcp_clients
 from shared.app.config import REPO_ROOT, Settings
-from shared.domain.events import event_from_build_notification, stage_run_id
+from shared.adapters.cloud_build_notification import event_from_build_notification
+from shared.domain.events import stage_run_id
 
 pytestmark = pytest.mark.emulators
 

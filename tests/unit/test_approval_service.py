@@ -14,6 +14,7 @@ import pytest
 
 from shared.app.approvals import ApprovalRefused, ApprovalService, release_readers
 from shared.ui.approval_http import ApprovalPages
+from shared.domain.app_record import VersionFloor
 from shared.domain.approval_record import ApprovalRecord
 from shared.app.dead_letters import DeadLetters
 from shared.testing.fakes import (
@@ -458,8 +459,7 @@ def test_confirm_page_says_what_prod_runs_now(world):
     records = InMemoryAppRecords()
     assert prod_runs_text(records, "app") == "nothing released to prod yet"
     data, token = records.read("app")
-    data["version_floor"] = {"version": "1.2.2", "release_id": "acme-app-0123456789ab"}
-    records.write("app", data, token)
+    records.write("app", replace(data, version_floor=VersionFloor("1.2.2", "acme-app-0123456789ab")), token)
     world.service.prod_runs = lambda release: prod_runs_text(records, "app")
     _, html, _ = world.get(world.send_links()[APPROVER])
     assert "<dt>Production runs</dt><dd>version 1.2.2 (release acme-app-0123456789ab)</dd>" in html

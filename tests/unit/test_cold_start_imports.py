@@ -85,5 +85,5 @@ def test_a_path_loads_only_the_clients_it_uses(entry):
 def test_the_check_detects_a_client_that_a_path_loads():
     # The same probe sees a client once the wiring builds it (so an empty set above means something).
     assert {"cloudbuild", "executor modules"} <= loaded_by(
-        "bootstrap.executors()['deploy']; from shared.adapters import gcp_clients; "
+        "bootstrap.executors()['deploy'].start; from shared.adapters import gcp_clients; "
         "gcp_clients.cloud_build(bootstrap.settings())")

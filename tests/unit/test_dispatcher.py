@@ -7,11 +7,11 @@ import typing
 import pytest
 
 from shared.app.config import Settings
+from shared.adapters.cloud_build_notification import decode_message
 from shared.app.dispatcher import COMMAND_HANDLERS, IN_FLIGHT_WAIT_S, Dispatcher
 from shared.domain.commands import Command
 from shared.app.locks import EnvironmentLocks
 from shared.app.ports import StageFinish
-from shared.app.service_locks import empty_service_record
 from shared.domain.errors import ExecutorError, TransientError
 from shared.domain.events import LockGranted, Outcome, ReleaseStarted, StageFinished, Tick
 from shared.domain.gate import GateOutcome
@@ -27,6 +27,7 @@ from shared.testing.fakes import (
     FakeStore,
     FakeTime,
     InMemoryAppRecords,
+    in_memory_service_lock_records,
     rig_keyring,
     signed,
     signing,
@@ -46,9 +47,10 @@ def make(executor: FakeExecutor | None = None) -> Dispatcher:
     executor = executor or FakeExecutor()
     return Dispatcher(store, publisher, {kind: executor for kind in ("build", "job", "deploy", "traffic", "check")},
                       FakeApprovals(), FakeNotifier(), clock, SETTINGS,
-                      EnvironmentLocks(InMemoryAppRecords(), publisher, SETTINGS, InMemoryAppRecords(empty_service_record)), FakeDeadLetters(),
+                      EnvironmentLocks(InMemoryAppRecords(), publisher, SETTINGS, in_memory_service_lock_records()), FakeDeadLetters(),
                       roll_back=lambda service, to=None: {"service": service, "revision": to}, operator_requests=FakeOperatorRequests(),
-                      sleep=ticks.sleep, monotonic=ticks.monotonic, completion_keys=rig_keyring())
+                      sleep=ticks.sleep, monotonic=ticks.monotonic, completion_keys=rig_keyring(),
+                      decode=decode_message)
 
 
 def started(dispatcher: Dispatcher) -> str:

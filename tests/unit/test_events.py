@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 
 from shared.domain.errors import MalformedEvent
+from shared.adapters.cloud_build_notification import event_from_build_notification
 from shared.domain.events import (
     Outcome,
     StageFinished,
-    event_from_build_notification,
     parse_stage_run_id,
     stage_run_id,
 )
@@ -59,3 +59,22 @@ def test_our_events_round_trip_and_bad_ones_say_why():
     with pytest.raises(MalformedEvent, match="approve must be true or false"):
         from_payload("m7", {"type": "approval.decided", "release_id": "r", "stage": "approval", "attempt": 1,
                                "nonce": "n", "approver": "a", "approve": "yes", "expires_at": 1})
+
+
+def test_the_dispatchers_decoder_parses_a_build_notification_once_into_a_build_finished():
+    """Cloud Build's JSON is read by its adapter only: the wire format knows our messages alone."""
+    import json
+
+    from shared.adapters.cloud_build_notification import decode_message
+    from shared.domain.errors import MalformedEvent
+    from shared.domain.events import BuildFinished
+    from shared.domain.wire import decode_event, encode
+
+    attributes, data = {"buildId": "b-1", "status": "SUCCESS"}, json.dumps(BUILD).encode()
+    event = decode_message("m1", attributes, data)
+    assert isinstance(event, BuildFinished) and event.id == "m1" and event.release_id == "acme-app-0123456789ab"
+    assert event.finished == event_from_build_notification("m1", attributes, BUILD)
+    with pytest.raises(MalformedEvent):
+        decode_event("m1", attributes, data)
+    ours = StageFinished("", "acme-app-0123456789ab", "build", RUN, Outcome.SUCCEEDED)
+    assert decode_message("m2", *reversed(encode(ours))) == StageFinished("m2", *list(vars(ours).values())[1:])

@@ -9,7 +9,8 @@ import pytest
 from shared.domain.commands import StartStage
 from shared.app.config import Settings
 from shared.domain.errors import ExecutorError
-from shared.domain.events import Outcome, build_duration_s, builder_output, event_from_build_notification
+from shared.adapters.cloud_build_notification import build_duration_s, builder_output, event_from_build_notification
+from shared.domain.events import Outcome
 from shared.adapters.executors.cloud_build import build_from_params, finish_of_build
 from shared.domain.pipeline import load_pipeline, parse_pipeline
 

@@ -3,12 +3,14 @@ stand-in (tests/github_compare_server.py), the bounded result, and the page's fa
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import pytest
 
 from shared.adapters.github_compare import CompareUnavailable, GitHubCompare
 from shared.app.compare import compared_changes, prod_commit
 from shared.app.push import MAX_LISTED_COMMITS
+from shared.domain.app_record import VersionFloor
 from shared.testing.fakes import FakeStore, InMemoryAppRecords
 from tests.github_compare_server import CompareServer
 from tests.unit.test_approval_service import APPROVER, World, token_in
@@ -88,8 +90,7 @@ def test_prods_commit_is_the_commit_of_the_version_floors_release():
     releases.save_pipeline(world.releases.load_pipeline(world.release.pipeline_digest))
     releases.create(world.release)
     data, token = records.read("app")
-    data["version_floor"] = {"version": "1.2.2", "release_id": world.release.release_id}
-    records.write("app", data, token)
+    records.write("app", replace(data, version_floor=VersionFloor("1.2.2", world.release.release_id)), token)
     assert prod_commit(records, releases, "app") == HEAD
 
 

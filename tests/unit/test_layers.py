@@ -36,10 +36,6 @@ PAIRS_ALLOWED_INSIDE_FUNCTIONS = {
     ("shared.ui.cli", "concurrent.futures"): COLD_START + ": 0.1 s of relctl's start-up, for an error's message only",
     ("shared.ui.cli", "shared.adapters.executors.preflight"): COLD_START + ": it imports google.auth, which only "
                                                               "`relctl preflight` needs",
-    ("shared.ui.cli_context", "shared.adapters.firestore_store"): COLD_START + ": it imports the Firestore client, "
-                                                                  "which `relctl validate` and `--help` do not need",
-    ("shared.ui.cli_context", "shared.adapters.firestore_github_reports"): COLD_START + ": as firestore_store, "
-                                                                           "whose module it imports",
 }
 
 
@@ -114,3 +110,17 @@ def test_print_the_figures_of_the_closing_note(capsys):
     with capsys.disabled():
         print("\ncode figures:", figures)
     assert figures["upward_imports"] == 0
+
+
+def test_only_the_store_reads_the_application_records_keys():
+    """Everyone else reads fields of AppRecord (shared/domain/app_record.py)."""
+    reads = code_metrics.app_record_key_reads()
+    assert not reads, "key reads of the application's record outside " + ", ".join(
+        code_metrics.APP_RECORD_READERS) + ":\n" + "\n".join(reads)
+
+
+def test_the_app_record_reader_sees_a_subscript_and_a_get(tmp_path):
+    (tmp_path / "shared/app").mkdir(parents=True)
+    (tmp_path / "shared/app/locks.py").write_text(
+        "def f(data, env):\n    lock = data['locks'].get(env)\n    return lock['holder'], data.get('freeze'), lock.get('x')\n")
+    assert sorted(line.split(":")[1] for line in code_metrics.app_record_key_reads(tmp_path)) == ["2", "3", "3"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from shared.domain import chaos
-from shared.domain.events import event_from_build_notification
+from shared.adapters.cloud_build_notification import event_from_build_notification
 from shared.domain.pipeline import StageKind, pipeline_from_stored
 from shared.domain.stage_results import (READERS, ApprovalResult, BuildResult, CheckResult, DeployResult, JobResult,
                                          StageResult, result_of)

@@ -2,34 +2,28 @@
 
 ``build_executors(settings)`` returns one executor per stage kind (the keys are
 ``StageKind`` values, as ``StartStage.kind`` carries them). Executors and their clients
-are created on first use, because importing a client library costs hundreds of
-milliseconds and a function invocation usually needs one kind at most: the mapping
-imports a kind's module only when that kind is first looked up. Tests pass ``clients``
+are created on first use (``Lazy``, shared/adapters/lazy.py), because importing a client
+library costs hundreds of milliseconds and a function invocation usually needs one kind at
+most: a kind's module is imported only when its executor is first used. The rollbacks live
+in their modules (``run_services.rollback``, ``registry_rollback.rollback_from_registry``). Tests pass ``clients``
 to share them, or let the settings point the clients at the local stand-in.
 """
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from shared.app.config import Settings
 from shared.adapters.executors.calls import ApiCaller, RetryPolicy
 from shared.domain.pipeline import StageKind
 from shared.adapters import gcp_clients
+from shared.adapters.lazy import Lazy
 
-# What this package exports, and from which module: imported when first named.
-_EXPORTS = {
+# Which module holds each executor: imported when the first of its kind is used.
+_MODULES = {
     "CloudBuildExecutor": "cloud_build", "HttpCheckExecutor": "http_check", "PreflightExecutor": "preflight",
     "RunJobExecutor": "run_jobs", "DeployExecutor": "run_services", "TrafficExecutor": "run_services",
-    "rollback": "run_services", "rollback_from_registry": "registry_rollback", "rollback_to_tag": "registry_rollback",
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 CLIENT_NAMES = ("cloud_build", "jobs", "executions", "services", "revisions")
 
 
@@ -45,41 +39,10 @@ def _factories() -> dict[str, Callable[[Settings], Any]]:
     }
 
 
-class _LazyClient:
-    """Stands in for a client until its first method call, then is that client."""
-
-    def __init__(self, factory: Callable[[], Any]):
-        self._factory = factory
-        self._client: Any = None
-
-    def __getattr__(self, name: str) -> Any:
-        if self._client is None:
-            self._client = self._factory()
-        return getattr(self._client, name)
-
-
 def default_clients(settings: Settings, names: Iterable[str] = CLIENT_NAMES) -> dict[str, Any]:
+    """Each client made on its first method call (shared/adapters/lazy.py)."""
     factories = _factories()
-    return {name: _LazyClient(lambda f=factories[name]: f(settings)) for name in names}
-
-
-class _ByKind(Mapping):
-    """kind -> executor, each built (and its module imported) when first looked up."""
-
-    def __init__(self, factories: Mapping[str, Callable[[], Any]]):
-        self._factories = dict(factories)
-        self._built: dict[str, Any] = {}
-
-    def __getitem__(self, kind: str) -> Any:
-        if kind not in self._built:
-            self._built[kind] = self._factories[kind]()
-        return self._built[kind]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._factories)
-
-    def __len__(self) -> int:
-        return len(self._factories)
+    return {name: Lazy(lambda f=factories[name]: f(settings)) for name in names}
 
 
 def build_executors(
@@ -88,21 +51,22 @@ def build_executors(
     *,
     retry: RetryPolicy | None = None,
     histories: Any = None,
-) -> Mapping[str, Any]:
-    """One executor per executable kind (``StageExecutor``s). ``approval`` is not here: the
-    dispatcher sends approval requests itself. ``clients`` may hold cloud_build, jobs,
-    executions, services, revisions (and projects for the preflight); missing ones are
-    created from settings. ``histories`` (RevisionHistories) tells the deploy which revision
-    last completed a release."""
+) -> dict[str, Any]:
+    """One executor per executable kind (``StageExecutor``s), each built (and its module imported)
+    when first used. ``approval`` is not here: the dispatcher sends approval requests itself.
+    ``clients`` may hold cloud_build, jobs, executions, services, revisions (and projects for the
+    preflight); missing ones are created from settings. ``histories`` (RevisionHistories) tells
+    the deploy which revision last completed a release."""
     given = dict(clients or {})
     missing = [n for n in CLIENT_NAMES if n not in given]
     c = {**default_clients(settings, missing), **given} if missing else given
     caller = ApiCaller(retry or RetryPolicy())
 
-    def make(name: str, *args: Any, **kwargs: Any) -> Callable[[], Any]:
-        return lambda: __getattr__(name)(settings, *args, **kwargs)
+    def make(name: str, *args: Any, **kwargs: Any) -> Lazy:
+        module = f"{__name__}.{_MODULES[name]}"
+        return Lazy(lambda: getattr(importlib.import_module(module), name)(settings, *args, **kwargs))
 
-    return _ByKind({
+    return {
         StageKind.BUILD.value: make("CloudBuildExecutor", c["cloud_build"], caller),
         StageKind.JOB.value: make("RunJobExecutor", c["jobs"], c["executions"], caller),
         # The deploy starts from the template of the service's last revision that completed a release.
@@ -111,11 +75,7 @@ def build_executors(
         StageKind.CHECK.value: make("HttpCheckExecutor", c["services"], caller),
         # Builds its IAM clients on first use; "projects" in ``clients`` replaces the default.
         StageKind.PREFLIGHT.value: make("PreflightExecutor", projects_client=given.get("projects"), caller=caller),
-    })
+    }
 
 
-__all__ = [
-    "ApiCaller", "CloudBuildExecutor", "DeployExecutor", "HttpCheckExecutor", "PreflightExecutor",
-    "RetryPolicy", "RunJobExecutor", "TrafficExecutor", "build_executors", "default_clients", "rollback",
-    "rollback_from_registry", "rollback_to_tag",
-]
+__all__ = ["ApiCaller", "RetryPolicy", "build_executors", "default_clients"]

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from shared.domain.commands import StartStage
 from shared.app.config import Settings
 from shared.domain.errors import ExecutorError
-from shared.domain.events import RUN_TAG_PREFIX, event_from_build_notification
+from shared.adapters.cloud_build_notification import RUN_TAG_PREFIX, event_from_build_notification
 from shared.adapters.executors.calls import ApiCaller
 from shared.adapters.executors.substitute import substitute, variables_for
 from shared.domain.pipeline import Pipeline, Stage, parse_duration
