@@ -33,6 +33,12 @@ def on_replay(run: Run, event: StageReplay) -> tuple[GateOutcome, str]:
             raise Refusal(GateOutcome.REFUSED, f"{earlier.label} has not passed; replay it first")
     if stage.kind is StageKind.APPROVAL and st.status is StageStatus.SUCCEEDED:
         raise Refusal(GateOutcome.REFUSED, f"{stage.label} is already approved")
+    rolled = rolled_back_deploy_before(run, index)
+    if rolled is not None:
+        # What the later stage would check or promote no longer serves: a passing replay of the
+        # canary's smoke would let the traffic stage put 100 % on the revision that was rolled back.
+        raise Refusal(GateOutcome.REFUSED, f"{rolled.label} was rolled back, so {stage.label} has nothing of this "
+                                           f"release to act on; replay {rolled.id} (or push a new commit)")
     run.record_replay(event, accepted=True, reason=event.reason)
     for later in run.pipeline.stages[index + 1:]:
         run.reset(later)
@@ -45,6 +51,15 @@ def on_replay(run: Run, event: StageReplay) -> tuple[GateOutcome, str]:
         state.approval = {}  # earlier results changed: the approval must be given again
     advance(run, index, replay=True)
     return GateOutcome.APPLIED, f"{stage.label} replayed by {event.requested_by}"
+
+
+def rolled_back_deploy_before(run: Run, index: int):
+    """The nearest deploy stage before ``index`` whose current attempt was rolled back, if any."""
+    for earlier in reversed(run.pipeline.stages[:index]):
+        if earlier.kind is StageKind.DEPLOY:
+            if result_of(earlier.kind, run.state.stages[earlier.id].result).rolled_back:
+                return earlier
+    return None
 
 
 def on_chaos(run: Run, event: ChaosRequested) -> tuple[GateOutcome, str]:

@@ -131,3 +131,28 @@ def test_a_failed_canary_rolls_back_the_background_services_the_deploy_rolled_in
     (rollback,) = [c for c in decision.commands if isinstance(c, RollBack)]
     assert rollback.services == ("web", "worker")
     assert rollback.targets == {"web": "web-base", "worker": "worker-base"}
+
+
+def test_after_a_rolled_back_canary_a_replay_of_a_later_stage_is_refused_naming_the_deploy():
+    """Found by tests/integration/test_rollback_properties.py: [push, approve, deploy, smoke fails (rolled
+    back), replay prod-smoke, smoke passes] put 100 % on the rolled-back revision through traffic-100."""
+    state = new_release(PIPELINE, repo="acme/app", ref="refs/heads/main", commit="abcdef1234567890",
+                        version="1.2.3", pushed_by="dev@example.com", now=T0)
+    _, state = step(state, ReleaseStarted(eid(), state.release_id))
+    state = until(state, "prod-deploy")
+    run = state.stages["prod-deploy"]
+    _, state = step(state, StageFinished(eid(), state.release_id, "prod-deploy", run.stage_run_id, Outcome.SUCCEEDED,
+                                         "", {"revisions": [{"service": "web", "revision": "web-2", "percent": 10,
+                                                             "serving_before": "web-1"}]}))
+    state = until(state, "prod-smoke")
+    _, state = step(state, StageFinished(eid(), state.release_id, "prod-smoke",
+                                         state.stages["prod-smoke"].stage_run_id, Outcome.FAILED, "500"))
+    deployed = state.stages["prod-deploy"]
+    deployed.result = {**deployed.result, "rolled_back": [  # what the dispatcher records once the RollBack ran
+        {"service": "web", "from": "web-2", "to": "web-1", "at": T0, "by": "the gate", "why": "smoke failed"}]}
+    refused, _ = step(state, StageReplay(eid(), state.release_id, "prod-smoke", "r-1", "ops@example.com", "again"))
+    assert refused.outcome.value == "refused"
+    assert "replay prod-deploy" in refused.reason and "rolled back" in refused.reason
+    replayed, state = step(state, StageReplay(eid(), state.release_id, "prod-deploy", "r-2", "ops@example.com", "again"))
+    assert replayed.outcome.value == "applied", replayed.reason
+    assert not state.stages["prod-deploy"].result.get("rolled_back")  # the new attempt starts clean
