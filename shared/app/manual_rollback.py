@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from shared.app.operator import Caller, OperatorService
 from shared.app.ports import EventPublisher, ReleaseStore
-from shared.domain.errors import ConfigError, ExecutorError, RequestRefused
+from shared.domain.errors import ConfigError, ExecutorError, RequestRefused, ResourceNotFound
 from shared.domain.events import RolledBack
 from shared.domain.state import ReleaseState
 
@@ -73,7 +73,9 @@ def register_rollback(service: OperatorService, store: ReleaseStore, publisher: 
                                       "pass --force to send all traffic to it anyway")
         try:
             moved = dict(mover(name, how))
-        except ExecutorError as exc:  # no such revision, nothing to go back to: retrying will not help
+        except ResourceNotFound as exc:  # no such service, revision or image tag
+            raise RequestRefused(404, str(exc)) from None
+        except ExecutorError as exc:  # nothing to go back to, not ready: retrying will not help
             raise RequestRefused(409, str(exc)) from None
         except ConfigError as exc:  # a setting of the operator function that its deployer must fix
             raise RequestRefused(503, f"{exc} (a setting of the operator function)") from None

@@ -19,13 +19,14 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from shared.domain.errors import DefinitionError, PipelineError
 from shared.ui.cli_context import (positive_int, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE,
                                    CommandFailed, Context, UsageError)
 from shared.ui.cli_format import EPILOG, dumps, iso_times, paint
 from shared.ui.cli_operator import add_commands as add_operator_commands
-from shared.ui.notes import (duration_text, iso, load_release, render, timeline_text,
+from shared.ui.notes import (approve_how, bake_text, duration_text, iso, load_release, render, timeline_text,
                              traffic_decisions, waiting_text, rollback_lines)
 from shared.domain.pipeline import Pipeline
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
@@ -41,7 +42,15 @@ def current_stage(state: ReleaseState) -> str:
     return state.stopped_at_stage
 
 
-def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False, progress: dict | None = None) -> str:
+def live_lines(state: ReleaseState, pipeline: Pipeline, now: float, local: bool = False) -> list[str]:
+    """What moves while nothing is recorded: a bake under way, an approval that waits (and how to give it)."""
+    lines = [bake_text(stage, state.stages[stage.id], now) for stage in pipeline.stages]
+    lines += [waiting_text(state, pipeline), approve_how(state, pipeline, as_flag=local)]
+    return [line for line in lines if line]
+
+
+def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False, progress: dict | None = None,
+              local: bool = False, now: float | None = None) -> str:
     from shared.ui.dashboard import stage_detail
 
     lines = [
@@ -68,8 +77,7 @@ def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False, pro
     if traffic:
         lines.append("  traffic: " + "; ".join(traffic))
     lines += [f"  {line}" for line in rollback_lines(state, pipeline)]
-    if waiting_text(state, pipeline):
-        lines.append("  " + waiting_text(state, pipeline))
+    lines += [f"  {line}" for line in live_lines(state, pipeline, time.time() if now is None else now, local)]
     if state.timeline:
         lines.append("  timeline:")
         lines += [f"    {timeline_text(e)}" for e in state.timeline]
@@ -106,7 +114,7 @@ def cmd_show(args, ctx: Context) -> int:
 
         ctx.print(dumps(release_json(state, pipeline, ctx.progress(state, pipeline))))
     else:
-        ctx.print(show_text(state, pipeline, ctx.colour, ctx.progress(state, pipeline)))
+        ctx.print(show_text(state, pipeline, ctx.colour, ctx.progress(state, pipeline), ctx.local))
     return EXIT_OK
 
 
@@ -124,10 +132,11 @@ def cmd_watch(args, ctx: Context) -> int:
     redraw = ctx.out.isatty() and not ctx.json
     deadline = ctx.monotonic() + args.timeout if args.timeout else None
     last_view, seen = "", {}
+    last_said = ctx.monotonic()
     while True:
         state, pipeline = load_release(ctx.store, args.release)
         if redraw:
-            view = show_text(state, pipeline, ctx.colour, ctx.progress(state, pipeline))
+            view = show_text(state, pipeline, ctx.colour, ctx.progress(state, pipeline), ctx.local)
             if view != last_view:
                 ctx.out.write("\x1b[H\x1b[2J" + view + "\n")
                 ctx.out.flush()
@@ -143,6 +152,18 @@ def cmd_watch(args, ctx: Context) -> int:
             if stalled and not seen.get("stalled"):
                 seen["stalled"] = True
                 _line(ctx, {"release_id": state.release_id, "notice": stalled}, f"  NOTICE: {stalled}")
+            if changes:
+                last_said = ctx.monotonic()
+            # A bake or an approval records nothing for minutes: say where it stands, on a change
+            # (an approval that starts waiting) and every --every seconds while nothing changes.
+            quiet = ctx.monotonic() - last_said >= args.every
+            if p and (changes or quiet):
+                live = live_lines(state, pipeline, time.time(), ctx.local)
+                for line in live:
+                    _line(ctx, {"release_id": state.release_id, "live": line}, f"  {line}")
+                if quiet and not changes:
+                    _line(ctx, {"release_id": state.release_id, "progress": p}, f"  progress: {p['text']}")
+                last_said = ctx.monotonic()
         final = {"release_id": state.release_id, "final": True, "status": state.status.value, "reason": state.reason}
         if state.status is ReleaseStatus.SUCCEEDED:
             _line(ctx, final, f"release {state.release_id} succeeded: {state.tag} takes all traffic")
@@ -195,6 +216,12 @@ def cmd_validate(args, ctx: Context) -> int:
 
     try:
         pipeline = load_pipeline(args.file)
+        if not pipeline.repositories:
+            # A stored definition may lack it (older releases); a file to deploy may not: the push
+            # function releases a repository's pushes only with the pipeline that lists it.
+            raise DefinitionError(f"{args.file}: repositories: must list at least one GitHub repository "
+                                  "'owner/name' whose pushes release this pipeline (a push of a repository "
+                                  "no pipeline lists is refused)")
     except DefinitionError as exc:
         print(f"relctl: invalid pipeline: {exc}", file=sys.stderr)
         if ctx.json:
@@ -259,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("release")
     p.add_argument("--timeout", type=float, default=0, help="give up after this many seconds (exit 3); 0 = never")
     p.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
+    p.add_argument("--every", type=float, default=30, metavar="SECONDS",
+                   help="while nothing changes (a bake, an approval), say where the release stands this often "
+                        "(default 30)")
     add_operator_commands(command)
     p = command("validate", cmd_validate, "check a pipeline file; exit 2 naming the stage and field when invalid")
     p.add_argument("file")
@@ -287,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("relctl: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`relctl list | head -1`): what it read is all it wanted. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as exc:  # one line, never a traceback; the debug switch shows it
         if os.environ.get("RELCTL_DEBUG"):
             raise

@@ -63,6 +63,11 @@ class Context:
 
         return release_progress(state, pipeline, self.apps, time.time())
 
+    @property
+    def local(self) -> bool:
+        """Against the local stack, whose token issuer signs for whoever ``--as`` names."""
+        return bool(self.settings.operator_token_url)
+
     def print(self, *parts: Any) -> None:
         print(*parts, file=self.out, flush=True)
 

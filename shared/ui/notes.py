@@ -150,9 +150,43 @@ def waiting_text(state: ReleaseState, pipeline: Pipeline) -> str:
     st = state.stages.get(stage.id)
     if st is None or st.status is not StageStatus.WAITING:
         return ""
-    asked = [str(a) for a in stage.params["approvers"] if str(a).lower() != state.pushed_by.lower()]
+    asked = approvers_asked(state, pipeline)
     return (f"approval (attempt {st.attempt}) asked of {', '.join(asked) or 'nobody'} since {iso(st.started_at)}; "
             f"links expire at {iso(st.deadline)}")
+
+
+def approvers_asked(state: ReleaseState, pipeline: Pipeline) -> list[str]:
+    """The approvers a release asks: the approval stage's, less the one who pushed it."""
+    gate = pipeline.approval_index
+    if gate is None:
+        return []
+    return [str(a) for a in pipeline.stages[gate].params["approvers"] if str(a).lower() != state.pushed_by.lower()]
+
+
+def approve_how(state: ReleaseState, pipeline: Pipeline, as_flag: bool = False) -> str:
+    """How the waiting approval is given ('' when none waits): the mailed link or relctl, by whom.
+    ``as_flag``: name the approver with ``--as`` (the local stack's token issuer signs for anyone)."""
+    if not waiting_text(state, pipeline):
+        return ""
+    asked = approvers_asked(state, pipeline)
+    who = f" --as {asked[0]}" if as_flag and asked else ""
+    return (f"to decide, {' or '.join(asked) or 'an approver'} opens the link mailed to them, or runs "
+            f"`relctl approve {state.release_id}{who}` (or `relctl reject {state.release_id}{who} --reason \"…\"`)")
+
+
+def bake_text(stage: Stage, st: StageState, now: float) -> str:
+    """A running check in words: how far into its window and bake it is ('' for anything else).
+    The probe keeps its interval verdicts in its own task until the check ends; the release
+    records them then (``result.analysis``)."""
+    if stage.kind is not StageKind.CHECK or st.status is not StageStatus.RUNNING or st.started_at is None:
+        return ""
+    bake = st.result.get("bake_s")
+    if not isinstance(bake, (int, float)) or isinstance(bake, bool) or not bake:
+        return ""
+    window = st.result.get("window_s") if isinstance(st.result.get("window_s"), (int, float)) else 0
+    elapsed = max(0.0, now - st.started_at)
+    return (f"{stage.id} baking: {duration_text(elapsed)} in, planned up to {duration_text(window)} window "
+            f"+ {duration_text(bake)} bake; the verdict of each interval is recorded when the check ends")
 
 
 # -- Markdown -------------------------------------------------------------------

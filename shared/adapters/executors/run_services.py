@@ -16,7 +16,7 @@ from google.api_core import exceptions as gexc
 
 from shared.domain.commands import StartStage
 from shared.app.config import Settings
-from shared.domain.errors import ExecutorError
+from shared.domain.errors import ExecutorError, ResourceNotFound
 from shared.domain.events import Outcome
 from shared.adapters.executors.calls import ApiCaller
 from shared.adapters.executors.substitute import substitute, variables_for
@@ -248,7 +248,7 @@ class TrafficExecutor(_ServiceStages):
         name = service_path(self.settings, service_id)
         service = self._get_service(name)
         if service is None:
-            raise ExecutorError(f"service {service_id} does not exist; the deploy stage must run first")
+            raise ResourceNotFound(f"service {service_id} does not exist; the deploy stage must run first")
         current = current_split(service)
         revision = self._release_revision(name, labels, current)
         if revision is None:
@@ -331,7 +331,7 @@ def _choose_rollback(revisions: list[Any], to_revision: str | None, service: str
         for revision in revisions:
             if short_revision(revision.name) == short_revision(to_revision):
                 return revision
-        raise ExecutorError(f"revision {to_revision} of {service} does not exist")
+        raise ResourceNotFound(f"revision {to_revision} of {service} does not exist")
     succeeded = run_v2.Condition.State.CONDITION_SUCCEEDED
     for revision in revisions[1:]:
         ready = [c for c in revision.conditions if c.type_ == "Ready"]
