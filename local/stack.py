@@ -45,7 +45,10 @@ FUNCTIONS = {
     "dashboard": ("dashboard", "http", ()),
     "operator": ("operator", "http", ()),
 }
-LOCAL_OPERATORS = ("operator@example.com", "qa@example.com")
+# Who may use relctl against the local stack. The sample pipeline's approver is one, so the
+# `relctl approve … --as approver@example.com` the demo prints works (relctl approve goes
+# through the operator function, like every command that acts).
+LOCAL_OPERATORS = ("operator@example.com", "qa@example.com", "approver@example.com")
 TOPICS = ("pipeline-events", "cloud-builds", "release-updates", "pipeline-tick", DEAD_LETTER_TOPIC)
 # As deploy/ sets it on dispatch's subscriptions: after this many failed deliveries Pub/Sub
 # forwards the message to the dead-letter topic (the emulator honours it too).

@@ -171,7 +171,7 @@ def approve_how(state: ReleaseState, pipeline: Pipeline, as_flag: bool = False) 
     asked = approvers_asked(state, pipeline)
     who = f" --as {asked[0]}" if as_flag and asked else ""
     return (f"to decide, {' or '.join(asked) or 'an approver'} opens the link mailed to them, or runs "
-            f"`relctl approve {state.release_id}{who}` (or `relctl reject {state.release_id}{who} --reason \"…\"`)")
+            f"`relctl approve {state.release_id}{who}` (relctl reject, with --reason, says no)")
 
 
 def bake_text(stage: Stage, st: StageState, now: float) -> str:
