@@ -573,7 +573,7 @@ class _Run:
         st = self.state.stages[stage.id]
         st.reason = reason
         self.finish(stage, StageStatus.FAILED)
-        rolled = ""
+        rolled, again = "", stage.id
         if stage.kind is StageKind.CHECK:
             before = len(self.commands)
             self.roll_back_checked_deploy(stage, reason)
@@ -582,6 +582,9 @@ class _Run:
                     to = ", ".join(f"{s} to {command.targets.get(s) or 'the last good tagged revision'}"
                                    for s in command.services)
                     rolled = f" Rolled back {command.stage}: all traffic of {to} (what served before this release)."
+                    # The checked canary is gone: a replay of the check has nothing to check. Replaying
+                    # the deploy puts the canary back (the gate allows it: every stage before it passed).
+                    again = command.stage
         self.state.status = ReleaseStatus.STOPPED
         self.release_locks()
         self.state.stopped_at_stage = stage.id
@@ -591,7 +594,8 @@ class _Run:
             stage.id,
             f"{self.title()} stopped: {stage.label} failed: {reason}.{rolled} "
             f"Gate: {stage.gate or 'the release stops'}. Fix the cause, then run "
-            f"`relctl replay {self.state.release_id} {stage.id} --reason \"…\"`.",
+            f"`relctl replay {self.state.release_id} {again} --reason \"…\"`"
+            + (" (or push a new commit)." if again != stage.id else "."),
         )
 
     def reset(self, stage: Stage) -> None:

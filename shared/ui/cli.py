@@ -73,7 +73,9 @@ def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False, pro
     if state.approval.get("approver"):
         lines.append(f"  approved by {state.approval['approver']} at {iso(state.approval.get('at'))}"
                      + (f" ({state.approval['reason']})" if state.approval.get("reason") else ""))
-    traffic = [f"{d['percent']} % at {iso(d['at'])}" for d in traffic_decisions(state, pipeline)]
+    traffic = [f"{d['percent']} % at {iso(d['at'])}"
+               + (f" (rolled back at {iso(d['rolled_back_at'])})" if d["rolled_back_at"] else "")
+               for d in traffic_decisions(state, pipeline)]
     if traffic:
         lines.append("  traffic: " + "; ".join(traffic))
     lines += [f"  {line}" for line in rollback_lines(state, pipeline)]

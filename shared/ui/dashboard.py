@@ -36,6 +36,8 @@ from shared.ui.notes import (
     log_link,
     render,
     timeline_text,
+    traffic_decisions,
+    traffic_now_text,
     traffic_percent,
     waiting_text,
 )
@@ -160,7 +162,7 @@ def stage_detail(stage: Stage, st: StageState, state: ReleaseState, pipeline: Pi
         reason = st.reason if len(st.reason) <= 160 else st.reason[:157] + "…"
         return reason + (f" ({summary_line(analysis)})" if analysis else "")
     if is_prod_traffic_stage(stage) and st.status is StageStatus.SUCCEEDED:
-        return f"{traffic_percent(stage, st)} % traffic since {iso(st.finished_at)}"
+        return traffic_now_text(stage, st)
     counts = junit_counts(result)
     if counts is not None:
         return junit_text(counts)
@@ -219,8 +221,9 @@ def release_json(state: ReleaseState, pipeline: Pipeline, progress_view: dict[st
     if decision.get("approver"):
         approval_text = (f"{decision.get('decision', 'decided')} by {decision['approver']} at {iso(decision.get('at'))}"
                          + (f" — {decision['reason']}" if decision.get("reason") else ""))
-    traffic = [f"{v['traffic_percent']} % at {iso(v['finished_at'])} ({v['id']})" for v in stages
-               if v["traffic_percent"] is not None and v["status"] == "succeeded"]
+    traffic = [f"{d['percent']} % at {iso(d['at'])} ({d['stage']})"
+               + (f", rolled back at {iso(d['rolled_back_at'])}" if d["rolled_back_at"] else "")
+               for d in traffic_decisions(state, pipeline)]
     return {
         "release": {**release_summary(state), "ref": state.ref, "stopped_at_stage": state.stopped_at_stage,
                     "pipeline": state.pipeline_name, "chaos_requested_by": state.chaos_requested_by,

@@ -101,6 +101,22 @@ def traffic_percent(stage: Stage, st: StageState) -> int | None:
     return asked if isinstance(asked, int) else None
 
 
+def rolled_back_from(st: StageState) -> dict[str, Any] | None:
+    """The newest rollback recorded on this attempt of a stage (its traffic no longer serves), or None."""
+    done = [r for r in st.result.get("rolled_back") or [] if isinstance(r, dict)]
+    return done[-1] if done else None
+
+
+def traffic_now_text(stage: Stage, st: StageState) -> str:
+    """What a finished prod traffic stage's share is now: as set, or taken back by a rollback."""
+    percent = traffic_percent(stage, st)
+    back = rolled_back_from(st)
+    if back is None:
+        return f"{percent} % traffic since {iso(st.finished_at)}"
+    return (f"{percent} % from {iso(st.finished_at)} until rolled back at {iso(back.get('at'))}; "
+            f"{back.get('service', '?')} serves {back.get('revision') or 'what served before'} now")
+
+
 def traffic_decisions(state: ReleaseState, pipeline: Pipeline) -> list[dict[str, Any]]:
     """Each finished prod deploy/traffic stage: percent, time, services and revisions."""
     decisions = []
@@ -114,6 +130,7 @@ def traffic_decisions(state: ReleaseState, pipeline: Pipeline) -> list[dict[str,
             "percent": traffic_percent(stage, st),
             "at": st.finished_at,
             "targets": [f"{r.get('service', '?')} -> {r.get('revision', '?')}" for r in revisions],
+            "rolled_back_at": (rolled_back_from(st) or {}).get("at"),
         })
     return decisions
 
