@@ -199,3 +199,22 @@ def test_superseded_release_says_by_whom_not_stopped():
     notes = render(state, PIPELINE)
     assert "## Superseded\n\nSuperseded by release acme-app-999 while queued for prod" in notes
     assert "## Stopped" not in notes
+
+
+def test_a_traffic_share_taken_back_by_a_rollback_says_what_serves_now():
+    """Issue 26: prod-deploy still said "10 % traffic since …" after the canary was rolled back."""
+    from shared.domain.state import StageState
+    from shared.ui.notes import traffic_now_text
+
+    stage = parse_pipeline({"name": "p", "stages": [
+        {"id": "approval", "kind": "approval", "environment": "prod", "timeout": "1h",
+         "params": {"approvers": [APPROVER]}},
+        {"id": "prod-deploy", "kind": "deploy", "environment": "prod", "timeout": "5m",
+         "params": {"services": ["web"], "traffic_percent": 10}}]}).stage("prod-deploy")
+    st = StageState(status=StageStatus.SUCCEEDED, attempt=1, started_at=T0, finished_at=T0 + 5,
+                    result={"revisions": [{"service": "web", "revision": "web-2", "percent": 10}]})
+    assert traffic_now_text(stage, st) == "10 % traffic since 2027-01-15T08:00:05Z"
+    st.result["rolled_back"] = [{"service": "web", "from": "web-2", "revision": "web-1", "at": T0 + 65,
+                                 "by": "", "why": "prod-smoke failed"}]
+    assert traffic_now_text(stage, st) == ("10 % from 2027-01-15T08:00:05Z until rolled back at "
+                                           "2027-01-15T08:01:05Z; web serves web-1 now")
