@@ -242,10 +242,18 @@ def operator():
     register_approval_actions(service, decisions)
     register_cancel(service, store(), publisher(), s.events_topic)
     register_dead_letter_actions(service, dead_letters())
-    register_freeze(service, EnvironmentLocks(app_records(), publisher(), s, service_lock_records()), pipeline().name)
+    register_freeze(service, EnvironmentLocks(app_records(), publisher(), s, service_lock_records()), pipeline().name,
+                    lambda: known_applications(s))
     register_skip_bake(service, store(), publisher(), s.events_topic)
     register_rollback(service, store(), publisher(), s.events_topic, move_traffic_back)
     return register_release_actions(service, store(), publisher(), s)
+
+
+def known_applications(s) -> set[str]:
+    """The applications there are: the configured pipeline files' and those of recent releases."""
+    from shared.domain.pipeline import load_pipeline
+
+    return {load_pipeline(p).name for p in s.pipeline_paths()} | {r.pipeline_name for r in store().list_releases(200)}
 
 
 def move_traffic_back(service: str, how) -> dict:

@@ -7,7 +7,8 @@ conditional writes (update-time precondition) like the releases::
                      queue: [{release_id, created_at, version, services}], superseded: {id: {by, reason}}}},
      "version_floor": {"version", "release_id"},   # highest version that entered prod
      "stage_medians": {},                          # per-stage durations (shared/app/stage_medians.py)
-     "freeze": {"by", "at", "reason"}}             # set: no release enters prod (relctl freeze)
+     "freeze": {"by", "at", "reason"},             # set: no release enters prod (relctl freeze)
+     "freeze_history": [{"action", "by", "at", "reason"}]}  # every freeze and unfreeze, newest last
 
 An application is what one pipeline file releases (its name). Releases of two
 applications never queue behind or supersede each other, except that two applications
@@ -40,12 +41,21 @@ import semver
 from shared.app.config import Settings
 from shared.app.ports import AppRecords, EventPublisher, empty_lock
 from shared.app.service_locks import ServiceLocks
-from shared.domain.errors import StaleWrite, TransientError
+from shared.domain.errors import PipelineError, StaleWrite, TransientError
 from shared.domain.events import LockGranted, Superseded
 
 log = logging.getLogger(__name__)
 SUPERSEDED_KEPT = 200
 MAX_CONFLICT_RETRIES = 20
+FREEZE_HISTORY_KEPT = 50
+
+
+class AlreadyFrozen(PipelineError):
+    """A freeze is in force; it is not silently replaced."""
+
+    def __init__(self, app: str, freeze: dict[str, Any]):
+        super().__init__(f"prod of {app} is already frozen by {freeze.get('by', '?')}: {freeze.get('reason', '')}")
+        self.freeze = freeze
 FLOOR_ENVIRONMENT = "prod"  # the protected environment whose versions only move forward
 
 
@@ -163,12 +173,20 @@ class EnvironmentLocks:
             self._supersede(lock, rid, why)
         return successor, superseded
 
-    def set_freeze(self, app: str, freeze: dict[str, Any] | None) -> str | None:
+    def set_freeze(self, app: str, freeze: dict[str, Any] | None, *, by: str = "", at: float | None = None,
+                   replace: bool = True) -> str | None:
         """Freeze prod ({by, at, reason}) or lift it (None). A release already in prod finishes; no
-        new one enters until it is lifted; then the lock goes on as if given back just now."""
+        new one enters until it is lifted; then the lock goes on as if given back just now.
+        Each change is kept in ``freeze_history`` (who, when, why). ``replace=False``: a freeze in
+        force is not overwritten (AlreadyFrozen names it), so a second freeze cannot lose the first's reason."""
         for _ in range(MAX_CONFLICT_RETRIES):
             data, token = self.records.read(app)
             lock = data["locks"].setdefault("prod", empty_lock())
+            if freeze and data.get("freeze") and not replace:
+                raise AlreadyFrozen(app, dict(data["freeze"]))
+            entry = {"action": "freeze" if freeze else "unfreeze", "by": (freeze or {}).get("by", by),
+                     "at": (freeze or {}).get("at", at), "reason": (freeze or {}).get("reason", "")}
+            data["freeze_history"] = (list(data.get("freeze_history") or []) + [entry])[-FREEZE_HISTORY_KEPT:]
             data["freeze"] = dict(freeze) if freeze else {}
             successor, superseded = (None, {})
             if not freeze and lock["holder"] == "":

@@ -51,7 +51,7 @@ def live_lines(state: ReleaseState, pipeline: Pipeline, now: float, local: bool 
 
 def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False, progress: dict | None = None,
               local: bool = False, now: float | None = None) -> str:
-    from shared.ui.dashboard import stage_detail
+    from shared.ui.dashboard import queued_text, stage_detail, timeline_with_freezes
 
     lines = [
         f"release {state.release_id}  {paint(state.status.value, state.status.value, colour)}",
@@ -65,7 +65,7 @@ def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False, pro
     if progress and progress.get("stalled_text"):
         lines.append(f"  NOTICE: {progress['stalled_text']}")
     if state.waiting_for:
-        lines.append(f"  queued: waiting for the {state.waiting_for} lock another release holds")
+        lines.append(f"  {queued_text(state, progress)}")
     if state.reason and state.status in (ReleaseStatus.SUPERSEDED, ReleaseStatus.CANCELLED):
         lines.append(f"  {state.reason}")
     elif state.reason:
@@ -80,14 +80,17 @@ def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False, pro
         lines.append("  traffic: " + "; ".join(traffic))
     lines += [f"  {line}" for line in rollback_lines(state, pipeline)]
     lines += [f"  {line}" for line in live_lines(state, pipeline, time.time() if now is None else now, local)]
-    if state.timeline:
+    timeline = timeline_with_freezes(state, progress)
+    if timeline:
         lines.append("  timeline:")
-        lines += [f"    {timeline_text(e)}" for e in state.timeline]
+        lines += [f"    {timeline_text(e)}" for e in timeline]
     lines.append("")
     lines.append(f"  {'#':<4} {'STAGE':<18} {'STATUS':<10} {'ATTEMPT':<7} {'DURATION':<9} DETAIL")
     for stage in pipeline.stages:
         st = state.stages[stage.id]
         detail = stage_detail(stage, st, state, pipeline).replace("\n", " ")
+        if st.status is StageStatus.QUEUED and stage.environment == "prod" and (progress or {}).get("freeze_text"):
+            detail = "queued: prod is frozen"
         lines.append(f"  {stage.number:<4} {stage.id:<18} {paint(f'{st.status.value:<10}', st.status.value, colour)} {st.attempt:<7} "
                      f"{duration_text(st.duration_s):<9} {detail}".rstrip())
     return "\n".join(lines)

@@ -200,7 +200,36 @@ def release_progress(state: ReleaseState, pipeline: Pipeline, apps: Any, now: fl
     p["freeze_text"] = (f"prod is frozen by {freeze.get('by', '?')} since {iso(freeze.get('at'))}: "
                         f"{freeze.get('reason', '')}; no release enters prod until `relctl unfreeze`"
                         if freeze and not state.status.terminal else "")
+    p["freeze_events"] = freeze_events(record, state, now)
     return p
+
+
+def freeze_events(record: Mapping[str, Any], state: ReleaseState, now: float) -> list[dict[str, Any]]:
+    """The application's freezes and unfreezes while this release lived (and a freeze already in
+    force when it was created), as timeline entries."""
+    end = state.updated_at if state.status.terminal else now
+    history = [e for e in record.get("freeze_history") or []
+               if isinstance(e, Mapping) and isinstance(e.get("at"), (int, float)) and e["at"] <= end]
+    before = [e for e in history if e["at"] < state.created_at]
+    shown = ([before[-1]] if before and before[-1].get("action") == "freeze" else []) + [
+        e for e in history if e["at"] >= state.created_at]
+    return [{"at": e["at"], "kind": "prod " + ("frozen" if e.get("action") == "freeze" else "unfrozen"),
+             "by": e.get("by", ""), "stage": "", "reason": e.get("reason", "")} for e in shown]
+
+
+def timeline_with_freezes(state: ReleaseState, p: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The release's timeline with the freezes of its application merged in, by time."""
+    merged = list(state.timeline) + list((p or {}).get("freeze_events") or [])
+    return sorted(merged, key=lambda e: e.get("at") or 0)
+
+
+def queued_text(state: ReleaseState, p: Mapping[str, Any] | None) -> str:
+    """Why a queued release waits: a freeze of prod, else another release holding the environment."""
+    if not state.waiting_for:
+        return ""
+    if state.waiting_for == "prod" and (p or {}).get("freeze_text"):
+        return "queued for prod: prod is frozen (see above), no other release holds it"
+    return f"queued: waiting for the {state.waiting_for} lock another release holds"
 
 
 def stalled_text(state: ReleaseState, p: Mapping[str, Any]) -> str:
@@ -217,6 +246,10 @@ def release_json(state: ReleaseState, pipeline: Pipeline, progress_view: dict[st
     """Everything the release page shows; the refresh script redraws the page from it."""
     decision = {k: v for k, v in approval_decision(state, pipeline).items() if k != "nonce"}
     stages = [stage_view(s, state.stages.get(s.id) or StageState(), state, pipeline) for s in pipeline.stages]
+    if (progress_view or {}).get("freeze_text"):
+        for view in stages:
+            if view["status"] == "queued" and view["environment"] == "prod":
+                view["detail"] = "queued: prod is frozen"
     approval_text = "none yet"
     if decision.get("approver"):
         approval_text = (f"{decision.get('decision', 'decided')} by {decision['approver']} at {iso(decision.get('at'))}"
@@ -231,7 +264,7 @@ def release_json(state: ReleaseState, pipeline: Pipeline, progress_view: dict[st
                     "traffic_text": "; ".join(traffic + rollback_lines(state, pipeline)) or "no prod traffic yet"},
         "stages": stages,
         "replays": state.replays,
-        "timeline": [{**e, "text": timeline_text(e)} for e in state.timeline],
+        "timeline": [{**e, "text": timeline_text(e)} for e in timeline_with_freezes(state, progress_view)],
         "waiting_text": waiting_text(state, pipeline),
         "progress": progress_view or {},
         "notes": render(state, pipeline),

@@ -21,7 +21,18 @@ def environment():
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["code_spans"] = code_spans
     return env
+
+
+def code_spans(text: str):
+    """Plain text whose `backticked` commands become <code> (everything escaped first), so a
+    banner shows ``relctl unfreeze`` as a command and not with literal backticks."""
+    import re
+
+    from markupsafe import Markup, escape
+
+    return Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", str(escape(text))))
 
 
 def page(template: str, **values: Any) -> str:

@@ -127,3 +127,26 @@ def test_watch_during_a_bake_says_where_the_bake_stands(cli):
     assert len(baking) >= 2, out  # at the start, then again while nothing changes
     assert "planned up to 1m00s window + 5m00s bake" in baking[0]
     assert sum(line.startswith("  progress: staging-smoke running for") for line in lines) >= 2, out
+
+
+def test_freeze_refuses_unknown_applications_keeps_its_reason_and_reaches_the_timeline(cli):
+    cli.rig.clock.t = time.time()  # the operator function records freezes on the real clock
+    rid = release_at(cli.rig, "approval")
+    code, out, err = cli.run("freeze", "--app", "nosuch", "--reason", "typo")
+    assert code == 1 and out == ""
+    assert_one_line_error(err, "refused freeze (404)", "no application 'nosuch' (applications: mini, noesis2)")
+    assert cli.run("freeze", "--app", "mini", "--reason", "quarter close")[0] == 0
+    code, _, err = cli.run("freeze", "--app", "mini", "--reason", "something else", "--as", "alice@example.com")
+    assert code == 1
+    assert_one_line_error(err, "refused freeze (409)", "already frozen by ops-user@example.com: quarter close",
+                          "relctl unfreeze first")
+    step(cli.rig, rid)  # approved: held back from prod by the freeze, not by another release
+    out = cli.run("show", rid)[1]
+    assert "queued for prod: prod is frozen (see above), no other release holds it" in out, out
+    assert "another release holds" not in out
+    assert re.search(r"prod-migrate +queued .* queued: prod is frozen$", out, re.M), out
+    assert re.search(r"\S+Z  prod frozen by ops-user@example.com: quarter close", out), out
+    assert cli.run("unfreeze", "--app", "mini")[0] == 0
+    timeline = [e["text"] for e in json.loads(cli.run("show", rid, "--json")[1])["timeline"]]
+    assert [t.split("  ", 1)[1] for t in timeline if "prod " in t] == [
+        "prod frozen by ops-user@example.com: quarter close", "prod unfrozen by ops-user@example.com"]

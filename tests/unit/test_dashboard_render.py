@@ -253,3 +253,17 @@ def test_the_timeline_and_the_notes_are_html_with_every_value_escaped(store):
     data = json.loads(handle("GET", f"/api/release/{state.release_id}", {}, store)[1])
     assert data["timeline"][0]["text"].endswith("rejected approval (attempt 1) by boss@example.com: "
                                                 "<script>alert(1)</script> not yet")
+
+
+def test_the_freeze_banner_shows_the_command_as_code_not_backticks():
+    from shared.ui.dashboard import release_page
+
+    state = succeeded_release()
+    state.status = ReleaseStatus.RUNNING
+    progress = {"text": "", "stalled_text": "", "freeze_events": [],
+                "freeze_text": "prod is frozen by ops@example.com since 2027-01-15T08:00:00Z: <quarter> close; "
+                               "no release enters prod until `relctl unfreeze`"}
+    html = release_page(state, PIPELINE, "n", progress)
+    banner = re.search(r"<p class=\"reason\" data-freeze>(.*?)</p>", html).group(1)
+    assert banner.endswith("until <code>relctl unfreeze</code>") and "`" not in banner
+    assert "&lt;quarter&gt; close" in banner  # still escaped
