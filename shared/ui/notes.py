@@ -235,9 +235,69 @@ def _stage_detail(st: StageState) -> str:
     return " — ".join(parts)
 
 
+def verdict_line(stage: Stage, st: StageState) -> str:
+    """One stage's verdict in one line: status, and the number that decided it."""
+    detail = ""
+    counts = junit_counts(st.result)
+    analysis = st.result.get("analysis") if isinstance(st.result.get("analysis"), dict) else {}
+    if st.status is StageStatus.FAILED and st.reason:
+        detail = st.reason if len(st.reason) <= 160 else st.reason[:157] + "…"
+    elif stage.kind is StageKind.APPROVAL and st.result.get("approver"):
+        detail = f"{st.result.get('decision', 'decided')} by {st.result['approver']}"
+    elif counts is not None:
+        detail = junit_text(counts)
+    elif analysis.get("latest"):
+        from shared.domain.analysis import summary_line
+
+        detail = summary_line(analysis["latest"])
+    elif is_prod_traffic_stage(stage) and st.status is StageStatus.SUCCEEDED:
+        detail = traffic_now_text(stage, st)
+    elif isinstance(st.result.get("checks"), list):
+        good = sum(1 for c in st.result["checks"] if isinstance(c, dict) and isinstance(c.get("status"), int)
+                   and 200 <= c["status"] < 300)
+        detail = f"{good}/{len(st.result['checks'])} paths answered 2xx"
+    took = f" in {duration_text(st.duration_s)}" if st.duration_s is not None else ""
+    return f"{stage.number} {stage.name}: {st.status.value}{took}" + (f" — {detail}" if detail else "")
+
+
+def _changelog(state: ReleaseState, pipeline: Pipeline) -> list[str]:
+    """What a team pastes into its channel: the release in one line, the commits since prod with
+    their authors, who approved, and each verdict in one line."""
+    decision = approval_decision(state, pipeline)
+    headline = f"**{state.version}** ({_code(state.tag)}) of {state.repo}: {state.status.value}"
+    if decision.get("approver"):
+        headline += f", {decision.get('decision', 'approved')} by {decision['approver']} at {iso(decision.get('at'))}"
+    out = [headline, ""]
+    changes = state.changes or {}
+    commits = [c for c in changes.get("commits") or [] if isinstance(c, dict)]
+    since = " since prod" if changes.get("source") == "github compare" else " in the push"
+    out += [f"## Changes{since}", ""]
+    if commits:
+        out += [f"- {_code(str(c.get('id', ''))[:7])} {c.get('message', '')}" + (f" — {c['author']}" if c.get("author")
+                                                                                  else "") for c in commits]
+        total = changes.get("total")
+        if isinstance(total, int) and total > len(commits):
+            out.append(f"- … and {total - len(commits)} more")
+    else:
+        out.append(f"- {_code(state.commit[:7])} (no commit list recorded)")
+    if safe_url(changes.get("compare_url")):
+        out.append(f"- compare: {safe_url(changes['compare_url'])}")
+    if changes.get("note"):
+        out.append(f"- {changes['note']}")
+    out += ["", "## Verdicts", ""]
+    for stage in pipeline.stages:
+        st = state.stages.get(stage.id) or StageState()
+        if st.status is StageStatus.PENDING or (stage.optional and st.status is StageStatus.SKIPPED):
+            continue
+        out.append(f"- {verdict_line(stage, st)}")
+    return out
+
+
 def render(state: ReleaseState, pipeline: Pipeline) -> str:
-    """The release notes of one release as Markdown."""
+    """The release notes of one release as Markdown: the change log first, stage detail after."""
     out = [f"# Release {state.version} of {state.repo}", ""]
+    out += _changelog(state, pipeline)
+    out += ["", "## Release", ""]
     out += _table(("Field", "Value"), [
         ("Version", state.version),
         ("Tag", _code(state.tag)),

@@ -218,3 +218,22 @@ def test_a_traffic_share_taken_back_by_a_rollback_says_what_serves_now():
                                  "by": "", "why": "prod-smoke failed"}]
     assert traffic_now_text(stage, st) == ("10 % from 2027-01-15T08:00:05Z until rolled back at "
                                            "2027-01-15T08:01:05Z; web serves web-1 now")
+
+
+def test_the_notes_open_with_a_change_log_then_the_stage_detail():
+    """Issue 26: the notes were 100 lines of stage tables with no commit list."""
+    state = succeeded_release()
+    state.changes = {"commits": [{"id": "abcdef1234", "message": "Fix the login", "author": "Dana"},
+                                 {"id": "1234567abc", "message": "Faster search", "author": "Lee"}],
+                     "total": 3, "source": "github compare",
+                     "compare_url": "https://github.com/acme/app/compare/0123456...abcdef1"}
+    notes = render(state, PIPELINE)
+    head = notes[:notes.index("## Release\n")]
+    assert head.splitlines()[2] == ("**1.2.3** (`v1.2.3-abcdef1`) of acme/app: succeeded, approved by "
+                                    f"{APPROVER} at {iso(state.approval['at'])}")
+    assert "## Changes since prod\n\n- `abcdef1` Fix the login — Dana\n- `1234567` Faster search — Lee\n" \
+           "- … and 1 more\n- compare: https://github.com/acme/app/compare/0123456...abcdef1\n" in head
+    verdicts = head[head.index("## Verdicts"):].splitlines()[2:]
+    assert "- 2 Unit tests: succeeded in 42.5s — 120 tests, 0 failures, 0 errors, 3 skipped" in verdicts
+    assert all(line.startswith("- ") for line in verdicts if line)
+    assert notes.index("## Verdicts") < notes.index("## Release\n") < notes.index("## Stages")
