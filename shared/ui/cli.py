@@ -269,6 +269,35 @@ def cmd_preflight(args, ctx: Context) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+def cmd_where(args, ctx: Context) -> int:
+    """What runs where: per environment, each service's serving revisions (the Cloud Run API now)
+    and the release that put each there (the release records)."""
+    from dataclasses import asdict
+
+    from shared.adapters.cloud_run_reader import CloudRunServiceReader
+    from shared.app.where import what_runs_where
+    from shared.domain.pipeline import load_pipeline
+
+    pipeline = load_pipeline(args.pipeline or ctx.settings.pipeline_file)
+    placements = what_runs_where(pipeline, CloudRunServiceReader(ctx.settings), ctx.store.list_releases(200))
+    lines, environment = [f"{pipeline.name}"], None
+    for p in placements:
+        if p.environment != environment:
+            environment = p.environment
+            lines.append(f"  {environment}")
+        r = p.serving
+        lines.append(f"    {p.service:<20} {r.revision:<28} {r.percent:>3} %"
+                     + (f"  tag {r.tag}" if r.tag else "")
+                     + f"  version {r.version or '?'}  commit {r.commit or '?'}  since {iso(p.since) or '?'}"
+                     + (f"  by release {p.release_id} ({p.stage})" if p.release_id else "  by no release we know")
+                     + f"\n      image {r.image or '?'}")
+    if not placements:
+        lines.append("  no service of this application serves anything yet")
+    ctx.emit({"app": pipeline.name, "placements": [{**asdict(p), "serving": asdict(p.serving)} for p in placements]},
+             "\n".join(lines))
+    return EXIT_OK
+
+
 # -- parsing and the one place errors become exit codes ------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relctl", description="Operate releases of the release orchestrator.",
@@ -299,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p = command("notes", cmd_notes, "print the release notes (Markdown)")
     p.add_argument("release")
+    p = command("where", cmd_where, "what runs where: per environment, each service's serving revisions, "
+                "version, commit, image, share, since when and by which release")
+    p.add_argument("--pipeline", help="the application's pipeline file (default: RELEASE_PIPELINE_FILE)")
     p = command("preflight", cmd_preflight, "check the pipeline service account's IAM roles")
     p.add_argument("--pipeline", help="pipeline file (default: RELEASE_PIPELINE_FILE)")
     p.add_argument("--service-account", help="default: the preflight stage's, else $RELEASE_PIPELINE_SERVICE_ACCOUNT")

@@ -150,3 +150,48 @@ def test_freeze_refuses_unknown_applications_keeps_its_reason_and_reaches_the_ti
     timeline = [e["text"] for e in json.loads(cli.run("show", rid, "--json")[1])["timeline"]]
     assert [t.split("  ", 1)[1] for t in timeline if "prod " in t] == [
         "prod frozen by ops-user@example.com: quarter close", "prod unfrozen by ops-user@example.com"]
+
+
+# -- what runs where ------------------------------------------------------------------------------
+def test_where_says_what_each_service_serves_now_and_which_release_put_it_there(cli, standin, tmp_path):
+    from google.cloud import firestore
+
+    from shared.adapters.firestore_store import FirestoreStore
+    from shared.app.config import Settings
+    from shared.domain.pipeline import load_pipeline
+    from shared.domain.state import StageStatus, new_release
+    from tests.integration.test_cli import deploy
+
+    settings = Settings(project="local-project", region="europe-west3", cloud_run_endpoint=standin.endpoint)
+    pipeline_file = tmp_path / "cli.yaml"
+    pipeline_file.write_text(
+        "name: cli\nrepositories: [acme/cli]\nstages:\n"
+        "  - {id: approval, kind: approval, environment: prod, timeout: 1h, params: {approvers: [boss@example.com]}}\n"
+        "  - {id: prod-deploy, kind: deploy, environment: prod, timeout: 5m,\n"
+        "     params: {services: [cli-web], traffic_percent: 100}}\n")
+    pipeline = load_pipeline(str(pipeline_file))
+    old, new = deploy(settings, "1.0.0", "aaaaaaa"), deploy(settings, "1.1.0", "bbbbbbb")
+    store = FirestoreStore(firestore.Client(project="local-project"),
+                           Settings(project="local-project", collection_prefix=cli.env["RELEASE_COLLECTION_PREFIX"]))
+    state = new_release(pipeline, repo="acme/cli", ref="refs/heads/main", commit="bbbbbbb0000", version="1.1.0",
+                        pushed_by="dev@example.com", now=time.time() - 60)
+    st = state.stages["prod-deploy"]
+    st.status, st.attempt, st.started_at, st.finished_at = StageStatus.SUCCEEDED, 1, time.time() - 30, time.time() - 20
+    st.result = {"revisions": [{"service": "cli-web", "revision": new, "percent": 100}]}
+    store.save_pipeline(pipeline)
+    assert store.create(state)
+    env = {"RELEASE_PROJECT": "local-project", "GOOGLE_CLOUD_PROJECT": "local-project",
+           "RELEASE_REGION": "europe-west3", "RELEASE_CLOUD_RUN_ENDPOINT": standin.endpoint}
+    code, out, err = cli.run("where", "--pipeline", str(pipeline_file), **env)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[:2] == ["cli", "  prod"], out
+    row = lines[2].split()
+    assert row[:4] == ["cli-web", new, "100", "%"] and "version 1-1-0  commit bbbbbbb" in lines[2]
+    assert lines[2].endswith(f"by release {state.release_id} (prod-deploy)"), lines[2]
+    assert lines[3].strip().startswith("image ") and lines[3].strip() != "image ?", out
+    assert old not in out  # it serves nothing now
+    data = json.loads(cli.run("where", "--pipeline", str(pipeline_file), "--json", **env)[1])
+    (placement,) = data["placements"]
+    assert (placement["serving"]["revision"], placement["serving"]["percent"], placement["release_id"]) == (
+        new, 100, state.release_id)

@@ -1,0 +1,61 @@
+"""What runs where: per application and environment, each service's serving revisions with their
+version, commit, image, share, since when and which release put them there.
+
+One function, ``what_runs_where``, answers it for `relctl where` (and, later, the dashboard and
+the approval page's "Production runs"): the Cloud Run API says what serves now (port
+``ServiceReader``), the release records say which release deployed each revision and when. When
+issue 24's per-service revision history lands, ``deployed_by`` reads it instead of scanning releases.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from shared.app.ports import ServiceReader, ServingRevision
+from shared.domain.pipeline import Pipeline, StageKind
+from shared.domain.state import ReleaseState
+
+
+@dataclass(frozen=True)
+class Placement:
+    environment: str
+    service: str
+    serving: ServingRevision
+    release_id: str = ""  # the release whose deploy stage made this revision ("" if none we know)
+    stage: str = ""
+    since: float | None = None  # when that stage finished (else the revision's create time)
+
+
+def environments(pipeline: Pipeline) -> dict[str, list[str]]:
+    """Environment -> the services its deploy stages deploy, in pipeline order."""
+    found: dict[str, list[str]] = {}
+    for stage in pipeline.stages:
+        if stage.kind is StageKind.DEPLOY and stage.environment:
+            for service in [*stage.params.get("services", ()), *(stage.params.get("background_services") or ())]:
+                if str(service) not in found.setdefault(stage.environment, []):
+                    found[stage.environment].append(str(service))
+    return found
+
+
+def deployed_by(releases: Iterable[ReleaseState], service: str, revision: str) -> tuple[str, str, float | None]:
+    """(release id, stage, finished at) of the release whose stage made ``revision`` of ``service``."""
+    for state in sorted(releases, key=lambda s: s.created_at, reverse=True):
+        for stage_id, st in state.stages.items():
+            for result in [a.result for a in st.history] + [st.result]:
+                for target in result.get("revisions") or []:
+                    if str(target.get("service")) == service and str(target.get("revision")) == revision:
+                        return state.release_id, stage_id, st.finished_at
+    return "", "", None
+
+
+def what_runs_where(pipeline: Pipeline, reader: ServiceReader, releases: Iterable[ReleaseState]) -> list[Placement]:
+    """Every serving revision of the application's services, by environment in pipeline order."""
+    releases = [r for r in releases if r.pipeline_name == pipeline.name]
+    placements = []
+    for environment, services in environments(pipeline).items():
+        for service in services:
+            for serving in sorted(reader.serving(service), key=lambda s: -s.percent):
+                release_id, stage, since = deployed_by(releases, service, serving.revision)
+                placements.append(Placement(environment, service, serving, release_id, stage,
+                                            since if since is not None else serving.created_at))
+    return placements
