@@ -26,8 +26,8 @@ from shared.ui.cli_context import (positive_int, EXIT_FAILED, EXIT_INTERRUPTED, 
                                    CommandFailed, Context, UsageError)
 from shared.ui.cli_format import EPILOG, dumps, iso_times, paint
 from shared.ui.cli_operator import add_commands as add_operator_commands
-from shared.ui.notes import (approve_how, bake_text, duration_text, iso, load_release, render, timeline_text,
-                             traffic_decisions, waiting_text, rollback_lines)
+from shared.ui.notes import (duration_text, iso, live_lines, load_release, render, timeline_text,
+                             traffic_decisions, rollback_lines)
 from shared.domain.pipeline import Pipeline
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
 
@@ -40,13 +40,6 @@ def current_stage(state: ReleaseState) -> str:
         if st.status in ACTIVE_STAGE:
             return stage_id
     return state.stopped_at_stage
-
-
-def live_lines(state: ReleaseState, pipeline: Pipeline, now: float, local: bool = False) -> list[str]:
-    """What moves while nothing is recorded: a bake under way, an approval that waits (and how to give it)."""
-    lines = [bake_text(stage, state.stages[stage.id], now) for stage in pipeline.stages]
-    lines += [waiting_text(state, pipeline), approve_how(state, pipeline, as_flag=local)]
-    return [line for line in lines if line]
 
 
 def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False, progress: dict | None = None,

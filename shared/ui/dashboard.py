@@ -32,6 +32,7 @@ from shared.ui.notes import (
     iso,
     junit_counts,
     junit_text,
+    live_lines,
     load_release,
     log_link,
     render,
@@ -201,6 +202,7 @@ def release_progress(state: ReleaseState, pipeline: Pipeline, apps: Any, now: fl
                         f"{freeze.get('reason', '')}; no release enters prod until `relctl unfreeze`"
                         if freeze and not state.status.terminal else "")
     p["freeze_events"] = freeze_events(record, state, now)
+    p["read_at"] = now  # when the view was read: a bake's elapsed time counts to it
     return p
 
 
@@ -266,6 +268,9 @@ def release_json(state: ReleaseState, pipeline: Pipeline, progress_view: dict[st
         "replays": state.replays,
         "timeline": [{**e, "text": timeline_text(e)} for e in timeline_with_freezes(state, progress_view)],
         "waiting_text": waiting_text(state, pipeline),
+        # a bake under way and how a waiting approval is given (approve_how), beside the waiting text
+        "live_lines": [line for line in live_lines(state, pipeline, (progress_view or {}).get("read_at") or state.updated_at)
+                       if line != waiting_text(state, pipeline)],
         "progress": progress_view or {},
         "notes": render(state, pipeline),
     }
@@ -303,7 +308,7 @@ def release_page(state: ReleaseState, pipeline: Pipeline, nonce: str = "", progr
                  created=iso(state.created_at), notes_html=markdown_html(data["notes"]),
                  timeline=[{"stage": "", "attempt": None, "by": "", "reason": "", **e, "at_iso": iso(e.get("at"))}
                            for e in data["timeline"]],
-                 waiting_text=data["waiting_text"], progress=data["progress"])
+                 waiting_text=data["waiting_text"], live=data["live_lines"], progress=data["progress"])
 
 
 # -- responses --------------------------------------------------------------------

@@ -206,6 +206,13 @@ def bake_text(stage: Stage, st: StageState, now: float) -> str:
             f"+ {duration_text(bake)} bake; the verdict of each interval is recorded when the check ends")
 
 
+def live_lines(state: ReleaseState, pipeline: Pipeline, now: float, local: bool = False) -> list[str]:
+    """What moves while nothing is recorded: a bake under way, an approval that waits (and how to give it)."""
+    lines = [bake_text(stage, state.stages[stage.id], now) for stage in pipeline.stages]
+    lines += [waiting_text(state, pipeline), approve_how(state, pipeline, as_flag=local)]
+    return [line for line in lines if line]
+
+
 # -- Markdown -------------------------------------------------------------------
 def _cell(value: Any) -> str:
     """Text that cannot break a Markdown table row."""

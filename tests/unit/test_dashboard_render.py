@@ -267,3 +267,17 @@ def test_the_freeze_banner_shows_the_command_as_code_not_backticks():
     banner = re.search(r"<p class=\"reason\" data-freeze>(.*?)</p>", html).group(1)
     assert banner.endswith("until <code>relctl unfreeze</code>") and "`" not in banner
     assert "&lt;quarter&gt; close" in banner  # still escaped
+
+
+def test_a_release_waiting_for_approval_says_who_may_approve_and_how():
+    from shared.domain.state import StageState
+    from shared.ui.dashboard import release_page
+
+    state = succeeded_release()
+    state.status = ReleaseStatus.AWAITING_APPROVAL
+    state.approval = {}
+    state.stages["approval"] = StageState(status=StageStatus.WAITING, attempt=1, started_at=T0, deadline=T0 + 3600)
+    html = release_page(state, PIPELINE, "n", {"text": "", "stalled_text": "", "freeze_text": "", "read_at": T0})
+    live = re.findall(r"<li data-live>(.*?)</li>", html)
+    assert live == [f"to decide, boss@example.com opens the link mailed to them, or runs <code>relctl approve "
+                    f"{state.release_id}</code> (relctl reject, with --reason, says no)"], live
