@@ -102,5 +102,6 @@ def dashboard(request):
     """Release list and one release as its pipeline of stages; refreshes while it runs."""
     from shared.ui.dashboard import handle
 
-    status, body, headers = handle(request.method, request.path, request.args, bootstrap.store(), bootstrap.app_records())
+    status, body, headers = handle(request.method, request.path, request.args, bootstrap.store(), bootstrap.app_records(),
+                                   where=bootstrap.what_runs_where)
     return body, status, headers

@@ -256,6 +256,17 @@ def known_applications(s) -> set[str]:
     return {load_pipeline(p).name for p in s.pipeline_paths()} | {r.pipeline_name for r in store().list_releases(200)}
 
 
+def what_runs_where() -> dict:
+    """Per application (each configured pipeline file): what its services serve now and which release made it."""
+    from shared.adapters.cloud_run_reader import CloudRunServiceReader
+    from shared.app.where import what_runs_where as placements
+    from shared.domain.pipeline import load_pipeline
+
+    s, recent = settings(), store().list_releases(200)
+    reader = CloudRunServiceReader(s)
+    return {p.name: placements(p, reader, recent) for p in map(load_pipeline, s.pipeline_paths())}
+
+
 def move_traffic_back(service: str, how) -> dict:
     """The manual rollback's traffic move (the operator function's action ``rollback``)."""
     from shared.adapters.executors.registry_rollback import rollback_from_registry, rollback_to_tag

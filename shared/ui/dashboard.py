@@ -52,9 +52,10 @@ Response = tuple[int, str, dict[str, str]]
 
 
 def handle(method: str, path: str, query: Mapping[str, Any] | None, store: Any, apps: Any = None,
-           now: float | None = None) -> Response:
+           now: float | None = None, where: Any = None) -> Response:
     """Answer one dashboard request from the release store; ``apps`` (AppRecords) gives the
-    stage medians for the expected end, ``now`` the time (default: the system clock)."""
+    stage medians for the expected end, ``now`` the time (default: the system clock), ``where``
+    what runs where (``() -> {app: [Placement]}``, shared/app/where.py; None: the page says it is not wired)."""
     if method not in ("GET", "HEAD"):
         return _error(405, "only GET is served here", api=(path or "").startswith("/api/"), allow="GET, HEAD")
     parts = [urllib.parse.unquote(p) for p in (path or "/").strip("/").split("/") if p]
@@ -63,6 +64,11 @@ def handle(method: str, path: str, query: Mapping[str, Any] | None, store: Any, 
     try:
         if not parts:
             return _html(release_list_page(store.list_releases(_limit(query))))
+        if parts in (["where"], ["api", "where"]):
+            if where is None:
+                return _error(404, "what runs where is not wired into this dashboard", api=api, root=root)
+            view = where_view(where())
+            return _json({"apps": view}) if api else _html(_page("dashboard_where.html", "what runs where", apps=view))
         if parts == ["api", "releases"]:
             return _json({"releases": [release_summary(s) for s in store.list_releases(_limit(query))]})
         if len(parts) == 2 and parts[0] == "release":
@@ -96,6 +102,14 @@ def _limit(query: Mapping[str, Any] | None) -> int:
 
 
 # -- JSON views -------------------------------------------------------------------
+def where_view(by_app: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``{app: [Placement]}`` as plain data for the page and /api/where."""
+    from dataclasses import asdict
+
+    return [{"app": app, "placements": [{**asdict(p), "since_iso": iso(p.since)} for p in placements]}
+            for app, placements in by_app.items()]
+
+
 def release_summary(state: ReleaseState) -> dict[str, Any]:
     active = (StageStatus.RUNNING, StageStatus.WAITING, StageStatus.QUEUED)
     current = next((sid for sid, st in state.stages.items() if st.status in active), state.stopped_at_stage)

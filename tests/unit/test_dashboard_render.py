@@ -281,3 +281,23 @@ def test_a_release_waiting_for_approval_says_who_may_approve_and_how():
     live = re.findall(r"<li data-live>(.*?)</li>", html)
     assert live == [f"to decide, boss@example.com opens the link mailed to them, or runs <code>relctl approve "
                     f"{state.release_id}</code> (relctl reject, with --reason, says no)"], live
+
+
+def test_the_where_page_lists_what_each_service_serves_and_the_release_behind_it():
+    from shared.app.ports import ServingRevision
+    from shared.app.where import Placement
+
+    placements = {"mini": [Placement("prod", "web", ServingRevision("web-2", 90, "", "eu-docker.pkg.dev/p/r/web:v1",
+                                                                     "1-2-3", "abcdef1", T0), "acme-app-1", "prod-deploy",
+                                     T0 + 5),
+                           Placement("prod", "web", ServingRevision("web-1", 10), "", "", None)]}
+    status, html, _ = handle("GET", "/where", {}, FakeStore(), where=lambda: placements)
+    assert status == 200
+    rows = re.findall(r'<tr data-service="web" data-environment="prod">(.*?)</tr>', html, re.S)
+    assert len(rows) == 2
+    assert "<code>web-2</code>" in rows[0] and "90 %" in rows[0] and "1-2-3" in rows[0]
+    assert 'href="release/acme-app-1"' in rows[0] and "2027-01-15T08:00:05Z" in rows[0]
+    assert "no release we know" in rows[1]
+    status, body, _ = handle("GET", "/api/where", {}, FakeStore(), where=lambda: placements)
+    assert json.loads(body)["apps"][0]["placements"][0]["serving"]["percent"] == 90
+    assert handle("GET", "/where", {}, FakeStore())[0] == 404
