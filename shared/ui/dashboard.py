@@ -286,7 +286,7 @@ def release_json(state: ReleaseState, pipeline: Pipeline, progress_view: dict[st
         "live_lines": [line for line in live_lines(state, pipeline, (progress_view or {}).get("read_at") or state.updated_at)
                        if line != waiting_text(state, pipeline)],
         "progress": progress_view or {},
-        "notes": render(state, pipeline),
+        "notes": render(state, pipeline, per_stage=False),  # the page draws every stage already
     }
 
 

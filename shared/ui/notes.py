@@ -267,7 +267,7 @@ def verdict_line(stage: Stage, st: StageState) -> str:
     return f"{stage.number} {stage.name}: {st.status.value}{took}" + (f" — {detail}" if detail else "")
 
 
-def _changelog(state: ReleaseState, pipeline: Pipeline) -> list[str]:
+def _changelog(state: ReleaseState, pipeline: Pipeline, verdicts: bool = True) -> list[str]:
     """What a team pastes into its channel: the release in one line, the commits since prod with
     their authors, who approved, and each verdict in one line."""
     decision = approval_decision(state, pipeline)
@@ -291,6 +291,8 @@ def _changelog(state: ReleaseState, pipeline: Pipeline) -> list[str]:
         out.append(f"- compare: {safe_url(changes['compare_url'])}")
     if changes.get("note"):
         out.append(f"- {changes['note']}")
+    if not verdicts:
+        return out
     out += ["", "## Verdicts", ""]
     for stage in pipeline.stages:
         st = state.stages.get(stage.id) or StageState()
@@ -300,10 +302,12 @@ def _changelog(state: ReleaseState, pipeline: Pipeline) -> list[str]:
     return out
 
 
-def render(state: ReleaseState, pipeline: Pipeline) -> str:
-    """The release notes of one release as Markdown: the change log first, stage detail after."""
+def render(state: ReleaseState, pipeline: Pipeline, per_stage: bool = True) -> str:
+    """The release notes of one release as Markdown: the change log first, stage detail after.
+    ``per_stage=False`` leaves out the verdict list and the stage table, for a page that draws
+    every stage already (the dashboard: each stage once per view)."""
     out = [f"# Release {state.version} of {state.repo}", ""]
-    out += _changelog(state, pipeline)
+    out += _changelog(state, pipeline, per_stage)
     out += ["", "## Release", ""]
     out += _table(("Field", "Value"), [
         ("Version", state.version),
@@ -322,13 +326,14 @@ def render(state: ReleaseState, pipeline: Pipeline) -> str:
     elif state.reason:
         out += ["", "## Stopped", "", f"Stopped at stage `{state.stopped_at_stage}`: {state.reason}"]
 
-    out += ["", "## Stages", ""]
-    rows = []
-    for stage in pipeline.stages:
-        st = state.stages.get(stage.id) or StageState()
-        rows.append((stage.number, stage.name, st.status.value, st.attempt, iso(st.started_at),
-                     duration_text(st.duration_s), _stage_detail(st)))
-    out += _table(("#", "Stage", "Result", "Attempts", "Started", "Duration", "Detail"), rows)
+    if per_stage:
+        out += ["", "## Stages", ""]
+        rows = []
+        for stage in pipeline.stages:
+            st = state.stages.get(stage.id) or StageState()
+            rows.append((stage.number, stage.name, st.status.value, st.attempt, iso(st.started_at),
+                         duration_text(st.duration_s), _stage_detail(st)))
+        out += _table(("#", "Stage", "Result", "Attempts", "Started", "Duration", "Detail"), rows)
 
     out += _tests_section(state, pipeline)
     out += _schema_section(state, pipeline)

@@ -222,6 +222,24 @@ def test_the_readme_operator_examples_run_against_the_stack(stack):
             assert first.split()[:1] == shown.split()[:1] and done.release_id in first, (command, first, shown)
 
 
+def test_relctl_and_the_dashboard_say_what_runs_where(stack):
+    """After the releases above: prod's sample-web serves 1.0.2 (the freeze test's) at 100 %."""
+    import urllib.request
+
+    store, operator = store_of(), Operator(relctl_env_line(stack))
+    newest = next(s for s in store.list_releases() if s.status is ReleaseStatus.SUCCEEDED)
+    code, out, err = operator.run("relctl where")
+    assert code == 0, err
+    prod = out[out.index("  prod\n"):]
+    row = next(line for line in prod.splitlines() if line.strip().startswith("sample-web "))
+    assert " 100 %" in row and "version 1-0-2" in row and f"by release {newest.release_id} (traffic-100)" in row \
+        or f"by release {newest.release_id} (prod-deploy)" in row, out
+    with urllib.request.urlopen(stack.urls["dashboard"] + "/where", timeout=30) as page:
+        html = page.read().decode()
+    assert page.status == 200 and 'data-service="sample-web" data-environment="prod"' in html
+    assert f'href="release/{newest.release_id}"' in html
+
+
 # -- a bad canary, on a stack whose prod deploy is one -------------------------------------------
 @pytest.fixture(scope="module")
 def bad_stack(emulators, tmp_path_factory):
