@@ -18,7 +18,7 @@ body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:42rem;m
  color:#1f2328;line-height:1.45;overflow-wrap:anywhere}
 h1{font-size:1.35rem;margin:.4rem 0 .8rem}h2{font-size:1.1rem;margin:1.4rem 0 .5rem}
 code{font-size:.9em}.muted{color:#57606a}
-.summary{background:#f6f8fa;border:1px solid #d0d7de;border-radius:.5rem;padding:.6rem .9rem}
+.summary{background:#f6f8fa;border:1px solid #d0d7de;border-radius:.5rem;padding:.6rem .9rem;margin-top:1.2rem}
 .lead{margin:.2rem 0 .6rem;font-weight:600}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.25rem .9rem;margin:0}dt{font-weight:600}dd{margin:0}
 @media (max-width:480px){dl{grid-template-columns:1fr}dd{margin-bottom:.4rem}}

@@ -356,14 +356,15 @@ def _error(status: int, message: str, *, api: bool, allow: str = "", root: str =
     return response
 
 
-def wsgi_app(store: Any):
+def wsgi_app(store: Any, where: Any = None):
     """The dashboard as a WSGI app (local serving and tests): ``wsgiref.simple_server.make_server(host, port, wsgi_app(store))``."""
     reasons = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error",
                503: "Service Unavailable"}
 
     def app(environ, start_response):
         query = dict(urllib.parse.parse_qsl(environ.get("QUERY_STRING", "")))
-        status, body, headers = handle(environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/"), query, store)
+        status, body, headers = handle(environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/"), query, store,
+                                       where=where)
         payload = b"" if environ["REQUEST_METHOD"] == "HEAD" else body.encode("utf-8")
         start_response(f"{status} {reasons.get(status, 'Error')}", list(headers.items()))
         return [payload]
