@@ -7,6 +7,7 @@ never imports the Cloud Build or Cloud Run clients, for instance).
 from __future__ import annotations
 
 import functools
+import logging
 
 from shared.app.config import Settings
 from shared.app.ports import SystemClock
@@ -74,12 +75,10 @@ def lazy_notifier():
 def approvals():
     from shared.app.approvals import ApprovalService
 
-    from shared.app.stage_medians import prod_runs_text
-
     service = ApprovalService.from_settings(settings(), store=approval_store(), publisher=publisher(),
                                             clock=SystemClock(), releases=store(),
                                             dead_letters=dead_letter_store())
-    service.prod_runs = lambda release: prod_runs_text(app_records(), release.pipeline_name)
+    service.prod_runs = production_runs
     if settings().github_token:
         from shared.adapters.github_compare import GitHubCompare
         from shared.app.compare import compared_changes, prod_commit
@@ -254,6 +253,21 @@ def known_applications(s) -> set[str]:
     from shared.domain.pipeline import load_pipeline
 
     return {load_pipeline(p).name for p in s.pipeline_paths()} | {r.pipeline_name for r in store().list_releases(200)}
+
+
+def production_runs(release) -> str:
+    """What prod serves now (Cloud Run), for the approval page; the version floor when Cloud Run cannot say."""
+    from shared.adapters.cloud_run_reader import CloudRunServiceReader
+    from shared.app.stage_medians import prod_runs_text as floor_text
+    from shared.app.where import prod_runs_text, what_runs_where as placements
+    from shared.domain.errors import PipelineError
+
+    try:
+        pipeline = store().load_pipeline(release.pipeline_digest)
+        return prod_runs_text(placements(pipeline, CloudRunServiceReader(settings()), store().list_releases(200)))
+    except PipelineError as exc:
+        logging.getLogger(__name__).warning("production runs of %s: %s", release.release_id, exc)
+        return floor_text(app_records(), release.pipeline_name) + " (what entered prod last; Cloud Run did not answer)"
 
 
 def what_runs_where() -> dict:

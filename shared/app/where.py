@@ -59,3 +59,13 @@ def what_runs_where(pipeline: Pipeline, reader: ServiceReader, releases: Iterabl
                 placements.append(Placement(environment, service, serving, release_id, stage,
                                             since if since is not None else serving.created_at))
     return placements
+
+
+def prod_runs_text(placements: Iterable[Placement]) -> str:
+    """The approval page's "Production runs": what each prod service serves now, with its share."""
+    prod = [p for p in placements if p.environment == "prod" and p.serving.percent > 0]
+    if not prod:
+        return "nothing serves in prod yet"
+    return "; ".join(f"{p.service}: {p.serving.percent} % version {p.serving.version or '?'} "
+                     f"(commit {p.serving.commit or '?'}" + (f", release {p.release_id}" if p.release_id else "") + ")"
+                     for p in prod)

@@ -178,6 +178,17 @@ def test_every_command_printed_around_a_cancel_and_a_freeze_works(stack):
     assert code == 0, err
     frozen = push(stack, older_commit(2), "1.0.2")
     wait_for(store, frozen, lambda s: s.status is ReleaseStatus.AWAITING_APPROVAL)
+    # The approval page's "Production runs" is what Cloud Run serves now (the first test's 1.0.0).
+    import urllib.request
+
+    from local.demo import LINK
+
+    time.sleep(2)
+    link = [LINK.search(b).group(1) for b in stack.mailbox.bodies_for(APPROVER) if frozen in b and LINK.search(b)][-1]
+    with urllib.request.urlopen(link, timeout=30) as page:
+        html = page.read().decode()
+    assert re.search(r"<dt>Production runs</dt><dd>sample-web: 100 % version 1-0-0 \(commit [0-9a-f]{7}, release "
+                     r"example-sample-app-[0-9a-f]{12}\)", html), html[html.find("Production"):][:300]
     with TrafficSampler(service_url(stack, "sample-web")):
         printed = operator.harvest(operator.run(f"relctl show {frozen}")[1])
         assert sorted(printed) == [f"relctl approve {frozen} --as {APPROVER}", "relctl unfreeze"], printed

@@ -204,7 +204,8 @@ def test_confirm_page_shows_evidence_in_words_and_the_pushed_commits(world):
     assert "attempts" not in html and "latency_ms" not in html  # no raw result dumps
     assert "<code>0123456</code> Fix the &lt;b&gt;login&lt;/b&gt;" in html and "2 earlier commits not listed" in html
     assert 'href="https://github.com/acme/app/compare/0000111...abcdef1"' in html
-    assert html.index("Image digest") < html.index("Staging evidence") < html.index("Your decision")
+    # issue 26: a one-line summary and the decision first, the details and the folded evidence after
+    assert html.index("data-summary") < html.index("Your decision") < html.index("Image digest") < html.index("Staging evidence")
 
 
 def test_confirm_page_links_each_build_and_job_log_and_drops_other_schemes(world):

@@ -301,3 +301,17 @@ def test_the_where_page_lists_what_each_service_serves_and_the_release_behind_it
     status, body, _ = handle("GET", "/api/where", {}, FakeStore(), where=lambda: placements)
     assert json.loads(body)["apps"][0]["placements"][0]["serving"]["percent"] == 90
     assert handle("GET", "/where", {}, FakeStore())[0] == 404
+
+
+def test_production_runs_says_what_prod_serves_now():
+    """Issue 26: the approval page said "nothing released to prod yet" while prod served 0.9.0."""
+    from shared.app.ports import ServingRevision
+    from shared.app.where import Placement, prod_runs_text
+
+    assert prod_runs_text([]) == "nothing serves in prod yet"
+    assert prod_runs_text([
+        Placement("staging", "web", ServingRevision("web-s", 100, version="1-0-0")),
+        Placement("prod", "web", ServingRevision("web-9", 90, version="0-9-0", commit="1234567")),
+        Placement("prod", "web", ServingRevision("web-10", 10, version="1-0-0", commit="abcdef1"), "acme-app-1"),
+        Placement("prod", "web", ServingRevision("web-old", 0, tag="canary"))]) == (
+        "web: 90 % version 0-9-0 (commit 1234567); web: 10 % version 1-0-0 (commit abcdef1, release acme-app-1)")
