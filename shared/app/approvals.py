@@ -362,6 +362,8 @@ class ApprovalService:
             chaos=self._chaos(release),
             token=token,
             prod_runs=self.prod_runs(release),
+            dashboard_url=(f"{self.settings.public_base_url.rstrip('/')}/release/{release.release_id}"
+                           if self.settings.public_base_url else ""),
         )
 
     def _stage_rows(self, release: ReleaseState, approval: Stage) -> list[tuple[str, str, str, str]]:

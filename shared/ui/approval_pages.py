@@ -101,6 +101,7 @@ def confirm_page(
     token: str,
     digest: str = "",
     prod_runs: str = "",
+    dashboard_url: str = "",
 ) -> str:
     changes = getattr(release, "changes", None) or {}
     before = str(changes.get("before") or "")
@@ -110,7 +111,7 @@ def confirm_page(
         release=release, stage_label=stage_label, approver=approver, expires=_when(expires_at),
         evidence=[{"label": label, "status": status, "summary": summary, "log": safe_url(log)}
                   for label, status, summary, log in stage_rows],
-        chaos_text=chaos_text(chaos), token=token, digest=digest, prod_runs=prod_runs,
+        chaos_text=chaos_text(chaos), token=token, digest=digest, prod_runs=prod_runs, dashboard_url=safe_url(dashboard_url),
         commits=[c for c in changes.get("commits") or [] if isinstance(c, Mapping)],
         before=before if before.strip("0") else "", total=int(changes.get("total") or 0),
         compare_note=str(changes.get("note") or "")[:200], compared=changes.get("source") == "github compare",

@@ -5,6 +5,7 @@ reused by the integration tests, which swap in the Firestore store and real chan
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 import urllib.parse
@@ -458,3 +459,13 @@ def test_confirm_page_says_what_prod_runs_now(world):
     world.service.prod_runs = lambda release: prod_runs_text(records, "app")
     _, html, _ = world.get(world.send_links()[APPROVER])
     assert "<dt>Production runs</dt><dd>version 1.2.2 (release acme-app-0123456789ab)</dd>" in html
+
+
+def test_confirm_page_links_the_release_on_the_dashboard_when_a_public_url_is_set(world):
+    """Issue 26: the approval page had no link to the dashboard."""
+    _, html, _ = world.get(world.send_links()[APPROVER])
+    assert "data-dashboard" not in html  # no public URL configured: no link that leads nowhere
+    world.service.settings = dataclasses.replace(world.service.settings, public_base_url="https://dash.example.com/")
+    _, html, _ = world.get(world.send_links()[APPROVER])
+    summary = html[html.index("data-summary"):html.index("</p>", html.index("data-summary"))]
+    assert f'href="https://dash.example.com/release/{world.release.release_id}" data-dashboard' in summary
