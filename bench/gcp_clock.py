@@ -59,7 +59,7 @@ def _push(stack, version: str) -> str:
         "pusher": {"name": "dev", "email": PUSHER}, "sender": {"login": "dev"},
         "head_commit": {"id": commit, "message": f"bench\n\nRelease-Version: {version}"},
     }).encode()
-    request = urllib.request.Request(stack.urls["on_push"] + "/", data=body, method="POST", headers={
+    request = urllib.request.Request(stack.urls["on-push"] + "/", data=body, method="POST", headers={
         "Content-Type": "application/json", "X-GitHub-Event": "push", "X-GitHub-Delivery": f"bench-{commit}",
         "X-Hub-Signature-256": signature_for(stack.webhook_secret, body)})
     with urllib.request.urlopen(request, timeout=30) as response:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from deploy.config import DeployConfig, DeployError
-from deploy.model import Action, Binding, Plan, Resource, Step
+from deploy.model import Action, Binding, Plan, Resource, Step, function_secrets
 from shared.app.config import REPO_ROOT
 
 PLACEHOLDER = re.compile(r"\$\{([A-Z_]+)(?::([A-Za-z0-9_-]+))?\}")
@@ -84,9 +84,10 @@ class Resolver:
 
 
 def secrets_without_value(config: DeployConfig, gcloud: Gcloud) -> list[str]:
-    """Function secrets that have no enabled version yet: deploying would fail on them."""
+    """The secrets the plan's functions mount that have no enabled version (or do not exist):
+    Cloud Run resolves every secret reference when a revision deploys, and fails on these."""
     empty = []
-    for secret in (config.webhook_secret, config.approval_keys_secret):
+    for secret in function_secrets(config):
         result = gcloud(("secrets", "versions", "list", secret, "--filter=state:ENABLED", "--limit=1",
                          "--format=value(name)", f"--project={config.project}"))
         if result.returncode != 0 or not result.stdout.strip():
@@ -103,19 +104,20 @@ def apply_plan(
 ) -> list[str]:
     """Run every step; returns what was done, one line each. Raises DeployError on failure.
 
-    Before the first function is deployed, the function secrets must hold a value
-    (added by the operator) and ``before_functions`` (assembling the source) runs."""
+    Before the first step, every secret the functions mount must hold an enabled version (the
+    operator adds them; ``--check`` lists them): a deploy that would fail at the fourth function
+    stops before it changes anything. Before the first function ``before_functions`` (assembling
+    the source) runs."""
+    empty = secrets_without_value(config, gcloud)
+    if empty:
+        raise DeployError(
+            "stopping before the first step: secret(s) " + ", ".join(empty) + " have no enabled version. "
+            "Create them with a value (see deploy/README.md, 'Secrets') and run --apply again.")
     resolver = Resolver(config, gcloud)
     done: list[str] = []
     functions_ready = False
     for step in plan:
         if step.phase == "functions" and not functions_ready:
-            empty = secrets_without_value(config, gcloud)
-            if empty:
-                raise DeployError(
-                    "stopping before the functions: secret(s) " + ", ".join(empty) + " have no value yet. "
-                    "Add them (see deploy/README.md, 'Secrets') and run --apply again; everything "
-                    "created so far is kept and will be found by describe.")
             if before_functions is not None:
                 before_functions()
             functions_ready = True

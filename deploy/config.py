@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from deploy.wif import DEFAULT_WORKFLOWS, WifPolicy, condition_findings
 from shared.app.config import REPO_ROOT, Settings
 from shared.domain.errors import ConfigError, PipelineError
 from shared.domain.pipeline import Pipeline, load_pipeline
@@ -26,8 +27,6 @@ SECRET_ID = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 PROJECT_NUMBER = re.compile(r"^\d{6,20}$")
 DEFAULT_COMPUTE = re.compile(r"^\d+-compute@developer\.gserviceaccount\.com$")
 SERVICE_ACCOUNT = re.compile(r"^[a-z0-9-]+@[a-z0-9.-]+\.gserviceaccount\.com$")
-# The entry points functions/main.py must define (the deploy names them).
-ENTRY_POINTS = ("on_push", "dispatch", "on_approval", "sweep", "dashboard", "operator")
 DEFAULT_PIPELINE_SA_ID = "release-pipeline"
 
 
@@ -59,6 +58,13 @@ class DeployConfig:
     smtp_password_secret: str = "release-smtp-password"
     wif_pool: str = "github"
     wif_provider: str = "github-oidc"
+    # Who may act as the pipeline account through WIF (deploy/wif.py): these workflow files, on the
+    # release branch (and tags starting with wif_tag_prefix, if set). DEPLOY_WIF_WORKFLOWS,
+    # DEPLOY_WIF_TAG_PREFIX; DEPLOY_WIF_CONDITION replaces the generated condition, and --check
+    # refuses one that does not pin ref, workflow and event as well as the repository id.
+    wif_workflows: tuple[str, ...] = DEFAULT_WORKFLOWS
+    wif_tag_prefix: str = ""
+    wif_condition: str = ""
     webhook_secret: str = "release-webhook-secret"
     approval_keys_secret: str = "release-approval-keys"
     # The GitHub token for the approval page's compare (RELEASE_GITHUB_TOKEN); "" (the default):
@@ -79,6 +85,15 @@ class DeployConfig:
     @property
     def project(self) -> str:
         return self.settings.project
+
+    @property
+    def wif_policy(self) -> WifPolicy:
+        return WifPolicy(self.github_repository, self.github_repository_id, self.settings.release_branch,
+                         self.wif_workflows, self.wif_tag_prefix)
+
+    @property
+    def wif_attribute_condition(self) -> str:
+        return self.wif_condition or self.wif_policy.attribute_condition()
 
     @property
     def region(self) -> str:
@@ -144,6 +159,10 @@ def load_config(
         github_token_secret=env.get("DEPLOY_GITHUB_TOKEN_SECRET", "").strip(),
         app_service_account_list=tuple(a.strip() for a in env.get("DEPLOY_APP_SERVICE_ACCOUNTS", "").split(",")
                                        if a.strip()),
+        wif_workflows=tuple(w.strip() for w in env.get("DEPLOY_WIF_WORKFLOWS", "").split(",") if w.strip())
+        or DEFAULT_WORKFLOWS,
+        wif_tag_prefix=env.get("DEPLOY_WIF_TAG_PREFIX", "").strip(),
+        wif_condition=env.get("DEPLOY_WIF_CONDITION", "").strip(),
         **extra,
     )
 
@@ -176,6 +195,16 @@ def setup_check(config: DeployConfig, repo_root: Path = REPO_ROOT) -> list[Findi
     if not config.github_repository_id.isdigit():
         error("DEPLOY_GITHUB_REPOSITORY_ID must be the repository's numeric id (gh api repos/OWNER/NAME --jq .id): "
               "WIF matches assertion.repository_id, which a renamed or re-created repository cannot take over")
+    if GITHUB_REPOSITORY.match(config.github_repository) and config.github_repository_id.isdigit():
+        try:
+            wrong = condition_findings(config.wif_attribute_condition, config.wif_policy)
+        except ConfigError as exc:
+            error(str(exc))
+        else:
+            for finding in wrong:
+                error(f"the WIF attribute condition {finding}: only the release workflow(s) of the release branch "
+                      "(and release tags, if configured) may act as the pipeline account, which deploys to prod; "
+                      "see deploy/wif.py and DEPLOY_WIF_CONDITION")
     # No approval link is ever sent without a mail relay: the release would wait 24 h for nothing.
     if not s.smtp_host:
         error("RELEASE_SMTP_HOST is empty: approval links go by mail only, so no release could reach prod")
@@ -183,7 +212,7 @@ def setup_check(config: DeployConfig, repo_root: Path = REPO_ROOT) -> list[Findi
         error("RELEASE_SMTP_PORT is 25, which GCP blocks for external destinations: use the relay's 587 (STARTTLS)")
     elif not s.smtp_user:
         warning("RELEASE_SMTP_USER is empty: mail is sent without a login (only a relay that trusts the project "
-                "accepts that); the password comes from the secret release-smtp-password")
+                f"accepts that); no password is mounted, and {config.smtp_password_secret} is neither created nor read")
     if s.mail_from.endswith("@localhost"):
         error(f"RELEASE_MAIL_FROM {s.mail_from!r} is not an address a relay will send from")
     # https://cloud.google.com/run/docs/securing/service-identity: the default compute account "has the
@@ -201,7 +230,7 @@ def setup_check(config: DeployConfig, repo_root: Path = REPO_ROOT) -> list[Findi
             error(f"DEPLOY_APP_SERVICE_ACCOUNTS: {account!r} is not a service account e-mail address")
     if config.project_number and not PROJECT_NUMBER.match(config.project_number):
         error(f"DEPLOY_PROJECT_NUMBER {config.project_number!r} is not a project number (digits only)")
-    for name in ("cloud_build_endpoint", "cloud_run_endpoint", "iam_endpoint"):
+    for name in ("cloud_build_endpoint", "cloud_run_endpoint", "iam_endpoint", "id_token_url"):
         if getattr(s, name):
             error(f"RELEASE_{name.upper()} is set: on GCP the functions must use the public Google APIs; unset it")
     if not s.artifact_registry:
@@ -220,8 +249,10 @@ def setup_check(config: DeployConfig, repo_root: Path = REPO_ROOT) -> list[Findi
     if not main.exists():
         error(f"{main} is missing: the functions' entry points live there")
     else:
+        from deploy.model import entry_points  # the plan's functions name them
+
         text = main.read_text()
-        for entry in ENTRY_POINTS:
+        for entry in entry_points(config):
             if not re.search(rf"^(def {entry}\(|{entry}\s*=)", text, re.M):
                 error(f"{main}: entry point {entry}() not found")
     if not (repo_root / "requirements.txt").exists():

@@ -18,6 +18,10 @@ class Policies:
     accounts: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # account -> role -> members
     custom_roles: dict[str, list[str]] = field(default_factory=dict)  # role name -> permissions
     queues: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # Cloud Tasks queue -> role -> members
+    repositories: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # Artifact Registry repo -> role -> members
+    # Cloud Build connection (projects/P/locations/L/connections/C) -> role -> members
+    connections: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    run_services: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # Cloud Run service -> role -> members
 
 
 def policies(plan: Plan) -> Policies:
@@ -30,4 +34,10 @@ def policies(plan: Plan) -> Policies:
             result.accounts.setdefault(binding.target, {}).setdefault(binding.role, []).append(binding.member)
         elif binding.scope == "tasks-queue":
             result.queues.setdefault(binding.target, {}).setdefault(binding.role, []).append(binding.member)
+        elif binding.scope == "artifact-repository":
+            result.repositories.setdefault(binding.target, {}).setdefault(binding.role, []).append(binding.member)
+        elif binding.scope == "build-connection":
+            result.connections.setdefault(binding.target, {}).setdefault(binding.role, []).append(binding.member)
+        elif binding.scope == "run-service":
+            result.run_services.setdefault(binding.target, {}).setdefault(binding.role, []).append(binding.member)
     return result

@@ -16,6 +16,8 @@ from typing import Iterator, Union
 
 from deploy.config import DeployConfig
 from deploy.firestore import COMPOSITE_INDEXES, TTL_POLICIES
+from deploy.wif import GITHUB_ISSUER
+from shared.domain.build_params import connected_repositories, private_checked_services
 from shared.domain.preflight import (
     BASE_ROLES, BUILD_LOG_ROLE, SECRET_ACCESSOR_ROLE, build_secret_names, prod_secret_names,
 )
@@ -36,8 +38,15 @@ PREFLIGHT_READER_PERMISSIONS = ("resourcemanager.projects.getIamPolicy", "secret
 # (https://cloud.google.com/iam/docs/custom-roles-permissions-support).
 CANARY_READER_ROLE_ID = "releaseCanaryReader"
 CANARY_READER_PERMISSIONS = ("logging.logEntries.list", "monitoring.timeSeries.list")
+# A rollback from the registry (relctl rollback --from-registry, --to-tag when no revision of the tag is
+# left) lists a package's tags and reads one (shared/adapters/executors/registry.py: ListTags, GetTag),
+# nothing else: roles/artifactregistry.reader would also read and download every image. Granted on the
+# release repository only. Both permissions may be used in custom roles.
+REGISTRY_TAG_READER_ROLE_ID = "releaseRegistryTagReader"
+REGISTRY_TAG_READER_PERMISSIONS = ("artifactregistry.tags.get", "artifactregistry.tags.list")
 # Custom role id -> its permissions: created by the plan, enforced by the local stand-in.
-CUSTOM_ROLES = {PREFLIGHT_READER_ROLE_ID: PREFLIGHT_READER_PERMISSIONS, CANARY_READER_ROLE_ID: CANARY_READER_PERMISSIONS}
+CUSTOM_ROLES = {PREFLIGHT_READER_ROLE_ID: PREFLIGHT_READER_PERMISSIONS, CANARY_READER_ROLE_ID: CANARY_READER_PERMISSIONS,
+                REGISTRY_TAG_READER_ROLE_ID: REGISTRY_TAG_READER_PERMISSIONS}
 # Pub/Sub redelivers a failing push with backoff; after this many attempts the message goes to
 # the dead-letter topic instead of being retried for the 24 h an event function retries.
 MAX_DELIVERY_ATTEMPTS = 10
@@ -59,6 +68,7 @@ PUSH_ACK_DEADLINE_S = 600
 # itself, so no bucket-level grant can exist before it: project, read-only).
 BUILDER_PROJECT_ROLES = ("roles/logging.logWriter", "roles/storage.objectViewer")
 BUILDER_REPOSITORY_ROLE = "roles/artifactregistry.writer"
+READ_TOKEN_ROLE = "roles/cloudbuild.readTokenAccessor"  # builds from a connected (private) repository
 FUNCTIONS_REPOSITORY = "release-functions"  # the functions' images (gcloud functions deploy --docker-repository)
 
 
@@ -155,17 +165,19 @@ def functions(config: DeployConfig) -> tuple[FunctionSpec, ...]:
     s = config.settings
     webhook = ("RELEASE_WEBHOOK_SECRET", config.webhook_secret)
     keys = ("RELEASE_APPROVAL_KEYS", config.approval_keys_secret)
-    mail = ("RELEASE_SMTP_PASSWORD", config.smtp_password_secret)  # the functions that send mail
+    # The functions that send mail log in to the relay with it; a relay without a login needs no secret
+    # (Cloud Run refuses to deploy a revision whose secret has no enabled version).
+    mail = (("RELEASE_SMTP_PASSWORD", config.smtp_password_secret),) if s.smtp_user else ()
     # The functions that carry out approval requests ask GitHub's compare with it (when one is named).
     compare = (("RELEASE_GITHUB_TOKEN", config.github_token_secret),) if config.github_token_secret else ()
     return (
         FunctionSpec("on-push", "on_push", public=True, secrets=(webhook,),
                      why="GitHub webhook; public, every request must carry a valid X-Hub-Signature-256"),
         # Every call of dispatch is short now (checks run as probes); 120 s leaves room for retries of API calls.
-        FunctionSpec("dispatch", "dispatch", trigger_topic=s.events_topic, retry=True, secrets=(keys, mail, *compare),
+        FunctionSpec("dispatch", "dispatch", trigger_topic=s.events_topic, retry=True, secrets=(keys, *mail, *compare),
                      why="pipeline events; retry on (transient errors redeliver), malformed events are acked",
                      timeout_s=120),
-        FunctionSpec("dispatch-builds", "dispatch", trigger_topic=s.builds_topic, retry=True, secrets=(keys, mail, *compare),
+        FunctionSpec("dispatch-builds", "dispatch", trigger_topic=s.builds_topic, retry=True, secrets=(keys, *mail, *compare),
                      why="Cloud Build status messages; same entry point, a gen2 function has one trigger",
                      timeout_s=120),
         FunctionSpec("probe", "probe", public=False, secrets=(keys,),
@@ -177,7 +189,7 @@ def functions(config: DeployConfig) -> tuple[FunctionSpec, ...]:
         FunctionSpec("drain-dead-letters", "drain_dead_letters", trigger_topic=config.dead_letter_topic, retry=True,
                      why="what Pub/Sub gave up on joins the one dead-letter store (dead_letters/), where "
                          "relctl lists and re-drives it; retry on, and no dead-letter policy of its own"),
-        FunctionSpec("sweep", "sweep", trigger_topic=config.tick_topic, retry=False, secrets=(keys, mail, *compare),
+        FunctionSpec("sweep", "sweep", trigger_topic=config.tick_topic, retry=False, secrets=(keys, *mail, *compare),
                      why="every minute; no retry, the next tick comes in a minute anyway"),
         FunctionSpec("dashboard", "dashboard", public=False,
                      why="read-only status page; IAM-protected, grant roles/run.invoker to the team"),
@@ -186,6 +198,16 @@ def functions(config: DeployConfig) -> tuple[FunctionSpec, ...]:
                      why="operator actions (replay, chaos, …); IAM lets only the listed operators call it, "
                          "and the code verifies their Google ID token against RELEASE_OPERATORS again"),
     )
+
+
+def entry_points(config: DeployConfig) -> tuple[str, ...]:
+    """Every entry point the plan deploys: the assembled main.py must export each one."""
+    return tuple(dict.fromkeys(fn.entry_point for fn in functions(config)))
+
+
+def function_secrets(config: DeployConfig) -> tuple[str, ...]:
+    """The secrets the functions mount: each must hold an enabled version before they deploy."""
+    return tuple(dict.fromkeys(secret for fn in functions(config) for _, secret in fn.secrets))
 
 
 def operator_emails(settings) -> list[str]:
@@ -228,6 +250,9 @@ def function_env(config: DeployConfig) -> dict[str, str]:
         env["RELEASE_SMTP_PORT"] = str(s.smtp_port)
     if s.smtp_user:
         env["RELEASE_SMTP_USER"] = s.smtp_user
+    if s.notify_emails:  # ';' between addresses: gcloud's --set-env-vars splits on ','
+        env["RELEASE_NOTIFY_EMAILS"] = ";".join(a.strip() for a in s.notify_emails.replace(";", ",").split(",")
+                                                if a.strip())
     if s.build_region:
         env["RELEASE_BUILD_REGION"] = s.build_region
     if s.source_url:
@@ -273,6 +298,9 @@ def build_plan(config: DeployConfig) -> Plan:
          "read (only) the IAM policies the preflight stage checks; roles/iam.securityReviewer would read every policy"),
         (CANARY_READER_ROLE_ID, "Release canary reader",
          "list (only) log entries and time series for the canary analysis; the viewer roles read far more"),
+        (REGISTRY_TAG_READER_ROLE_ID, "Release registry tag reader",
+         "list and read (only) the release images' tags for a rollback from the registry; "
+         "roles/artifactregistry.reader would also download every image"),
     ):
         steps.append(Resource(
             "identity", "custom-role", f"projects/{p}/roles/{role_id}",
@@ -281,6 +309,7 @@ def build_plan(config: DeployConfig) -> Plan:
              f"--permissions={','.join(CUSTOM_ROLES[role_id])}", "--stage=GA"),
             why))
     repo = config.github_repository
+    wif = config.wif_policy
     steps.append(Resource(
         "identity", "wif-pool", config.wif_pool,
         ("iam", "workload-identity-pools", "describe", config.wif_pool, "--location=global", proj),
@@ -293,26 +322,30 @@ def build_plan(config: DeployConfig) -> Plan:
          f"--workload-identity-pool={config.wif_pool}", "--location=global", proj),
         ("iam", "workload-identity-pools", "providers", "create-oidc", config.wif_provider,
          f"--workload-identity-pool={config.wif_pool}", "--location=global",
-         "--issuer-uri=https://token.actions.githubusercontent.com",
-         "--attribute-mapping=google.subject=assertion.sub,attribute.repository=assertion.repository,"
-         "attribute.repository_id=assertion.repository_id,"
-         "attribute.repository_owner=assertion.repository_owner,attribute.ref=assertion.ref",
-         f"--attribute-condition=assertion.repository_id == '{config.github_repository_id}'", proj),
+         f"--issuer-uri={GITHUB_ISSUER}",
+         f"--attribute-mapping={wif.mapping_flag()}",
+         f"--attribute-condition={config.wif_attribute_condition}", proj),
         f"only tokens of {repo} (repository id {config.github_repository_id}, which survives a rename or a "
-        "re-created repository of the same name) are exchanged"))
-    principal_set = (f"principalSet://iam.googleapis.com/projects/{config.number}/locations/global/"
-                     f"workloadIdentityPools/{config.wif_pool}/attribute.repository_id/{config.github_repository_id}")
-    steps.append(Binding(
-        "identity", "service-account", config.pipeline_sa, "roles/iam.workloadIdentityUser", principal_set,
-        ("iam", "service-accounts", "add-iam-policy-binding", config.pipeline_sa, "--role=roles/iam.workloadIdentityUser",
-         f"--member={principal_set}", "--condition=None", proj),
-        f"workflows of {repo} (and nothing else) may act as the pipeline account"))
+        f"re-created repository of the same name) for a push or dispatch of {wif.branch_ref}"
+        + (f" or a tag {wif.tag_prefix}*" if wif.tag_prefix else "")
+        + f" running {', '.join(wif.workflows)} are exchanged; other branches, workflows and pull requests are not"))
+    for value in wif.principal_values():
+        principal_set = (f"principalSet://iam.googleapis.com/projects/{config.number}/locations/global/"
+                         f"workloadIdentityPools/{config.wif_pool}/attribute.release_workflow/{value}")
+        steps.append(Binding(
+            "identity", "service-account", config.pipeline_sa, "roles/iam.workloadIdentityUser", principal_set,
+            ("iam", "service-accounts", "add-iam-policy-binding", config.pipeline_sa,
+             "--role=roles/iam.workloadIdentityUser", f"--member={principal_set}", "--condition=None", proj),
+            f"runs of {value.split(':', 2)[2]} on the release {value.split(':', 2)[1]} of {repo} (and nothing else) "
+            "may act as the pipeline account"))
 
     # -- secrets: created empty; the operator adds the values (never in the repo, never here)
+    s = config.settings
     prod_secrets = prod_secret_names(config.pipeline)
     for secret, why in ((config.webhook_secret, "GitHub webhook secret (on_push)"),
                         (config.approval_keys_secret, "link keys: approval links, probe tasks and completions (dispatch, probe, sweep, on_approval)"),
-                        (config.smtp_password_secret, "the mail relay's login password (approval links, notices)"),
+                        *(((config.smtp_password_secret, "the mail relay's login password (approval links, notices)"),)
+                          if s.smtp_user else ()),
                         *(((config.github_token_secret, "GitHub token: the approval page's compare (dispatch, sweep)"),)
                           if config.github_token_secret else ()),
                         *((name, "read by a prod stage of the pipeline") for name in prod_secrets),
@@ -322,7 +355,6 @@ def build_plan(config: DeployConfig) -> Plan:
                               ("secrets", "create", secret, "--replication-policy=automatic", proj), why))
 
     # -- messaging
-    s = config.settings
     for topic, why in ((s.events_topic, "stage events into dispatch"), (s.updates_topic, "release updates out"),
                        (s.builds_topic, "Cloud Build publishes build status here by itself"),
                        (config.tick_topic, "the scheduler's tick for sweep"),
@@ -386,6 +418,10 @@ def build_plan(config: DeployConfig) -> Plan:
                               "images of the released app, tagged vX.Y.Z-<sha>"))
         steps.append(_repository_binding(p, repo_name, location, BUILDER_REPOSITORY_ROLE, builder_member,
                                          "the release-tools build pushes its image to this repository"))
+        steps.append(_repository_binding(p, repo_name, location, f"projects/{p}/roles/{REGISTRY_TAG_READER_ROLE_ID}",
+                                         sa_member(config.runtime_sa),
+                                         "a rollback from the registry (operator function) lists and reads the "
+                                         "release images' tags; on this repository only"))
         steps.append(Action("data", "image", f"{registry}/release-tools",
                             ("builds", "submit", ".", "--config=deploy/release-tools/cloudbuild.yaml",
                              f"--substitutions=_IMAGE={registry}/release-tools", f"--region={config.build_region}",
@@ -406,6 +442,18 @@ def build_plan(config: DeployConfig) -> Plan:
             steps.append(_secret_binding(p, secret, SECRET_ACCESSOR_ROLE, pipeline_member,
                                          "builds run as this account and fetch their availableSecrets"))
 
+    for repository in sorted(connected_repositories(config.pipeline)):
+        # repositories.accessReadToken needs cloudbuild.repositories.accessReadToken on the repository;
+        # roles/cloudbuild.readTokenAccessor holds it (with connections.get, repositories.get), on this
+        # connection only. The connection itself is made once by hand (deploy/README.md, "Private source").
+        name = repository.replace("${project}", p)
+        location, connection = name.split("/")[3], name.split("/")[5]
+        steps.append(Binding("bindings", "build-connection", name.rsplit("/repositories/", 1)[0], READ_TOKEN_ROLE,
+                             pipeline_member,
+                             ("builds", "connections", "add-iam-policy-binding", connection, f"--region={location}",
+                              f"--member={pipeline_member}", f"--role={READ_TOKEN_ROLE}", proj),
+                             f"builds run as this account and fetch {name} through the connection's read token"))
+
     # -- the runtime account: only what the functions call
     for role, why in (
         ("roles/datastore.user", "Firestore reads and conditional writes of release state"),
@@ -416,6 +464,13 @@ def build_plan(config: DeployConfig) -> Plan:
          "entries and reads Cloud Run's request count and latency series (logEntries.list, timeSeries.list only)"),
     ):
         steps.append(_project_binding(p, role, runtime_member, why))
+    for service in sorted(private_checked_services(config.pipeline)):
+        # the probe function runs as the runtime account; its ID token is admitted only with run.invoker
+        # (https://cloud.google.com/run/docs/securing/managing-access), on the checked service only
+        steps.append(Binding("bindings", "run-service", service, "roles/run.invoker", runtime_member,
+                             ("run", "services", "add-iam-policy-binding", service, f"--region={r}",
+                              f"--member={runtime_member}", "--role=roles/run.invoker", proj),
+                             "checks of this private service send the runtime account's ID token (auth: id_token)"))
     for topic in (s.events_topic, s.updates_topic):
         steps.append(Binding("bindings", "topic", topic, "roles/pubsub.publisher", runtime_member,
                              ("pubsub", "topics", "add-iam-policy-binding", topic, f"--member={runtime_member}",
@@ -433,8 +488,7 @@ def build_plan(config: DeployConfig) -> Plan:
                               f"--member={runtime_member}", "--role=roles/iam.serviceAccountUser",
                               "--condition=None", proj),
                              "deploying a Cloud Run service needs actAs on the account its revisions run as"))
-    for secret in (config.webhook_secret, config.approval_keys_secret, config.smtp_password_secret,
-                   *((config.github_token_secret,) if config.github_token_secret else ())):
+    for secret in function_secrets(config):
         steps.append(_secret_binding(p, secret, SECRET_ACCESSOR_ROLE, runtime_member,
                                      "the functions read their own secrets, no others"))
     steps.append(Binding("bindings", "tasks-queue", s.probe_queue, "roles/cloudtasks.enqueuer", runtime_member,

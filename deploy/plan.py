@@ -18,7 +18,7 @@ from typing import Sequence, TextIO
 
 from deploy.apply import apply_plan, render
 from deploy.config import DeployConfig, load_config, setup_check
-from deploy.model import Action, Binding, Plan, Resource, build_plan
+from deploy.model import Action, Binding, Plan, Resource, build_plan, function_secrets
 from shared.domain.errors import PipelineError
 
 PHASE_TITLES = {
@@ -69,6 +69,10 @@ def run_check(config: DeployConfig, out: TextIO) -> int:
     findings = setup_check(config)
     for f in findings:
         print(f"{f.level.upper():8} {f.message}", file=out)
+    # No network here: these are what --apply will look for before its first step.
+    for secret in function_secrets(config):
+        print(f"SECRET   {secret} must hold an enabled version before --apply (gcloud secrets create {secret} "
+              f"--data-file=- --project={config.project}; versions add once it exists)", file=out)
     errors = [f for f in findings if f.level == "error"]
     print(f"setup check: {'FAILED' if errors else 'OK'} ({len(errors)} error(s), "
           f"{len(findings) - len(errors)} warning(s))", file=out)

@@ -81,27 +81,18 @@ def operator(request):
 @functions_framework.http
 def on_approval(request):
     """Signed approval links: GET/HEAD show a confirm page, POST decides."""
-    answer = bootstrap.approvals().handle(request.method, request.args, request.form, request.headers)
+    answer = bootstrap.approval_pages().handle(request.method, request.args, request.form, request.headers)
     return answer.html, answer.status, answer.headers
 
 
 @functions_framework.cloud_event
 def sweep(cloud_event):
     """One-minute tick from Cloud Scheduler via `pipeline-tick`: poll running stages, enforce deadlines."""
-    from shared.app.sweeper import sweep as run_sweep
-
-    s = bootstrap
-    # The notifiers are built only when a stall is to be announced (cold start).
-    report = run_sweep(s.store(), s.executors(), s.publisher(), s.SystemClock(), s.settings(),
-                       notifier=s.lazy_notifier())
-    log.info("sweep: %s", report)
+    log.info("sweep: %s", bootstrap.sweeper()())
 
 
 @functions_framework.http
 def dashboard(request):
     """Release list and one release as its pipeline of stages; refreshes while it runs."""
-    from shared.ui.dashboard import handle
-
-    status, body, headers = handle(request.method, request.path, request.args, bootstrap.store(), bootstrap.app_records(),
-                                   where=bootstrap.what_runs_where)
+    status, body, headers = bootstrap.dashboard()(request.method, request.path, request.args)
     return body, status, headers

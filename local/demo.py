@@ -59,7 +59,7 @@ def send_push(stack: LocalStack, commit: str, repo: str = DEMO_REPO) -> dict:
         "commits": [{"id": commit, "message": f"Release the sample app\n\nRelease-Version: {SAMPLE_VERSION}",
                      "author": {"name": "dev", "email": PUSHER}}],
     }).encode()
-    request = urllib.request.Request(stack.urls["on_push"] + "/", data=body, method="POST", headers={
+    request = urllib.request.Request(stack.urls["on-push"] + "/", data=body, method="POST", headers={
         "Content-Type": "application/json", "X-GitHub-Event": "push", "X-GitHub-Delivery": f"demo-{time.time_ns()}",
         "X-Hub-Signature-256": signature_for(stack.webhook_secret, body),
     })

@@ -1,9 +1,11 @@
-"""The whole product on one machine: emulators, stand-in, functions, real push subscriptions.
+"""The whole product on one machine: deploy/'s plan, applied to emulators and the stand-in.
 
-Every function runs in its own functions-framework process, exactly the entry
-points that are deployed; Pub/Sub push subscriptions deliver to them as on GCP.
-The stand-in answers the Cloud Build, Cloud Run and IAM APIs on loopback, and a
-ticker replaces Cloud Scheduler's one-minute tick (faster, so the demo is short).
+``build_plan`` (deploy/model.py) is built for a local project from this stack's settings,
+then applied by local/apply_plan.py: the plan's topics and subscriptions in the Pub/Sub
+emulator, its queue, secrets and IAM policies in the stand-in, and every function it deploys
+in its own functions-framework process, from the source deploy/source.py assembles. The
+stand-in answers the Google APIs on loopback, and a ticker replaces Cloud Scheduler's
+one-minute tick (faster, so the demo is short).
 """
 from __future__ import annotations
 
@@ -18,41 +20,33 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from google.api_core.exceptions import AlreadyExists, NotFound
-
+from deploy.config import DeployConfig, pipeline_account_id
+from deploy.model import Plan, build_plan
+from deploy.source import assemble_source
+from local import apply_plan
+from local.invoker_front import InvokerFront
 from local.emulators import Emulator, free_port, start_emulator, wait_port
 from local.token_issuer import LocalTokenIssuer
-from shared.app.config import REPO_ROOT
+from shared.app.config import REPO_ROOT, Settings
 from shared.domain.errors import ConfigError
+from shared.domain.pipeline import load_pipeline
 
+# What differs from a GCP project (local/apply_plan.py's LocalDifferences names the rest).
 PROJECT = "local-project"
 REGION = "europe-west3"
-PIPELINE_SA = f"pipeline@{PROJECT}.iam.gserviceaccount.com"
-RUNTIME_SA = f"release-runtime@{PROJECT}.iam.gserviceaccount.com"
-APP_SA = f"sample-app@{PROJECT}.iam.gserviceaccount.com"  # what the sample app's services run as
 PROJECT_NUMBER = "123456789012"
+APP_SA = f"sample-app@{PROJECT}.iam.gserviceaccount.com"  # what the sample app's services run as
 BASE_VERSION = "0.9.0"
-
-DEAD_LETTER_TOPIC = "pipeline-dead-letter"
-# name: (target, signature type, topics pushed to it)
-FUNCTIONS = {
-    "on_push": ("on_push", "http", ()),
-    "dispatch": ("dispatch", "cloudevent", ("pipeline-events", "cloud-builds")),
-    "sweep": ("sweep", "cloudevent", ("pipeline-tick",)),
-    "drain_dead_letters": ("drain_dead_letters", "cloudevent", (DEAD_LETTER_TOPIC,)),
-    "on_approval": ("on_approval", "http", ()),
-    "probe": ("probe", "http", ()),  # Cloud Tasks (the stand-in) calls it at each probe's time
-    "dashboard": ("dashboard", "http", ()),
-    "operator": ("operator", "http", ()),
-}
 # Who may use relctl against the local stack. The sample pipeline's approver is one, so the
 # `relctl approve … --as approver@example.com` the demo prints works (relctl approve goes
 # through the operator function, like every command that acts).
 LOCAL_OPERATORS = ("operator@example.com", "qa@example.com", "approver@example.com")
-TOPICS = ("pipeline-events", "cloud-builds", "release-updates", "pipeline-tick", DEAD_LETTER_TOPIC)
-# As deploy/ sets it on dispatch's subscriptions: after this many failed deliveries Pub/Sub
-# forwards the message to the dead-letter topic (the emulator honours it too).
-DEAD_LETTER_POLICY = {"max_delivery_attempts": 5}
+# Whoever runs `deploy --apply` owns the project on GCP; locally this account (tests read the applied
+# world back as it). Its binding is the one grant in the stand-in that the plan does not make.
+LOCAL_OWNER = f"local-owner@{PROJECT}.iam.gserviceaccount.com"
+# Private HTTP functions are reached through Cloud Run's invoker check (local/invoker_front.py), except:
+OPEN_LOCALLY = {"dashboard": "the plan grants run.invoker on it to no one (the team is added by hand, "
+                             "deploy/README.md); the browser tests open it without a token"}
 
 
 @dataclass
@@ -76,7 +70,10 @@ class LocalStack:
     reuse_emulators: dict[str, str] | None = None
     emulators: list[Emulator] = field(default_factory=list)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
-    urls: dict[str, str] = field(default_factory=dict)
+    urls: dict[str, str] = field(default_factory=dict)  # the plan's function name -> its loopback URL
+    started_env: dict[str, dict[str, str]] = field(default_factory=dict)  # function -> its environment
+    plan: Plan | None = None  # what was applied
+    fronts: list[InvokerFront] = field(default_factory=list)
     standin_endpoint: str = ""
     token_issuer: LocalTokenIssuer | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -108,22 +105,45 @@ class LocalStack:
                 raise ConfigError("an emulator did not start; see the logs in " + str(self.workdir / "logs"))
         # The Google clients of this process (demo, tests) find the emulators through these.
         os.environ.update(self.base_env())
-        self._create_topics()
-        log("starting the Cloud Build / Cloud Run stand-in …")
-        self._start_standin()
-        # Google's ID-token issuer, played locally: the operator function verifies its tokens.
+        config = self.deploy_config()
+        plan = self.plan = build_plan(config)
+        apply_plan.create_topics(plan)
+        source_dir = assemble_source(config)
+        # Google's ID-token issuer, played locally: the operator function and the invoker fronts verify
+        # its tokens; the stand-in (as Cloud Tasks) asks it for the probe tasks' OIDC tokens.
         self.token_issuer = LocalTokenIssuer().start()
+        log("starting the Google API stand-in …")
+        self._start_standin(config, plan, self.secret_values(config))
         log("starting the functions …")
-        # Every URL first: functions link to each other (approval links, dashboard).
-        self.urls = {name: f"http://127.0.0.1:{free_port()}" for name in FUNCTIONS}
-        for name in FUNCTIONS:
-            self._start_function(name)
-        for name, proc in self.processes.items():
-            if name in FUNCTIONS:
-                port = int(self.urls[name].rsplit(":", 1)[1])
-                wait_port("127.0.0.1", port, 60, proc, self.workdir / "logs" / f"{name}.log")
-        self._create_push_subscriptions()
-        threading.Thread(target=self._tick, daemon=True, name="ticker").start()
+        functions = apply_plan.deployed_functions(plan)
+        # Every URL first: functions link to each other (approval links, dashboard). A private HTTP
+        # function's URL is its invoker front's; the function itself listens behind it.
+        ports = {fn.name: free_port() for fn in functions}
+        fronted = [fn for fn in functions if not fn.public and not fn.trigger_topic and fn.name not in OPEN_LOCALLY]
+        front_ports = {fn.name: free_port() for fn in fronted}
+        self.urls = {fn.name: f"http://127.0.0.1:{front_ports.get(fn.name, ports[fn.name])}" for fn in functions}
+        local = apply_plan.LocalDifferences(
+            project=PROJECT, region=REGION, source_dir=source_dir, emulator_env=self._emulator_env(),
+            standin_endpoint=self.standin_endpoint,
+            function_urls={config.function_url(name): url for name, url in self.urls.items()},
+            token_issuer=(self.token_issuer.certs_url, self.token_issuer.issuer), key_dir=self.workdir / "keys",
+            extra_env={"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                       "SAMPLE_STACK_DIR": str(self.workdir)})
+        self.started_env = apply_plan.start_functions(
+            plan, local, ports, lambda name, argv, env, cwd: self._spawn(name, argv, env, cwd))
+        for fn in functions:
+            port = ports[fn.name]
+            log_path = self.workdir / "logs" / f"{fn.name}.log"
+            try:
+                wait_port("127.0.0.1", port, 60, self.processes[fn.name], log_path)
+            except ConfigError:
+                tail = log_path.read_text()[-600:] if log_path.exists() else ""
+                raise ConfigError(f"function {fn.name} (entry point {fn.entry_point}) did not start from "
+                                  f"{source_dir}: {tail}") from None
+        self.fronts = [InvokerFront(fn.name, front_ports[fn.name], ports[fn.name], apply_plan.invokers(plan, fn.name),
+                                    self.token_issuer.certs_url, self.token_issuer.issuer) for fn in fronted]
+        apply_plan.create_push_subscriptions(plan, self.urls)
+        threading.Thread(target=self._tick, args=(config.tick_topic,), daemon=True, name="ticker").start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -136,6 +156,9 @@ class LocalStack:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
         self.processes.clear()
+        for front in self.fronts:
+            front.stop()
+        self.fronts.clear()
         for emulator in self.emulators:
             emulator.stop()
         self.emulators.clear()
@@ -151,51 +174,42 @@ class LocalStack:
 
     # -- configuration ----------------------------------------------------------
     def base_env(self) -> dict[str, str]:
-        hosts = dict(self.reuse_emulators or {e.name: e.host for e in self.emulators})
+        """What this process (demo, tests, relctl) and the stand-in need: emulators, project, a key."""
         return {
-            "FIRESTORE_EMULATOR_HOST": hosts.get("firestore", ""),
-            "PUBSUB_EMULATOR_HOST": hosts.get("pubsub", ""),
+            **self._emulator_env(),
             "GOOGLE_CLOUD_PROJECT": PROJECT,
             "RELEASE_PROJECT": PROJECT,
             "RELEASE_REGION": REGION,
-            # Who calls the stand-in: the functions' runtime account (the demo and relctl too).
-            "GOOGLE_APPLICATION_CREDENTIALS": str(self.workdir / "keys" / f"{RUNTIME_SA}.json"),
+            # Who calls the stand-in from here: the functions' runtime account (the demo and relctl too).
+            "GOOGLE_APPLICATION_CREDENTIALS": str(self.workdir / "keys" / f"{self.deploy_config().runtime_sa}.json"),
         }
 
-    def function_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(self.base_env())
-        env.update({
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-            "PYTHONPATH": str(REPO_ROOT),
-            "SAMPLE_STACK_DIR": str(self.workdir),  # where the sample app's steps keep files
-            "RELEASE_PIPELINE_FILE": str(self.pipeline_file),
-            "RELEASE_PIPELINE_FILES": ";".join(str(p) for p in self.pipeline_files),
-            "RELEASE_CLOUD_BUILD_ENDPOINT": self.standin_endpoint,
-            "RELEASE_CLOUD_RUN_ENDPOINT": self.standin_endpoint,
-            "RELEASE_IAM_ENDPOINT": self.standin_endpoint,
-            "RELEASE_ARTIFACT_REGISTRY_ENDPOINT": self.standin_endpoint,
-            "RELEASE_CLOUD_TASKS_ENDPOINT": self.standin_endpoint,
-            "RELEASE_LOGGING_ENDPOINT": self.standin_endpoint,
-            "RELEASE_MONITORING_ENDPOINT": self.standin_endpoint,
-            "RELEASE_PROBE_URL": self.urls.get("probe", ""),
-            "RELEASE_ARTIFACT_REGISTRY": "local",
-            "RELEASE_WEBHOOK_SECRET": self.webhook_secret,
-            "RELEASE_APPROVAL_KEYS": self.approval_keys,
-            "RELEASE_APPROVAL_BASE_URL": self.urls.get("on_approval", ""),
-            "RELEASE_PUBLIC_BASE_URL": self.urls.get("dashboard", ""),
-            "RELEASE_PIPELINE_SERVICE_ACCOUNT": PIPELINE_SA,
+    def _emulator_env(self) -> dict[str, str]:
+        hosts = dict(self.reuse_emulators or {e.name: e.host for e in self.emulators})
+        return {"FIRESTORE_EMULATOR_HOST": hosts.get("firestore", ""), "PUBSUB_EMULATOR_HOST": hosts.get("pubsub", "")}
+
+    def deploy_config(self) -> DeployConfig:
+        """The inputs deploy/ reads from an operator's RELEASE_* settings, with this stack's values."""
+        settings = Settings(
+            project=PROJECT, region=REGION, pipeline_file=str(self.pipeline_file),
+            pipeline_files=";".join(str(p) for p in self.pipeline_files),
+            artifact_registry="local",  # the stand-in's local images
             # The "GitHub" of the local stack: builds fetch the pushed commit from this checkout.
-            "RELEASE_SOURCE_URL": str(REPO_ROOT),
-            "RELEASE_SMTP_HOST": "127.0.0.1" if self.smtp_port else "",
-            "RELEASE_SMTP_PORT": str(self.smtp_port or 25),
-            "RELEASE_NOTIFY_EMAILS": "release-team@example.com",
-            **self.operator_env(),
-            "RELEASE_OPERATOR_CERTS_URL": self.token_issuer.certs_url if self.token_issuer else "",
-            "RELEASE_OPERATOR_ISSUERS": self.token_issuer.issuer if self.token_issuer else "",
-            "RELEASE_OPERATORS": ",".join(LOCAL_OPERATORS),
-        })
-        return env
+            source_url=str(REPO_ROOT),
+            smtp_host="127.0.0.1" if self.smtp_port else "", smtp_port=self.smtp_port or 25,
+            notify_emails="release-team@example.com", operators=",".join(LOCAL_OPERATORS))
+        pipeline = load_pipeline(self.pipeline_file)
+        return DeployConfig(settings=settings, pipeline=pipeline, github_repository="example/sample-app",
+                            project_number=PROJECT_NUMBER, pipeline_sa_id=pipeline_account_id(pipeline, PROJECT, {}),
+                            app_service_account_list=(APP_SA,), source_dir=str(self.workdir / "function-source"))
+
+    def secret_values(self, config: DeployConfig) -> dict[str, str]:
+        """The versions the local operator adds (deploy/README.md, 'Secrets'), by the plan's secret ids."""
+        return {config.webhook_secret: self.webhook_secret, config.approval_keys_secret: self.approval_keys}
+
+    def function_env(self, name: str = "operator") -> dict[str, str]:
+        """The environment function ``name`` was started with (its secrets included)."""
+        return dict(self.started_env.get(name, {}))
 
     def operator_env(self) -> dict[str, str]:
         """What relctl needs to reach the operator function with a token of the local issuer."""
@@ -210,33 +224,31 @@ class LocalStack:
         except ConfigError as exc:
             print(f"{kind} emulator: {exc}", file=sys.stderr)
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str], cwd: Path = REPO_ROOT) -> subprocess.Popen:
         log = (self.workdir / "logs" / f"{name}.log").open("w")
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                 start_new_session=True, stdin=subprocess.DEVNULL)
         self.processes[name] = proc
         return proc
 
-    def _start_standin(self) -> None:
+    def _start_standin(self, config: DeployConfig, plan: Plan, secret_values: dict[str, str]) -> None:
         from local.standin.identity import mint_key
 
-        policies = deploy_policies(self.pipeline_file)
-        # The functions run as the runtime account, with a key the stand-in (as IAM) knows.
-        mint_key(self.workdir / "keys", RUNTIME_SA)
+        # This process (demo, tests, relctl) calls as the runtime account, with a key the stand-in (as IAM) knows.
+        mint_key(self.workdir / "keys", config.runtime_sa)
+        mint_key(self.workdir / "keys", LOCAL_OWNER)
         config = {
             "project": PROJECT, "region": REGION, "workspace": str(REPO_ROOT),
             "local_images": ["local", "local/sample-app"],
             "pubsub_emulator_host": self.base_env()["PUBSUB_EMULATOR_HOST"],
-            "builds_topic": "cloud-builds", "log_dir": str(self.workdir / "logs" / "standin"),
-            "task_queues": [f"projects/{PROJECT}/locations/{REGION}/queues/release-probes"],
+            "builds_topic": config.settings.builds_topic, "log_dir": str(self.workdir / "logs" / "standin"),
             "task_dispatch_delay_s": self.task_dispatch_delay_s,
             "metric_sample_s": self.metric_sample_s, "metric_delay_s": self.metric_delay_s,
             "log_delay_s": self.log_delay_s,
-            "iam_bindings": policies.project,
+            # The plan's queue, secrets (with the local operator's versions) and IAM policies.
+            **apply_plan.standin_seed(plan, secret_values, owner=f"serviceAccount:{LOCAL_OWNER}"),
             "enforce_iam": True, "key_dir": str(self.workdir / "keys"),
-            "iam_account_bindings": policies.accounts, "custom_roles": policies.custom_roles,
-            "iam_queue_bindings": policies.queues,
-            "project_number": PROJECT_NUMBER,
+            "project_number": PROJECT_NUMBER, "id_token_url": self.token_issuer.token_url,
             "jobs": self._sample_jobs(),
             "services": [
                 {"name": name, "image": f"local/sample-app:v{BASE_VERSION}-base",
@@ -246,8 +258,10 @@ class LocalStack:
             ],
         }
         path = self.workdir / "standin.json"
+        path.touch(0o600)  # it holds the local secret values
         path.write_text(json.dumps(config, indent=2))
-        env = self.function_env()
+        env = {**os.environ, **self.base_env(), "PYTHONPATH": str(REPO_ROOT), "SAMPLE_STACK_DIR": str(self.workdir),
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         proc = self._spawn("standin", [sys.executable, "-u", "-m", "local.standin", "--config", str(path)], env)
         log_path = self.workdir / "logs" / "standin.log"
         deadline = time.monotonic() + 60
@@ -273,71 +287,14 @@ class LocalStack:
              "env": {"DATA_DIR": str(data / "prod")}},
         ]
 
-    def _start_function(self, name: str) -> None:
-        target, signature, _ = FUNCTIONS[name]
-        port = self.urls[name].rsplit(":", 1)[1]
-        env = self.function_env()
-        args = [str(Path(sys.executable).parent / "functions-framework"), "--target", target,
-                "--source", str(REPO_ROOT / "functions" / "main.py"), "--signature-type", signature,
-                "--host", "127.0.0.1", "--port", port]
-        self._spawn(name, args, env)
-
-    def _create_topics(self) -> None:
+    def _tick(self, tick_topic: str) -> None:
         from google.cloud import pubsub_v1
 
         publisher = pubsub_v1.PublisherClient()
-        for topic in TOPICS:
-            try:
-                publisher.create_topic(name=publisher.topic_path(PROJECT, topic))
-            except AlreadyExists:
-                pass  # a reused emulator: the topic stays, its subscriptions are made anew
-
-    def _create_push_subscriptions(self) -> None:
-        from google.cloud import pubsub_v1
-
-        subscriber = pubsub_v1.SubscriberClient()
-        for name, (_, _, topics) in FUNCTIONS.items():
-            for topic in topics:
-                path = subscriber.subscription_path(PROJECT, f"{topic}-to-{name}")
-                try:
-                    subscriber.delete_subscription(subscription=path)
-                except NotFound:
-                    pass
-                request = {
-                    "name": path,
-                    "topic": subscriber.topic_path(PROJECT, topic),
-                    "push_config": {"push_endpoint": self.urls[name] + "/"},
-                    "ack_deadline_seconds": 60,
-                }
-                if name == "dispatch":
-                    request["dead_letter_policy"] = {**DEAD_LETTER_POLICY,
-                                                     "dead_letter_topic": subscriber.topic_path(PROJECT, DEAD_LETTER_TOPIC)}
-                subscriber.create_subscription(request=request)
-
-    def _tick(self) -> None:
-        from google.cloud import pubsub_v1
-
-        publisher = pubsub_v1.PublisherClient()
-        topic = publisher.topic_path(PROJECT, "pipeline-tick")
+        topic = publisher.topic_path(PROJECT, tick_topic)
         while not self._stop.wait(self.tick_every_s):
             try:
                 publisher.publish(topic, b"{}").result(10)
             except Exception as exc:  # the stack may be shutting down
                 if not self._stop.is_set():
                     print(f"ticker: {exc}", file=sys.stderr)
-
-
-def deploy_policies(pipeline_file: Path):
-    """The IAM policies deploy/ would leave in a project with this pipeline (what the stand-in enforces)."""
-    from deploy.config import DeployConfig
-    from deploy.iam_policy import policies
-    from deploy.model import build_plan
-    from shared.app.config import Settings
-    from shared.domain.pipeline import load_pipeline
-
-    pipeline = load_pipeline(pipeline_file)
-    settings = Settings(project=PROJECT, region=REGION, pipeline_file=str(pipeline_file))
-    config = DeployConfig(settings=settings, pipeline=pipeline, github_repository="example/sample-app",
-                          project_number=PROJECT_NUMBER, pipeline_sa_id=PIPELINE_SA.split("@")[0],
-                          app_service_account_list=(APP_SA,))
-    return policies(build_plan(config))

@@ -69,6 +69,12 @@ class LocalTokenIssuer:
                   "email_verified": verified, "iat": now, "exp": now + lifetime_s}
         return jwt.encode(signer or self.signer, claims).decode("ascii")
 
+    def mint_claims(self, claims: dict, *, lifetime_s: int = TOKEN_LIFETIME_S, issued_at: float | None = None,
+                    signer=None) -> str:
+        """A token of any shape (e.g. GitHub Actions' OIDC claims, with GitHub's ``iss``), signed by this issuer."""
+        now = int(issued_at if issued_at is not None else time.time())
+        return jwt.encode(signer or self.signer, {**claims, "iat": now, "nbf": now, "exp": now + lifetime_s}).decode("ascii")
+
     # -- loopback HTTP ----------------------------------------------------------------
     def start(self) -> "LocalTokenIssuer":
         issuer = self

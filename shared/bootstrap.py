@@ -62,7 +62,7 @@ def executors():
 def notifier():
     from shared.adapters.notify import build_notifier
 
-    recipients = tuple(a.strip() for a in settings().notify_emails.split(",") if a.strip())
+    recipients = tuple(a.strip() for a in settings().notify_emails.replace(";", ",").split(",") if a.strip())
     return build_notifier(settings(), recipients=recipients)
 
 
@@ -72,21 +72,40 @@ def lazy_notifier():
 
 
 @functools.cache
+def link_senders():
+    """Personal channels for approval links: mail when RELEASE_SMTP_HOST is set."""
+    from shared.adapters.notify.multi import link_senders_from_settings
+
+    return tuple(link_senders_from_settings(settings()))
+
+
+@functools.cache
 def approvals():
     from shared.app.approvals import ApprovalService
 
-    service = ApprovalService.from_settings(settings(), store=approval_store(), publisher=publisher(),
-                                            clock=SystemClock(), releases=store(),
-                                            dead_letters=dead_letter_store())
-    service.prod_runs = production_runs
+    compare_changes = None
     if settings().github_token:
         from shared.adapters.github_compare import GitHubCompare
         from shared.app.compare import compared_changes, prod_commit
 
         comparer = GitHubCompare(settings().github_token, settings().github_api_url)
-        service.compare_changes = lambda release: compared_changes(
-            release, comparer, prod_commit(app_records(), store(), release.pipeline_name))
-    return service
+
+        def compare_changes(release):
+            return compared_changes(release, comparer, prod_commit(app_records(), store(), release.pipeline_name))
+
+    return ApprovalService.from_settings(settings(), store=approval_store(), publisher=publisher(),
+                                         clock=SystemClock(), releases=store(), link_senders=link_senders(),
+                                         dead_letters=dead_letter_store(),
+                                         prod_runs=production_runs,
+                                         compare_changes=compare_changes)
+
+
+@functools.cache
+def approval_pages():
+    """The on_approval function: its pages and request parsing around the approval service."""
+    from shared.ui.approval_http import ApprovalPages
+
+    return ApprovalPages(approvals())
 
 
 @functools.cache
@@ -195,8 +214,19 @@ def probe_service():
     # The store and the executors are wired on first use: a check's probe (most probes) only
     # GETs and schedules, so it never imports the Firestore client or the executors' API
     # clients; a poll reads the pinned pipeline and asks its kind's executor.
-    return ProbeService(_OnFirstUse(store), _OnFirstUse(executors), publisher(), probe_scheduler(), RequestsProber(),
-                        SystemClock(), settings(), analyse=interval_analysis())
+    return ProbeService(_OnFirstUse(store), _OnFirstUse(executors), publisher(), probe_scheduler(),
+                        RequestsProber(id_tokens=id_token_source()), SystemClock(), settings(),
+                        analyse=interval_analysis())
+
+
+def id_token_source():
+    """ID tokens for checks of private services: the metadata server's on GCP, the local issuer's locally."""
+    from shared.adapters.id_token_source import google_id_tokens, local_issuer_id_tokens
+
+    config = settings()
+    if config.id_token_url:
+        return local_issuer_id_tokens(config.id_token_url, config.require("id_token_account"))
+    return google_id_tokens()
 
 
 class _OnFirstUse:
@@ -291,6 +321,24 @@ def move_traffic_back(service: str, how) -> dict:
     if how.get("from_registry"):
         return rollback_from_registry(settings(), service, image=how.get("image"))
     return rollback(settings(), service, how.get("to_revision"))
+
+
+@functools.cache
+def sweeper():
+    """The sweep function's one call: poll running stages, enforce deadlines, announce stalls."""
+    from shared.app.sweeper import sweep
+
+    # The notifiers are built only when a stall is to be announced (cold start).
+    return functools.partial(sweep, store(), executors(), publisher(), SystemClock(), settings(),
+                             notifier=lazy_notifier())
+
+
+@functools.cache
+def dashboard():
+    """The dashboard function: (method, path, query) -> (status, body, headers)."""
+    from shared.ui.dashboard import handle
+
+    return functools.partial(handle, store=store(), apps=app_records(), where=what_runs_where)
 
 
 @functools.cache

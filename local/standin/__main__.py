@@ -20,6 +20,10 @@ FILE (JSON or YAML) holds the StandInConfig fields plus what to create at start:
     iam_account_bindings: {ACCOUNT: {roles/iam.serviceAccountUser: [serviceAccount:...]}}
     custom_roles: {projects/local-project/roles/x: [resourcemanager.projects.getIamPolicy]}
     outcomes: [{kind: build, match: rel-, outcome: SUCCESS, detail: ""}]
+    queues:   [{name: projects/P/locations/L/queues/Q, max_attempts: 20, min_backoff_s: 1, max_backoff_s: 10,
+                max_concurrent_dispatches: 100}]
+    secrets:  {release-webhook-secret: [first value, second value]}   # versions, oldest first
+    iam_secret_bindings: {SECRET: {roles/secretmanager.secretAccessor: [serviceAccount:...]}}
 
 Prints ``STANDIN_READY <endpoint>`` once serving; runs until SIGTERM or SIGINT.
 """
@@ -58,6 +62,7 @@ def load_config(path: Path) -> tuple[StandInConfig, dict[str, Any]]:
         **{key: float(raw[key]) for key in ("metric_sample_s", "metric_delay_s", "log_delay_s") if key in raw},
         task_queues=tuple(raw.get("task_queues", ())),
         task_dispatch_delay_s=float(raw.get("task_dispatch_delay_s", 0.0)),
+        id_token_url=raw.get("id_token_url", ""),
         project_number=str(raw.get("project_number", "123456789012")),
         key_dir=resolve(raw.get("key_dir", "standin-keys")),
     )
@@ -82,6 +87,30 @@ def seed(standin: StandIn, raw: dict[str, Any]) -> None:
         container = _container(run_v2, spec)
         job = run_v2.Job(template=run_v2.ExecutionTemplate(template=run_v2.TaskTemplate(containers=[container])))
         run_jobs(settings).create_job(parent=parent, job=job, job_id=spec["name"]).result(30)
+    if raw.get("queues"):
+        from google.cloud import tasks_v2
+        from google.protobuf import duration_pb2
+
+        from shared.adapters.gcp_clients import cloud_tasks
+
+        tasks = cloud_tasks(Settings(project=cfg.project, region=cfg.region, cloud_tasks_endpoint=standin.endpoint))
+        for q in raw["queues"]:
+            queue = tasks_v2.Queue(name=q["name"], rate_limits=tasks_v2.RateLimits(
+                max_concurrent_dispatches=q["max_concurrent_dispatches"]), retry_config=tasks_v2.RetryConfig(
+                max_attempts=q["max_attempts"], min_backoff=duration_pb2.Duration(seconds=int(q["min_backoff_s"])),
+                max_backoff=duration_pb2.Duration(seconds=int(q["max_backoff_s"]))))
+            tasks.create_queue(parent=q["name"].split("/queues/")[0], queue=queue)
+    for secret_id, versions in (raw.get("secrets") or {}).items():
+        from google.cloud import secretmanager_v1 as sm
+
+        project = f"projects/{cfg.project}"
+        standin.secrets.create_secret(sm.CreateSecretRequest(parent=project, secret_id=secret_id, secret=sm.Secret(
+            replication=sm.Replication(automatic=sm.Replication.Automatic()))))
+        for value in versions:
+            standin.secrets.add_secret_version(sm.AddSecretVersionRequest(
+                parent=f"{project}/secrets/{secret_id}", payload=sm.SecretPayload(data=value.encode())))
+    for secret_id, bindings in (raw.get("iam_secret_bindings") or {}).items():
+        standin.secrets.set_bindings(secret_id, bindings)
     for spec in raw.get("services", []):
         template = run_v2.RevisionTemplate(containers=[_container(run_v2, spec)], labels=spec.get("labels", {}),
                                            service_account=spec.get("service_account", ""))
@@ -110,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         seed(standin, raw)  # as the project's owner, before IAM is enforced
         if raw.get("enforce_iam"):
             standin.enforce_iam(raw.get("iam_account_bindings") or {}, raw.get("custom_roles") or {},
-                                raw.get("iam_queue_bindings") or {})
+                                raw.get("iam_queue_bindings") or {}, raw.get("iam_repository_bindings") or {})
         print(f"STANDIN_READY {standin.endpoint}", flush=True)
         stopping.wait()
     finally:

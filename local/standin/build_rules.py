@@ -107,9 +107,9 @@ def built_ins(build: Build, project: str, location: str, project_number: str) ->
     account = build.service_account
     values.update(PROJECT_ID=project, BUILD_ID=build.id, PROJECT_NUMBER=project_number, LOCATION=location,
                   SERVICE_ACCOUNT=account, SERVICE_ACCOUNT_EMAIL=account.rsplit("/", 1)[-1] if account else "")
-    if build.source.git_source.revision:
-        values.update(COMMIT_SHA=build.source.git_source.revision, REVISION_ID=build.source.git_source.revision,
-                      SHORT_SHA=build.source.git_source.revision[:7])
+    revision = build.source.git_source.revision or build.source.connected_repository.revision
+    if revision:
+        values.update(COMMIT_SHA=revision, REVISION_ID=revision, SHORT_SHA=revision[:7])
     return values
 
 

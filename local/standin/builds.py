@@ -54,6 +54,19 @@ class CloudBuildService:
         self._cancel: dict[str, threading.Event] = {}
         self._lock = threading.RLock()
         self.guard = None  # the IamGuard: steps and pushes act as the build's service account
+        # 2nd-gen repositories (projects/P/locations/L/connections/C/repositories/R) -> (the local git
+        # repository standing for it, the accounts granted cloudbuild.repositories.accessReadToken on
+        # its connection); and the git URLs that need credentials (private repositories).
+        self._connected: dict[str, tuple[str, frozenset[str]]] = {}
+        self._private: set[str] = set()
+
+    def connect_repository(self, name: str, local_path: str, readers: tuple[str, ...] = ()) -> None:
+        with self._lock:
+            self._connected[name] = (local_path, frozenset(readers))
+
+    def mark_private(self, url: str) -> None:
+        with self._lock:
+            self._private.add(url)
 
     def register(self, registry) -> None:
         registry.add(SERVICE, "CreateBuild", self.create_build, CreateBuildRequest, Operation)
@@ -83,6 +96,9 @@ class CloudBuildService:
             project, location = match.groups()
         build = clone(request.build)
         check_build(build)
+        if build.source.connected_repository.repository and not build.source.connected_repository.revision:
+            # ConnectedRepository.revision: "Required. The revision to fetch from the Git repository"
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "source.connected_repository.revision is required")
         build.id = str(uuid.uuid4())
         apply_substitutions(build, built_ins(build, project, location, self._cfg.project_number))
         build.project_id = project
@@ -178,7 +194,7 @@ class CloudBuildService:
                 workspace: BuildWorkspace, deadline: float) -> None:
         cancel = self._cancel[build_id]
         outputs: list[bytes] = []
-        problem = self._fetch_source(source, workspace)
+        problem = self._fetch_source(build_id, source, workspace)
         if "@" not in self._account(build_id):  # a uniqueId: valid for Cloud Build (build_rules.SA_NAME)
             problem = (f"stand-in: cannot act as {self._account(build_id)}: it knows service accounts by e-mail "
                        "only (name the build's account by its e-mail address)")
@@ -192,7 +208,8 @@ class CloudBuildService:
             self._set_step(build_id, index, Status.WORKING, started, None)
             if image_is_local(step.name, self._cfg.local_images):
                 status, detail, output = self._run_local_step(build_id, index, step, workspace,
-                                                              source.git_source.dir_, deadline - now().timestamp())
+                                                              source.git_source.dir_ or source.connected_repository.dir_,
+                                                              deadline - now().timestamp())
             else:
                 status, detail, output = self._follow_rule(build_id, step, tags, cancel, deadline)
             if status is Status.SUCCESS:
@@ -225,12 +242,33 @@ class CloudBuildService:
             named = self._builds[build_id].service_account
         return named.rsplit("/", 1)[-1] if named else default_compute_account(self._cfg.project_number)
 
-    @staticmethod
-    def _fetch_source(source, workspace: BuildWorkspace) -> str:
-        if source.git_source.url:
-            return workspace.fetch_git(source.git_source.url, source.git_source.revision)
-        if source.storage_source.bucket or source.repo_source.repo_name or source.connected_repository.repository:
-            return "failed to fetch source: the stand-in serves gitSource only"
+    def _fetch_source(self, build_id: str, source, workspace: BuildWorkspace) -> str:
+        git, connected = source.git_source, source.connected_repository
+        if git.url:
+            with self._lock:
+                private = git.url in self._private
+            if private:
+                # GitSource is "the source in any accessible Git repository" (cloudbuild.proto), fetched
+                # without credentials: a private repository fails as git fails without a terminal. Cloud
+                # Build reaches private code through a connection (Source.connectedRepository).
+                return (f"failed to fetch source: fatal: could not read Username for '{git.url}': terminal "
+                        "prompts disabled (a private repository: build it from a connected repository)")
+            return workspace.fetch_git(git.url, git.revision)
+        if connected.repository:
+            with self._lock:
+                target = self._connected.get(connected.repository)
+            if target is None:
+                return f"failed to fetch source: repository {connected.repository} not found"
+            local_path, readers = target
+            account = self._account(build_id)
+            # repositories.accessReadToken: "Requires ... cloudbuild.repositories.accessReadToken" on the
+            # repository; deploy/ grants roles/cloudbuild.readTokenAccessor on the connection to the account.
+            if self.guard is not None and self.guard.enforcing and account not in readers:
+                return (f"failed to fetch source: Permission 'cloudbuild.repositories.accessReadToken' denied on "
+                        f"resource '{connected.repository}' (or it may not exist) for {account}")
+            return workspace.fetch_git(local_path, connected.revision)
+        if source.storage_source.bucket or source.repo_source.repo_name:
+            return "failed to fetch source: the stand-in serves gitSource and connectedRepository only"
         return ""  # no source: the build starts in an empty /workspace
 
     def _run_local_step(self, build_id: str, index: int, step: BuildStep, workspace: BuildWorkspace,

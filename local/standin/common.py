@@ -46,6 +46,9 @@ class StandInConfig:
     # schedule time a task is dispatched (GCP's dispatch latency, for benchmarks).
     task_queues: tuple[str, ...] = ()
     task_dispatch_delay_s: float = 0.0
+    # Where Cloud Tasks gets the OIDC token of a task's service account (the local token issuer's
+    # POST /token); empty: tasks are delivered without an Authorization header.
+    id_token_url: str = ""
     # Service account keys the stand-in (as IAM) knows; build steps get their account's key.
     key_dir: Path = Path("test-output/standin-keys")
 

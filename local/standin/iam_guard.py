@@ -35,7 +35,16 @@ PERMISSIONS: Mapping[str, Callable[[Any], str] | str] = {
     "CancelExecution": "run.executions.cancel",
     "CreateService": "run.services.create", "GetService": "run.services.get", "UpdateService": "run.services.update",
     "ListServices": "run.services.list", "GetRevision": "run.revisions.get", "ListRevisions": "run.revisions.list",
-    "GetIamPolicy": "resourcemanager.projects.getIamPolicy", "SetIamPolicy": "resourcemanager.projects.setIamPolicy",
+    # A secret's policy (Secret Manager) or the project's (Resource Manager): the same method name.
+    "GetIamPolicy": lambda r: "secretmanager.secrets.getIamPolicy" if "/secrets/" in r.resource
+    else "resourcemanager.projects.getIamPolicy",
+    "SetIamPolicy": "resourcemanager.projects.setIamPolicy",
+    # https://cloud.google.com/secret-manager/docs/access-control: one permission per call.
+    "CreateSecret": "secretmanager.secrets.create", "GetSecret": "secretmanager.secrets.get",
+    "DeleteSecret": "secretmanager.secrets.delete", "AddSecretVersion": "secretmanager.versions.add",
+    "GetSecretVersion": "secretmanager.versions.get", "ListSecretVersions": "secretmanager.versions.list",
+    "AccessSecretVersion": "secretmanager.versions.access", "DisableSecretVersion": "secretmanager.versions.disable",
+    "EnableSecretVersion": "secretmanager.versions.enable", "DestroySecretVersion": "secretmanager.versions.destroy",
     "ListDockerImages": "artifactregistry.dockerimages.list", "GetDockerImage": "artifactregistry.dockerimages.get",
     "ListTags": "artifactregistry.tags.list", "GetTag": "artifactregistry.tags.get",
     # https://cloud.google.com/tasks/docs/reference-access-control: "cloudtasks.tasks.create: Create tasks";
@@ -61,26 +70,33 @@ class IamGuard:
         self._account_bindings: dict[str, dict[str, list[str]]] = {}  # account -> role -> members
         self._custom: dict[str, list[str]] = {}
         self._queue_bindings: dict[str, dict[str, list[str]]] = {}  # queue id -> role -> members
+        self._repository_bindings: dict[str, dict[str, list[str]]] = {}  # repository id -> role -> members
+        # (secret id, member) -> roles granted on that secret (the Secret Manager stand-in's policies)
+        self.secret_roles: Callable[[str, str], list[str]] = lambda secret, member: []
         self._enforcing = False
         self._lock = threading.Lock()
         self._local = threading.local()  # the caller of the call this server thread serves
 
     def enforce(self, account_bindings: Mapping[str, Mapping[str, list[str]]] | None = None,
                 custom_roles: Mapping[str, list[str]] | None = None,
-                queue_bindings: Mapping[str, Mapping[str, list[str]]] | None = None) -> None:
+                queue_bindings: Mapping[str, Mapping[str, list[str]]] | None = None,
+                repository_bindings: Mapping[str, Mapping[str, list[str]]] | None = None) -> None:
         with self._lock:
+            self._repository_bindings = {r: {role: list(m) for role, m in b.items()}
+                                         for r, b in (repository_bindings or {}).items()}
             self._queue_bindings = {q: {r: list(m) for r, m in b.items()} for q, b in (queue_bindings or {}).items()}
             self._account_bindings = {a: {r: list(m) for r, m in b.items()} for a, b in (account_bindings or {}).items()}
             self._custom = {r: list(p) for r, p in (custom_roles or {}).items()}
             self._enforcing = True
 
-    def revoke(self, member: str, role: str, account: str = "") -> None:
+    def revoke(self, member: str, role: str, account: str = "", repository: str = "") -> None:
         """Remove a grant (tests: "without this grant, the stage that needs it fails")."""
         with self._lock:
-            if account:
-                members = self._account_bindings.get(account, {}).get(role, [])
-                if member in members:
-                    members.remove(member)
+            on = self._account_bindings.get(account, {}) if account else (
+                self._repository_bindings.get(repository, {}) if repository else {})
+            members = on.get(role, [])
+            if member in members:
+                members.remove(member)
 
     def current_caller(self) -> str:
         return getattr(self._local, "caller", "")
@@ -102,8 +118,14 @@ class IamGuard:
         permission = rule(request) if callable(rule) else rule
         member = f"serviceAccount:{caller}"
         queue = _queue_of(method, request)
-        if not (self.holds(member, permission) or (queue and self.holds_on_queue(member, permission, queue))):
-            raise denied(permission, f"projects/{self._project}" + (f"/locations/-/queues/{queue}" if queue else ""))
+        secret = _secret_of(request) if permission.startswith("secretmanager.") else ""
+        repository = _repository_of(request) if permission.startswith("artifactregistry.") else ""
+        if not (self.holds(member, permission) or (queue and self.holds_on_queue(member, permission, queue))
+                or (secret and grants(self.secret_roles(secret, member), permission, self._custom))
+                or (repository and self.holds_on_repository(member, permission, repository))):
+            raise denied(permission, f"projects/{self._project}" + (f"/locations/-/queues/{queue}" if queue else "")
+                         + (f"/secrets/{secret}" if secret else "")
+                         + (f"/locations/-/repositories/{repository}" if repository else ""))
         account = self.runs_as(method, request)
         if account and not self.holds(member, ACT_AS, account):
             raise denied(ACT_AS, f"projects/-/serviceAccounts/{account}")
@@ -120,6 +142,13 @@ class IamGuard:
         """A grant on the Cloud Tasks queue itself (deploy/ binds the enqueuer role there only)."""
         with self._lock:
             roles = [r for r, ms in self._queue_bindings.get(queue, {}).items() if member in ms]
+            custom = dict(self._custom)
+        return grants(roles, permission, custom)
+
+    def holds_on_repository(self, member: str, permission: str, repository: str) -> bool:
+        """A grant on the Artifact Registry repository itself (deploy/ binds its repository roles there)."""
+        with self._lock:
+            roles = [r for r, ms in self._repository_bindings.get(repository, {}).items() if member in ms]
             custom = dict(self._custom)
         return grants(roles, permission, custom)
 
@@ -143,6 +172,24 @@ def _queue_of(method: str, request: Any) -> str:
         return request.parent.rsplit("/queues/", 1)[-1] if "/queues/" in request.parent else ""
     if method in ("GetTask", "DeleteTask"):
         return request.name.split("/queues/", 1)[-1].split("/", 1)[0] if "/queues/" in request.name else ""
+    return ""
+
+
+def _repository_of(request: Any) -> str:
+    """The repository id an Artifact Registry call is about (.../repositories/R/...)."""
+    for attribute in ("name", "parent"):
+        value = getattr(request, attribute, "")
+        if isinstance(value, str) and "/repositories/" in value:
+            return value.split("/repositories/", 1)[1].split("/", 1)[0]
+    return ""
+
+
+def _secret_of(request: Any) -> str:
+    """The secret id a Secret Manager call is about (its name, parent or resource)."""
+    for attribute in ("name", "parent", "resource"):
+        value = getattr(request, attribute, "")
+        if isinstance(value, str) and "/secrets/" in value:
+            return value.split("/secrets/", 1)[1].split("/", 1)[0]
     return ""
 
 

@@ -25,8 +25,10 @@ class Backend:
 
 
 class Router:
-    def __init__(self, label: str, on_served: Callable[[str, int, float], None] | None = None) -> None:
+    def __init__(self, label: str, on_served: Callable[[str, int, float], None] | None = None,
+                 gate: Callable[[BaseHTTPRequestHandler, str], tuple[int, str] | None] | None = None) -> None:
         self.label = label
+        self._gate = gate  # (request, this router's URL) -> a refusal (status, text), e.g. Cloud Run's IAM check
         self._on_served = on_served  # (revision, status, latency ms) of each answered request: the metrics
         self._routes: list[tuple[Backend, int]] = []
         self._lock = threading.Lock()
@@ -66,9 +68,12 @@ class Router:
             return self._random.choices(backends, weights=weights)[0]
 
     def _forward(self, request: BaseHTTPRequestHandler) -> None:
-        backend = self.pick()
         length = int(request.headers.get("Content-Length") or 0)
         body = request.rfile.read(length) if length else None
+        refusal = self._gate(request, self.url) if self._gate is not None else None
+        if refusal is not None:  # refused before any revision sees it
+            return _answer_text(request, *refusal)
+        backend = self.pick()
         if backend is None:
             return _answer(request, 404, {"error": f"no traffic is routed to {self.label}"}, None)
         if backend.port is None:
@@ -113,6 +118,16 @@ def _answer(request: BaseHTTPRequestHandler, status: int, body: dict, revision: 
     request.send_header("Content-Length", str(len(payload)))
     if revision:
         request.send_header("X-Serving-Revision", revision)
+    request.end_headers()
+    if request.command != "HEAD":
+        request.wfile.write(payload)
+
+
+def _answer_text(request: BaseHTTPRequestHandler, status: int, text: str) -> None:
+    payload = text.encode()
+    request.send_response(status)
+    request.send_header("Content-Type", "text/html; charset=UTF-8")
+    request.send_header("Content-Length", str(len(payload)))
     request.end_headers()
     if request.command != "HEAD":
         request.wfile.write(payload)

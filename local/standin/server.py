@@ -1,4 +1,4 @@
-"""StandIn: one loopback gRPC server playing Cloud Build, Cloud Run v2, Resource Manager IAM,
+"""StandIn: one loopback gRPC server playing Cloud Build, Cloud Run v2, Resource Manager IAM, Secret Manager,
 IAM's testIamPermissions on service accounts, the docker part of Artifact Registry, Cloud Tasks
 (HTTP tasks), and Cloud Logging / Cloud Monitoring reads of the traffic the routers served.
 
@@ -29,6 +29,7 @@ from local.standin.logging_api import LoggingService
 from local.standin.monitoring_api import MetricService, MetricTiming, RequestRecorder, ServedRequest
 from local.standin.notifications import BuildNotifier
 from local.standin.processes import Supervisor
+from local.standin.secrets import SecretManagerService
 from local.standin.services import ServicesService
 from local.standin.tasks import CloudTasksService
 
@@ -57,11 +58,13 @@ class StandIn:
         self.logging = LoggingService(config.project, config.region, self.requests, self._revision_ids,
                                       config.log_dir, config.log_delay_s)
         self._iam = ProjectsIamService()
-        self._tasks = CloudTasksService(config.task_dispatch_delay_s)
+        self._tasks = CloudTasksService(config.task_dispatch_delay_s, id_token_url=config.id_token_url)
         for queue in config.task_queues:
             self._tasks.add_queue(queue)
         self.guard = IamGuard(KeyRing(config.key_dir), config.project, config.project_number, self._iam.roles_of)
         self._builds.guard = self.guard
+        self.secrets = SecretManagerService(config.project, config.project_number)
+        self.guard.secret_roles = self.secrets.roles_on
         self._server: grpc.Server | None = None
         self._port = 0
 
@@ -72,7 +75,7 @@ class StandIn:
         self._notifier.start()
         registry = Registry(self._faults, guard=self.guard.check)
         for service in (self._builds, self._jobs, self._services, self._iam, self._artifacts, self._tasks,
-                        IamAdminService(self.guard), self.monitoring, self.logging):
+                        IamAdminService(self.guard), self.monitoring, self.logging, self.secrets):
             service.register(registry)
         registry.add(OPERATIONS, "GetOperation", self._get_operation, operations_pb2.GetOperationRequest,
                      operations_pb2.Operation)
@@ -131,18 +134,43 @@ class StandIn:
 
     def enforce_iam(self, account_bindings: dict[str, dict[str, list[str]]] | None = None,
                     custom_roles: dict[str, list[str]] | None = None,
-                    queue_bindings: dict[str, dict[str, list[str]]] | None = None) -> None:
+                    queue_bindings: dict[str, dict[str, list[str]]] | None = None,
+                    repository_bindings: dict[str, dict[str, list[str]]] | None = None) -> None:
         """From now on every call needs a valid token and the permission, against the project
         policy (set_iam_policy), ``account_bindings`` (account -> role -> members, e.g. who may
         act as it) and ``custom_roles`` (role name -> permissions)."""
-        self.guard.enforce(account_bindings, custom_roles, queue_bindings)
+        self.guard.enforce(account_bindings, custom_roles, queue_bindings, repository_bindings)
 
-    def revoke(self, member: str, role: str, account: str = "") -> None:
-        """Remove ``role`` from ``member`` on the project, or on ``account`` when given."""
-        if account:
-            self.guard.revoke(member, role, account)
+    def revoke(self, member: str, role: str, account: str = "", repository: str = "") -> None:
+        """Remove ``role`` from ``member`` on the project, or on ``account`` / ``repository`` when given."""
+        if account or repository:
+            self.guard.revoke(member, role, account, repository)
         else:
             self._iam.revoke(member, role)
+
+    def connect_repository(self, name: str, local_path: str, readers: tuple[str, ...] = ()) -> None:
+        """A 2nd-gen repository ``projects/P/locations/L/connections/C/repositories/R`` standing for the
+        local git repository ``local_path``; ``readers``: accounts holding accessReadToken on it."""
+        self._builds.connect_repository(name, local_path, readers)
+
+    def make_service_private(self, service_id: str, invokers: tuple[str, ...], certs) -> None:
+        """Service ``service_id`` requires authentication: an ID token (signed by a key of ``certs()``,
+        key id -> PEM) of one of ``invokers`` (the accounts holding roles/run.invoker on it)."""
+        self._services.invokers.make_private(service_id, invokers, certs)
+
+    def revoke_invoker(self, service_id: str, account: str) -> None:
+        self._services.invokers.revoke(service_id, account)
+
+    def grant_invoker(self, service_id: str, account: str) -> None:
+        self._services.invokers.grant(service_id, account)
+
+    def remove_queue(self, name: str) -> None:
+        """Delete a Cloud Tasks queue: CreateTask on it is FAILED_PRECONDITION from now on."""
+        self._tasks.remove_queue(name)
+
+    def mark_private(self, url: str) -> None:
+        """``url`` needs credentials: an anonymous gitSource of it fails at fetch, as on Cloud Build."""
+        self._builds.mark_private(url)
 
     def push_image(self, image: str, digest: str = "") -> str:
         """Record ``LOCATION-docker.pkg.dev/PROJECT/REPO/IMAGE:TAG`` as pushed; returns its

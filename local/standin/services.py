@@ -22,6 +22,7 @@ from local.standin.common import ApiError, OperationStore, OutcomeRules, StandIn
 from local.standin.jobs import Condition, State, ready_condition
 from local.standin.log_files import LogFiles
 from local.standin.processes import Supervisor, child_env, wait_answering
+from local.standin.invoker import InvokerCheck
 from local.standin.router import Backend, Router
 
 SERVICES = "google.cloud.run.v2.Services"
@@ -45,6 +46,7 @@ class ServicesService:
         self._templates: dict[str, run_v2.RevisionTemplate] = {}  # revision name -> template it was made from
         self._backends: dict[str, Backend] = {}
         self._routers: dict[tuple[str, str], Router] = {}  # (service name, tag or "") -> router
+        self.invokers = InvokerCheck()  # private services: ID token of a run.invoker holder, else 401/403
         self._counters: dict[str, int] = {}
         self._lock = threading.RLock()
 
@@ -266,7 +268,8 @@ class ServicesService:
             service_id = service_name.rsplit("/", 1)[-1]
             served = None if self._on_served is None else (
                 lambda revision, status, ms: self._on_served(service_id, revision, status, ms))
-            self._routers[key] = Router(label, served)
+            self._routers[key] = Router(label, served, gate=lambda request, url: self.invokers.refuse(
+                service_id, request.headers, request.path, [url, self._routers[(service_name, "")].url]))
         return self._routers[key]
 
     def stop(self) -> None:

@@ -5,8 +5,13 @@ GetQueue, CreateTask, GetTask, DeleteTask. A task is POSTed to its URL at its
 schedule_time (plus ``dispatch_delay_s``, the benchmark's stand-in for GCP's dispatch
 latency); a non-2xx answer or no answer is retried with the queue's default backoff.
 Rules enforced, each as the API documents it:
-- CreateTask on a queue that does not exist is NOT_FOUND: "The queue must already exist."
-  https://cloud.google.com/tasks/docs/reference/rest/v2/projects.locations.queues.tasks/create
+- CreateTask on a queue that does not exist: "The queue must already exist."
+  (https://cloud.google.com/tasks/docs/reference/rest/v2/projects.locations.queues.tasks/create);
+  the service answers FAILED_PRECONDITION "Queue does not exist." (as clients report it, e.g.
+  stackkit/laravel-google-cloud-tasks-queue#103), and for a queue deleted recently FAILED_PRECONDITION
+  "The queue no longer exists, though a queue with this name existed recently."
+  (GoogleCloudPlatform/python-docs-samples#4034). A paused queue still takes tasks (Queue.State
+  PAUSED: "more tasks can still be added to it by the user"), so pausing is no error here.
 - A task id already used by a task that exists or ran in the last hour is ALREADY_EXISTS
   ("another task with the same name can't be created for ~1hour after the original task
   was deleted or executed"): CreateTaskRequest, same page.
@@ -19,8 +24,11 @@ Rules enforced, each as the API documents it:
 - schedule_time unset or in the past means now (CreateTaskRequest).
 - 2xx acknowledges a task; anything else is retried with backoff from min_backoff 0.1 s,
   doubling (queue.yaml defaults): https://cloud.google.com/tasks/docs/configuring-queues#retry
-Not done here: OIDC tokens are not minted (there are no credentials on loopback), and only
-loopback URLs are delivered to (this machine's rule), refused with INVALID_ARGUMENT.
+- A task with an ``oidc_token`` is delivered with ``Authorization: Bearer <ID token>`` of that
+  service account, audience the token's ``audience`` or else the task's URL ("If not specified,
+  the URI specified in target will be used": OidcToken.audience). The token comes from the local
+  token issuer (``id_token_url``); Cloud Run's invoker check in front of the function verifies it.
+Not done here: only loopback URLs are delivered to (this machine's rule), refused with INVALID_ARGUMENT.
 """
 from __future__ import annotations
 
@@ -60,11 +68,13 @@ class _Due:
 
 
 class CloudTasksService:
-    def __init__(self, dispatch_delay_s: float = 0.0, workers: int = 16) -> None:
+    def __init__(self, dispatch_delay_s: float = 0.0, workers: int = 16, id_token_url: str = "") -> None:
         self.dispatch_delay_s = dispatch_delay_s
+        self.id_token_url = id_token_url
         self._queues: dict[str, tasks_v2.Queue] = {}
         self._tasks: dict[str, tasks_v2.Task] = {}
         self._used: dict[str, float] = {}  # task name -> when it ran or was deleted (monotonic)
+        self._deleted: set[str] = set()  # queues deleted (tests: remove_queue)
         self._due: list[_Due] = []
         self._lock = threading.Condition()
         self._pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="standin-task")
@@ -81,9 +91,12 @@ class CloudTasksService:
         registry.add(SERVICE, "DeleteTask", self.delete_task, tasks_v2.DeleteTaskRequest, empty_pb2.Empty)
 
     # -- queues ---------------------------------------------------------------------------
-    def add_queue(self, name: str) -> None:
+    def add_queue(self, name: str, queue: tasks_v2.Queue | None = None) -> None:
+        """A queue that exists, with the retry and rate settings it was created with (kept, shown by GetQueue)."""
+        stored = clone(queue) if queue is not None else tasks_v2.Queue()
+        stored.name, stored.state = name, tasks_v2.Queue.State.RUNNING
         with self._lock:
-            self._queues.setdefault(name, tasks_v2.Queue(name=name, state=tasks_v2.Queue.State.RUNNING))
+            self._queues.setdefault(name, stored)
 
     def create_queue(self, request: tasks_v2.CreateQueueRequest) -> tasks_v2.Queue:
         name = request.queue.name
@@ -92,8 +105,14 @@ class CloudTasksService:
         with self._lock:
             if name in self._queues:
                 raise ApiError(grpc.StatusCode.ALREADY_EXISTS, f"queue {name} already exists")
-        self.add_queue(name)
+        self.add_queue(name, request.queue)
         return self.get_queue(tasks_v2.GetQueueRequest(name=name))
+
+    def remove_queue(self, name: str) -> None:
+        """The queue is deleted (as by `gcloud tasks queues delete`); its name stays taken a while."""
+        with self._lock:
+            self._queues.pop(name, None)
+            self._deleted.add(name)
 
     def get_queue(self, request: tasks_v2.GetQueueRequest) -> tasks_v2.Queue:
         with self._lock:
@@ -116,7 +135,9 @@ class CloudTasksService:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "stand-in: tasks are delivered to loopback URLs only")
         with self._lock:
             if request.parent not in self._queues:
-                raise ApiError(grpc.StatusCode.NOT_FOUND, f"Queue does not exist: {request.parent}")
+                raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                               "The queue no longer exists, though a queue with this name existed recently."
+                               if request.parent in self._deleted else "Queue does not exist.")
             if task.name:
                 prefix = request.parent + "/tasks/"
                 if not task.name.startswith(prefix) or not TASK_ID.match(task.name[len(prefix):]):
@@ -170,6 +191,18 @@ class CloudTasksService:
             if task is not None:
                 self._pool.submit(self._dispatch, task.name, due.at)
 
+    def _id_token(self, email: str, audience: str) -> str:
+        """An ID token of ``email`` for ``audience`` from the token issuer ('' when it does not answer)."""
+        import json
+
+        ask = urllib.request.Request(self.id_token_url, data=json.dumps({"email": email, "audience": audience}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(ask, timeout=10) as answer:
+                return json.loads(answer.read())["id_token"]
+        except (OSError, ValueError, KeyError):
+            return ""
+
     def _dispatch(self, name: str, due_at: float) -> None:
         with self._lock:
             task = self._tasks.get(name)
@@ -183,7 +216,11 @@ class CloudTasksService:
                        "X-CloudTasks-TaskName": name.rsplit("/", 1)[-1],
                        "X-CloudTasks-TaskRetryCount": str(attempt - 1)}
             method = tasks_v2.HttpMethod(http.http_method).name if http.http_method else "POST"
-            request = urllib.request.Request(http.url, data=http.body or None, headers=headers, method=method)
+            oidc = (http.oidc_token.service_account_email, http.oidc_token.audience or http.url)
+            url, body = http.url, http.body or None
+        if oidc[0] and self.id_token_url:
+            headers["Authorization"] = f"Bearer {self._id_token(*oidc)}"
+        request = urllib.request.Request(url, data=body, headers=headers, method=method)
         started = time.time()
         try:
             with urllib.request.urlopen(request, timeout=600) as response:

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 from google.api_core import exceptions as gexc
 
 from shared.adapters.api_calls import ApiCaller
+from shared.adapters.executors import default_clients
 from shared.adapters.executors.run_services import service_path
 from shared.adapters.executors.traffic import current_split
 from shared.app.config import Settings
@@ -19,8 +20,6 @@ from shared.app.ports import ServingRevision
 
 class CloudRunServiceReader:
     def __init__(self, settings: Settings, clients: Mapping[str, Any] | None = None, caller: ApiCaller | None = None):
-        from shared.adapters.executors import default_clients
-
         self.settings = settings
         self.clients = clients or default_clients(settings, ("services", "revisions"))
         self.caller = caller or ApiCaller()

@@ -6,10 +6,16 @@ id (a repeated start or a redelivered probe schedules nothing twice: ALREADY_EXI
 retries with backoff when the probe answers non-2xx, and OIDC tokens so the probe
 function stays private. The body is signed as well (shared/domain/probes.py).
 
-Errors go through the executors' one mapping (``ApiCaller``): UNAVAILABLE and DEADLINE_EXCEEDED are
-retried briefly, then TransientError; a refused task (PERMISSION_DENIED naming the permission,
-INVALID_ARGUMENT) is an ExecutorError, so the stage it would follow fails with that reason; a
-missing queue is a ConfigError (the deployment is wrong, every stage would meet it).
+Errors go through the executors' one mapping (``ApiCaller``), each Cloud Tasks answer named here:
+- UNAVAILABLE and DEADLINE_EXCEEDED are retried briefly, then TransientError (redelivered later);
+- RESOURCE_EXHAUSTED (a quota or the queue's task-creation rate) is a TransientError at once: the
+  event or the probe is redelivered with backoff, by when the quota has room again;
+- FAILED_PRECONDITION (the queue does not exist, or was deleted recently) and NOT_FOUND are a
+  ConfigError: the deployment is wrong and every stage would meet it, so nothing is failed for it
+  (redelivered, logged as ERROR, until the operator re-creates the queue with deploy/);
+- PERMISSION_DENIED (naming the permission) and INVALID_ARGUMENT are an ExecutorError, so the stage
+  the probe would follow fails with that reason.
+A paused queue takes tasks and holds them (Queue.State PAUSED); the stage's timeout ends such a stage.
 """
 from __future__ import annotations
 
@@ -20,8 +26,10 @@ from google.api_core import exceptions as gexc
 
 from shared.app.config import Settings
 from shared.domain.approval_tokens import Keyring
-from shared.domain.errors import ConfigError
+from shared.domain.errors import ConfigError, TransientError
 from shared.domain.probes import PROBE_SIGNATURE_HEADER, ProbeTask, encode_task
+from shared.adapters.gcp_clients import cloud_tasks
+from shared.adapters.api_calls import ApiCaller, RetryPolicy
 
 CALL_TIMEOUT_S = 10.0
 
@@ -31,13 +39,11 @@ class CloudTasksScheduler:
         self.settings = settings
         self._client = client
         self._keyring = keyring
-        self._caller = caller  # an ApiCaller; made on first use (imported on first use)
+        self._caller = caller  # an ApiCaller; made on first use
 
     @property
     def client(self) -> Any:
-        if self._client is None:  # imported on first use: most invocations schedule nothing
-            from shared.adapters.gcp_clients import cloud_tasks
-
+        if self._client is None:  # built on first use: most invocations schedule nothing
             self._client = cloud_tasks(self.settings)
         return self._client
 
@@ -69,8 +75,13 @@ class CloudTasksScheduler:
                 return True
             except gexc.AlreadyExists:  # the same probe again (a redelivered start): scheduled once
                 return False
-            except gexc.NotFound as exc:
-                raise ConfigError(f"Cloud Tasks queue {self.queue} does not exist ({exc.message})") from None
+            except (gexc.NotFound, gexc.FailedPrecondition) as exc:
+                raise ConfigError(f"Cloud Tasks queue {self.queue} does not exist ({exc.message}); deploy/ creates "
+                                  "it", release_id=task.release_id, stage=task.stage) from None
+            except gexc.ResourceExhausted as exc:
+                raise TransientError(f"Cloud Tasks refused probe {task.task_id} for now (RESOURCE_EXHAUSTED: "
+                                     f"{exc.message}); retried with backoff", release_id=task.release_id,
+                                     stage=task.stage) from None
 
         return self.caller.call(f"scheduling probe {task.task_id} in {self.queue}", create,
                                 release_id=task.release_id, stage=task.stage)
@@ -78,7 +89,5 @@ class CloudTasksScheduler:
     @property
     def caller(self) -> Any:
         if self._caller is None:
-            from shared.adapters.api_calls import ApiCaller, RetryPolicy
-
             self._caller = ApiCaller(RetryPolicy(call_timeout_s=CALL_TIMEOUT_S))
         return self._caller

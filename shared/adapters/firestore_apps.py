@@ -9,6 +9,7 @@ from typing import Callable
 
 from shared.app.ports import empty_app_record
 from shared.domain.errors import StaleWrite
+from shared.app.service_locks import empty_service_record
 
 
 def app_document_id(app: str) -> str:
@@ -47,6 +48,4 @@ class FirestoreAppRecords:
 
 def service_lock_records(client, settings: Settings) -> FirestoreAppRecords:
     """``service_locks/{service}``: the locks of Cloud Run services (shared/app/service_locks.py)."""
-    from shared.app.service_locks import empty_service_record
-
     return FirestoreAppRecords(client, settings, "service_locks", empty_service_record)

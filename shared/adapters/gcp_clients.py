@@ -12,6 +12,7 @@ hundreds of milliseconds, and most function invocations need one client at most.
 """
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Callable
 
 from shared.app.config import Settings
@@ -43,8 +44,6 @@ def _build(client_cls: type, transport_cls: type, endpoint: str) -> Any:
 
 def _default_credentials() -> Any:
     """Application Default Credentials (None when there are none), looked up once per key file."""
-    import os
-
     where = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS", "")
     if where not in _CREDENTIALS:
         import google.auth

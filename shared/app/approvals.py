@@ -1,9 +1,9 @@
-"""Approval by signed link: send personal links, show a confirm page, take the decision.
+"""Approval by signed link: send personal links, check a link, take the decision.
 
 ``ApprovalService.request`` implements the ApprovalRequester port for the dispatcher.
-``ApprovalService.handle`` is the whole HTTP logic of the ``on_approval`` function as a
-plain function of (method, query, form, headers) -> HttpAnswer(status, html, headers),
-so the entry point only translates the framework's request and response.
+``check_link`` and ``decide`` are what the ``on_approval`` function's HTTP side
+(``shared/ui/approval_http.py``: request parsing and the pages) calls; this module returns
+decisions and data, never HTML.
 
 GET and HEAD change nothing (mail scanners fetch links). POST validates everything,
 consumes the nonce (exactly once, in the store), then publishes ``approval.decided``.
@@ -21,22 +21,20 @@ Refusal precedence (first that applies wins; every refusal changes nothing)::
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import quote
 
 from shared.domain.identity import approval_refusal
-from shared.ui import approval_pages as pages
 from shared.domain.approval_record import ApprovalRecord
-from shared.domain.approval_tokens import Keyring, LinkClaims, TokenError, sign, verify
+from shared.domain.approval_tokens import Keyring, LinkClaims, sign, verify
 from shared.domain.commands import RequestApproval
 from shared.app.config import Settings
-from shared.domain.errors import ConfigError, PipelineError, TransientError
+from shared.domain.errors import ConfigError, NotifyError, PipelineError, TransientError
 from shared.domain.events import ApprovalDecided
-from shared.adapters.notify.errors import NotifyError
-from shared.adapters.notify.messages import format_approval_link
 from shared.domain.pipeline import Pipeline, Stage, StageKind
 from shared.app.ports import ApprovalStore, Clock, DeadLetterStore, EventPublisher, LinkSender, ReleaseStore
 from shared.domain.dead_letters import DeadLetter
@@ -48,13 +46,6 @@ log = logging.getLogger(__name__)
 MAX_REASON_CHARS = 500
 MAX_USER_AGENT_CHARS = 300
 DECISIONS = {"approve": "approved", "reject": "rejected"}
-VERDICT_KEYS = ("passed", "error_rate", "p95_ms", "max_error_rate", "max_p95_ms", "reasons")
-
-
-class HttpAnswer(NamedTuple):
-    status: int
-    html: str
-    headers: dict[str, str]
 
 
 class ApprovalRefused(PipelineError):
@@ -65,11 +56,22 @@ class ApprovalRefused(PipelineError):
 
 
 @dataclass(frozen=True)
-class _Checked:
+class Checked:
+    """A link (or an operator's request) that passed every rule: what the confirm page shows."""
+
     claims: LinkClaims
     record: ApprovalRecord
     release: ReleaseState
     stage: Stage
+
+
+@dataclass(frozen=True)
+class Decided:
+    """A decision taken and recorded; ``delivered`` False: kept for a re-drive, not yet published."""
+
+    record: ApprovalRecord
+    approved: bool
+    delivered: bool
 
 
 def new_nonce() -> str:
@@ -92,6 +94,8 @@ class ApprovalService:
         get_stage: Callable[[ReleaseState], Stage] | None = None,
         get_pipeline: Callable[[ReleaseState], Pipeline] | None = None,
         dead_letters: DeadLetterStore | None = None,
+        prod_runs: Callable[[ReleaseState], str] | None = None,
+        compare_changes: Callable[[ReleaseState], dict[str, Any]] | None = None,
     ):
         self.settings = settings
         self.store = store
@@ -104,10 +108,10 @@ class ApprovalService:
         self.get_pipeline = get_pipeline
         self.dead_letters = dead_letters  # where a decision that could not be published waits for a re-drive
         # What prod runs now, in words, for the confirm page (set by the wiring; '' when unknown).
-        self.prod_runs: Callable[[ReleaseState], str] = lambda release: ""
+        self.prod_runs: Callable[[ReleaseState], str] = prod_runs or (lambda release: "")
         # What the release brings since prod's commit (shared/app/compare.py), asked once per
         # approval request and kept on the release by the dispatcher; None: the push's own list.
-        self.compare_changes: Callable[[ReleaseState], dict[str, Any]] | None = None
+        self.compare_changes = compare_changes
 
     @classmethod
     def from_settings(
@@ -118,16 +122,16 @@ class ApprovalService:
         publisher: EventPublisher,
         clock: Clock,
         releases: ReleaseStore | None = None,
-        link_senders: Sequence[LinkSender] | None = None,
+        link_senders: Sequence[LinkSender] = (),
         dead_letters: DeadLetterStore | None = None,
         signing: bool = True,
+        prod_runs: Callable[[ReleaseState], str] | None = None,
+        compare_changes: Callable[[ReleaseState], dict[str, Any]] | None = None,
     ) -> "ApprovalService":
-        """Keys from RELEASE_APPROVAL_KEYS, links by mail when RELEASE_SMTP_HOST is set, and the
-        release readers from ``releases`` (needed by ``handle``, not by ``request``). Links are
-        bearer credentials and go to personal channels only; the gate's own Notify command
-        tells the shared channels that an approval is needed."""
-        from shared.adapters.notify.multi import link_senders_from_settings
-
+        """Keys from RELEASE_APPROVAL_KEYS and the release readers from ``releases`` (needed by
+        ``check_link``, not by ``request``). Links are bearer credentials and go to personal
+        channels only (``link_senders``, built by shared/bootstrap.py); the gate's own Notify
+        command tells the shared channels that an approval is needed."""
         readers = release_readers(releases) if releases is not None else (None, None, None)
         return cls(
             settings,
@@ -135,9 +139,11 @@ class ApprovalService:
             Keyring.from_setting(settings.approval_keys) if signing else None,
             publisher,
             clock,
-            link_senders_from_settings(settings) if link_senders is None else link_senders,
+            link_senders,
             *readers,
             dead_letters=dead_letters,
+            prod_runs=prod_runs,
+            compare_changes=compare_changes,
         )
 
     # -- sending links (ApprovalRequester) -------------------------------------
@@ -202,34 +208,15 @@ class ApprovalService:
                 log.warning("approval link for release %s via %s failed: %s", release_id, sender.name, exc)
         return delivered
 
-    # -- the on_approval function ---------------------------------------------
-    def handle(self, method: str, query: Mapping[str, str], form: Mapping[str, str], headers: Mapping[str, str]) -> HttpAnswer:
-        method = method.upper()
-        if method not in ("GET", "HEAD", "POST"):
-            return HttpAnswer(405, pages.refusal_page("Method not allowed", "Use the link (GET) or the form (POST)."),
-                              {**pages.SECURITY_HEADERS, "Allow": "GET, HEAD, POST"})
-        token = (form.get("token") if method == "POST" else None) or query.get("token") or ""
-        try:
-            checked = self._check(token, self.clock.now())
-            if method == "POST":
-                return self._decide(checked, form, headers)
-            page = self._confirm(checked, token)
-            return HttpAnswer(200, "" if method == "HEAD" else page, dict(pages.SECURITY_HEADERS))
-        except TokenError as exc:
-            title = {400: "Invalid link", 403: "Link not valid", 410: "Link expired"}[exc.status]
-            return self._refusal(exc.status, title, str(exc), method)
-        except ApprovalRefused as exc:
-            return self._refusal(exc.status, exc.title, str(exc), method)
-
-    def _refusal(self, status: int, title: str, message: str, method: str) -> HttpAnswer:
-        return HttpAnswer(status, "" if method == "HEAD" else pages.refusal_page(title, message), dict(pages.SECURITY_HEADERS))
-
-    def _check(self, token: str, now: float) -> _Checked:
+    # -- the on_approval function (its HTTP side: shared/ui/approval_http.py) -----
+    def check_link(self, token: str) -> Checked:
+        """Every rule for a link's token, now. Raises TokenError or ApprovalRefused."""
         if self.get_release is None or self.get_stage is None:
-            raise ConfigError("ApprovalService.handle needs get_release and get_stage")
+            raise ConfigError("ApprovalService.check_link needs get_release and get_stage")
+        now = self.clock.now()
         return self._check_claims(verify(token, self._keys(), now), now)
 
-    def _check_claims(self, claims: LinkClaims, now: float) -> _Checked:
+    def _check_claims(self, claims: LinkClaims, now: float) -> Checked:
         """Every rule a decision must pass, for a link's verified claims or an operator's request."""
         record = self.store.get(claims.nonce)
         if record is None:
@@ -242,7 +229,7 @@ class ApprovalService:
         if record.consumed:
             raise ApprovalRefused(
                 409, "Link already used",
-                f"this link was already used: {record.decision} at {pages._when(record.consumed_at)}",
+                f"this link was already used: {record.decision} at {_when(record.consumed_at)}",
             )
         release = self.get_release(claims.release_id)
         if release is None:
@@ -269,33 +256,28 @@ class ApprovalService:
         refused = approval_refusal(claims.approver, stage.params["approvers"], release.pusher, release.pushed_by)
         if refused:
             raise ApprovalRefused(403, "Not allowed", f"{stage.label}: {refused}")
-        return _Checked(claims, record, release, stage)
+        return Checked(claims, record, release, stage)
 
-    def _decide(self, checked: _Checked, form: Mapping[str, str], headers: Mapping[str, str]) -> HttpAnswer:
-        choice = form.get("decision") or ""
+    def decide(self, checked: Checked, choice: str, reason: str, user_agent: str) -> Decided:
+        """Consume the request once and publish ``approval.decided``; a decision that cannot be
+        published is kept for a re-drive (``delivered`` False). Raises ApprovalRefused."""
         if choice not in DECISIONS:
             raise ApprovalRefused(400, "No decision", "choose Approve or Reject on the page")
         claims = checked.claims
-        reason = (form.get("reason") or "").strip()[:MAX_REASON_CHARS]
+        reason = reason.strip()[:MAX_REASON_CHARS]
         if choice == "reject" and not reason:
             raise ApprovalRefused(400, "Reason needed", "a rejection needs a reason; go back and write why")
-        user_agent = _header(headers, "User-Agent")[:MAX_USER_AGENT_CHARS]
+        user_agent = user_agent[:MAX_USER_AGENT_CHARS]
         if not self.store.consume(claims.nonce, DECISIONS[choice], reason, user_agent, self.clock.now()):
             raise ApprovalRefused(409, "Link already used", "this link was used a moment ago by another request")
         record = self.store.get(claims.nonce)
         try:
             self._publish(record)
-        except Exception as exc:  # noqa: BLE001 - the decision is kept; say so instead of a bare 500
+        except Exception as exc:  # noqa: BLE001 - the decision is kept; the caller says so instead of a bare 500
             log.error("approval of release %s recorded but not published: %s", claims.release_id, type(exc).__name__)
             self._keep_for_redrive(record, type(exc).__name__)
-            return HttpAnswer(503, pages.refusal_page(
-                "Decision recorded, not yet delivered",
-                "your decision was saved but could not be passed to the pipeline; an operator re-drives it "
-                "from the dead letters (nothing else is needed from you, and the link cannot be used again)",
-                unchanged=False,
-            ), dict(pages.SECURITY_HEADERS))
-        answer = pages.done_page(choice == "approve", claims.release_id, claims.tag, claims.approver)
-        return HttpAnswer(200, answer, dict(pages.SECURITY_HEADERS))
+            return Decided(record, choice == "approve", delivered=False)
+        return Decided(record, choice == "approve", delivered=True)
 
     # -- relctl approve / reject (through the operator function) ------------------
     def decide_as(self, approver: str, release_id: str, approve: bool, reason: str, via: str) -> Mapping[str, Any]:
@@ -328,10 +310,9 @@ class ApprovalService:
             raise ApprovalRefused(410, "Link expired", f"the approval request of release {release_id} has expired")
         claims = LinkClaims(record.release_id, record.stage, record.attempt, record.approver, record.nonce,
                             record.tag, record.expires_at, record.digest)
-        answer = self._decide(self._check_claims(claims, now),
-                              {"decision": "approve" if approve else "reject", "reason": reason}, {"User-Agent": via})
-        if answer.status != 200:
-            raise ApprovalRefused(answer.status, "Not delivered", "the decision was recorded but not yet published; "
+        decided = self.decide(self._check_claims(claims, now), "approve" if approve else "reject", reason, via)
+        if not decided.delivered:
+            raise ApprovalRefused(503, "Not delivered", "the decision was recorded but not yet published; "
                                   "an operator re-drives it from the dead letters")
         return {"release_id": release_id, "stage": stage.id, "attempt": record.attempt,
                 "decision": "approved" if approve else "rejected", "approver": approver}
@@ -349,56 +330,6 @@ class ApprovalService:
         data, attributes = encode(_decided(record))
         self.dead_letters.record(DeadLetter(f"approval-{record.nonce}", f"approval decided, publish failed: {why}",
                                             "approval.decided", self.clock.now(), data, attributes))
-
-    def _confirm(self, checked: _Checked, token: str) -> str:
-        release, stage = checked.release, checked.stage
-        return pages.confirm_page(
-            release=release,
-            stage_label=f"{stage.number} {stage.name} ({stage.id})",
-            approver=checked.claims.approver,
-            expires_at=checked.claims.expires_at,
-            digest=checked.claims.digest,
-            stage_rows=self._stage_rows(release, stage),
-            chaos=self._chaos(release),
-            token=token,
-            prod_runs=self.prod_runs(release),
-            dashboard_url=(f"{self.settings.public_base_url.rstrip('/')}/release/{release.release_id}"
-                           if self.settings.public_base_url else ""),
-        )
-
-    def _stage_rows(self, release: ReleaseState, approval: Stage) -> list[tuple[str, str, str, str]]:
-        """The stages before the approval that ran, in pipeline order, each with its evidence in
-        words (test counts, answers and latencies, the failure reason) rather than the raw result,
-        and the link to its log (builds and jobs)."""
-        from shared.ui.dashboard import stage_detail
-        from shared.ui.notes import log_link
-
-        if self.get_pipeline is None:
-            return [(stage_id, st.status.value, st.reason[:200], log_link(st.result))
-                    for stage_id, st in release.stages.items() if st.attempt and stage_id != approval.id]
-        pipeline = self.get_pipeline(release)
-        rows = []
-        for stage in pipeline.stages[:pipeline.index(approval.id)]:
-            st = release.stages.get(stage.id)
-            if st is None or stage.optional or not st.attempt:
-                continue
-            rows.append((f"{stage.number} {stage.name}", st.status.value,
-                         stage_detail(stage, st, release, pipeline)[:300], log_link(st.result)))
-        return rows
-
-    def _chaos(self, release: ReleaseState) -> dict[str, Any] | None:
-        """The optional chaos stage's outcome. The verdict of ``python -m shared.domain.chaos`` reaches
-        the stage result through $BUILDER_OUTPUT (events.builder_output spreads its keys there)."""
-        if self.get_pipeline is not None:
-            ids = [s.id for s in self.get_pipeline(release).stages if s.optional]
-        else:
-            ids = [sid for sid, st in release.stages.items() if sid == "chaos" or "passed" in st.result]
-        for stage_id in ids:
-            st = release.stages.get(stage_id)
-            if st is not None and st.status not in (StageStatus.PENDING, StageStatus.SKIPPED):
-                verdict = {k: st.result[k] for k in VERDICT_KEYS if k in st.result}
-                return {"stage": stage_id, "status": st.status.value, **verdict}
-        return None
 
 
 def _decided(record: ApprovalRecord) -> ApprovalDecided:
@@ -427,9 +358,29 @@ def release_readers(releases: ReleaseStore) -> tuple[
     return get_release, get_stage, get_pipeline
 
 
-def _header(headers: Mapping[str, str], name: str) -> str:
-    value = headers.get(name)
-    if value is None:
-        lowered = name.lower()
-        value = next((v for k, v in headers.items() if k.lower() == lowered), "")
-    return str(value or "")
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def format_approval_link(release: ReleaseState, stage: str, approver: str, link: str, expires_at: float) -> tuple[str, str]:
+    """(subject, plain text) of the personal mail that carries an approval link."""
+    expiry = dt.datetime.fromtimestamp(expires_at, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    subject = f"Approval needed: release {release.release_id} ({release.tag})"
+    text = "\n".join(
+        [
+            f"Hello {approver},",
+            "",
+            f"Release {release.release_id} (version {release.version}, tag {release.tag}, "
+            f"commit {release.commit[:12]}) passed staging and waits for your decision at stage {stage}.",
+            "",
+            "Open this personal link to review it; opening the link changes nothing,",
+            "the decision is made with the Approve / Reject buttons on the page:",
+            "",
+            link,
+            "",
+            f"The link works once and expires at {expiry}. Do not forward it.",
+        ]
+    )
+    return subject, text

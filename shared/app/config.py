@@ -75,6 +75,10 @@ class Settings:
     operators: str = ""  # comma-separated e-mail addresses allowed to call it
     operator_token_url: str = ""  # local stack only: its token issuer's mint endpoint, for relctl
     people: str = ""  # "github-login=person@example.com,alias@x=person@example.com"
+    # Checks of private services send an ID token of the function's account (the metadata server on
+    # GCP). Local stack only: its token issuer's mint endpoint and the account it mints for.
+    id_token_url: str = ""
+    id_token_account: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":

@@ -48,15 +48,14 @@ from shared.domain.events import (
     Superseded,
 )
 from shared.domain.gate import Decision, GateOutcome, decide
-from shared.app.locks import EnvironmentLocks
 from shared.domain.pipeline import Pipeline
 from shared.app.operator import OPERATOR_EVENTS, unconfirmed_request
-from shared.app.stage_medians import record_durations
 from shared.app.ports import (
     ApprovalRequester,
     Clock,
     DeadLetterStore,
     EventPublisher,
+    Locks,
     Notifier,
     OperatorRequestLog,
     ProbeScheduler,
@@ -68,6 +67,7 @@ from shared.domain.approval_tokens import Keyring
 from shared.domain.completions import unsigned_reason
 from shared.domain.dead_letters import DeadLetter
 from shared.domain.probes import CHECK_KIND
+from shared.domain.stage_results import build_id_of
 from shared.domain.wake import next_wake
 from shared.domain.state import ReleaseState, StageStatus
 from shared.domain.wire import decode_event, encode
@@ -87,7 +87,7 @@ class Dispatcher:
     notifier: Notifier
     clock: Clock
     settings: Settings
-    locks: EnvironmentLocks
+    locks: Locks
     dead_letters: DeadLetterStore
     # service name -> what was done; moves all traffic back to the revision before ours
     roll_back: Callable[[str, str | None], Mapping[str, Any]]
@@ -143,8 +143,8 @@ class Dispatcher:
             return self._unknown_release(event)
         state, _ = got
         st = state.stages.get(event.stage)
-        recorded = st.result.get("build_id") if st is not None else None
-        if (st is None or st.status is not StageStatus.RUNNING or not recorded or recorded != event.result.get("build_id")
+        recorded = build_id_of(st.result) if st is not None else None
+        if (st is None or st.status is not StageStatus.RUNNING or not recorded or recorded != build_id_of(event.result)
                 or not hmac.compare_digest(st.stage_run_id.encode(), event.stage_run_id.encode())):
             return self._apply(event)
         pipeline = self.store.load_pipeline(state.pipeline_digest)
@@ -250,28 +250,10 @@ class Dispatcher:
                  handles: dict[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
         """Carry out ``commands``, the executors' handles into ``handles``; returns what the
         approval request learnt of the release's changes (GitHub's compare), None if nothing."""
-        handles = {} if handles is None else handles
-        changes = None
+        batch = _Batch(pipeline, state, {} if handles is None else handles)
         for command in commands:
-            if isinstance(command, StartStage):
-                handles[command.stage] = self._start(pipeline, command)
-            elif isinstance(command, RequestApproval):
-                changes = self.approvals.request(state, command).get("changes") or changes
-            elif isinstance(command, Notify):
-                self.publisher.publish(self.settings.updates_topic, ReleaseNotice.of(command))
-                self.notifier.notify(state, command)
-            elif isinstance(command, AcquireLock):
-                self.locks.acquire(state.pipeline_name, command.environment, command.release_id, command.created_at,
-                                   state.version, pipeline.services_in(command.environment))
-            elif isinstance(command, ReleaseLock):
-                self.locks.release(state.pipeline_name, command.environment, command.release_id)
-            elif isinstance(command, RollBack):
-                handles[command.stage] = {"stage_run_id": command.stage_run_id, **self._roll_back(command)}
-            elif isinstance(command, EndBakeEarly):
-                self._end_bake_early(pipeline, state, command)
-            elif isinstance(command, RecordDurations):
-                record_durations(self.locks.records, state.pipeline_name, command.release_id, command.durations)
-        return changes
+            COMMAND_HANDLERS[type(command)](self, batch, command)
+        return batch.changes
 
     @property
     def _lease_s(self) -> float:
@@ -406,3 +388,61 @@ class Dispatcher:
             self.publisher.publish(self.settings.updates_topic, ReleaseNotice(
                 event.release_id, NoticeKind.REFUSED, event.stage, f"replay {event.replay_id} refused: {reason}"))
         return Decision(GateOutcome.UNKNOWN_RELEASE, reason)
+
+
+# -- the command table (cosmicpython's COMMAND_HANDLERS): command type -> what carries it out --
+@dataclass
+class _Batch:
+    """One batch of commands being carried out: what they read, and what they leave behind
+    (the executors' handles by stage, the changes an approval request learnt)."""
+
+    pipeline: Pipeline
+    state: ReleaseState
+    handles: dict[str, dict[str, Any]]
+    changes: dict[str, Any] | None = None
+
+
+def _start_stage(d: Dispatcher, batch: _Batch, command: StartStage) -> None:
+    batch.handles[command.stage] = d._start(batch.pipeline, command)
+
+
+def _request_approval(d: Dispatcher, batch: _Batch, command: RequestApproval) -> None:
+    batch.changes = d.approvals.request(batch.state, command).get("changes") or batch.changes
+
+
+def _notify(d: Dispatcher, batch: _Batch, command: Notify) -> None:
+    d.publisher.publish(d.settings.updates_topic, ReleaseNotice.of(command))
+    d.notifier.notify(batch.state, command)
+
+
+def _acquire_lock(d: Dispatcher, batch: _Batch, command: AcquireLock) -> None:
+    d.locks.acquire(batch.state.pipeline_name, command.environment, command.release_id, command.created_at,
+                    batch.state.version, batch.pipeline.services_in(command.environment))
+
+
+def _release_lock(d: Dispatcher, batch: _Batch, command: ReleaseLock) -> None:
+    d.locks.release(batch.state.pipeline_name, command.environment, command.release_id)
+
+
+def _roll_back(d: Dispatcher, batch: _Batch, command: RollBack) -> None:
+    batch.handles[command.stage] = {"stage_run_id": command.stage_run_id, **d._roll_back(command)}
+
+
+def _end_bake_early(d: Dispatcher, batch: _Batch, command: EndBakeEarly) -> None:
+    d._end_bake_early(batch.pipeline, batch.state, command)
+
+
+def _record_durations(d: Dispatcher, batch: _Batch, command: RecordDurations) -> None:
+    d.locks.record_durations(batch.state.pipeline_name, command.release_id, command.durations)
+
+
+COMMAND_HANDLERS: dict[type, Callable[[Dispatcher, _Batch, Any], None]] = {
+    StartStage: _start_stage,
+    RequestApproval: _request_approval,
+    Notify: _notify,
+    AcquireLock: _acquire_lock,
+    ReleaseLock: _release_lock,
+    RollBack: _roll_back,
+    EndBakeEarly: _end_bake_early,
+    RecordDurations: _record_durations,
+}

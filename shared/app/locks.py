@@ -34,13 +34,14 @@ the same (``confirms``), so a forged grant changes nothing.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Mapping
 
 import semver
 
 from shared.app.config import Settings
 from shared.app.ports import AppRecords, EventPublisher, empty_lock
 from shared.app.service_locks import ServiceLocks
+from shared.app.stage_medians import record_durations
 from shared.domain.errors import PipelineError, StaleWrite, TransientError
 from shared.domain.events import LockGranted, Superseded
 
@@ -73,6 +74,8 @@ def frozen(data: dict[str, Any], environment: str) -> bool:
 
 
 class EnvironmentLocks:
+    """The Locks port (shared/app/ports.py) over any AppRecords: Firestore's or the in-memory fake."""
+
     def __init__(self, records: AppRecords, publisher: EventPublisher, settings: Settings,
                  service_records: AppRecords):
         self.records = records
@@ -214,6 +217,9 @@ class EnvironmentLocks:
         if recorded is None or recorded.get("by") != event.superseded_by:
             return f"{app}/{event.environment} records no supersession of {event.release_id} by {event.superseded_by}"
         return ""
+
+    def record_durations(self, app: str, release_id: str, durations: Mapping[str, float]) -> None:
+        record_durations(self.records, app, release_id, durations)
 
     # -- the version floor ----------------------------------------------------------
     @staticmethod

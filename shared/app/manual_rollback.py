@@ -19,15 +19,17 @@ from shared.app.operator import Caller, OperatorService
 from shared.app.ports import EventPublisher, ReleaseStore
 from shared.domain.errors import ConfigError, ExecutorError, RequestRefused, ResourceNotFound
 from shared.domain.events import RolledBack
+from shared.domain.pipeline import StageKind
+from shared.domain.stage_results import DeployResult, results_of
 from shared.domain.state import ReleaseState
 
 LOOKBACK = 200  # recent releases searched for failed revisions and for the one that deployed the service
 Mover = Callable[[str, Mapping[str, Any]], Mapping[str, Any]]  # (service, how) -> what moved
 
 
-def _results(state: ReleaseState, stage_id: str):
-    st = state.stages[stage_id]
-    return [a.result for a in st.history] + [st.result]
+def _results(state: ReleaseState, stage_id: str) -> list[DeployResult]:
+    # Read as a deploy's whatever the kind: only deploy and traffic stages record revisions and rollbacks.
+    return results_of(StageKind.DEPLOY, state.stages[stage_id])
 
 
 def failed_revisions(states: Iterable[ReleaseState]) -> dict[str, str]:
@@ -37,9 +39,9 @@ def failed_revisions(states: Iterable[ReleaseState]) -> dict[str, str]:
     for state in states:
         for stage_id in state.stages:
             for result in _results(state, stage_id):
-                for r in result.get("rolled_back") or []:
-                    if r.get("from") and not r.get("manual"):
-                        failed.setdefault(str(r["from"]), f"release {state.release_id}: {r.get('why') or 'rolled back'}")
+                for r in result.rolled_back:
+                    if r.from_revision and not r.manual:
+                        failed.setdefault(r.from_revision, f"release {state.release_id}: {r.why or 'rolled back'}")
     return failed
 
 
@@ -47,8 +49,7 @@ def deploying_release(states: Iterable[ReleaseState], service: str) -> tuple[Rel
     """The newest release (and its deploy stage) that deployed ``service``."""
     for state in sorted(states, key=lambda s: s.created_at, reverse=True):
         for stage_id in state.stages:
-            if any(str(t.get("service")) == service for result in _results(state, stage_id)
-                   for t in result.get("revisions") or []):
+            if any(t.service == service for result in _results(state, stage_id) for t in result.revisions):
                 return state, stage_id
     return None
 

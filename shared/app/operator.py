@@ -32,6 +32,7 @@ from shared.app.ports import Clock, EventPublisher, OperatorRequestLog, ReleaseS
 from shared.domain.errors import RequestRefused, TransientError
 from shared.domain.events import BakeSkipRequested, CancelRequested, ChaosRequested, Event, RolledBack, StageReplay
 from shared.domain.identity import People, normalise
+from shared.domain.ids import valid_release_id
 
 log = logging.getLogger(__name__)
 REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -172,8 +173,6 @@ def unconfirmed_request(requests: OperatorRequestLog, event: Event) -> str:
 
 # -- the actions of this module -------------------------------------------------------
 def _release(store: ReleaseStore, params: Mapping[str, Any]):
-    from shared.domain.ids import valid_release_id
-
     release_id = params.get("release_id")
     if not isinstance(release_id, str) or not valid_release_id(release_id):
         raise RequestRefused(400, f"params.release_id {release_id!r} is not a release id")

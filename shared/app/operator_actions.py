@@ -14,6 +14,7 @@ recorded the request; a handler only answers for its own rules.
 """
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
 
 from shared.app.approvals import ApprovalRefused, ApprovalService
@@ -162,8 +163,6 @@ def register_freeze(service: OperatorService, locks: EnvironmentLocks, default_a
 
 
 def iso_utc(at: Any) -> str:
-    from datetime import datetime, timezone
-
     if not isinstance(at, (int, float)):
         return "?"
     return datetime.fromtimestamp(float(at), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # annotations only: importing the domain here would put it on
     from shared.domain.approval_record import ApprovalRecord
     from shared.domain.dead_letters import DeadLetter
     from shared.domain.commands import Notify, RequestApproval, StartStage
-    from shared.domain.events import ApprovalDecided, Outcome
+    from shared.domain.events import ApprovalDecided, LockGranted, Outcome, Superseded
     from shared.domain.pipeline import Pipeline, Stage
     from shared.domain.probes import ProbeTask
     from shared.domain.state import ReleaseState, StageState
@@ -122,8 +122,14 @@ class ProbeScheduler(Protocol):
 
 
 class HttpProber(Protocol):
-    def get(self, url: str, timeout_s: float) -> Mapping[str, Any]:
-        """One GET: {"status": int | None, "latency_ms": float | None, "error": str}."""
+    def get(self, url: str, timeout_s: float, audience: str = "") -> Mapping[str, Any]:
+        """One GET: {"status": int | None, "latency_ms": float | None, "error": str}. With an
+        ``audience`` the GET carries a Google ID token for it (a service that requires authentication)."""
+
+
+class IdTokenSource(Protocol):
+    def token(self, audience: str) -> str:
+        """A Google ID token of the account the checks run as, with ``audience``; TransientError if none."""
 
 
 class TokenVerifier(Protocol):
@@ -153,6 +159,25 @@ class AppRecords(Protocol):
 
     def write(self, app: str, data: dict[str, Any], token: Any) -> None:
         """Raise StaleWrite when the record changed since ``token`` (or exists, for None)."""
+
+
+class Locks(Protocol):
+    """One release at a time per application and environment, kept in ``apps/{app}`` (and the
+    services' locks in ``service_locks/{service}``): shared/app/locks.py implements it over
+    ``AppRecords``, so the Firestore record and the in-memory fake run the same rules."""
+
+    def acquire(self, app: str, environment: str, release_id: str, created_at: float, version: str = "",
+                services: tuple[str, ...] = ()) -> str:
+        """'granted', 'queued' or 'superseded'; the matching event is published."""
+
+    def release(self, app: str, environment: str, release_id: str) -> str | None:
+        """Give the lock back (or leave its queue); the release it passes to, if any."""
+
+    def confirms(self, app: str, event: LockGranted | Superseded) -> str:
+        """Why the application's record does not back this lock event ("" when it does)."""
+
+    def record_durations(self, app: str, release_id: str, durations: Mapping[str, float]) -> None:
+        """A finished release's stage durations into the same record (the ETA's medians), once."""
 
 
 def empty_lock() -> dict[str, Any]:

@@ -97,7 +97,8 @@ class ProbeService:
         base = config["url"].rstrip("/")
         probes = []
         for path in paths_to_probe(task):
-            answer = dict(self.prober.get(base + "/" + path.lstrip("/"), PROBE_REQUEST_TIMEOUT_S))
+            answer = dict(self.prober.get(base + "/" + path.lstrip("/"), PROBE_REQUEST_TIMEOUT_S,
+                                          audience=config["audience"]))
             probes.append({"path": path, "status": answer.get("status"), "latency_ms": answer.get("latency_ms"),
                            **({"error": answer["error"]} if answer.get("error") else {})})
         skip = task.check.get("phase") == SKIP_PHASE  # an approver asked to end the bake early

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from shared.domain.errors import ConfigError, WebhookRejected
-from shared.domain.pipeline import Pipeline
+from shared.domain.pipeline import Pipeline, load_pipeline
 
 
 class RepositoryMap:
@@ -28,8 +28,6 @@ class RepositoryMap:
 
     @classmethod
     def from_files(cls, paths: Iterable[str]) -> "RepositoryMap":
-        from shared.domain.pipeline import load_pipeline
-
         return cls(load_pipeline(p) for p in dict.fromkeys(p.strip() for p in paths if p.strip()))
 
     def pipeline_for(self, repo: str) -> Pipeline:

@@ -188,7 +188,7 @@ def _sweep_release(
 
 
 def is_overdue(release: ReleaseState, status: StageStatus, deadline: float | None, now: float) -> bool:
-    """The gate's own rule (gate._Run.expire_overdue): past the deadline while running,
+    """The gate's own rule (gate_flow.expire_overdue): past the deadline while running,
     or while waiting for an approval the release is still waiting for."""
     if deadline is None or now <= deadline:
         return False

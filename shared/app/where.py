@@ -13,6 +13,7 @@ from typing import Iterable
 
 from shared.app.ports import ServiceReader, ServingRevision
 from shared.domain.pipeline import Pipeline, StageKind
+from shared.domain.stage_results import results_of
 from shared.domain.state import ReleaseState
 
 
@@ -37,14 +38,18 @@ def environments(pipeline: Pipeline) -> dict[str, list[str]]:
     return found
 
 
-def deployed_by(releases: Iterable[ReleaseState], service: str, revision: str) -> tuple[str, str, float | None]:
-    """(release id, stage, finished at) of the release whose stage made ``revision`` of ``service``."""
+def deployed_by(pipeline: Pipeline, releases: Iterable[ReleaseState], service: str,
+                revision: str) -> tuple[str, str, float | None]:
+    """(release id, stage, finished at) of the release whose deploy or traffic stage made ``revision``
+    of ``service`` (the newest such release first)."""
     for state in sorted(releases, key=lambda s: s.created_at, reverse=True):
-        for stage_id, st in state.stages.items():
-            for result in [a.result for a in st.history] + [st.result]:
-                for target in result.get("revisions") or []:
-                    if str(target.get("service")) == service and str(target.get("revision")) == revision:
-                        return state.release_id, stage_id, st.finished_at
+        for stage in pipeline.stages:
+            st = state.stages.get(stage.id)
+            if st is None or stage.kind not in (StageKind.DEPLOY, StageKind.TRAFFIC):
+                continue
+            for result in results_of(stage.kind, st):
+                if any(t.service == service and t.revision == revision for t in getattr(result, "revisions", ())):
+                    return state.release_id, stage.id, st.finished_at
     return "", "", None
 
 
@@ -55,7 +60,7 @@ def what_runs_where(pipeline: Pipeline, reader: ServiceReader, releases: Iterabl
     for environment, services in environments(pipeline).items():
         for service in services:
             for serving in sorted(reader.serving(service), key=lambda s: -s.percent):
-                release_id, stage, since = deployed_by(releases, service, serving.revision)
+                release_id, stage, since = deployed_by(pipeline, releases, service, serving.revision)
                 placements.append(Placement(environment, service, serving, release_id, stage,
                                             since if since is not None else serving.created_at))
     return placements

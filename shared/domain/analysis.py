@@ -12,10 +12,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from shared.domain import stats
+from shared.domain.pipeline_schema import SEVERITIES, duration_s
 from shared.domain.probes import ProbeVerdict  # one closed set of outcomes: pass, fail, inconclusive
 
-# Cloud Logging's LogSeverity, in order (google/logging/type/log_severity.proto).
-SEVERITIES = ("DEFAULT", "DEBUG", "INFO", "NOTICE", "WARNING", "ERROR", "CRITICAL", "ALERT", "EMERGENCY")
 IN_WORDS = {"pass": "passed", "fail": "failed", "inconclusive": "inconclusive"}
 EVIDENCE_LINES = 5  # offending log lines kept as evidence: enough to act on, small enough for a notice
 
@@ -40,8 +39,6 @@ class Criteria:
     @classmethod
     def from_params(cls, raw: Mapping[str, Any] | None) -> "Criteria":
         """From a validated ``params.analysis`` mapping (pipeline_schema checked every field)."""
-        from shared.domain.pipeline_schema import duration_s
-
         raw = dict(raw or {})
         values: dict[str, Any] = {}
         for name in ("window", "interval", "max_extension"):

@@ -26,6 +26,7 @@ from shared.domain.identity import approval_refusal
 from shared.domain.pipeline import Pipeline, Stage, StageKind
 from shared.domain.probes import (CHECK_KIND, IntervalAnalysis, ProbeInterval, ProbeTask, ProbeVerdict, Step,
                                   check_config)
+from shared.domain.stage_results import CheckResult, result_of
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
 
 SKIP_PHASE = "skip"
@@ -57,8 +58,9 @@ def skip_refusal(pipeline: Pipeline, state: ReleaseState, stage_id: str, by: str
     refused = approval_refusal(by, approval.params["approvers"], state.pusher, state.pushed_by)
     if refused:
         return 403, f"only an approver of this release may end its bake early: {refused}"
-    if st.result.get("bake_skip"):
-        return 409, f"ending the bake of {stage.label} was already asked by {st.result['bake_skip'].get('by')}"
+    skip = result_of(stage.kind, st.result)
+    if isinstance(skip, CheckResult) and skip.bake_skip is not None:
+        return 409, f"ending the bake of {stage.label} was already asked by {skip.bake_skip.by or None}"
     return 0, ""
 
 
@@ -71,9 +73,11 @@ def skip_probe_task(release_id: str, stage: str, st: Any, pipeline_digest: str) 
     """The skip probe of the running check ``st`` (a StageState): its handle is what the check
     recorded at start (url, paths, window, bake, analysis), its request what the gate recorded."""
     handle = {k: v for k, v in st.result.items() if k != "bake_skip"}
+    skip = result_of(CHECK_KIND, st.result)
+    asked = skip.bake_skip if isinstance(skip, CheckResult) else None
     return ProbeTask(release_id, stage, st.stage_run_id, CHECK_KIND, pipeline_digest, started_at=float(st.started_at),
                      deadline=float(st.deadline), seq=SKIP_SEQ, handle=handle,
-                     check={"phase": SKIP_PHASE, "skip": dict(st.result.get("bake_skip") or {})})
+                     check={"phase": SKIP_PHASE, "skip": dict(asked.stored) if asked else {}})
 
 
 def skip_step(task: ProbeTask, probes: list[Mapping[str, Any]], now: float, analyse: IntervalAnalysis) -> Step:

@@ -7,8 +7,10 @@ instead of failing the release at stage 1:
   (https://cloud.google.com/build/docs/configuring-builds/substitute-variable-values).
 * ``steps[].secretEnv`` names must be defined in ``available_secrets``
   (https://cloud.google.com/build/docs/securing-builds/use-secrets).
-* ``source``: ``git`` (the pushed commit of the released repository) or
-  ``{url, revision, dir}``; without it the build starts in an empty /workspace.
+* ``source``: ``git`` (the pushed commit of the released repository, fetched anonymously),
+  ``{url, revision, dir}``, or ``{connected_repository, revision, dir}`` with a 2nd-gen repository
+  ``projects/P/locations/L/connections/C/repositories/R`` (Source.connectedRepository: how Cloud
+  Build reaches a private repository); without it the build starts in an empty /workspace.
 * ``logging``: one of Cloud Build's LoggingMode names; a build that runs as a user-specified
   service account needs CLOUD_LOGGING_ONLY, NONE or a logs bucket (the executor defaults to
   CLOUD_LOGGING_ONLY).
@@ -32,7 +34,8 @@ CLOUD_BUILD_NAMES = frozenset({
 })
 _TOKEN = re.compile(r"\$\$|\$\{([^}]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 LOGGING_MODES = ("CLOUD_LOGGING_ONLY", "NONE", "GCS_ONLY", "LEGACY", "STACKDRIVER_ONLY")
-SOURCE_FIELDS = {"url", "revision", "dir"}
+SOURCE_FIELDS = {"url", "connected_repository", "revision", "dir"}
+CONNECTED_REPOSITORY = re.compile(r"^projects/[^/]+/locations/[^/]+/connections/[^/]+/repositories/[^/]+$")
 
 
 def check_build_params(params: Mapping[str, Any], path: Path, where: str) -> None:
@@ -54,9 +57,14 @@ def check_build_params(params: Mapping[str, Any], path: Path, where: str) -> Non
                               "is not defined in params.available_secrets")
     source = params.get("source")
     if source is not None and source != "git":
-        if not isinstance(source, Mapping) or not source.get("url") or set(source) - SOURCE_FIELDS:
-            raise Invalid(path + ("source",), f"{where}params.source: must be 'git' or a mapping with url "
-                          "(and revision, dir)")
+        if (not isinstance(source, Mapping) or set(source) - SOURCE_FIELDS
+                or bool(source.get("url")) == bool(source.get("connected_repository"))):
+            raise Invalid(path + ("source",), f"{where}params.source: must be 'git' or a mapping with url or "
+                          "connected_repository (and revision, dir)")
+        repository = source.get("connected_repository")
+        if repository and not CONNECTED_REPOSITORY.match(str(repository)):
+            raise Invalid(path + ("source", "connected_repository"), f"{where}params.source.connected_repository: "
+                          f"{repository!r} is not projects/P/locations/L/connections/C/repositories/R")
     logging = params.get("logging")
     if logging is not None and logging not in LOGGING_MODES:
         raise Invalid(path + ("logging",), f"{where}params.logging: {logging!r} is not one of "
@@ -84,3 +92,21 @@ def _check_references(text: str, substitutions: Mapping[str, Any], path: Path, w
         hint = ("define it in params.substitutions" if name.startswith("_") else
                 f"a user substitution needs a leading '_' (${{_{name}}}); a shell variable is written $${name}")
         raise Invalid(path, f"{where}: ${{{name}}} is not a Cloud Build substitution: {hint}")
+
+
+def connected_repositories(pipeline) -> set[str]:
+    """The 2nd-gen repositories the pipeline's build stages fetch (``${project}`` as written):
+    the build account needs read-token access on their connections."""
+    names = set()
+    for stage in pipeline.stages:
+        source = stage.params.get("source") if stage.kind.value == "build" else None
+        if isinstance(source, Mapping) and source.get("connected_repository"):
+            names.add(str(source["connected_repository"]))
+    return names
+
+
+def private_checked_services(pipeline) -> set[str]:
+    """Cloud Run services the pipeline's checks call with an ID token (``auth: id_token``): the account
+    the checks run as needs roles/run.invoker on each."""
+    return {str(stage.params["service"]) for stage in pipeline.stages
+            if stage.kind.value == "check" and stage.params.get("auth") == "id_token" and stage.params.get("service")}

@@ -67,3 +67,8 @@ class RequestRefused(PipelineError):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+
+
+class NotifyError(PipelineError):
+    """A channel could not deliver (the LinkSender and Notifier ports raise it). The message never
+    holds a webhook URL or secret."""

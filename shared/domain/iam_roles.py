@@ -79,6 +79,10 @@ ROLE_PERMISSIONS: Mapping[str, frozenset[str]] = {
     #  allow policies on them." (the preflight could use it; deploy/ grants a narrower custom role)
     "roles/iam.securityReviewer": frozenset({
         "resourcemanager.projects.getIamPolicy", "secretmanager.secrets.getIamPolicy"}),
+    # https://cloud.google.com/iam/docs/roles-permissions/secretmanager#secretmanager.secretAccessor
+    # "Secret Manager Secret Accessor (roles/secretmanager.secretAccessor): Allows accessing the payload
+    #  of secrets." (secretmanager.versions.access)
+    "roles/secretmanager.secretAccessor": frozenset({"secretmanager.versions.access"}),
     # https://cloud.google.com/iam/docs/roles-permissions/basic: "Owner (roles/owner)" holds every permission.
 }
 OWNER = "roles/owner"

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 from shared.domain import pipeline_schema as schema
 from shared.domain.build_params import check_build_params
 from shared.domain.errors import ConfigError, DefinitionError
+from shared.domain import pipeline_order
 from shared.domain.pipeline_schema import Invalid
 
 
@@ -226,9 +227,7 @@ def parse_pipeline(document: Any) -> Pipeline:
             raise Invalid(("stages", i, "optional"), f"stage '{stage.id}': optional: an approval cannot be optional")
         if stage.optional and approvals and i > approvals[0]:
             raise Invalid(("stages", i, "optional"), f"stage '{stage.id}': optional: optional stages must come before the approval")
-    from shared.domain.pipeline_order import check_order  # it reads Stage objects of this module
-
-    check_order(stages)
+    pipeline_order.check_order(stages)
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
     return Pipeline(
         name=str(document.get("name", "pipeline")),

@@ -12,27 +12,33 @@ approval, or a check before the deploy it checks, would do exactly that. Refused
 * a traffic change for a service no earlier deploy stage of its environment deployed.
 
 The gate enforces the first rule again at run time, whatever the file says
-(``gate._Run.start``): a protected stage never starts without a valid approval.
+(``gate_flow.start``): a protected stage never starts without a valid approval.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Mapping, Protocol
 
 from shared.domain.pipeline_schema import Invalid
 
-if TYPE_CHECKING:
-    from shared.domain.pipeline import Stage
+
+class Stage(Protocol):
+    """What these rules read of a stage (``pipeline.Stage``, which imports this module to check its order)."""
+
+    id: str
+    environment: str
+    kind: Any  # pipeline.StageKind, a str enum
+    params: Mapping[str, Any]
 
 PROTECTED_ENVIRONMENTS = ("prod",)
 CHECK_TARGET_ENVIRONMENT = {"staging": "staging", "canary": "prod", "prod": "prod"}
 
 
-def is_protected(stage: "Stage") -> bool:
+def is_protected(stage: Stage) -> bool:
     """A stage that needs a passed approval before it starts (the approval itself does not)."""
     return stage.environment in PROTECTED_ENVIRONMENTS and stage.kind.value != "approval"
 
 
-def check_order(stages: tuple["Stage", ...]) -> None:
+def check_order(stages: tuple[Stage, ...]) -> None:
     approval = next((i for i, s in enumerate(stages) if s.kind.value == "approval"), None)
     deployed: dict[str, set[str]] = {}  # environment -> services an earlier deploy stage deployed
     seen_prod = None

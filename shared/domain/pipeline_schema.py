@@ -175,7 +175,8 @@ PARAMS: dict[str, dict[str, Field]] = {
         "record_runtime": Field(boolean),
         # what Cloud Build needs to run the stage for real (shared/domain/build_params.py checks them)
         "source": Field(lambda v: None if v == "git" or isinstance(v, Mapping)
-                        else f"must be 'git' or a mapping with url (and revision, dir), got {v!r}"),
+                        else f"must be 'git' or a mapping with url or connected_repository (and revision, dir), "
+                             f"got {v!r}"),
         "available_secrets": Field(scalar_mapping),
         "service_account": Field(text),
         "logging": Field(text),
@@ -214,6 +215,11 @@ PARAMS: dict[str, dict[str, Field]] = {
         "url": Field(lambda v: None if isinstance(v, str) and v.startswith(("http://", "https://"))
                      else f"must be an http(s) URL, got {v!r}"),
         "revision_tag": Field(text),
+        # A service that requires authentication: GETs carry a Google ID token of the account the
+        # checks run as, audience the service's URL (or ``audience``); deploy/ grants it run.invoker.
+        "auth": Field(one_of("none", "id_token")),
+        "audience": Field(lambda v: None if isinstance(v, str) and v.startswith(("http://", "https://"))
+                          else f"must be an http(s) URL, got {v!r}"),
         # Checks run as scheduled probes (shared/domain/probes.py): bounded by the stage's timeout only.
         "window": Field(duration(MAX_STAGE_TIMEOUT_S)),
         "bake": Field(duration(MAX_STAGE_TIMEOUT_S)),
@@ -231,10 +237,11 @@ PARAMS: dict[str, dict[str, Field]] = {
     },
 }
 
+# Cloud Logging's LogSeverity, in order (google/logging/type/log_severity.proto); the analysis compares positions.
+SEVERITIES = ("DEFAULT", "DEBUG", "INFO", "NOTICE", "WARNING", "ERROR", "CRITICAL", "ALERT", "EMERGENCY")
+
 
 def severity(value: Any) -> str | None:
-    from shared.domain.analysis import SEVERITIES
-
     return None if value in SEVERITIES else f"{value!r} is not a Cloud Logging severity ({', '.join(SEVERITIES)})"
 
 

@@ -181,11 +181,12 @@ class Step:
 
 
 def check_config(handle: Mapping[str, Any]) -> dict[str, Any]:
-    """The check as the executor resolved it at start (url, paths, window_s, bake_s, interval_s)."""
+    """The check as the executor resolved it at start (url, paths, window_s, bake_s, interval_s, audience)."""
     return {"url": str(handle.get("url", "")), "paths": [str(p) for p in handle.get("paths") or []],
             "window_s": float(handle.get("window_s", 60)), "bake_s": float(handle.get("bake_s", 0)),
             "interval_s": float(handle.get("interval_s", DEFAULT_PROBE_INTERVAL_S)),
             "max_extension_s": float(handle.get("max_extension_s", 0)),
+            "audience": str(handle.get("audience", "")),  # set: a private service, GETs carry an ID token
             "analysis": dict(handle.get("analysis") or {})}
 
 

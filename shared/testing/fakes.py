@@ -19,7 +19,10 @@ from shared.domain.commands import Notify, RequestApproval, StartStage
 from shared.adapters.notify.errors import NotifyError
 from shared.domain.errors import DefinitionError, DocumentTooLarge, StaleWrite, TransientError
 from shared.domain.pipeline import Pipeline, Stage, pipeline_from_stored, stored_pipeline
+from shared.app.config import Settings
+from shared.app.locks import EnvironmentLocks
 from shared.app.ports import StageFinish, StartResult, empty_app_record
+from shared.app.service_locks import empty_service_record
 from shared.domain.dead_letters import MAX_KEPT_BYTES, DeadLetter
 from shared.domain.approval_record import ApprovalNotFound, ApprovalRecord, decision_fields
 from shared.domain.state import ReleaseState, StageState
@@ -412,6 +415,16 @@ class InMemoryAppRecords:
             if (current is None) != (token is None) or (current is not None and current[1] != token):
                 raise StaleWrite(f"application record {app} changed since it was read")
             self._docs[app] = (copy.deepcopy(data), (current[1] if current else 0) + 1)
+
+
+class FakeLocks(EnvironmentLocks):
+    """The Locks port in memory: the same rules as production (shared/app/locks.py) over
+    in-memory records, so a test's locks queue, supersede and hold a version floor as the
+    Firestore records do (tests/integration/test_port_contracts.py runs both)."""
+
+    def __init__(self, publisher: Any = None, settings: Settings | None = None) -> None:
+        super().__init__(InMemoryAppRecords(), publisher if publisher is not None else FakePublisher(),
+                         settings or Settings(), InMemoryAppRecords(empty_service_record))
 
 
 class FakeTelemetry:

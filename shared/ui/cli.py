@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 import os
 import sys
 import time
@@ -28,7 +29,14 @@ from shared.ui.cli_format import EPILOG, dumps, iso_times, paint
 from shared.ui.cli_operator import add_commands as add_operator_commands
 from shared.ui.notes import (duration_text, iso, live_lines, load_release, render, timeline_text,
                              traffic_decisions, rollback_lines)
-from shared.domain.pipeline import Pipeline
+from shared.adapters import gcp_clients
+from shared.adapters.cloud_run_reader import CloudRunServiceReader
+from shared.app.where import what_runs_where
+from shared.domain.pipeline import Pipeline, load_pipeline
+from shared.domain.preflight import (SECRET_ACCESSOR_ROLE, check_permissions, format_report, pipeline_account,
+                                     required_roles)
+from shared.ui.dashboard import (queued_text, release_json, release_summary, stage_detail,
+                                 timeline_with_freezes)
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
 
 ACTIVE_STAGE = (StageStatus.RUNNING, StageStatus.WAITING, StageStatus.QUEUED)
@@ -44,8 +52,6 @@ def current_stage(state: ReleaseState) -> str:
 
 def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False, progress: dict | None = None,
               local: bool = False, now: float | None = None) -> str:
-    from shared.ui.dashboard import queued_text, stage_detail, timeline_with_freezes
-
     lines = [
         f"release {state.release_id}  {paint(state.status.value, state.status.value, colour)}",
         f"  {state.repo} {state.ref} @ {state.commit}",
@@ -92,8 +98,6 @@ def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False, pro
 def cmd_list(args, ctx: Context) -> int:
     states = ctx.store.list_releases(args.limit)
     if ctx.json:
-        from shared.ui.dashboard import release_summary
-
         ctx.print(dumps([release_summary(s) for s in states]))
         return EXIT_OK
     if not states:
@@ -108,8 +112,6 @@ def cmd_list(args, ctx: Context) -> int:
 def cmd_show(args, ctx: Context) -> int:
     state, pipeline = load_release(ctx.store, args.release)
     if ctx.json:
-        from shared.ui.dashboard import release_json
-
         ctx.print(dumps(release_json(state, pipeline, ctx.progress(state, pipeline))))
     else:
         ctx.print(show_text(state, pipeline, ctx.colour, ctx.progress(state, pipeline), ctx.local))
@@ -210,8 +212,6 @@ def _changes(state: ReleaseState, pipeline: Pipeline, seen: dict) -> list[tuple[
 
 # -- commands against IAM / files -----------------------------------------------------
 def cmd_validate(args, ctx: Context) -> int:
-    from shared.domain.pipeline import load_pipeline
-
     try:
         pipeline = load_pipeline(args.file)
         if not pipeline.repositories:
@@ -234,16 +234,8 @@ def cmd_validate(args, ctx: Context) -> int:
 
 
 def cmd_preflight(args, ctx: Context) -> int:
-    from shared.adapters import gcp_clients
+    # Here, not at the top: it imports google.auth, which only preflight needs (relctl's start-up).
     from shared.adapters.executors.preflight import secret_manager_client, service_account_email
-    from shared.domain.pipeline import load_pipeline
-    from shared.domain.preflight import (
-        SECRET_ACCESSOR_ROLE,
-        check_permissions,
-        format_report,
-        pipeline_account,
-        required_roles,
-    )
 
     settings = ctx.settings
     pipeline = load_pipeline(args.pipeline or settings.pipeline_file)
@@ -265,12 +257,6 @@ def cmd_preflight(args, ctx: Context) -> int:
 def cmd_where(args, ctx: Context) -> int:
     """What runs where: per environment, each service's serving revisions (the Cloud Run API now)
     and the release that put each there (the release records)."""
-    from dataclasses import asdict
-
-    from shared.adapters.cloud_run_reader import CloudRunServiceReader
-    from shared.app.where import what_runs_where
-    from shared.domain.pipeline import load_pipeline
-
     pipeline = load_pipeline(args.pipeline or ctx.settings.pipeline_file)
     placements = what_runs_where(pipeline, CloudRunServiceReader(ctx.settings), ctx.store.list_releases(200))
     lines, environment = [f"{pipeline.name}"], None
@@ -331,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def version() -> str:
-    from importlib.metadata import PackageNotFoundError, version as installed
+    from importlib.metadata import PackageNotFoundError, version as installed  # 0.1 s of start-up otherwise
 
     try:
         return installed("release-orchestrator")
@@ -368,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def describe_error(exc: Exception) -> tuple[str, int]:
-    from concurrent.futures import TimeoutError as FutureTimeout
+    from concurrent.futures import TimeoutError as FutureTimeout  # 0.1 s of start-up otherwise
 
     from google.api_core import exceptions as gexc
     from google.auth import exceptions as auth_exc

@@ -4,14 +4,17 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, TextIO
 
+from shared.adapters.firestore_apps import FirestoreAppRecords
 from shared.app.config import Settings
 from shared.domain.errors import PipelineError
 from shared.ui.cli_format import colour_wanted, dumps
+from shared.ui.dashboard import release_progress
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -54,13 +57,9 @@ class Context:
     @functools.cached_property
     def apps(self):
         """``apps/{app}`` records (stage medians for the ETA), on the store's Firestore client."""
-        from shared.adapters.firestore_apps import FirestoreAppRecords
-
         return FirestoreAppRecords(self.store.client, self.settings)
 
     def progress(self, state, pipeline) -> dict:
-        from shared.ui.dashboard import release_progress
-
         return release_progress(state, pipeline, self.apps, time.time())
 
     @property
@@ -83,8 +82,6 @@ class Context:
 def require_emulator(variable: str, timeout_s: float = 2.0) -> None:
     """Fail fast when an emulator host is set but nothing listens there: the client
     libraries would retry UNAVAILABLE for minutes before saying anything."""
-    import socket
-
     host_port = os.environ.get(variable, "")
     if not host_port:
         return

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import argparse
 
+from shared.domain.bake_skip import baking_stage
 from shared.domain.errors import PipelineError
 from shared.domain.pipeline_schema import suggestion
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
 from shared.ui.cli_context import EXIT_OK, EXIT_TIMEOUT, CommandFailed, Context, UsageError, positive_int
 from shared.ui.cli_format import dumps
 from shared.ui.notes import iso, load_release
+from shared.ui.operator_client import call_operator
 
 
 def operator_call(ctx: Context, args, action: str, params: dict, request_id: str | None = None) -> dict:
     """Through the operator function, which checks the caller's Google ID token and records who asked."""
-    from shared.ui.operator_client import call_operator
-
     return call_operator(ctx.settings, action, params, request_id=request_id, as_=getattr(args, "as_", None))
 
 
@@ -146,8 +146,6 @@ def cmd_cancel(args, ctx: Context) -> int:
 
 def cmd_skip_bake(args, ctx: Context) -> int:
     """An approver ends a running bake early; one more probe judges the bake so far and ends it."""
-    from shared.domain.bake_skip import baking_stage
-
     state, pipeline = load_release(ctx.store, args.release)
     stage = pipeline.stage(args.stage) if args.stage and pipeline.has_stage(args.stage) else None
     if args.stage and stage is None:

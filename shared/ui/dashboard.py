@@ -17,10 +17,13 @@ http(s) links. Every stage element carries ``data-stage`` and ``data-status``.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 import secrets
+import time
 import urllib.parse
 from typing import Any, Mapping
 
+from shared.app.stage_medians import app_record
 from shared.domain.analysis import summary_line
 from shared.domain.errors import PipelineError
 from shared.ui.notes import (
@@ -43,6 +46,7 @@ from shared.ui.notes import (
     waiting_text,
 )
 from shared.domain.pipeline import Pipeline, Stage, StageKind
+from shared.domain.stage_results import BuildResult, CheckResult, result_of
 from shared.domain.state import ReleaseState, StageState, StageStatus
 from shared.domain.progress import progress, progress_text
 from shared.ui.render import markdown_html, page
@@ -104,8 +108,6 @@ def _limit(query: Mapping[str, Any] | None) -> int:
 # -- JSON views -------------------------------------------------------------------
 def where_view(by_app: Mapping[str, Any]) -> list[dict[str, Any]]:
     """``{app: [Placement]}`` as plain data for the page and /api/where."""
-    from dataclasses import asdict
-
     return [{"app": app, "placements": [{**asdict(p), "since_iso": iso(p.since)} for p in placements]}
             for app, placements in by_app.items()]
 
@@ -156,14 +158,14 @@ def stage_view(stage: Stage, st: StageState, state: ReleaseState, pipeline: Pipe
         "attempt": st.attempt, "started_at": st.started_at, "finished_at": st.finished_at,
         "duration_s": st.duration_s, "reason": st.reason, "meta": meta,
         "detail": stage_detail(stage, st, state, pipeline),
-        "log_url": log_link(st.result),
+        "log_url": log_link(result_of(stage.kind, st.result)),
         "traffic_percent": traffic_percent(stage, st) if is_prod_traffic_stage(stage) else None,
         "result": st.result,
     }
 
 
 def stage_detail(stage: Stage, st: StageState, state: ReleaseState, pipeline: Pipeline) -> str:
-    result = st.result
+    result = result_of(stage.kind, st.result)
     if stage.kind is StageKind.APPROVAL:
         decision = approval_decision(state, pipeline)
         if decision.get("approver") and st.status in (StageStatus.SUCCEEDED, StageStatus.FAILED):
@@ -172,7 +174,7 @@ def stage_detail(stage: Stage, st: StageState, state: ReleaseState, pipeline: Pi
             return "waiting for an approver"
     if st.status is StageStatus.QUEUED:
         return f"queued: another release holds {stage.environment}"
-    analysis = (result.get("analysis") or {}).get("latest") if isinstance(result.get("analysis"), dict) else None
+    analysis = result.analysis.latest if isinstance(result, CheckResult) and result.analysis else None
     if st.status is StageStatus.FAILED and st.reason:
         reason = st.reason if len(st.reason) <= 160 else st.reason[:157] + "…"
         return reason + (f" ({summary_line(analysis)})" if analysis else "")
@@ -181,20 +183,21 @@ def stage_detail(stage: Stage, st: StageState, state: ReleaseState, pipeline: Pi
     counts = junit_counts(result)
     if counts is not None:
         return junit_text(counts)
-    if "dry_run_ms" in result or "apply_ms" in result:
-        return f"dry run {result.get('dry_run_ms', '?')} ms, apply {result.get('apply_ms', '?')} ms"
-    if isinstance(result.get("checks"), list):
-        checks = [c for c in result["checks"] if isinstance(c, dict)]
-        good = sum(1 for c in checks if isinstance(c.get("status"), int) and 200 <= c["status"] < 300)
-        latencies = ", ".join(f"{c.get('path')} {c.get('status') or c.get('error') or '-'}"
-                              + (f" in {c['latency_ms']:.0f} ms" if isinstance(c.get("latency_ms"), (int, float)) else "")
+    if isinstance(result, BuildResult) and result.timed_schema:
+        return f"dry run {result.dry_run_ms} ms, apply {result.apply_ms} ms"
+    if isinstance(result, CheckResult) and result.checks is not None:
+        checks = result.checks
+        good = sum(1 for c in checks if c.status is not None and 200 <= c.status < 300)
+        latencies = ", ".join(f"{c.path or None} {c.status or c.error or '-'}"
+                              + (f" in {c.latency_ms:.0f} ms" if c.latency_ms is not None else "")
                               for c in checks)
         return (f"{good}/{len(checks)} paths answered 2xx" + (f" ({latencies})" if latencies else "")
                 + (f"; {summary_line(analysis)}" if analysis else ""))
-    if "passed" in result and isinstance(result.get("error_rate"), (int, float)):
-        p95 = result.get("p95_ms")
-        return (f"error rate {result['error_rate']:.2%}, P95 {p95:.0f} ms" if isinstance(p95, (int, float))
-                else f"error rate {result['error_rate']:.2%}") + (" — passed" if result["passed"] else " — failed")
+    chaos = result.chaos if isinstance(result, BuildResult) else None
+    if chaos is not None and chaos.error_rate is not None:
+        p95 = chaos.p95_ms
+        return (f"error rate {chaos.error_rate:.2%}, P95 {p95:.0f} ms" if p95 is not None
+                else f"error rate {chaos.error_rate:.2%}") + (" — passed" if chaos.passed else " — failed")
     if stage.optional and st.status is StageStatus.PENDING:
         return "optional: runs when requested"
     return ""
@@ -202,10 +205,6 @@ def stage_detail(stage: Stage, st: StageState, state: ReleaseState, pipeline: Pi
 
 def release_progress(state: ReleaseState, pipeline: Pipeline, apps: Any, now: float | None) -> dict[str, Any]:
     """Elapsed times, the expected end from the app's stage medians, a stall notice (shared/domain/progress.py)."""
-    import time
-
-    from shared.app.stage_medians import app_record
-
     now = time.time() if now is None else now
     record = app_record(apps, state.pipeline_name)
     p = progress(state, pipeline, record.get("stage_medians") or {}, now)

@@ -18,13 +18,14 @@ import urllib.parse
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from shared.domain.analysis import evidence_lines
+from shared.domain.analysis import evidence_lines, summary_line
 from shared.domain.ids import valid_release_id
 from shared.domain.errors import PipelineError
 from shared.domain.pipeline import Pipeline, Stage, StageKind
+from shared.domain.stage_results import (ApprovalResult, BuildResult, CheckResult, DeployResult, JunitCounts,
+                                         StageResult, bake_plan, common_result, result_of, results_of)
 from shared.domain.state import ReleaseState, ReleaseStatus, StageState, StageStatus
 
-JUNIT_KEYS = ("tests", "failures", "errors", "skipped")
 
 
 class ReleaseNotFound(PipelineError):
@@ -69,22 +70,19 @@ def safe_url(value: Any) -> str:
     return text if urllib.parse.urlsplit(text).scheme in ("http", "https") else ""
 
 
-def log_link(result: dict[str, Any]) -> str:
+def log_link(result: StageResult) -> str:
     """The http(s) link to a stage's log: a build's ``log_url`` or a job execution's ``log_uri``
     (on GCP console pages; in the local stack the stand-in serves its log files), else ""."""
-    return safe_url(result.get("log_url") or result.get("log_uri"))
+    return safe_url(result.log_url)
 
 
-def junit_counts(result: dict[str, Any]) -> dict[str, int] | None:
+def junit_counts(result: StageResult) -> JunitCounts | None:
     """The JUnit summary a test stage reported, or None when it reported none."""
-    if not isinstance(result.get("tests"), (int, float)) or isinstance(result.get("tests"), bool):
-        return None
-    return {k: int(result.get(k) or 0) for k in JUNIT_KEYS}
+    return result.junit if isinstance(result, BuildResult) else None
 
 
-def junit_text(counts: dict[str, int]) -> str:
-    return (f"{counts['tests']} tests, {counts['failures']} failures, "
-            f"{counts['errors']} errors, {counts['skipped']} skipped")
+def junit_text(counts: JunitCounts) -> str:
+    return f"{counts.tests} tests, {counts.failures} failures, {counts.errors} errors, {counts.skipped} skipped"
 
 
 def is_prod_traffic_stage(stage: Stage) -> bool:
@@ -93,28 +91,30 @@ def is_prod_traffic_stage(stage: Stage) -> bool:
 
 def traffic_percent(stage: Stage, st: StageState) -> int | None:
     """The share the stage put on the release's revision: what it recorded, else what it asked for."""
-    recorded = [r.get("percent") for r in st.result.get("revisions") or [] if isinstance(r, dict)]
-    recorded = [p for p in recorded if isinstance(p, int)]
+    result = result_of(stage.kind, st.result)
+    revisions = result.revisions if isinstance(result, DeployResult) else ()
+    recorded = [r.percent for r in revisions if r.percent is not None]
     if recorded:
         return min(recorded)
     asked = stage.params.get("traffic_percent", stage.params.get("percent"))
     return asked if isinstance(asked, int) else None
 
 
-def rolled_back_from(st: StageState) -> dict[str, Any] | None:
-    """The newest rollback recorded on this attempt of a stage (its traffic no longer serves), or None."""
-    done = [r for r in st.result.get("rolled_back") or [] if isinstance(r, dict)]
+def rolled_back_from(stage: Stage, st: StageState):
+    """The newest rollback (stage_results.Rollback) recorded on this attempt of a stage: its
+    traffic no longer serves. None when there is none."""
+    done = result_of(stage.kind, st.result).rolled_back
     return done[-1] if done else None
 
 
 def traffic_now_text(stage: Stage, st: StageState) -> str:
     """What a finished prod traffic stage's share is now: as set, or taken back by a rollback."""
     percent = traffic_percent(stage, st)
-    back = rolled_back_from(st)
+    back = rolled_back_from(stage, st)
     if back is None:
         return f"{percent} % traffic since {iso(st.finished_at)}"
-    return (f"{percent} % from {iso(st.finished_at)} until rolled back at {iso(back.get('at'))}; "
-            f"{back.get('service', '?')} serves {back.get('revision') or 'what served before'} now")
+    return (f"{percent} % from {iso(st.finished_at)} until rolled back at {iso(back.at)}; "
+            f"{back.service or '?'} serves {back.revision or 'what served before'} now")
 
 
 def traffic_decisions(state: ReleaseState, pipeline: Pipeline) -> list[dict[str, Any]]:
@@ -124,13 +124,14 @@ def traffic_decisions(state: ReleaseState, pipeline: Pipeline) -> list[dict[str,
         st = state.stages.get(stage.id)
         if st is None or not is_prod_traffic_stage(stage) or st.status is not StageStatus.SUCCEEDED:
             continue
-        revisions = [r for r in st.result.get("revisions") or [] if isinstance(r, dict)]
+        result = result_of(stage.kind, st.result)
+        revisions = result.revisions if isinstance(result, DeployResult) else ()
         decisions.append({
             "stage": stage.id,
             "percent": traffic_percent(stage, st),
             "at": st.finished_at,
-            "targets": [f"{r.get('service', '?')} -> {r.get('revision', '?')}" for r in revisions],
-            "rolled_back_at": (rolled_back_from(st) or {}).get("at"),
+            "targets": [f"{r.service or '?'} -> {r.revision or '?'}" for r in revisions],
+            "rolled_back_at": getattr(rolled_back_from(stage, st), "at", None),
         })
     return decisions
 
@@ -142,8 +143,8 @@ def approval_decision(state: ReleaseState, pipeline: Pipeline) -> dict[str, Any]
     gate = pipeline.approval_index
     if gate is None:
         return {}
-    result = state.stages[pipeline.stages[gate].id].result
-    return {k: result[k] for k in ("approver", "decision", "at", "reason") if k in result}
+    result = result_of(StageKind.APPROVAL, state.stages[pipeline.stages[gate].id].result)
+    return dict(result.stored_decision) if isinstance(result, ApprovalResult) else {}
 
 
 def timeline_text(entry: dict[str, Any]) -> str:
@@ -197,10 +198,10 @@ def bake_text(stage: Stage, st: StageState, now: float) -> str:
     records them then (``result.analysis``)."""
     if stage.kind is not StageKind.CHECK or st.status is not StageStatus.RUNNING or st.started_at is None:
         return ""
-    bake = st.result.get("bake_s")
-    if not isinstance(bake, (int, float)) or isinstance(bake, bool) or not bake:
+    plan = bake_plan(st.result)
+    if plan is None:
         return ""
-    window = st.result.get("window_s") if isinstance(st.result.get("window_s"), (int, float)) else 0
+    window, bake = plan
     elapsed = max(0.0, now - st.started_at)
     return (f"{stage.id} baking: {duration_text(elapsed)} in, planned up to {duration_text(window)} window "
             f"+ {duration_text(bake)} bake; the verdict of each interval is recorded when the check ends")
@@ -237,32 +238,30 @@ def _stage_detail(st: StageState) -> str:
     earlier = [f"attempt {a.attempt} {a.status}" + (f": {a.reason}" if a.reason else "") for a in st.history]
     if earlier:
         parts.append("earlier: " + "; ".join(earlier))
-    if log_link(st.result):
-        parts.append(f"log: {log_link(st.result)}")
+    link = log_link(common_result(st.result))
+    if link:
+        parts.append(f"log: {link}")
     return " — ".join(parts)
 
 
 def verdict_line(stage: Stage, st: StageState) -> str:
     """One stage's verdict in one line: status, and the number that decided it."""
+    result = result_of(stage.kind, st.result)
     detail = ""
-    counts = junit_counts(st.result)
-    analysis = st.result.get("analysis") if isinstance(st.result.get("analysis"), dict) else {}
+    counts = junit_counts(result)
     if st.status is StageStatus.FAILED and st.reason:
         detail = st.reason if len(st.reason) <= 160 else st.reason[:157] + "…"
-    elif stage.kind is StageKind.APPROVAL and st.result.get("approver"):
-        detail = f"{st.result.get('decision', 'decided')} by {st.result['approver']}"
+    elif isinstance(result, ApprovalResult) and result.approver:
+        detail = f"{result.decision or 'decided'} by {result.approver}"
     elif counts is not None:
         detail = junit_text(counts)
-    elif analysis.get("latest"):
-        from shared.domain.analysis import summary_line
-
-        detail = summary_line(analysis["latest"])
+    elif isinstance(result, CheckResult) and result.analysis is not None and result.analysis.latest:
+        detail = summary_line(result.analysis.latest)
     elif is_prod_traffic_stage(stage) and st.status is StageStatus.SUCCEEDED:
         detail = traffic_now_text(stage, st)
-    elif isinstance(st.result.get("checks"), list):
-        good = sum(1 for c in st.result["checks"] if isinstance(c, dict) and isinstance(c.get("status"), int)
-                   and 200 <= c["status"] < 300)
-        detail = f"{good}/{len(st.result['checks'])} paths answered 2xx"
+    elif isinstance(result, CheckResult) and result.checks is not None:
+        good = sum(1 for c in result.checks if isinstance(c.status, int) and 200 <= c.status < 300)
+        detail = f"{good}/{len(result.checks)} paths answered 2xx"
     took = f" in {duration_text(st.duration_s)}" if st.duration_s is not None else ""
     return f"{stage.number} {stage.name}: {st.status.value}{took}" + (f" — {detail}" if detail else "")
 
@@ -358,9 +357,9 @@ def render(state: ReleaseState, pipeline: Pipeline, per_stage: bool = True) -> s
 def _tests_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
     rows = []
     for stage in pipeline.stages:
-        counts = junit_counts(state.stages[stage.id].result) if stage.id in state.stages else None
+        counts = junit_counts(result_of(stage.kind, state.stages[stage.id].result)) if stage.id in state.stages else None
         if counts is not None and not stage.optional:
-            rows.append((stage.name, counts["tests"], counts["failures"], counts["errors"], counts["skipped"]))
+            rows.append((stage.name, counts.tests, counts.failures, counts.errors, counts.skipped))
     if not rows:
         return []
     return ["", "## Tests", ""] + _table(("Suite", "Tests", "Failures", "Errors", "Skipped"), rows)
@@ -369,11 +368,11 @@ def _tests_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
 def _schema_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
     lines = []
     for stage in pipeline.stages:
-        result = state.stages[stage.id].result if stage.id in state.stages else {}
-        if "dry_run_ms" in result or "apply_ms" in result:
-            total = sum(float(result.get(k) or 0) for k in ("dry_run_ms", "apply_ms"))
-            lines.append(f"- {stage.name}: dry run {result.get('dry_run_ms', '?')} ms, "
-                         f"apply {result.get('apply_ms', '?')} ms (total {total:.1f} ms; recorded, not judged)")
+        result = result_of(stage.kind, state.stages[stage.id].result if stage.id in state.stages else {})
+        if isinstance(result, BuildResult) and result.timed_schema:
+            total = sum(float(v or 0) if v != "?" else 0.0 for v in (result.dry_run_ms, result.apply_ms))
+            lines.append(f"- {stage.name}: dry run {result.dry_run_ms} ms, "
+                         f"apply {result.apply_ms} ms (total {total:.1f} ms; recorded, not judged)")
     return ["", "## Vector schema", ""] + lines if lines else []
 
 
@@ -383,13 +382,14 @@ def _smoke_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
         if stage.kind is not StageKind.CHECK or stage.id not in state.stages:
             continue
         st = state.stages[stage.id]
-        checks = [c for c in st.result.get("checks") or [] if isinstance(c, dict)]
+        result = result_of(stage.kind, st.result)
+        checks = result.checks if isinstance(result, CheckResult) else None
         if not checks:
             continue
-        out += ["", f"### {stage.name} ({st.status.value}) against {st.result.get('url', '?')}", ""]
+        out += ["", f"### {stage.name} ({st.status.value}) against {result.url or '?'}", ""]
         out += _table(("Path", "Status", "Latency", "Attempts"), [
-            (c.get("path", ""), c.get("status") if c.get("status") is not None else f"no answer ({c.get('error', '?')})",
-             f"{c['latency_ms']} ms" if c.get("latency_ms") is not None else "", c.get("attempts", ""))
+            (c.path, c.status if c.status is not None else f"no answer ({c.error or '?'})",
+             f"{c.latency_ms} ms" if c.latency_ms is not None else "", c.attempts)
             for c in checks])
     return ["", "## Smoke checks"] + out if out else []
 
@@ -399,12 +399,13 @@ def _analysis_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
     out: list[str] = []
     for stage in pipeline.stages:
         st = state.stages.get(stage.id)
-        analysis = st.result.get("analysis") if st is not None else None
-        if not isinstance(analysis, dict) or not isinstance(analysis.get("latest"), dict):
+        result = result_of(stage.kind, st.result) if st is not None else None
+        analysis = result.analysis if isinstance(result, CheckResult) else None
+        if analysis is None or analysis.latest is None:
             continue
-        counts = ", ".join(f"{analysis[k]} {k}" for k in ("passes", "inconclusive", "fails") if analysis.get(k))
+        counts = ", ".join(f"{getattr(analysis, k)} {k}" for k in ("passes", "inconclusive", "fails") if getattr(analysis, k))
         out += ["", f"### {stage.name} ({st.status.value}; intervals: {counts or 'none'})", "", "```text"]
-        out += [line.replace("`", "'") for line in evidence_lines(analysis["latest"])]  # log text cannot end the block
+        out += [line.replace("`", "'") for line in evidence_lines(analysis.latest)]  # log text cannot end the block
         out += ["```"]
     return ["", "## Canary analysis"] + out if out else []
 
@@ -414,22 +415,22 @@ def _chaos_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
     for stage in pipeline.stages:
         if not stage.optional or stage.id not in state.stages:
             continue
-        st, result = state.stages[stage.id], state.stages[stage.id].result
+        st = state.stages[stage.id]
+        result = result_of(stage.kind, st.result)
+        chaos = result.chaos if isinstance(result, BuildResult) else None
         if st.status in (StageStatus.PENDING, StageStatus.SKIPPED) and not state.chaos_requested_by:
             out.append(f"- {stage.name}: not requested ({st.status.value})")
             continue
         who = f" requested by {state.chaos_requested_by}" if state.chaos_requested_by else ""
         out.append(f"- {stage.name}{who}: {st.status.value}")
-        if "passed" in result:
-            rate = result.get("error_rate")
-            rate_text = f"{rate:.2%}" if isinstance(rate, (int, float)) else "n/a"
-            p95 = result.get("p95_ms")
-            p95_text = f"{p95:.0f} ms" if isinstance(p95, (int, float)) else "n/a"
+        if chaos is not None:
+            rate_text = f"{chaos.error_rate:.2%}" if chaos.error_rate is not None else "n/a"
+            p95_text = f"{chaos.p95_ms:.0f} ms" if chaos.p95_ms is not None else "n/a"
             limits = ""
-            if isinstance(result.get("max_error_rate"), (int, float)) and isinstance(result.get("max_p95_ms"), (int, float)):
-                limits = f" (limits: < {result['max_error_rate']:.2%}, < {result['max_p95_ms']:.0f} ms)"
-            out.append(f"- error rate {rate_text}, P95 {p95_text}, passed: {'yes' if result['passed'] else 'no'}{limits}")
-            out += [f"- why: {reason}" for reason in result.get("reasons") or []]
+            if chaos.max_error_rate is not None and chaos.max_p95_ms is not None:
+                limits = f" (limits: < {chaos.max_error_rate:.2%}, < {chaos.max_p95_ms:.0f} ms)"
+            out.append(f"- error rate {rate_text}, P95 {p95_text}, passed: {'yes' if chaos.passed else 'no'}{limits}")
+            out += [f"- why: {reason}" for reason in chaos.reasons]
     return ["", "## Chaos smoke", ""] + out if out else []
 
 
@@ -451,13 +452,13 @@ def rollback_lines(state: ReleaseState, pipeline: Pipeline) -> list[str]:
     lines = []
     for stage in pipeline.stages:
         st = state.stages.get(stage.id) or StageState()
-        for result in [a.result for a in st.history] + [st.result]:
-            for r in result.get("rolled_back") or []:
-                lines.append(f"rolled back {r.get('service', '?')} from {r.get('from') or '?'} to "
-                             f"{r.get('revision') or '?'} at {iso(r.get('at'))} by {r.get('by') or '?'}"
-                             + (f": {r['why']}" if r.get("why") else ""))
-            if result.get("rollback_error"):
-                lines.append(f"rollback of {stage.id} FAILED: {result['rollback_error']}")
+        for result in results_of(stage.kind, st):
+            for r in result.rolled_back:
+                lines.append(f"rolled back {r.service or '?'} from {r.from_revision or '?'} to "
+                             f"{r.revision or '?'} at {iso(r.at)} by {r.by or '?'}"
+                             + (f": {r.why}" if r.why else ""))
+            if result.rollback_error:
+                lines.append(f"rollback of {stage.id} FAILED: {result.rollback_error}")
     return lines
 
 

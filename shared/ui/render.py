@@ -9,6 +9,7 @@ made here is the notes' HTML, produced by markdown-it-py with raw HTML turned of
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,6 @@ def environment():
 def code_spans(text: str):
     """Plain text whose `backticked` commands become <code> (everything escaped first), so a
     banner shows ``relctl unfreeze`` as a command and not with literal backticks."""
-    import re
-
     from markupsafe import Markup, escape
 
     return Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", str(escape(text))))

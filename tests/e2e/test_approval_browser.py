@@ -40,7 +40,7 @@ def served():
             size = int(environ.get("CONTENT_LENGTH") or 0)
             form = dict(urllib.parse.parse_qsl(environ["wsgi.input"].read(size).decode()))
         headers = {"User-Agent": environ.get("HTTP_USER_AGENT", "")}
-        status, body, answer_headers = world.service.handle(environ["REQUEST_METHOD"], query, form, headers)
+        status, body, answer_headers = world.pages.handle(environ["REQUEST_METHOD"], query, form, headers)
         start_response(f"{status} X", list(answer_headers.items()))
         return [body.encode()]
 

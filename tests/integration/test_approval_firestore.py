@@ -12,6 +12,7 @@ from shared.domain.approval_record import ApprovalNotFound, ApprovalRecord
 from shared.app.config import Settings
 from shared.adapters.notify import EmailNotifier
 from tests.integration.test_notify_channels import smtp  # noqa: F401 - fixture
+from shared.adapters.notify import link_senders_from_settings
 from tests.unit.test_approval_service import APPROVER, KEYS, REFUSALS, T0, World, token_in
 
 
@@ -135,9 +136,10 @@ def test_link_arrives_by_mail_and_opens_the_confirm_page(store, settings, smtp):
     port, inbox = smtp
     mail_settings = Settings(**{**settings.__dict__, "smtp_host": "127.0.0.1", "smtp_port": port})
     world = World(store=store, settings=mail_settings)
-    # The production wiring: links go by mail because RELEASE_SMTP_HOST is set.
+    # The production wiring (shared/bootstrap.py): links go by mail because RELEASE_SMTP_HOST is set.
     world.service = ApprovalService.from_settings(mail_settings, store=store, publisher=world.publisher,
-                                                  clock=world.clock, releases=world.releases)
+                                                  clock=world.clock, releases=world.releases,
+                                                  link_senders=link_senders_from_settings(mail_settings))
     assert [type(s) for s in world.service.link_senders] == [EmailNotifier]
     assert world.service.request(world.release, world.command) == {"links_sent": 1}
     (message,) = inbox.messages
@@ -145,6 +147,6 @@ def test_link_arrives_by_mail_and_opens_the_confirm_page(store, settings, smtp):
     token = token_in(message.get_content())
     link = urllib.parse.urlparse(f"http://x/?token={urllib.parse.quote(token)}")
     query = dict(urllib.parse.parse_qsl(link.query))
-    status, html, _ = world.service.handle("GET", query, {}, {})
+    status, html, _ = world.pages.handle("GET", query, {}, {})
     assert status == 200 and world.release.release_id in html
     assert not store.get(world.nonce(token)).consumed

@@ -18,6 +18,10 @@ from shared.domain.approval_tokens import Keyring
 from shared.adapters.api_calls import ApiCaller, RetryPolicy
 from shared.domain.errors import ConfigError, ExecutorError, TransientError
 from shared.domain.probes import PROBE_SIGNATURE_HEADER, decode_task, first_probe_task
+from shared.adapters.http_prober import RequestsProber
+from shared.app.ports import SystemClock
+from shared.app.probing import ProbeService
+from shared.testing.fakes import FakePublisher, FakeStore
 
 PROJECT, REGION = "tasks-project", "europe-west3"
 QUEUE = f"projects/{PROJECT}/locations/{REGION}/queues/release-probes"
@@ -51,7 +55,7 @@ def receiver():
 @pytest.fixture(scope="module")
 def standin(tmp_path_factory):
     config = StandInConfig(project=PROJECT, region=REGION, log_dir=tmp_path_factory.mktemp("tasks"),
-                           task_queues=(QUEUE,))
+                           task_queues=(QUEUE, QUEUE + "-gone"))
     with StandIn(config) as running:
         yield running
 
@@ -107,8 +111,56 @@ def test_a_probe_answered_500_is_retried(standin, receiver):
 
 
 def test_a_missing_queue_is_a_configuration_error(standin, receiver):
-    with pytest.raises(ConfigError, match="queues/nope does not exist"):
+    """Cloud Tasks answers FAILED_PRECONDITION "Queue does not exist." (issue 23: unmapped on main)."""
+    with pytest.raises(ConfigError, match=r"queues/nope does not exist \(Queue does not exist.\)"):
         scheduler(standin, receiver[0], probe_queue="nope").schedule(a_task("a3"), time.time())
+
+
+# -- issue 23: each Cloud Tasks refusal reaches the stage as the README's table says ------------------
+def probing(standin, url, **overrides):
+    """The probe function's service with the real scheduler: a check whose GET fails schedules the next probe."""
+    publisher = FakePublisher()
+    probes = scheduler(standin, url, **overrides)
+    return ProbeService(FakeStore(), {}, publisher, probes, RequestsProber(), SystemClock(), probes.settings), publisher
+
+
+def a_check(run: str, url: str):
+    return first_probe_task(release_id="r", stage="smoke", stage_run_id=f"r.smoke.{run}", kind="check",
+                            pipeline_digest="d" * 64, now=time.time(), timeout_s=60,
+                            handle={"url": url, "paths": ["/"], "window_s": 30})
+
+
+def test_a_deleted_queue_is_a_configuration_error_and_the_probe_is_retried(standin, receiver):
+    url = receiver[0]
+    gone = f"projects/{PROJECT}/locations/{REGION}/queues/release-probes-gone"
+    standin.remove_queue(gone)  # it existed (the fixture made it), then was deleted
+    service, publisher = probing(standin, url, probe_queue="release-probes-gone")
+    # the receiver answers GET with 501, so the window goes on and the next probe must be scheduled
+    with pytest.raises(ConfigError, match="existed recently"):
+        service.handle(a_check("c1", url))  # the probe function answers 500: Cloud Tasks retries the probe
+    assert publisher.messages == []  # no stage is failed for a deployment fault
+
+
+def test_resource_exhausted_is_transient_and_the_probe_is_retried(standin, receiver):
+    url = receiver[0]
+    standin.fail_next("CreateTask", grpc.StatusCode.RESOURCE_EXHAUSTED, message="Quota exceeded for quota metric "
+                      "'Task creation requests' and limit 'Task creation requests per minute per queue'")
+    service, publisher = probing(standin, url)
+    with pytest.raises(TransientError, match="RESOURCE_EXHAUSTED: Quota exceeded"):
+        service.handle(a_check("c2", url))
+    assert publisher.messages == []
+    assert "probe 1 scheduled" in service.handle(a_check("c2", url))  # once there is room again
+
+
+def test_permission_denied_fails_the_stage_naming_the_permission(standin, receiver):
+    url = receiver[0]
+    standin.fail_next("CreateTask", grpc.StatusCode.PERMISSION_DENIED, message="Permission "
+                      "'cloudtasks.tasks.create' denied on resource (or it may not exist).")
+    service, publisher = probing(standin, url)
+    assert "the stage failed" in service.handle(a_check("c3", url))
+    (_, payload, _), = publisher.messages
+    assert payload["outcome"] == "failed"
+    assert "missing permission cloudtasks.tasks.create" in payload["reason"]
 
 
 def test_an_unavailable_api_is_retried_then_transient(standin, receiver):
@@ -141,5 +193,5 @@ def test_the_stand_in_refuses_what_cloud_tasks_refuses(standin, receiver):
             url=receiver[0], body=b"x" * (100 * 1024 + 1))))
     with pytest.raises(gexc.InvalidArgument, match="http:// or https://"):
         client.create_task(parent=QUEUE, task=tasks_v2.Task(http_request=tasks_v2.HttpRequest(url="ftp://127.0.0.1/")))
-    with pytest.raises(gexc.NotFound):
+    with pytest.raises(gexc.FailedPrecondition, match="Queue does not exist."):
         client.create_task(parent=QUEUE + "x", task=tasks_v2.Task(http_request=http))

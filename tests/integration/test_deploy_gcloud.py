@@ -18,7 +18,7 @@ CHANGED = {("functions", "deploy"), ("builds", "submit"), ("pubsub", "subscripti
            ("iam", "workload-identity-pools", "providers", "create-oidc"),
            ("iam", "service-accounts", "add-iam-policy-binding"),
            ("artifacts", "repositories", "add-iam-policy-binding"), ("artifacts", "repositories", "create"),
-           ("iam", "roles", "create")}
+           ("iam", "roles", "create"), ("builds", "connections", "add-iam-policy-binding")}
 ENV = {"RELEASE_PROJECT": "acme-release", "RELEASE_BUILD_REGION": "europe-west1",
        "RELEASE_ARTIFACT_REGISTRY": "europe-west3-docker.pkg.dev/acme-release/noesis2",
        "DEPLOY_GITHUB_REPOSITORY": "acme/noesis2", "DEPLOY_GITHUB_REPOSITORY_ID": "1",
@@ -34,3 +34,19 @@ def test_changed_deploy_commands_and_the_teardown_exist_with_their_flags():
 def test_a_flag_the_sdk_does_not_know_is_caught():
     assert unknown_flags([("builds", "submit", ".", "--no-such-flag-xyz")]) == {
         ("builds", "submit"): ["--no-such-flag-xyz"]}
+
+
+def test_the_wif_attribute_mapping_is_parsed_by_gclouds_own_argdict():
+    """--attribute-mapping is a KEY=VALUE,… flag (ArgDict): no CEL expression of deploy/wif.py may hold a
+    comma, and each arrives whole. Checked with the installed SDK's parser, not ours."""
+    import sys
+    from pathlib import Path
+
+    lib = Path(shutil.which("gcloud")).resolve().parents[1] / "lib"
+    sys.path[len(sys.path):] = [str(lib), str(lib / "third_party")]
+    arg_parsers = pytest.importorskip("googlecloudsdk.calliope.arg_parsers")
+    config = load_config({**ENV, "DEPLOY_WIF_TAG_PREFIX": "v",
+                          "DEPLOY_WIF_WORKFLOWS": ".github/workflows/release.yml,.github/workflows/hotfix.yml"})
+    provider = next(r for r in build_plan(config).resources if r.kind == "wif-provider")
+    flag = next(a for a in provider.create if a.startswith("--attribute-mapping=")).split("=", 1)[1]
+    assert arg_parsers.ArgDict()(flag) == config.wif_policy.attribute_mapping()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import uuid
 
@@ -11,7 +12,7 @@ import pytest
 from local.standin.server import StandIn, StandInConfig
 from shared.adapters import gcp_clients
 from shared.domain.commands import StartStage
-from shared.app.config import Settings
+from shared.app.config import REPO_ROOT, Settings
 from shared.domain.errors import ExecutorError, TransientError
 from shared.domain.events import Outcome
 from shared.adapters.executors import RetryPolicy, build_executors
@@ -19,6 +20,8 @@ from shared.domain.pipeline import load_pipeline
 from shared.domain.state import StageState, StageStatus
 
 PROJECT = "local-project"
+CONNECTED = f"projects/{PROJECT}/locations/europe-west3/connections/github/repositories/acme-noesis2"
+HEAD = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
 FAST = RetryPolicy(initial_s=0.01, maximum_s=0.05, timeout_s=0.5, call_timeout_s=5)
 
 
@@ -26,6 +29,8 @@ FAST = RetryPolicy(initial_s=0.01, maximum_s=0.05, timeout_s=0.5, call_timeout_s
 def standin(tmp_path_factory):
     cfg = StandInConfig(project=PROJECT, log_dir=tmp_path_factory.mktemp("standin-build-logs"))
     with StandIn(cfg) as running:
+        # noesis2's builds fetch its private repository through a connection: this checkout plays it
+        running.connect_repository(CONNECTED, str(REPO_ROOT))
         yield running
 
 
@@ -48,7 +53,7 @@ def pipeline(settings):
 def command(stage: str = "lint") -> StartStage:
     release = f"acme-noesis2-{uuid.uuid4().hex[:12]}"
     return StartStage(release, stage, f"{release}.{stage}.a1", 1, "build",
-                      {"tag": "v1.0.0-abc1234", "version": "1.0.0", "commit": "abc1234" + "0" * 33})
+                      {"tag": "v1.0.0-abc1234", "version": "1.0.0", "commit": HEAD})
 
 
 def running(cmd: StartStage, handle: dict | None = None) -> StageState:

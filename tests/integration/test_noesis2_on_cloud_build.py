@@ -17,6 +17,7 @@ PROJECT = "local-project"
 PIPELINE = load_pipeline(REPO_ROOT / "pipelines" / "noesis2.yaml")
 PIPELINE_SA = f"noesis2-pipeline@{PROJECT}.iam.gserviceaccount.com"
 BUILD_STAGES = [s.id for s in PIPELINE.stages if s.kind is StageKind.BUILD]
+CONNECTED = f"projects/{PROJECT}/locations/europe-west3/connections/github/repositories/acme-noesis2"
 INPUTS = {"tag": "v1.4.0-abc1234", "version": "1.4.0", "commit": "abc1234def567", "repo": "acme/noesis2"}
 
 
@@ -57,19 +58,21 @@ def test_cloud_build_accepts_every_build_stage(standin, settings, stage_id):
 
 @pytest.mark.parametrize("stage_id", ["lint", "unit", "build", "e2e", "vector-schema", "chaos"])
 def test_stages_that_read_the_repository_fetch_the_pushed_commit(settings, stage_id):
-    """Finding 2: without ``source`` /workspace is empty."""
+    """Finding 2: without ``source`` /workspace is empty. Issue 23: noesis2 is private, so through
+    its connected repository, not an anonymous gitSource."""
     build = build_from_params(settings, PIPELINE, PIPELINE.stage(stage_id), command(stage_id))
-    assert build.source.git_source.url == "https://github.com/acme/noesis2.git"
-    assert build.source.git_source.revision == "abc1234def567"
+    assert build.source.connected_repository.repository == CONNECTED
+    assert build.source.connected_repository.revision == "abc1234def567"
+    assert not build.source.git_source.url
 
 
 def test_the_image_is_pushed_by_the_build_that_built_it_and_stage_4_finds_it(standin, settings):
     """Finding 3: a `docker push` in a new build finds an empty Docker cache and fails."""
-    import dataclasses
     import subprocess
 
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
-    local = dataclasses.replace(settings, source_url=str(REPO_ROOT))  # this checkout plays GitHub
+    standin.connect_repository(CONNECTED, str(REPO_ROOT))  # this checkout plays the private GitHub repository
+    local = settings
     standin.set_outcome("build", "run-acme-noesis2-push3.build.", "SUCCESS")
     standin.set_outcome("build", "run-acme-noesis2-push3.push.", "SUCCESS")
     executor = CloudBuildExecutor(local, gcp_clients.cloud_build(local))

@@ -188,3 +188,51 @@ def test_an_operator_request_is_recorded_once(requests):
     assert requests.record("req-1", asked) and not requests.record("req-1", {**asked, "stage": "unit"})
     assert {k: requests.get("req-1")[k] for k in asked} == asked
     assert requests.get("req-2") is None
+
+
+# -- Locks (shared/app/locks.py over the in-memory fake's records, or Firestore's) ------------
+
+@pytest.fixture
+def locks(kind, client_and_settings):
+    publisher = fakes.FakePublisher()
+    if kind == "fake":
+        made = fakes.FakeLocks(publisher)
+    else:
+        from shared.adapters.firestore_apps import FirestoreAppRecords, service_lock_records
+        from shared.app.locks import EnvironmentLocks
+
+        client, settings = client_and_settings
+        made = EnvironmentLocks(FirestoreAppRecords(client, settings), publisher, settings,
+                                service_lock_records(client, settings))
+    return made
+
+
+def test_a_lock_is_held_by_one_release_and_handed_to_the_newest_queued(locks):
+    from shared.domain.events import LockGranted, Superseded
+
+    assert locks.acquire("acme-app", "staging", "r-1", T0, "1.0.0", ("web",)) == "granted"
+    assert locks.acquire("acme-app", "staging", "r-2", T0 + 1, "1.0.1", ("web",)) == "queued"
+    assert locks.acquire("acme-app", "staging", "r-3", T0 + 2, "1.0.2", ("web",)) == "queued"
+    assert locks.acquire("other-app", "staging", "o-1", T0, "9.0.0") == "granted", "apps never wait for each other"
+    assert locks.confirms("acme-app", LockGranted("", "r-1", "staging")) == ""
+    assert "held by r-1" in locks.confirms("acme-app", LockGranted("", "r-3", "staging"))
+    assert locks.release("acme-app", "staging", "r-1") == "r-3"
+    assert locks.confirms("acme-app", LockGranted("", "r-3", "staging")) == ""
+    assert locks.confirms("acme-app", Superseded("", "r-2", "staging", "r-3")) == ""
+    assert "no supersession" in locks.confirms("acme-app", Superseded("", "r-2", "staging", "r-9"))
+
+
+def test_prod_is_granted_only_above_the_version_floor(locks):
+    assert locks.acquire("acme-app", "prod", "r-2", T0, "2.0.0") == "granted"
+    locks.release("acme-app", "prod", "r-2")
+    assert locks.acquire("acme-app", "prod", "r-1", T0 + 1, "1.9.0") == "superseded"
+
+
+def test_stage_durations_are_counted_once_per_release(locks):
+    from shared.app.stage_medians import app_record
+
+    locks.record_durations("acme-app", "r-1", {"lint": 10.0})
+    locks.record_durations("acme-app", "r-1", {"lint": 10.0})  # a repeated batch
+    locks.record_durations("acme-app", "r-2", {"lint": 20.0})
+    medians = app_record(locks.records, "acme-app")["stage_medians"]
+    assert medians["lint"]["recent"] == [10.0, 20.0] and medians["lint"]["median_s"] == 15.0

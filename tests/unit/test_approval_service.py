@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from shared.app.approvals import ApprovalRefused, ApprovalService, release_readers
+from shared.ui.approval_http import ApprovalPages
 from shared.domain.approval_record import ApprovalRecord
 from shared.app.dead_letters import DeadLetters
 from shared.testing.fakes import (
@@ -105,15 +106,20 @@ class World:
             if stored.to_dict() != self.release.to_dict():
                 self.releases.update(self.release, version)
 
+    @property
+    def pages(self) -> ApprovalPages:
+        """The on_approval function's HTTP side over this world's service (tests swap the service)."""
+        return ApprovalPages(self.service)
+
     def get(self, token, method="GET"):
         self.save_release()
-        return self.service.handle(method, {"token": token}, {}, {"User-Agent": "MailScanner/1.0"})
+        return self.pages.handle(method, {"token": token}, {}, {"User-Agent": "MailScanner/1.0"})
 
     def post(self, token, decision="approve", reason="", via_query=False):
         query = {"token": token} if via_query else {}
         form = {"decision": decision, "reason": reason} | ({} if via_query else {"token": token})
         self.save_release()
-        return self.service.handle("POST", query, form, {"user-agent": BROWSER})
+        return self.pages.handle("POST", query, form, {"user-agent": BROWSER})
 
     def nonce(self, token) -> str:
         import base64
@@ -386,7 +392,7 @@ def test_stage_deadline_passed_is_410(world):
 
 
 def test_other_methods_are_405(world):
-    answer = world.service.handle("PUT", {}, {}, {})
+    answer = world.pages.handle("PUT", {}, {}, {})
     assert answer.status == 405 and answer.headers["Allow"] == "GET, HEAD, POST"
 
 

@@ -41,10 +41,10 @@ PATHS = {
     "on_push": ("bootstrap.push_service()", {"firestore"}),
     "dispatch": ("bootstrap.dispatcher()", {"firestore"}),
     "drain_dead_letters": ("bootstrap.dead_letters()", {"firestore"}),
-    "on_approval": ("bootstrap.approvals()", {"firestore", "notifiers"}),
-    "sweep": ("from shared.app.sweeper import sweep\nbootstrap.store(); bootstrap.executors(); bootstrap.publisher()",
+    "on_approval": ("bootstrap.approval_pages()", {"firestore", "notifiers"}),
+    "sweep": ("bootstrap.sweeper()",
               {"firestore"}),
-    "dashboard": ("from shared.ui.dashboard import handle\nbootstrap.store(); bootstrap.app_records()", {"firestore"}),
+    "dashboard": ("bootstrap.dashboard()", {"firestore"}),
     "probe (a check's round)": ("bootstrap.probe_service(); bootstrap.link_keyring()", set()),
     "operator": ("bootstrap.operator()", {"firestore", "notifiers"}),  # approve / reject by identity
 }

@@ -98,16 +98,64 @@ def test_a_second_prod_secret_gets_its_own_resource_level_binding(monkeypatch, t
     assert targets == {"noesis2-prod-database-url", "noesis2-prod-redis-url", "noesis2-schema-database-url"}
 
 
-def test_wif_provider_admits_only_the_configured_repository(monkeypatch):
-    plan = dry_run_json(monkeypatch)
+def _provider_flag(plan: dict, flag: str) -> str:
     provider = next(s for s in plan["steps"] if s["type"] == "resource" and s["kind"] == "wif-provider")
-    condition = next(a for a in provider["create"] if a.startswith("--attribute-condition="))
-    # Finding 15: the repository's id, which a renamed or re-created repository cannot take over.
-    assert condition == "--attribute-condition=assertion.repository_id == '123456789'"
-    wif_user = next(s for s in plan["steps"] if s["type"] == "binding" and s["role"] == "roles/iam.workloadIdentityUser")
-    assert wif_user["target"] == PIPELINE_SA
-    assert wif_user["member"].startswith("principalSet://iam.googleapis.com/projects/")
-    assert wif_user["member"].endswith("/workloadIdentityPools/github/attribute.repository_id/123456789")
+    return next(a for a in provider["create"] if a.startswith(f"--{flag}=")).split("=", 1)[1]
+
+
+def _mapping(flag: str) -> dict[str, str]:
+    # gcloud's --attribute-mapping: KEY=VALUE pairs separated by commas (so no expression may hold one)
+    return dict(pair.split("=", 1) for pair in flag.split(","))
+
+
+def test_wif_admits_only_the_release_workflow_of_the_release_branch(monkeypatch):
+    """Issue 23: the condition pinned the repository id only, so every branch's workflow was admitted."""
+    from deploy.wif import evaluate, github_claims, strangers
+
+    plan = dry_run_json(monkeypatch)
+    condition, mapping = _provider_flag(plan, "attribute-condition"), _mapping(_provider_flag(plan, "attribute-mapping"))
+    policy = load_config(ENV).wif_policy
+    assert evaluate(condition, github_claims(policy)) is True
+    members = {s["member"] for s in plan["steps"] if s["type"] == "binding" and s["role"] == "roles/iam.workloadIdentityUser"}
+    assert members == {"principalSet://iam.googleapis.com/projects/${PROJECT_NUMBER}/locations/global/"
+                       "workloadIdentityPools/github/attribute.release_workflow/123456789:branch:.github/workflows/release.yml"}
+    bound = {m.rsplit("/attribute.release_workflow/", 1)[1] for m in members}
+    assert evaluate(mapping["attribute.release_workflow"], github_claims(policy)) in bound
+    for what, claims in strangers(policy).items():
+        # refused twice: by the provider, and by the principal set should the condition ever be loosened
+        assert evaluate(condition, claims) is False, what
+        if claims["repository_id"] == policy.repository_id:
+            assert evaluate(mapping["attribute.release_workflow"], claims) not in bound, what
+
+
+def test_wif_release_tags_and_workflows_are_configurable(monkeypatch):
+    from deploy.wif import evaluate, github_claims
+
+    env = {**ENV, "DEPLOY_WIF_TAG_PREFIX": "v",
+           "DEPLOY_WIF_WORKFLOWS": ".github/workflows/release.yml,.github/workflows/hotfix.yaml"}
+    plan = dry_run_json(monkeypatch, env)
+    condition = _provider_flag(plan, "attribute-condition")
+    policy = load_config(env).wif_policy
+    assert evaluate(condition, github_claims(policy, ref="refs/tags/v1.2.3")) is True
+    assert evaluate(condition, github_claims(policy, workflow=".github/workflows/hotfix.yaml")) is True
+    assert evaluate(condition, github_claims(policy, ref="refs/tags/nightly")) is False
+    assert evaluate(condition, github_claims(policy, workflow=".github/workflows/ci.yml")) is False
+    assert len([s for s in plan["steps"] if s["type"] == "binding" and s["role"] == "roles/iam.workloadIdentityUser"]) == 4
+
+
+@pytest.mark.parametrize("condition, refused", [
+    ("assertion.repository_id == '123456789'", "admits a feature branch"),
+    ("assertion.repository_id == '123456789' && assertion.ref == 'refs/heads/main'", "admits another workflow file"),
+    ("assertion.repository_id == '123456789' && assertion.ref == 'refs/heads/main' && "
+     "assertion.workflow_ref == 'acme/noesis2/.github/workflows/release.yml@refs/heads/main'",
+     "admits pull_request_target on the release branch"),
+    ("assertion.repository == 'acme/noesis2' && assertion.ref == 'refs/heads/main'",
+     "admits another repository of the same name"),
+])
+def test_check_refuses_a_condition_that_does_not_pin_branch_workflow_and_event(condition, refused):
+    findings = setup_check(load_config({**ENV, "DEPLOY_WIF_CONDITION": condition}))
+    assert any(f.level == "error" and refused in f.message for f in findings), findings
+    assert not [f for f in setup_check(load_config(ENV)) if "WIF" in f.message]
 
 
 def test_plan_is_deterministic_so_running_it_twice_yields_the_same_commands():
@@ -250,13 +298,37 @@ def test_apply_creates_once_and_a_second_apply_creates_nothing():
     assert any(call[:4] == ("pubsub", "subscriptions", "update", "eventarc-sub-dispatch-trg") for call in cloud.calls)
 
 
-def test_apply_stops_before_the_functions_when_the_secrets_are_empty():
+def test_apply_stops_before_its_first_step_naming_the_secrets_without_a_version():
     config = load_config(ENV)
     cloud = FakeCloud(secrets_have_values=False)
-    with pytest.raises(DeployError, match="release-webhook-secret, release-approval-keys have no value"):
+    with pytest.raises(DeployError, match="release-webhook-secret, release-approval-keys, release-smtp-password "
+                                          "have no enabled version"):
         apply_plan(build_plan(config), config, cloud, log=lambda line: None)
-    assert not any(call[:2] == ("functions", "deploy") for call in cloud.calls)
-    assert any(call[:2] == ("secrets", "create") for call in cloud.calls)
+    assert all(call[:3] == ("secrets", "versions", "list") for call in cloud.calls)  # nothing changed
+
+
+def test_check_lists_the_secrets_that_must_hold_a_version_and_smtp_only_with_a_login(monkeypatch):
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    out = io.StringIO()
+    main(["--check"], out=out)
+    listed = re.findall(r"^SECRET +(\S+)", out.getvalue(), re.M)
+    assert listed == ["release-webhook-secret", "release-approval-keys", "release-smtp-password"]
+    monkeypatch.setenv("RELEASE_SMTP_USER", "")
+    out = io.StringIO()
+    main(["--check"], out=out)
+    assert "release-smtp-password" not in re.findall(r"^SECRET +(\S+)", out.getvalue(), re.M)
+    plan = build_plan(load_config(dict(ENV, RELEASE_SMTP_USER="")))
+    assert "release-smtp-password" not in " ".join(" ".join(c) for c in plan.commands())
+
+
+def test_the_assembled_main_exports_every_entry_point_the_plan_deploys(tmp_path):
+    from deploy.model import functions
+
+    config = load_config(dict(ENV, DEPLOY_SOURCE_DIR=str(tmp_path / "src")))
+    text = (assemble_source(config) / "main.py").read_text()
+    exported = set(re.search(r"from functions.main import (.*?)  #", text).group(1).split(", "))
+    assert exported == {fn.entry_point for fn in functions(config)} >= {"probe", "drain_dead_letters"}
 
 
 def test_setup_check_names_what_to_fix():
@@ -384,3 +456,29 @@ def test_a_github_token_secret_is_read_by_the_approval_requesting_functions_only
     plan = dry_run_json(monkeypatch, {**ENV, "DEPLOY_GITHUB_TOKEN_SECRET": "release-github-token"})
     assert compare_wiring(plan) == ({"dispatch", "dispatch-builds", "sweep"},
                                     [(runtime, "roles/secretmanager.secretAccessor")], 1)
+
+
+def test_the_pipeline_account_reads_the_connected_repository_on_its_connection_only(monkeypatch):
+    """Issue 23: noesis2's builds fetch its private repository through a 2nd-gen connection."""
+    plan = dry_run_json(monkeypatch)
+    grants = [s for s in plan["steps"] if s["type"] == "binding" and s["scope"] == "build-connection"]
+    assert [(g["target"], g["role"], g["member"]) for g in grants] == [
+        ("projects/acme-release/locations/europe-west3/connections/github", "roles/cloudbuild.readTokenAccessor",
+         sa_member(PIPELINE_SA))]
+    assert grants[0]["command"][:4] == ["builds", "connections", "add-iam-policy-binding", "github"]
+    assert "--region=europe-west3" in grants[0]["command"]
+
+
+def test_private_checked_services_grant_run_invoker_to_the_runtime_account_only(monkeypatch, tmp_path):
+    """Issue 23: a check with `auth: id_token` sends the probe function's (runtime account's) ID token."""
+    document = yaml.safe_load((REPO_ROOT / "pipelines" / "noesis2.yaml").read_text())
+    for stage in document["stages"]:
+        if stage["id"] == "prod-smoke":
+            stage["params"]["auth"] = "id_token"
+    modified = tmp_path / "noesis2.yaml"
+    modified.write_text(yaml.safe_dump(document))
+    plan = dry_run_json(monkeypatch, ENV, "--pipeline-file", str(modified))
+    grants = [(s["target"], s["role"], s["member"]) for s in plan["steps"]
+              if s["type"] == "binding" and s["role"] == "roles/run.invoker" and s["scope"] == "run-service"]
+    assert grants == [("noesis2-web", "roles/run.invoker", "serviceAccount:release-runtime@acme-release.iam.gserviceaccount.com")]
+    assert not [s for s in dry_run_json(monkeypatch)["steps"] if s["type"] == "binding" and s["scope"] == "run-service"]

@@ -2,10 +2,13 @@
 two writes, and a duplicate that arrives while the first delivery is still carrying out."""
 from __future__ import annotations
 
+import typing
+
 import pytest
 
 from shared.app.config import Settings
-from shared.app.dispatcher import IN_FLIGHT_WAIT_S, Dispatcher
+from shared.app.dispatcher import COMMAND_HANDLERS, IN_FLIGHT_WAIT_S, Dispatcher
+from shared.domain.commands import Command
 from shared.app.locks import EnvironmentLocks
 from shared.app.ports import StageFinish
 from shared.app.service_locks import empty_service_record
@@ -245,3 +248,8 @@ def test_a_notification_of_another_build_is_stale_without_reading_any_build():
     decision = dispatcher.handle_message("n1", *build_notification(rid, "SUCCESS", build_id="b-copy"))
     assert decision.outcome is GateOutcome.STALE
     assert state_of(dispatcher, rid).stages["lint"].status is StageStatus.RUNNING
+
+
+def test_every_command_type_is_carried_out_through_the_table():
+    """A command type the gate can emit but the table lacks would fail its batch (KeyError), not vanish."""
+    assert set(typing.get_args(Command)) == set(COMMAND_HANDLERS)

@@ -48,8 +48,8 @@ def test_schema_stage_runs_proxy_and_psql_in_one_step_with_its_secret_and_source
     assert dict(build.substitutions) == {"_CLOUDSQL_INSTANCE": "p:europe-west3:noesis2"}
     (secret,) = build.available_secrets.secret_manager
     assert (secret.env, secret.version_name) == ("DATABASE_URL", "projects/p/secrets/noesis2-schema-database-url/versions/latest")
-    assert (build.source.git_source.url, build.source.git_source.revision) == (
-        "https://github.com/acme/noesis2.git", "abc1234def567")
+    assert (build.source.connected_repository.repository, build.source.connected_repository.revision) == (
+        "projects/p/locations/europe-west3/connections/github/repositories/acme-noesis2", "abc1234def567")
     assert build.service_account == "projects/p/serviceAccounts/noesis2-pipeline@p.iam.gserviceaccount.com"
     assert build.options.logging.name == "CLOUD_LOGGING_ONLY"
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from shared.app.config import Settings
 from shared.adapters.executors.calls import ApiCaller, RetryPolicy
 from shared.domain.pipeline import StageKind
+from shared.adapters import gcp_clients
 
 # What this package exports, and from which module: imported when first named.
 _EXPORTS = {
@@ -33,8 +34,6 @@ CLIENT_NAMES = ("cloud_build", "jobs", "executions", "services", "revisions")
 
 
 def _factories() -> dict[str, Callable[[Settings], Any]]:
-    from shared.adapters import gcp_clients
-
     return {
         "cloud_build": gcp_clients.cloud_build,
         "jobs": gcp_clients.run_jobs,

@@ -17,6 +17,7 @@ from shared.adapters.executors.calls import ApiCaller
 from shared.adapters.executors.substitute import substitute, variables_for
 from shared.domain.pipeline import Pipeline, Stage, parse_duration
 from shared.app.ports import StageFinish, StartResult
+from shared.domain.stage_results import build_id_of
 from shared.domain.state import StageState
 
 STEP_FIELDS = {"name", "entrypoint", "args", "env", "dir", "id", "waitFor", "secretEnv", "timeout", "allowFailure"}
@@ -79,9 +80,9 @@ def build_from_params(settings: Settings, pipeline: Pipeline, stage: Stage, comm
     substitutions = params.get("substitutions")
     if isinstance(substitutions, Mapping) and substitutions:
         build.substitutions = {str(k): str(v) for k, v in substitutions.items()}
-    source = _git_source(params.get("source"), variables_for(settings, pipeline, command))
+    source = _source(params.get("source"), variables_for(settings, pipeline, command))
     if source is not None:
-        build.source = cloudbuild_v1.Source(git_source=source)
+        build.source = source
     secrets = params.get("available_secrets") or {}
     if secrets:
         build.available_secrets = cloudbuild_v1.Secrets(secret_manager=[
@@ -100,17 +101,26 @@ def build_from_params(settings: Settings, pipeline: Pipeline, stage: Stage, comm
     return build
 
 
-def _git_source(raw: Any, variables: Mapping[str, str]):
-    """``git``: the released repository at the pushed commit; a mapping names url/revision/dir."""
+def _source(raw: Any, variables: Mapping[str, str]):
+    """``git``: the released repository at the pushed commit, fetched anonymously (public repositories
+    only); ``{connected_repository: projects/P/locations/L/connections/C/repositories/R}``: a repository
+    of a 2nd-gen Cloud Build connection, fetched with the connection's token (private repositories);
+    ``{url: ...}``: any public git URL. Revision: the pushed commit unless named; ``dir`` optional."""
     from google.cloud.devtools import cloudbuild_v1
 
     if not raw:
         return None
     spec = {"url": variables["source_url"], "revision": variables["commit"]} if raw == "git" else dict(raw)
-    source = cloudbuild_v1.GitSource(url=str(spec["url"]), revision=str(spec.get("revision") or variables["commit"]))
+    revision = str(spec.get("revision") or variables["commit"])
+    if spec.get("connected_repository"):
+        connected = cloudbuild_v1.ConnectedRepository(repository=str(spec["connected_repository"]), revision=revision)
+        if spec.get("dir"):
+            connected.dir_ = str(spec["dir"])
+        return cloudbuild_v1.Source(connected_repository=connected)
+    source = cloudbuild_v1.GitSource(url=str(spec["url"]), revision=revision)
     if spec.get("dir"):
         source.dir_ = str(spec["dir"])
-    return source
+    return cloudbuild_v1.Source(git_source=source)
 
 
 def secret_version(project: str, reference: str) -> str:
@@ -172,7 +182,7 @@ class CloudBuildExecutor:
         """Fallback for a lost notification: read the build and translate a terminal one."""
         from google.cloud.devtools import cloudbuild_v1
 
-        build_id = str(state.result.get("build_id") or "")
+        build_id = build_id_of(state.result)
 
         def read():
             if build_id:

@@ -43,6 +43,10 @@ class HttpCheckExecutor:
             "interval_s": (parse_duration(params["probe_interval"], stage.label) if params.get("probe_interval")
                            else DEFAULT_PROBE_INTERVAL_S),
         }
+        if params.get("auth") == "id_token":
+            handle["audience"] = self.caller.call(
+                f"finding the audience of {params.get('service') or base_url}", lambda: self.audience(params),
+                release_id=command.release_id, stage=stage.id)
         if params.get("analysis"):
             criteria = Criteria.from_params(params["analysis"])
             target = self.caller.call(
@@ -73,6 +77,17 @@ class HttpCheckExecutor:
 
     def poll(self, pipeline: Pipeline, stage: Stage, state: StageState) -> StageFinish | None:
         return None  # the probes publish the verdict; there is nothing to poll
+
+    def audience(self, params: Mapping[str, Any]) -> str:
+        """What a private service's ID token names: ``audience``, else the URL checked (``url``), else the
+        service's own URL (also for a canary's tag URL; name ``audience`` where the service expects another)."""
+        if params.get("audience") or params.get("url"):
+            return str(params.get("audience") or params["url"])
+        service = self.services.get_service(name=service_path(self.settings, str(params["service"])),
+                                            retry=None, timeout=self.caller.timeout)
+        if not service.uri:
+            raise ExecutorError(f"service {params['service']} has no URL yet")
+        return service.uri
 
     def base_url(self, params: Mapping[str, Any]) -> str:
         if params.get("url"):  # an explicit URL wins (checks of something not on Cloud Run)

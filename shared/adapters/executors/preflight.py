@@ -27,6 +27,7 @@ from shared.domain.preflight import (
     SECRET_ACCESSOR_ROLE, check_permissions, deployed_services, format_report, required_roles,
 )
 from shared.domain.state import StageState
+from shared.adapters import gcp_clients
 
 
 def service_account_email(value: str, project: str) -> str:
@@ -66,8 +67,6 @@ class PreflightExecutor:
 
     def _projects_client(self) -> Any:
         if self._projects is None:
-            from shared.adapters import gcp_clients
-
             self._projects = gcp_clients.projects(self._settings)
         return self._projects
 
@@ -133,8 +132,6 @@ class PreflightExecutor:
         (builds run as it) and the runtime accounts of the services the deploy stages update.
         IAM's testIamPermissions answers for the caller and counts every grant that applies."""
         from google.api_core import exceptions as gexc
-
-        from shared.adapters import gcp_clients
 
         if self._iam is None:
             self._iam = gcp_clients.iam_admin(self._settings)

@@ -32,7 +32,8 @@ from shared.adapters.executors.substitute import docker_tag, substitute
 from shared.adapters.executors.traffic import (
     Split, current_split, release_labels, revision_name, serving_most, short_revision, to_traffic_targets,
 )
-from shared.domain.pipeline import Pipeline, StageKind
+from shared.domain.pipeline import Pipeline, StageKind, load_pipeline
+from shared.adapters.executors import default_clients
 
 CLIENTS = ("services", "revisions", "artifact_registry")
 DEFAULT_WAIT_S = 300.0  # a Cloud Run rollout of a known-good image takes well under this
@@ -65,8 +66,6 @@ def rollback_to_tag(settings: Settings, service: str, tag: str, *, image: str | 
     to ``settings.pipeline_file``. Returns service, revision, from, tag, version, commit,
     image, operation, and ``created`` (False on the fast path).
     """
-    from shared.adapters.executors import default_clients
-
     release = parse_release_tag(tag)
     if release is None:
         raise ExecutorError(f"rollback of {service} needs a release tag v<X.Y.Z>-<sha>, got {tag!r}; "
@@ -97,8 +96,6 @@ def rollback_to_tag(settings: Settings, service: str, tag: str, *, image: str | 
                                                                caller.timeout)):
         raise ResourceNotFound(f"{ref} is not in the registry; cannot roll {service} back to it")
     if pipeline is None:
-        from shared.domain.pipeline import load_pipeline
-
         pipeline = load_pipeline(settings.pipeline_file)
     variables = {"tag": tag, "version": str(release.version), "commit": release.commit, "release_id": "",
                  "stage_run_id": "", "image": ref, "registry": settings.artifact_registry}
@@ -122,8 +119,6 @@ def rollback_from_registry(settings: Settings, service: str, *, image: str | Non
                            pipeline: Pipeline | None = None, clients: Mapping[str, Any] | None = None,
                            caller: ApiCaller | None = None, wait_s: float = DEFAULT_WAIT_S) -> dict[str, Any]:
     """Roll ``service`` back to the newest release tag in the registry older than the tag it serves now."""
-    from shared.adapters.executors import default_clients
-
     repository_path(settings)
     clients = clients or default_clients(settings, CLIENTS)
     caller = caller or ApiCaller()

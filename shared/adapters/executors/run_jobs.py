@@ -15,8 +15,9 @@ from shared.domain.errors import ExecutorError
 from shared.domain.events import Outcome
 from shared.adapters.executors.calls import ApiCaller
 from shared.adapters.executors.substitute import substitute, variables_for
-from shared.domain.pipeline import Pipeline, Stage
+from shared.domain.pipeline import Pipeline, Stage, StageKind
 from shared.app.ports import StageFinish, StartResult
+from shared.domain.stage_results import result_of
 from shared.domain.state import StageState
 
 RUN_ID_ENV = "STAGE_RUN_ID"
@@ -157,7 +158,7 @@ class RunJobExecutor:
         return StartResult(handle=handle)
 
     def poll(self, pipeline: Pipeline, stage: Stage, state: StageState) -> StageFinish | None:
-        name = str(state.result.get("execution") or "")
+        name = result_of(StageKind.JOB, state.result).execution
 
         def read():
             if name:

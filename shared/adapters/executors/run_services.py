@@ -33,7 +33,9 @@ from shared.adapters.executors.traffic import (
 )
 from shared.domain.pipeline import Pipeline, Stage
 from shared.app.ports import StageFinish, StartResult
+from shared.domain.stage_results import revisions_as_stored
 from shared.domain.state import StageState
+from shared.adapters.executors import default_clients
 
 DEFAULT_CANARY_TAG = "canary"
 
@@ -107,7 +109,7 @@ class _ServiceStages:
         return operation.operation.name
 
     def poll(self, pipeline: Pipeline, stage: Stage, state: StageState) -> StageFinish | None:
-        targets = list(state.result.get("revisions") or []) or self._expected_targets(stage, state)
+        targets = revisions_as_stored(state.result) or self._expected_targets(stage, state)
         if not targets:
             return None  # nothing recorded and nothing to derive: the deadline decides
         urls: dict[str, str] = {}
@@ -298,8 +300,6 @@ def rollback(settings: Settings, service: str, to_revision: str | None = None, *
     ``rollback_from_registry`` (the newest older release tag in Artifact Registry)
     first look for a revision running that image, and only then deploy it anew.
     """
-    from shared.adapters.executors import default_clients
-
     clients = clients or default_clients(settings, ("services", "revisions"))
     caller = caller or ApiCaller()
     name = service_path(settings, service)

@@ -1,5 +1,5 @@
-from shared.domain.errors import PipelineError
+"""The channels' error: defined with the others in shared/domain/errors.py, since the ports
+(LinkSender, Notifier) raise it and the application layer catches it."""
+from shared.domain.errors import NotifyError
 
-
-class NotifyError(PipelineError):
-    """A channel could not deliver. The message never holds a webhook URL or secret."""
+__all__ = ["NotifyError"]

@@ -1,9 +1,8 @@
 """The words of every notification: which release, which stage, and what to do next."""
 from __future__ import annotations
 
-import datetime as dt
-
 from shared.domain.commands import NoticeKind, Notify
+from shared.app.approvals import format_approval_link  # noqa: F401 - the link mail, beside the other messages
 from shared.domain.state import ReleaseState
 
 NEXT_STEP = {
@@ -57,25 +56,3 @@ def format_notice(release: ReleaseState, notice: Notify, dashboard_url: str = ""
     if dashboard_url:
         lines.append(f"Dashboard: {dashboard_url.rstrip('/')}/release/{release.release_id}")  # shared/ui/dashboard.py route
     return subject, "\n".join(lines)
-
-
-def format_approval_link(release: ReleaseState, stage: str, approver: str, link: str, expires_at: float) -> tuple[str, str]:
-    """(subject, plain text) of the personal mail that carries an approval link."""
-    expiry = dt.datetime.fromtimestamp(expires_at, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    subject = f"Approval needed: release {release.release_id} ({release.tag})"
-    text = "\n".join(
-        [
-            f"Hello {approver},",
-            "",
-            f"Release {release.release_id} (version {release.version}, tag {release.tag}, "
-            f"commit {release.commit[:12]}) passed staging and waits for your decision at stage {stage}.",
-            "",
-            "Open this personal link to review it; opening the link changes nothing,",
-            "the decision is made with the Approve / Reject buttons on the page:",
-            "",
-            link,
-            "",
-            f"The link works once and expires at {expiry}. Do not forward it.",
-        ]
-    )
-    return subject, text
