@@ -142,7 +142,7 @@ def push(stack, commit: str, version: str) -> str:
                        "head_commit": {"id": commit, "message": message}, "before": "0" * 40,
                        "commits": [{"id": commit, "message": message, "author": {"name": "dev", "email": PUSHER}}]
                        }).encode()
-    request = urllib.request.Request(stack.urls["on_push"] + "/", data=body, method="POST", headers={
+    request = urllib.request.Request(stack.urls["on-push"] + "/", data=body, method="POST", headers={
         "Content-Type": "application/json", "X-GitHub-Event": "push", "X-GitHub-Delivery": f"t-{time.time_ns()}",
         "X-Hub-Signature-256": signature_for(stack.webhook_secret, body)})
     with urllib.request.urlopen(request, timeout=10) as answer:
