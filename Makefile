@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit bench deploy-plan clean
+.PHONY: demo test test-unit bench bench-quick deploy-plan clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,13 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+## Every benchmark in full (about 5 minutes; prints figures, asserts none).
 bench: $(STAMP)
 	$(PY) -m bench.run_all
+
+## Every benchmark at a small scale: fails only when one crashes (CI runs it after the tests).
+bench-quick: $(STAMP)
+	$(PY) -m bench.run_all --quick
 
 deploy-plan: $(STAMP)
 	$(PY) -m deploy.plan --dry-run

@@ -26,6 +26,7 @@ SCENARIOS = (("5 % 5xx canary", "5xx=0.05", "fail"), ("error-logging canary", "e
              ("clean canary", "", "pass"))
 GCP_SAMPLE_S, GCP_DELAY_S, GCP_INTERVAL_S, LOG_DELAY_S = 60.0, 180.0, 60.0, 2.0
 BAKE_S = 480.0  # pipelines/noesis2.yaml's prod bake
+QUICK_SCALE = 0.03  # --quick: about 15 s per scenario; verdicts at this scale are rough
 
 
 def _send(url: str) -> None:
@@ -66,7 +67,9 @@ def _deploy(settings, name: str, faults: str) -> dict[str, str]:
     return {"stable": stable, "canary": canary, "stable_url": urls["stable"], "canary_url": urls["canary"]}
 
 
-def run(hosts: dict[str, str] | None = None, scale: float = 0.1) -> Report:
+def run(hosts: dict[str, str] | None = None, quick: bool = False, scale: float = 0.1) -> Report:
+    if quick:
+        scale = min(scale, QUICK_SCALE)
     from local.standin.server import StandIn, StandInConfig
     from shared.adapters import gcp_clients
     from shared.adapters.telemetry import CloudTelemetry

@@ -21,7 +21,6 @@ own user + system time, which other processes on a shared machine disturb far le
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -29,7 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.common import APPROVAL_KEYS, Report, print_report
+from bench.common import APPROVAL_KEYS, Report, alternate, in_checkout, print_report
 from shared.app.config import REPO_ROOT
 
 RUNS = 5
@@ -114,26 +113,27 @@ def first_call(entry: str, root: Path = REPO_ROOT) -> dict | None:
     """One sample of ``entry`` in a fresh interpreter on the checkout at ``root`` (None: that
     checkout has no such path)."""
     code = CHILD.format(first_call=FIRST_CALL[entry].replace("; ", "\n"), heavy=tuple(HEAVY))
-    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=child_env(root), capture_output=True, text=True)
-    if done.returncode:
-        return None
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return in_checkout(root, code, child_env(root))
 
 
-def run(hosts: dict[str, str] | None = None) -> Report:
+def run(hosts: dict[str, str] | None = None, quick: bool = False) -> Report:
+    """``quick``: one sample of each instead of the median of RUNS."""
     report = Report()
+    runs = 1 if quick else RUNS
     subprocess.run([sys.executable, "-c", "import functions.main"], cwd=REPO_ROOT, env=child_env(), check=True)  # .pyc
-    samples = [importtime() for _ in range(RUNS)]
+    samples = [importtime() for _ in range(runs)]
     main_ms = statistics.median(s["functions.main"] for s in samples)
     ff_ms = statistics.median(s.get("functions_framework", 0) for s in samples)
     report.add("6 cold start", "import functions.main (-X importtime)", f"{main_ms:.0f} ms", "<= 400 ms", main_ms <= 400,
-               f"median of {RUNS}; functions_framework (flask) is {ff_ms:.0f} ms of it, loaded by the runtime anyway")
+               f"median of {runs}; functions_framework (flask) is {ff_ms:.0f} ms of it, loaded by the runtime anyway")
     for entry in FIRST_CALL:
-        runs = [first_call(entry) for _ in range(RUNS)]
-        imp = statistics.median(r["import_ms"] for r in runs)
-        wire = statistics.median(r["first_call_ms"] for r in runs)
-        cpu = statistics.median(r["cpu_ms"] for r in runs)
-        heavy = ", ".join(HEAVY[h] for h in runs[0]["heavy"])
+        got = [first_call(entry) for _ in range(runs)]
+        if any(r is None for r in got):
+            raise RuntimeError(f"{entry}: the first call failed in a fresh interpreter (its stderr is above)")
+        imp = statistics.median(r["import_ms"] for r in got)
+        wire = statistics.median(r["first_call_ms"] for r in got)
+        cpu = statistics.median(r["cpu_ms"] for r in got)
+        heavy = ", ".join(HEAVY[h] for h in got[0]["heavy"])
         total = imp + wire
         report.add("6 cold start", f"{entry}: import + first-call wiring", f"{imp:.0f} + {wire:.0f} = {total:.0f} ms",
                    "<= 400 ms", total <= 400,
@@ -147,7 +147,7 @@ def compare(before: Path, runs: int) -> Report:
     for root in (before, REPO_ROOT):  # compile .pyc first, as a deployed function has them
         subprocess.run([sys.executable, "-c", "import functions.main"], cwd=root, env=child_env(root), check=True)
     for entry in FIRST_CALL:
-        pairs = [(first_call(entry, before), first_call(entry, REPO_ROOT)) for _ in range(runs)]
+        pairs = list(zip(*alternate(before, REPO_ROOT, lambda root: first_call(entry, root), runs)))
         if any(b is None for b, _ in pairs):
             report.add("6 cold start", entry, "(not in the other checkout)", "", True, "")
             continue

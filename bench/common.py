@@ -7,14 +7,17 @@ from bench.run_all, which starts the emulators once and hands their hosts over.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from shared.app.config import REPO_ROOT
 from shared.domain.pipeline import parse_pipeline
@@ -151,7 +154,11 @@ def mixed_pipeline():
     params = {
         "preflight": {"service_account": "sa@example.com"}, "build": {"steps": [{"name": "x"}]},
         "job": {"job": "j"}, "deploy": {"services": ["web"], "traffic_percent": 100},
-        "check": {"target": "staging", "paths": ["/"]}, "traffic": {"services": ["web"], "percent": 100},
+        # An explicit url: the check probes no deploy of ours, so the pipeline-order rules
+        # (shared/domain/pipeline_order.py) need no environment on any stage, and with none
+        # the dispatcher takes no environment lock: the figures stay the dispatcher's own.
+        "check": {"target": "staging", "url": "http://127.0.0.1:9", "paths": ["/"]},
+        "traffic": {"services": ["web"], "percent": 100},
     }
     return parse_pipeline({
         "name": "bench-mixed",
@@ -304,3 +311,37 @@ class CpuMeter:
 def new_commit() -> str:
     """A commit sha no other release shares (release ids are derived from its first 12 chars)."""
     return uuid.uuid4().hex + uuid.uuid4().hex[:8]
+
+
+# -- another checkout, measured alternately with this one ----------------------------------
+T = TypeVar("T")
+
+
+def in_checkout(root: Path, code: str, env: dict[str, str] | None = None, timeout: float | None = None) -> Any:
+    """Run ``code`` in a fresh interpreter on the checkout at ``root`` (its cwd and PYTHONPATH,
+    this venv's packages) and return the JSON of the last line it prints; None when it fails
+    (that checkout has no such path), with its stderr's tail printed so a crash is not silent."""
+    env = {**(env if env is not None else os.environ), "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode or not lines:
+        print(f"in {root}: exit {done.returncode}: {done.stderr.strip()[-600:]}", file=sys.stderr, flush=True)
+        return None
+    return json.loads(lines[-1])
+
+
+def alternate(before: Path, after: Path, sample: Callable[[Path], T], runs: int) -> tuple[list[T], list[T]]:
+    """``runs`` samples of ``sample(root)`` for each checkout, one of each in turn, so both see
+    the same machine load (the other engineers' work on a shared machine comes and goes)."""
+    got_before: list[T] = []
+    got_after: list[T] = []
+    for _ in range(runs):
+        got_before.append(sample(before))
+        got_after.append(sample(after))
+    return got_before, got_after
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"

@@ -45,6 +45,7 @@ from shared.domain.wire import encode
 
 RELEASES = 15  # x 16 events each
 WARMUP = 4  # releases first run and not counted: the emulator's JVM and the gRPC channels warm up
+QUICK = {"releases": 2, "warmup": 1}  # --quick: proves the paths run, figures are rough
 
 
 class TimedExecutor:
@@ -81,7 +82,7 @@ def _new_release(store, pipeline, n: int, clock_now: float) -> str:
     return state.release_id
 
 
-def in_process(hosts: dict[str, str]) -> dict[str, Any]:
+def in_process(hosts: dict[str, str], releases: int = RELEASES, warmup: int = WARMUP) -> dict[str, Any]:
     from google.cloud import firestore
 
     from shared.testing.fakes import FakePublisher
@@ -94,8 +95,8 @@ def in_process(hosts: dict[str, str]) -> dict[str, Any]:
     executors = {s.kind.value: executor for s in pipeline.stages}
     dispatcher = make_dispatcher(store, FakePublisher(), executors, settings)
     to_issue, whole = [], []
-    for r in range(-WARMUP, RELEASES):
-        rid = _new_release(store, pipeline, r + WARMUP, time.time())
+    for r in range(-warmup, releases):
+        rid = _new_release(store, pipeline, r + warmup, time.time())
         for n, (run_id, data, attributes) in enumerate(_events(rid, pipeline)):
             t0 = time.perf_counter()
             dispatcher.handle_message(f"{rid}-e{n}", attributes, data)
@@ -108,7 +109,7 @@ def in_process(hosts: dict[str, str]) -> dict[str, Any]:
     return {"to_issue": summary_ms(to_issue), "whole": summary_ms(whole)}
 
 
-def through_function(hosts: dict[str, str]) -> dict[str, Any]:
+def through_function(hosts: dict[str, str], releases: int = RELEASES, warmup: int = WARMUP) -> dict[str, Any]:
     """The deployed `dispatch` entry point through functions-framework's test client."""
     from functions_framework import create_app
 
@@ -131,8 +132,8 @@ def through_function(hosts: dict[str, str]) -> dict[str, Any]:
             quiet()
             store = bootstrap.store()
             latencies = []
-            for r in range(-WARMUP, RELEASES):
-                rid = _new_release(store, pipeline, 1000 + r + WARMUP, time.time())
+            for r in range(-warmup, releases):
+                rid = _new_release(store, pipeline, 1000 + r + warmup, time.time())
                 for n, (_, data, attributes) in enumerate(_events(rid, pipeline)):
                     body = {"message": {"data": base64.b64encode(data).decode(),
                                         "messageId": f"{rid}-m{n}", "attributes": attributes},
@@ -158,14 +159,15 @@ def through_function(hosts: dict[str, str]) -> dict[str, Any]:
                 else:
                     os.environ[k] = v
     return {"request": summary_ms(latencies), "final_status": final.status.value, "builds": builds,
-            "expected_builds": (RELEASES + WARMUP) * len(pipeline.stages)}
+            "expected_builds": (releases + warmup) * len(pipeline.stages)}
 
 
-def run(hosts: dict[str, str] | None = None) -> Report:
+def run(hosts: dict[str, str] | None = None, quick: bool = False) -> Report:
     report = Report()
+    scale = QUICK if quick else {"releases": RELEASES, "warmup": WARMUP}
     with emulators(hosts) as h:
-        a = in_process(h)
-        b = through_function(h)
+        a = in_process(h, **scale)
+        b = through_function(h, **scale)
     name = "1 overhead"
     for label, s in (("in-process, event -> commands issued", a["to_issue"]),
                      ("in-process, whole handler (+ batch removal)", a["whole"])):

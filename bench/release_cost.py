@@ -101,7 +101,21 @@ def _server():
     return httpd
 
 
-def run(hosts: dict[str, str] | None = None) -> Report:
+def _service(url: str):
+    """Cloud Run's GetService for any service of the flow, in the shape the check executor reads
+    (run_v2.Service): served at ``url``, the release's revision (00002) tagged ``canary`` with 10 %
+    beside the stable one (00001) with 90 %, as after the prod canary's traffic stage."""
+    def get_service(name: str, **_):
+        revision = f"{name.rsplit('/', 1)[-1]}-000"
+        return SimpleNamespace(
+            uri=url, latest_ready_revision=f"{name}/revisions/{revision}02",
+            traffic_statuses=[SimpleNamespace(revision=f"{revision}01", percent=90, tag="", uri=url),
+                              SimpleNamespace(revision=f"{revision}02", percent=10, tag="canary", uri=url)])
+    return get_service
+
+
+def run(hosts: dict[str, str] | None = None, quick: bool = False) -> Report:
+    """``quick`` changes nothing: the clock is fake, so the whole release takes seconds."""
     from google.cloud import firestore
 
     from shared.adapters.executors.http_check import HttpCheckExecutor
@@ -111,6 +125,7 @@ def run(hosts: dict[str, str] | None = None) -> Report:
     from shared.adapters.firestore_apps import FirestoreAppRecords, service_lock_records
     from shared.adapters.firestore_store import FirestoreStore
     from shared.app.approvals import ApprovalService
+    from shared.ui.approval_http import ApprovalPages
     from shared.app.config import Settings
     from shared.app.dispatcher import Dispatcher
     from shared.app.locks import EnvironmentLocks
@@ -139,8 +154,8 @@ def run(hosts: dict[str, str] | None = None) -> Report:
         clock, publisher, scheduler, mail = FakeClock(time.time()), SigningPublisher(FakePublisher(), bench_keyring), FakeProbeScheduler(), Mail()
         approvals = ApprovalService.from_settings(settings, store=approval_store, publisher=publisher, clock=clock,
                                                   releases=store, link_senders=[mail])
-        services = SimpleNamespace(get_service=lambda **_: SimpleNamespace(
-            uri=url, traffic_statuses=[SimpleNamespace(tag="canary", uri=url)]))
+        approval_pages = ApprovalPages(approvals)  # the on_approval function around the service
+        services = SimpleNamespace(get_service=_service(url))
         executors = {"build": Instant(True), "preflight": Instant(True), "job": Instant(False),
                      "deploy": Instant(False), "traffic": Instant(False),
                      "check": HttpCheckExecutor(settings, services)}
@@ -192,8 +207,8 @@ def run(hosts: dict[str, str] | None = None) -> Report:
                 waiting_since = clock.now()
             if waiting_since is not None and approved_at is None and clock.now() >= waiting_since + WAIT_S:
                 token = mail.links[-1]
-                timed("on_approval", approvals.handle, "GET", {"token": token}, {}, {})
-                timed("on_approval", approvals.handle, "POST", {}, {"token": token, "decision": "approve",
+                timed("on_approval", approval_pages.handle, "GET", {"token": token}, {}, {})
+                timed("on_approval", approval_pages.handle, "POST", {}, {"token": token, "decision": "approve",
                                                                      "reason": "bench"}, {"User-Agent": "bench"})
                 approved_at = clock.now()
                 continue
@@ -229,7 +244,7 @@ def run(hosts: dict[str, str] | None = None) -> Report:
                note=f"events and notices {len(publisher.messages)}, plus {BUILD_NOTIFICATIONS - 1} more "
                     "Cloud Build notifications per build stage")
     report.add(bench, "Cloud Tasks per release (probes)", f"{scheduler.scheduled}", "", None,
-               note="the 5-minute bake probes every 5 s")
+               note="polls of jobs, rollouts and traffic, and the checks: the prod smoke's bake once per analysis interval")
     report.add(bench, "sweeper: reads per quiet minute, whole system", f"{max(sweep_reads_idle or [0])}", "", None,
                note=f"{len(sweep_reads_idle)} minutes of the wait cost {sum(sweep_reads_idle)} reads in all, "
                     f"whatever the number of releases; sweep calls {len(calls['sweep'])}, "

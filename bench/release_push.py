@@ -16,11 +16,19 @@ CreateBuild on the stand-in -> notification -> Pub/Sub -> push -> dispatch ...
 Measured: from publishing `release.started` to the write that marks the release
 succeeded (its `updated_at`, stamped by the function's clock on this same machine),
 so the figure is orchestration only: no stage does any work.
+
+``--against DIR`` measures another checkout (e.g. ``git archive 3f32399 | tar -x -C DIR``) on
+the same emulators: whole runs of this benchmark (``RELEASES`` releases each, the first one
+warm-up), one in that checkout's code and one in this one's, in turn, each in a fresh
+interpreter with its own dispatch process and stand-in; it prints both medians, so a speed
+claim compares like with like under the same machine load.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -32,7 +40,10 @@ from bench.common import (
     APPROVAL_KEYS,
     PROJECT,
     Report,
+    alternate,
     emulators,
+    in_checkout,
+    load_average,
     ensure_topics,
     flat_pipeline,
     log_dir,
@@ -43,6 +54,7 @@ from bench.common import (
 from shared.app.config import REPO_ROOT, Settings
 
 RELEASES = 4  # run one after another; the first is warm-up
+QUICK_RELEASES = 2  # --quick: one warm-up, one measured
 STAGES = 15
 
 
@@ -123,7 +135,21 @@ def emulator_push_latency(project: str, topic: str, n: int = 20) -> list[float]:
     return [received[k] - sent[k] for k in sent if k in received]
 
 
-def run(hosts: dict[str, str] | None = None) -> Report:
+def _where(state, standin, t0: float) -> str:
+    """What a release that did not finish got to: its last started stage and that stage's build."""
+    started = [(st.started_at, sid, st) for sid, st in state.stages.items() if st.started_at]
+    if not started:
+        return "no stage started"
+    at, sid, st = max(started)
+    builds = [b for b in standin.builds if f"run-{st.stage_run_id}" in b.tags]
+    ends = ", ".join(f"{b.status.name} at +{b.finish_time.timestamp() - t0:.1f} s" if b.finish_time
+                     else b.status.name for b in builds) or "no build"
+    return (f"{len(started)} stages started, the last {sid} ({st.status.value}) at +{at - t0:.1f} s, "
+            f"its build: {ends}; {len(standin.builds)} builds in all")
+
+
+def run(hosts: dict[str, str] | None = None, quick: bool = False) -> Report:
+    releases = QUICK_RELEASES if quick else RELEASES
     from google.cloud import firestore, pubsub_v1
 
     from local.standin.server import StandIn, StandInConfig
@@ -159,7 +185,7 @@ def run(hosts: dict[str, str] | None = None) -> Report:
             publisher = pubsub_v1.PublisherClient()
             totals, hops, to_build_end, to_decided = [], [], [], []
             try:
-                for r in range(RELEASES):
+                for r in range(releases):
                     state = new_release(pipeline, repo="bench/push", ref="refs/heads/main",
                                         commit=new_commit(), version="1.0.0",
                                         pushed_by="dev@example.com", now=time.time())
@@ -174,7 +200,8 @@ def run(hosts: dict[str, str] | None = None) -> Report:
                             break
                         time.sleep(0.05)
                     if final.status is not ReleaseStatus.SUCCEEDED:
-                        raise RuntimeError(f"release {state.release_id} ended {final.status.value}: see {logs}")
+                        raise RuntimeError(f"release {state.release_id} ended {final.status.value}: "
+                                           f"{_where(final, standin, t0)}; see {logs}")
                     if r == 0:
                         continue
                     totals.append(final.updated_at - t0)
@@ -197,12 +224,12 @@ def run(hosts: dict[str, str] | None = None) -> Report:
                 stop_process(proc)
         median = statistics.median(totals)
         report.add("2 release", f"median of {len(totals)} releases", f"{median:.2f} s", "<= 2 s", median <= 2.0,
-                   f"{builds} builds for {RELEASES} releases x {STAGES} stages (expected {RELEASES * STAGES})")
+                   f"{builds} builds for {releases} releases x {STAGES} stages (expected {releases * STAGES})")
         report.add("2 release", "stage -> next stage started (median hop)",
                    f"{statistics.median(hops) * 1000:.0f} ms", "", None,
                    f"p90 {sorted(hops)[int(len(hops) * 0.9)] * 1000:.0f} ms; a hop = CreateBuild, notification "
                    "published, pushed, dispatched")
-        calibration = emulator_push_latency(PROJECT, topics["updates"])
+        calibration = emulator_push_latency(PROJECT, topics["updates"], n=5 if quick else 20)
     report.add("2 release", "calibration: emulator publish -> push received",
                f"{statistics.median(calibration) * 1000:.0f} ms", "", None,
                f"p90 {sorted(calibration)[int(len(calibration) * 0.9)] * 1000:.0f} ms, bare HTTP endpoint, unbatched publish")
@@ -214,8 +241,76 @@ def run(hosts: dict[str, str] | None = None) -> Report:
     return report
 
 
-def main() -> None:
-    print_report("Benchmark 2: a whole release of instant stages through real push subscriptions", run().rows)
+# One whole run of this benchmark in a checkout's own code (its bench/release_push.py), on the
+# emulators at ``hosts``; prints its rows as [what, value] pairs.
+CHILD = """
+import json
+from bench import release_push
+print(json.dumps([[r.what, r.value] for r in release_push.run({hosts!r}).rows]))
+"""
+
+
+def _figures(rows: list[list[str]] | None) -> dict[str, list[float]] | None:
+    """Per-release totals (s), the run's median hop and its calibration (ms), read from the rows
+    a run printed (the rows of 3f32399 and of today have the same names); None: the run failed."""
+    if rows is None:
+        return None
+
+    def number(value: str) -> float:
+        return float(re.match(r"[\d.]+", value).group(0))
+
+    return {"totals": [number(v) for what, v in rows if re.match(r"release \d+:", what)],
+            "hop": [number(v) for what, v in rows if "median hop" in what],
+            "calibration": [number(v) for what, v in rows if what.startswith("calibration")]}
+
+
+def compare(before: Path, runs: int, hosts: dict[str, str] | None = None) -> Report:
+    """``runs`` whole runs in ``before`` and here, one of each in turn, on one pair of emulators."""
+    report = Report()
+    with emulators(hosts) as h:
+        code = CHILD.format(hosts={"firestore": h["firestore"], "pubsub": h["pubsub"]})
+        sample = lambda root: _figures(in_checkout(root, code, timeout=600))  # noqa: E731
+        got_before, got_after = alternate(before, REPO_ROOT, sample, runs)
+    failed = {"before": got_before.count(None), "after": got_after.count(None)}
+    got_before, got_after = [g for g in got_before if g], [g for g in got_after if g]
+    if not got_before or not got_after:
+        raise RuntimeError(f"every run failed in one checkout ({failed}); their stderr is above")
+
+    def pooled(samples: list[dict], key: str) -> list[float]:
+        return [v for s in samples for v in s[key]]
+
+    totals_b, totals_a = pooled(got_before, "totals"), pooled(got_after, "totals")
+    median_b, median_a = statistics.median(totals_b), statistics.median(totals_a)
+    report.add("2 release", "whole release, median (min-max)",
+               f"{median_b:.2f} ({min(totals_b):.2f}-{max(totals_b):.2f}) -> "
+               f"{median_a:.2f} ({min(totals_a):.2f}-{max(totals_a):.2f}) s",
+               "<= 1.1x before", median_a <= 1.1 * median_b,
+               f"{median_a / median_b:.2f}x; {len(totals_b)} / {len(totals_a)} releases from {runs} alternating "
+               f"runs of {RELEASES - 1} (+1 warm-up); runs that crashed: {failed['before']} / {failed['after']}")
+    hop_b, hop_a = statistics.median(pooled(got_before, "hop")), statistics.median(pooled(got_after, "hop"))
+    cal = statistics.median(pooled(got_before, "calibration") + pooled(got_after, "calibration"))
+    report.add("2 release", "median hop (median of the runs' medians)", f"{hop_b:.0f} -> {hop_a:.0f} ms",
+               "<= 1.5x calibration", hop_a <= 1.5 * cal, f"{hop_a / cal:.2f}x the calibration")
+    report.add("2 release", "calibration: emulator publish -> push received", f"{cal:.0f} ms", "", None,
+               "median over both checkouts' runs")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--against", type=Path, help="another checkout to measure alternately with this one")
+    parser.add_argument("--runs", type=int, default=3, help="with --against: whole runs of each checkout")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_RELEASES} releases, a short calibration")
+    args = parser.parse_args(argv)
+    if args.against:
+        before = args.against.resolve()
+        print(f"before: {before}  after: {REPO_ROOT}  load average: {load_average()}", flush=True)
+        print_report("Benchmark 2: a whole release through real push subscriptions, before -> after",
+                     compare(before, args.runs).rows)
+        print(f"load average after: {load_average()}")
+        return
+    print_report("Benchmark 2: a whole release of instant stages through real push subscriptions",
+                 run(quick=args.quick).rows)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,10 @@ class LocalStack:
     smtp_port: int = 0
     # {"firestore": host, "pubsub": host} of emulators someone else runs (the test session).
     reuse_emulators: dict[str, str] | None = None
+    # The "GitHub" builds fetch pushed commits from: this checkout, unless a test names a clone.
+    source_url: str = ""
+    # RELEASE_COLLECTION_PREFIX: a test sharing the session's emulators keeps its releases apart.
+    collection_prefix: str = ""
     emulators: list[Emulator] = field(default_factory=list)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     urls: dict[str, str] = field(default_factory=dict)  # the plan's function name -> its loopback URL
@@ -193,9 +197,12 @@ class LocalStack:
         settings = Settings(
             project=PROJECT, region=REGION, pipeline_file=str(self.pipeline_file),
             pipeline_files=";".join(str(p) for p in self.pipeline_files),
-            artifact_registry="local",  # the stand-in's local images
-            # The "GitHub" of the local stack: builds fetch the pushed commit from this checkout.
-            source_url=str(REPO_ROOT),
+            # The stand-in's Artifact Registry: builds push the release's image here, and jobs
+            # and revisions run the code of the image their template names (local/standin/images.py).
+            artifact_registry=f"{REGION}-docker.pkg.dev/{PROJECT}/sample",
+            # The "GitHub" of the local stack: builds fetch the pushed commit from this checkout,
+            # unless a test names a clone.
+            source_url=self.source_url or str(REPO_ROOT), collection_prefix=self.collection_prefix,
             smtp_host="127.0.0.1" if self.smtp_port else "", smtp_port=self.smtp_port or 25,
             notify_emails="release-team@example.com", operators=",".join(LOCAL_OPERATORS))
         pipeline = load_pipeline(self.pipeline_file)
@@ -280,11 +287,11 @@ class LocalStack:
         data = self.workdir / "data"
         return [
             {"name": "sample-migrate-staging", "image": "local", "command": [sys.executable, "-m", "sample_app.migrate"],
-             "env": {"DATA_DIR": str(data / "staging")}},
+             "env": {"DATA_DIR": str(data / "staging")}, "service_account": APP_SA},
             {"name": "sample-ingestion-smoke", "image": "local", "command": [sys.executable, "-m", "local.sample_ci", "ingest"],
-             "env": {"DATA_DIR": str(data / "staging")}},
+             "env": {"DATA_DIR": str(data / "staging")}, "service_account": APP_SA},
             {"name": "sample-migrate-prod", "image": "local", "command": [sys.executable, "-m", "sample_app.migrate"],
-             "env": {"DATA_DIR": str(data / "prod")}},
+             "env": {"DATA_DIR": str(data / "prod")}, "service_account": APP_SA},
         ]
 
     def _tick(self, tick_topic: str) -> None:

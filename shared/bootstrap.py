@@ -55,7 +55,15 @@ def pipeline():
 def executors():
     from shared.adapters.executors import build_executors
 
-    return build_executors(settings())
+    return build_executors(settings(), histories=revision_histories())
+
+
+@functools.cache
+def revision_histories():
+    """One revision history per Cloud Run service (``revision_history/{service}``)."""
+    from shared.adapters.firestore_revision_history import FirestoreRevisionHistories
+
+    return FirestoreRevisionHistories(store().client, settings())
 
 
 @functools.cache
@@ -128,14 +136,15 @@ def dispatcher():
     def roll_back(service, to=None):
         from shared.adapters.executors.run_services import rollback
 
-        return rollback(settings(), service, to)
+        # Only to a revision that completed a release: the one recorded as serving before, else the last.
+        return rollback(settings(), service, to, history=revision_histories().read(service), automatic=True)
 
     # Approvals and notices (their pages, mail and webhooks) are wired when an event first needs them.
     return Dispatcher(store(), publisher(), executors(), _OnFirstUse(approvals), _OnFirstUse(notifier), SystemClock(),
                       settings(), locks,
                       dead_letter_store(), roll_back=roll_back,
                       operator_requests=operator_requests(), probes=probe_scheduler(),
-                      completion_keys=link_keyring())
+                      completion_keys=link_keyring(), histories=revision_histories())
 
 
 @functools.cache
@@ -274,7 +283,8 @@ def operator():
     register_freeze(service, EnvironmentLocks(app_records(), publisher(), s, service_lock_records()), pipeline().name,
                     lambda: known_applications(s))
     register_skip_bake(service, store(), publisher(), s.events_topic)
-    register_rollback(service, store(), publisher(), s.events_topic, move_traffic_back)
+    register_rollback(service, store(), publisher(), s.events_topic, move_traffic_back, revision_histories(),
+                      SystemClock())
     return register_release_actions(service, store(), publisher(), s)
 
 
@@ -317,10 +327,14 @@ def move_traffic_back(service: str, how) -> dict:
     from shared.adapters.executors.run_services import rollback
 
     if how.get("to_tag"):
-        return rollback_to_tag(settings(), service, how["to_tag"], image=how.get("image"))
+        return rollback_to_tag(settings(), service, how["to_tag"], image=how.get("image"), wait_s=0,
+                               dry_run=bool(how.get("dry_run")))
     if how.get("from_registry"):
-        return rollback_from_registry(settings(), service, image=how.get("image"))
-    return rollback(settings(), service, how.get("to_revision"))
+        return rollback_from_registry(settings(), service, image=how.get("image"), wait_s=0,
+                                      dry_run=bool(how.get("dry_run")))
+    return rollback(settings(), service, how.get("to_revision"), history=how.get("history"),
+                    force=bool(how.get("force")), reason=str(how.get("reason") or ""),
+                    dry_run=bool(how.get("dry_run")))
 
 
 @functools.cache

@@ -11,7 +11,8 @@ FILE (JSON or YAML) holds the StandInConfig fields plus what to create at start:
     log_dir: .local-stack/logs/standin
     port: 0
     log_port: 0                       # the log files are served on http://127.0.0.1:log_port/logs/...
-    jobs:     [{name: noesis2-migrate, image: local, command: [python, -m, sample_app.migrate], env: {DATA_DIR: ...}}]
+    jobs:     [{name: noesis2-migrate, image: local, command: [python, -m, sample_app.migrate], env: {DATA_DIR: ...},
+                service_account: app@local-project.iam.gserviceaccount.com}]
     services: [{name: noesis2-web, image: local, env: {VERSION: "0.0.0"}, labels: {version: "0.0.0"},
                 service_account: app@local-project.iam.gserviceaccount.com}]
     iam_bindings: {roles/run.developer: [serviceAccount:deployer@local-project.iam.gserviceaccount.com]}
@@ -85,7 +86,8 @@ def seed(standin: StandIn, raw: dict[str, Any]) -> None:
         standin.set_iam_policy(raw["iam_bindings"])
     for spec in raw.get("jobs", []):
         container = _container(run_v2, spec)
-        job = run_v2.Job(template=run_v2.ExecutionTemplate(template=run_v2.TaskTemplate(containers=[container])))
+        job = run_v2.Job(template=run_v2.ExecutionTemplate(template=run_v2.TaskTemplate(
+            containers=[container], service_account=spec.get("service_account", ""))))
         run_jobs(settings).create_job(parent=parent, job=job, job_id=spec["name"]).result(30)
     if raw.get("queues"):
         from google.cloud import tasks_v2

@@ -5,6 +5,11 @@ image is "pushed" when a build that names it in ``images`` succeeds (as Cloud Bu
 pushes them after the last step), or when a test calls ``StandIn.push_image``. Only
 references of the Artifact Registry form ``LOCATION-docker.pkg.dev/PROJECT/REPO/IMAGE``
 land here; any other registry is not ours to play, so such images are not recorded.
+
+An image a build pushed is a real thing: its digest is the sha256 of the archive of the
+source tree the build produced (``image_tree.archive_tree``), and that tree is kept under
+``images_dir/<hex>``; Cloud Run's stand-ins run a template naming the image (by tag or by
+digest) from that tree (``resolve``). An image pushed by ``StandIn.push_image`` has no tree.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import hashlib
 import re
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import quote, unquote
 
 import grpc
@@ -60,6 +66,16 @@ def parse_ref(ref: str) -> ImageRef | None:
                     match["tag"] or "", match["digest"] or "")
 
 
+@dataclass(frozen=True)
+class HeldImage:
+    """What a reference resolves to: the digest the registry holds for it, and the source
+    tree that image was built from (None for an image pushed without one)."""
+
+    ref: str
+    digest: str
+    tree: Path | None
+
+
 @dataclass
 class _Repository:
     images: dict[str, DockerImage] = field(default_factory=dict)  # resource name -> image, oldest first
@@ -67,9 +83,10 @@ class _Repository:
 
 
 class ArtifactRegistryService:
-    def __init__(self) -> None:
+    def __init__(self, images_dir: Path | None = None) -> None:
         self._repos: dict[str, _Repository] = {}
         self._lock = threading.Lock()
+        self.images_dir = images_dir  # where builds keep each pushed image's tree, by digest
 
     def register(self, registry) -> None:
         registry.add(SERVICE, "ListDockerImages", self.list_docker_images, ListDockerImagesRequest,
@@ -113,13 +130,37 @@ class ArtifactRegistryService:
             return clone(image)
 
     def observe_build(self, build) -> None:
-        """Called with every build update: a successful build has pushed its ``images``."""
+        """Called with every build update: a successful build has pushed its ``images``, with
+        the digests its ``results.images`` report (a build republished later pushes nothing new)."""
         if build.status.name != "SUCCESS":
             return
-        for ref in build.images:
-            if parse_ref(ref) is not None:
-                # One digest per build and reference: a build republished later pushes nothing new.
-                self.push(ref, image_digest(build.id, ref))
+        for built in build.results.images:
+            if parse_ref(built.name) is not None:
+                self.push(built.name, built.digest)
+
+    def resolve(self, ref: str) -> HeldImage | None:
+        """The image an Artifact Registry reference (``...:TAG`` or ``...@sha256:``) names, as
+        Cloud Run resolves it when it deploys; None when the registry does not hold it."""
+        parsed = parse_ref(ref)
+        if parsed is None:
+            return None
+        package_id = quote(parsed.image, safe="")
+        with self._lock:
+            repo = self._repos.get(parsed.repository)
+            if repo is None:
+                return None
+            # With both a tag and a digest, the digest decides (as docker pulls it).
+            digest = parsed.digest or repo.tags.get(package_id, {}).get(parsed.tag or "latest", "")
+            if not digest or f"{parsed.repository}/dockerImages/{package_id}@{digest}" not in repo.images:
+                return None
+        tree = self.tree_of(digest)
+        return HeldImage(ref, digest, tree if tree is not None and tree.is_dir() else None)
+
+    def tree_of(self, digest: str) -> Path | None:
+        """Where the source tree of the image with ``digest`` is kept (it may not exist)."""
+        if self.images_dir is None:
+            return None
+        return self.images_dir / digest.removeprefix("sha256:")
 
     def images(self) -> list[DockerImage]:
         with self._lock:
@@ -180,12 +221,6 @@ class ArtifactRegistryService:
         if repo is None:
             raise ApiError(grpc.StatusCode.NOT_FOUND, f"Requested entity was not found: {name}")
         return repo
-
-
-def image_digest(build_id: str, ref: str) -> str:
-    """The digest a build's push of ``ref`` gets: one per build and reference, so a build
-    republished later pushes nothing new."""
-    return "sha256:" + hashlib.sha256(f"{build_id}\n{ref}".encode()).hexdigest()
 
 
 def _tag(package: str, name: str, digest: str) -> Tag:

@@ -21,9 +21,9 @@ from google.cloud.devtools.cloudbuild_v1.types import (
     ListBuildsRequest, ListBuildsResponse, TimeSpan,
 )
 
-from local.standin.artifact_registry import image_digest
 from local.standin.build_rules import apply_substitutions, built_ins, check_build
 from local.standin.identity import default_compute_account, mint_key
+from local.standin.images import keep_image
 from local.standin.log_files import LogFiles
 from local.standin.common import ApiError, OperationStore, OutcomeRules, StandInConfig, clone, image_is_local, now
 from local.standin.processes import Supervisor, child_env
@@ -235,7 +235,12 @@ class CloudBuildService:
             self._end(build_id, Status.FAILURE, f"failed to push {images[0]}: denied: Permission '{upload}' denied "
                       f"on resource for {account} (or it may not exist)", outputs)
             return
-        self._end(build_id, Status.SUCCESS, "", outputs)
+        # The pushed images are the tree the steps left in the build context (images.py).
+        built = {}
+        if images:
+            digest = keep_image(self._cfg.log_dir / "images", workspace.path / source.git_source.dir_)
+            built = {ref: digest for ref in images}
+        self._end(build_id, Status.SUCCESS, "", outputs, built)
 
     def _account(self, build_id: str) -> str:
         with self._lock:
@@ -331,15 +336,15 @@ class CloudBuildService:
             step.status = status
             step.timing = TimeSpan(start_time=start, end_time=end) if end else TimeSpan(start_time=start)
 
-    def _end(self, build_id: str, status: Status, detail: str, outputs: list[bytes]) -> None:
+    def _end(self, build_id: str, status: Status, detail: str, outputs: list[bytes],
+             built: dict[str, str] | None = None) -> None:
         with self._lock:
             build = self._builds[build_id]
             if build.status in TERMINAL:
                 return
             build.results.build_step_outputs = outputs + [b""] * (len(build.steps) - len(outputs))
             if status is Status.SUCCESS:
-                build.results.images = [BuiltImage(name=ref, digest=image_digest(build.id, ref))
-                                        for ref in build.images]
+                build.results.images = [BuiltImage(name=ref, digest=digest) for ref, digest in (built or {}).items()]
             if status is Status.FAILURE:
                 build.failure_info = Build.FailureInfo(type_=Build.FailureInfo.FailureType.USER_BUILD_STEP,
                                                        detail=detail)

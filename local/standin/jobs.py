@@ -1,21 +1,26 @@
 """google.cloud.run.v2 Jobs and Executions.
 
 RunJob applies the overrides to a copy of the job's task template, so the
-execution records exactly what ran (args, env including STAGE_RUN_ID) and a caller
-can find its execution by listing. Local images run their command as a process;
-others follow the outcome rule matching the job name or STAGE_RUN_ID.
+execution records exactly what ran (image, args, env including STAGE_RUN_ID) and a
+caller can find its execution by listing. An image with code here (images.py: a
+local image, or one a build pushed) runs its command as a process in that code;
+others follow the outcome rule matching the job name or STAGE_RUN_ID. A job whose
+template names an Artifact Registry image the registry does not hold is not ready:
+its create or update operation fails and RunJob refuses it.
 """
 from __future__ import annotations
 
 import threading
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import grpc
 from google.cloud import run_v2
 from google.longrunning.operations_pb2 import Operation
 
-from local.standin.common import ApiError, OperationStore, OutcomeRules, StandInConfig, clone, image_is_local, now, short_id
+from local.standin.common import ApiError, OperationStore, OutcomeRules, StandInConfig, clone, now, short_id
+from local.standin.images import ImageNotFound, locate
 from local.standin.log_files import LogFiles
 from local.standin.processes import Supervisor, child_env
 
@@ -32,8 +37,9 @@ def ready_condition(kind: str = "Ready") -> Condition:
 
 class JobsService:
     def __init__(self, config: StandInConfig, operations: OperationStore, outcomes: OutcomeRules,
-                 supervisor: Supervisor, logs: LogFiles) -> None:
+                 supervisor: Supervisor, logs: LogFiles, images=None) -> None:
         self._cfg = config
+        self._images = images  # the ArtifactRegistryService: which images exist, and their code
         self._logs = logs
         self._ops = operations
         self._outcomes = outcomes
@@ -76,10 +82,9 @@ class JobsService:
             job.uid = str(uuid.uuid4())
             job.generation = job.observed_generation = 1
             job.create_time = job.update_time = now()
-            job.terminal_condition = ready_condition()
             job.etag = short_id(12)
             self._jobs[name] = job
-            return self._ops.create(job, done=True, response=job)
+            return self._settle(job)
 
     def update_job(self, request: run_v2.UpdateJobRequest) -> Operation:
         with self._lock:
@@ -94,9 +99,25 @@ class JobsService:
                 setattr(job, kept, getattr(old, kept))
             job.generation = job.observed_generation = old.generation + 1
             job.update_time = now()
-            job.terminal_condition = ready_condition()
+            job.etag = short_id(12)
             self._jobs[job.name] = job
-            return self._ops.create(job, done=True, response=job)
+            return self._settle(job)
+
+    def _settle(self, job: run_v2.Job) -> Operation:
+        """The job's terminal condition and its operation: failed when its image is missing
+        (images.py cites what Cloud Run says), ready otherwise."""
+        try:
+            for container in job.template.template.containers:
+                locate(container.image, self._cfg.local_images, self._cfg.workspace, self._images)
+        except ImageNotFound as missing:
+            job.terminal_condition = Condition(type_="Ready", state=State.CONDITION_FAILED, message=str(missing),
+                                               reason=Condition.CommonReason.CONTAINER_MISSING,
+                                               last_transition_time=now())
+            op = self._ops.create(job)
+            self._ops.finish(op.name, metadata=job, error=(grpc.StatusCode.FAILED_PRECONDITION, str(missing)))
+            return self._ops.get(op.name)
+        job.terminal_condition = ready_condition()
+        return self._ops.create(job, done=True, response=job)
 
     def get_job(self, request: run_v2.GetJobRequest) -> run_v2.Job:
         with self._lock:
@@ -114,6 +135,9 @@ class JobsService:
             job = self._jobs.get(request.name)
             if job is None:
                 raise ApiError(grpc.StatusCode.NOT_FOUND, _missing(request.name))
+            if job.terminal_condition.state == State.CONDITION_FAILED:
+                raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, f"Job '{job.name.rsplit('/', 1)[-1]}' is not "
+                               f"ready: {job.terminal_condition.message}")
             execution = self._new_execution(job, request.overrides)
             self._executions[execution.name] = execution
             self._cancel[execution.name] = threading.Event()
@@ -194,8 +218,14 @@ class JobsService:
         cancel = self._cancel[name]
         container = snapshot.template.containers[0] if snapshot.template.containers else run_v2.Container()
         env = {e.name: e.value for e in container.env}
-        if image_is_local(container.image, self._cfg.local_images):
-            succeeded, message, reason = self._run_tasks(snapshot, container, env, cancel)
+        try:
+            code, missing = locate(container.image, self._cfg.local_images, self._cfg.workspace, self._images).root, ""
+        except ImageNotFound as gone:  # deleted since the job was updated
+            code, missing = None, str(gone)
+        if missing:
+            succeeded, message, reason = False, missing, None
+        elif code is not None:
+            succeeded, message, reason = self._run_tasks(snapshot, container, env, cancel, code)
         else:
             rule = self._outcomes.find("job", [snapshot.job, name, env.get("STAGE_RUN_ID", "")])
             if rule is None:
@@ -214,7 +244,7 @@ class JobsService:
         self._complete(name, op_name, succeeded, message, reason)
 
     def _run_tasks(self, execution: run_v2.Execution, container: run_v2.Container, env: dict[str, str],
-                   cancel: threading.Event) -> tuple[bool, str, str | None]:
+                   cancel: threading.Event, code: Path) -> tuple[bool, str, str | None]:
         argv = list(container.command) + list(container.args)
         if not argv:
             return False, f"container of {execution.job} has neither command nor args", "NON_ZERO_EXIT_CODE"
@@ -223,8 +253,10 @@ class JobsService:
         for index in range(execution.task_count):
             task_env = env | {"CLOUD_RUN_JOB": execution.job, "CLOUD_RUN_EXECUTION": execution_id,
                               "CLOUD_RUN_TASK_INDEX": str(index), "CLOUD_RUN_TASK_COUNT": str(execution.task_count)}
+            if code != self._cfg.workspace:  # an image's code: it imports its own modules, not ours
+                task_env["PYTHONPATH"] = str(code)
             result = self._supervisor.run(
-                argv, cwd=self._cfg.workspace / (container.working_dir or ""), env=child_env(task_env),
+                argv, cwd=code / (container.working_dir or ""), env=child_env(task_env),
                 log_path=self._logs.path("executions", execution_id),
                 timeout_s=timeout.total_seconds(), cancel=cancel,
             )

@@ -46,13 +46,14 @@ class StandIn:
         self._operations = OperationStore(f"projects/{config.project}/locations/{config.region}")
         self._notifier = BuildNotifier(config.pubsub_emulator_host, config.project, config.builds_topic)
         self.logs = LogFiles(config.log_dir, config.log_port)  # served over HTTP: the log links
-        self._artifacts = ArtifactRegistryService()
+        self._artifacts = ArtifactRegistryService(config.log_dir / "images")  # the trees builds keep (images.py)
         self._builds = CloudBuildService(config, self._operations, self._outcomes, self._supervisor,
                                          self._on_build_update, self.logs)
-        self._jobs = JobsService(config, self._operations, self._outcomes, self._supervisor, self.logs)
+        self._jobs = JobsService(config, self._operations, self._outcomes, self._supervisor, self.logs,
+                                 images=self._artifacts)
         self.requests = RequestRecorder()
         self._services = ServicesService(config, self._operations, self._outcomes, self._supervisor,
-                                         self._on_served, self.logs)
+                                         self._on_served, self.logs, images=self._artifacts)
         self.monitoring = MetricService(config.project, config.region, self.requests,
                                         MetricTiming(config.metric_sample_s, config.metric_delay_s))
         self.logging = LoggingService(config.project, config.region, self.requests, self._revision_ids,
@@ -120,6 +121,10 @@ class StandIn:
         build tags or id / job name or STAGE_RUN_ID / service or revision name.
         The most recently set matching rule wins."""
         self._outcomes.set(kind, match, outcome, detail)
+
+    def delay_rollouts(self, match: str, seconds: float) -> None:
+        """UpdateService of a service whose name contains ``match`` rolls out after ``seconds``."""
+        self._services.delay_rollouts(match, seconds)
 
     def fail_next(self, method: str, code: grpc.StatusCode, times: int = 1, message: str = "") -> None:
         """The next ``times`` calls of ``method`` (e.g. "CreateBuild") answer ``code`` with ``message``."""

@@ -2,8 +2,10 @@
 
 Each create/update whose template differs from the latest revision makes a new
 revision (an unchanged template, e.g. a traffic-only update, makes none, as on
-Cloud Run). Revisions of local images run as processes; the service URL and each
-traffic tag URL are small routers in front of them.
+Cloud Run). Revisions of images with code here (images.py: local images, and those
+a build pushed) run as processes in that code; the service URL and each traffic tag URL
+are small routers in front of them. A revision naming an Artifact Registry image the
+registry does not hold fails, as on Cloud Run ("Image '...' not found.").
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import grpc
 from google.cloud import run_v2
 from google.longrunning.operations_pb2 import Operation
 
-from local.standin.common import ApiError, OperationStore, OutcomeRules, StandInConfig, clone, image_is_local, now, short_id
+from local.standin.common import ApiError, OperationStore, OutcomeRules, StandInConfig, clone, now, short_id
+from local.standin.images import ImageNotFound, locate
 from local.standin.jobs import Condition, State, ready_condition
 from local.standin.log_files import LogFiles
 from local.standin.processes import Supervisor, child_env, wait_answering
@@ -34,8 +37,9 @@ BY_REVISION = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_
 class ServicesService:
     def __init__(self, config: StandInConfig, operations: OperationStore, outcomes: OutcomeRules,
                  supervisor: Supervisor, on_served: Callable[[str, str, int, float], None] | None,
-                 logs: LogFiles) -> None:
+                 logs: LogFiles, images=None) -> None:
         self._cfg = config
+        self._images = images  # the ArtifactRegistryService: which images exist, and their code
         self._logs = logs
         self._on_served = on_served  # (service, revision, status, latency ms): what Cloud Run's metrics count
         self._ops = operations
@@ -48,6 +52,7 @@ class ServicesService:
         self._routers: dict[tuple[str, str], Router] = {}  # (service name, tag or "") -> router
         self.invokers = InvokerCheck()  # private services: ID token of a run.invoker holder, else 401/403
         self._counters: dict[str, int] = {}
+        self._delays: list[tuple[str, float]] = []  # (service id substring, seconds): slow rollouts
         self._lock = threading.RLock()
 
     def register(self, registry) -> None:
@@ -99,7 +104,42 @@ class ServicesService:
                 service = clone(request.service)
                 service.uid, service.create_time = previous.uid, previous.create_time
             service.generation = previous.generation
+            delay = next((seconds for match, seconds in reversed(self._delays) if match in name), 0.0)
+            if delay:
+                return self._apply_later(service, previous, delay)
             return self._apply(service, previous)
+
+    def delay_rollouts(self, match: str, seconds: float) -> None:
+        """Updates of services whose name contains ``match`` take ``seconds`` to roll out: the
+        operation stays running and the service reconciling, serving its old split, until then."""
+        with self._lock:
+            self._delays.append((match, float(seconds)))
+
+    def _apply_later(self, service: run_v2.Service, previous: run_v2.Service, delay: float) -> Operation:
+        pending = clone(previous)
+        pending.reconciling = True
+        self._services[previous.name] = pending
+        op = self._ops.create(pending)
+
+        def roll_out() -> None:
+            with self._lock:
+                try:
+                    done = self._apply(service, previous)
+                except ApiError as exc:
+                    self._services[previous.name] = previous
+                    self._ops.finish(op.name, error=(exc.code, str(exc)))
+                    return
+                if done.HasField("error"):
+                    self._ops.finish(op.name, metadata=self._services[previous.name],
+                                     error=(grpc.StatusCode.FAILED_PRECONDITION, done.error.message))
+                else:
+                    self._ops.finish(op.name, metadata=self._services[previous.name],
+                                     response=self._services[previous.name])
+
+        timer = threading.Timer(delay, roll_out)
+        timer.daemon = True
+        timer.start()
+        return op
 
     def get_service(self, request: run_v2.GetServiceRequest) -> run_v2.Service:
         with self._lock:
@@ -205,13 +245,23 @@ class ServicesService:
         """Returns READY, HANG, or the message of why the revision failed."""
         revision_id = revision.name.rsplit("/", 1)[-1]
         container = revision.containers[0] if revision.containers else run_v2.Container()
-        if image_is_local(container.image, self._cfg.local_images):
+        try:
+            code = locate(container.image, self._cfg.local_images, self._cfg.workspace, self._images).root
+        except ImageNotFound as missing:
+            outcome = f"Revision '{revision_id}' is not ready and cannot serve traffic. {missing}"
+            revision.conditions = [Condition(type_="Ready", state=State.CONDITION_FAILED, message=outcome,
+                                             reason=Condition.CommonReason.CONTAINER_MISSING,
+                                             last_transition_time=now())]
+            return outcome
+        if code is not None:
             port = _free_port()
             argv = list(container.command) + list(container.args) if container.command else [
                 sys.executable, "-m", "sample_app.server"]
             env = {e.name: e.value for e in container.env} | {
                 "PORT": str(port), "REVISION": revision_id, "K_SERVICE": service_id, "K_REVISION": revision_id}
-            proc = self._supervisor.spawn(argv, cwd=self._cfg.workspace, env=child_env(env),
+            if code != self._cfg.workspace:  # an image's code: it imports its own modules, not ours
+                env["PYTHONPATH"] = str(code)
+            proc = self._supervisor.spawn(argv, cwd=code, env=child_env(env),
                                           log_path=self._logs.path("revisions", revision_id))
             # A revision that never answers is served anyway: the check stage must see it fail.
             wait_answering(port, proc, self._cfg.revision_ready_timeout_s)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 if TYPE_CHECKING:  # annotations only: importing the domain here would put it on every function's cold start
     from shared.domain.analysis import AnalysisTarget, Criteria, Measurements
@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # annotations only: importing the domain here would put it on
     from shared.domain.events import ApprovalDecided, LockGranted, Outcome, Superseded
     from shared.domain.pipeline import Pipeline, Stage
     from shared.domain.probes import ProbeTask
+    from shared.domain.revision_history import ServiceHistory
     from shared.domain.state import ReleaseState, StageState
     from shared.domain.wire import Message
 
@@ -251,3 +252,15 @@ class ServiceReader(Protocol):
     def serving(self, service: str) -> list[ServingRevision]:
         """Every revision with a share or a tag; [] when the service does not exist."""
         ...
+
+
+class RevisionHistories(Protocol):
+    """``revision_history/{service}``: one revision history per Cloud Run service
+    (shared/domain/revision_history.py), changed by compare-and-set."""
+
+    def read(self, service: str) -> "ServiceHistory":
+        """The service's history (empty when nothing was recorded)."""
+
+    def change(self, service: str, change: "Callable[[ServiceHistory], ServiceHistory]") -> "ServiceHistory":
+        """Apply ``change`` to the stored history and write it if nothing changed it meanwhile,
+        re-reading and re-applying otherwise; returns what was written."""

@@ -23,6 +23,7 @@ from shared.domain.events import Outcome, StageFinished
 from shared.domain.probes import (
     CHECK_KIND,
     FOLLOWED_KINDS,
+    ROLLBACK_KIND,
     IntervalAnalysis,
     ProbeTask,
     check_config,
@@ -32,7 +33,11 @@ from shared.domain.probes import (
     paths_to_probe,
     poll_delay,
 )
+from shared.domain.commands import NoticeKind
+from shared.domain.events import ReleaseNotice
+from shared.domain.pipeline import StageKind
 from shared.domain.state import StageState, StageStatus
+from shared.domain.wire import from_payload
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +82,17 @@ class ProbeService:
         stage = pipeline.stage(task.stage)
         running = StageState(status=StageStatus.RUNNING, stage_run_id=task.stage_run_id,
                              started_at=task.started_at, deadline=task.deadline, result=dict(task.handle))
+        # A rollback by hand's rollout is a traffic change like any other.
+        kind = StageKind.TRAFFIC.value if task.kind == ROLLBACK_KIND else task.kind
         try:
-            finish = self.executors[task.kind].poll(pipeline, stage, running)
+            finish = self.executors[kind].poll(pipeline, stage, running)
         except ExecutorError as exc:  # the stage cannot be observed any more: name the cause
             finish = StageFinish(Outcome.FAILED, str(exc))
         except PipelineError as exc:  # transient: the next probe tries again
             log.warning("probe %s of %s: %s", task.seq, task.stage_run_id, exc)
             finish = None
+        if finish is not None and task.kind == ROLLBACK_KIND:
+            return self._rollback_ended(task, finish)
         if finish is not None:
             self._publish(task, finish.outcome, finish.reason, dict(finish.result))
             return f"{task.stage_run_id}: {finish.outcome.value} (probe {task.seq})"
@@ -91,6 +100,17 @@ class ProbeService:
         if not self._schedule(task, nxt, now + poll_delay(nxt.seq)):
             return f"{task.stage_run_id}: the next probe was refused; the stage failed"
         return f"{task.stage_run_id}: still running; probe {nxt.seq} scheduled"
+
+    def _rollback_ended(self, task: ProbeTask, finish: StageFinish) -> str:
+        """The rollout of a rollback by hand ended: the rollback is recorded (the operator's event, landed)
+        or, when the rollout failed, announced as not done."""
+        if finish.outcome is Outcome.SUCCEEDED:
+            self.publisher.publish(self.settings.events_topic, from_payload("", dict(task.handle["landed"])))
+            return f"{task.stage_run_id}: rollout ended; rollback recorded"
+        self.publisher.publish(self.settings.updates_topic, ReleaseNotice(
+            task.release_id, NoticeKind.STAGE_FAILED, task.stage,
+            f"rollback by hand {task.stage_run_id} did not land: {finish.reason}; traffic stays as Cloud Run shows it"))
+        return f"{task.stage_run_id}: rollout failed: {finish.reason}"
 
     def _check(self, task: ProbeTask, now: float) -> str:
         config = check_config(task.handle)

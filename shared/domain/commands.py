@@ -17,7 +17,8 @@ class StartStage:
     stage_run_id: str
     attempt: int
     kind: str
-    # Pinned inputs: identical for every attempt of the release (tag, version, commit).
+    # Pinned inputs: identical for every attempt of the release (tag, version, commit), and
+    # ``digest``, the image the release's build reported, once a stage before this one did.
     inputs: Mapping[str, Any] = field(default_factory=dict)
     name = "start_stage"
 
@@ -109,10 +110,25 @@ class Notify:
     name = "notify"
 
 
+@dataclass(frozen=True)
+class FollowRollback:
+    """Follow a rollback by hand whose rollout still runs with probes, like any rollout; when it
+    ends, the probe publishes ``landed`` (the RolledBack event, landed=True, as a JSON payload)."""
+
+    release_id: str
+    stage: str  # the deploy stage the rollback is recorded on
+    service: str
+    revision: str
+    operation: str
+    request_id: str
+    landed: Mapping[str, Any] = field(default_factory=dict)
+    name = "follow_rollback"
+
+
 Command = (StartStage | RequestApproval | Notify | AcquireLock | ReleaseLock | RollBack | RecordDurations
-           | EndBakeEarly)
+           | EndBakeEarly | FollowRollback)
 _BY_NAME = {cls.name: cls for cls in (StartStage, RequestApproval, Notify, AcquireLock, ReleaseLock, RollBack,
-                                      RecordDurations, EndBakeEarly)}
+                                      RecordDurations, EndBakeEarly, FollowRollback)}
 
 
 def command_to_dict(command: Command) -> dict[str, Any]:

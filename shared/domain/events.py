@@ -177,6 +177,10 @@ class RolledBack:
     requested_by: str
     reason: str
     request_id: str = ""  # the operator request it carries out (operator_requests/{id})
+    operation: str = ""  # Cloud Run's operation of the move
+    # False: the rollout still runs; the gate has it followed by probes, which publish this event
+    # again with landed=True when it ends (only then is the rollback recorded as done).
+    landed: bool = True
     type = EventType.ROLLED_BACK
 
 

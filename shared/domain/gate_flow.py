@@ -81,6 +81,9 @@ def start(run: Run, stage: Stage) -> None:
         "commit": run.state.commit,
         "repo": run.state.repo,
     }
+    digest = image_digest(run, stage)
+    if digest:  # the image this release built: deploys and jobs run it by digest
+        inputs["digest"] = digest
     run.commands.append(StartStage(run.state.release_id, stage.id, st.stage_run_id, st.attempt, stage.kind.value, inputs))
 
 

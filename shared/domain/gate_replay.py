@@ -5,6 +5,7 @@ from shared.domain.commands import NoticeKind, ReleaseLock
 from shared.domain.events import CancelRequested, ChaosRequested, StageReplay
 from shared.domain.pipeline import StageKind
 from shared.domain.state import ReleaseStatus, StageStatus
+from shared.domain.stage_results import result_of
 from shared.domain.gate_run import GateOutcome, Refusal, Run
 from shared.domain.gate_flow import advance, start
 from shared.domain.gate_rollback import roll_back
@@ -72,6 +73,8 @@ def on_cancel(run: Run, event: CancelRequested) -> tuple[GateOutcome, str]:
     Cloud Build or Cloud Run ends on its own; its completion finds the release terminal."""
     state = run.state
     why = f"cancelled by {event.requested_by}" + (f": {event.reason}" if event.reason else "")
+    # A deploy still rolling out has already put its canary on the service: rolled back too.
+    rolling = {s.id for s in run.pipeline.stages if state.stages[s.id].status is StageStatus.RUNNING}
     for stage in run.pipeline.stages:
         st = state.stages[stage.id]
         if st.status in (StageStatus.RUNNING, StageStatus.WAITING):
@@ -82,8 +85,11 @@ def on_cancel(run: Run, event: CancelRequested) -> tuple[GateOutcome, str]:
     if state.status is not ReleaseStatus.SUCCEEDED:
         for stage in reversed(run.pipeline.stages):
             st = state.stages[stage.id]
+            # Not again when this attempt's traffic was already rolled back (by a failed check or by
+            # hand): that would undo what an operator chose since.
             if (stage.kind is StageKind.DEPLOY and stage.environment == "prod"
-                    and st.status is StageStatus.SUCCEEDED):
+                    and (st.status is StageStatus.SUCCEEDED or stage.id in rolling)
+                    and not result_of(stage.kind, st.result).rolled_back):
                 roll_back(run, stage, f"cancelled: {why}")
     state.stopped_at_stage = state.stopped_at_stage or next(
         (s.id for s in run.pipeline.stages if state.stages[s.id].reason == why), "")

@@ -44,7 +44,9 @@ from shared.domain.errors import MalformedEvent
 from shared.domain.events import Outcome
 
 # Kinds whose completion nobody announces (jobs, rollouts) or that take a while (checks).
-FOLLOWED_KINDS = frozenset({"job", "deploy", "traffic", "check"})
+FOLLOWED_KINDS = frozenset({"job", "deploy", "traffic", "check", "rollback"})
+ROLLBACK_KIND = "rollback"  # a rollback by hand whose rollout runs on: polled like a traffic change
+ROLLBACK_FOLLOW_S = 900  # how long its probes follow it
 CHECK_KIND = "check"
 
 FIRST_POLL_S = 1.0

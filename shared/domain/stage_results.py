@@ -8,7 +8,7 @@ and reads fields (``tests/unit/test_layers.py`` fails on a key read of a result 
 Reading is as forgiving as the readers it replaced: a missing or mistyped field reads as absent.
 
 Which kind writes what:
-* build and job: ``log_url`` (build) or ``log_uri`` (execution), JUnit counts of a test step,
+* build and job: ``log_url`` (build) or ``log_uri`` (execution), the ``image`` a job ran, JUnit counts of a test step,
   ``digest`` of a pushed image, a migration's ``dry_run_ms``/``apply_ms``, and the chaos
   verdict (``passed``, ``error_rate``, ...) spread from $BUILDER_OUTPUT;
 * deploy and traffic: ``revisions`` (service, revision, percent, ``serving_before``), and
@@ -57,6 +57,7 @@ class ChaosVerdict:
     max_p95_ms: float | None
     reasons: tuple[str, ...]
     stored: Mapping[str, Any]  # the verdict's own keys as stored, for the approval page's summary
+    decided_by: tuple[tuple[str, str], ...] = ()  # (figure, the report it came from): the worst report counts
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ class BuildResult(StageResult):
 @dataclass(frozen=True)
 class JobResult(BuildResult):
     execution: str = ""
+    image: str = ""  # the image the execution ran, as its template names it (the release's digest)
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,9 @@ def _chaos(raw: Mapping[str, Any]) -> ChaosVerdict | None:
         return None
     return ChaosVerdict(bool(raw["passed"]), _number(raw.get("error_rate")), _number(raw.get("p95_ms")),
                         _number(raw.get("max_error_rate")), _number(raw.get("max_p95_ms")),
-                        tuple(str(r) for r in raw.get("reasons") or ()), {k: raw[k] for k in CHAOS_KEYS if k in raw})
+                        tuple(str(r) for r in raw.get("reasons") or ()), {k: raw[k] for k in CHAOS_KEYS if k in raw},
+                        tuple((str(k), v) for k, v in (raw.get("decided_by") or {}).items() if isinstance(v, str))
+                        if isinstance(raw.get("decided_by"), Mapping) else ())
 
 
 def _build_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -251,7 +255,8 @@ def _approval(raw: Mapping[str, Any]) -> ApprovalResult:
 
 READERS = {
     "build": lambda raw: BuildResult(**_build_fields(raw)),
-    "job": lambda raw: JobResult(**_build_fields(raw), execution=_text(raw.get("execution"))),
+    "job": lambda raw: JobResult(**_build_fields(raw), execution=_text(raw.get("execution")),
+                                 image=_text(raw.get("image"))),
     "deploy": lambda raw: DeployResult(**_common(raw), revisions=_revisions(raw), image=_text(raw.get("image"))),
     "traffic": lambda raw: TrafficResult(**_common(raw), revisions=_revisions(raw), image=_text(raw.get("image"))),
     "check": _check,

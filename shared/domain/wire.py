@@ -126,6 +126,8 @@ def from_payload(event_id: str, data: Any) -> Message:
             fields["expires_at"] = float(fields["expires_at"])
             if not isinstance(fields["approve"], bool):
                 raise ValueError("approve must be true or false")
+        if cls is RolledBack and not isinstance(fields.get("landed", True), bool):
+            raise ValueError("landed must be true or false")
         if cls is ReleaseNotice:
             fields["kind"] = NoticeKind(fields["kind"])
             fields.setdefault("stage", "")

@@ -440,3 +440,28 @@ class FakeTelemetry:
         if self.error is not None:
             raise self.error
         return self.measurements
+
+
+class FakeRevisionHistories:
+    """``revision_history/{service}`` in memory: the change is applied under a lock, so concurrent
+    changes are never lost, as the Firestore adapter's compare-and-set guarantees."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.histories: dict[str, Any] = {}
+
+    def read(self, service: str):
+        from shared.domain.revision_history import ServiceHistory
+
+        with self._lock:
+            return self.histories.get(service) or ServiceHistory(service)
+
+    def change(self, service: str, change):
+        from shared.domain.revision_history import ServiceHistory, history_from_dict, history_to_dict
+
+        with self._lock:
+            before = self.histories.get(service) or ServiceHistory(service)
+            after = change(before)
+            # Through the stored form, like Firestore: what cannot be stored fails here too.
+            self.histories[service] = history_from_dict(history_to_dict(after), service)
+            return self.histories[service]

@@ -40,6 +40,14 @@ class Context:
     json: bool = False  # --json: one JSON document (watch: one per line), times in ISO 8601
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
+    stdin: TextIO = field(default_factory=lambda: sys.stdin)  # where a confirmation is asked (a terminal only)
+
+    def confirm(self, question: str) -> bool:
+        """Ask on the terminal; False without one (a script must say --yes instead)."""
+        if not self.stdin.isatty():
+            return False
+        self.print(question + " [y/N] ")
+        return self.stdin.readline().strip().lower() in ("y", "yes")
 
     @functools.cached_property
     def settings(self) -> Settings:

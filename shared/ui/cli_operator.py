@@ -173,20 +173,35 @@ def cmd_skip_bake(args, ctx: Context) -> int:
 
 
 def cmd_rollback(args, ctx: Context) -> int:
-    """Through the operator function, which moves the traffic and records it on the release that deployed it."""
+    """Guarded: a reason, then what would move (current and target revision, from the operator
+    function's dry run), then a confirmation on the terminal or --yes. The function moves the
+    traffic, records the move in the service's revision history and on the release that deployed
+    it, and answers with the rollout's operation at once."""
     if args.image and not (args.to_tag or args.from_registry):
         raise UsageError("--image goes with --to-tag or --from-registry")
-    moved = operator_call(ctx, args, "rollback", {
-        "service": args.service, "to_revision": args.to_revision or "", "to_tag": args.to_tag or "",
-        "from_registry": bool(args.from_registry), "image": args.image or "", "force": bool(args.force),
-        "reason": args.reason or ""})
+    if not args.reason.strip():
+        raise UsageError("a rollback needs --reason (recorded on the release and in the service's history)")
+    params = {"service": args.service, "to_revision": args.to_revision or "", "to_tag": args.to_tag or "",
+              "from_registry": bool(args.from_registry), "image": args.image or "", "force": bool(args.force),
+              "reason": args.reason}
+    if not args.yes:
+        plan = operator_call(ctx, args, "rollback", {**params, "dry_run": True})
+        now = "; ".join(f"{t['revision']} {t['percent']} %" for t in plan.get("before") or []) or "nothing"
+        verdict = f", {plan['verdict'].replace('_', ' ')}" if plan.get("verdict") else ""
+        ctx.print(f"{plan['service']} serves now: {now}\nrollback sends 100 % to: {plan['revision']} "
+                  f"(version {plan.get('version') or '?'}, commit {plan.get('commit') or '?'}{verdict})"
+                  + (" FORCED: it never completed a release" if plan.get("forced") else ""))
+        if not ctx.confirm("Roll back?"):
+            raise CommandFailed("rollback not done: not confirmed (no terminal to ask on? pass --yes in scripts)")
+    moved = operator_call(ctx, args, "rollback", params)
     if moved.get("tag"):
         how = f"new revision from {moved['image']}" if moved.get("created") else f"existing revision running {moved['image']}"
         text = (f"rolled back {moved['service']}: 100 % to {moved['revision']} ({how}; tag {moved['tag']}, "
                 f"version {moved['version']}, commit {moved['commit']}), was {moved.get('from') or '?'}")
     else:
         text = (f"rolled back {moved['service']}: 100 % to {moved['revision']} (version {moved.get('version') or '?'}, "
-                f"commit {moved.get('commit') or '?'}), was {moved.get('from') or '?'}")
+                f"commit {moved.get('commit') or '?'}){' FORCED' if moved.get('forced') else ''}, "
+                f"was {moved.get('from') or '?'}")
     text += f"; operation {moved.get('operation') or '-'}; by {moved['requested_by']}"
     text += (f"; recorded on release {moved['recorded_on']} (stage {moved['stage']})" if moved.get("recorded_on")
              else f"; no recent release deployed {moved['service']}: kept as operator request {moved['request_id']}")
@@ -267,14 +282,18 @@ def add_commands(command) -> None:
                 "the release that deployed it)")
     p.add_argument("service")
     target = p.add_mutually_exclusive_group()
-    target.add_argument("--to-revision", help="the revision (default: the last ready one deployed from a tag)")
+    target.add_argument("--to-revision", help="the revision (default: the newest that completed a release and "
+                        "does not serve 100 %% now)")
     target.add_argument("--to-tag", metavar="TAG", help="the release tag vX.Y.Z-<sha> to serve; its image is "
                         "deployed from the registry unless a revision still runs it")
     target.add_argument("--from-registry", action="store_true",
                         help="serve the newest release tag in Artifact Registry older than the one served now")
     p.add_argument("--image", help="image name under RELEASE_ARTIFACT_REGISTRY (default: the one the service runs)")
-    p.add_argument("--force", action="store_true", help="roll back to a revision even though it failed its checks")
-    p.add_argument("--reason", help="why (recorded with the rollback)")
+    p.add_argument("--force", action="store_true",
+                   help="roll back to a revision that never completed a release (failed a canary, rolled back)")
+    p.add_argument("--reason", required=True, help="why (required; recorded on the release and in the history)")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation (scripts); without it a "
+                   "terminal is needed to confirm")
     p.add_argument("--as", dest="as_", metavar="WHO", help=argparse.SUPPRESS)
     p = command("dead-letters", cmd_dead_letters, "list dead letters: messages kept instead of applied, with why")
     p.add_argument("--limit", type=positive_int, default=50, help="at most this many (1-500)")

@@ -41,7 +41,6 @@ from shared.ui.notes import (
     render,
     timeline_text,
     traffic_decisions,
-    traffic_now_text,
     traffic_percent,
     waiting_text,
 )
@@ -164,6 +163,14 @@ def stage_view(stage: Stage, st: StageState, state: ReleaseState, pipeline: Pipe
     }
 
 
+def _rolled_back_since(state: ReleaseState, pipeline: Pipeline, since: float | None):
+    """The first rollback (the gate's or by hand) recorded on the release after ``since``."""
+    later = [r for stage in pipeline.stages if stage.kind is StageKind.DEPLOY
+             for r in result_of(stage.kind, state.stages[stage.id].result).rolled_back
+             if since is not None and (r.at or 0) >= since]
+    return min(later, key=lambda r: r.at or 0) if later else None
+
+
 def stage_detail(stage: Stage, st: StageState, state: ReleaseState, pipeline: Pipeline) -> str:
     result = result_of(stage.kind, st.result)
     if stage.kind is StageKind.APPROVAL:
@@ -179,7 +186,11 @@ def stage_detail(stage: Stage, st: StageState, state: ReleaseState, pipeline: Pi
         reason = st.reason if len(st.reason) <= 160 else st.reason[:157] + "…"
         return reason + (f" ({summary_line(analysis)})" if analysis else "")
     if is_prod_traffic_stage(stage) and st.status is StageStatus.SUCCEEDED:
-        return traffic_now_text(stage, st)
+        undone = _rolled_back_since(state, pipeline, st.finished_at)
+        if undone:  # the traffic this stage moved no longer serves: say until when, and where it went
+            return (f"{traffic_percent(stage, st)} % traffic from {iso(st.finished_at)} until rolled back at "
+                    f"{iso(undone.at)} to {undone.revision or '?'}")
+        return f"{traffic_percent(stage, st)} % traffic since {iso(st.finished_at)}"
     counts = junit_counts(result)
     if counts is not None:
         return junit_text(counts)

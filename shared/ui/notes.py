@@ -22,7 +22,7 @@ from shared.domain.analysis import evidence_lines, summary_line
 from shared.domain.ids import valid_release_id
 from shared.domain.errors import PipelineError
 from shared.domain.pipeline import Pipeline, Stage, StageKind
-from shared.domain.stage_results import (ApprovalResult, BuildResult, CheckResult, DeployResult, JunitCounts,
+from shared.domain.stage_results import (ApprovalResult, BuildResult, CheckResult, DeployResult, JobResult, JunitCounts,
                                          StageResult, bake_plan, common_result, result_of, results_of)
 from shared.domain.state import ReleaseState, ReleaseStatus, StageState, StageStatus
 
@@ -335,6 +335,7 @@ def render(state: ReleaseState, pipeline: Pipeline, per_stage: bool = True) -> s
         out += _table(("#", "Stage", "Result", "Attempts", "Started", "Duration", "Detail"), rows)
 
     out += _tests_section(state, pipeline)
+    out += _images_section(state, pipeline)
     out += _schema_section(state, pipeline)
     out += _smoke_section(state, pipeline)
     out += _analysis_section(state, pipeline)
@@ -363,6 +364,23 @@ def _tests_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
     if not rows:
         return []
     return ["", "## Tests", ""] + _table(("Suite", "Tests", "Failures", "Errors", "Skipped"), rows)
+
+
+def _images_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
+    """What each job execution and each deploy's revisions ran: the image by digest, as the
+    executors recorded it (a job from its execution's template)."""
+    rows = []
+    for stage in pipeline.stages:
+        st = state.stages.get(stage.id)
+        if st is None or stage.kind not in (StageKind.JOB, StageKind.DEPLOY):
+            continue
+        result = result_of(stage.kind, st.result)
+        if not result.image:
+            continue
+        ran_in = (result.execution.rsplit("/jobs/", 1)[-1] if isinstance(result, JobResult) else
+                  ", ".join(f"{t.service}/{t.revision}" for t in result.revisions))
+        rows.append((stage.name, st.status.value, _code(result.image), _code(ran_in)))
+    return ["", "## Images", ""] + _table(("Stage", "Result", "Image", "Ran as"), rows) if rows else []
 
 
 def _schema_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
@@ -431,6 +449,9 @@ def _chaos_section(state: ReleaseState, pipeline: Pipeline) -> list[str]:
                 limits = f" (limits: < {chaos.max_error_rate:.2%}, < {chaos.max_p95_ms:.0f} ms)"
             out.append(f"- error rate {rate_text}, P95 {p95_text}, passed: {'yes' if chaos.passed else 'no'}{limits}")
             out += [f"- why: {reason}" for reason in chaos.reasons]
+            decided = dict(chaos.decided_by)  # the worst report counts; say which it was
+            out += [f"- {label} from {decided[key]}" for key, label in (("error_rate", "error rate"), ("p95_ms", "P95"))
+                    if key in decided]
     return ["", "## Chaos smoke", ""] + out if out else []
 
 

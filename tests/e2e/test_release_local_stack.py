@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,6 +17,7 @@ from local.mailbox import Mailbox
 from local.stack import PROJECT, LocalStack
 from local.traffic import TrafficSampler, sample_share
 from tests.e2e.browser import CHROMIUM, OUTPUT, page_statuses
+from tests.waits import wait_for_release
 from shared.app.config import Settings
 from shared.adapters.firestore_store import FirestoreStore
 from shared.domain.state import ReleaseStatus, StageStatus
@@ -34,17 +34,6 @@ def stack(emulators, tmp_path_factory):
         yield running
 
 
-def wait_for(store, release_id, condition, timeout_s=120):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        state = store.get(release_id)[0]
-        if condition(state):
-            return state
-        assert state.status is not ReleaseStatus.STOPPED, state.reason
-        time.sleep(0.2)
-    raise AssertionError(f"timed out; release is {store.get(release_id)[0].status}")
-
-
 def test_release_runs_to_the_approval_link_then_to_full_traffic(stack):
     from google.cloud import firestore
 
@@ -53,7 +42,7 @@ def test_release_runs_to_the_approval_link_then_to_full_traffic(stack):
     assert answer["status"] == "created" and re.fullmatch(r"v\d+\.\d+\.\d+-[0-9a-f]{7}", answer["tag"])
     rid = answer["release_id"]
 
-    waiting = wait_for(store, rid, lambda s: s.status is ReleaseStatus.AWAITING_APPROVAL)
+    waiting = wait_for_release(store, rid, lambda s: s.status is ReleaseStatus.AWAITING_APPROVAL, "the approval")
     before_approval = {s for s, st in waiting.stages.items() if st.status is StageStatus.SUCCEEDED}
     assert before_approval == {"preflight", "lint", "unit", "build", "push", "e2e", "vector-schema",
                                "staging-migrate", "staging-deploy", "ingestion-smoke", "staging-smoke"}
@@ -71,7 +60,8 @@ def test_release_runs_to_the_approval_link_then_to_full_traffic(stack):
             {"token": token, "decision": "approve", "reason": "e2e"}).encode())
         with urllib.request.urlopen(post, timeout=10) as answer_page:
             assert answer_page.status == 200
-        done = wait_for(store, rid, lambda s: s.status is ReleaseStatus.SUCCEEDED and not s.outbox)
+        done = wait_for_release(store, rid, lambda s: s.status is ReleaseStatus.SUCCEEDED and not s.outbox,
+                                "the release's success")
     assert done.approval["approver"] == "approver@example.com" and done.pushed_by == PUSHER
 
     share, samples = sampler.share(done.version, done.stages["prod-deploy"].finished_at,

@@ -6,7 +6,6 @@ each goes through its own application's lock, and they take turns on the shared 
 their staging stages never overlap, and neither supersedes the other."""
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -15,6 +14,7 @@ from local.mailbox import Mailbox
 from local.stack import PROJECT, LocalStack
 from shared.adapters.firestore_store import FirestoreStore
 from shared.app.config import REPO_ROOT, Settings
+from tests.waits import wait_for_releases
 from shared.domain.state import ReleaseStatus
 
 pytestmark = pytest.mark.emulators
@@ -46,16 +46,8 @@ def test_two_applications_sharing_a_service_take_turns_on_it(stack):
     answers = [send_push(stack, commit, f"example/{app}") for app in APPS]
     assert [a["status"] for a in answers] == ["created", "created"]
     ids = [a["release_id"] for a in answers]
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        states = [store.get(rid)[0] for rid in ids]
-        assert not any(s.status in (ReleaseStatus.STOPPED, ReleaseStatus.SUPERSEDED) for s in states), \
-            [(s.release_id, s.status, s.reason) for s in states]
-        if all(s.status is ReleaseStatus.AWAITING_APPROVAL for s in states):
-            break
-        time.sleep(0.3)
-    else:
-        raise AssertionError(f"not both at the approval: {[s.status for s in states]}")
+    states = wait_for_releases(store, ids, lambda states: all(s.status is ReleaseStatus.AWAITING_APPROVAL for s in states),
+                               "both releases at the approval")
     assert {s.pipeline_name for s in states} == set(APPS)
     windows = sorted((s.stages[STAGING[0]].started_at, s.stages[STAGING[-1]].finished_at) for s in states)
     (_, first_end), (second_start, _) = windows

@@ -379,11 +379,12 @@ def standin(tmp_path_factory):
                            local_images=frozenset(), log_dir=tmp_path_factory.mktemp("standin-cli-logs"))
     with StandIn(config) as running:
         running.set_outcome("service", "cli-web-", "SUCCESS")
+        running.set_outcome("service", "cli-slow-", "SUCCESS")
         yield running
 
 
-def deploy(settings, version, commit):
-    """A tagged revision of cli-web through the real deploy executor; returns its name."""
+def deploy(settings, version, commit, service="cli-web"):
+    """A tagged revision of ``service`` through the real deploy executor; returns its name."""
     from shared.domain.commands import StartStage
     from shared.adapters.executors import RetryPolicy, build_executors
     from shared.domain.pipeline import parse_pipeline
@@ -392,7 +393,7 @@ def deploy(settings, version, commit):
         {"id": "approval", "kind": "approval", "environment": "prod", "timeout": "1h",
          "params": {"approvers": ["boss@example.com"]}},
         {"id": "prod-deploy", "kind": "deploy", "environment": "prod", "timeout": "5m",
-         "params": {"services": ["cli-web"], "traffic_percent": 100}}]})
+         "params": {"services": [service], "traffic_percent": 100}}]})
     executor = build_executors(settings, retry=RetryPolicy(timeout_s=1, call_timeout_s=5))["deploy"]
     run_id = f"rel-{commit}.prod-deploy.a1"
     command = StartStage(f"rel-{commit}", "prod-deploy", run_id, 1, "deploy",
@@ -441,57 +442,115 @@ def rollback_cli(cli, emulators, unique_prefix, token_issuer, standin, tmp_path)
         yield RollbackCli()
 
 
-def test_rollback_moves_traffic_back_to_the_last_tagged_revision(rollback_cli, standin):
-    from shared.app.config import Settings
+def histories_of(unique_prefix):
+    """The operator function's revision histories (the same emulator and prefix)."""
+    from google.cloud import firestore
 
-    settings = Settings(project="local-project", region="europe-west3", cloud_run_endpoint=standin.endpoint)
-    first, second = deploy(settings, "1.0.0", "aaaaaaa"), deploy(settings, "1.1.0", "bbbbbbb")
-    code, out, err = rollback_cli.run("rollback", "cli-web")
+    from shared.adapters.firestore_revision_history import FirestoreRevisionHistories
+
+    return FirestoreRevisionHistories(firestore.Client(project="local-project"),
+                                      Settings(project="local-project", collection_prefix=unique_prefix))
+
+
+def verdicts(unique_prefix, service, **by_revision):
+    """Record in the service's history how each named revision's release ended."""
+    from shared.domain.revision_history import RevisionRecord, Verdict
+
+    def change(h):
+        for name, verdict in by_revision.items():
+            h = h.with_revision(RevisionRecord(name, "rel-" + name[-4:])).with_verdict(name, Verdict(verdict))
+        return h
+    histories_of(unique_prefix).change(service, change)
+
+
+def standin_settings(standin):
+    return Settings(project="local-project", region="europe-west3", cloud_run_endpoint=standin.endpoint)
+
+
+def test_rollback_goes_to_the_newest_revision_that_completed_a_release(rollback_cli, standin, unique_prefix):
+    """Why: a plain rollback took the newest earlier revision even when that one had failed its canary."""
+    settings = standin_settings(standin)
+    first, failed, second = (deploy(settings, "1.0.0", "aaaaaaa"), deploy(settings, "1.0.5", "abababa"),
+                             deploy(settings, "1.1.0", "bbbbbbb"))
+    verdicts(unique_prefix, "cli-web", **{first: "completed", failed: "failed", second: "completed"})
+    code, out, err = rollback_cli.run("rollback", "cli-web", "--reason", "slow pages", "--yes")
     assert code == 0, err
     assert f"rolled back cli-web: 100 % to {first} (version 1-0-0, commit aaaaaaa), was {second}" in out
     assert "by ops-user@example.com; no recent release deployed cli-web" in out
     web = next(s for s in standin.services if s.name.endswith("/services/cli-web"))
     assert {t.revision: t.percent for t in web.traffic} == {first: 100}
-    code, out, err = rollback_cli.run("rollback", "cli-web", "--to-revision", "cli-web-nonexistent")
+    (move,) = histories_of(unique_prefix).read("cli-web").moves
+    assert (move.before, move.after, move.by, move.why) == (((second, 100),), ((first, 100),),
+                                                            "ops-user@example.com", "slow pages")
+    code, out, err = rollback_cli.run("rollback", "cli-web", "--to-revision", "cli-web-nonexistent", "--force",
+                                      "--reason", "x", "--yes")
     assert code == 1
     assert_one_line_error(err, "revision cli-web-nonexistent of cli-web does not exist")
 
 
-def test_rollback_refuses_a_revision_that_failed_its_checks_unless_forced(rollback_cli, standin):
-    """Why: `relctl rollback` reported success and left prod on a canary that had failed its checks."""
-    from shared.app.config import Settings
-
-    settings = Settings(project="local-project", region="europe-west3", cloud_run_endpoint=standin.endpoint)
-    canary, good = deploy(settings, "2.0.0", "ccccccc"), deploy(settings, "2.0.1", "ddddddd")
-    rig = rollback_cli.rig
-    rid = rig.new_release(uuid.uuid4().hex[:16], version="2.0.0")
-    state, token = rig.store.get(rid)
-    state.stages["prod-deploy"].result = {"rolled_back": [
-        {"service": "cli-web", "from": canary, "revision": good, "at": 0, "by": "the gate",
-         "why": "stage 'prod-smoke' failed: 500"}]}
-    rig.store.update(state, token)
-    code, _, err = rollback_cli.run("rollback", "cli-web", "--to-revision", canary)
+def test_rollback_refuses_a_revision_that_failed_its_canary_unless_forced(rollback_cli, standin, unique_prefix):
+    """Why: `relctl rollback` sent all traffic to a canary that had failed its checks without --force,
+    and refused a revision whose release had succeeded as "failed its checks"."""
+    settings = standin_settings(standin)
+    good, canary, newest = (deploy(settings, "2.0.0", "ccccccc"), deploy(settings, "2.0.1", "ddddddd"),
+                            deploy(settings, "2.0.2", "e0e0e0e"))
+    verdicts(unique_prefix, "cli-web", **{good: "completed", canary: "failed", newest: "completed"})
+    code, _, err = rollback_cli.run("rollback", "cli-web", "--to-revision", canary, "--reason", "x", "--yes")
     assert code == 1, (_, err)
-    assert_one_line_error(err, f"revision {canary} failed its checks", "--force")
+    assert_one_line_error(err, f"revision {canary} of cli-web never completed a release (failed a canary)",
+                          "--force")
     web = next(s for s in standin.services if s.name.endswith("/services/cli-web"))
     assert {t.revision: t.percent for t in web.traffic if t.percent}.get(canary) is None
-    code, out, err = rollback_cli.run("rollback", "cli-web", "--to-revision", canary, "--force")
-    assert code == 0 and f"100 % to {canary}" in out, err
+    code, out, err = rollback_cli.run("rollback", "cli-web", "--to-revision", good, "--reason", "x", "--yes")
+    assert code == 0 and f"100 % to {good}" in out, err
+    code, out, err = rollback_cli.run("rollback", "cli-web", "--to-revision", canary, "--force", "--reason",
+                                      "its fix is there", "--yes")
+    assert code == 0 and f"100 % to {canary}" in out and "FORCED" in out, err
+    assert histories_of(unique_prefix).read("cli-web").moves[-1].forced
 
 
-def test_a_rollback_by_hand_is_recorded_on_the_release_that_deployed_the_service(rollback_cli, standin):
+def test_a_rollback_is_guarded_reason_confirmation_and_no_op(rollback_cli, standin, unique_prefix):
+    """Why: `relctl rollback sample-web` (no reason, no prompt) moved 100 % of prod at once, and run
+    again it reported a rollback "to X ... was X", a no-op shown as an action."""
+    settings = standin_settings(standin)
+    old, new = deploy(settings, "4.0.0", "1111111"), deploy(settings, "4.1.0", "2222222")
+    verdicts(unique_prefix, "cli-web", **{old: "completed", new: "completed"})
+
+    def serving():
+        web = next(s for s in standin.services if s.name.endswith("/services/cli-web"))
+        return {t.revision: t.percent for t in web.traffic if t.percent}
+
+    code, out, err = rollback_cli.run("rollback", "cli-web")
+    assert code == 2 and "--reason" in err and serving() == {new: 100}, err
+    code, out, err = rollback_cli.run("rollback", "cli-web", "--reason", " ")
+    assert code == 2 and "needs --reason" in err and serving() == {new: 100}, err
+    # No --yes and no terminal (stdin is a pipe here): shows what would move, then refuses to act.
+    code, out, err = rollback_cli.run("rollback", "cli-web", "--reason", "slow")
+    assert code == 1 and serving() == {new: 100}, (out, err)
+    assert f"cli-web serves now: {new} 100 %" in out and f"rollback sends 100 % to: {old}" in out
+    assert_one_line_error(err, "not confirmed", "--yes")
+    assert histories_of(unique_prefix).read("cli-web").moves == ()
+    code, out, err = rollback_cli.run("rollback", "cli-web", "--to-revision", old, "--reason", "slow", "--yes")
+    assert code == 0 and serving() == {old: 100}, err
+    code, out, err = rollback_cli.run("rollback", "cli-web", "--to-revision", old, "--reason", "slow", "--yes")
+    assert code == 1 and serving() == {old: 100}
+    assert_one_line_error(err, f"cli-web already sends 100 % of its traffic to {old}; nothing to roll back")
+    assert len(histories_of(unique_prefix).read("cli-web").moves) == 1
+
+
+def test_a_rollback_by_hand_is_recorded_on_the_release_that_deployed_the_service(rollback_cli, standin,
+                                                                                  unique_prefix):
     """Why: a manual rollback moved traffic with the operator's own credentials and recorded nothing."""
-    from shared.app.config import Settings
-
-    settings = Settings(project="local-project", region="europe-west3", cloud_run_endpoint=standin.endpoint)
+    settings = standin_settings(standin)
     old, new = deploy(settings, "3.0.0", "eeeeeee"), deploy(settings, "3.1.0", "fffffff")
+    verdicts(unique_prefix, "cli-web", **{old: "completed", new: "completed"})
     rig = rollback_cli.rig
     rid = finished_release(rig)
     state, token = rig.store.get(rid)
     state.stages["prod-deploy"].result = {**state.stages["prod-deploy"].result,
                                           "revisions": [{"service": "cli-web", "revision": new}]}
     rig.store.update(state, token)
-    code, out, err = rollback_cli.run("rollback", "cli-web", "--to-revision", old, "--reason", "pages slow")
+    code, out, err = rollback_cli.run("rollback", "cli-web", "--to-revision", old, "--reason", "pages slow", "--yes")
     assert code == 0, err
     assert f"recorded on release {rid} (stage prod-deploy)" in out
     (message,) = rollback_cli.pull()
@@ -513,6 +572,65 @@ def test_a_rollback_by_hand_is_recorded_on_the_release_that_deployed_the_service
     forged = RolledBack(uuid.uuid4().hex, rid, "prod-deploy", "cli-web", old, new, "mallory@example.com", "x",
                         "no-such-request")
     assert rig.dispatcher.handle(forged).outcome.value != "applied"
+
+
+ROLLOUT_DELAY_S = float(os.environ.get("ROLLBACK_ROLLOUT_DELAY_S", "61"))  # past the operator function's 60 s
+
+
+def test_a_rollback_whose_rollout_takes_minutes_answers_at_once_and_lands_when_it_ends(rollback_cli, standin,
+                                                                                      unique_prefix):
+    """Why: a rollback that had to wait for its rollout waited up to 300 s inside the operator function,
+    whose timeout is 60 s. Now it answers with the operation; probes follow the rollout like any other,
+    and the move reaches the timeline when the rollout ends."""
+    from shared.adapters.executors import RetryPolicy, build_executors
+    from shared.app.probing import ProbeService
+    from shared.domain.wire import from_payload
+    from shared.testing.fakes import FakeProbeScheduler, FakePublisher
+    from shared.testing.probe_runner import run_due
+
+    settings = standin_settings(standin)
+    old, new = deploy(settings, "5.0.0", "5555555", "cli-slow"), deploy(settings, "5.1.0", "5656565", "cli-slow")
+    verdicts(unique_prefix, "cli-slow", **{old: "completed", new: "completed"})
+    rig = rollback_cli.rig
+    rid = finished_release(rig)
+    state, token = rig.store.get(rid)
+    state.stages["prod-deploy"].result = {**state.stages["prod-deploy"].result,
+                                          "revisions": [{"service": "cli-slow", "revision": new}]}
+    rig.store.update(state, token)
+    rig.dispatcher.probes = scheduler = FakeProbeScheduler()
+    standin.delay_rollouts("cli-slow", ROLLOUT_DELAY_S)
+
+    started = time.monotonic()
+    code, out, err = rollback_cli.run("rollback", "cli-slow", "--to-revision", old, "--reason", "slow", "--yes")
+    answered = time.monotonic() - started
+    assert code == 0, err
+    assert answered < 5, f"relctl rollback took {answered:.1f}s"
+    assert re.search(rf"100 % to {old} .*; operation \S+/operations/\S+; by ops-user@example.com; recorded on "
+                     rf"release {rid}", out), out
+    (message,) = rollback_cli.pull()
+    decision = rig.dispatcher.handle_message(message.message_id, dict(message.attributes), message.data)
+    assert decision.outcome.value == "applied", decision.reason
+    now = rig.state(rid)
+    assert now.timeline[-1]["kind"] == "rollback rolling out" and not now.stages["prod-deploy"].result.get(
+        "rolled_back"), now.timeline[-1]
+
+    probes = ProbeService(rig.store, build_executors(settings, retry=RetryPolicy(timeout_s=1, call_timeout_s=5)),
+                          FakePublisher(), scheduler, None, rig.clock, settings)
+    landed = None
+    while landed is None and time.monotonic() - started < ROLLOUT_DELAY_S + 30:
+        run_due(probes, scheduler, float("inf"))
+        found = probes.publisher.of_type("release.rolled_back")
+        landed = found[0] if found else None
+        if landed is None:
+            time.sleep(1)
+    ended = time.monotonic() - started
+    assert landed is not None, "the rollout never ended"
+    assert ended >= ROLLOUT_DELAY_S - 1, f"recorded after {ended:.1f}s, before the rollout ended"
+    assert rig.dispatcher.handle(from_payload(uuid.uuid4().hex, landed)).outcome.value == "applied"
+    (entry,) = rig.state(rid).stages["prod-deploy"].result["rolled_back"]
+    assert (entry["from"], entry["revision"], entry["why"]) == (new, old, "slow")
+    assert rig.state(rid).timeline[-1]["kind"] == "rolled back"
+    print(f"relctl answered in {answered:.2f}s; the rollout ended and was recorded after {ended:.1f}s")
 
 
 def test_preflight_reads_the_actual_policy(cli, standin):

@@ -80,9 +80,14 @@ def create_job(jobs_client, job_id: str, image: str, command: list[str] | None =
 
 
 @pytest.fixture(scope="module", autouse=True)
-def jobs(jobs_client):
+def jobs(standin, jobs_client):
+    image = "europe-west3-docker.pkg.dev/local-project/noesis2/noesis2:latest"
+    # Cloud Run refuses a job or revision naming an image the registry does not hold: push the
+    # tags these tests deploy (pushed without a tree, so they follow the outcome rules).
+    for tag in ("latest", "v1.0.0-abc1234", "v1.2.3-abc1234", "v2.0.0-aaaaaaa", "v2.1.0-bbbbbbb"):
+        standin.push_image(image.replace(":latest", f":{tag}"))
     for job_id in ("noesis2-migrate", "noesis2-migrate-prod", "noesis2-ingestion-smoke"):
-        create_job(jobs_client, job_id, "europe-west3-docker.pkg.dev/local-project/noesis2/noesis2:latest")
+        create_job(jobs_client, job_id, image)
 
 
 def run_check(settings, executors, pipeline, command):
@@ -325,11 +330,18 @@ def test_canary_check_full_traffic_and_rollback(standin, settings, executors, pi
     assert served(service_state(standin, "noesis2-web")) == {rev_b: (100, "canary")}
     assert executors["traffic"].start(pipeline, pipeline.stage("traffic-100"), full).handle["revisions"][0]["reused"]
 
-    # rollback: back to the last good tagged revision before the newest, i.e. A
-    done = rollback(settings, "noesis2-web")
+    # rollback: back to the newest revision that completed a release other than the one serving, i.e. A
+    from shared.domain.revision_history import RevisionRecord, ServiceHistory, Verdict
+
+    history = ServiceHistory("noesis2-web")
+    for revision in (rev_a, rev_b):
+        history = history.with_revision(RevisionRecord(revision)).with_verdict(revision, Verdict.COMPLETED)
+    done = rollback(settings, "noesis2-web", history=history, reason="test")
     assert (done["revision"], done["version"], done["commit"], done["from"]) == (rev_a, "2-0-0", "aaaaaaa", rev_b)
+    assert (done["before"], done["after"]) == ([{"revision": rev_b, "percent": 100}],
+                                               [{"revision": rev_a, "percent": 100}])
     assert served(service_state(standin, "noesis2-web")) == {rev_a: (100, "")}
-    assert rollback(settings, "noesis2-web", to_revision=rev_b)["revision"] == rev_b
+    assert rollback(settings, "noesis2-web", to_revision=rev_b, history=history)["revision"] == rev_b
     assert served(service_state(standin, "noesis2-web")) == {rev_b: (100, "")}
 
 

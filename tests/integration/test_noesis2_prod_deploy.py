@@ -24,6 +24,8 @@ def settings(tmp_path):
         settings = Settings(project=PROJECT, region=REGION, cloud_run_endpoint=standin.endpoint,
                             artifact_registry=f"{REGION}-docker.pkg.dev/{PROJECT}/noesis2")
         standin.set_outcome("service", "noesis2-", "SUCCESS")
+        for tag in ("v0.9.0-base", "v1.0.0-abc1234"):  # Cloud Run refuses an image the registry does not hold
+            standin.push_image(f"{settings.artifact_registry}/noesis2:{tag}")
         services = gcp_clients.run_services(settings)
         for name in SERVICES:
             services.create_service(parent=f"projects/{PROJECT}/locations/{REGION}", service_id=name,

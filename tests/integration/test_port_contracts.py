@@ -43,6 +43,7 @@ PORTS = {
     "approvals": (fakes.InMemoryApprovalStore, "firestore_approvals:FirestoreApprovalStore"),
     "apps": (fakes.InMemoryAppRecords, "firestore_apps:FirestoreAppRecords"),
     "requests": (fakes.FakeOperatorRequests, "firestore_operator_requests:FirestoreOperatorRequests"),
+    "histories": (fakes.FakeRevisionHistories, "firestore_revision_history:FirestoreRevisionHistories"),
 }
 
 
@@ -61,7 +62,7 @@ def port_fixture(port: str):
     return made
 
 
-for _port in PORTS:  # fixtures ``releases``, ``letters``, ``approvals``, ``apps``, ``requests``
+for _port in PORTS:  # fixtures ``releases``, ``letters``, ``approvals``, ``apps``, ``requests``, ``histories``
     globals()[f"{_port}_fixture"] = port_fixture(_port)
 
 
@@ -188,6 +189,40 @@ def test_an_operator_request_is_recorded_once(requests):
     assert requests.record("req-1", asked) and not requests.record("req-1", {**asked, "stage": "unit"})
     assert {k: requests.get("req-1")[k] for k in asked} == asked
     assert requests.get("req-2") is None
+
+
+# -- RevisionHistories -------------------------------------------------------------------
+
+def test_a_revision_history_reads_back_what_was_written_with_verdicts_and_splits(histories):
+    from shared.domain.revision_history import RevisionRecord, ServiceHistory, TrafficMove, Verdict, split_of
+
+    assert histories.read("web") == ServiceHistory("web")
+    move = TrafficMove("deploy-1", T0, "deploy", split_of([("web-a", 100)]), split_of([("web-b", 10), ("web-a", 90)]),
+                       by="the gate", release_id="r1", operation="op-1")
+    written = histories.change("web", lambda h: h.with_revision(RevisionRecord("web-b", "r1", "1.2.3", "abc1234",
+                                                                                "img@sha256:1"))
+                               .with_verdict("web-b", Verdict.FAILED, "smoke failed").with_move(move))
+    got = histories.read("web")
+    assert got == written and got.revision("web-b").verdict is Verdict.FAILED
+    assert got.serving() == (("web-a", 90), ("web-b", 10)) and got.moves[0].operation == "op-1"
+    assert histories.read("other") == ServiceHistory("other")
+
+
+def test_concurrent_changes_of_one_history_are_all_kept(histories):
+    from shared.domain.revision_history import TrafficMove
+
+    def add(worker: int) -> None:
+        for i in range(4):
+            histories.change("web", lambda h, i=i: h.with_move(
+                TrafficMove(f"w{worker}-{i}", T0 + i, "manual", (), (("web-a", 100),))))
+
+    threads = [threading.Thread(target=add, args=(w,)) for w in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(m.move_id for m in histories.read("web").moves) == sorted(f"w{w}-{i}" for w in range(3)
+                                                                          for i in range(4))
 
 
 # -- Locks (shared/app/locks.py over the in-memory fake's records, or Firestore's) ------------

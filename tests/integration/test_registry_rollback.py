@@ -147,7 +147,7 @@ def test_rollback_from_registry_redeploys_the_previous_tag_and_serves_it(standin
     before = len(standin.revisions)
 
     moved = rollback_from_registry(settings, "reg-web", wait_s=30)
-    assert (moved["tag"], moved["before"], moved["from"], moved["created"]) == (TAGS[1], TAGS[2], newest, True)
+    assert (moved["tag"], moved["before_tag"], moved["from"], moved["created"]) == (TAGS[1], TAGS[2], newest, True)
     web = service_of(standin, "reg-web")
     assert len(standin.revisions) == before + 1 and served(web) == {moved["revision"]: 100}
     revision = revision_of(standin, moved["revision"])
@@ -196,7 +196,7 @@ def relctl(emulators, unique_prefix, tmp_path, settings):
             env = relctl_env(emulators, unique_prefix, f"events-{unique_prefix.strip('_')}", **extra, **op)
 
             def run(*args):
-                proc = subprocess.run([str(RELCTL), "rollback", *args], capture_output=True, text=True, timeout=60,
+                proc = subprocess.run([str(RELCTL), "rollback", *args, "--reason", "test", "--yes"], capture_output=True, text=True, timeout=60,
                                       env=env, cwd=REPO_ROOT)
                 return proc.returncode, proc.stdout, proc.stderr
 

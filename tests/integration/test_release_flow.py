@@ -62,7 +62,7 @@ class Flow:
             FakeApprovals(), FakeNotifier(), self.clock, settings,
             EnvironmentLocks(FirestoreAppRecords(self.store.client, settings), publisher, settings,
                              service_lock_records(self.store.client, settings)),
-            FirestoreDeadLetters(self.store.client, settings), roll_back=lambda service, to=None: rollback(settings, service, to),
+            FirestoreDeadLetters(self.store.client, settings), roll_back=lambda service, to=None: rollback(settings, service, to, automatic=True),
             probes=FakeProbeScheduler(), completion_keys=rig_keyring(),
         )
         self.executors = self.dispatcher.executors

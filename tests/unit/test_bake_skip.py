@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 
-from shared.app.manual_rollback import deploying_release, failed_revisions
+from shared.app.manual_rollback import deploying_release
 from shared.domain.bake_skip import SKIP_PHASE, skip_probe_task, skip_refusal, skip_step
 from shared.domain.commands import EndBakeEarly, NoticeKind, Notify
 from shared.domain.events import BakeSkipRequested, Outcome, RolledBack, StageFinished
@@ -155,7 +155,39 @@ def test_a_manual_rollback_is_recorded_on_the_finished_release_that_deployed_the
     assert notice.kind is NoticeKind.ROLLED_BACK and "ops@example.com rolled back web" in notice.message
     assert any("rolled back web from web-new to web-old" in line and "by ops@example.com: slow pages" in line
                for line in rollback_lines(new, PIPELINE))
-    assert failed_revisions([new]) == {}  # a rollback by hand says nothing about checks
     assert decide(PIPELINE, new, RolledBack(eid(), *[getattr(event, f) for f in (
         "release_id", "stage", "service", "from_revision", "to_revision", "requested_by", "reason",
         "request_id")]), T0 + 101).outcome is GateOutcome.IGNORED
+
+
+def test_show_no_longer_says_a_rolled_back_release_serves_its_traffic():
+    """Why (issue 24): after a rollback by hand, `show` kept saying "traffic-100 … 100 % traffic since …"
+    for a revision that no longer served."""
+    from shared.ui.dashboard import stage_detail
+
+    state = finished_release()
+    traffic = next(s for s in PIPELINE.stages if s.kind.value == "traffic")
+    assert "% traffic since" in stage_detail(traffic, state.stages[traffic.id], state, PIPELINE)
+    new = decide(PIPELINE, state, RolledBack(eid(), state.release_id, "prod-deploy", "web", "web-new", "web-old",
+                                             "ops@example.com", "slow", "req-show"), T0 + 100).state
+    detail = stage_detail(traffic, new.stages[traffic.id], new, PIPELINE)
+    assert "until rolled back at" in detail and "to web-old" in detail and "since" not in detail
+
+
+def test_a_rollback_still_rolling_out_is_followed_and_recorded_only_when_it_lands():
+    from shared.domain.commands import FollowRollback
+    from shared.domain.wire import from_payload
+
+    state = finished_release()
+    pending = RolledBack(eid(), state.release_id, "prod-deploy", "web", "web-new", "web-old", "ops@example.com",
+                         "slow", "req-slow", "operations/op-1", landed=False)
+    decision = decide(PIPELINE, state, pending, T0 + 100)
+    (follow,) = [c for c in decision.commands if isinstance(c, FollowRollback)]
+    assert (follow.service, follow.revision, follow.operation) == ("web", "web-old", "operations/op-1")
+    assert not decision.state.stages["prod-deploy"].result.get("rolled_back")
+    assert decision.state.timeline[-1]["kind"] == "rollback rolling out"
+    landed = from_payload(eid(), dict(follow.landed))
+    assert isinstance(landed, RolledBack) and landed.landed and landed.request_id == "req-slow"
+    done = decide(PIPELINE, decision.state, landed, T0 + 200).state
+    (entry,) = done.stages["prod-deploy"].result["rolled_back"]
+    assert (entry["revision"], entry["at"]) == ("web-old", T0 + 200)

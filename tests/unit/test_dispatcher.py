@@ -240,6 +240,33 @@ def test_a_confirmed_build_notification_applies_what_cloud_build_says():
     assert lint.status is StageStatus.SUCCEEDED and lint.result["tests"] == 7
 
 
+def test_a_notification_before_its_start_is_recorded_waits_for_that_write_and_applies():
+    """A build that ends at once is notified while the handler that started it has not yet
+    recorded its id (its batch is in the outbox): the notification waits for that second
+    write instead of going stale, which would leave the stage to the sweeper's next poll."""
+    executor = FakeExecutor()
+    dispatcher, rid = crashed_after_the_state_write(executor)  # the starting handler is still at work
+
+    def starting_handler_records_its_build(_seconds):
+        state, token = dispatcher.store.get(rid)
+        state.outbox, state.stages["lint"].result["build_id"] = [], "b-1"
+        dispatcher.store.update(state, token)
+
+    dispatcher.sleep = starting_handler_records_its_build
+    executor.poll_results[f"{rid}.lint.a1"] = StageFinish(Outcome.SUCCEEDED, "", {"build_id": "b-1"})
+    decision = dispatcher.handle_message("n1", *build_notification(rid, "SUCCESS"))
+    assert decision.outcome is GateOutcome.APPLIED, decision.reason
+    assert state_of(dispatcher, rid).stages["lint"].status is StageStatus.SUCCEEDED
+
+
+def test_a_notification_whose_start_stays_unrecorded_is_retried_not_called_stale():
+    executor = FakeExecutor()
+    dispatcher, rid = crashed_after_the_state_write(executor)  # lease not run out: its handler may still write
+    with pytest.raises(TransientError, match="still in flight"):
+        dispatcher.handle_message("n1", *build_notification(rid, "SUCCESS"))
+    assert state_of(dispatcher, rid).stages["lint"].status is StageStatus.RUNNING
+
+
 def test_a_notification_of_another_build_is_stale_without_reading_any_build():
     executor = FakeExecutor()
     dispatcher, rid = running_lint(executor)

@@ -109,16 +109,6 @@ def test_the_dashboard_and_the_failure_notice_say_rolled_back():
     assert "rolled back web from web-c1 to web-base" in release_json(state, PIPELINE)["release"]["traffic_text"]
 
 
-def test_relctl_knows_which_revisions_failed_their_checks():
-    from shared.app.manual_rollback import failed_revisions
-
-    state = new_release(PIPELINE, repo="acme/app", ref="refs/heads/main", commit="abcdef1234567890",
-                        version="1.2.3", pushed_by="dev@example.com", now=T0)
-    state.stages["prod-deploy"].result["rolled_back"] = [
-        {"service": "web", "from": "web-c1", "revision": "web-base", "at": T0, "by": "the gate", "why": "smoke 500"}]
-    assert failed_revisions([state]) == {"web-c1": f"release {state.release_id}: smoke 500"}
-
-
 def test_a_failed_canary_rolls_back_the_background_services_the_deploy_rolled_in_too():
     """noesis2's prod deploy puts worker and beat at 100 % beside the web canary: a failed smoke
     (or a cancel) must take them back as well, or prod runs the rejected release's workers."""

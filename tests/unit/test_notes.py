@@ -125,6 +125,16 @@ def test_chaos_verdict_with_error_rate_p95_and_limits():
     assert "- error rate 1.25%, P95 412 ms, passed: yes (limits: < 5.00%, < 800 ms)" in notes
 
 
+def test_chaos_notes_name_the_report_that_decided():
+    state = succeeded_release()
+    # Firestore hands a map back in any order; the notes name error rate, then P95.
+    state.stages["chaos"].result["decided_by"] = {"p95_ms": "reports/locust_stats.csv (Locust stats CSV)",
+                                                  "error_rate": "reports/locust.json (Locust --json)"}
+    notes = render(state, PIPELINE)
+    assert ("- error rate from reports/locust.json (Locust --json)\n"
+            "- P95 from reports/locust_stats.csv (Locust stats CSV)") in notes
+
+
 def test_chaos_not_requested_is_said_so():
     notes = render(succeeded_release(chaos=False), PIPELINE)
     assert "- Chaos smoke: not requested (skipped)" in notes
@@ -237,3 +247,14 @@ def test_the_notes_open_with_a_change_log_then_the_stage_detail():
     assert "- 2 Unit tests: succeeded in 42.5s — 120 tests, 0 failures, 0 errors, 3 skipped" in verdicts
     assert all(line.startswith("- ") for line in verdicts if line)
     assert notes.index("## Verdicts") < notes.index("## Release\n") < notes.index("## Stages")
+
+
+def test_the_images_section_names_the_digest_each_deploy_ran():
+    state = succeeded_release()
+    image = "europe-west3-docker.pkg.dev/p/r/app@sha256:" + "cd" * 32
+    state.stages["prod-deploy"].result["image"] = image
+    notes = render(state, PIPELINE)
+    assert "## Images" in notes
+    assert f"| Prod deploy (10 % traffic) | succeeded | `{image}` | `web/web-0a1b2c3d4e` |" in notes
+    state.stages["prod-deploy"].result.pop("image")
+    assert "## Images" not in render(state, PIPELINE), "no section when no stage recorded an image"

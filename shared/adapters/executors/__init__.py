@@ -87,11 +87,13 @@ def build_executors(
     clients: Mapping[str, Any] | None = None,
     *,
     retry: RetryPolicy | None = None,
+    histories: Any = None,
 ) -> Mapping[str, Any]:
     """One executor per executable kind (``StageExecutor``s). ``approval`` is not here: the
     dispatcher sends approval requests itself. ``clients`` may hold cloud_build, jobs,
     executions, services, revisions (and projects for the preflight); missing ones are
-    created from settings."""
+    created from settings. ``histories`` (RevisionHistories) tells the deploy which revision
+    last completed a release."""
     given = dict(clients or {})
     missing = [n for n in CLIENT_NAMES if n not in given]
     c = {**default_clients(settings, missing), **given} if missing else given
@@ -103,7 +105,8 @@ def build_executors(
     return _ByKind({
         StageKind.BUILD.value: make("CloudBuildExecutor", c["cloud_build"], caller),
         StageKind.JOB.value: make("RunJobExecutor", c["jobs"], c["executions"], caller),
-        StageKind.DEPLOY.value: make("DeployExecutor", c["services"], c["revisions"], caller),
+        # The deploy starts from the template of the service's last revision that completed a release.
+        StageKind.DEPLOY.value: make("DeployExecutor", c["services"], c["revisions"], caller, histories),
         StageKind.TRAFFIC.value: make("TrafficExecutor", c["services"], c["revisions"], caller),
         StageKind.CHECK.value: make("HttpCheckExecutor", c["services"], caller),
         # Builds its IAM clients on first use; "projects" in ``clients`` replaces the default.

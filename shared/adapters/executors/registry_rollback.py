@@ -33,6 +33,7 @@ from shared.adapters.executors.traffic import (
     Split, current_split, release_labels, revision_name, serving_most, short_revision, to_traffic_targets,
 )
 from shared.domain.pipeline import Pipeline, StageKind, load_pipeline
+from shared.domain.revision_history import RollbackRefused
 from shared.adapters.executors import default_clients
 
 CLIENTS = ("services", "revisions", "artifact_registry")
@@ -59,8 +60,11 @@ def deploy_env(pipeline: Pipeline, service: str, variables: Mapping[str, str]) -
 
 def rollback_to_tag(settings: Settings, service: str, tag: str, *, image: str | None = None,
                     pipeline: Pipeline | None = None, clients: Mapping[str, Any] | None = None,
-                    caller: ApiCaller | None = None, wait_s: float = DEFAULT_WAIT_S) -> dict[str, Any]:
+                    caller: ApiCaller | None = None, wait_s: float = DEFAULT_WAIT_S,
+                    dry_run: bool = False) -> dict[str, Any]:
     """Serve ``${registry}/${image}:${tag}`` with 100 % of ``service``'s traffic (see the module doc).
+    ``wait_s=0`` returns at once with the operation (the operator function: its rollout is followed
+    by probes); ``dry_run`` answers what would move without moving.
 
     ``image`` defaults to the image the service serves now; ``pipeline`` (for the env)
     to ``settings.pipeline_file``. Returns service, revision, from, tag, version, commit,
@@ -80,10 +84,19 @@ def rollback_to_tag(settings: Settings, service: str, tag: str, *, image: str | 
     image = image or split_image(settings, _serving_image(clients, caller, current, serving))[0]
     ref = f"{settings.artifact_registry.strip().rstrip('/')}/{image}:{docker_tag(tag)}"
     labels = release_labels(str(release.version), release.commit)
-    answer = {"service": service, "from": serving, "tag": tag, "image": ref, **labels}
+    before = current_split(current)
+    answer = {"service": service, "from": serving, "tag": tag, "image": ref, **labels,
+              "before": [{"revision": t.revision, "percent": t.percent} for t in before if t.percent]}
 
     existing = caller.call(f"listing revisions of {service}", lambda: _ready_revision_of(clients, caller, name, ref))
     if existing:
+        if [(t.revision, t.percent) for t in before if t.percent] == [(existing, 100)]:
+            raise RollbackRefused(f"{service} already sends 100 % of its traffic to {existing} ({ref}); "
+                                  "nothing to roll back")
+        answer["after"] = [{"revision": existing, "percent": 100}]
+        if dry_run:
+            return {**answer, "revision": existing, "operation": "", "created": False}
+
         def move() -> str:
             fresh = clients["services"].get_service(name=name, retry=None, timeout=caller.timeout)
             fresh.traffic = to_traffic_targets([Split(existing, 100)])
@@ -102,6 +115,9 @@ def rollback_to_tag(settings: Settings, service: str, tag: str, *, image: str | 
     env = deploy_env(pipeline, service, variables)
     # Named once per call, so a retried UpdateService sends the same template and makes no second revision.
     revision = revision_name(service, f"rollback.{tag}.{uuid.uuid4().hex}")
+    answer["after"] = [{"revision": revision, "percent": 100}]
+    if dry_run:
+        return {**answer, "revision": f"a new revision of {ref}", "operation": "", "created": True}
 
     def deploy() -> Any:
         fresh = clients["services"].get_service(name=name, retry=None, timeout=caller.timeout)
@@ -111,13 +127,15 @@ def rollback_to_tag(settings: Settings, service: str, tag: str, *, image: str | 
         return clients["services"].update_service(service=fresh, retry=None, timeout=caller.timeout)
 
     operation = caller.call(f"deploying {ref} to {service}", deploy)
-    _wait(operation, service, revision, wait_s)
+    if wait_s > 0:
+        _wait(operation, service, revision, wait_s)
     return {**answer, "revision": revision, "operation": operation.operation.name, "created": True}
 
 
 def rollback_from_registry(settings: Settings, service: str, *, image: str | None = None,
                            pipeline: Pipeline | None = None, clients: Mapping[str, Any] | None = None,
-                           caller: ApiCaller | None = None, wait_s: float = DEFAULT_WAIT_S) -> dict[str, Any]:
+                           caller: ApiCaller | None = None, wait_s: float = DEFAULT_WAIT_S,
+                           dry_run: bool = False) -> dict[str, Any]:
     """Roll ``service`` back to the newest release tag in the registry older than the tag it serves now."""
     repository_path(settings)
     clients = clients or default_clients(settings, CLIENTS)
@@ -134,8 +152,8 @@ def rollback_from_registry(settings: Settings, service: str, *, image: str | Non
     if tag is None:
         raise ExecutorError(f"the registry holds no release tag of {image} older than {before}; nothing to roll back to")
     moved = rollback_to_tag(settings, service, tag, image=image, pipeline=pipeline, clients=clients, caller=caller,
-                            wait_s=wait_s)
-    return {**moved, "before": before}
+                            wait_s=wait_s, dry_run=dry_run)
+    return {**moved, "before_tag": before}
 
 
 def _serving_image(clients: Mapping[str, Any], caller: ApiCaller, service: Any, serving: str) -> str:

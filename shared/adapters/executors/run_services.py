@@ -1,6 +1,7 @@
 """Stages of kind ``deploy`` and ``traffic`` on Cloud Run services, and ``rollback``.
 
-A deploy writes a new revision template (image ``registry/image:tag``, labels
+A deploy writes a new revision template (image ``registry/image@sha256:...``, the digest
+the release's build reported, or ``registry/image:tag`` when none did; labels
 ``version`` and ``commit``, env from params.env) under a revision name derived from
 service and stage-run id, together with the traffic split, in one UpdateService.
 Repeating the command finds that revision and changes nothing. The traffic stage
@@ -19,7 +20,7 @@ from shared.app.config import Settings
 from shared.domain.errors import ExecutorError, ResourceNotFound
 from shared.domain.events import Outcome
 from shared.adapters.executors.calls import ApiCaller
-from shared.adapters.executors.substitute import substitute, variables_for
+from shared.adapters.executors.substitute import release_image, substitute, variables_for
 from shared.adapters.executors.traffic import (
     Split,
     current_split,
@@ -32,6 +33,7 @@ from shared.adapters.executors.traffic import (
     to_traffic_targets,
 )
 from shared.domain.pipeline import Pipeline, Stage
+from shared.domain.revision_history import ServiceHistory, automatic_target, rollback_target, split_of
 from shared.app.ports import StageFinish, StartResult
 from shared.domain.stage_results import revisions_as_stored
 from shared.domain.state import StageState
@@ -71,6 +73,28 @@ def new_template(template: Any, revision: str, image: str, labels: Mapping[str, 
     container.image = image
     apply_env(container, env)
     return result
+
+
+def split_record(split: list[Split]) -> list[dict[str, Any]]:
+    """A split as stage results and the revision history keep it."""
+    return [{"revision": s.revision, "percent": s.percent} for s in split if s.percent]
+
+
+# The fields a Revision shares with the RevisionTemplate it was made from (Cloud Run Admin API v2).
+_TEMPLATE_FIELDS = ("labels", "annotations", "scaling", "vpc_access", "timeout", "service_account", "containers",
+                    "volumes", "execution_environment", "encryption_key", "max_instance_request_concurrency",
+                    "session_affinity", "node_selector")
+
+
+def template_of(revision: Any) -> Any:
+    """The template that makes ``revision`` again (without its name)."""
+    from google.cloud import run_v2
+
+    template = run_v2.RevisionTemplate()
+    for name in _TEMPLATE_FIELDS:
+        if name in run_v2.Revision.meta.fields and name in run_v2.RevisionTemplate.meta.fields:
+            setattr(template, name, getattr(revision, name))
+    return template
 
 
 @dataclass(frozen=True)
@@ -165,6 +189,27 @@ class _ServiceStages:
 
 
 class DeployExecutor(_ServiceStages):
+    def __init__(self, settings: Settings, services: Any, revisions: Any, caller: ApiCaller | None = None,
+                 histories: Any = None):
+        super().__init__(settings, services, revisions, caller)
+        self.histories = histories  # RevisionHistories: which revision last completed a release
+
+    def _base_template(self, service: Any, service_id: str) -> Any:
+        """The template a deploy starts from: the last revision that completed a release, never
+        the service's latest template, which after a traffic-only rollback is the failed canary's.
+        Without a recorded history, the revision serving most now (what Cloud Run reports)."""
+        history = self.histories.read(service_id) if self.histories is not None else None
+        good = history.last_completed() if history is not None else None
+        base = good.name if good is not None else serving_most(current_split(service))
+        if not base or short_revision(service.template.revision) == base:
+            return service.template
+        try:
+            revision = self.revisions.get_revision(name=f"{service.name}/revisions/{base}", retry=None,
+                                                   timeout=self.caller.timeout)
+        except gexc.NotFound:
+            return service.template
+        return template_of(revision)
+
     def _expected_targets(self, stage: Stage, state: StageState) -> list[dict[str, Any]]:
         if not state.stage_run_id:
             return []
@@ -181,6 +226,8 @@ class DeployExecutor(_ServiceStages):
         tag = str(params.get("revision_tag") or (DEFAULT_CANARY_TAG if percent < 100 else ""))
         labels = release_labels(variables["version"], variables["commit"])
         env = dict(params.get("env") or {})
+        # By digest when the release's build reported one, so a moved tag changes nothing.
+        image = release_image(self.settings, pipeline, command) or variables["image"]
         targets = []
         # Services that serve no requests (workers, schedulers): a traffic split means nothing to
         # them, so their new revision takes everything at once, in this same gated stage.
@@ -191,13 +238,13 @@ class DeployExecutor(_ServiceStages):
 
             def deploy(service_id: str = service_id, revision: str = revision, share: int = share,
                        share_tag: str = share_tag) -> dict[str, Any]:
-                return self._deploy_one(service_id, revision, variables["image"], labels, env, share, share_tag)
+                return self._deploy_one(service_id, revision, image, labels, env, share, share_tag)
 
             targets.append(self.caller.call(
-                f"deploying {variables['image']} to {service_id}", deploy,
+                f"deploying {image} to {service_id}", deploy,
                 release_id=command.release_id, stage=stage.id,
             ))
-        return StartResult(handle={"revisions": targets, "image": variables["image"]})
+        return StartResult(handle={"revisions": targets, "image": image})
 
     def _deploy_one(self, service_id: str, revision: str, image: str, labels: Mapping[str, str],
                     env: Mapping[str, Any], percent: int, tag: str) -> dict[str, Any]:
@@ -213,13 +260,16 @@ class DeployExecutor(_ServiceStages):
                 parent=name.rsplit("/services/", 1)[0], service=fresh, service_id=service_id,
                 retry=None, timeout=self.caller.timeout,
             )
-            return {**target, "percent": 100, "operation": operation.operation.name, "created": True}
+            return {**target, "percent": 100, "operation": operation.operation.name, "created": True,
+                    "before": [], "after": [{"revision": revision, "percent": 100}]}
         if service.template.revision == revision or self._revision_exists(f"{name}/revisions/{revision}"):
             return {**target, "percent": _served(service, revision, percent), "reused": True}
-        split = plan_split(current_split(service), revision, percent, tag)
-        template = new_template(service.template, revision, image, labels, env)
+        before = current_split(service)
+        split = plan_split(before, revision, percent, tag)
+        template = new_template(self._base_template(service, service_id), revision, image, labels, env)
         target["percent"] = split[0].percent
-        target["serving_before"] = serving_most(current_split(service))  # where a rollback goes back to
+        target["serving_before"] = serving_most(before)  # where a rollback goes back to
+        target["before"], target["after"] = split_record(before), split_record(split)
         if len(split) > 1:
             target["previous"] = split[1].revision
         return {**target, "operation": self._update(service, template, split)}
@@ -263,7 +313,8 @@ class TrafficExecutor(_ServiceStages):
         if split_reached(current, [Split(revision, percent)]):
             return {**target, "reused": True}
         split = plan_split(current, revision, percent, tag)
-        return {**target, "operation": self._update(service, None, split)}
+        return {**target, "before": split_record(current), "after": split_record(split),
+                "operation": self._update(service, None, split)}
 
     def _release_revision(self, service_name: str, labels: Mapping[str, str], current: list[Split]) -> str | None:
         """The revision of this release (labelled with its commit and version).
@@ -287,54 +338,52 @@ class TrafficExecutor(_ServiceStages):
 
 
 def rollback(settings: Settings, service: str, to_revision: str | None = None, *,
-             clients: Mapping[str, Any] | None = None, caller: ApiCaller | None = None) -> dict[str, Any]:
-    """Move 100 % of ``service``'s traffic to ``to_revision``, or to the last good tagged one.
+             clients: Mapping[str, Any] | None = None, caller: ApiCaller | None = None,
+             history: ServiceHistory | None = None, force: bool = False, reason: str = "",
+             automatic: bool = False, dry_run: bool = False) -> dict[str, Any]:
+    """Move 100 % of ``service``'s traffic to a revision that completed a release.
 
-    The last good one is found from the service's revisions, newest first by create
-    time: skip the newest (the release being rolled back), then take the first that
-    is Ready and carries a ``version`` label (so it was deployed from a tag; a
-    deploy without a tag is refused, so every revision we made has one).
+    The choice is ``revision_history.rollback_target`` over the service's ``history``: without
+    ``to_revision`` the newest completed revision not serving 100 % now; a named one must have
+    completed a release unless ``force`` (with a reason); a move that changes nothing is refused.
+    ``automatic`` (the gate's rollback after a failed check or a cancel) follows
+    ``revision_history.automatic_target``. Refusals are RollbackRefused.
+    The answer carries the split before (read just before the move) and the one asked for, and
+    the operation: the call does not wait for the rollout. ``dry_run`` answers without moving.
 
-    This is the fast path: it only moves traffic. When the revision to go back to is
-    gone, ``registry_rollback.rollback_to_tag`` (an explicit tag) or
-    ``rollback_from_registry`` (the newest older release tag in Artifact Registry)
-    first look for a revision running that image, and only then deploy it anew.
+    This is the fast path: it only moves traffic. When the revision to go back to is gone,
+    ``registry_rollback`` deploys the image of a release tag anew.
     """
     clients = clients or default_clients(settings, ("services", "revisions"))
     caller = caller or ApiCaller()
     name = service_path(settings, service)
+    history = history or ServiceHistory(service)
 
     def move() -> dict[str, Any]:
         current = clients["services"].get_service(name=name, retry=None, timeout=caller.timeout)
-        revisions = sorted(
-            clients["revisions"].list_revisions(parent=name, retry=None, timeout=caller.timeout),
-            key=lambda r: r.create_time.timestamp() if r.create_time else 0.0, reverse=True,
-        )
-        chosen = _choose_rollback(revisions, to_revision, service)
-        target = short_revision(chosen.name)
-        serving = serving_most(current_split(current))
-        current.traffic = to_traffic_targets([Split(target, 100)])
-        operation = clients["services"].update_service(service=current, retry=None, timeout=caller.timeout)
-        return {
-            "service": service, "revision": target, "from": serving,
+        before = current_split(current)
+        serving = split_of((s.revision, s.percent) for s in before)
+        wanted = short_revision(to_revision or "")
+        choice = (automatic_target(history, serving, wanted) if automatic
+                  else rollback_target(history, serving, wanted, force=force, reason=reason))
+        try:
+            chosen = clients["revisions"].get_revision(name=f"{name}/revisions/{choice.revision}", retry=None,
+                                                       timeout=caller.timeout)
+        except gexc.NotFound:
+            raise ResourceNotFound(f"revision {choice.revision} of {service} does not exist") from None
+        answer = {
+            "service": service, "revision": choice.revision, "forced": choice.forced,
+            "from": ", ".join(r for r, _ in sorted(serving, key=lambda t: -t[1]) if r != choice.revision),
+            "before": split_record(before), "after": [{"revision": choice.revision, "percent": 100}],
             "version": chosen.labels.get("version", ""), "commit": chosen.labels.get("commit", ""),
-            "operation": operation.operation.name,
+            "verdict": (history.revision(choice.revision).verdict.value
+                        if history.revision(choice.revision) else ""),
         }
+        if dry_run:
+            return {**answer, "operation": ""}
+        current.traffic = to_traffic_targets([Split(choice.revision, 100)])
+        operation = clients["services"].update_service(service=current, retry=None, timeout=caller.timeout)
+        # Not waited on: a rollout still running is followed by probes (the gate asks for them).
+        return {**answer, "operation": operation.operation.name, "done": bool(operation.operation.done)}
 
     return caller.call(f"rolling back {service}", move)
-
-
-def _choose_rollback(revisions: list[Any], to_revision: str | None, service: str) -> Any:
-    from google.cloud import run_v2
-
-    if to_revision:
-        for revision in revisions:
-            if short_revision(revision.name) == short_revision(to_revision):
-                return revision
-        raise ResourceNotFound(f"revision {to_revision} of {service} does not exist")
-    succeeded = run_v2.Condition.State.CONDITION_SUCCEEDED
-    for revision in revisions[1:]:
-        ready = [c for c in revision.conditions if c.type_ == "Ready"]
-        if revision.labels.get("version") and (not ready or ready[0].state == succeeded):
-            return revision
-    raise ExecutorError(f"{service} has no earlier ready revision deployed from a tag to roll back to")

@@ -29,6 +29,23 @@ def image_ref(settings: Settings, pipeline: Pipeline, tag: str) -> str:
     return f"{name}:{docker_tag(tag)}"
 
 
+def release_image(settings: Settings, pipeline: Pipeline, command: StartStage) -> str:
+    """``registry/image@sha256:...``: the image this release's build pushed, pinned by the
+    digest the build reported (the gate passes it as input ``digest``), so what a deploy or
+    job runs stays fixed when a tag moves; "" when no stage before reported a digest."""
+    digest = str(command.inputs.get("digest") or "")
+    if not digest:
+        return ""
+    registry = settings.artifact_registry.rstrip("/")
+    name = f"{registry}/{pipeline.image}" if registry else pipeline.image
+    return f"{name}@{digest}"
+
+
+def image_digest_of(image: str) -> str:
+    """The ``sha256:...`` part of an image reference ("" when it names none)."""
+    return image.rsplit("@", 1)[1] if "@" in image else ""
+
+
 def docker_tag(tag: str) -> str:
     return tag.replace("+", "_")
 
