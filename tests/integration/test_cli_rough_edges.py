@@ -56,7 +56,7 @@ def test_replaying_a_finished_release_is_refused_at_once_with_the_reason(cli):
 
 
 def test_rolling_back_a_service_that_does_not_exist_is_404(rollback_cli):
-    code, out, err = rollback_cli.run("rollback", "nosuch-svc")
+    code, out, err = rollback_cli.run("rollback", "nosuch-svc", "--reason", "bad deploy", "--yes")
     assert code == 1
     assert_one_line_error(err, "refused rollback (404)", "nosuch-svc")
 
