@@ -127,9 +127,10 @@ TEAM = "release-team@example.com"  # the stack's RELEASE_NOTIFY_EMAILS
 
 
 def older_commit(n: int) -> str:
-    """A commit of this checkout other than HEAD (the stand-in builds fetch pushed commits from it)."""
-    return subprocess.run(["git", "rev-parse", f"HEAD~{n}"], cwd=REPO_ROOT, capture_output=True, text=True,
-                          check=True).stdout.strip()
+    """Another commit of this checkout's current tree (the stand-in builds `git archive` the pushed
+    commit from it): an unreferenced commit object, so each push is a new release of today's code."""
+    return subprocess.run(["git", "commit-tree", "HEAD^{tree}", "-p", "HEAD", "-m", f"test release {n}"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
 
 def push(stack, commit: str, version: str) -> str:
