@@ -70,6 +70,11 @@ class DeployConfig:
     # The GitHub token for the approval page's compare (RELEASE_GITHUB_TOKEN); "" (the default):
     # no secret, no grant, the page shows the push's own commits. DEPLOY_GITHUB_TOKEN_SECRET names it.
     github_token_secret: str = ""
+    # The GitHub App that reports deployments and commit statuses (RELEASE_GITHUB_APP_ID and
+    # RELEASE_GITHUB_APP_KEY, from these secrets); "" (the default): nothing is reported.
+    # DEPLOY_GITHUB_APP_ID_SECRET and DEPLOY_GITHUB_APP_KEY_SECRET name them.
+    github_app_id_secret: str = ""
+    github_app_key_secret: str = ""
     tick_topic: str = "pipeline-tick"
     dead_letter_topic: str = "pipeline-dead-letter"
     scheduler_job: str = "pipeline-tick"
@@ -157,6 +162,8 @@ def load_config(
         github_repository_id=env.get("DEPLOY_GITHUB_REPOSITORY_ID", ""),
         project_number=project_number or env.get("DEPLOY_PROJECT_NUMBER", ""),
         github_token_secret=env.get("DEPLOY_GITHUB_TOKEN_SECRET", "").strip(),
+        github_app_id_secret=env.get("DEPLOY_GITHUB_APP_ID_SECRET", "").strip(),
+        github_app_key_secret=env.get("DEPLOY_GITHUB_APP_KEY_SECRET", "").strip(),
         app_service_account_list=tuple(a.strip() for a in env.get("DEPLOY_APP_SERVICE_ACCOUNTS", "").split(",")
                                        if a.strip()),
         wif_workflows=tuple(w.strip() for w in env.get("DEPLOY_WIF_WORKFLOWS", "").split(",") if w.strip())
@@ -195,6 +202,9 @@ def setup_check(config: DeployConfig, repo_root: Path = REPO_ROOT) -> list[Findi
     if not config.github_repository_id.isdigit():
         error("DEPLOY_GITHUB_REPOSITORY_ID must be the repository's numeric id (gh api repos/OWNER/NAME --jq .id): "
               "WIF matches assertion.repository_id, which a renamed or re-created repository cannot take over")
+    if bool(config.github_app_id_secret) != bool(config.github_app_key_secret):
+        error("DEPLOY_GITHUB_APP_ID_SECRET and DEPLOY_GITHUB_APP_KEY_SECRET go together: name both secrets of the "
+              "GitHub App (its id and its private key) or neither")
     if GITHUB_REPOSITORY.match(config.github_repository) and config.github_repository_id.isdigit():
         try:
             wrong = condition_findings(config.wif_attribute_condition, config.wif_policy)

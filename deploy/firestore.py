@@ -41,6 +41,7 @@ QUERIES: dict[str, Query] = {
     "shared/adapters/firestore_store.py:list_releases": Query("releases", orders=("created_at",)),
     "shared/adapters/firestore_store.py:list_due": Query("releases", ranges=("wake_at",), orders=("wake_at",)),
     "shared/adapters/firestore_dead_letters.py:list": Query("dead_letters", orders=("received_at",)),
+    "shared/adapters/firestore_github_reports.py:due": Query("github_reports", ranges=("retry_at",)),
     "shared/adapters/firestore_approvals.py:find_open": Query(
         "approvals", equalities=("release_id", "stage", "attempt", "approver")),
 }
@@ -51,7 +52,8 @@ TTL_POLICIES: tuple[tuple[str, str], ...] = (
     ("releases", "expire_at"),  # finished, superseded and stopped releases, 90 days after their last change
     ("dead_letters", "expire_at"),  # 30 days
     ("approvals", "expire_at"),  # 30 days after the link expired
-    ("deliveries", "expire_at"),  # webhook delivery ids, 30 days (GitHub redelivers within hours)
+    ("deliveries", "expire_at"),
+    ("github_reports", "expire_at"),  # what reached GitHub, 90 days after the last report  # webhook delivery ids, 30 days (GitHub redelivers within hours)
 )
 
 

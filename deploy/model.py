@@ -170,6 +170,8 @@ def functions(config: DeployConfig) -> tuple[FunctionSpec, ...]:
     mail = (("RELEASE_SMTP_PASSWORD", config.smtp_password_secret),) if s.smtp_user else ()
     # The functions that carry out approval requests ask GitHub's compare with it (when one is named).
     compare = (("RELEASE_GITHUB_TOKEN", config.github_token_secret),) if config.github_token_secret else ()
+    # The functions that report to GitHub as the App (dispatch after each transition, sweep its retries).
+    compare += github_app_secrets(config)
     return (
         FunctionSpec("on-push", "on_push", public=True, secrets=(webhook,),
                      why="GitHub webhook; public, every request must carry a valid X-Hub-Signature-256"),
@@ -198,6 +200,14 @@ def functions(config: DeployConfig) -> tuple[FunctionSpec, ...]:
                      why="operator actions (replay, chaos, …); IAM lets only the listed operators call it, "
                          "and the code verifies their Google ID token against RELEASE_OPERATORS again"),
     )
+
+
+def github_app_secrets(config: DeployConfig) -> tuple[tuple[str, str], ...]:
+    """(env var, secret id) of the GitHub App that reports deployments and statuses; () when none."""
+    if not (config.github_app_id_secret and config.github_app_key_secret):
+        return ()
+    return (("RELEASE_GITHUB_APP_ID", config.github_app_id_secret),
+            ("RELEASE_GITHUB_APP_KEY", config.github_app_key_secret))
 
 
 def entry_points(config: DeployConfig) -> tuple[str, ...]:
@@ -255,6 +265,8 @@ def function_env(config: DeployConfig) -> dict[str, str]:
                                                 if a.strip())
     if s.build_region:
         env["RELEASE_BUILD_REGION"] = s.build_region
+    if s.github_report_repositories:  # ';' between names: gcloud's --set-env-vars splits on ','
+        env["RELEASE_GITHUB_REPORT_REPOSITORIES"] = s.github_report_repositories.replace(",", ";")
     if s.source_url:
         env["RELEASE_SOURCE_URL"] = s.source_url
     extra = s.pipeline_paths()[1:]
@@ -348,6 +360,8 @@ def build_plan(config: DeployConfig) -> Plan:
                           if s.smtp_user else ()),
                         *(((config.github_token_secret, "GitHub token: the approval page's compare (dispatch, sweep)"),)
                           if config.github_token_secret else ()),
+                        *((secret, f"GitHub App {what}: deployments and commit statuses (dispatch, sweep)")
+                          for (_, secret), what in zip(github_app_secrets(config), ("id", "private key (PEM)"))),
                         *((name, "read by a prod stage of the pipeline") for name in prod_secrets),
                         *((name, "fetched by a build stage (params.available_secrets)")
                           for name in build_secret_names(config.pipeline) if name not in prod_secrets)):

@@ -116,7 +116,8 @@ def run(args) -> int:
     pipeline_file = bad_canary_pipeline() if args.bad_canary else REPO_ROOT / "pipelines" / "sample.yaml"
     pipeline = load_pipeline(pipeline_file)
     started = time.monotonic()
-    with Mailbox() as mailbox, LocalStack(smtp_port=mailbox.port, pipeline_file=pipeline_file) as stack:
+    with Mailbox() as mailbox, LocalStack(smtp_port=mailbox.port, pipeline_file=pipeline_file,
+                                          github_app=True) as stack:
         print(f"local stack up in {time.monotonic() - started:.1f}s")
         print(f"  telemetry: Cloud Run metrics sampled every {stack.metric_sample_s:g} s, readable "
               f"{stack.metric_delay_s:g} s later (GCP: 60 s and up to 180 s); logs after {stack.log_delay_s:g} s")
@@ -137,11 +138,13 @@ def run(args) -> int:
             printer.show(state)
             if state.status is ReleaseStatus.STOPPED and not (args.approve_by_hand and state.stopped_at_stage == "approval"):
                 print(f"release stopped: {state.reason}")
+                print_github(stack, state)
                 if args.bad_canary:
                     return keep(args, stack, show_stopped_canary(state, sampler, stack))
                 return keep(args, stack, 1)
             if state.status is ReleaseStatus.CANCELLED:
                 print(f"release {state.reason}")
+                print_github(stack, state)
                 return keep(args, stack, 1)
             if args.chaos and not chaos_requested and state.status is ReleaseStatus.AWAITING_APPROVAL:
                 from shared.ui.operator_client import call_operator
@@ -168,11 +171,35 @@ def run(args) -> int:
                 share = sample_share(sampler.url, state.version)
                 print(f"  after traffic 100 %: {share:.0%} of 200 requests answered by {state.tag}")
                 print(f"release {release_id} succeeded in {time.monotonic() - started:.1f}s")
+                print_github(stack, state)
                 print_notes(release_id)
                 return keep(args, stack, 0)
             time.sleep(0.2)
         print(f"release did not finish within {args.timeout}s; logs are in {stack.workdir / 'logs'}")
         return keep(args, stack, 1)
+
+
+def print_github(stack: LocalStack, state: ReleaseState, wait_s: float = 15.0) -> None:
+    """What the release left on GitHub (the stand-in's record): each deployment with its statuses,
+    and the commit status; waits briefly for reports still under way (a retry after a fault)."""
+    github = stack.github
+    if github is None:
+        return
+    repo = state.repo.lower()
+    deadline = time.monotonic() + wait_s
+    def last_commit_state() -> str:
+        return ((github.commit_statuses.get(repo) or [{}])[-1]).get("state") or "pending"
+
+    while last_commit_state() == "pending" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    print(f"  GitHub (the stand-in at {github.url}), {state.repo} @ {state.commit[:12]}:")
+    for deployment in github.deployments.get(repo, []):
+        print(f"    deployment {deployment['id']} {deployment['environment']}:")
+        for status in deployment["statuses"]:
+            print(f"      {status['state']:<11} {status['description']}")
+    for status in github.commit_statuses.get(repo, []):
+        print(f"    commit status {status['context']}: {status['state']:<8} {status['description']}")
+    print(f"    (the dashboard links them: {stack.urls['dashboard']}/release/{state.release_id})")
 
 
 def relctl_env_line(stack: LocalStack) -> str:

@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from deploy.config import DeployConfig, pipeline_account_id
 from deploy.model import Plan, build_plan
@@ -44,6 +45,7 @@ LOCAL_OPERATORS = ("operator@example.com", "qa@example.com", "approver@example.c
 # Whoever runs `deploy --apply` owns the project on GCP; locally this account (tests read the applied
 # world back as it). Its binding is the one grant in the stand-in that the plan does not make.
 LOCAL_OWNER = f"local-owner@{PROJECT}.iam.gserviceaccount.com"
+GITHUB_APP_ID, GITHUB_INSTALLATION = "271828", 31415  # the local GitHub App and its installation
 # Private HTTP functions are reached through Cloud Run's invoker check (local/invoker_front.py), except:
 OPEN_LOCALLY = {"dashboard": "the plan grants run.invoker on it to no one (the team is added by hand, "
                              "deploy/README.md); the browser tests open it without a token"}
@@ -80,6 +82,11 @@ class LocalStack:
     fronts: list[InvokerFront] = field(default_factory=list)
     standin_endpoint: str = ""
     token_issuer: LocalTokenIssuer | None = None
+    # GitHub deployments and commit statuses: on, the plan names the App's secrets, the local operator
+    # adds an App id and a fresh private key, and GitHub is local/github_api/standin.py (``self.github``).
+    github_app: bool = False
+    github: Any = None
+    _github_key: str = field(default="", repr=False)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     # -- lifecycle ------------------------------------------------------------
@@ -116,6 +123,7 @@ class LocalStack:
         # Google's ID-token issuer, played locally: the operator function and the invoker fronts verify
         # its tokens; the stand-in (as Cloud Tasks) asks it for the probe tasks' OIDC tokens.
         self.token_issuer = LocalTokenIssuer().start()
+        github_env = self._start_github() if self.github_app else {}
         log("starting the Google API stand-in …")
         self._start_standin(config, plan, self.secret_values(config))
         log("starting the functions …")
@@ -132,7 +140,7 @@ class LocalStack:
             function_urls={config.function_url(name): url for name, url in self.urls.items()},
             token_issuer=(self.token_issuer.certs_url, self.token_issuer.issuer), key_dir=self.workdir / "keys",
             extra_env={"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-                       "SAMPLE_STACK_DIR": str(self.workdir)})
+                       "SAMPLE_STACK_DIR": str(self.workdir), **github_env})
         self.started_env = apply_plan.start_functions(
             plan, local, ports, lambda name, argv, env, cwd: self._spawn(name, argv, env, cwd))
         for fn in functions:
@@ -169,6 +177,9 @@ class LocalStack:
         if self.token_issuer is not None:
             self.token_issuer.stop()
             self.token_issuer = None
+        if self.github is not None:
+            self.github.stop()
+            self.github = None
 
     def __enter__(self) -> "LocalStack":
         return self.start()
@@ -206,13 +217,36 @@ class LocalStack:
             smtp_host="127.0.0.1" if self.smtp_port else "", smtp_port=self.smtp_port or 25,
             notify_emails="release-team@example.com", operators=",".join(LOCAL_OPERATORS))
         pipeline = load_pipeline(self.pipeline_file)
+        app = {"github_app_id_secret": "release-github-app-id", "github_app_key_secret": "release-github-app-key"}
         return DeployConfig(settings=settings, pipeline=pipeline, github_repository="example/sample-app",
+                            **(app if self.github_app else {}),
                             project_number=PROJECT_NUMBER, pipeline_sa_id=pipeline_account_id(pipeline, PROJECT, {}),
                             app_service_account_list=(APP_SA,), source_dir=str(self.workdir / "function-source"))
 
     def secret_values(self, config: DeployConfig) -> dict[str, str]:
         """The versions the local operator adds (deploy/README.md, 'Secrets'), by the plan's secret ids."""
-        return {config.webhook_secret: self.webhook_secret, config.approval_keys_secret: self.approval_keys}
+        values = {config.webhook_secret: self.webhook_secret, config.approval_keys_secret: self.approval_keys}
+        if self.github_app:
+            values.update({config.github_app_id_secret: GITHUB_APP_ID, config.github_app_key_secret: self._github_key})
+        return values
+
+    def _start_github(self) -> dict[str, str]:
+        """GitHub's API on loopback, with the App installed on the sample repository; returns what the
+        functions are told locally (where GitHub is)."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        from local.github_api.standin import GitHubStandin
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self._github_key = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()).decode()
+        public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        repositories = {repo for path in (self.pipeline_file, *self.pipeline_files)
+                        for repo in load_pipeline(path).repositories}  # the App is installed on each
+        self.github = GitHubStandin(GITHUB_APP_ID, public, dict.fromkeys(sorted(repositories), GITHUB_INSTALLATION))
+        return {"RELEASE_GITHUB_API_URL": self.github.start()}
 
     def function_env(self, name: str = "operator") -> dict[str, str]:
         """The environment function ``name`` was started with (its secrets included)."""

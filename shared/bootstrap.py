@@ -144,7 +144,30 @@ def dispatcher():
                       settings(), locks,
                       dead_letter_store(), roll_back=roll_back,
                       operator_requests=operator_requests(), probes=probe_scheduler(),
-                      completion_keys=link_keyring(), histories=revision_histories())
+                      completion_keys=link_keyring(), histories=revision_histories(),
+                      reporting=github_reporting())
+
+
+@functools.cache
+def github_reports():
+    """What reached GitHub per release (the dashboard reads it without the App's secrets)."""
+    from shared.adapters.firestore_github_reports import FirestoreGitHubReports
+
+    return FirestoreGitHubReports(store().client, settings())
+
+
+@functools.cache
+def github_reporting():
+    """GitHub deployments and commit statuses as the App, or None when no App is configured."""
+    if not (settings().github_app_id and settings().github_app_key):
+        return None
+    from shared.adapters.github_app import GitHubApp
+    from shared.app.github_reporting import GitHubReporting
+
+    repositories = tuple(r.strip().lower() for r in settings().github_report_repositories.replace(";", ",").split(",") if r.strip())
+    return GitHubReporting(GitHubApp(settings().github_app_id, settings().github_app_key, settings().github_api_url),
+                           github_reports(), SystemClock(),
+                           dashboard_url=settings().public_base_url, repositories=repositories)
 
 
 @functools.cache
@@ -343,8 +366,19 @@ def sweeper():
     from shared.app.sweeper import sweep
 
     # The notifiers are built only when a stall is to be announced (cold start).
-    return functools.partial(sweep, store(), executors(), publisher(), SystemClock(), settings(),
-                             notifier=lazy_notifier())
+    run = functools.partial(sweep, store(), executors(), publisher(), SystemClock(), settings(),
+                            notifier=lazy_notifier())
+    reporting = github_reporting()
+    if reporting is None:
+        return run
+
+    def sweep_then_retry_github_reports():
+        report = run()
+        # GitHub reports that wait for a retry, also those of releases that have ended
+        report.github_retried = reporting.retry_due(store())
+        return report
+
+    return sweep_then_retry_github_reports
 
 
 @functools.cache
@@ -352,7 +386,8 @@ def dashboard():
     """The dashboard function: (method, path, query) -> (status, body, headers)."""
     from shared.ui.dashboard import handle
 
-    return functools.partial(handle, store=store(), apps=app_records(), where=what_runs_where)
+    return functools.partial(handle, store=store(), apps=app_records(), github=github_reports(),
+                             where=what_runs_where)
 
 
 @functools.cache

@@ -67,6 +67,12 @@ class Settings:
     # the repositories' contents; empty means the push's own commits and a compare link.
     github_token: str = field(default="", repr=False)  # from Secret Manager (deploy/: --set-secrets)
     github_api_url: str = "https://api.github.com"
+    # GitHub deployments and commit statuses (shared/app/github_reporting.py), as a GitHub App: its id
+    # and private key (PEM), both from Secret Manager; empty: nothing is reported. Repositories to report
+    # on (comma-separated owner/name); empty: every repository the App is installed on.
+    github_app_id: str = field(default="", repr=False)
+    github_app_key: str = field(default="", repr=False)
+    github_report_repositories: str = ""
     # The operator function (shared/app/operator.py): who may call it and how tokens are checked.
     operator_url: str = ""  # where relctl sends operator requests
     operator_audience: str = ""  # the audience ID tokens must name (the function's URL on GCP)

@@ -108,6 +108,9 @@ class Dispatcher:
     # One revision history per Cloud Run service (shared/app/revision_log.py): what each batch
     # deployed, moved, rolled back, and the verdicts of ended releases. None records nothing.
     histories: RevisionHistories | None = None
+    # GitHub deployments and commit statuses (shared/app/github_reporting.py), synced after each
+    # written transition; None: nothing is reported.
+    reporting: Any = None
 
     # -- entry ----------------------------------------------------------------
     def handle_message(self, event_id: str, attributes: Mapping[str, str], data: bytes) -> Decision:
@@ -199,6 +202,8 @@ class Dispatcher:
                 if decision.commands:  # idempotent ones (lock requests): nothing to record first
                     self._execute(pipeline, state, decision.commands)
                 self._recover(pipeline, state, token, event.id)
+                if self.reporting is not None:  # a redelivery after a crash before the report: one read
+                    self.reporting.sync(pipeline, state)
                 return decision
             new = decision.state
             if decision.commands:
@@ -219,6 +224,8 @@ class Dispatcher:
             log.info("%s %s: %s", event.type.value, decision.outcome.value, decision.reason)
             if decision.commands:
                 self._carry_out(pipeline, new, token, event.id, decision.commands)
+            if self.reporting is not None:  # after the write and the commands: it never holds the release
+                self.reporting.sync(pipeline, new)
             return decision
         raise TransientError("too many concurrent updates; retry", release_id=event.release_id)
 

@@ -264,3 +264,30 @@ class RevisionHistories(Protocol):
     def change(self, service: str, change: "Callable[[ServiceHistory], ServiceHistory]") -> "ServiceHistory":
         """Apply ``change`` to the stored history and write it if nothing changed it meanwhile,
         re-reading and re-applying otherwise; returns what was written."""
+
+
+# -- GitHub deployments and commit statuses (shared/app/github_reporting.py) ---------------------
+class GitHubDeployments(Protocol):
+    def find_deployment(self, repo: str, sha: str, environment: str, release_id: str) -> int | None: ...
+
+    def create_deployment(self, repo: str, body: Mapping[str, Any]) -> int: ...
+
+    def create_deployment_status(self, repo: str, deployment_id: int, body: Mapping[str, Any]) -> None: ...
+
+    def create_commit_status(self, repo: str, sha: str, body: Mapping[str, Any]) -> None: ...
+
+
+class GitHubLedger(Protocol):
+    """What was reported of each release (``github_reports/{release_id}``)."""
+
+    def claim(self, release_id: str, now: float, lease_s: float) -> dict[str, Any] | None:
+        """The record (created empty), leased to the caller; None while another holds the lease (the
+        record is then marked due, so the holder's work is followed by another sync)."""
+
+    def save(self, release_id: str, record: dict[str, Any]) -> None:
+        """Write the record and give back the lease."""
+
+    def get(self, release_id: str) -> dict[str, Any] | None: ...
+
+    def due(self, now: float, limit: int = 20) -> list[str]:
+        """Releases whose reports wait for a retry that is due."""

@@ -62,6 +62,7 @@ class SweepReport:
     stalled: list[str] = field(default_factory=list)  # release ids whose stall was announced
     errors: list[str] = field(default_factory=list)  # what could not be checked this time
     out_of_time: bool = False  # pages were left for the next tick
+    github_retried: int = 0  # releases whose GitHub reports were retried (shared/bootstrap.sweeper)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, name: str, value: Any) -> None:

@@ -72,3 +72,21 @@ class RequestRefused(PipelineError):
 class NotifyError(PipelineError):
     """A channel could not deliver (the LinkSender and Notifier ports raise it). The message never
     holds a webhook URL or secret."""
+
+
+# GitHub reporting (shared/app/github_reporting.py)
+class GitHubRetry(PipelineError):
+    """A GitHub call worth trying again later (5xx, timeout, rate limit); ``retry_after_s`` is what
+    GitHub asked for (0 when it said nothing)."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class GitHubRefused(PipelineError):
+    """GitHub refused the call (a 4xx other than a rate limit): trying again would not help."""
+
+
+class GitHubNotInstalled(GitHubRefused):
+    """The App is not installed on the repository: it gets no reports, silently."""

@@ -13,7 +13,7 @@ Read API (for rollbacks, notes, "what runs where", GitHub statuses):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Iterable, Mapping
 

@@ -150,6 +150,8 @@ class JobResult(BuildResult):
 class DeployResult(StageResult):
     revisions: tuple[RevisionTarget, ...] = ()
     image: str = ""
+    # service -> the URL Cloud Run reported once the revision was ready (a GitHub deployment's environment_url)
+    urls: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,11 @@ def _revisions(raw: Mapping[str, Any]) -> tuple[RevisionTarget, ...]:
                  for r in _dicts(raw.get("revisions")))
 
 
+def _urls(raw: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    urls = raw.get("urls")
+    return tuple((str(k), _text(v)) for k, v in urls.items() if v) if isinstance(urls, Mapping) else ()
+
+
 def _check(raw: Mapping[str, Any]) -> CheckResult:
     checks = None
     if isinstance(raw.get("checks"), list):
@@ -257,7 +264,8 @@ READERS = {
     "build": lambda raw: BuildResult(**_build_fields(raw)),
     "job": lambda raw: JobResult(**_build_fields(raw), execution=_text(raw.get("execution")),
                                  image=_text(raw.get("image"))),
-    "deploy": lambda raw: DeployResult(**_common(raw), revisions=_revisions(raw), image=_text(raw.get("image"))),
+    "deploy": lambda raw: DeployResult(**_common(raw), revisions=_revisions(raw), image=_text(raw.get("image")),
+                                       urls=_urls(raw)),
     "traffic": lambda raw: TrafficResult(**_common(raw), revisions=_revisions(raw), image=_text(raw.get("image"))),
     "check": _check,
     "approval": _approval,

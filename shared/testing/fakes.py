@@ -465,3 +465,74 @@ class FakeRevisionHistories:
             # Through the stored form, like Firestore: what cannot be stored fails here too.
             self.histories[service] = history_from_dict(history_to_dict(after), service)
             return self.histories[service]
+
+
+class FakeGitHubLedger:
+    """``github_reports/{id}`` in memory, leased like the Firestore one (shared/adapters/firestore_github_reports.py)."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, dict[str, Any]] = {}
+
+    def get(self, release_id: str) -> dict[str, Any] | None:
+        from shared.app.github_reporting import empty_record
+
+        found = self.records.get(release_id)
+        if found is None:
+            return None
+        return {**empty_record(), **{k: v for k, v in copy.deepcopy(found).items() if k not in ("lease_until", "resync")}}
+
+    def claim(self, release_id: str, now: float, lease_s: float) -> dict[str, Any] | None:
+        from shared.app.github_reporting import empty_record
+
+        record = {**empty_record(), **copy.deepcopy(self.records.get(release_id, {}))}
+        if (record.get("lease_until") or 0) > now:
+            self.records[release_id].update(retry_at=now, resync=True)
+            return None
+        self.records[release_id] = {**record, "lease_until": now + lease_s}
+        for kept in ("lease_until", "resync"):
+            record.pop(kept, None)
+        return record
+
+    def save(self, release_id: str, record: dict[str, Any]) -> None:
+        stored = self.records.get(release_id, {})
+        retry_at = record.get("retry_at")
+        if stored.get("resync"):  # a handler found the lease taken: the record stays due
+            retry_at = stored["retry_at"] if retry_at is None else min(retry_at, stored["retry_at"])
+        self.records[release_id] = {**copy.deepcopy(record), "lease_until": 0, "resync": False, "retry_at": retry_at}
+
+    def due(self, now: float, limit: int = 20) -> list[str]:
+        return [rid for rid, r in self.records.items() if r.get("retry_at") is not None and r["retry_at"] <= now][:limit]
+
+
+class FakeGitHub:
+    """GitHub's deployments and statuses in memory; ``down`` makes every call a 502."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.deployments: list[dict[str, Any]] = []
+        self.commit_statuses: list[dict[str, Any]] = []
+
+    def _up(self) -> None:
+        from shared.domain.errors import GitHubRetry
+
+        if self.down:
+            raise GitHubRetry("502", 0.0)
+
+    def find_deployment(self, repo: str, sha: str, environment: str, release_id: str) -> int | None:
+        self._up()
+        return next((d["id"] for d in self.deployments if (d["sha"], d["environment"], d["payload"].get("release_id"))
+                     == (sha, environment, release_id)), None)
+
+    def create_deployment(self, repo: str, body: Mapping[str, Any]) -> int:
+        self._up()
+        self.deployments.append({"id": len(self.deployments) + 1, "sha": body["ref"], "environment": body["environment"],
+                                 "payload": dict(body.get("payload") or {}), "statuses": []})
+        return len(self.deployments)
+
+    def create_deployment_status(self, repo: str, deployment_id: int, body: Mapping[str, Any]) -> None:
+        self._up()
+        self.deployments[deployment_id - 1]["statuses"].append(body["state"])
+
+    def create_commit_status(self, repo: str, sha: str, body: Mapping[str, Any]) -> None:
+        self._up()
+        self.commit_statuses.append(dict(body))

@@ -63,6 +63,8 @@ def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False, pro
         lines.append(f"  FROZEN: {progress['freeze_text']}")
     if progress and progress.get("stalled_text"):
         lines.append(f"  NOTICE: {progress['stalled_text']}")
+    if progress and progress.get("github_text"):
+        lines.append(f"  {progress['github_text']}")
     if state.waiting_for:
         lines.append(f"  {queued_text(state, progress)}")
     if state.reason and state.status in (ReleaseStatus.SUPERSEDED, ReleaseStatus.CANCELLED):

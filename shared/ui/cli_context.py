@@ -14,7 +14,7 @@ from shared.adapters.firestore_apps import FirestoreAppRecords
 from shared.app.config import Settings
 from shared.domain.errors import PipelineError
 from shared.ui.cli_format import colour_wanted, dumps
-from shared.ui.dashboard import release_progress
+from shared.ui.dashboard import release_progress, with_github
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -68,7 +68,10 @@ class Context:
         return FirestoreAppRecords(self.store.client, self.settings)
 
     def progress(self, state, pipeline) -> dict:
-        return release_progress(state, pipeline, self.apps, time.time())
+        from shared.adapters.firestore_github_reports import FirestoreGitHubReports
+
+        github = FirestoreGitHubReports(self.store.client, self.settings)
+        return with_github(release_progress(state, pipeline, self.apps, time.time()), github, state)
 
     @property
     def local(self) -> bool:

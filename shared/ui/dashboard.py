@@ -23,6 +23,7 @@ import time
 import urllib.parse
 from typing import Any, Mapping
 
+from shared.app.github_reporting import reporting_text
 from shared.app.stage_medians import app_record
 from shared.domain.analysis import summary_line
 from shared.domain.errors import PipelineError
@@ -55,9 +56,10 @@ Response = tuple[int, str, dict[str, str]]
 
 
 def handle(method: str, path: str, query: Mapping[str, Any] | None, store: Any, apps: Any = None,
-           now: float | None = None, where: Any = None) -> Response:
+           now: float | None = None, github: Any = None, where: Any = None) -> Response:
     """Answer one dashboard request from the release store; ``apps`` (AppRecords) gives the
-    stage medians for the expected end, ``now`` the time (default: the system clock), ``where``
+    stage medians for the expected end, ``now`` the time (default: the system clock), ``github``
+    (the GitHub reports' record, shared/app/ports.py GitHubLedger) what reached GitHub, ``where``
     what runs where (``() -> {app: [Placement]}``, shared/app/where.py; None: the page says it is not wired)."""
     if method not in ("GET", "HEAD"):
         return _error(405, "only GET is served here", api=(path or "").startswith("/api/"), allow="GET, HEAD")
@@ -77,10 +79,12 @@ def handle(method: str, path: str, query: Mapping[str, Any] | None, store: Any, 
         if len(parts) == 2 and parts[0] == "release":
             state, pipeline = load_release(store, parts[1])
             nonce = secrets.token_urlsafe(16)
-            return _html(release_page(state, pipeline, nonce, release_progress(state, pipeline, apps, now)), nonce=nonce)
+            view = with_github(release_progress(state, pipeline, apps, now), github, state)
+            return _html(release_page(state, pipeline, nonce, view), nonce=nonce)
         if len(parts) == 3 and parts[:2] == ["api", "release"]:
             state, pipeline = load_release(store, parts[2])
-            return _json(release_json(state, pipeline, release_progress(state, pipeline, apps, now)))
+            return _json(release_json(state, pipeline, with_github(release_progress(state, pipeline, apps, now), github,
+                                                                   state)))
         if len(parts) == 4 and parts[:2] == ["api", "release"] and parts[3] == "state":
             state, pipeline = load_release(store, parts[2])  # one read: the definition is cached
             return _json(release_state(state, pipeline))
@@ -256,6 +260,17 @@ def queued_text(state: ReleaseState, p: Mapping[str, Any] | None) -> str:
     if state.waiting_for == "prod" and (p or {}).get("freeze_text"):
         return "queued for prod: prod is frozen (see above), no other release holds it"
     return f"queued: waiting for the {state.waiting_for} lock another release holds"
+
+
+def with_github(view: dict[str, Any], github: Any, state: ReleaseState) -> dict[str, Any]:
+    """The progress view plus what reached GitHub (``github_text``) and where to see it there."""
+    if github is None:
+        return view
+    text = reporting_text(github.get(state.release_id))
+    if not text:
+        return view
+    return {**view, "github_text": text, "github_url": f"https://github.com/{state.repo}/deployments",
+            "github_commit_url": f"https://github.com/{state.repo}/commit/{state.commit}"}
 
 
 def stalled_text(state: ReleaseState, p: Mapping[str, Any]) -> str:

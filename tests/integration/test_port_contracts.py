@@ -44,6 +44,7 @@ PORTS = {
     "apps": (fakes.InMemoryAppRecords, "firestore_apps:FirestoreAppRecords"),
     "requests": (fakes.FakeOperatorRequests, "firestore_operator_requests:FirestoreOperatorRequests"),
     "histories": (fakes.FakeRevisionHistories, "firestore_revision_history:FirestoreRevisionHistories"),
+    "github_reports": (fakes.FakeGitHubLedger, "firestore_github_reports:FirestoreGitHubReports"),
 }
 
 
@@ -271,3 +272,24 @@ def test_stage_durations_are_counted_once_per_release(locks):
     locks.record_durations("acme-app", "r-2", {"lint": 20.0})
     medians = app_record(locks.records, "acme-app")["stage_medians"]
     assert medians["lint"]["recent"] == [10.0, 20.0] and medians["lint"]["median_s"] == 15.0
+
+
+github_reports = port_fixture("github_reports")
+
+
+def test_github_reports_are_leased_and_a_blocked_handler_leaves_the_record_due(github_reports):
+    assert github_reports.get("r1") is None
+    first = github_reports.claim("r1", T0, 30)
+    assert first is not None and first["sent"] == [] and first["retry_at"] is None
+    assert github_reports.claim("r1", T0 + 1, 30) is None  # the other handler backs off …
+    first["sent"].append("commit/pending/started")
+    first["deployments"]["staging"] = 1001
+    github_reports.save("r1", first)
+    assert github_reports.due(T0 + 2) == ["r1"]  # … and the holder's save kept the record due
+    again = github_reports.claim("r1", T0 + 2, 30)
+    assert again["sent"] == ["commit/pending/started"] and again["deployments"] == {"staging": 1001}
+    github_reports.save("r1", {**again, "retry_at": None, "failures": 0})
+    assert github_reports.due(T0 + 3600) == [] and github_reports.get("r1")["sent"] == ["commit/pending/started"]
+    github_reports.save("r2", {**again, "retry_at": T0 + 60, "failures": 1, "last_error": "502"})
+    assert github_reports.due(T0 + 59) == [] and github_reports.due(T0 + 60) == ["r2"]
+    assert github_reports.claim("r2", T0 + 61, 30)["last_error"] == "502"

@@ -123,7 +123,7 @@ def served_world(tmp_path, monkeypatch, emulators, unique_prefix):
                 env = relctl_env(emulators, unique_prefix, f"events-{unique_prefix.strip('_')}", **extra, **op)
 
                 def relctl(*args):
-                    proc = subprocess.run([str(Path(sys.executable).parent / "relctl"), "rollback", *args],
+                    proc = subprocess.run([str(Path(sys.executable).parent / "relctl"), "rollback", *args, "--reason", "test", "--yes"],
                                           capture_output=True, text=True, timeout=60, env=env, cwd=REPO_ROOT)
                     return proc.returncode, proc.stdout, proc.stderr
 

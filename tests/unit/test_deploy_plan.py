@@ -482,3 +482,29 @@ def test_private_checked_services_grant_run_invoker_to_the_runtime_account_only(
               if s["type"] == "binding" and s["role"] == "roles/run.invoker" and s["scope"] == "run-service"]
     assert grants == [("noesis2-web", "roles/run.invoker", "serviceAccount:release-runtime@acme-release.iam.gserviceaccount.com")]
     assert not [s for s in dry_run_json(monkeypatch)["steps"] if s["type"] == "binding" and s["scope"] == "run-service"]
+
+
+def test_the_github_app_secrets_reach_only_the_reporting_functions_and_only_the_runtime_account():
+    from deploy.model import build_plan, functions
+
+    config = _github_app_config()
+    specs = {fn.name: dict(fn.secrets) for fn in functions(config)}
+    reporting = {name for name, secrets in specs.items() if "RELEASE_GITHUB_APP_KEY" in secrets}
+    assert reporting == {"dispatch", "dispatch-builds", "sweep"}
+    assert all(specs[n]["RELEASE_GITHUB_APP_ID"] == "release-github-app-id" for n in reporting)
+    plan = build_plan(config)
+    for secret in ("release-github-app-id", "release-github-app-key"):
+        bindings = [b for b in plan.bindings if b.scope == "secret" and b.target == secret]
+        assert [(b.role, b.member) for b in bindings] == [("roles/secretmanager.secretAccessor",
+                                                           sa_member(config.runtime_sa))]
+        assert any(r.kind == "secret" and r.name == secret for r in plan.resources)
+    assert not [b for b in build_plan(load_config(ENV)).bindings if "github-app" in b.target]
+
+
+def _github_app_config():
+    import dataclasses
+
+    from deploy.config import load_config
+
+    return dataclasses.replace(load_config(ENV), github_app_id_secret="release-github-app-id",
+                               github_app_key_secret="release-github-app-key")

@@ -280,3 +280,36 @@ def test_a_notification_of_another_build_is_stale_without_reading_any_build():
 def test_every_command_type_is_carried_out_through_the_table():
     """A command type the gate can emit but the table lacks would fail its batch (KeyError), not vanish."""
     assert set(typing.get_args(Command)) == set(COMMAND_HANDLERS)
+
+
+def test_github_down_holds_no_release_and_its_reports_follow_once_it_is_back():
+    from shared.app.github_reporting import GitHubReporting
+    from shared.testing.fakes import FakeGitHub, FakeGitHubLedger
+
+    dispatcher = make()
+    github, ledger = FakeGitHub(), FakeGitHubLedger()
+    dispatcher.reporting = GitHubReporting(github, ledger, dispatcher.clock)
+    github.down = True
+    rid = started(dispatcher)
+    assert dispatcher.handle(ReleaseStarted("e1", rid)).outcome is GateOutcome.APPLIED
+    assert state_of(dispatcher, rid).stages["lint"].status is StageStatus.RUNNING  # the release moved on
+    assert "502" in ledger.get(rid)["last_error"] and github.commit_statuses == []
+    github.down = False
+    dispatcher.clock.advance(5)
+    assert dispatcher.reporting.retry_due(dispatcher.store) == 1
+    assert [s["state"] for s in github.commit_statuses] == ["pending"]
+    dispatcher.handle(ReleaseStarted("e1", rid))  # redelivered: nothing twice
+    assert len(github.commit_statuses) == 1 and ledger.get(rid)["last_error"] == ""
+
+
+def test_a_redelivered_event_sends_what_a_crash_after_the_write_left_unreported():
+    from shared.app.github_reporting import GitHubReporting
+    from shared.testing.fakes import FakeGitHub, FakeGitHubLedger
+
+    dispatcher = make()
+    rid = started(dispatcher)
+    dispatcher.handle(ReleaseStarted("e1", rid))  # no reporting wired yet: as if the process died before it
+    github = FakeGitHub()
+    dispatcher.reporting = GitHubReporting(github, FakeGitHubLedger(), dispatcher.clock)
+    assert dispatcher.handle(ReleaseStarted("e1", rid)).outcome is not GateOutcome.APPLIED  # the redelivery
+    assert [s["state"] for s in github.commit_statuses] == ["pending"]

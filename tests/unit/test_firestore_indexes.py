@@ -85,4 +85,4 @@ def test_ttl_policies_reach_the_deploy_plan():
     assert set(ttl) == {f"{collection}.{field}" for collection, field in TTL_POLICIES}
     for name, command in ttl.items():
         assert command[:5] == ("firestore", "fields", "ttls", "update", "expire_at") and "--enable-ttl" in command
-    assert {c for c, _ in TTL_POLICIES} == {"releases", "dead_letters", "approvals", "deliveries"}
+    assert {c for c, _ in TTL_POLICIES} == {"releases", "dead_letters", "approvals", "deliveries", "github_reports"}

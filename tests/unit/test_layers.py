@@ -38,6 +38,8 @@ PAIRS_ALLOWED_INSIDE_FUNCTIONS = {
                                                               "`relctl preflight` needs",
     ("shared.ui.cli_context", "shared.adapters.firestore_store"): COLD_START + ": it imports the Firestore client, "
                                                                   "which `relctl validate` and `--help` do not need",
+    ("shared.ui.cli_context", "shared.adapters.firestore_github_reports"): COLD_START + ": as firestore_store, "
+                                                                           "whose module it imports",
 }
 
 
