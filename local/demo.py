@@ -36,7 +36,8 @@ SAMPLE_VERSION = "1.0.0"
 APPROVER = "approver@example.com"  # pipelines/sample.yaml
 # What relctl needs to reach the local stack, printed as one export line (rollback and preflight need
 # the stand-in endpoints and the sample pipeline, not only the emulators).
-RELCTL_KEYS = ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "RELEASE_PROJECT", "RELEASE_REGION",
+RELCTL_KEYS = ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS",
+               "RELEASE_PROJECT", "RELEASE_REGION",
                "RELEASE_PIPELINE_FILE", "RELEASE_CLOUD_RUN_ENDPOINT", "RELEASE_IAM_ENDPOINT",
                "RELEASE_ARTIFACT_REGISTRY", "RELEASE_ARTIFACT_REGISTRY_ENDPOINT")
 LINK = re.compile(r"(http://127\.0\.0\.1:\d+/\?token=[A-Za-z0-9_\-.=%]+)")

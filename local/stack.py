@@ -38,7 +38,10 @@ REGION = "europe-west3"
 PROJECT_NUMBER = "123456789012"
 APP_SA = f"sample-app@{PROJECT}.iam.gserviceaccount.com"  # what the sample app's services run as
 BASE_VERSION = "0.9.0"
-LOCAL_OPERATORS = ("operator@example.com", "qa@example.com")
+# Who may use relctl against the local stack. The sample pipeline's approver is one, so the
+# `relctl approve … --as approver@example.com` the demo prints works (relctl approve goes
+# through the operator function, like every command that acts).
+LOCAL_OPERATORS = ("operator@example.com", "qa@example.com", "approver@example.com")
 # Whoever runs `deploy --apply` owns the project on GCP; locally this account (tests read the applied
 # world back as it). Its binding is the one grant in the stand-in that the plan does not make.
 LOCAL_OWNER = f"local-owner@{PROJECT}.iam.gserviceaccount.com"

@@ -13,6 +13,7 @@ never imports the Cloud Build or Cloud Run clients, for instance).
 from __future__ import annotations
 
 import functools
+import logging
 
 from shared.adapters.lazy import Lazy
 from shared.app.config import Settings
@@ -103,7 +104,6 @@ def link_senders():
 @functools.cache
 def approvals():
     from shared.app.approvals import ApprovalService
-    from shared.app.stage_medians import prod_runs_text
 
     compare_changes = None
     if settings().github_token:
@@ -119,7 +119,7 @@ def approvals():
                                          clock=SystemClock(), releases=store(), link_senders=link_senders(),
                                          keyring=Lazy(link_keyring),
                                          dead_letters=dead_letter_store(),
-                                         prod_runs=lambda release: prod_runs_text(app_records(), release.pipeline_name),
+                                         prod_runs=production_runs,
                                          compare_changes=compare_changes)
 
 
@@ -321,11 +321,45 @@ def operator():
     register_approval_actions(service, approvals())
     register_cancel(service, store(), publisher(), s.events_topic)
     register_dead_letter_actions(service, dead_letters())
-    register_freeze(service, EnvironmentLocks(app_records(), publisher(), s, service_lock_records()), pipeline().name)
+    register_freeze(service, EnvironmentLocks(app_records(), publisher(), s, service_lock_records()), pipeline().name,
+                    lambda: known_applications(s))
     register_skip_bake(service, store(), publisher(), s.events_topic)
     register_rollback(service, store(), publisher(), s.events_topic, move_traffic_back, revision_histories(),
                       SystemClock())
     return register_release_actions(service, store(), publisher(), s)
+
+
+def known_applications(s) -> set[str]:
+    """The applications there are: the configured pipeline files' and those of recent releases."""
+    from shared.domain.pipeline import load_pipeline
+
+    return {load_pipeline(p).name for p in s.pipeline_paths()} | {r.pipeline_name for r in store().list_releases(200)}
+
+
+def production_runs(release) -> str:
+    """What prod serves now (Cloud Run), for the approval page; the version floor when Cloud Run cannot say."""
+    from shared.adapters.cloud_run_reader import CloudRunServiceReader
+    from shared.app.stage_medians import prod_runs_text as floor_text
+    from shared.app.where import prod_runs_text, what_runs_where as placements
+    from shared.domain.errors import PipelineError
+
+    try:
+        pipeline = store().load_pipeline(release.pipeline_digest)
+        return prod_runs_text(placements(pipeline, CloudRunServiceReader(settings()), store().list_releases(200)))
+    except PipelineError as exc:
+        logging.getLogger(__name__).warning("production runs of %s: %s", release.release_id, exc)
+        return floor_text(app_records(), release.pipeline_name) + " (what entered prod last; Cloud Run did not answer)"
+
+
+def what_runs_where() -> dict:
+    """Per application (each configured pipeline file): what its services serve now and which release made it."""
+    from shared.adapters.cloud_run_reader import CloudRunServiceReader
+    from shared.app.where import what_runs_where as placements
+    from shared.domain.pipeline import load_pipeline
+
+    s, recent = settings(), store().list_releases(200)
+    reader = CloudRunServiceReader(s)
+    return {p.name: placements(p, reader, recent) for p in map(load_pipeline, s.pipeline_paths())}
 
 
 def move_traffic_back(service: str, how) -> dict:
@@ -370,7 +404,8 @@ def dashboard():
     """The dashboard function: (method, path, query) -> (status, body, headers)."""
     from shared.ui.dashboard import handle
 
-    return functools.partial(handle, store=store(), apps=app_records(), github=github_reports())
+    return functools.partial(handle, store=store(), apps=app_records(), github=github_reports(),
+                             where=what_runs_where)
 
 
 @functools.cache

@@ -18,7 +18,7 @@ from typing import Callable, TypeVar
 from google.api_core import exceptions as gexc
 from google.api_core import retry as gretry
 
-from shared.domain.errors import ExecutorError, TransientError
+from shared.domain.errors import ExecutorError, ResourceNotFound, TransientError
 
 T = TypeVar("T")
 
@@ -80,7 +80,7 @@ class ApiCaller:
             named = f"missing permission {permission}" if permission else "permission denied"
             raise ExecutorError(f"{what}: {named} (server said: {message})", **where) from None
         except gexc.NotFound as exc:
-            raise ExecutorError(f"{what}: not found: {_server_message(exc)}", **where) from None
+            raise ResourceNotFound(f"{what}: not found: {_server_message(exc)}", **where) from None
         except TRANSIENT as exc:
             raise TransientError(f"{what}: {type(exc).__name__}: {_server_message(exc)}", **where) from None
         except gexc.GoogleAPICallError as exc:

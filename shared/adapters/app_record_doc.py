@@ -5,7 +5,8 @@ What is stored stays as earlier versions wrote it, so their documents still read
 
     {"locks": {env: {holder, services: [...],
                      queue: [{release_id, created_at, version, services}], superseded: {id: {by, reason}}}},
-     "version_floor": {"version", "release_id"}, "stage_medians": {...}, "freeze": {"by", "at", "reason"} or {}}
+     "version_floor": {"version", "release_id"}, "stage_medians": {...}, "freeze": {"by", "at", "reason"} or {},
+     "freeze_history": [{"action", "by", "at", "reason"}]}
 
 Reading is forgiving where old documents differ (a lock without ``services``, a queued release
 without ``version``, no ``freeze``); a field of the wrong type reads as absent.
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from shared.domain.app_record import AppRecord, EnvironmentLock, Freeze, QueuedRelease, Supersession, VersionFloor
+from shared.domain.app_record import (
+    AppRecord, EnvironmentLock, Freeze, FreezeChange, QueuedRelease, Supersession, VersionFloor,
+)
 
 
 def _map(value: Any) -> Mapping[str, Any]:
@@ -48,6 +51,10 @@ def decode_app_record(doc: Mapping[str, Any] | None) -> AppRecord:
         version_floor=VersionFloor(_text(floor.get("version")), _text(floor.get("release_id"))),
         freeze=Freeze(_text(freeze.get("by")), freeze.get("at"), _text(freeze.get("reason"))) if freeze else None,
         stage_medians=dict(_map(doc.get("stage_medians"))),
+        freeze_history=tuple(
+            FreezeChange(_text(e.get("action")), _text(e.get("by")),
+                         e.get("at") if isinstance(e.get("at"), (int, float)) else None, _text(e.get("reason")))
+            for e in doc.get("freeze_history") or () if isinstance(e, Mapping)),
     )
 
 
@@ -64,4 +71,6 @@ def encode_app_record(record: AppRecord) -> dict[str, Any]:
         "stage_medians": dict(record.stage_medians),
         "freeze": ({"by": record.freeze.by, "at": record.freeze.at, "reason": record.freeze.reason}
                    if record.freeze else {}),
+        "freeze_history": [{"action": e.action, "by": e.by, "at": e.at, "reason": e.reason}
+                           for e in record.freeze_history],
     }

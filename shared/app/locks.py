@@ -3,7 +3,8 @@
 Both live in the application's record ``apps/{app}`` (port ``AppRecords``, the frozen
 ``AppRecord`` of shared/domain/app_record.py: a lock per environment with its holder, the
 holder's services, its queue and the releases it superseded; the version floor, the highest
-version that entered prod; the freeze, set by ``relctl freeze``; the stage medians), changed
+version that entered prod; the freeze, set by ``relctl freeze``, and every freeze and
+unfreeze with who, when and why; the stage medians), changed
 by conditional writes (update-time precondition) like the releases: read, build the new
 record, write it whole, read again when another writer came first.
 
@@ -40,12 +41,24 @@ from shared.app.config import Settings
 from shared.app.ports import AppRecords, EventPublisher, ServiceLockRecords
 from shared.app.service_locks import ServiceLocks
 from shared.app.stage_medians import record_durations
-from shared.domain.app_record import AppRecord, EnvironmentLock, Freeze, QueuedRelease, Supersession, VersionFloor
-from shared.domain.errors import StaleWrite, TransientError
+from shared.domain.app_record import (
+    FREEZE_HISTORY_KEPT, AppRecord, EnvironmentLock, Freeze, FreezeChange, QueuedRelease, Supersession, VersionFloor,
+)
+from shared.domain.errors import PipelineError, StaleWrite, TransientError
 from shared.domain.events import LockGranted, Superseded
 
 log = logging.getLogger(__name__)
 MAX_CONFLICT_RETRIES = 20
+
+
+class AlreadyFrozen(PipelineError):
+    """A freeze is in force; it is not silently replaced."""
+
+    def __init__(self, app: str, freeze: Freeze):
+        super().__init__(f"prod of {app} is already frozen by {freeze.by or '?'}: {freeze.reason}")
+        self.freeze = freeze
+
+
 FLOOR_ENVIRONMENT = "prod"  # the protected environment whose versions only move forward
 
 
@@ -134,13 +147,22 @@ class EnvironmentLocks:
             return successor
         raise TransientError(f"lock {app}/{environment}: too many concurrent changes", release_id=release_id)
 
-    def set_freeze(self, app: str, freeze: Mapping[str, Any] | None) -> str | None:
+    def set_freeze(self, app: str, freeze: Mapping[str, Any] | None, *, by: str = "", at: float | None = None,
+                   replace_existing: bool = True) -> str | None:
         """Freeze prod ({by, at, reason}) or lift it (None). A release already in prod finishes; no
-        new one enters until it is lifted; then the lock goes on as if given back just now."""
+        new one enters until it is lifted; then the lock goes on as if given back just now.
+        Each change is kept in ``freeze_history`` (who, when, why). ``replace_existing=False``: a
+        freeze in force is not overwritten (AlreadyFrozen names it), so a second freeze cannot lose
+        the first's reason."""
         frozen = Freeze(str(freeze.get("by") or ""), freeze.get("at"), str(freeze.get("reason") or "")) if freeze else None
+        change = (FreezeChange("freeze", frozen.by, frozen.at, frozen.reason) if frozen
+                  else FreezeChange("unfreeze", by, at, ""))
         for _ in range(MAX_CONFLICT_RETRIES):
             record, token = self.records.read(app)
-            record = replace(record, freeze=frozen)
+            if frozen and record.freeze is not None and not replace_existing:
+                raise AlreadyFrozen(app, record.freeze)
+            record = replace(record, freeze=frozen,
+                             freeze_history=(*record.freeze_history, change)[-FREEZE_HISTORY_KEPT:])
             successor, superseded = (None, {})
             if not frozen and record.lock("prod").holder == "":
                 record, successor, superseded = _hand_over(record, record.lock("prod"), "prod")

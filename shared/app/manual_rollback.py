@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping
 from shared.app.operator import Caller, OperatorService
 from shared.app.ports import Clock, EventPublisher, ReleaseStore, RevisionHistories
 from shared.app.revision_log import record_manual
-from shared.domain.errors import ConfigError, ExecutorError, RequestRefused
+from shared.domain.errors import ConfigError, ExecutorError, RequestRefused, ResourceNotFound
 from shared.domain.events import RolledBack
 from shared.domain.pipeline import StageKind
 from shared.domain.stage_results import DeployResult, results_of
@@ -62,6 +62,8 @@ def register_rollback(service: OperatorService, store: ReleaseStore, publisher: 
                    dry_run=params.get("dry_run") is True)
         try:
             moved = dict(mover(name, how))
+        except ResourceNotFound as exc:  # no such service, revision or image tag
+            raise RequestRefused(404, str(exc)) from None
         except ExecutorError as exc:  # refused by the history, no such revision: retrying will not help
             raise RequestRefused(409, str(exc)) from None
         except ConfigError as exc:  # a setting of the operator function that its deployer must fix

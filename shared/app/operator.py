@@ -196,6 +196,12 @@ def register_release_actions(service: OperatorService, store: ReleaseStore, publ
         pipeline = store.load_pipeline(state.pipeline_digest)
         if not pipeline.has_stage(stage):
             raise RequestRefused(404, f"release {state.release_id} has no stage {stage!r}")
+        if state.status.terminal:
+            # The gate refuses it too (and changes nothing): say so now, not after a wait for an answer
+            # that never comes. A finished release is not resumed; a new push starts the next one.
+            by = f" by {state.superseded_by}" if state.superseded_by else ""
+            raise RequestRefused(409, f"release {state.release_id} is {state.status.value}{by}; a finished release "
+                                      "is not replayed (push a new commit to release again)")
         message_id = publisher.publish(settings.events_topic, StageReplay(
             "", state.release_id, stage, caller.request_id, caller.email, reason))
         return {"replay_id": caller.request_id, "release_id": state.release_id, "stage": stage,

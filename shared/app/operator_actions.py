@@ -14,11 +14,12 @@ recorded the request; a handler only answers for its own rules.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Mapping
 
 from shared.app.approvals import ApprovalRefused, ApprovalService
 from shared.app.dead_letters import DeadLetterNotFound, DeadLetters
-from shared.app.locks import EnvironmentLocks
+from shared.app.locks import AlreadyFrozen, EnvironmentLocks
 from shared.app.operator import Caller, OperatorService
 from shared.app.ports import EventPublisher, ReleaseStore
 from shared.domain.errors import PipelineError, RequestRefused
@@ -124,13 +125,19 @@ def register_dead_letter_actions(service: OperatorService, letters: DeadLetters)
     return service
 
 
-def register_freeze(service: OperatorService, locks: EnvironmentLocks, default_app: str) -> OperatorService:
-    """``freeze`` / ``unfreeze`` prod for an application (default: the deployed pipeline's)."""
+def register_freeze(service: OperatorService, locks: EnvironmentLocks, default_app: str,
+                    known_apps: Callable[[], Iterable[str]] = tuple) -> OperatorService:
+    """``freeze`` / ``unfreeze`` prod for an application (default: the deployed pipeline's).
+    ``known_apps``: the applications there are (pipeline names); any other is refused, since a
+    freeze of a misspelt name would hold nothing back and say it did."""
 
     def app_of(params: Mapping[str, Any]) -> str:
         app = params.get("app") or default_app
         if not isinstance(app, str) or not app:
             raise RequestRefused(400, "params.app must name an application (a pipeline name)")
+        known = sorted({default_app, *known_apps()} - {""})
+        if app not in known:
+            raise RequestRefused(404, f"no application {app!r} (applications: {', '.join(known)})")
         return app
 
     def freeze(caller: Caller, params: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -138,13 +145,25 @@ def register_freeze(service: OperatorService, locks: EnvironmentLocks, default_a
         if not isinstance(reason, str) or not reason.strip():
             raise RequestRefused(400, "params.reason is required (recorded with the freeze)")
         app = app_of(params)
-        locks.set_freeze(app, {"by": caller.email, "at": caller.at, "reason": reason.strip()[:500]})
+        try:
+            locks.set_freeze(app, {"by": caller.email, "at": caller.at, "reason": reason.strip()[:500]},
+                            replace_existing=False)
+        except AlreadyFrozen as exc:
+            raise RequestRefused(409, f"{exc} (since {iso_utc(exc.freeze.at)}); relctl unfreeze first, "
+                                      "then freeze with the new reason") from None
         return {"app": app, "frozen": True}
 
     def unfreeze(caller: Caller, params: Mapping[str, Any]) -> Mapping[str, Any]:
         app = app_of(params)
-        return {"app": app, "frozen": False, "granted_to": locks.set_freeze(app, None) or ""}
+        return {"app": app, "frozen": False,
+                "granted_to": locks.set_freeze(app, None, by=caller.email, at=caller.at) or ""}
 
     service.register("freeze", freeze)
     service.register("unfreeze", unfreeze)
     return service
+
+
+def iso_utc(at: Any) -> str:
+    if not isinstance(at, (int, float)):
+        return "?"
+    return datetime.fromtimestamp(float(at), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -243,6 +243,27 @@ class DeadLetterStore(Protocol):
     def mark_redriven(self, letter_id: str, message_id: str, at: float) -> None: ...
 
 
+@dataclass(frozen=True)
+class ServingRevision:
+    """One revision that takes traffic now, as the Cloud Run API reports it."""
+
+    revision: str
+    percent: int
+    tag: str = ""
+    image: str = ""
+    version: str = ""  # the revision's labels (shared/adapters/executors/traffic.py release_labels)
+    commit: str = ""
+    created_at: float | None = None
+
+
+class ServiceReader(Protocol):
+    """What a Cloud Run service serves now (adapter: shared/adapters/cloud_run_reader.py)."""
+
+    def serving(self, service: str) -> list[ServingRevision]:
+        """Every revision with a share or a tag; [] when the service does not exist."""
+        ...
+
+
 class RevisionHistories(Protocol):
     """``revision_history/{service}``: one revision history per Cloud Run service
     (shared/domain/revision_history.py), changed by compare-and-set."""

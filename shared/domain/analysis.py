@@ -274,10 +274,20 @@ def evidence_lines(verdict: Mapping[str, Any]) -> list[str]:
     if evidence.get("error_logs"):
         lines.append(f"error log lines: {evidence['error_logs']}")
         for line in evidence.get("log_lines") or []:
-            first = str(line.get("text", "")).splitlines()
-            lines.append(f"  {line.get('timestamp')} {line.get('severity')} {first[0] if first else ''}"
-                         + (f" (+{len(first) - 1} lines)" if len(first) > 1 else ""))
+            text = [t for t in str(line.get("text", "")).splitlines() if t.strip()]
+            lines.append(f"  {line.get('timestamp')} {line.get('severity')} {log_headline(text)}"
+                         + (f" (+{len(text) - 1} lines)" if len(text) > 1 else ""))
     return lines
+
+
+def log_headline(text: list[str]) -> str:
+    """The line of a log entry that says what went wrong: for a Python traceback its last line
+    (``ZeroDivisionError: division by zero``), not "Traceback (most recent call last):"."""
+    if not text:
+        return ""
+    if text[0].startswith("Traceback (most recent call last)"):
+        return text[-1].strip()
+    return text[0]
 
 
 def summary_line(verdict: Mapping[str, Any]) -> str:

@@ -64,12 +64,25 @@ class Freeze:
 
 
 @dataclass(frozen=True)
+class FreezeChange:
+    """One freeze or unfreeze of prod, kept so the timeline can say who, when and why."""
+    action: str  # "freeze" or "unfreeze"
+    by: str
+    at: float | None
+    reason: str
+
+
+FREEZE_HISTORY_KEPT = 50  # the newest changes; bounds the document
+
+
+@dataclass(frozen=True)
 class AppRecord:
     locks: Mapping[str, EnvironmentLock] = field(default_factory=dict)
     version_floor: VersionFloor = VersionFloor()
     freeze: Freeze | None = None  # set: no release enters prod (relctl freeze)
     # Per-stage durations (shared/domain/progress.py owns their shape): the ETA's history.
     stage_medians: Mapping[str, Any] = field(default_factory=dict)
+    freeze_history: tuple[FreezeChange, ...] = ()  # every freeze and unfreeze, newest last
 
     def lock(self, environment: str) -> EnvironmentLock:
         return self.locks.get(environment) or EnvironmentLock()

@@ -56,6 +56,11 @@ class ExecutorError(PipelineError):
     """An executor could not start or observe a stage (permanent; fails the stage)."""
 
 
+class ResourceNotFound(ExecutorError):
+    """What an executor or a rollback names does not exist (a service, a revision, an image tag):
+    the operator function answers 404 for it, not the 409 of a refused change."""
+
+
 class RequestRefused(PipelineError):
     """An HTTP request is refused (operator function); carries the status to answer with."""
 

@@ -111,7 +111,7 @@ def fail(run: Run, stage: Stage, reason: str) -> None:
     st = run.state.stages[stage.id]
     st.reason = reason
     run.finish(stage, StageStatus.FAILED)
-    rolled = ""
+    rolled, again = "", stage.id
     if stage.kind is StageKind.CHECK:
         before = len(run.commands)
         roll_back_checked_deploy(run, stage, reason)
@@ -120,6 +120,9 @@ def fail(run: Run, stage: Stage, reason: str) -> None:
                 to = ", ".join(f"{s} to {command.targets.get(s) or 'the last good tagged revision'}"
                                for s in command.services)
                 rolled = f" Rolled back {command.stage}: all traffic of {to} (what served before this release)."
+                # The checked canary is gone: a replay of the check has nothing to check. Replaying
+                # the deploy puts the canary back (the gate allows it: every stage before it passed).
+                again = command.stage
     run.state.status = ReleaseStatus.STOPPED
     run.release_locks()
     run.state.stopped_at_stage = stage.id
@@ -129,7 +132,8 @@ def fail(run: Run, stage: Stage, reason: str) -> None:
         stage.id,
         f"{run.title()} stopped: {stage.label} failed: {reason}.{rolled} "
         f"Gate: {stage.gate or 'the release stops'}. Fix the cause, then run "
-        f"`relctl replay {run.state.release_id} {stage.id} --reason \"…\"`.",
+        f"`relctl replay {run.state.release_id} {again} --reason \"…\"`"
+        + (" (or push a new commit)." if again != stage.id else "."),
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from shared.domain.pipeline import Pipeline, StageKind
 from shared.domain.stall import current_stage, stall
-from shared.domain.state import ReleaseState, StageStatus
+from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
 
 KEPT = 20  # durations per stage the median is taken over
 COUNTED_KEY = "_releases"  # release ids already counted (stage ids cannot start with "_")
@@ -50,7 +50,13 @@ def progress(state: ReleaseState, pipeline: Pipeline, medians: Mapping[str, Any]
     ``remaining_s`` is None when a stage still to run has no history; ``waits_for_human``
     is set while (or before) an approval, whose duration is never estimated."""
     current = current_stage(state, pipeline)
-    end = state.updated_at if state.status.terminal else now
+    end = now
+    if state.status.terminal:
+        end = state.updated_at
+    elif state.status is ReleaseStatus.STOPPED:
+        # A stopped release took until its stage failed; waiting for a replay is not part of it.
+        failed = state.stages.get(state.stopped_at_stage)
+        end = failed.finished_at if failed is not None and failed.finished_at is not None else state.updated_at
     result: dict[str, Any] = {
         "stage": current.id if current else "", "stage_status": state.stages[current.id].status.value if current else "",
         "stage_elapsed_s": None, "release_elapsed_s": round(max(0.0, end - state.created_at), 1),

@@ -303,3 +303,13 @@ def common_result(raw: Mapping[str, Any] | None) -> StageResult:
 def results_of(kind: Any, st: Any) -> list[StageResult]:
     """Every attempt's result of a StageState, oldest first, the current one last."""
     return [result_of(kind, a.result) for a in st.history] + [result_of(kind, st.result)]
+
+
+def bake_plan(raw: Mapping[str, Any] | None) -> tuple[float, float] | None:
+    """(window_s, bake_s) of a running check as its executor resolved them in the handle, or None
+    when the check has no bake (what `relctl watch` and the dashboard show while a bake goes on)."""
+    raw = raw if isinstance(raw, Mapping) else {}
+    bake, window = raw.get("bake_s"), raw.get("window_s")
+    if not isinstance(bake, (int, float)) or isinstance(bake, bool) or not bake:
+        return None
+    return (float(window) if isinstance(window, (int, float)) and not isinstance(window, bool) else 0.0), float(bake)

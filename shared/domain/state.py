@@ -81,7 +81,7 @@ class StageState:
     def duration_s(self) -> float | None:
         if self.started_at is None or self.finished_at is None:
             return None
-        return self.finished_at - self.started_at
+        return round(self.finished_at - self.started_at, 3)  # to the millisecond: the clock's float noise is not a fact
 
 
 @dataclass

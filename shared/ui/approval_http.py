@@ -79,6 +79,8 @@ class ApprovalPages:
             chaos=self._chaos(release),
             token=token,
             prod_runs=self.service.prod_runs(release),
+            dashboard_url=(f"{self.service.settings.public_base_url.rstrip('/')}/release/{release.release_id}"
+                           if self.service.settings.public_base_url else ""),
         )
 
     def _stage_rows(self, release: ReleaseState, approval: Stage) -> list[tuple[str, str, str, str]]:

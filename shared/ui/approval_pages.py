@@ -18,7 +18,7 @@ body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:42rem;m
  color:#1f2328;line-height:1.45;overflow-wrap:anywhere}
 h1{font-size:1.35rem;margin:.4rem 0 .8rem}h2{font-size:1.1rem;margin:1.4rem 0 .5rem}
 code{font-size:.9em}.muted{color:#57606a}
-.summary{background:#f6f8fa;border:1px solid #d0d7de;border-radius:.5rem;padding:.6rem .9rem}
+.summary{background:#f6f8fa;border:1px solid #d0d7de;border-radius:.5rem;padding:.6rem .9rem;margin-top:1.2rem}
 .lead{margin:.2rem 0 .6rem;font-weight:600}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.25rem .9rem;margin:0}dt{font-weight:600}dd{margin:0}
 @media (max-width:480px){dl{grid-template-columns:1fr}dd{margin-bottom:.4rem}}
@@ -101,6 +101,7 @@ def confirm_page(
     token: str,
     digest: str = "",
     prod_runs: str = "",
+    dashboard_url: str = "",
 ) -> str:
     changes = getattr(release, "changes", None) or {}
     before = str(changes.get("before") or "")
@@ -110,7 +111,7 @@ def confirm_page(
         release=release, stage_label=stage_label, approver=approver, expires=_when(expires_at),
         evidence=[{"label": label, "status": status, "summary": summary, "log": safe_url(log)}
                   for label, status, summary, log in stage_rows],
-        chaos_text=chaos_text(chaos), token=token, digest=digest, prod_runs=prod_runs,
+        chaos_text=chaos_text(chaos), token=token, digest=digest, prod_runs=prod_runs, dashboard_url=safe_url(dashboard_url),
         commits=[c for c in changes.get("commits") or [] if isinstance(c, Mapping)],
         before=before if before.strip("0") else "", total=int(changes.get("total") or 0),
         compare_note=str(changes.get("note") or "")[:200], compared=changes.get("source") == "github compare",

@@ -17,21 +17,26 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 import os
 import sys
+import time
 
 from shared.domain.errors import DefinitionError, PipelineError
 from shared.ui.cli_context import (positive_int, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE,
                                    CommandFailed, Context, UsageError)
 from shared.ui.cli_format import EPILOG, dumps, iso_times, paint
 from shared.ui.cli_operator import add_commands as add_operator_commands
-from shared.ui.notes import (duration_text, iso, load_release, render, timeline_text,
-                             traffic_decisions, waiting_text, rollback_lines)
+from shared.ui.notes import (duration_text, iso, live_lines, load_release, render, timeline_text,
+                             traffic_decisions, rollback_lines)
 from shared.adapters import gcp_clients
+from shared.adapters.cloud_run_reader import CloudRunServiceReader
+from shared.app.where import what_runs_where
 from shared.domain.pipeline import Pipeline, load_pipeline
 from shared.domain.preflight import (SECRET_ACCESSOR_ROLE, check_permissions, format_report, pipeline_account,
                                      required_roles)
-from shared.ui.dashboard import release_json, release_summary, stage_detail
+from shared.ui.dashboard import (queued_text, release_json, release_summary, stage_detail,
+                                 timeline_with_freezes)
 from shared.domain.state import ReleaseState, ReleaseStatus, StageStatus
 
 ACTIVE_STAGE = (StageStatus.RUNNING, StageStatus.WAITING, StageStatus.QUEUED)
@@ -45,7 +50,8 @@ def current_stage(state: ReleaseState) -> str:
     return state.stopped_at_stage
 
 
-def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False, progress: dict | None = None) -> str:
+def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False, progress: dict | None = None,
+              local: bool = False, now: float | None = None) -> str:
     lines = [
         f"release {state.release_id}  {paint(state.status.value, state.status.value, colour)}",
         f"  {state.repo} {state.ref} @ {state.commit}",
@@ -60,7 +66,7 @@ def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False, pro
     if progress and progress.get("github_text"):
         lines.append(f"  {progress['github_text']}")
     if state.waiting_for:
-        lines.append(f"  queued: waiting for the {state.waiting_for} lock another release holds")
+        lines.append(f"  {queued_text(state, progress)}")
     if state.reason and state.status in (ReleaseStatus.SUPERSEDED, ReleaseStatus.CANCELLED):
         lines.append(f"  {state.reason}")
     elif state.reason:
@@ -68,20 +74,24 @@ def show_text(state: ReleaseState, pipeline: Pipeline, colour: bool = False, pro
     if state.approval.get("approver"):
         lines.append(f"  approved by {state.approval['approver']} at {iso(state.approval.get('at'))}"
                      + (f" ({state.approval['reason']})" if state.approval.get("reason") else ""))
-    traffic = [f"{d['percent']} % at {iso(d['at'])}" for d in traffic_decisions(state, pipeline)]
+    traffic = [f"{d['percent']} % at {iso(d['at'])}"
+               + (f" (rolled back at {iso(d['rolled_back_at'])})" if d["rolled_back_at"] else "")
+               for d in traffic_decisions(state, pipeline)]
     if traffic:
         lines.append("  traffic: " + "; ".join(traffic))
     lines += [f"  {line}" for line in rollback_lines(state, pipeline)]
-    if waiting_text(state, pipeline):
-        lines.append("  " + waiting_text(state, pipeline))
-    if state.timeline:
+    lines += [f"  {line}" for line in live_lines(state, pipeline, time.time() if now is None else now, local)]
+    timeline = timeline_with_freezes(state, progress)
+    if timeline:
         lines.append("  timeline:")
-        lines += [f"    {timeline_text(e)}" for e in state.timeline]
+        lines += [f"    {timeline_text(e)}" for e in timeline]
     lines.append("")
     lines.append(f"  {'#':<4} {'STAGE':<18} {'STATUS':<10} {'ATTEMPT':<7} {'DURATION':<9} DETAIL")
     for stage in pipeline.stages:
         st = state.stages[stage.id]
         detail = stage_detail(stage, st, state, pipeline).replace("\n", " ")
+        if st.status is StageStatus.QUEUED and stage.environment == "prod" and (progress or {}).get("freeze_text"):
+            detail = "queued: prod is frozen"
         lines.append(f"  {stage.number:<4} {stage.id:<18} {paint(f'{st.status.value:<10}', st.status.value, colour)} {st.attempt:<7} "
                      f"{duration_text(st.duration_s):<9} {detail}".rstrip())
     return "\n".join(lines)
@@ -106,7 +116,7 @@ def cmd_show(args, ctx: Context) -> int:
     if ctx.json:
         ctx.print(dumps(release_json(state, pipeline, ctx.progress(state, pipeline))))
     else:
-        ctx.print(show_text(state, pipeline, ctx.colour, ctx.progress(state, pipeline)))
+        ctx.print(show_text(state, pipeline, ctx.colour, ctx.progress(state, pipeline), ctx.local))
     return EXIT_OK
 
 
@@ -124,10 +134,11 @@ def cmd_watch(args, ctx: Context) -> int:
     redraw = ctx.out.isatty() and not ctx.json
     deadline = ctx.monotonic() + args.timeout if args.timeout else None
     last_view, seen = "", {}
+    last_said = ctx.monotonic()
     while True:
         state, pipeline = load_release(ctx.store, args.release)
         if redraw:
-            view = show_text(state, pipeline, ctx.colour, ctx.progress(state, pipeline))
+            view = show_text(state, pipeline, ctx.colour, ctx.progress(state, pipeline), ctx.local)
             if view != last_view:
                 ctx.out.write("\x1b[H\x1b[2J" + view + "\n")
                 ctx.out.flush()
@@ -143,6 +154,18 @@ def cmd_watch(args, ctx: Context) -> int:
             if stalled and not seen.get("stalled"):
                 seen["stalled"] = True
                 _line(ctx, {"release_id": state.release_id, "notice": stalled}, f"  NOTICE: {stalled}")
+            if changes:
+                last_said = ctx.monotonic()
+            # A bake or an approval records nothing for minutes: say where it stands, on a change
+            # (an approval that starts waiting) and every --every seconds while nothing changes.
+            quiet = ctx.monotonic() - last_said >= args.every
+            if p and (changes or quiet):
+                live = live_lines(state, pipeline, time.time(), ctx.local)
+                for line in live:
+                    _line(ctx, {"release_id": state.release_id, "live": line}, f"  {line}")
+                if quiet and not changes:
+                    _line(ctx, {"release_id": state.release_id, "progress": p}, f"  progress: {p['text']}")
+                last_said = ctx.monotonic()
         final = {"release_id": state.release_id, "final": True, "status": state.status.value, "reason": state.reason}
         if state.status is ReleaseStatus.SUCCEEDED:
             _line(ctx, final, f"release {state.release_id} succeeded: {state.tag} takes all traffic")
@@ -193,6 +216,12 @@ def _changes(state: ReleaseState, pipeline: Pipeline, seen: dict) -> list[tuple[
 def cmd_validate(args, ctx: Context) -> int:
     try:
         pipeline = load_pipeline(args.file)
+        if not pipeline.repositories:
+            # A stored definition may lack it (older releases); a file to deploy may not: the push
+            # function releases a repository's pushes only with the pipeline that lists it.
+            raise DefinitionError(f"{args.file}: repositories: must list at least one GitHub repository "
+                                  "'owner/name' whose pushes release this pipeline (a push of a repository "
+                                  "no pipeline lists is refused)")
     except DefinitionError as exc:
         print(f"relctl: invalid pipeline: {exc}", file=sys.stderr)
         if ctx.json:
@@ -227,6 +256,29 @@ def cmd_preflight(args, ctx: Context) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+def cmd_where(args, ctx: Context) -> int:
+    """What runs where: per environment, each service's serving revisions (the Cloud Run API now)
+    and the release that put each there (the release records)."""
+    pipeline = load_pipeline(args.pipeline or ctx.settings.pipeline_file)
+    placements = what_runs_where(pipeline, CloudRunServiceReader(ctx.settings), ctx.store.list_releases(200))
+    lines, environment = [f"{pipeline.name}"], None
+    for p in placements:
+        if p.environment != environment:
+            environment = p.environment
+            lines.append(f"  {environment}")
+        r = p.serving
+        lines.append(f"    {p.service:<20} {r.revision:<28} {r.percent:>3} %"
+                     + (f"  tag {r.tag}" if r.tag else "")
+                     + f"  version {r.version or '?'}  commit {r.commit or '?'}  since {iso(p.since) or '?'}"
+                     + (f"  by release {p.release_id} ({p.stage})" if p.release_id else "  by no release we know")
+                     + f"\n      image {r.image or '?'}")
+    if not placements:
+        lines.append("  no service of this application serves anything yet")
+    ctx.emit({"app": pipeline.name, "placements": [{**asdict(p), "serving": asdict(p.serving)} for p in placements]},
+             "\n".join(lines))
+    return EXIT_OK
+
+
 # -- parsing and the one place errors become exit codes ------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relctl", description="Operate releases of the release orchestrator.",
@@ -249,11 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("release")
     p.add_argument("--timeout", type=float, default=0, help="give up after this many seconds (exit 3); 0 = never")
     p.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
+    p.add_argument("--every", type=float, default=30, metavar="SECONDS",
+                   help="while nothing changes (a bake, an approval), say where the release stands this often "
+                        "(default 30)")
     add_operator_commands(command)
     p = command("validate", cmd_validate, "check a pipeline file; exit 2 naming the stage and field when invalid")
     p.add_argument("file")
     p = command("notes", cmd_notes, "print the release notes (Markdown)")
     p.add_argument("release")
+    p = command("where", cmd_where, "what runs where: per environment, each service's serving revisions, "
+                "version, commit, image, share, since when and by which release")
+    p.add_argument("--pipeline", help="the application's pipeline file (default: RELEASE_PIPELINE_FILE)")
     p = command("preflight", cmd_preflight, "check the pipeline service account's IAM roles")
     p.add_argument("--pipeline", help="pipeline file (default: RELEASE_PIPELINE_FILE)")
     p.add_argument("--service-account", help="default: the preflight stage's, else $RELEASE_PIPELINE_SERVICE_ACCOUNT")
@@ -277,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("relctl: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`relctl list | head -1`): what it read is all it wanted. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as exc:  # one line, never a traceback; the debug switch shows it
         if os.environ.get("RELCTL_DEBUG"):
             raise

@@ -68,6 +68,11 @@ class Context:
         github = bootstrap.github_reports_on(self.store.client, self.settings)
         return with_github(release_progress(state, pipeline, self.apps, time.time()), github, state)
 
+    @property
+    def local(self) -> bool:
+        """Against the local stack, whose token issuer signs for whoever ``--as`` names."""
+        return bool(self.settings.operator_token_url)
+
     def print(self, *parts: Any) -> None:
         print(*parts, file=self.out, flush=True)
 

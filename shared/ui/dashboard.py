@@ -17,6 +17,7 @@ http(s) links. Every stage element carries ``data-stage`` and ``data-status``.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 import secrets
 import time
 import urllib.parse
@@ -25,6 +26,7 @@ from typing import Any, Mapping
 from shared.app.github_reporting import reporting_text
 from shared.app.stage_medians import app_record
 from shared.domain.analysis import summary_line
+from shared.domain.app_record import AppRecord
 from shared.domain.errors import PipelineError
 from shared.ui.notes import (
     ReleaseNotFound,
@@ -35,10 +37,12 @@ from shared.ui.notes import (
     iso,
     junit_counts,
     junit_text,
+    live_lines,
     load_release,
     log_link,
     render,
     timeline_text,
+    traffic_decisions,
     traffic_percent,
     waiting_text,
 )
@@ -53,10 +57,11 @@ Response = tuple[int, str, dict[str, str]]
 
 
 def handle(method: str, path: str, query: Mapping[str, Any] | None, store: Any, apps: Any = None,
-           now: float | None = None, github: Any = None) -> Response:
+           now: float | None = None, github: Any = None, where: Any = None) -> Response:
     """Answer one dashboard request from the release store; ``apps`` (AppRecords) gives the
     stage medians for the expected end, ``now`` the time (default: the system clock), ``github``
-    (the GitHub reports' record, shared/app/ports.py GitHubLedger) what reached GitHub."""
+    (the GitHub reports' record, shared/app/ports.py GitHubLedger) what reached GitHub, ``where``
+    what runs where (``() -> {app: [Placement]}``, shared/app/where.py; None: the page says it is not wired)."""
     if method not in ("GET", "HEAD"):
         return _error(405, "only GET is served here", api=(path or "").startswith("/api/"), allow="GET, HEAD")
     parts = [urllib.parse.unquote(p) for p in (path or "/").strip("/").split("/") if p]
@@ -65,6 +70,11 @@ def handle(method: str, path: str, query: Mapping[str, Any] | None, store: Any, 
     try:
         if not parts:
             return _html(release_list_page(store.list_releases(_limit(query))))
+        if parts in (["where"], ["api", "where"]):
+            if where is None:
+                return _error(404, "what runs where is not wired into this dashboard", api=api, root=root)
+            view = where_view(where())
+            return _json({"apps": view}) if api else _html(_page("dashboard_where.html", "what runs where", apps=view))
         if parts == ["api", "releases"]:
             return _json({"releases": [release_summary(s) for s in store.list_releases(_limit(query))]})
         if len(parts) == 2 and parts[0] == "release":
@@ -100,6 +110,12 @@ def _limit(query: Mapping[str, Any] | None) -> int:
 
 
 # -- JSON views -------------------------------------------------------------------
+def where_view(by_app: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``{app: [Placement]}`` as plain data for the page and /api/where."""
+    return [{"app": app, "placements": [{**asdict(p), "since_iso": iso(p.since)} for p in placements]}
+            for app, placements in by_app.items()]
+
+
 def release_summary(state: ReleaseState) -> dict[str, Any]:
     active = (StageStatus.RUNNING, StageStatus.WAITING, StageStatus.QUEUED)
     current = next((sid for sid, st in state.stages.items() if st.status in active), state.stopped_at_stage)
@@ -214,7 +230,36 @@ def release_progress(state: ReleaseState, pipeline: Pipeline, apps: Any, now: fl
     p["freeze_text"] = (f"prod is frozen by {freeze.by or '?'} since {iso(freeze.at)}: "
                         f"{freeze.reason}; no release enters prod until `relctl unfreeze`"
                         if freeze and not state.status.terminal else "")
+    p["freeze_events"] = freeze_events(record, state, now)
+    p["read_at"] = now  # when the view was read: a bake's elapsed time counts to it
     return p
+
+
+def freeze_events(record: AppRecord, state: ReleaseState, now: float) -> list[dict[str, Any]]:
+    """The application's freezes and unfreezes while this release lived (and a freeze already in
+    force when it was created), as timeline entries."""
+    end = state.updated_at if state.status.terminal else now
+    history = [e for e in record.freeze_history if e.at is not None and e.at <= end]
+    before = [e for e in history if e.at < state.created_at]
+    shown = ([before[-1]] if before and before[-1].action == "freeze" else []) + [
+        e for e in history if e.at >= state.created_at]
+    return [{"at": e.at, "kind": "prod " + ("frozen" if e.action == "freeze" else "unfrozen"),
+             "by": e.by, "stage": "", "reason": e.reason} for e in shown]
+
+
+def timeline_with_freezes(state: ReleaseState, p: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The release's timeline with the freezes of its application merged in, by time."""
+    merged = list(state.timeline) + list((p or {}).get("freeze_events") or [])
+    return sorted(merged, key=lambda e: e.get("at") or 0)
+
+
+def queued_text(state: ReleaseState, p: Mapping[str, Any] | None) -> str:
+    """Why a queued release waits: a freeze of prod, else another release holding the environment."""
+    if not state.waiting_for:
+        return ""
+    if state.waiting_for == "prod" and (p or {}).get("freeze_text"):
+        return "queued for prod: prod is frozen (see above), no other release holds it"
+    return f"queued: waiting for the {state.waiting_for} lock another release holds"
 
 
 def with_github(view: dict[str, Any], github: Any, state: ReleaseState) -> dict[str, Any]:
@@ -242,12 +287,17 @@ def release_json(state: ReleaseState, pipeline: Pipeline, progress_view: dict[st
     """Everything the release page shows; the refresh script redraws the page from it."""
     decision = {k: v for k, v in approval_decision(state, pipeline).items() if k != "nonce"}
     stages = [stage_view(s, state.stages.get(s.id) or StageState(), state, pipeline) for s in pipeline.stages]
+    if (progress_view or {}).get("freeze_text"):
+        for view in stages:
+            if view["status"] == "queued" and view["environment"] == "prod":
+                view["detail"] = "queued: prod is frozen"
     approval_text = "none yet"
     if decision.get("approver"):
         approval_text = (f"{decision.get('decision', 'decided')} by {decision['approver']} at {iso(decision.get('at'))}"
                          + (f" — {decision['reason']}" if decision.get("reason") else ""))
-    traffic = [f"{v['traffic_percent']} % at {iso(v['finished_at'])} ({v['id']})" for v in stages
-               if v["traffic_percent"] is not None and v["status"] == "succeeded"]
+    traffic = [f"{d['percent']} % at {iso(d['at'])} ({d['stage']})"
+               + (f", rolled back at {iso(d['rolled_back_at'])}" if d["rolled_back_at"] else "")
+               for d in traffic_decisions(state, pipeline)]
     return {
         "release": {**release_summary(state), "ref": state.ref, "stopped_at_stage": state.stopped_at_stage,
                     "pipeline": state.pipeline_name, "chaos_requested_by": state.chaos_requested_by,
@@ -255,10 +305,13 @@ def release_json(state: ReleaseState, pipeline: Pipeline, progress_view: dict[st
                     "traffic_text": "; ".join(traffic + rollback_lines(state, pipeline)) or "no prod traffic yet"},
         "stages": stages,
         "replays": state.replays,
-        "timeline": [{**e, "text": timeline_text(e)} for e in state.timeline],
+        "timeline": [{**e, "text": timeline_text(e)} for e in timeline_with_freezes(state, progress_view)],
         "waiting_text": waiting_text(state, pipeline),
+        # a bake under way and how a waiting approval is given (approve_how), beside the waiting text
+        "live_lines": [line for line in live_lines(state, pipeline, (progress_view or {}).get("read_at") or state.updated_at)
+                       if line != waiting_text(state, pipeline)],
         "progress": progress_view or {},
-        "notes": render(state, pipeline),
+        "notes": render(state, pipeline, per_stage=False),  # the page draws every stage already
     }
 
 
@@ -294,7 +347,7 @@ def release_page(state: ReleaseState, pipeline: Pipeline, nonce: str = "", progr
                  created=iso(state.created_at), notes_html=markdown_html(data["notes"]),
                  timeline=[{"stage": "", "attempt": None, "by": "", "reason": "", **e, "at_iso": iso(e.get("at"))}
                            for e in data["timeline"]],
-                 waiting_text=data["waiting_text"], progress=data["progress"])
+                 waiting_text=data["waiting_text"], live=data["live_lines"], progress=data["progress"])
 
 
 # -- responses --------------------------------------------------------------------
@@ -328,14 +381,15 @@ def _error(status: int, message: str, *, api: bool, allow: str = "", root: str =
     return response
 
 
-def wsgi_app(store: Any):
+def wsgi_app(store: Any, where: Any = None):
     """The dashboard as a WSGI app (local serving and tests): ``wsgiref.simple_server.make_server(host, port, wsgi_app(store))``."""
     reasons = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error",
                503: "Service Unavailable"}
 
     def app(environ, start_response):
         query = dict(urllib.parse.parse_qsl(environ.get("QUERY_STRING", "")))
-        status, body, headers = handle(environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/"), query, store)
+        status, body, headers = handle(environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/"), query, store,
+                                       where=where)
         payload = b"" if environ["REQUEST_METHOD"] == "HEAD" else body.encode("utf-8")
         start_response(f"{status} {reasons.get(status, 'Error')}", list(headers.items()))
         return [payload]

@@ -18,12 +18,12 @@ import urllib.parse
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from shared.domain.analysis import evidence_lines
+from shared.domain.analysis import evidence_lines, summary_line
 from shared.domain.ids import valid_release_id
 from shared.domain.errors import PipelineError
 from shared.domain.pipeline import Pipeline, Stage, StageKind
 from shared.domain.stage_results import (ApprovalResult, BuildResult, CheckResult, DeployResult, JobResult, JunitCounts,
-                                         StageResult, common_result, result_of, results_of)
+                                         StageResult, bake_plan, common_result, result_of, results_of)
 from shared.domain.state import ReleaseState, ReleaseStatus, StageState, StageStatus
 
 
@@ -100,6 +100,23 @@ def traffic_percent(stage: Stage, st: StageState) -> int | None:
     return asked if isinstance(asked, int) else None
 
 
+def rolled_back_from(stage: Stage, st: StageState):
+    """The newest rollback (stage_results.Rollback) recorded on this attempt of a stage: its
+    traffic no longer serves. None when there is none."""
+    done = result_of(stage.kind, st.result).rolled_back
+    return done[-1] if done else None
+
+
+def traffic_now_text(stage: Stage, st: StageState) -> str:
+    """What a finished prod traffic stage's share is now: as set, or taken back by a rollback."""
+    percent = traffic_percent(stage, st)
+    back = rolled_back_from(stage, st)
+    if back is None:
+        return f"{percent} % traffic since {iso(st.finished_at)}"
+    return (f"{percent} % from {iso(st.finished_at)} until rolled back at {iso(back.at)}; "
+            f"{back.service or '?'} serves {back.revision or 'what served before'} now")
+
+
 def traffic_decisions(state: ReleaseState, pipeline: Pipeline) -> list[dict[str, Any]]:
     """Each finished prod deploy/traffic stage: percent, time, services and revisions."""
     decisions = []
@@ -114,6 +131,7 @@ def traffic_decisions(state: ReleaseState, pipeline: Pipeline) -> list[dict[str,
             "percent": traffic_percent(stage, st),
             "at": st.finished_at,
             "targets": [f"{r.service or '?'} -> {r.revision or '?'}" for r in revisions],
+            "rolled_back_at": getattr(rolled_back_from(stage, st), "at", None),
         })
     return decisions
 
@@ -150,9 +168,50 @@ def waiting_text(state: ReleaseState, pipeline: Pipeline) -> str:
     st = state.stages.get(stage.id)
     if st is None or st.status is not StageStatus.WAITING:
         return ""
-    asked = [str(a) for a in stage.params["approvers"] if str(a).lower() != state.pushed_by.lower()]
+    asked = approvers_asked(state, pipeline)
     return (f"approval (attempt {st.attempt}) asked of {', '.join(asked) or 'nobody'} since {iso(st.started_at)}; "
             f"links expire at {iso(st.deadline)}")
+
+
+def approvers_asked(state: ReleaseState, pipeline: Pipeline) -> list[str]:
+    """The approvers a release asks: the approval stage's, less the one who pushed it."""
+    gate = pipeline.approval_index
+    if gate is None:
+        return []
+    return [str(a) for a in pipeline.stages[gate].params["approvers"] if str(a).lower() != state.pushed_by.lower()]
+
+
+def approve_how(state: ReleaseState, pipeline: Pipeline, as_flag: bool = False) -> str:
+    """How the waiting approval is given ('' when none waits): the mailed link or relctl, by whom.
+    ``as_flag``: name the approver with ``--as`` (the local stack's token issuer signs for anyone)."""
+    if not waiting_text(state, pipeline):
+        return ""
+    asked = approvers_asked(state, pipeline)
+    who = f" --as {asked[0]}" if as_flag and asked else ""
+    return (f"to decide, {' or '.join(asked) or 'an approver'} opens the link mailed to them, or runs "
+            f"`relctl approve {state.release_id}{who}` (relctl reject, with --reason, says no)")
+
+
+def bake_text(stage: Stage, st: StageState, now: float) -> str:
+    """A running check in words: how far into its window and bake it is ('' for anything else).
+    The probe keeps its interval verdicts in its own task until the check ends; the release
+    records them then (``result.analysis``)."""
+    if stage.kind is not StageKind.CHECK or st.status is not StageStatus.RUNNING or st.started_at is None:
+        return ""
+    plan = bake_plan(st.result)
+    if plan is None:
+        return ""
+    window, bake = plan
+    elapsed = max(0.0, now - st.started_at)
+    return (f"{stage.id} baking: {duration_text(elapsed)} in, planned up to {duration_text(window)} window "
+            f"+ {duration_text(bake)} bake; the verdict of each interval is recorded when the check ends")
+
+
+def live_lines(state: ReleaseState, pipeline: Pipeline, now: float, local: bool = False) -> list[str]:
+    """What moves while nothing is recorded: a bake under way, an approval that waits (and how to give it)."""
+    lines = [bake_text(stage, state.stages[stage.id], now) for stage in pipeline.stages]
+    lines += [waiting_text(state, pipeline), approve_how(state, pipeline, as_flag=local)]
+    return [line for line in lines if line]
 
 
 # -- Markdown -------------------------------------------------------------------
@@ -185,9 +244,70 @@ def _stage_detail(st: StageState) -> str:
     return " — ".join(parts)
 
 
-def render(state: ReleaseState, pipeline: Pipeline) -> str:
-    """The release notes of one release as Markdown."""
+def verdict_line(stage: Stage, st: StageState) -> str:
+    """One stage's verdict in one line: status, and the number that decided it."""
+    result = result_of(stage.kind, st.result)
+    detail = ""
+    counts = junit_counts(result)
+    if st.status is StageStatus.FAILED and st.reason:
+        detail = st.reason if len(st.reason) <= 160 else st.reason[:157] + "…"
+    elif isinstance(result, ApprovalResult) and result.approver:
+        detail = f"{result.decision or 'decided'} by {result.approver}"
+    elif counts is not None:
+        detail = junit_text(counts)
+    elif isinstance(result, CheckResult) and result.analysis is not None and result.analysis.latest:
+        detail = summary_line(result.analysis.latest)
+    elif is_prod_traffic_stage(stage) and st.status is StageStatus.SUCCEEDED:
+        detail = traffic_now_text(stage, st)
+    elif isinstance(result, CheckResult) and result.checks is not None:
+        good = sum(1 for c in result.checks if isinstance(c.status, int) and 200 <= c.status < 300)
+        detail = f"{good}/{len(result.checks)} paths answered 2xx"
+    took = f" in {duration_text(st.duration_s)}" if st.duration_s is not None else ""
+    return f"{stage.number} {stage.name}: {st.status.value}{took}" + (f" — {detail}" if detail else "")
+
+
+def _changelog(state: ReleaseState, pipeline: Pipeline, verdicts: bool = True) -> list[str]:
+    """What a team pastes into its channel: the release in one line, the commits since prod with
+    their authors, who approved, and each verdict in one line."""
+    decision = approval_decision(state, pipeline)
+    headline = f"**{state.version}** ({_code(state.tag)}) of {state.repo}: {state.status.value}"
+    if decision.get("approver"):
+        headline += f", {decision.get('decision', 'approved')} by {decision['approver']} at {iso(decision.get('at'))}"
+    out = [headline, ""]
+    changes = state.changes or {}
+    commits = [c for c in changes.get("commits") or [] if isinstance(c, dict)]
+    since = " since prod" if changes.get("source") == "github compare" else " in the push"
+    out += [f"## Changes{since}", ""]
+    if commits:
+        out += [f"- {_code(str(c.get('id', ''))[:7])} {c.get('message', '')}" + (f" — {c['author']}" if c.get("author")
+                                                                                  else "") for c in commits]
+        total = changes.get("total")
+        if isinstance(total, int) and total > len(commits):
+            out.append(f"- … and {total - len(commits)} more")
+    else:
+        out.append(f"- {_code(state.commit[:7])} (no commit list recorded)")
+    if safe_url(changes.get("compare_url")):
+        out.append(f"- compare: {safe_url(changes['compare_url'])}")
+    if changes.get("note"):
+        out.append(f"- {changes['note']}")
+    if not verdicts:
+        return out
+    out += ["", "## Verdicts", ""]
+    for stage in pipeline.stages:
+        st = state.stages.get(stage.id) or StageState()
+        if st.status is StageStatus.PENDING or (stage.optional and st.status is StageStatus.SKIPPED):
+            continue
+        out.append(f"- {verdict_line(stage, st)}")
+    return out
+
+
+def render(state: ReleaseState, pipeline: Pipeline, per_stage: bool = True) -> str:
+    """The release notes of one release as Markdown: the change log first, stage detail after.
+    ``per_stage=False`` leaves out the verdict list and the stage table, for a page that draws
+    every stage already (the dashboard: each stage once per view)."""
     out = [f"# Release {state.version} of {state.repo}", ""]
+    out += _changelog(state, pipeline, per_stage)
+    out += ["", "## Release", ""]
     out += _table(("Field", "Value"), [
         ("Version", state.version),
         ("Tag", _code(state.tag)),
@@ -205,13 +325,14 @@ def render(state: ReleaseState, pipeline: Pipeline) -> str:
     elif state.reason:
         out += ["", "## Stopped", "", f"Stopped at stage `{state.stopped_at_stage}`: {state.reason}"]
 
-    out += ["", "## Stages", ""]
-    rows = []
-    for stage in pipeline.stages:
-        st = state.stages.get(stage.id) or StageState()
-        rows.append((stage.number, stage.name, st.status.value, st.attempt, iso(st.started_at),
-                     duration_text(st.duration_s), _stage_detail(st)))
-    out += _table(("#", "Stage", "Result", "Attempts", "Started", "Duration", "Detail"), rows)
+    if per_stage:
+        out += ["", "## Stages", ""]
+        rows = []
+        for stage in pipeline.stages:
+            st = state.stages.get(stage.id) or StageState()
+            rows.append((stage.number, stage.name, st.status.value, st.attempt, iso(st.started_at),
+                         duration_text(st.duration_s), _stage_detail(st)))
+        out += _table(("#", "Stage", "Result", "Attempts", "Started", "Duration", "Detail"), rows)
 
     out += _tests_section(state, pipeline)
     out += _images_section(state, pipeline)

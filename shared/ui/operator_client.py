@@ -18,14 +18,12 @@ TIMEOUT_S = 30
 
 
 def id_token(settings: Settings, audience: str, as_: str | None = None) -> str:
-    import requests
-
     if settings.operator_token_url:
         email = as_ or os.environ.get("RELEASE_OPERATOR_EMAIL", "")
         if not email:
             raise PipelineError("the local token issuer needs --as WHO or RELEASE_OPERATOR_EMAIL")
-        answer = requests.post(settings.operator_token_url, json={"email": email, "audience": audience},
-                               timeout=TIMEOUT_S)
+        answer = _post(settings.operator_token_url, "the local token issuer (RELEASE_OPERATOR_TOKEN_URL)",
+                       json={"email": email, "audience": audience})
         answer.raise_for_status()
         return answer.json()["id_token"]
     import google.auth
@@ -44,18 +42,29 @@ def id_token(settings: Settings, audience: str, as_: str | None = None) -> str:
         return token
 
 
+def _post(url: str, what: str, **kwargs: Any):
+    """One POST; a server that does not answer is one plain sentence, not the library's retry report."""
+    import requests
+
+    try:
+        return requests.post(url, timeout=TIMEOUT_S, **kwargs)
+    except requests.ConnectionError:
+        raise PipelineError(f"{what} does not answer at {url}: is it running? (locally: `make demo "
+                            "DEMO_ARGS=--keep` and the export line it prints)") from None
+    except requests.Timeout:
+        raise PipelineError(f"{what} at {url} did not answer within {TIMEOUT_S}s") from None
+
+
 def call_operator(settings: Settings, action: str, params: Mapping[str, Any], *, request_id: str | None = None,
                   as_: str | None = None) -> dict[str, Any]:
     """POST the action; the function's answer, or PipelineError with its reason."""
-    import requests
-
     url = settings.require("operator_url")
     audience = settings.operator_audience or url
     body: dict[str, Any] = {"action": action, "params": dict(params)}
     if request_id:
         body["request_id"] = request_id
-    answer = requests.post(url, json=body, timeout=TIMEOUT_S,
-                           headers={"Authorization": f"Bearer {id_token(settings, audience, as_)}"})
+    answer = _post(url, "the operator function (RELEASE_OPERATOR_URL)", json=body,
+                   headers={"Authorization": f"Bearer {id_token(settings, audience, as_)}"})
     try:
         data = answer.json()
     except ValueError:

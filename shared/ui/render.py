@@ -9,6 +9,7 @@ made here is the notes' HTML, produced by markdown-it-py with raw HTML turned of
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,16 @@ def environment():
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["code_spans"] = code_spans
     return env
+
+
+def code_spans(text: str):
+    """Plain text whose `backticked` commands become <code> (everything escaped first), so a
+    banner shows ``relctl unfreeze`` as a command and not with literal backticks."""
+    from markupsafe import Markup, escape
+
+    return Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", str(escape(text))))
 
 
 def page(template: str, **values: Any) -> str:

@@ -60,9 +60,9 @@ def test_confirm_page_fits_and_puts_the_decision_first(served, page, width):
     assert scroll <= viewport, f"the approval page is {scroll}px wide in a {viewport}px window"
     summary = page.inner_text("section.summary")
     assert world.release.version in summary and world.release.commit in summary
-    assert "412 tests, 0 failures" in page.inner_text("ul.evidence")
-    assert "/ 200 in 14 ms" in page.inner_text("ul.evidence")
-    assert "Crawler: retry robots.txt fetches" in page.inner_text("ul.commits")
+    assert "412 tests, 0 failures" in page.text_content("ul.evidence")  # folded: in the page, not on the first screen
+    assert "/ 200 in 14 ms" in page.text_content("ul.evidence")  # folded: in the page, not on the first screen
+    assert "Crawler: retry robots.txt fetches" in page.text_content("ul.commits")  # folded: in the page, not on the first screen
     # One primary button, visible without opening anything; Reject is folded away.
     assert page.locator("button.primary").is_visible() and not page.locator("button.danger").is_visible()
     box = page.locator("button.primary").bounding_box()

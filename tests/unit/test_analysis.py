@@ -188,3 +188,19 @@ def test_the_checklist_is_validated_with_pointed_errors(analysis, params, messag
     with pytest.raises(DefinitionError) as raised:
         parse_pipeline(doc)
     assert f"stage 'smoke': {message}" in str(raised.value)
+
+
+def test_a_traceback_in_the_evidence_shows_its_exception_line():
+    """Issue 26: the evidence said "Traceback (most recent call last): (+2 lines)"."""
+    from shared.domain.analysis import evidence_lines
+
+    # As Cloud Logging holds an uncaught Python exception of a Cloud Run service (one entry).
+    text = ('Traceback (most recent call last):\n  File "/app/main.py", line 12, in health\n'
+            '    return 1 / 0\nZeroDivisionError: division by zero\n')
+    verdict = {"outcome": "fail", "reason": "error logs", "evidence": {
+        "error_logs": 1, "log_lines": [{"timestamp": "2027-01-15T08:00:00Z", "severity": "ERROR", "text": text}]}}
+    (line,) = [x for x in evidence_lines(verdict) if x.startswith("  2027")]
+    assert line == "  2027-01-15T08:00:00Z ERROR ZeroDivisionError: division by zero (+3 lines)"
+    one = {"outcome": "fail", "reason": "r", "evidence": {"error_logs": 1, "log_lines": [
+        {"timestamp": "t", "severity": "ERROR", "text": "db connection refused"}]}}
+    assert "  t ERROR db connection refused" in evidence_lines(one)

@@ -46,3 +46,14 @@ def test_a_lock_remembers_the_newest_supersessions_and_keeps_an_entrys_place():
     assert len(lock.superseded) == SUPERSEDED_KEPT and "r-4" not in lock.superseded and "r-5" in lock.superseded
     again = lock.supersede("r-5", Supersession("newer", ""))
     assert list(again.superseded)[0] == "r-5" and again.superseded["r-5"].by == "newer"
+
+
+def test_the_freeze_history_reads_back_as_written_and_old_documents_have_none():
+    from shared.domain.app_record import FreezeChange
+
+    record = AppRecord(freeze=Freeze("ops@example.com", 7.0, "quarter close"), freeze_history=(
+        FreezeChange("freeze", "ops@example.com", 7.0, "quarter close"), FreezeChange("unfreeze", "lead@example.com", 9.0, "")))
+    assert decode_app_record(encode_app_record(record)) == record
+    assert decode_app_record({"freeze": {"by": "a", "at": 1.0, "reason": "r"}}).freeze_history == ()
+    garbled = decode_app_record({"freeze_history": ["x", {"action": "freeze", "by": "a", "at": "soon"}]})
+    assert garbled.freeze_history == (FreezeChange("freeze", "a", None, ""),)  # a wrong type reads as absent

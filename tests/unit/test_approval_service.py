@@ -5,6 +5,7 @@ reused by the integration tests, which swap in the Firestore store and real chan
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 import urllib.parse
@@ -211,7 +212,8 @@ def test_confirm_page_shows_evidence_in_words_and_the_pushed_commits(world):
     assert "attempts" not in html and "latency_ms" not in html  # no raw result dumps
     assert "<code>0123456</code> Fix the &lt;b&gt;login&lt;/b&gt;" in html and "2 earlier commits not listed" in html
     assert 'href="https://github.com/acme/app/compare/0000111...abcdef1"' in html
-    assert html.index("Image digest") < html.index("Staging evidence") < html.index("Your decision")
+    # issue 26: a one-line summary and the decision first, the details and the folded evidence after
+    assert html.index("data-summary") < html.index("Your decision") < html.index("Image digest") < html.index("Staging evidence")
 
 
 def test_confirm_page_links_each_build_and_job_log_and_drops_other_schemes(world):
@@ -463,3 +465,13 @@ def test_confirm_page_says_what_prod_runs_now(world):
     world.service.prod_runs = lambda release: prod_runs_text(records, "app")
     _, html, _ = world.get(world.send_links()[APPROVER])
     assert "<dt>Production runs</dt><dd>version 1.2.2 (release acme-app-0123456789ab)</dd>" in html
+
+
+def test_confirm_page_links_the_release_on_the_dashboard_when_a_public_url_is_set(world):
+    """Issue 26: the approval page had no link to the dashboard."""
+    _, html, _ = world.get(world.send_links()[APPROVER])
+    assert "data-dashboard" not in html  # no public URL configured: no link that leads nowhere
+    world.service.settings = dataclasses.replace(world.service.settings, public_base_url="https://dash.example.com/")
+    _, html, _ = world.get(world.send_links()[APPROVER])
+    summary = html[html.index("data-summary"):html.index("</p>", html.index("data-summary"))]
+    assert f'href="https://dash.example.com/release/{world.release.release_id}" data-dashboard' in summary

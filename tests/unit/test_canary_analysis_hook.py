@@ -28,13 +28,13 @@ def test_the_window_ends_with_the_interval_and_spans_the_checklist_window():
 
 
 def test_a_failing_verdict_carries_numbers_window_and_log_lines():
-    line = LogLine("2027-01-15T08:01:00Z", "ERROR", "Traceback (most recent call last):\n  File x")
+    line = LogLine("2027-01-15T08:01:00Z", "ERROR", "Traceback (most recent call last):\n  File x\nKeyError: 'tenant'")
     verdict = TelemetryAnalysis(FakeTelemetry(measured(10, [line])))(CHECK, INTERVAL)
     assert verdict.verdict is ProbeVerdict.FAIL
     assert "10.0 % (10 of 100)" in verdict.evidence and "[window 2027-01-15T08:00:00Z to 2027-01-15T08:02:00Z]" in verdict.evidence
     lines = evidence_lines(verdict.details)
     assert "canary web-2: 100 requests, 10 5xx (10.0 %), P95 -" in lines
-    assert any("ERROR Traceback (most recent call last): (+1 lines)" in x for x in lines)
+    assert any("ERROR KeyError: 'tenant' (+2 lines)" in x for x in lines)  # the exception, not "Traceback"
     assert summary_line(verdict.details).startswith("analysis failed: canary 100 req, 10.0 % 5xx")
 
 

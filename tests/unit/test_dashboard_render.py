@@ -114,7 +114,7 @@ def test_every_stored_string_is_escaped(store):
     put(store, state)
     body = handle("GET", f"/release/{state.release_id}", {}, store)[1]
     assert "<script>alert" not in body and "<img src=x" not in body and "<b>bold</b>" not in body
-    assert "&lt;img src=x onerror=alert(1)&gt; &amp; &quot;quotes&quot;" in body
+    assert "&lt;img src=x onerror=alert(1)&gt; &amp; &#34;quotes&#34;" in body  # the stage box (the notes on the page leave stages to it)
     assert "javascript:" not in body
     listing = handle("GET", "/", {}, store)[1]
     assert "&lt;script&gt;alert(&#34;repo&#34;)&lt;/script&gt;" in listing and "<script>" not in listing
@@ -253,3 +253,65 @@ def test_the_timeline_and_the_notes_are_html_with_every_value_escaped(store):
     data = json.loads(handle("GET", f"/api/release/{state.release_id}", {}, store)[1])
     assert data["timeline"][0]["text"].endswith("rejected approval (attempt 1) by boss@example.com: "
                                                 "<script>alert(1)</script> not yet")
+
+
+def test_the_freeze_banner_shows_the_command_as_code_not_backticks():
+    from shared.ui.dashboard import release_page
+
+    state = succeeded_release()
+    state.status = ReleaseStatus.RUNNING
+    progress = {"text": "", "stalled_text": "", "freeze_events": [],
+                "freeze_text": "prod is frozen by ops@example.com since 2027-01-15T08:00:00Z: <quarter> close; "
+                               "no release enters prod until `relctl unfreeze`"}
+    html = release_page(state, PIPELINE, "n", progress)
+    banner = re.search(r"<p class=\"reason\" data-freeze>(.*?)</p>", html).group(1)
+    assert banner.endswith("until <code>relctl unfreeze</code>") and "`" not in banner
+    assert "&lt;quarter&gt; close" in banner  # still escaped
+
+
+def test_a_release_waiting_for_approval_says_who_may_approve_and_how():
+    from shared.domain.state import StageState
+    from shared.ui.dashboard import release_page
+
+    state = succeeded_release()
+    state.status = ReleaseStatus.AWAITING_APPROVAL
+    state.approval = {}
+    state.stages["approval"] = StageState(status=StageStatus.WAITING, attempt=1, started_at=T0, deadline=T0 + 3600)
+    html = release_page(state, PIPELINE, "n", {"text": "", "stalled_text": "", "freeze_text": "", "read_at": T0})
+    live = re.findall(r"<li data-live>(.*?)</li>", html)
+    assert live == [f"to decide, boss@example.com opens the link mailed to them, or runs <code>relctl approve "
+                    f"{state.release_id}</code> (relctl reject, with --reason, says no)"], live
+
+
+def test_the_where_page_lists_what_each_service_serves_and_the_release_behind_it():
+    from shared.app.ports import ServingRevision
+    from shared.app.where import Placement
+
+    placements = {"mini": [Placement("prod", "web", ServingRevision("web-2", 90, "", "eu-docker.pkg.dev/p/r/web:v1",
+                                                                     "1-2-3", "abcdef1", T0), "acme-app-1", "prod-deploy",
+                                     T0 + 5),
+                           Placement("prod", "web", ServingRevision("web-1", 10), "", "", None)]}
+    status, html, _ = handle("GET", "/where", {}, FakeStore(), where=lambda: placements)
+    assert status == 200
+    rows = re.findall(r'<tr data-service="web" data-environment="prod">(.*?)</tr>', html, re.S)
+    assert len(rows) == 2
+    assert "<code>web-2</code>" in rows[0] and "90 %" in rows[0] and "1-2-3" in rows[0]
+    assert 'href="release/acme-app-1"' in rows[0] and "2027-01-15T08:00:05Z" in rows[0]
+    assert "no release we know" in rows[1]
+    status, body, _ = handle("GET", "/api/where", {}, FakeStore(), where=lambda: placements)
+    assert json.loads(body)["apps"][0]["placements"][0]["serving"]["percent"] == 90
+    assert handle("GET", "/where", {}, FakeStore())[0] == 404
+
+
+def test_production_runs_says_what_prod_serves_now():
+    """Issue 26: the approval page said "nothing released to prod yet" while prod served 0.9.0."""
+    from shared.app.ports import ServingRevision
+    from shared.app.where import Placement, prod_runs_text
+
+    assert prod_runs_text([]) == "nothing serves in prod yet"
+    assert prod_runs_text([
+        Placement("staging", "web", ServingRevision("web-s", 100, version="1-0-0")),
+        Placement("prod", "web", ServingRevision("web-9", 90, version="0-9-0", commit="1234567")),
+        Placement("prod", "web", ServingRevision("web-10", 10, version="1-0-0", commit="abcdef1"), "acme-app-1"),
+        Placement("prod", "web", ServingRevision("web-old", 0, tag="canary"))]) == (
+        "web: 90 % version 0-9-0 (commit 1234567); web: 10 % version 1-0-0 (commit abcdef1, release acme-app-1)")

@@ -156,3 +156,26 @@ def test_after_a_rolled_back_canary_a_replay_of_a_later_stage_is_refused_naming_
     replayed, state = step(state, StageReplay(eid(), state.release_id, "prod-deploy", "r-2", "ops@example.com", "again"))
     assert replayed.outcome.value == "applied", replayed.reason
     assert not state.stages["prod-deploy"].result.get("rolled_back")  # the new attempt starts clean
+
+
+def test_after_a_rolled_back_canary_the_notice_names_the_replay_the_gate_accepts():
+    """Issue 26: the notice said "replay prod-smoke", which fails at once (the canary tag is gone)."""
+    from shared.domain.commands import Notify
+
+    state = new_release(PIPELINE, repo="acme/app", ref="refs/heads/main", commit="abcdef1234567890",
+                        version="1.2.3", pushed_by="dev@example.com", now=T0)
+    _, state = step(state, ReleaseStarted(eid(), state.release_id))
+    state = until(state, "prod-deploy")
+    run = state.stages["prod-deploy"]
+    _, state = step(state, StageFinished(eid(), state.release_id, "prod-deploy", run.stage_run_id, Outcome.SUCCEEDED,
+                                         "", {"revisions": [{"service": "web", "revision": "web-2", "percent": 10,
+                                                             "serving_before": "web-1"}]}))
+    state = until(state, "prod-smoke")
+    decision, state = step(state, StageFinished(eid(), state.release_id, "prod-smoke",
+                                                state.stages["prod-smoke"].stage_run_id, Outcome.FAILED, "500"))
+    (notice,) = [c for c in decision.commands if isinstance(c, Notify)]
+    assert f"`relctl replay {state.release_id} prod-deploy --reason \"…\"` (or push a new commit)." in notice.message
+    assert "replay " + state.release_id + " prod-smoke" not in notice.message
+    replayed, state = step(state, StageReplay(eid(), state.release_id, "prod-deploy", "r-1", "ops@example.com", "again"))
+    assert replayed.outcome.value == "applied", replayed.reason
+    assert state.stages["prod-deploy"].status is StageStatus.QUEUED and state.waiting_for == "prod"  # lock first

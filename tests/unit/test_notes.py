@@ -211,6 +211,44 @@ def test_superseded_release_says_by_whom_not_stopped():
     assert "## Stopped" not in notes
 
 
+def test_a_traffic_share_taken_back_by_a_rollback_says_what_serves_now():
+    """Issue 26: prod-deploy still said "10 % traffic since …" after the canary was rolled back."""
+    from shared.domain.state import StageState
+    from shared.ui.notes import traffic_now_text
+
+    stage = parse_pipeline({"name": "p", "stages": [
+        {"id": "approval", "kind": "approval", "environment": "prod", "timeout": "1h",
+         "params": {"approvers": [APPROVER]}},
+        {"id": "prod-deploy", "kind": "deploy", "environment": "prod", "timeout": "5m",
+         "params": {"services": ["web"], "traffic_percent": 10}}]}).stage("prod-deploy")
+    st = StageState(status=StageStatus.SUCCEEDED, attempt=1, started_at=T0, finished_at=T0 + 5,
+                    result={"revisions": [{"service": "web", "revision": "web-2", "percent": 10}]})
+    assert traffic_now_text(stage, st) == "10 % traffic since 2027-01-15T08:00:05Z"
+    st.result["rolled_back"] = [{"service": "web", "from": "web-2", "revision": "web-1", "at": T0 + 65,
+                                 "by": "", "why": "prod-smoke failed"}]
+    assert traffic_now_text(stage, st) == ("10 % from 2027-01-15T08:00:05Z until rolled back at "
+                                           "2027-01-15T08:01:05Z; web serves web-1 now")
+
+
+def test_the_notes_open_with_a_change_log_then_the_stage_detail():
+    """Issue 26: the notes were 100 lines of stage tables with no commit list."""
+    state = succeeded_release()
+    state.changes = {"commits": [{"id": "abcdef1234", "message": "Fix the login", "author": "Dana"},
+                                 {"id": "1234567abc", "message": "Faster search", "author": "Lee"}],
+                     "total": 3, "source": "github compare",
+                     "compare_url": "https://github.com/acme/app/compare/0123456...abcdef1"}
+    notes = render(state, PIPELINE)
+    head = notes[:notes.index("## Release\n")]
+    assert head.splitlines()[2] == ("**1.2.3** (`v1.2.3-abcdef1`) of acme/app: succeeded, approved by "
+                                    f"{APPROVER} at {iso(state.approval['at'])}")
+    assert "## Changes since prod\n\n- `abcdef1` Fix the login — Dana\n- `1234567` Faster search — Lee\n" \
+           "- … and 1 more\n- compare: https://github.com/acme/app/compare/0123456...abcdef1\n" in head
+    verdicts = head[head.index("## Verdicts"):].splitlines()[2:]
+    assert "- 2 Unit tests: succeeded in 42.5s — 120 tests, 0 failures, 0 errors, 3 skipped" in verdicts
+    assert all(line.startswith("- ") for line in verdicts if line)
+    assert notes.index("## Verdicts") < notes.index("## Release\n") < notes.index("## Stages")
+
+
 def test_the_images_section_names_the_digest_each_deploy_ran():
     state = succeeded_release()
     image = "europe-west3-docker.pkg.dev/p/r/app@sha256:" + "cd" * 32

@@ -53,3 +53,15 @@ def test_an_approval_in_progress_is_a_human_wait():
     assert p["stage"] == "approval" and p["waits_for_human"] and p["remaining_s"] == len(STAGES[STAGES.index("approval") + 1:])
     state = settle(decide(PIPELINE, state, approval(state), T0 + 61).state, T0 + 61)
     assert progress(state, PIPELINE, {}, T0 + 62)["stage"] == "prod-migrate"
+
+
+def test_a_stopped_release_took_until_its_stage_failed_and_the_time_stops_there():
+    """Issue 26: the "took" of a stopped release kept growing while it waited for a replay."""
+    from shared.domain.events import Outcome
+
+    state = run_to("unit")
+    state = decide(PIPELINE, state, finished(state, "unit", Outcome.FAILED, "3 tests failed"), T0 + 42).state
+    assert state.status.value == "stopped"
+    for later in (T0 + 60, T0 + 86_400):
+        p = progress(state, PIPELINE, {}, later)
+        assert (p["stage"], p["release_elapsed_s"]) == ("", 42)

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 from google.api_core import exceptions as gexc
 
 from shared.app.config import Settings
-from shared.domain.errors import ExecutorError
+from shared.domain.errors import ExecutorError, ResourceNotFound
 from shared.adapters.executors.calls import ApiCaller
 from shared.adapters.executors.registry import last_good_tag, parse_release_tag, repository_path, tag_exists
 from shared.adapters.executors.run_services import new_template, service_path
@@ -107,7 +107,7 @@ def rollback_to_tag(settings: Settings, service: str, tag: str, *, image: str | 
 
     if not caller.call(f"looking up {ref}", lambda: tag_exists(settings, image, docker_tag(tag), clients["artifact_registry"],
                                                                caller.timeout)):
-        raise ExecutorError(f"{ref} is not in the registry; cannot roll {service} back to it")
+        raise ResourceNotFound(f"{ref} is not in the registry; cannot roll {service} back to it")
     if pipeline is None:
         pipeline = load_pipeline(settings.pipeline_file)
     variables = {"tag": tag, "version": str(release.version), "commit": release.commit, "release_id": "",

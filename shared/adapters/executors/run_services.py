@@ -17,7 +17,7 @@ from google.api_core import exceptions as gexc
 
 from shared.domain.commands import StartStage
 from shared.app.config import Settings
-from shared.domain.errors import ExecutorError
+from shared.domain.errors import ExecutorError, ResourceNotFound
 from shared.domain.events import Outcome
 from shared.adapters.executors.calls import ApiCaller
 from shared.adapters.executors.substitute import release_image, substitute, variables_for
@@ -300,7 +300,7 @@ class TrafficExecutor(_ServiceStages):
         name = service_path(self.settings, service_id)
         service = self._get_service(name)
         if service is None:
-            raise ExecutorError(f"service {service_id} does not exist; the deploy stage must run first")
+            raise ResourceNotFound(f"service {service_id} does not exist; the deploy stage must run first")
         current = current_split(service)
         revision = self._release_revision(name, labels, current)
         if revision is None:
@@ -370,7 +370,7 @@ def rollback(settings: Settings, service: str, to_revision: str | None = None, *
             chosen = clients["revisions"].get_revision(name=f"{name}/revisions/{choice.revision}", retry=None,
                                                        timeout=caller.timeout)
         except gexc.NotFound:
-            raise ExecutorError(f"revision {choice.revision} of {service} does not exist") from None
+            raise ResourceNotFound(f"revision {choice.revision} of {service} does not exist") from None
         answer = {
             "service": service, "revision": choice.revision, "forced": choice.forced,
             "from": ", ".join(r for r, _ in sorted(serving, key=lambda t: -t[1]) if r != choice.revision),
