@@ -39,7 +39,8 @@ APPROVER = "approver@example.com"  # pipelines/sample.yaml
 RELCTL_KEYS = ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS",
                "RELEASE_PROJECT", "RELEASE_REGION",
                "RELEASE_PIPELINE_FILE", "RELEASE_CLOUD_RUN_ENDPOINT", "RELEASE_IAM_ENDPOINT",
-               "RELEASE_ARTIFACT_REGISTRY", "RELEASE_ARTIFACT_REGISTRY_ENDPOINT")
+               "RELEASE_ARTIFACT_REGISTRY", "RELEASE_ARTIFACT_REGISTRY_ENDPOINT",
+               "RELEASE_COLLECTION_PREFIX")  # only when a stack keeps its releases apart (tests)
 LINK = re.compile(r"(http://127\.0\.0\.1:\d+/\?token=[A-Za-z0-9_\-.=%]+)")
 
 

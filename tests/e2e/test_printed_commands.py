@@ -28,10 +28,14 @@ from tests.integration.test_cli import RELCTL
 pytestmark = pytest.mark.emulators
 PRINTED = re.compile(r"(?:`|run: )(relctl [^`\n]+?)(?:`|$)", re.M)
 
+# Its own collections: the other e2e files share the session's emulators and release the same
+# sample app and commit (their pushes would meet this file's releases and version floor).
+PREFIX = "printed_"
+
 
 @pytest.fixture(scope="module")
 def stack(emulators, tmp_path_factory):
-    with Mailbox() as mailbox, LocalStack(workdir=tmp_path_factory.mktemp("stack"), smtp_port=mailbox.port,
+    with Mailbox() as mailbox, LocalStack(workdir=tmp_path_factory.mktemp("stack"), smtp_port=mailbox.port, collection_prefix=PREFIX,
                                           reuse_emulators={"firestore": emulators["firestore"],
                                                            "pubsub": emulators["pubsub"]}) as running:
         running.mailbox = mailbox
@@ -86,7 +90,7 @@ def test_every_command_printed_during_a_successful_release_works(stack):
 
     from shared.adapters.firestore_store import FirestoreStore
 
-    store = FirestoreStore(firestore.Client(project=PROJECT), Settings(project=PROJECT))
+    store = FirestoreStore(firestore.Client(project=PROJECT), Settings(project=PROJECT, collection_prefix=PREFIX))
     operator = Operator(relctl_env_line(stack))
     code, out, err = operator.run("relctl preflight")  # the export line carries the stand-in and a key
     assert code == 0, out + err
@@ -159,7 +163,7 @@ def store_of():
 
     from shared.adapters.firestore_store import FirestoreStore
 
-    return FirestoreStore(firestore.Client(project=PROJECT), Settings(project=PROJECT))
+    return FirestoreStore(firestore.Client(project=PROJECT), Settings(project=PROJECT, collection_prefix=PREFIX))
 
 
 def test_every_command_printed_around_a_cancel_and_a_freeze_works(stack):
@@ -255,7 +259,7 @@ def test_relctl_and_the_dashboard_say_what_runs_where(stack):
 # -- a bad canary, on a stack whose prod deploy is one -------------------------------------------
 @pytest.fixture(scope="module")
 def bad_stack(emulators, tmp_path_factory):
-    with Mailbox() as mailbox, LocalStack(workdir=tmp_path_factory.mktemp("bad-stack"), smtp_port=mailbox.port,
+    with Mailbox() as mailbox, LocalStack(workdir=tmp_path_factory.mktemp("bad-stack"), smtp_port=mailbox.port, collection_prefix=PREFIX,
                                           pipeline_file=bad_canary_pipeline(),
                                           reuse_emulators={"firestore": emulators["firestore"],
                                                            "pubsub": emulators["pubsub"]}) as running:

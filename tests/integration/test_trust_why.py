@@ -126,9 +126,10 @@ def test_relctl_validate_refuses_prod_stages_that_can_run_unapproved(tmp_path, s
     approval = next(s for s in DOC["stages"] if s["id"] == "approval")
     others = [s for s in DOC["stages"] if s["id"] != "approval"]
     path = tmp_path / "pipeline.yaml"
-    path.write_text(json.dumps({**DOC, "stages": others + ([approval] if shape == "approval last" else [])}))
+    path.write_text(json.dumps({**DOC, "repositories": ["acme/app"],
+                                "stages": others + ([approval] if shape == "approval last" else [])}))
     answer = relctl_validate(path)
     assert answer.returncode == 2, (answer.returncode, answer.stdout, answer.stderr)
     assert "stage 'prod-migrate'" in answer.stderr and "after a passed approval" in answer.stderr, answer.stderr
-    path.write_text(json.dumps(DOC))  # the same stages in a safe order validate
+    path.write_text(json.dumps({**DOC, "repositories": ["acme/app"]}))  # the same stages in a safe order validate
     assert relctl_validate(path).returncode == 0
