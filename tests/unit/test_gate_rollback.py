@@ -133,9 +133,8 @@ def test_a_failed_canary_rolls_back_the_background_services_the_deploy_rolled_in
     assert rollback.targets == {"web": "web-base", "worker": "worker-base"}
 
 
-def test_after_a_rolled_back_canary_a_replay_of_a_later_stage_is_refused_naming_the_deploy():
-    """Found by tests/integration/test_rollback_properties.py: [push, approve, deploy, smoke fails (rolled
-    back), replay prod-smoke, smoke passes] put 100 % on the rolled-back revision through traffic-100."""
+def failed_canary():
+    """A release whose canary web-2 (10 %, web-1 before it) failed its prod smoke: (decision, state)."""
     state = new_release(PIPELINE, repo="acme/app", ref="refs/heads/main", commit="abcdef1234567890",
                         version="1.2.3", pushed_by="dev@example.com", now=T0)
     _, state = step(state, ReleaseStarted(eid(), state.release_id))
@@ -145,8 +144,14 @@ def test_after_a_rolled_back_canary_a_replay_of_a_later_stage_is_refused_naming_
                                          "", {"revisions": [{"service": "web", "revision": "web-2", "percent": 10,
                                                              "serving_before": "web-1"}]}))
     state = until(state, "prod-smoke")
-    _, state = step(state, StageFinished(eid(), state.release_id, "prod-smoke",
-                                         state.stages["prod-smoke"].stage_run_id, Outcome.FAILED, "500"))
+    return step(state, StageFinished(eid(), state.release_id, "prod-smoke",
+                                     state.stages["prod-smoke"].stage_run_id, Outcome.FAILED, "500"))
+
+
+def test_after_a_rolled_back_canary_a_replay_of_a_later_stage_is_refused_naming_the_deploy():
+    """Found by tests/integration/test_rollback_properties.py: [push, approve, deploy, smoke fails (rolled
+    back), replay prod-smoke, smoke passes] put 100 % on the rolled-back revision through traffic-100."""
+    _, state = failed_canary()
     deployed = state.stages["prod-deploy"]
     deployed.result = {**deployed.result, "rolled_back": [  # what the dispatcher records once the RollBack ran
         {"service": "web", "from": "web-2", "to": "web-1", "at": T0, "by": "the gate", "why": "smoke failed"}]}
@@ -162,17 +167,7 @@ def test_after_a_rolled_back_canary_the_notice_names_the_replay_the_gate_accepts
     """Issue 26: the notice said "replay prod-smoke", which fails at once (the canary tag is gone)."""
     from shared.domain.commands import Notify
 
-    state = new_release(PIPELINE, repo="acme/app", ref="refs/heads/main", commit="abcdef1234567890",
-                        version="1.2.3", pushed_by="dev@example.com", now=T0)
-    _, state = step(state, ReleaseStarted(eid(), state.release_id))
-    state = until(state, "prod-deploy")
-    run = state.stages["prod-deploy"]
-    _, state = step(state, StageFinished(eid(), state.release_id, "prod-deploy", run.stage_run_id, Outcome.SUCCEEDED,
-                                         "", {"revisions": [{"service": "web", "revision": "web-2", "percent": 10,
-                                                             "serving_before": "web-1"}]}))
-    state = until(state, "prod-smoke")
-    decision, state = step(state, StageFinished(eid(), state.release_id, "prod-smoke",
-                                                state.stages["prod-smoke"].stage_run_id, Outcome.FAILED, "500"))
+    decision, state = failed_canary()
     (notice,) = [c for c in decision.commands if isinstance(c, Notify)]
     assert f"`relctl replay {state.release_id} prod-deploy --reason \"…\"` (or push a new commit)." in notice.message
     assert "replay " + state.release_id + " prod-smoke" not in notice.message
