@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import datetime
 import json
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from google.auth import crypt, jwt
+
+from local.json_http import JsonHandler, LoopbackServer
 
 TOKEN_LIFETIME_S = 3600
 
@@ -47,7 +47,7 @@ class LocalTokenIssuer:
         self.key_id = uuid.uuid4().hex[:16]
         private, self.certificate = _key_and_certificate("local-token-issuer")
         self.signer = crypt.RSASigner.from_string(private, key_id=self.key_id)
-        self._server: ThreadingHTTPServer | None = None
+        self._server: LoopbackServer | None = None
         self.url = ""
 
     @property
@@ -79,7 +79,7 @@ class LocalTokenIssuer:
     def start(self) -> "LocalTokenIssuer":
         issuer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_GET(self):  # noqa: N802 (http.server's naming)
                 if self.path != "/certs":
                     return self._answer(404, {"error": "not found"})
@@ -95,24 +95,11 @@ class LocalTokenIssuer:
                     return self._answer(400, {"error": 'body must be {"email": ..., "audience": ...}'})
                 self._answer(200, {"id_token": issuer.mint(email, audience)})
 
-            def _answer(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True, name="token-issuer").start()
+        self._server = LoopbackServer(Handler, "token-issuer")
+        self.url = self._server.url
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.close()
             self._server = None

@@ -32,7 +32,6 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
 
@@ -40,6 +39,7 @@ from google.auth import exceptions as auth_exceptions
 from google.auth import crypt, jwt
 
 from deploy.wif import evaluate
+from local.json_http import JsonHandler, LoopbackServer
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 SUBJECT_TOKEN_TYPES = ("urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:id_token")
@@ -127,7 +127,7 @@ class LocalWorkloadIdentity:
     _federated: dict[str, _Federated] = field(default_factory=dict)
     issued: list[tuple[str, str]] = field(default_factory=list)  # (account, principal), for tests
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _server: ThreadingHTTPServer | None = None
+    _server: LoopbackServer | None = None
     url: str = ""
 
     # -- the two calls, without HTTP ------------------------------------------------------
@@ -213,7 +213,7 @@ class LocalWorkloadIdentity:
     def start(self) -> "LocalWorkloadIdentity":
         wif = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_POST(self):  # noqa: N802 (http.server's naming)
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode("utf-8", "replace")
                 try:
@@ -228,24 +228,11 @@ class LocalWorkloadIdentity:
                     return self._answer(refused.status, refused.body)
                 self._answer(200, answer)
 
-            def _answer(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True, name="local-wif").start()
+        self._server = LoopbackServer(Handler, "local-wif")
+        self.url = self._server.url
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.close()
             self._server = None
