@@ -18,8 +18,12 @@ demo: $(STAMP)
 	$(PY) -m local.demo $(DEMO_ARGS)
 
 ## Run the whole test suite (unit, integration against the emulators, e2e).
+# The tests spend most of their time waiting on real clocks (stage deadlines, bakes, redelivery),
+# so the files run on TEST_WORKERS pytest-xdist workers; a file stays on one worker (its module
+# fixtures, e.g. a local stack, start once) and each worker starts its own emulators.
+TEST_WORKERS ?= 4
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

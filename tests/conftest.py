@@ -15,6 +15,9 @@ from local.emulators import start_emulator
 
 PROJECT = "test-project"
 OUTPUT = Path(__file__).resolve().parent.parent / "test-output"
+# `make test` runs the files on several pytest-xdist workers, each with its own emulators: each
+# worker writes its logs to its own folder so that no two processes append to one file.
+LOGS = OUTPUT / "logs" / os.environ.get("PYTEST_XDIST_WORKER", "")
 
 
 @pytest.fixture(scope="session")
@@ -22,9 +25,9 @@ def emulators():
     """Start both emulators; set FIRESTORE_EMULATOR_HOST / PUBSUB_EMULATOR_HOST for the session."""
     started = []
     try:
-        firestore = start_emulator("firestore", PROJECT, OUTPUT / "logs")
+        firestore = start_emulator("firestore", PROJECT, LOGS)
         started.append(firestore)
-        pubsub = start_emulator("pubsub", PROJECT, OUTPUT / "logs")
+        pubsub = start_emulator("pubsub", PROJECT, LOGS)
         started.append(pubsub)
         saved = {k: os.environ.get(k) for k in ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")}
         os.environ["FIRESTORE_EMULATOR_HOST"] = firestore.host

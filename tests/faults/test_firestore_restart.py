@@ -13,7 +13,7 @@ import pytest
 from local.emulators import Emulator, free_port, start_emulator
 from shared.domain.gate import GateOutcome
 from shared.domain.state import ReleaseStatus, StageStatus
-from tests.conftest import OUTPUT
+from tests.conftest import LOGS
 from shared.testing.fakes import FakeExecutor
 from tests.faults import rig
 
@@ -44,7 +44,7 @@ def own_firestore(emulators, tmp_path, monkeypatch):
     """A Firestore emulator of this test's own (the session's one must not be restarted)."""
     port = free_port()
     host = f"127.0.0.1:{port}"
-    log_dir = OUTPUT / "logs" / "firestore-restart"
+    log_dir = LOGS / "firestore-restart"
     export_dir = tmp_path / "export"
     box = {"emulator": start_firestore(port, export_dir, log_dir)}
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", host)  # the clients below talk to this one

@@ -2,7 +2,6 @@
 over gRPC against the local stand-in's GetIamPolicy."""
 from __future__ import annotations
 
-from pathlib import Path
 from types import MappingProxyType
 
 import grpc
@@ -18,19 +17,19 @@ from shared.adapters.executors.calls import ApiCaller, RetryPolicy
 from shared.adapters.executors.preflight import PreflightExecutor
 from shared.domain.pipeline import Stage, StageKind, load_pipeline
 from shared.domain.preflight import check_permissions
+from tests.conftest import LOGS
 from tests.seed import REQUIRED_ROLES
 
 PROJECT = "acme-release"
 SA = f"release-pipeline@{PROJECT}.iam.gserviceaccount.com"
 MEMBER = f"serviceAccount:{SA}"
-OUTPUT = Path(__file__).resolve().parents[2] / "test-output"
 
 
 @pytest.fixture(scope="module")
 def standin(tmp_path_factory):
     server = StandIn(StandInConfig(project=PROJECT, region="europe-west3",
                                    workspace=tmp_path_factory.mktemp("standin-ws"), local_images=frozenset(),
-                                   pubsub_emulator_host=None, log_dir=OUTPUT / "logs" / "standin-preflight"))
+                                   pubsub_emulator_host=None, log_dir=LOGS / "standin-preflight"))
     server.start()
     yield server
     server.stop()
