@@ -5,6 +5,7 @@ it from Google; what it does behind each call is deliberately small.
 """
 from __future__ import annotations
 
+import collections
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -232,6 +233,9 @@ class Registry:
     services: dict[str, list[Method]] = field(default_factory=dict)
     # guard(method, request, metadata) raises ApiError when the caller may not make the call.
     guard: Callable[[str, Any, dict], None] | None = None
+    # Calls received per method, refused ones included (what the API's audit log would count).
+    calls: collections.Counter[str] = field(default_factory=collections.Counter)
+    _calls_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, service: str, name: str, handler: Callable[[Any], Any], request_type: type,
             response_type: type) -> None:
@@ -252,6 +256,8 @@ class Registry:
 
     def _wrap(self, method: Method) -> Callable[[Any, grpc.ServicerContext], Any]:
         def call(request: Any, context: grpc.ServicerContext) -> Any:
+            with self._calls_lock:  # one server, many threads
+                self.calls[method.name] += 1
             fault = self.faults.take(method.name)
             if fault is not None:
                 context.abort(fault.code, fault.message)

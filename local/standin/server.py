@@ -75,6 +75,7 @@ class StandIn:
         self.logs.start()
         self._notifier.start()
         registry = Registry(self._faults, guard=self.guard.check)
+        self.api_calls = registry.calls  # method name -> calls received
         for service in (self._builds, self._jobs, self._services, self._iam, self._artifacts, self._tasks,
                         IamAdminService(self.guard), self.monitoring, self.logging, self.secrets):
             service.register(registry)

@@ -10,14 +10,16 @@ If it dies in between, any later event for the release, or the redelivery of the
 same event, finds the batch with an expired lease, claims it with a conditional
 write and carries it out again. Executors are idempotent per stage-run id (they
 look for the build, execution or revision tagged with it first), so a repeat
-starts nothing twice. Cost per transition: one read, two writes.
+starts nothing twice; only the first carry-out, by the handler whose write made
+the run id, may skip that lookup (StartStage.known_new). Cost per transition:
+one read, two writes.
 """
 from __future__ import annotations
 
 import hmac
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 from shared.domain.commands import (
@@ -229,7 +231,8 @@ class Dispatcher:
                 return self._stop_oversized(state, token, exc)
             log.info("%s %s: %s", event.type.value, decision.outcome.value, decision.reason)
             if decision.commands:
-                self._carry_out(pipeline, new, token, event.id, decision.commands)
+                self._carry_out(pipeline, new, token, event.id, decision.commands,
+                                new_runs_until=now + self._lease_s / 2)
             if self.reporting is not None:  # after the write and the commands: it never holds the release
                 self.reporting.sync(pipeline, new)
             return decision
@@ -273,19 +276,24 @@ class Dispatcher:
 
     # -- side effects ---------------------------------------------------------
     def _carry_out(
-        self, pipeline: Pipeline, state: ReleaseState, token: Any, batch_id: str, commands: tuple[Command, ...]
+        self, pipeline: Pipeline, state: ReleaseState, token: Any, batch_id: str, commands: tuple[Command, ...],
+        new_runs_until: float | None = None,
     ) -> None:
+        """``new_runs_until``: given by the handler that just wrote the batch. Until then (half
+        its lease: a handler that is slower may have been taken over) its starts are of run ids
+        nothing carries yet, and the executors skip their lookup (StartStage.known_new)."""
         handles: dict[str, dict[str, Any]] = {}
-        changes = self._execute(pipeline, state, commands, handles)
+        changes = self._execute(pipeline, state, commands, handles, new_runs_until)
         if self.histories is not None:
             record_batch(self.histories, pipeline, state, commands, handles, self.clock.now(), batch_id)
         self._complete(state, token, batch_id, handles, changes)
 
     def _execute(self, pipeline: Pipeline, state: ReleaseState, commands: tuple[Command, ...],
-                 handles: dict[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
+                 handles: dict[str, dict[str, Any]] | None = None,
+                 new_runs_until: float | None = None) -> dict[str, Any] | None:
         """Carry out ``commands``, the executors' handles into ``handles``; returns what the
         approval request learnt of the release's changes (GitHub's compare), None if nothing."""
-        batch = _Batch(pipeline, state, {} if handles is None else handles)
+        batch = _Batch(pipeline, state, {} if handles is None else handles, new_runs_until=new_runs_until)
         for command in commands:
             COMMAND_HANDLERS[type(command)](self, batch, command)
         return batch.changes
@@ -449,9 +457,12 @@ class _Batch:
     state: ReleaseState
     handles: dict[str, dict[str, Any]]
     changes: dict[str, Any] | None = None
+    new_runs_until: float | None = None  # see Dispatcher._carry_out
 
 
 def _start_stage(d: Dispatcher, batch: _Batch, command: StartStage) -> None:
+    if batch.new_runs_until is not None and d.clock.now() < batch.new_runs_until:
+        command = replace(command, known_new=True)
     batch.handles[command.stage] = d._start(batch.pipeline, command)
 
 

@@ -20,6 +20,12 @@ class StartStage:
     # Pinned inputs: identical for every attempt of the release (tag, version, commit), and
     # ``digest``, the image the release's build reported, once a stage before this one did.
     inputs: Mapping[str, Any] = field(default_factory=dict)
+    # Never stored with its batch: True only for the start carried out by the handler that wrote
+    # the batch, well within the batch's lease. The run id was made by that write (the gate
+    # mints one per attempt), so no build, execution or revision can carry it yet and the
+    # executor may skip its lookup. A recovered batch is read back without it: the lookup then
+    # finds what the dead handler may have started.
+    known_new: bool = field(default=False, compare=False)
     name = "start_stage"
 
 
@@ -140,6 +146,7 @@ def command_to_dict(command: Command) -> dict[str, Any]:
         data["approvers"] = list(command.approvers)
     if isinstance(command, StartStage):
         data["inputs"] = dict(command.inputs)
+        del data["known_new"]
     if isinstance(command, RollBack):
         data["services"] = list(command.services)
         data["targets"] = dict(command.targets)

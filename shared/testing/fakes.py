@@ -240,6 +240,10 @@ class FakeExecutor:
         self._lock = threading.Lock()
         self.started: dict[str, StartStage] = {}
         self.starts: collections.Counter[str] = collections.Counter()
+        self.commands: list[StartStage] = []  # every start, in order
+        # What the real executors create per stage-run id: a start looks for the run's build
+        # first and reuses it, unless it is ``known_new`` (then it creates one whatever exists).
+        self.created: collections.Counter[str] = collections.Counter()
         self.finish_at_once = finish_at_once
         self.delay_s = delay_s
         self.hook = hook
@@ -253,6 +257,9 @@ class FakeExecutor:
         with self._lock:
             self.starts[command.stage_run_id] += 1
             self.started.setdefault(command.stage_run_id, command)
+            self.commands.append(command)
+            if command.known_new or not self.created[command.stage_run_id]:
+                self.created[command.stage_run_id] += 1
         if self.delay_s:
             time.sleep(self.delay_s)
         if self.hook is not None:

@@ -68,8 +68,11 @@ def start_first_stage(settings, store, standin) -> str:
     """A release whose stage s1 runs (one build on the stand-in)."""
     rid = rig.create_release(store)
     live = rig.dispatcher(store, {"build": rig.build_executor(settings)}, settings)
+    lookups = standin.api_calls["ListBuilds"]
     assert live.handle_message(f"{rid}-start", {}, rig.started(rid)).outcome is GateOutcome.APPLIED
     assert len(rig.builds_for(standin, f"{rid}.s1.a1")) == 1
+    # The handler that wrote the batch made the run id: no build can carry it yet, so no lookup.
+    assert standin.api_calls["ListBuilds"] == lookups
     return rid
 
 
@@ -103,7 +106,9 @@ def test_killed_between_state_write_and_side_effect_starts_exactly_one_build(env
 
     later = FakeClock(time.time() + settings.outbox_lease_s + 1)
     redelivery = rig.dispatcher(store, {"build": executor}, settings, clock=later)
+    lookups = standin.api_calls["ListBuilds"]
     decision = redelivery.handle_message(f"{rid}-s1-done", {}, rig.finished(rid, "s1"))
+    assert standin.api_calls["ListBuilds"] == lookups + 1, "the recovered start looked for the dead one's build"
     assert decision.outcome is GateOutcome.DUPLICATE  # the transition itself happened once, before the kill
     builds = rig.builds_for(standin, s2)
     assert len(builds) == 1, f"{len(builds)} builds for {s2}"

@@ -135,6 +135,34 @@ def test_once_the_lease_runs_out_any_event_claims_the_batch_and_carries_it_out(r
     assert executor.starts == {f"{rid}.lint.a1": 2}
 
 
+def test_the_handler_that_wrote_the_batch_starts_without_a_lookup_a_recovered_batch_looks_first():
+    executor = FakeExecutor()
+    dispatcher, rid = crashed_after_the_state_write(executor)  # died after creating the build
+    (stored,) = state_of(dispatcher, rid).outbox[0]["commands"]
+    assert "known_new" not in stored, "the batch as stored does not say its starts are new"
+    dispatcher.clock.advance(SETTINGS.outbox_lease_s)
+    dispatcher.handle(Tick("t1", rid))
+    assert [c.known_new for c in executor.commands] == [True, False]
+    assert executor.created == {f"{rid}.lint.a1": 1}, "the recovered start found the dead handler's build"
+
+
+def test_a_handler_slower_than_half_its_lease_looks_before_it_starts():
+    """It may have been taken over meanwhile (the lease is by the clock of whoever reads it)."""
+    executor = FakeExecutor()
+    dispatcher = make(executor)
+    clock = dispatcher.clock
+
+    class SlowWrites(FakeStore):
+        def update(self, state, token):
+            clock.advance(SETTINGS.outbox_lease_s / 2)
+            return super().update(state, token)
+
+    dispatcher.store = SlowWrites()
+    rid = started(dispatcher)
+    dispatcher.handle(ReleaseStarted("e1", rid))
+    assert [c.known_new for c in executor.commands] == [False]
+
+
 def test_of_two_handlers_that_find_the_same_expired_batch_only_one_claims_it():
     executor = FakeExecutor()
     dispatcher, rid = crashed_after_the_state_write(executor)

@@ -163,7 +163,9 @@ class CloudBuildExecutor:
         build = build_from_params(self.settings, pipeline, stage, command)
 
         def find_or_create() -> dict[str, str]:
-            existing = self._find(command.stage_run_id)
+            # The lookup makes a repeated start (a recovered batch) reuse its build; a start
+            # known to be the first needs none (one Cloud Build call less per stage).
+            existing = None if command.known_new else self._find(command.stage_run_id)
             if existing is not None:
                 return self._handle(existing, reused=True)
             request = cloudbuild_v1.CreateBuildRequest(
