@@ -298,3 +298,32 @@ def test_github_reports_are_leased_and_a_blocked_handler_leaves_the_record_due(g
     github_reports.save("r2", {**again, "retry_at": T0 + 60, "failures": 1, "last_error": "502"})
     assert github_reports.due(T0 + 59) == [] and github_reports.due(T0 + 60) == ["r2"]
     assert github_reports.claim("r2", T0 + 61, 30)["last_error"] == "502"
+
+
+def test_github_reports_under_contention_one_handler_at_a_time_and_no_save_is_lost(github_reports):
+    """Handlers of one release sync at once (each written transition syncs): of each round of
+    claims exactly one gets the record, the others only mark it due, and every holder's save lands."""
+    rounds, handlers = 6, 8
+    for n in range(rounds):
+        now = T0 + 100 * n
+        got: list = []
+        errors: list = []
+
+        def claim():
+            try:
+                record = github_reports.claim("busy", now, 30)
+                if record is not None:
+                    got.append(record)
+            except Exception as exc:  # noqa: BLE001 - what a handler would log as "reporting failed"
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=claim) for _ in range(handlers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [] and len(got) == 1, (errors, len(got))
+        (record,) = got
+        assert record["sent"] == [f"key/{i}" for i in range(n)]
+        github_reports.save("busy", {**record, "sent": [*record["sent"], f"key/{n}"], "retry_at": None})
+        assert github_reports.due(now + 1) == ["busy"], "the handlers that backed off left it due"
