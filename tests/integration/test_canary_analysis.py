@@ -42,7 +42,10 @@ PROJECT, REGION = "local-project", "europe-west3"
 PARENT = f"projects/{PROJECT}/locations/{REGION}"
 REVISION = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
 SAMPLE_S, DELAY_S = 1.0, 1.0
-CRITERIA = Criteria(window_s=120, min_requests=50, max_5xx_ratio=0.01, p95_limit_ms=1000, max_latency_ratio=1.5)
+# The absolute P95 limit sits far above the 100 ms of work: a busy two-core machine stalls for a
+# second at times (a clean canary measured P95 1079 ms with `make bench` beside the suite), and no
+# test here judges that limit; the relative comparison and the error checks are what they judge.
+CRITERIA = Criteria(window_s=120, min_requests=50, max_5xx_ratio=0.01, p95_limit_ms=5000, max_latency_ratio=1.5)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +90,22 @@ def deploy(settings, name: str, stable_faults: str = "", canary_faults: str = ""
 
 
 def send(url: str, count: int) -> list[int]:
-    def one(_: int) -> int:
+    return send_mixed([(url, count)])
+
+
+def send_mixed(targets: list[tuple[str, int]]) -> list[int]:
+    """``count`` requests to each url, interleaved in proportion and sent together, as a service's
+    traffic split sends them: a stall of the machine slows both revisions alike."""
+    total = sum(count for _, count in targets)
+    # Request i goes to the url whose share of the first i requests is furthest behind.
+    order: list[str] = []
+    sent = {url: 0 for url, _ in targets}
+    for i in range(1, total + 1):
+        url = min((u for u, c in targets if sent[u] < c), key=lambda u: sent[u] / dict(targets)[u] - i / total)
+        sent[url] += 1
+        order.append(url)
+
+    def one(url: str) -> int:
         try:
             with urllib.request.urlopen(url + "/", timeout=10) as response:
                 return response.status
@@ -95,7 +113,7 @@ def send(url: str, count: int) -> list[int]:
             return err.code
 
     with ThreadPoolExecutor(10) as pool:
-        return list(pool.map(one, range(count)))
+        return list(pool.map(one, order))
 
 
 def judge(telemetry, rig, start: datetime, criteria: Criteria = CRITERIA, stable: bool = True):
@@ -110,8 +128,7 @@ def judge(telemetry, rig, start: datetime, criteria: Criteria = CRITERIA, stable
 def seeded(settings, name: str, canary_n: int = 100, stable_n: int = 300, **faults: str):
     rig = deploy(settings, name, **faults) | {"service": name}
     start = datetime.now(timezone.utc)
-    send(rig["stable_url"], stable_n)
-    send(rig["canary_url"], canary_n)
+    send_mixed([(rig["stable_url"], stable_n), (rig["canary_url"], canary_n)])
     return rig, start
 
 
