@@ -13,9 +13,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from google.api_core import exceptions as gexc
-from google.cloud.firestore_v1.field_path import FieldPath
 
-from shared.adapters.firestore_store import doc_id
+from shared.adapters.firestore_store import doc_id, field_paths
 from shared.app.config import Settings
 from shared.app.github_reporting import empty_record
 from shared.domain.errors import TransientError
@@ -79,7 +78,7 @@ class FirestoreGitHubReports:
             if snapshot.exists:
                 # ``update`` takes a precondition (``set`` does not). It leaves a field the record
                 # does not name as it was: only ``expire_at`` while claiming, rewritten by the save.
-                ref.update({FieldPath(key).to_api_repr(): value for key, value in record.items()},
+                ref.update(field_paths({(key,): value for key, value in record.items()}),
                            option=self.client.write_option(last_update_time=snapshot.update_time))
             else:
                 ref.create(record)

@@ -164,4 +164,6 @@ def command_from_dict(data: Mapping[str, Any]) -> Command:
         data["approvers"] = tuple(data["approvers"])
     if cls is RollBack:
         data["services"] = tuple(data["services"])
+    if cls is StartStage:
+        data.pop("known_new", None)  # only the handler that made the run id may say so, never a stored batch
     return cls(**data)

@@ -96,12 +96,11 @@ def send(url: str, count: int) -> list[int]:
 def send_mixed(targets: list[tuple[str, int]]) -> list[int]:
     """``count`` requests to each url, interleaved in proportion and sent together, as a service's
     traffic split sends them: a stall of the machine slows both revisions alike."""
-    total = sum(count for _, count in targets)
-    # Request i goes to the url whose share of the first i requests is furthest behind.
+    counts = dict(targets)
+    sent = {url: 0 for url in counts}
     order: list[str] = []
-    sent = {url: 0 for url, _ in targets}
-    for i in range(1, total + 1):
-        url = min((u for u, c in targets if sent[u] < c), key=lambda u: sent[u] / dict(targets)[u] - i / total)
+    for _ in range(sum(counts.values())):  # each request to the url furthest behind its share
+        url = min((u for u in counts if sent[u] < counts[u]), key=lambda u: sent[u] / counts[u])
         sent[url] += 1
         order.append(url)
 

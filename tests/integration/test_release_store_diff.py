@@ -7,7 +7,6 @@ import re
 from typing import Any
 
 import pytest
-from google.cloud import firestore
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -50,12 +49,13 @@ def collection(emulators, firestore_client, unique_prefix):
 @given(old=DOCUMENTS, new=DOCUMENTS)
 @example(old={"a": {"n": 1, "t": True, "m": "x"}}, new={"a": {"n": 1.0, "t": 1, "m": "y"}})  # equal in Python only
 @example(old={"a": {"b": {"c": 1, "d": 2}}, "z": 1}, new={"a": {"b": {"c": 1}}})  # a nested key goes, z stays
-def test_the_changed_fields_turn_any_document_into_the_next_as_a_whole_update_would(collection, old, new):
+def test_the_changed_fields_turn_any_document_into_the_next_as_a_whole_update_would(firestore_client, collection,
+                                                                                    old, new):
     doc = collection.document()
     written = doc.set(old)
     changes = changed_fields(old, new)
     if changes:
-        doc.update(field_paths(changes), option=firestore.Client(project=PROJECT).write_option(last_update_time=written.update_time))
+        doc.update(field_paths(changes), option=firestore_client.write_option(last_update_time=written.update_time))
     # A whole-document update replaces each top-level field of ``new`` and leaves the others.
     expected = {**old, **new}
     got = doc.get().to_dict()

@@ -9,7 +9,7 @@ import pytest
 from shared.app.config import Settings
 from shared.adapters.cloud_build_notification import decode_message
 from shared.app.dispatcher import COMMAND_HANDLERS, IN_FLIGHT_WAIT_S, Dispatcher
-from shared.domain.commands import Command
+from shared.domain.commands import Command, command_from_dict
 from shared.app.locks import EnvironmentLocks
 from shared.app.ports import StageFinish
 from shared.domain.errors import ExecutorError, TransientError
@@ -140,6 +140,7 @@ def test_the_handler_that_wrote_the_batch_starts_without_a_lookup_a_recovered_ba
     dispatcher, rid = crashed_after_the_state_write(executor)  # died after creating the build
     (stored,) = state_of(dispatcher, rid).outbox[0]["commands"]
     assert "known_new" not in stored, "the batch as stored does not say its starts are new"
+    assert command_from_dict({**stored, "known_new": True}).known_new is False, "nor is a stored claim believed"
     dispatcher.clock.advance(SETTINGS.outbox_lease_s)
     dispatcher.handle(Tick("t1", rid))
     assert [c.known_new for c in executor.commands] == [True, False]
